@@ -1,0 +1,118 @@
+"""The agent interface: what a backend is given and what it may return.
+
+A backend (offline or claude) implements `plan`, `analyse` and `draft_commit`. Everything
+it returns is data: text for the record's prose sections, and config changes that the
+caller validates against the schema before they reach any file or shell. Numbers, the
+verdict, thresholds and paths are decided by code, never by the backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+
+@dataclass(kw_only=True)
+class PlanContext:
+    version: str
+    base: Optional[str]
+    goal: str
+    hypothesis: str
+    expect: Optional[str]
+    sets: list[tuple[str, Any]]           # the human's --set pairs, already parsed
+    base_config: dict[str, Any]           # resolved config the new one starts from
+    base_record_summary: str              # base record's goal/hypothesis/conclusion, or ""
+    base_eval: Optional[dict[str, Any]]   # base eval.json, if any
+    model_diff: str                       # diff of models/model.py against the base snapshot
+    config_schema: dict[str, dict]        # dotted key -> {type, help, min, max, choices, default}
+    guardrails: dict[str, dict]           # name -> {safe, danger, action}
+    lessons: str                          # the lab's architecture lessons
+    lang: str = "en"
+
+
+@dataclass(kw_only=True)
+class Plan:
+    thinking: str                         # the record's "AI thinking process"
+    changes: dict[str, Any]               # dotted config key -> value (validated by the caller)
+    rationale: dict[str, str]             # dotted key -> why
+    expected: str                         # expected results in the agent's words
+    risks: list[str]
+    backend: str
+
+
+@dataclass(kw_only=True)
+class AnalysisContext:
+    version: str
+    base: Optional[str]
+    goal: str
+    hypothesis: str
+    expect: Optional[str]
+    state: str                            # finished / guardrail_stopped / ...
+    stop_reason: Optional[str]
+    config_changes: list[tuple[str, Any, Any]]   # (key, base value, new value)
+    metrics_summary: dict[str, Any]       # steps, first/last/min loss, tokens/s, duration
+    eval: dict[str, Any]                  # this run's eval.json
+    base_eval: Optional[dict[str, Any]]
+    comparison: list[dict[str, Any]]      # rows {metric, base, new, delta, better}
+    verdict: str                          # supported / refuted / inconclusive (computed)
+    verdict_reason: str                   # the rule and numbers that decided it
+    lang: str = "en"
+
+
+@dataclass(kw_only=True)
+class Analysis:
+    training_results: str
+    inference_evaluation: str
+    deep_analysis: str
+    conclusion: str
+    next_steps: list[str]
+    backend: str
+
+
+@dataclass(kw_only=True)
+class CommitContext:
+    version: str
+    goal: str
+    hypothesis: str
+    verdict: str
+    verdict_reason: str
+    files: list[str]                      # files the commit will contain (decided by code)
+    config_changes: list[tuple[str, Any, Any]]
+    result_lines: list[str]               # "✅ ..." / "❌ ..." computed from the numbers
+    next_steps: list[str]
+    model_changed: bool
+    lang: str = "en"
+
+
+@dataclass(kw_only=True)
+class CommitDraft:
+    title: str
+    improvements: list[str]
+    core_changes: dict[str, list[str]]    # file -> bullet lines (files outside ctx.files are dropped)
+    results: list[str]
+    next_steps: list[str]
+    backend: str
+
+
+class AgentBackend(Protocol):
+    name: str
+
+    def plan(self, ctx: PlanContext) -> Plan: ...
+
+    def analyse(self, ctx: AnalysisContext) -> Analysis: ...
+
+    def draft_commit(self, ctx: CommitContext) -> CommitDraft: ...
+
+
+class AgentError(Exception):
+    """A backend could not produce a valid answer (after retries / one repair round)."""
+
+
+LESSONS = """\
+- The memory query must be the RMS-normed attention output h_attn, never x + h_attn or x:
+  experiment 1.4.3 used x + h_attn, memory selection froze onto a few entries, train loss
+  reached 0.006 while inference loss was 29.34 (a 4890x gap) and generation was pure repetition.
+- Catastrophic overfitting shows as: smoothed train loss < 0.1, inference/train loss ratio > 10,
+  seq-rep-4 repetition > 80%, memory selection entropy < 2.0 nats. Guardrails watch all four.
+- Query specificity matters more than fusion complexity.
+"""

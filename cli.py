@@ -1,0 +1,315 @@
+"""minimind's command line: parse, call one library function, map errors to exit codes.
+
+Heavy libraries (torch, anthropic, swanlab, gitpython) are imported only inside the
+commands that need them, so `minimind --help` and `minimind status` stay fast.
+Exit codes: 0 done, 1 error, 2 usage error, 3 refused by a gate.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from minimind.errors import MinimindError
+
+
+class Group(click.Group):
+    """Turns MinimindError into a one-line message and its exit code (no traceback)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MinimindError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            ctx.exit(130)
+
+
+def _lab():
+    from minimind.lab import find_lab
+
+    return find_lab()
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="minimind")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """minimind: run numbered memory-layer LM experiments from a goal and a hypothesis.
+
+    \b
+    Example:
+      minimind init mylab && cd mylab
+      minimind data build --size small
+      minimind new 0.1.0 --goal "baseline" --hypothesis "val loss below 4" --set max_steps=200
+      minimind status
+    """
+    ctx.obj = {"debug": debug}
+
+
+@main.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False, path_type=Path))
+def init(directory: Path) -> None:
+    """Create a lab in DIRECTORY: a git repo with minimind.yaml, models/, templates/, runs/.
+
+    \b
+    Example:
+      minimind init ~/labs/memory-bank
+    """
+    from minimind.lab import init_lab
+
+    lab = init_lab(directory)
+    click.echo(f"Created lab {lab.root}")
+    click.echo(f"Next: cd {lab.root} && minimind data build --size small")
+
+
+@main.group()
+def data() -> None:
+    """Build the bundled fact corpus, or prepare your own data."""
+
+
+@data.command("build")
+@click.option("--size", type=click.Choice(["small", "full"]), default="small", show_default=True,
+              help="small: a few thousand facts in seconds; full: >= 50,000 fact sentences.")
+def data_build(size: str) -> None:
+    """Build pretrain.jsonl, knowledge.json, probes.json and tokenizer.json into data/.
+
+    \b
+    Example:
+      minimind data build --size full
+    """
+    from corpus.build import build, print_summary
+
+    lab = _lab()
+    summary = build(lab.data_dir, size)
+    print_summary(summary)
+    click.echo(f"Wrote {lab.data_dir}")
+
+
+@data.command("prepare")
+@click.option("--pretrain", "pretrain", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Pretraining JSONL, one {\"text\": ...} per line.")
+@click.option("--knowledge", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="T-REx knowledge JSON array for the memory bank.")
+@click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="tokenizer.json (default: the lab's data.tokenizer).")
+@click.option("--knowledge-num", type=int, default=None, help="Bank rows to prepare (default: the lab's model setting).")
+@click.option("--knowledge-length", type=int, default=None, help="Tokens per bank row (default: the lab's model setting).")
+def data_prepare(pretrain: Path, knowledge: Path | None, tokenizer: Path | None,
+                 knowledge_num: int | None, knowledge_length: int | None) -> None:
+    """Tokenize your own data into the lab's cache (streaming, content-keyed).
+
+    \b
+    Example:
+      minimind data prepare --pretrain ~/data/merged_pretrain.jsonl \\
+          --knowledge ~/data/sentence_trex_data.json --tokenizer ~/minimind/tokenizer.json
+    """
+    from agent.dataops import prepare
+
+    prepare(_lab(), pretrain, knowledge, tokenizer, knowledge_num, knowledge_length)
+
+
+@main.command()
+@click.argument("version")
+@click.option("--goal", required=True, help="What this experiment is for (stored verbatim).")
+@click.option("--hypothesis", required=True, help="What you expect and why (stored verbatim).")
+@click.option("--base", default=None, help="Base experiment (default: highest version below VERSION).")
+@click.option("--expect", default=None, help="Expected result, e.g. 'inference_loss < base' or 'recall.mem_only.p_at_1 > 0.2'.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config change, e.g. --set dim=256 --set train.max_steps=500.")
+@click.option("--agent", "agent_name", type=click.Choice(["auto", "offline", "claude"]), default=None,
+              help="Who plans and writes the reasoning (default: minimind.yaml agent.backend).")
+@click.option("--lang", type=click.Choice(["en", "zh"]), default=None, help="Record language (default: minimind.yaml).")
+@click.option("--no-launch", is_flag=True, help="Render everything but do not start training (state: drafted).")
+def new(version: str, goal: str, hypothesis: str, base: str | None, expect: str | None, sets: tuple[str, ...],
+        agent_name: str | None, lang: str | None, no_launch: bool) -> None:
+    """Plan, render, snapshot and launch experiment VERSION (X.Y.Z).
+
+    \b
+    Example:
+      minimind new 1.4.8 --goal "freeze 40% of the bank" \\
+          --hypothesis "inference loss improves over 1.4.7" --set freeze_ratio=0.4
+    """
+    from minimind.versions import parse
+
+    parse(version)  # refuse a malformed version before anything else, even the lab lookup
+    from agent.lifecycle import NewRequest, create_experiment
+
+    request = NewRequest(version=version, goal=goal, hypothesis=hypothesis, base=base, expect=expect,
+                         sets=list(sets), agent=agent_name, lang=lang, launch=not no_launch)
+    result = create_experiment(_lab(), request)
+    for line in result.messages:
+        click.echo(line)
+
+
+@main.command()
+@click.argument("version", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(version: str | None, as_json: bool) -> None:
+    """All experiments as a table, or one in detail.
+
+    \b
+    Example:
+      minimind status
+      minimind status 1.4.8 --json
+    """
+    from agent.status import show_status
+
+    show_status(_lab(), version, as_json)
+
+
+@main.command()
+@click.argument("version")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the run ends.")
+@click.option("-n", "--lines", default=0, type=int, help="Only the last N lines.")
+def log(version: str, follow: bool, lines: int) -> None:
+    """Print the run's train.log.
+
+    \b
+    Example:
+      minimind log 1.4.8 -f
+    """
+    from agent.runctl import show_log
+
+    show_log(_lab(), version, follow, lines)
+
+
+@main.command()
+@click.argument("version")
+@click.option("--timeout", default=60, show_default=True, type=int, help="Seconds to wait for the checkpoint.")
+def stop(version: str, timeout: int) -> None:
+    """Stop a run gracefully: it finishes its step, checkpoints and exits.
+
+    \b
+    Example:
+      minimind stop 1.4.8
+    """
+    from agent.runctl import stop_run
+
+    click.echo(stop_run(_lab(), version, timeout))
+
+
+@main.command()
+@click.argument("version")
+def resume(version: str) -> None:
+    """Continue a stopped, lost or failed run from its last checkpoint.
+
+    \b
+    Example:
+      minimind resume 1.4.8
+    """
+    from agent.runctl import resume_run
+
+    click.echo(resume_run(_lab(), version))
+
+
+@main.command("eval")
+@click.argument("version", required=False)
+@click.option("--num-samples", type=int, default=None, help="Held-out samples to evaluate.")
+@click.option("--model-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Evaluate this checkpoint instead of an experiment's.")
+@click.option("--model-type", default=None, help="model, model_original, model_memory, model_no_feed or a snapshot like model_1_4_8.")
+def eval_cmd(version: str | None, num_samples: int | None, model_path: Path | None, model_type: str | None) -> None:
+    """Evaluate an experiment's checkpoint (or any checkpoint) and write eval.json.
+
+    \b
+    Example:
+      minimind eval 1.4.8 --num-samples 10
+      minimind eval --model-path out/pretrain_512.pth --model-type model_1_4_4
+    """
+    from agent.runctl import evaluate
+
+    click.echo(evaluate(_lab(), version, num_samples, model_path, model_type))
+
+
+@main.command()
+@click.argument("version")
+@click.option("--approve", is_flag=True, help="Record approval (refused while a required section is missing).")
+@click.option("--edit", is_flag=True, help="Open the record in $EDITOR first.")
+def review(version: str, approve: bool, edit: bool) -> None:
+    """Show the record, check it against the lab's quality standard, approve it.
+
+    \b
+    Example:
+      minimind review 1.4.8 --approve
+    """
+    from agent.review import review_experiment
+
+    review_experiment(_lab(), version, approve, edit)
+
+
+@main.command()
+@click.argument("version")
+@click.option("--yes", is_flag=True, help="Commit even if the record is not approved.")
+def commit(version: str, yes: bool) -> None:
+    """Commit exactly this experiment's files with the drafted message.
+
+    \b
+    Example:
+      minimind commit 1.4.8
+    """
+    from agent.committing import commit_experiment
+
+    click.echo(commit_experiment(_lab(), version, yes))
+
+
+@main.command()
+@click.argument("versions", nargs=-1, required=True)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the loss-curve PNG (default: runs/compare_<versions>.png).")
+def compare(versions: tuple[str, ...], plot: Path | None) -> None:
+    """Config differences, metrics side by side (base -> new), loss curves.
+
+    \b
+    Example:
+      minimind compare 1.4.7 1.4.8 --plot /tmp/loss.png
+    """
+    from agent.compare import compare_experiments
+
+    compare_experiments(_lab(), list(versions), plot)
+
+
+@main.group()
+def memory() -> None:
+    """Look inside the memory bank."""
+
+
+@memory.command("show")
+@click.argument("version")
+@click.option("--text", required=True, help="Text whose tokens' memory reads to show.")
+@click.option("--top", default=3, show_default=True, type=int, help="Entries per token and layer.")
+def memory_show(version: str, text: str, top: int) -> None:
+    """Which memory entries each token reads, decoded to text, with weights.
+
+    \b
+    Example:
+      minimind memory show 1.4.8 --text "The capital of France is"
+    """
+    from agent.memory_show import show_memory
+
+    show_memory(_lab(), version, text, top)
+
+
+@main.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--steps", default=None, type=int, help="Training steps per experiment (default: sized for a few minutes).")
+def demo(directory: Path | None, steps: int | None) -> None:
+    """The whole loop on the bundled data in a fresh lab, on CPU, in minutes.
+
+    \b
+    Example:
+      minimind demo /tmp/minimind-demo
+    """
+    from agent.demo import run_demo
+
+    run_demo(directory, steps)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

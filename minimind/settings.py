@@ -1,0 +1,161 @@
+"""Lab settings (`minimind.yaml`) and the per-experiment config sections they default.
+
+Each concern is one kw_only dataclass validated at construction; unknown keys are
+refused with the dotted key named. `runs/V/config.yaml` (see `minimind.config`) uses
+the same section classes, fully resolved, so one place holds each setting's meaning,
+default and range.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from minimind.errors import MinimindError
+from minimind.schema import SchemaError, build, field, to_dict
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    epochs: int = field(1, help="passes over the training documents", min=1, max=1000)
+    batch_size: int = field(32, help="sequences per micro-batch per process", min=1, max=4096)
+    accumulation_steps: int = field(1, help="micro-batches per optimizer step", min=1, max=1024)
+    learning_rate: float = field(5e-4, help="peak AdamW learning rate", min=1e-7, max=1.0)
+    min_lr_ratio: float = field(0.1, help="cosine floor as a fraction of the peak learning rate", min=0.0, max=1.0)
+    warmup_steps: int = field(20, help="linear warm-up optimizer steps", min=0, max=1_000_000)
+    weight_decay: float = field(0.1, help="AdamW weight decay (betas 0.9/0.95)", min=0.0, max=1.0)
+    grad_clip: float = field(1.0, help="gradient norm clip (0 = off)", min=0.0, max=100.0)
+    max_steps: int = field(0, help="cap on optimizer steps (0 = none)", min=0, max=100_000_000)
+    log_interval: int = field(10, help="optimizer steps between metric lines", min=1, max=100_000)
+    eval_interval: int = field(200, help="optimizer steps between periodic evaluations (0 = only at the end)", min=0, max=10_000_000)
+    save_interval: int = field(200, help="optimizer steps between checkpoints", min=1, max=10_000_000)
+    seed: int = field(42, help="random seed for data order and initialisation", min=0, max=2**31 - 1)
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    pretrain: str = field("data/pretrain.jsonl", help="pretraining JSONL ({\"text\": ...}), relative to the lab")
+    knowledge: Optional[str] = field("data/knowledge.json", help="T-REx knowledge file that initialises the memory bank (null = random bank)")
+    tokenizer: str = field("data/tokenizer.json", help="tokenizer.json (ByteLevel BPE, <unk>=0 <s>=1 </s>=2)")
+    probes: Optional[str] = field("data/probes.json", help="factual-recall probes (null = skip recall)")
+    val_fraction: float = field(0.05, help="share of documents held out for validation", min=0.001, max=0.5)
+    max_bad_share: float = field(0.01, help="largest share of malformed lines tolerated in a data file", min=0.0, max=1.0)
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    num_samples: int = field(20, help="held-out documents used for inference loss and continuations", min=1, max=100_000)
+    prompt_tokens: int = field(30, help="prompt length for continuations and inference loss", min=1, max=4096)
+    max_new_tokens: int = field(48, help="tokens generated per continuation", min=1, max=4096)
+    temperature: float = field(0.8, help="temperature of the sampled continuations", min=0.0, max=5.0)
+    top_p: float = field(0.9, help="nucleus of the sampled continuations", min=0.01, max=1.0)
+    max_val_batches: int = field(50, help="validation batches for the teacher-forced loss", min=1, max=1_000_000)
+
+
+Action = Literal["stop", "flag", "none"]
+
+
+@dataclass(kw_only=True)
+class GuardrailRule:
+    safe: float = field(help="safe side of this value (beyond it: safe)")
+    danger: float = field(help="danger threshold (beyond it: danger)")
+    action: Action = field("flag", help="what a danger does: stop the run, flag it, or nothing", choices=["stop", "flag", "none"])
+
+    def __post_init__(self) -> None:
+        if self.safe == self.danger:
+            raise ValueError("safe and danger thresholds must differ")
+
+
+def _rule(safe: float, danger: float, action: str):
+    return field(default_factory=lambda: GuardrailRule(safe=safe, danger=danger, action=action),
+                 help="guardrail thresholds and action")
+
+
+@dataclass(kw_only=True)
+class GuardrailsConfig:
+    """PRODUCT.md section 6. Direction follows the thresholds: safe > danger means low is bad."""
+
+    train_loss: GuardrailRule = _rule(0.5, 0.1, "stop")
+    train_inference_ratio: GuardrailRule = _rule(5.0, 10.0, "flag")
+    repetition_rate: GuardrailRule = _rule(0.5, 0.8, "flag")
+    memory_entropy: GuardrailRule = _rule(3.0, 2.0, "flag")
+    smoothing_window: int = field(50, help="logged steps averaged for the train-loss guardrail", min=1, max=100_000)
+
+
+@dataclass(kw_only=True)
+class LaunchConfig:
+    num_processes: int = field(1, help="accelerate processes (GPUs, or CPU processes with gloo)", min=1, max=1024)
+    num_machines: int = field(1, help="machines for accelerate", min=1, max=1024)
+    mixed_precision: Literal["no", "fp16", "bf16"] = field("no", help="accelerate mixed precision", choices=["no", "fp16", "bf16"])
+    deepspeed: Optional[str] = field(None, help="DeepSpeed: null, 'zero2' (generated config) or a JSON config path; GPU only")
+    cpu: bool = field(False, help="force CPU training even when a GPU is present")
+    threads: int = field(0, help="torch CPU threads per process (0 = as the machine gives)", min=0, max=1024)
+
+
+@dataclass(kw_only=True)
+class SwanlabConfig:
+    mode: Literal["local", "offline", "cloud", "disabled"] = field(
+        "disabled", help="SwanLab mode, always passed explicitly", choices=["local", "offline", "cloud", "disabled"])
+    project: str = field("minimind", help="SwanLab project name")
+
+
+@dataclass(kw_only=True)
+class AgentSettings:
+    backend: Literal["auto", "offline", "claude"] = field("auto", help="who writes the reasoning", choices=["auto", "offline", "claude"])
+    model: str = field("claude-sonnet-4-5", help="Anthropic model name")
+    max_usd: float = field(2.0, help="spending cap per experiment, US dollars", min=0.0, max=1000.0)
+    max_tokens: int = field(4096, help="max output tokens per call", min=256, max=64000)
+    timeout_s: float = field(120.0, help="seconds per API call", min=1.0, max=3600.0)
+    max_retries: int = field(3, help="retries on timeouts, 429, 5xx", min=0, max=10)
+    lang: Literal["en", "zh"] = field("en", help="language of records and commit messages", choices=["en", "zh"])
+
+
+@dataclass(kw_only=True)
+class LabSettings:
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "memory"},
+                                  help="model fields for the first experiment (those of models/model.py ModelConfig)")
+    train: TrainConfig = field(default_factory=TrainConfig, help="training defaults")
+    data: DataConfig = field(default_factory=DataConfig, help="data paths")
+    eval: EvalConfig = field(default_factory=EvalConfig, help="evaluation")
+    guardrails: GuardrailsConfig = field(default_factory=GuardrailsConfig, help="guardrail thresholds")
+    launch: LaunchConfig = field(default_factory=LaunchConfig, help="how runs are launched")
+    swanlab: SwanlabConfig = field(default_factory=SwanlabConfig, help="SwanLab mirror")
+    agent: AgentSettings = field(default_factory=AgentSettings, help="the planning agent")
+
+
+SETTINGS_FILE = "minimind.yaml"
+
+
+def load_settings(path: Path) -> LabSettings:
+    """Read and validate `minimind.yaml`; env `MINIMIND_AGENT_*` overrides agent settings."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise MinimindError(f"{path.name}:{line} is not valid YAML") from None
+    except OSError as exc:
+        raise MinimindError(f"cannot read {path}: {exc.strerror}") from None
+    for key, env in (("model", "MINIMIND_AGENT_MODEL"), ("max_usd", "MINIMIND_AGENT_MAX_USD"),
+                     ("backend", "MINIMIND_AGENT_BACKEND")):
+        if os.environ.get(env):
+            value: Any = os.environ[env]
+            if key == "max_usd":
+                value = float(value)
+            raw.setdefault("agent", {})
+            if isinstance(raw["agent"], dict):
+                raw["agent"][key] = value
+    try:
+        return build(LabSettings, raw)
+    except SchemaError as exc:
+        raise MinimindError(f"{path.name}: {exc}") from None
+
+
+def dump_settings(settings: LabSettings) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(settings), sort_keys=False, allow_unicode=True)
