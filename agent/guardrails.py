@@ -1,0 +1,141 @@
+"""Guardrail rules (PRODUCT.md section 6) as pure functions: no torch, no files.
+
+The trainer calls `check_train` at every log step and `check_eval` at every periodic
+evaluation; the evaluator and `status` use `evaluate` for all four. The agent only
+explains these results, it never computes or changes them.
+
+Direction comes from the thresholds themselves: a rule with safe > danger (train loss,
+memory entropy) means low values are bad; safe < danger (ratio, repetition) means high
+values are bad. Values strictly beyond `safe` are safe, strictly beyond `danger` are
+danger, and everything in between (thresholds included) is watch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Optional
+
+from minimind.settings import GuardrailRule, GuardrailsConfig
+
+SAFE, WATCH, DANGER, UNAVAILABLE = "safe", "watch", "danger", "n/a"
+TRAIN_GUARDRAILS = ("train_loss", "memory_entropy")
+EVAL_GUARDRAILS = ("train_inference_ratio", "repetition_rate")
+ALL_GUARDRAILS = ("train_loss", "train_inference_ratio", "repetition_rate", "memory_entropy")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def low_is_bad(rule: GuardrailRule) -> bool:
+    return rule.safe > rule.danger
+
+
+def level(value: Optional[float], rule: GuardrailRule) -> str:
+    """"safe" | "watch" | "danger" for a value; "n/a" when there is no finite value."""
+    if not _finite(value):
+        return UNAVAILABLE
+    if low_is_bad(rule):
+        if value > rule.safe:
+            return SAFE
+        return DANGER if value < rule.danger else WATCH
+    if value < rule.safe:
+        return SAFE
+    return DANGER if value > rule.danger else WATCH
+
+
+def smoothed_train_loss(losses: Iterable[float], window: int) -> Optional[float]:
+    """Mean of the last `window` finite logged CE losses, or None if there are none."""
+    finite = [float(x) for x in losses if _finite(x)]
+    if not finite:
+        return None
+    tail = finite[-max(1, int(window)):]
+    return sum(tail) / len(tail)
+
+
+def _result(name: str, value: Optional[float], rule: GuardrailRule) -> dict[str, Any]:
+    return {
+        "value": float(value) if _finite(value) else None,
+        "level": level(value, rule),
+        "action": rule.action,
+        "safe": rule.safe,
+        "danger": rule.danger,
+    }
+
+
+def evaluate(values: Mapping[str, Optional[float]], cfg: GuardrailsConfig) -> dict[str, dict[str, Any]]:
+    """{name: {value, level, action, safe, danger}} for each guardrail named in `values`."""
+    return {name: _result(name, value, getattr(cfg, name)) for name, value in values.items()
+            if name in ALL_GUARDRAILS}
+
+
+def _last(metrics_history: list[Mapping[str, Any]], key: str) -> Optional[float]:
+    for row in reversed(metrics_history):
+        if _finite(row.get(key)):
+            return float(row[key])
+    return None
+
+
+def check_train(metrics_history: list[Mapping[str, Any]], cfg: GuardrailsConfig) -> dict[str, dict[str, Any]]:
+    """Train-loss (smoothed CE) and memory-entropy guardrails from the logged rows so far.
+
+    Rows are metrics.jsonl objects; train rows carry `loss_ce` (or `loss`), memory
+    models also `memory/entropy`. Eval rows (no `loss_ce`) are ignored for smoothing.
+    """
+    losses = [row.get("loss_ce", row.get("loss")) for row in metrics_history if "step" in row
+              and ("loss_ce" in row or "loss" in row)]
+    values = {
+        "train_loss": smoothed_train_loss(losses, cfg.smoothing_window),
+        "memory_entropy": _last(metrics_history, "memory/entropy"),
+    }
+    return evaluate(values, cfg)
+
+
+def check_eval(eval_summary: Mapping[str, Any], cfg: GuardrailsConfig) -> dict[str, dict[str, Any]]:
+    """Ratio and repetition guardrails from an evaluation summary (eval.json keys)."""
+    values = {name: eval_summary.get(name) for name in EVAL_GUARDRAILS}
+    return evaluate(values, cfg)
+
+
+def describe(name: str, result: Mapping[str, Any]) -> str:
+    """One line, e.g. 'train_loss 0.05 < 0.1 (danger)'."""
+    value = result.get("value")
+    if value is None:
+        return f"{name} n/a"
+    lvl = result.get("level")
+    threshold = result["danger"] if lvl == DANGER else result["safe"]
+    low_bad = result["safe"] > result["danger"]
+    if lvl == SAFE:
+        op = ">" if low_bad else "<"
+    elif lvl == DANGER:
+        op = "<" if low_bad else ">"
+    else:
+        op = "near"
+    return f"{name} {value:.4g} {op} {threshold:g} ({lvl})"
+
+
+def should_stop(results: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
+    """The stop reason of the first danger whose action is `stop`, else None."""
+    for name in ALL_GUARDRAILS:
+        result = results.get(name)
+        if result and result.get("level") == DANGER and result.get("action") == "stop":
+            return describe(name, result)
+    return None
+
+
+def level_changes(old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{name: {from, to, value}} for guardrails whose level differs between two results.
+
+    A guardrail absent from `old` counts as a change from None (the first report).
+    """
+    changes: dict[str, dict[str, Any]] = {}
+    for name, result in new.items():
+        before = (old.get(name) or {}).get("level")
+        if result.get("level") != before:
+            changes[name] = {"from": before, "to": result.get("level"), "value": result.get("value")}
+    return changes
+
+
+def levels_only(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{name: {value, level}}: the compact form stored in state.json and eval.json."""
+    return {name: {"value": r.get("value"), "level": r.get("level")} for name, r in results.items()}

@@ -1,0 +1,127 @@
+"""Training checkpoints: everything needed to resume exactly, written atomically.
+
+A checkpoint is one `torch.save` dict:
+  module, model_config      which snapshot module and ModelConfig built the model
+  model                     state_dict, incl. buffers (memory bank token ids, freeze
+                            mask, usage counts) the model registers
+  optimizer, scheduler      their state_dicts
+  step, epoch, micro_index  optimizer steps done; the data position follows from them
+  rng                       python, numpy, torch (and cuda) generator states
+  best                      {"metric": "val_loss"|"train_loss_smoothed", "value", "step"}
+  total_steps, split, config, time
+Written to a temporary sibling then renamed, so a crash mid-save keeps the old file.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minimind.errors import MinimindError
+
+CHECKPOINTS = "checkpoints"
+LAST = "last.pth"
+
+
+def best_name(dim: int) -> str:
+    """MiniMind's name for the kept model: pretrain_{dim}.pth."""
+    return f"pretrain_{dim}.pth"
+
+
+def rng_state() -> dict[str, Any]:
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save to a temporary file in the same folder, fsync, rename over `path`."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = dict(payload, time=time.time())
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Read a checkpoint (ours or a raw state dict); MinimindError with one line if it is bad."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise MinimindError(f"checkpoint {path} not found")
+    try:
+        # Our own files hold RNG states and numpy arrays, so full unpickling is needed;
+        # checkpoints come from the lab itself, never from the network.
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
+            zipfile.BadZipFile, AttributeError, ImportError, IndexError, KeyError) as exc:
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise MinimindError(f"checkpoint {path} is truncated or corrupt ({detail}); "
+                            f"resume from another checkpoint or retrain") from None
+    if not isinstance(data, dict):
+        raise MinimindError(f"checkpoint {path} does not hold a state dict")
+    return data
+
+
+def model_state(data: dict[str, Any]) -> dict[str, Any]:
+    """The weights inside a checkpoint, whichever layout wrote it."""
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(data.get(key), dict):
+            return data[key]
+    return data  # a raw MiniMind-style state dict
+
+
+def memory_pending(model) -> list[Any] | None:
+    """The memory layers' EMA query sums since the last EMA update (not in state_dict).
+
+    Saved so a resume between two EMA updates applies the same update as an uninterrupted
+    run would; None for models without memory layers.
+    """
+    layers = getattr(model, "memory_layers", None)
+    if layers is None:
+        return None
+    return [getattr(layer, "pending", None) for _, layer in layers()]
+
+
+def set_memory_pending(model, pending: list[Any] | None, device) -> None:
+    layers = getattr(model, "memory_layers", None)
+    if layers is None or pending is None:
+        return
+    for (_, layer), value in zip(layers(), pending):
+        if hasattr(layer, "pending"):
+            layer.pending = None if value is None else tuple(t.to(device) for t in value)

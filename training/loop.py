@@ -1,0 +1,367 @@
+"""The training loop: one Trainer per process, rank 0 the only writer of files.
+
+Order within an optimizer step (it matters for exact resume): micro-batches and backward,
+clip, optimizer and scheduler step, `after_optimizer_step` (memory EMA), then on log
+steps a metrics row and the train guardrails, then a periodic eval, then checkpoints,
+then the stop decision (signal or guardrail) agreed by all processes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from agent import guardrails as rules
+from minimind.config import CONFIG_FILE, load_config
+from minimind.errors import MinimindError
+from minimind.lab import Lab
+from minimind.state import EXIT_FINISHED, EXIT_GUARDRAIL, EXIT_STOPPED, update_state
+from training import checkpoint as ckpt
+from training import runlog
+from training.data import Stream, collate, split_digest, total_steps
+from training.evalstep import periodic_eval
+from training.measures import masked_ce
+from training.metrics import MetricsWriter, read_rows, truncate_after
+from training.runtime import build_model, load_bank_into, load_corpus, make_accelerator
+from training.schedule import make_optimizer, make_scheduler
+from training.signals import Heartbeat, StopFlag
+from training.swan import SwanMirror
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class Progress:
+    """What the heartbeat and state.json report; updated by the loop, read by the thread."""
+
+    step: int = 0
+    total_steps: int = 0
+    last_loss: Optional[float] = None
+    eta_s: Optional[float] = None
+    tokens_per_s: Optional[float] = None
+    guardrails: dict[str, Any] = field(default_factory=dict)
+
+    def as_state(self) -> dict[str, Any]:
+        return {"phase": "train", "step": self.step, "total_steps": self.total_steps,
+                "last_loss": self.last_loss, "eta_s": self.eta_s, "tokens_per_s": self.tokens_per_s,
+                "guardrails": self.guardrails}
+
+
+def _aux(out) -> torch.Tensor | float:
+    aux = getattr(out, "aux_loss", None)
+    return 0.0 if aux is None else aux
+
+
+def _finite_or_none(x: Optional[float]) -> Optional[float]:
+    return x if x is not None and math.isfinite(x) else None
+
+
+class Trainer:
+    def __init__(self, run_dir: Path, resume: bool = False):
+        self.run_dir = Path(run_dir).resolve()
+        self.lab = Lab(self.run_dir.parent.parent)
+        self.cfg = load_config(self.run_dir / CONFIG_FILE)
+        self.resume = resume
+        self.ckpt_dir = self.run_dir / ckpt.CHECKPOINTS
+        self.stop_flag = StopFlag()
+        self.progress = Progress()
+        self.history: list[dict[str, Any]] = []   # train rows so far (rank 0): guardrail input
+        self.guard_results: dict[str, Any] = {}
+        self.best: Optional[dict[str, Any]] = None
+        self.evaluated_once = False
+        self.elapsed_before = 0.0                  # training seconds before a resume
+
+    # --- setup -----------------------------------------------------------------------
+
+    def setup(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        self.stop_flag.install()
+        if self.cfg.launch.threads:
+            torch.set_num_threads(self.cfg.launch.threads)
+        self.acc = make_accelerator(cfg, self.run_dir)
+        self.main = self.acc.is_main_process
+        random.seed(t.seed), np.random.seed(t.seed), torch.manual_seed(t.seed)
+        with self.acc.main_process_first():   # rank 0 builds the token cache, the rest reuse it
+            self.corpus = load_corpus(self.lab, cfg)
+        self.model = build_model(self.lab, cfg.model_module, cfg.model)
+        self.max_seq_len = int(getattr(getattr(self.model, "config", None), "max_seq_len", 0)
+                               or cfg.model.get("max_seq_len", 512))
+        restored = self._load_resume_checkpoint() if self.resume else None
+        self.bank_note = None
+        if restored is None:
+            with self.acc.main_process_first():
+                self.bank_note = load_bank_into(self.model, self.lab, cfg, cfg.model)
+        self.stream = Stream(self.corpus.train_idx, t.batch_size, t.seed, self.acc.process_index,
+                             self.acc.num_processes)
+        self.total = total_steps(self.stream.batches_per_epoch, t.epochs, t.accumulation_steps, t.max_steps)
+        self.optimizer = make_optimizer(self.model, t.learning_rate, t.weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, self.total, t.warmup_steps, t.min_lr_ratio)
+        self.step = 0
+        if restored is not None:
+            self._restore(restored)
+        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        self.unwrapped = self.acc.unwrap_model(self.model)
+        if restored is not None:  # after prepare: the EMA sums must live on the model's device
+            ckpt.set_memory_pending(self.unwrapped, restored.get("memory_pending"), self.acc.device)
+        self.progress.step, self.progress.total_steps = self.step, self.total
+        self.loss_scale = 1.0 if cfg.launch.deepspeed else 1.0 / t.accumulation_steps
+
+    def _load_resume_checkpoint(self) -> Optional[dict[str, Any]]:
+        path = self.ckpt_dir / ckpt.LAST
+        if not path.exists():
+            return None  # killed before the first save: start again from step 0
+        data = ckpt.load(path)
+        if data.get("module") != self.cfg.model_module:
+            raise MinimindError(f"{path} was written by module {data.get('module')}, "
+                                f"config.yaml says {self.cfg.model_module}")
+        return data
+
+    def _restore(self, data: dict[str, Any]) -> None:
+        digest = split_digest(self.corpus.train_idx, self.corpus.val_idx)
+        if data.get("split") and data["split"] != digest:
+            raise MinimindError("the training data changed since the checkpoint was written; "
+                                "resume needs the same data (or start a new experiment)")
+        try:
+            self.model.load_state_dict(ckpt.model_state(data), strict=True)
+        except RuntimeError as exc:
+            raise MinimindError(f"checkpoint does not fit the model: {str(exc).splitlines()[0][:200]}") from None
+        self.optimizer.load_state_dict(data["optimizer"])
+        self.scheduler.load_state_dict(data["scheduler"])
+        self.step = int(data["step"])
+        self.best = data.get("best")
+        self.evaluated_once = bool(self.best and self.best.get("metric") == "val_loss")
+        self.elapsed_before = float(data.get("elapsed_s", 0.0))
+        ckpt.set_rng_state(data["rng"])
+
+    def start_outputs(self) -> None:
+        """Rank 0: metrics file (cut back on resume), header, SwanLab, heartbeat, state."""
+        metrics_path = self.run_dir / METRICS_FILE
+        if self.resume:
+            truncate_after(metrics_path, self.step)
+        else:
+            metrics_path.unlink(missing_ok=True)
+        self.history = [r for r in read_rows(metrics_path) if "loss_ce" in r]
+        self.guard_results = rules.check_train(self.history, self.cfg.guardrails) if self.history else {}
+        self.metrics = MetricsWriter(metrics_path)
+        module_path = self.lab.models_dir / f"{self.cfg.model_module}.py"
+        runlog.header(self.lab.root, module_path, (self.run_dir / CONFIG_FILE).read_text(encoding="utf-8"),
+                      str(self.acc.device), self.acc.num_processes, self.step if self.resume else None)
+        runlog.say(f"data: {len(self.corpus.train_idx)} train / {len(self.corpus.val_idx)} validation documents, "
+                   f"{self.stream.batches_per_epoch} batches per epoch per process, {self.total} optimizer steps")
+        if self.bank_note:
+            runlog.say(self.bank_note)
+        self.swan = SwanMirror(self.cfg.swanlab.mode, self.cfg.swanlab.project, self.run_dir,
+                               self.cfg.version, self.cfg.to_dict(), runlog.warn, resume=self.resume)
+        update_state(self.run_dir, state="running", stop_reason=None, trainer_pid=os.getpid(),
+                     heartbeat=time.time(), **self.progress.as_state())
+        self.heartbeat = Heartbeat(self.run_dir, self.progress.as_state)
+        self.heartbeat.start()
+
+    # --- one optimizer step ------------------------------------------------------------
+
+    def train_step(self) -> dict[str, float]:
+        t = self.cfg.train
+        sums = {"ce": 0.0, "aux": 0.0, "tokens": 0.0}
+        for k in range(t.accumulation_steps):
+            micro = self.step * t.accumulation_steps + k
+            self.epoch_pos = micro / self.stream.batches_per_epoch
+            _, doc_idx = self.stream.batch(micro)
+            inputs, targets, mask = (x.to(self.acc.device) for x in collate(self.corpus.docs(doc_idx), self.max_seq_len))
+            last = k == t.accumulation_steps - 1
+            with nullcontext() if last else self.acc.no_sync(self.model):
+                out = self.model(inputs)
+                ce = masked_ce(out.logits, targets, mask)
+                aux = _aux(out)
+                self.acc.backward((ce + aux) * self.loss_scale)
+            sums["ce"] += float(ce.detach())
+            sums["aux"] += float(aux.detach()) if torch.is_tensor(aux) else float(aux)
+            sums["tokens"] += float(mask.sum())
+        grad_norm = None
+        if t.grad_clip > 0:
+            norm = self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            grad_norm = float(norm) if norm is not None else None
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        hook = getattr(self.unwrapped, "after_optimizer_step", None)
+        if hook:
+            hook(self.step)  # every rank alike; DDP re-broadcasts rank 0's buffers each forward
+        n = t.accumulation_steps
+        return {"ce": sums["ce"] / n, "aux": sums["aux"] / n, "tokens": sums["tokens"], "grad_norm": grad_norm}
+
+    # --- logging, eval, checkpoints (collectives on all ranks, files on rank 0) --------
+
+    def log_step(self, stats: dict[str, float]) -> Optional[str]:
+        """Write the metrics row and check train guardrails; returns a stop reason."""
+        window = torch.tensor([stats["ce"], stats["aux"], self.tokens_since_log], device=self.acc.device)
+        if self.acc.num_processes > 1:
+            window = self.acc.reduce(window, "sum")
+            window[:2] /= self.acc.num_processes
+        memory = self.unwrapped.memory_stats(reset=True) if hasattr(self.unwrapped, "memory_stats") else {}
+        if not self.main:
+            return None
+        now = time.time()
+        ce, aux, tokens = (float(x) for x in window)
+        tok_s = tokens / max(1e-9, now - self.last_log_time)
+        done = self.step - self.start_step
+        eta = (now - self.start_time) / done * (self.total - self.step) if done else None
+        row: dict[str, Any] = {
+            "step": self.step, "epoch": round(self.epoch_pos, 4), "loss": ce + aux, "loss_ce": ce, "loss_aux": aux,
+            "lr": self.scheduler.get_last_lr()[0], "grad_norm": stats["grad_norm"], "tokens_per_s": tok_s,
+            "time": now, "elapsed_s": now - self.start_time + self.elapsed_before,
+        }
+        row.update({f"memory/{k}": float(v) for k, v in (memory or {}).items()})
+        self.history.append(row)
+        results = rules.check_train(self.history, self.cfg.guardrails)
+        reason = self._note_guardrails(results, row)
+        self.metrics.write(row)
+        self.swan.log(row, self.step)
+        runlog.say(runlog.progress_line(self.step, self.total, row, eta))
+        self.progress.step, self.progress.last_loss = self.step, _finite_or_none(ce + aux)
+        self.progress.eta_s, self.progress.tokens_per_s = eta, tok_s
+        self.heartbeat.beat()
+        self.last_log_time = now
+        return reason
+
+    def _note_guardrails(self, results: dict[str, Any], row: dict[str, Any]) -> Optional[str]:
+        changes = rules.level_changes(self.guard_results, results)
+        self.guard_results = {**self.guard_results, **results}
+        self.progress.guardrails = rules.levels_only(self.guard_results)
+        if changes:
+            row["guardrail_changes"] = changes
+            for name, change in changes.items():
+                runlog.say(f"guardrail {rules.describe(name, results[name])} (was {change['from'] or 'unset'})")
+        return rules.should_stop(results)
+
+    def eval_step(self) -> Optional[str]:
+        """Rank 0: periodic eval row, eval guardrails, best checkpoint; returns a stop reason."""
+        self.evaluated_once = True
+        train_loss = rules.smoothed_train_loss([r["loss_ce"] for r in self.history], self.cfg.guardrails.smoothing_window)
+        vals = periodic_eval(self.unwrapped, self.corpus.docs(self.corpus.val_idx), self.cfg, train_loss)
+        row = {"step": self.step, "time": time.time(), **vals}
+        results = rules.check_eval({"train_inference_ratio": vals["eval/train_inference_ratio"],
+                                    "repetition_rate": vals["eval/repetition_rate"]}, self.cfg.guardrails)
+        reason = self._note_guardrails(results, row)
+        self.metrics.write(row)
+        self.swan.log(row, self.step)
+        runlog.say("eval step {}: val_loss {} inference_loss {} ratio {} repetition {}".format(
+            self.step, *(f"{v:.4f}" if isinstance(v, float) else "n/a" for v in
+                         (vals["eval/val_loss"], vals["eval/inference_loss"], vals["eval/train_inference_ratio"],
+                          vals["eval/repetition_rate"]))))
+        if vals["eval/val_loss"] is not None:
+            self._maybe_best("val_loss", vals["eval/val_loss"])
+        return reason
+
+    def _maybe_best(self, metric: str, value: Optional[float]) -> None:
+        if value is None or not math.isfinite(value):
+            return
+        if self.best and self.best["metric"] == metric and self.best["value"] <= value:
+            return
+        self.best = {"metric": metric, "value": value, "step": self.step}
+        dim = int(self.cfg.model.get("dim", getattr(self.unwrapped.config, "dim", 0)))
+        ckpt.save(self.ckpt_dir / ckpt.best_name(dim), {**self._model_payload(), "step": self.step, "best": self.best})
+        runlog.say(f"best {metric} {value:.4f} at step {self.step}: saved {ckpt.best_name(dim)}")
+
+    def _model_payload(self) -> dict[str, Any]:
+        config = self.unwrapped.config.to_dict() if hasattr(getattr(self.unwrapped, "config", None), "to_dict") else self.cfg.model
+        return {"module": self.cfg.model_module, "model_config": config,
+                "model": self.acc.get_state_dict(self.model) if self.cfg.launch.deepspeed else self.unwrapped.state_dict()}
+
+    def save_last(self) -> None:
+        if not self.main:
+            return
+        if not self.evaluated_once:   # no validation yet: keep the best by smoothed train loss
+            self._maybe_best("train_loss_smoothed", rules.smoothed_train_loss(
+                [r["loss_ce"] for r in self.history], self.cfg.guardrails.smoothing_window))
+        ckpt.save(self.ckpt_dir / ckpt.LAST, {
+            **self._model_payload(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "step": self.step, "epoch": self.step * self.cfg.train.accumulation_steps / self.stream.batches_per_epoch,
+            "micro_index": self.step * self.cfg.train.accumulation_steps, "total_steps": self.total,
+            "rng": ckpt.rng_state(), "best": self.best, "config": self.cfg.to_dict(),
+            "memory_pending": ckpt.memory_pending(self.unwrapped),
+            "split": split_digest(self.corpus.train_idx, self.corpus.val_idx),
+            "elapsed_s": time.time() - self.start_time + self.elapsed_before,
+        })
+
+    def agree(self, guard_reason: Optional[str]) -> tuple[bool, bool]:
+        """(signal stop, guardrail stop) agreed across processes: any rank's flag counts."""
+        flags = torch.tensor([float(self.stop_flag.requested), float(guard_reason is not None)], device=self.acc.device)
+        if self.acc.num_processes > 1:
+            flags = self.acc.reduce(flags, "sum")
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    # --- the run -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.setup()
+        t = self.cfg.train
+        self.start_step, self.start_time = self.step, time.time()
+        self.last_log_time, self.tokens_since_log = self.start_time, 0.0
+        if self.main:
+            self.start_outputs()
+        try:
+            code = self._loop(t)
+        finally:
+            if self.main:
+                self.heartbeat.stop()
+                self.metrics.close()
+        self.acc.wait_for_everyone()
+        return code
+
+    def _loop(self, t) -> int:
+        while self.step < self.total:
+            stats = self.train_step()
+            self.tokens_since_log += stats["tokens"]
+            guard = None
+            if self.step % t.log_interval == 0 or self.step == self.total:
+                guard = self.log_step(stats)
+                self.tokens_since_log = 0.0
+            if self.main and t.eval_interval and self.step % t.eval_interval == 0 and self.step < self.total:
+                guard = self.eval_step() or guard
+            if self.step % t.save_interval == 0 and self.step < self.total:
+                self.save_last()
+            by_signal, by_guard = self.agree(guard)
+            if by_signal or by_guard:
+                return self._stop(by_signal, guard)
+        return self._finish()
+
+    def _stop(self, by_signal: bool, guard_reason: Optional[str]) -> int:
+        self.save_last()
+        code = EXIT_STOPPED if by_signal else EXIT_GUARDRAIL
+        if self.main:
+            reason = (f"signal {self.stop_flag.signal_name or 'from another process'}" if by_signal
+                      else guard_reason or "guardrail danger on another process")
+            state = "stopped" if by_signal else "guardrail_stopped"
+            runlog.say(f"{state} at step {self.step}/{self.total}: {reason}; checkpoint saved")
+            update_state(self.run_dir, state=state, stop_reason=reason, phase="stopped",
+                         heartbeat=time.time(), **{k: v for k, v in self.progress.as_state().items() if k != "phase"})
+            self.swan.finish(ok=False)
+        return code
+
+    def _finish(self) -> int:
+        guard = None
+        if self.main:
+            last_eval = [r for r in read_rows(self.run_dir / METRICS_FILE) if "eval/val_loss" in r]
+            if not last_eval or last_eval[-1]["step"] != self.step:
+                guard = self.eval_step()
+        self.save_last()
+        _, by_guard = self.agree(guard)
+        if by_guard:
+            return self._stop(False, guard)
+        if self.main:
+            runlog.say(f"training finished: {self.step} steps")
+            self.progress.eta_s = 0.0
+            update_state(self.run_dir, heartbeat=time.time(), **{**self.progress.as_state(), "phase": "trained"})
+            self.swan.finish(ok=True)
+        return EXIT_FINISHED

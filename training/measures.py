@@ -1,0 +1,167 @@
+"""Model measurements shared by the trainer's periodic eval and `training.evaluate`.
+
+All run in eval mode under no_grad and put the model back in its previous mode:
+  masked_ce          the training loss (also used teacher-forced on validation)
+  val_loss           teacher-forced validation loss over batches of held-out docs
+  inference_loss     prompt, then the reference scored token by token through the
+                     KV-cached incremental path (what catches the lab's 1.4.3 failure)
+  continuations      greedy (and optionally sampled) continuations of the prompts
+  recall             answer rank among same-relation distractors by log-likelihood
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.data import BOS_ID, EOS_ID, collate
+from training.textstats import bootstrap_ci, rank_of_answer
+
+
+def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over unmasked positions. logits (B, T, V), targets/mask (B, T)."""
+    per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                reduction="none").view_as(mask)
+    return (per_token * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+@contextmanager
+def evaluating(model) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def val_loss(model, docs: Sequence[np.ndarray], max_seq_len: int, batch_size: int, max_batches: int) -> Optional[float]:
+    """Token-weighted mean CE over the first max_batches batches of validation docs."""
+    if not docs:
+        return None
+    device = device_of(model)
+    total, count = 0.0, 0.0
+    with evaluating(model):
+        for start in range(0, min(len(docs), batch_size * max_batches), batch_size):
+            inputs, targets, mask = collate(docs[start:start + batch_size], max_seq_len)
+            inputs, targets, mask = inputs.to(device), targets.to(device), mask.to(device)
+            logits = model(inputs).logits
+            n = float(mask.sum())
+            total += float(masked_ce(logits, targets, mask)) * n
+            count += n
+    return total / count if count else None
+
+
+def split_prompt(doc: np.ndarray, prompt_tokens: int, max_seq_len: int) -> tuple[list[int], list[int]]:
+    """(prompt, reference) ids. Documents shorter than prompt_tokens + 1 are split in half
+    so short corpora (one sentence per document) still give a continuation to score."""
+    tokens = [int(t) for t in doc[:max_seq_len + 1]]
+    cut = prompt_tokens if len(tokens) > prompt_tokens + 1 else max(1, len(tokens) // 2)
+    return tokens[:cut], tokens[cut:]
+
+
+def inference_loss_one(model, prompt: list[int], reference: list[int]) -> tuple[float, int]:
+    """(summed CE, tokens) of `reference` after `prompt`, one token at a time with the KV cache."""
+    device = device_of(model)
+    out = model(torch.tensor([prompt], device=device), use_cache=True)
+    total = 0.0
+    for i, token in enumerate(reference):
+        logits = out.logits[:, -1, :].float()
+        total += float(F.cross_entropy(logits, torch.tensor([token], device=device)))
+        if i + 1 < len(reference):
+            out = model(torch.tensor([[token]], device=device), past_key_values=out.past_key_values, use_cache=True)
+    return total, len(reference)
+
+
+def inference_loss(model, pairs: Sequence[tuple[list[int], list[int]]]) -> Optional[float]:
+    total, count = 0.0, 0
+    with evaluating(model):
+        for prompt, reference in pairs:
+            if reference:
+                s, n = inference_loss_one(model, prompt, reference)
+                total, count = total + s, count + n
+    return total / count if count else None
+
+
+def _new_tokens(output: torch.Tensor, prompt: list[int]) -> list[int]:
+    """generate() may return prompt + new tokens or only the new ones; keep the new ones,
+    cut at the first </s>."""
+    ids = output[0].tolist() if output.dim() == 2 else output.tolist()
+    if ids[:len(prompt)] == prompt:
+        ids = ids[len(prompt):]
+    return ids[:ids.index(EOS_ID)] if EOS_ID in ids else ids
+
+
+def continuations(model, prompts: Sequence[list[int]], max_new_tokens: int, temperature: float = 0.0,
+                  top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
+    """Continuations of each prompt. Greedy ones touch no random state; sampled ones are
+    seeded per prompt (so they are reproducible) inside a forked RNG (so they do not
+    change the caller's random stream)."""
+    device = device_of(model)
+    outs = []
+    with evaluating(model), torch.random.fork_rng(devices=[]):
+        for i, prompt in enumerate(prompts):
+            if temperature > 0:
+                torch.manual_seed(seed + i)
+            output = model.generate(torch.tensor([prompt], device=device), max_new_tokens=max_new_tokens,
+                                    temperature=temperature, top_p=top_p, eos_token_id=EOS_ID, use_cache=True)
+            outs.append(_new_tokens(output, prompt))
+    return outs
+
+
+def candidate_scores(model, prompt_ids: list[int], candidates: Sequence[list[int]]) -> list[float]:
+    """Summed log-probability of each candidate's tokens after `<s> prompt`."""
+    device = device_of(model)
+    prefix = [BOS_ID] + prompt_ids
+    rows = [prefix + c for c in candidates]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.tensor(row)
+    logprobs = torch.log_softmax(model(ids.to(device)).logits.float(), dim=-1)
+    scores = []
+    for i, cand in enumerate(candidates):
+        positions = torch.arange(len(prefix) - 1, len(prefix) - 1 + len(cand), device=device)
+        target = torch.tensor(cand, device=device)
+        scores.append(float(logprobs[i, positions, target].sum()))
+    return scores
+
+
+def recall(model, tokenizer, probes: dict[str, list[dict[str, Any]]], max_per_split: int, seed: int) -> dict[str, Any]:
+    """{split: {p_at_1, mrr, n, p_at_1_ci, mrr_ci, chance_p_at_1}} over the first probes of each split."""
+    def encode(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    result: dict[str, Any] = {}
+    with evaluating(model):
+        for split, items in probes.items():
+            hits, recips, chance = [], [], []
+            for probe in items[:max_per_split]:
+                options = [probe["answer"]] + list(probe["distractors"])
+                scores = candidate_scores(model, encode(probe["prompt"]), [encode(" " + o) for o in options])
+                if not all(math.isfinite(s) for s in scores):
+                    continue
+                rank = rank_of_answer(scores, 0)
+                hits.append(1.0 if rank == 1 else 0.0)
+                recips.append(1.0 / rank)
+                chance.append(1.0 / len(options))
+            n = len(hits)
+            result[split] = {
+                "p_at_1": float(np.mean(hits)) if n else None,
+                "mrr": float(np.mean(recips)) if n else None,
+                "n": n,
+                "p_at_1_ci": bootstrap_ci(hits, seed),
+                "mrr_ci": bootstrap_ci(recips, seed),
+                "chance_p_at_1": float(np.mean(chance)) if n else None,
+            }
+    return result

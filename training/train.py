@@ -1,0 +1,52 @@
+"""Entry point of a training run: `python -m training.train --run-dir runs/V [--resume]`.
+
+Run under `accelerate launch` by the run script. Exit codes (minimind.state): 0 trained,
+10 stopped by a signal (checkpoint saved), 11 stopped by a guardrail, 1 a MinimindError
+(one line on stderr), 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from minimind.errors import MinimindError
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", required=True, type=Path, help="runs/V: holds config.yaml; outputs go here")
+    parser.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pth")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    if not (run_dir / "config.yaml").is_file():
+        print(f"Error: {run_dir / 'config.yaml'} not found", file=sys.stderr)
+        return 1
+    from training.loop import Trainer
+
+    try:
+        return Trainer(run_dir, resume=args.resume).run()
+    except MinimindError as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        _record_error(run_dir, str(exc))
+        return exc.exit_code
+
+
+def _record_error(run_dir: Path, message: str) -> None:
+    from minimind.state import update_state
+
+    try:
+        update_state(run_dir, error=message, heartbeat=time.time())
+    except OSError:
+        pass  # the message is already on stderr; state.json is best effort here
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
