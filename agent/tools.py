@@ -1,0 +1,378 @@
+"""Tool definitions for the claude backend and the validators for what comes back.
+
+One tool per step (`propose_plan`, `write_analysis`, `draft_commit`). Each tool's JSON
+schema is generated from the dataclass that holds the validated result (agent/base.py
+`Plan`, `Analysis`, `CommitDraft`, minus `backend`), and the `changes` object of a plan
+is generated from the experiment's config schema, so the model is shown exactly what
+the validator accepts. The validators re-check everything (a schema is a request, not a
+guarantee) and raise `ToolInputError` listing every problem, which becomes the repair
+message of the one repair round.
+
+What the model may never set: data paths, guardrail thresholds, evaluation settings,
+launch and SwanLab settings (`FORBIDDEN_SECTIONS`), and any string value outside a small
+safe alphabet. Text fields are plain data: stripped, control characters removed,
+length-limited; single-line fields (titles, bullets) have newlines folded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Callable, get_args, get_origin, get_type_hints
+
+from agent.base import (Analysis, AnalysisContext, CommitContext, CommitDraft, Plan, PlanContext)
+
+MAX_TEXT = 8000          # characters of one prose field
+MAX_LINE = 500           # characters of one bullet
+MAX_TITLE = 100          # characters of a commit title
+MAX_ITEMS = 12           # bullets in one list
+MAX_STRING_VALUE = 64    # characters of a string config value
+MAX_ABS_NUMBER = 1e15    # numbers beyond this are refused even where the schema sets no range
+
+# Config sections the model may not touch: paths (data), thresholds (guardrails),
+# evaluation (eval), where and how the run is launched (launch: process counts, DeepSpeed
+# config path) and where results are mirrored (swanlab: cloud upload is the user's call).
+FORBIDDEN_SECTIONS = ("data", "guardrails", "eval", "launch", "swanlab")
+
+# A string config value (a preset name, a policy) needs nothing beyond these characters;
+# everything a shell, YAML or a path would read specially is outside it.
+_SAFE_STRING = re.compile(r"[A-Za-z0-9_.:+=@%, -]*")
+_SHELL_CHARS = set("$`;|&<>(){}\\'\"*?~!#[]^")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+TOOL_NAMES = {"plan": "propose_plan", "analyse": "write_analysis", "draft_commit": "draft_commit"}
+
+_FIELD_HELP = {
+    "thinking": "Your reasoning for this experiment: what the base showed, what the change tests, why these values.",
+    "changes": "Config changes beyond the base config: dotted key -> value. Only keys listed here; omit keys you keep.",
+    "rationale": "Why each changed key has its new value: dotted key -> one or two sentences.",
+    "expected": "What you expect the results to show if the hypothesis holds, in words (no invented numbers).",
+    "risks": "What could go wrong or confound the result, one per item.",
+    "training_results": "What the training metrics show (loss trajectory, speed, guardrails).",
+    "inference_evaluation": "What the evaluation shows (inference loss, repetition, recall, samples).",
+    "deep_analysis": "Why the results came out this way; compare with the base.",
+    "conclusion": "The conclusion, consistent with the computed verdict given to you.",
+    "next_steps": "Concrete next experiments or checks, one per item.",
+    "title": "One-line commit title (no trailing period).",
+    "improvements": "Main improvements of this experiment, one per item.",
+    "core_changes": "Per file of the commit: bullet lines describing its change.",
+    "results": "Result lines, restating the computed results you were given.",
+}
+
+
+class ToolInputError(ValueError):
+    """The model's tool input does not validate; `problems` lists every reason."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+# --- schemas ---------------------------------------------------------------------------
+
+def allowed_config_keys(config_schema: dict[str, dict]) -> list[str]:
+    """The dotted keys the model may change: the schema's keys minus forbidden sections."""
+    return [key for key in config_schema if not _forbidden_reason(key)]
+
+
+def _forbidden_reason(key: str) -> str | None:
+    section = key.split(".", 1)[0]
+    if section in FORBIDDEN_SECTIONS:
+        return f"{key}: {section}.* settings may not be changed by the agent"
+    return None
+
+
+def _value_schema(spec: dict) -> dict[str, Any]:
+    """JSON schema of one config value from its `describe()` entry."""
+    out: dict[str, Any] = {}
+    choices = spec.get("choices")
+    tp = _base_type(spec.get("type", ""))
+    if choices:
+        out["enum"] = list(choices)
+    elif tp == "int":
+        out["type"] = "integer"
+    elif tp == "float":
+        out["type"] = "number"
+    elif tp == "bool":
+        out["type"] = "boolean"
+    elif tp == "str":
+        out["type"] = "string"
+        out["maxLength"] = MAX_STRING_VALUE
+    else:
+        out["type"] = ["string", "number", "boolean"]
+    if spec.get("min") is not None:
+        out["minimum"] = spec["min"]
+    if spec.get("max") is not None:
+        out["maximum"] = spec["max"]
+    if spec.get("help"):
+        out["description"] = str(spec["help"])
+    return out
+
+
+def _base_type(type_name: str) -> str:
+    """'int' / 'float' / 'bool' / 'str' / 'choice' / '' (anything else) from describe()'s type."""
+    name = str(type_name).strip()
+    if name in ("int", "float", "bool", "str"):
+        return name
+    if name.startswith("'") or name.startswith('"'):
+        return "choice"
+    return ""
+
+
+def _field_schema(tp: Any, name: str) -> dict[str, Any]:
+    """JSON schema of one result dataclass field from its annotation."""
+    origin = get_origin(tp)
+    if tp is str:
+        limit = MAX_TITLE if name == "title" else MAX_TEXT
+        return {"type": "string", "maxLength": limit}
+    if origin is list and get_args(tp) == (str,):
+        return {"type": "array", "items": {"type": "string", "maxLength": MAX_LINE}, "maxItems": MAX_ITEMS}
+    if origin is dict:
+        _, value_tp = get_args(tp)
+        return {"type": "object", "additionalProperties": _field_schema(value_tp, name)}
+    raise TypeError(f"no JSON schema for {name}: {tp!r}")
+
+
+def _tool(name: str, description: str, cls: type, overrides: dict[str, dict]) -> dict[str, Any]:
+    hints = get_type_hints(cls)
+    properties: dict[str, Any] = {}
+    for fld in dataclasses.fields(cls):
+        if fld.name == "backend":
+            continue  # set by the backend, never by the model
+        schema = overrides.get(fld.name) or _field_schema(hints[fld.name], fld.name)
+        properties[fld.name] = {**schema, "description": _FIELD_HELP.get(fld.name, fld.name)}
+    return {
+        "name": name,
+        "description": description,
+        "input_schema": {"type": "object", "properties": properties,
+                         "required": list(properties), "additionalProperties": False},
+    }
+
+
+def plan_tool(ctx: PlanContext) -> dict[str, Any]:
+    keys = allowed_config_keys(ctx.config_schema)
+    changes = {"type": "object", "additionalProperties": False,
+               "properties": {k: _value_schema(ctx.config_schema[k]) for k in keys}}
+    rationale = {"type": "object", "additionalProperties": False,
+                 "properties": {k: {"type": "string", "maxLength": MAX_LINE} for k in keys}}
+    return _tool(TOOL_NAMES["plan"], "Propose the experiment plan: reasoning, config changes within the schema, "
+                 "expected results and risks.", Plan, {"changes": changes, "rationale": rationale})
+
+
+def analysis_tool(ctx: AnalysisContext) -> dict[str, Any]:
+    return _tool(TOOL_NAMES["analyse"], "Write the record's result sections: explain the computed numbers "
+                 "and verdict, do not change them.", Analysis, {})
+
+
+def commit_tool(ctx: CommitContext) -> dict[str, Any]:
+    bullets = {"type": "array", "items": {"type": "string", "maxLength": MAX_LINE}, "maxItems": MAX_ITEMS}
+    core = {"type": "object", "additionalProperties": False, "properties": {f: bullets for f in ctx.files}}
+    return _tool(TOOL_NAMES["draft_commit"], "Draft the commit message sections.", CommitDraft, {"core_changes": core})
+
+
+# --- validation ------------------------------------------------------------------------
+
+def _text(value: Any, where: str, problems: list[str], *, limit: int = MAX_TEXT,
+          one_line: bool = False, required: bool = True) -> str:
+    """Clean prose: a string, control characters removed, stripped, cut at `limit`."""
+    if not isinstance(value, str):
+        problems.append(f"{where}: expected a string, got {type(value).__name__}")
+        return ""
+    text = _CONTROL.sub("", value.replace("\r\n", "\n"))
+    if one_line:
+        text = " ".join(text.split())
+    text = text.strip()
+    if required and not text:
+        problems.append(f"{where}: must not be empty")
+    if len(text) > limit:
+        text = text[: limit - 2].rstrip() + " …"
+    return text
+
+
+def _lines(value: Any, where: str, problems: list[str]) -> list[str]:
+    if not isinstance(value, list):
+        problems.append(f"{where}: expected a list of strings, got {type(value).__name__}")
+        return []
+    if len(value) > MAX_ITEMS:
+        problems.append(f"{where}: at most {MAX_ITEMS} items, got {len(value)}")
+    out = []
+    for i, item in enumerate(value[:MAX_ITEMS]):
+        line = _text(item, f"{where}[{i}]", problems, limit=MAX_LINE, one_line=True, required=False)
+        if line:
+            out.append(line)
+    return out
+
+
+def _check_keys(data: Any, cls: type, problems: list[str]) -> dict[str, Any]:
+    """The tool input as a dict; missing and unknown top-level keys added to `problems`."""
+    if not isinstance(data, dict):
+        problems.append(f"the tool input must be an object, got {type(data).__name__}")
+        return {}
+    expected = [f.name for f in dataclasses.fields(cls) if f.name != "backend"]
+    for name in expected:
+        if name not in data:
+            problems.append(f"{name}: missing")
+    for name in sorted(set(data) - set(expected)):
+        problems.append(f"{name}: unknown key (allowed: {', '.join(expected)})")
+    return data
+
+
+def check_config_value(key: str, value: Any, spec: dict) -> str | None:
+    """Why `value` may not be set for `key` (None when it may): type, range, safe strings."""
+    if value is None or isinstance(value, (dict, list)):
+        return f"{key}: must be a single number, boolean or string, got {value!r}"
+    choices = spec.get("choices")
+    if choices:
+        if not any(c == value and type(c) is type(value) for c in choices):  # True is not 1
+            return f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}"
+        return None
+    tp = _base_type(spec.get("type", ""))
+    if tp == "bool" and not isinstance(value, bool):
+        return f"{key}: expected true or false, got {value!r}"
+    if tp == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+        return f"{key}: expected an integer, got {value!r}"
+    if tp == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return f"{key}: expected a number, got {value!r}"
+    if tp == "str" and not isinstance(value, str):
+        return f"{key}: expected a string, got {value!r}"
+    if isinstance(value, str):
+        return _check_string(key, value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{key}: must be finite, got {value!r}"
+        lo, hi = spec.get("min"), spec.get("max")
+        if lo is not None and value < lo:
+            return f"{key}: must be >= {lo}, got {_short(value)}"
+        if hi is not None and value > hi:
+            return f"{key}: must be <= {hi}, got {_short(value)}"
+        if abs(value) > MAX_ABS_NUMBER:
+            return f"{key}: {_short(value)} is out of any sensible range"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:20] + f"...({len(text)} digits)"
+
+
+def _check_string(key: str, value: str) -> str | None:
+    if len(value) > MAX_STRING_VALUE:
+        return f"{key}: string longer than {MAX_STRING_VALUE} characters"
+    if "\n" in value or "\r" in value or "\x00" in value:
+        return f"{key}: strings may not contain newlines or NUL"
+    bad = sorted(set(value) & _SHELL_CHARS)
+    if bad:
+        return f"{key}: strings may not contain shell metacharacters ({' '.join(bad)})"
+    if "/" in value or ".." in value:
+        return f"{key}: path-like strings are not allowed"
+    if not _SAFE_STRING.fullmatch(value):
+        return f"{key}: only letters, digits, spaces and _ . : + = @ % , - are allowed"
+    if value.startswith("-"):
+        return f"{key}: strings may not start with '-'"
+    return None
+
+
+def _human_set(key: str, sets: list[tuple[str, Any]]) -> tuple[bool, Any]:
+    """Whether the human's --set pairs name `key` (dotted or by its bare name), and the value."""
+    for set_key, value in sets:
+        if set_key == key or key.endswith("." + set_key):
+            return True, value
+    return False, None
+
+
+def validate_plan(tool_input: Any, ctx: PlanContext, backend: str = "claude") -> Plan:
+    problems: list[str] = []
+    data = _check_keys(tool_input, Plan, problems)
+    changes: dict[str, Any] = {}
+    raw_changes = data.get("changes", {})
+    if not isinstance(raw_changes, dict):
+        problems.append(f"changes: expected an object, got {type(raw_changes).__name__}")
+        raw_changes = {}
+    for key, value in raw_changes.items():
+        key = str(key)
+        reason = _forbidden_reason(key)
+        if reason:
+            problems.append(reason)
+            continue
+        if key not in ctx.config_schema:
+            problems.append(f"{key}: unknown config key")
+            continue
+        reason = check_config_value(key, value, ctx.config_schema[key])
+        if reason:
+            problems.append(reason)
+            continue
+        was_set, human_value = _human_set(key, ctx.sets)
+        if was_set and human_value != value:
+            problems.append(f"{key}: set by the human to {human_value!r}; leave it out")
+            continue
+        changes[key] = value
+    rationale: dict[str, str] = {}
+    raw_rationale = data.get("rationale", {})
+    if not isinstance(raw_rationale, dict):
+        problems.append(f"rationale: expected an object, got {type(raw_rationale).__name__}")
+        raw_rationale = {}
+    for key, why in raw_rationale.items():
+        if key not in ctx.config_schema or _forbidden_reason(str(key)):
+            problems.append(f"rationale.{key}: not a key the plan may change")
+            continue
+        rationale[str(key)] = _text(why, f"rationale.{key}", problems, limit=MAX_LINE, one_line=True)
+    plan = Plan(
+        thinking=_text(data.get("thinking", ""), "thinking", problems),
+        changes=changes,
+        rationale=rationale,
+        expected=_text(data.get("expected", ""), "expected", problems),
+        risks=_lines(data.get("risks", []), "risks", problems),
+        backend=backend,
+    )
+    if problems:
+        raise ToolInputError(problems)
+    return plan
+
+
+def validate_analysis(tool_input: Any, ctx: AnalysisContext, backend: str = "claude") -> Analysis:
+    problems: list[str] = []
+    data = _check_keys(tool_input, Analysis, problems)
+    analysis = Analysis(
+        training_results=_text(data.get("training_results", ""), "training_results", problems),
+        inference_evaluation=_text(data.get("inference_evaluation", ""), "inference_evaluation", problems),
+        deep_analysis=_text(data.get("deep_analysis", ""), "deep_analysis", problems),
+        conclusion=_text(data.get("conclusion", ""), "conclusion", problems),
+        next_steps=_lines(data.get("next_steps", []), "next_steps", problems),
+        backend=backend,
+    )
+    if problems:
+        raise ToolInputError(problems)
+    return analysis
+
+
+def validate_commit(tool_input: Any, ctx: CommitContext, backend: str = "claude") -> CommitDraft:
+    problems: list[str] = []
+    data = _check_keys(tool_input, CommitDraft, problems)
+    core: dict[str, list[str]] = {}
+    raw_core = data.get("core_changes", {})
+    if not isinstance(raw_core, dict):
+        problems.append(f"core_changes: expected an object, got {type(raw_core).__name__}")
+        raw_core = {}
+    for name, lines in raw_core.items():
+        if name in ctx.files:  # files outside the commit are dropped, not repaired
+            core[name] = _lines(lines, f"core_changes.{name}", problems)
+    draft = CommitDraft(
+        title=_text(data.get("title", ""), "title", problems, limit=MAX_TITLE, one_line=True),
+        improvements=_lines(data.get("improvements", []), "improvements", problems),
+        core_changes=core,
+        results=_lines(data.get("results", []), "results", problems),
+        next_steps=_lines(data.get("next_steps", []), "next_steps", problems),
+        backend=backend,
+    )
+    if problems:
+        raise ToolInputError(problems)
+    return draft
+
+
+VALIDATORS: dict[str, Callable[..., Any]] = {
+    "plan": validate_plan, "analyse": validate_analysis, "draft_commit": validate_commit,
+}
+TOOLS: dict[str, Callable[..., dict]] = {
+    "plan": plan_tool, "analyse": analysis_tool, "draft_commit": commit_tool,
+}
