@@ -1,0 +1,788 @@
+"""MiniMind language model with a human-readable memory bank: the lab's living research model.
+
+One file, torch and the standard library only, so that a snapshot `models/model_X_Y_Z.py`
+(an exact copy of this file) rebuilds any old experiment. Read it top to bottom:
+
+1. ModelConfig: every setting with its range and help (the CLI and the agent use them).
+2. Transformer parts, as in MiniMind2 and under its parameter names so that a MiniMind2
+   `pretrain_512.pth` loads strictly: RMSNorm, rotary embeddings, grouped-query
+   attention with a KV cache, SwiGLU feed-forward, mixture of experts.
+3. MemoryLayer: product-key retrieval over a bank of entries that are token ids (text a
+   human can read), read through the model's own token embeddings.
+4. Block and MiniMindLM: presets, forward, generation, and the memory API (loading the
+   bank, EMA updates of selected entries, statistics, inspection, editing).
+
+Shapes in comments: B batch, T new tokens, S keys (cache + new), H heads, D head dim,
+N tokens in the batch (B*T), C candidates, L knowledge_length, V vocab.
+"""
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PAD_ID = 0  # token id 0 pads short memory entries; it is ignored when an entry is read
+
+# ----------------------------------------------------------------------------- config
+
+
+class BlockSpec(NamedTuple):
+    """What a transformer block holds besides attention."""
+
+    feed_forward: bool
+    memory: bool
+
+
+PRESETS = {
+    "original": BlockSpec(feed_forward=True, memory=False),  # MiniMind2, the baseline
+    "memory": BlockSpec(feed_forward=False, memory=True),  # the memory bank replaces the FFN
+    "hybrid": BlockSpec(feed_forward=True, memory=True),  # FFN and memory side by side
+    "no_feed": BlockSpec(feed_forward=False, memory=False),  # attention only: the control
+}
+# The seed lab's file names, still accepted everywhere a preset is.
+PRESET_ALIASES = {"model_original": "original", "model_memory": "memory", "model": "hybrid", "model_no_feed": "no_feed"}
+
+
+def _setting(default, help, *, min=None, max=None, choices=None):
+    metadata = {"help": help}
+    metadata.update({k: v for k, v in (("min", min), ("max", max), ("choices", choices)) if v is not None})
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    """Every model setting, MiniMind2's names and defaults. Validated on construction."""
+
+    preset: str = _setting("memory", "block layout: original (attention+FFN), memory (memory replaces FFN), "
+                           "hybrid (FFN+memory), no_feed (attention only)",
+                           choices=[*PRESETS, *PRESET_ALIASES])
+    dim: int = _setting(512, "model width", min=8, max=8192)
+    n_layers: int = _setting(8, "transformer blocks", min=1, max=128)
+    n_heads: int = _setting(8, "attention query heads (dim must be divisible by it)", min=1, max=128)
+    n_kv_heads: int = _setting(2, "key/value heads for grouped-query attention (divides n_heads)", min=1, max=128)
+    vocab_size: int = _setting(6400, "tokenizer vocabulary size", min=4, max=1_000_000)
+    hidden_dim: int | None = _setting(None, "FFN hidden width; None means 8*dim/3 rounded up to multiple_of",
+                                      min=8, max=65536)
+    multiple_of: int = _setting(64, "FFN hidden width is rounded up to a multiple of this", min=1, max=4096)
+    norm_eps: float = _setting(1e-5, "RMSNorm epsilon", min=1e-12, max=0.1)
+    max_seq_len: int = _setting(512, "longest sequence (prompt + generated) the model accepts", min=8, max=131072)
+    rope_theta: float = _setting(1e6, "rotary embedding base", min=1.0, max=1e9)
+    dropout: float = _setting(0.0, "dropout probability", min=0.0, max=0.9)
+    flash_attn: bool = _setting(True, "use torch's scaled_dot_product_attention kernel")
+    # Mixture of experts (MiniMind2's MoE, used only by the presets with a feed-forward layer)
+    use_moe: bool = _setting(False, "replace each FFN by routed + shared experts")
+    num_experts_per_tok: int = _setting(2, "experts each token is routed to", min=1, max=64)
+    n_routed_experts: int = _setting(4, "routed experts per layer", min=1, max=256)
+    n_shared_experts: int = _setting(1, "shared experts every token also passes (0 or 1)", min=0, max=1)
+    scoring_func: str = _setting("softmax", "router scoring function", choices=["softmax"])
+    aux_loss_alpha: float = _setting(0.1, "weight of the expert load-balancing loss", min=0.0, max=10.0)
+    seq_aux: bool = _setting(True, "balance experts per sequence rather than per batch")
+    norm_topk_prob: bool = _setting(True, "renormalise the chosen experts' weights to sum to 1")
+    # Memory layer
+    knowledge_num: int = _setting(1_048_576, "memory entries; a perfect square (product keys use sqrt of it per half)",
+                                  min=4, max=67_108_864)
+    knowledge_length: int = _setting(32, "tokens per memory entry", min=1, max=1024)
+    knowledge_dim: int = _setting(128, "query/key width of the memory lookup (even)", min=2, max=4096)
+    num_candidates: int = _setting(32, "entries each token reads (at most sqrt(knowledge_num))", min=1, max=1024)
+    ema_decay: float = _setting(0.9, "EMA decay when selected entries move toward their queries (1 = never)",
+                                min=0.0, max=1.0)
+    ema_update_freq: int = _setting(5, "optimizer steps between EMA updates of the bank", min=1, max=1_000_000)
+    freeze_ratio: float = _setting(0.2, "fraction of entries that EMA never changes", min=0.0, max=1.0)
+    freeze_policy: str = _setting("random", "which entries are frozen: random (seeded) or importance (highest scores)",
+                                  choices=["random", "importance"])
+    memory_seed: int = _setting(0, "seed of the initial random bank and of random freezing", min=0, max=2**31 - 1)
+    similarity_loss_weight: float = _setting(0.0, "weight of the query/best-key alignment loss", min=0.0, max=100.0)
+    diversity_loss_weight: float = _setting(0.0, "weight of the query-collapse penalty (mean query direction)",
+                                            min=0.0, max=100.0)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _validated(f, getattr(self, f.name)))
+        self.preset = PRESET_ALIASES.get(self.preset, self.preset)
+        for ok, message in (
+            (self.dim % self.n_heads == 0, f"dim must be divisible by n_heads, got dim={self.dim}, n_heads={self.n_heads}"),
+            ((self.dim // self.n_heads) % 2 == 0, f"dim/n_heads must be even for rotary embeddings, got {self.dim // self.n_heads}"),
+            (self.n_heads % self.n_kv_heads == 0, f"n_kv_heads must divide n_heads, got n_kv_heads={self.n_kv_heads}, n_heads={self.n_heads}"),
+            (math.isqrt(self.knowledge_num) ** 2 == self.knowledge_num, f"knowledge_num must be a perfect square, got {self.knowledge_num}"),
+            (self.knowledge_dim % 2 == 0, f"knowledge_dim must be even, got {self.knowledge_dim}"),
+            (self.num_candidates <= math.isqrt(self.knowledge_num),
+             f"num_candidates must be at most sqrt(knowledge_num)={math.isqrt(self.knowledge_num)}, got {self.num_candidates}"),
+            (self.num_experts_per_tok <= self.n_routed_experts,
+             f"num_experts_per_tok must be at most n_routed_experts={self.n_routed_experts}, got {self.num_experts_per_tok}"),
+        ):
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def ffn_hidden_dim(self) -> int:
+        if self.hidden_dim is not None:
+            return self.hidden_dim
+        hidden = int(2 * 4 * self.dim / 3)  # MiniMind2's formula: 1365 at dim 512 ...
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)  # ... 1408
+
+    @property
+    def has_memory(self) -> bool:
+        return PRESETS[self.preset].memory
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown model config key(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def fields_schema(cls) -> dict:
+        """{name: {type, help, min, max, choices, default, nullable}} for the CLI's --set and the agent."""
+        schema = {}
+        for f in dataclasses.fields(cls):
+            kind, nullable = _field_type(f)
+            schema[f.name] = {"type": kind.__name__, "help": f.metadata["help"], "min": f.metadata.get("min"),
+                              "max": f.metadata.get("max"), "choices": f.metadata.get("choices"),
+                              "default": f.default, "nullable": nullable}
+        return schema
+
+
+def _field_type(f) -> tuple[type, bool]:
+    """(base type, accepts None) of a config field: `int | None` -> (int, True)."""
+    args = [a for a in typing.get_args(f.type) if a is not type(None)]
+    return (args[0], True) if args else (f.type, False)
+
+
+def _validated(f, value):
+    kind, nullable = _field_type(f)
+    if value is None:
+        if nullable:
+            return None
+        raise ValueError(f"{f.name} must not be None")
+    # bool is a subclass of int: refuse it where a number is meant, and numbers where a bool is.
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is bool and not isinstance(value, bool):
+        raise ValueError(f"{f.name} must be a bool, got {value!r}")
+    if kind is int and not (is_number and isinstance(value, int)):
+        raise ValueError(f"{f.name} must be an int, got {value!r}")
+    if kind is float:
+        if not is_number or not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+        value = float(value)
+    if kind is str and not isinstance(value, str):
+        raise ValueError(f"{f.name} must be a string, got {value!r}")
+    lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ValueError(f"{f.name} must be between {lo} and {hi}, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def bank_dtype(vocab_size: int) -> torch.dtype:
+    """The smallest integer dtype that holds every token id (the bank is the largest buffer)."""
+    return torch.int16 if vocab_size <= torch.iinfo(torch.int16).max else torch.int32
+
+
+# ----------------------------------------------------------------------------- transformer parts
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x_float = x.float()  # normalise in fp32 even under bf16: the mean of squares underflows otherwise
+        return self.weight * (x_float * torch.rsqrt(x_float.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angle of each position and frequency: (max_seq_len, head_dim/2)."""
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(max_seq_len).float(), freqs)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of x (B, T, H, D): MiniMind2's complex-number RoPE."""
+    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, T, H, D/2) each
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # (1, T, 1, D/2)
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    """Grouped-query causal self-attention with an optional KV cache."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
+        self.head_dim = config.dim // config.n_heads
+        self.wq = nn.Linear(config.dim, config.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
+        self.dropout = config.dropout
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.flash = config.flash_attn
+
+    def forward(self, x, cos, sin, past_kv=None, use_cache=False):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if past_kv is not None:  # the cache holds rotated keys, so old positions are never recomputed
+            k, v = torch.cat([past_kv[0], k], dim=1), torch.cat([past_kv[1], v], dim=1)  # (B, S, H_kv, D)
+        new_kv = (k, v) if use_cache else None
+        S = k.shape[1]
+        # each group of n_heads/n_kv_heads query heads shares one key/value head (MiniMind2's repeat_kv)
+        n_rep = self.n_heads // self.n_kv_heads
+        q = q.transpose(1, 2)  # (B, H, T, D)
+        k = k.repeat_interleave(n_rep, dim=2).transpose(1, 2)  # (B, H, S, D)
+        v = v.repeat_interleave(n_rep, dim=2).transpose(1, 2)
+        # query i sits at position S-T+i and sees keys 0..S-T+i
+        mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+        if self.flash:
+            is_causal = T == S and T > 1  # the kernel's own causal mask is aligned top-left: only right when T == S
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if is_causal else mask, is_causal=is_causal,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            y = self.attn_dropout(F.softmax(scores.float(), dim=-1).type_as(q)) @ v  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, -1)
+        return self.resid_dropout(self.wo(y)), new_kv
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden = config.ffn_hidden_dim
+        self.w1 = nn.Linear(config.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, config.dim, bias=False)
+        self.w3 = nn.Linear(config.dim, hidden, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class MoEGate(nn.Module):
+    """MiniMind2's router: softmax scores, top-k experts, load-balancing auxiliary loss."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.top_k, self.n_experts = config.num_experts_per_tok, config.n_routed_experts
+        self.alpha, self.seq_aux, self.norm_topk_prob = config.aux_loss_alpha, config.seq_aux, config.norm_topk_prob
+        self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.dim))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        scores = F.linear(x.reshape(B * T, -1), self.weight).softmax(dim=-1)  # (N, E)
+        weight, expert = scores.topk(self.top_k, dim=-1, sorted=False)  # (N, k)
+        if self.top_k > 1 and self.norm_topk_prob:
+            weight = weight / (weight.sum(dim=-1, keepdim=True) + 1e-20)
+        aux = scores.new_zeros(())
+        if self.training and self.alpha > 0.0:
+            if self.seq_aux:  # per sequence: expert load (scaled so uniform = 1) times mean router score
+                load = torch.zeros(B, self.n_experts, device=x.device)
+                load.scatter_add_(1, expert.view(B, -1), torch.ones(B, T * self.top_k, device=x.device))
+                load /= T * self.top_k / self.n_experts
+                aux = (load * scores.view(B, T, -1).mean(dim=1)).sum(dim=1).mean() * self.alpha
+            else:
+                load = F.one_hot(expert.view(-1), self.n_experts).float().mean(0) * self.n_experts
+                aux = (scores.mean(0) * load).sum() * self.alpha
+        return expert, weight, aux
+
+
+class MOEFeedForward(nn.Module):
+    """Routed experts (each token goes to its top-k) plus an optional shared expert."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.experts = nn.ModuleList(FeedForward(config) for _ in range(config.n_routed_experts))
+        self.gate = MoEGate(config)
+        self.shared_experts = FeedForward(config) if config.n_shared_experts else None
+
+    def forward(self, x):
+        B, T, dim = x.shape
+        expert, weight, aux = self.gate(x)  # (N, k) each
+        flat = x.reshape(B * T, dim)
+        token = torch.arange(B * T, device=x.device).repeat_interleave(expert.shape[1])  # (N*k,)
+        expert, weight = expert.reshape(-1), weight.reshape(-1)
+        y = torch.zeros_like(flat)
+        for e, ffn in enumerate(self.experts):  # every expert runs, even on no tokens, so all get gradients
+            chosen = (expert == e).nonzero().squeeze(1)
+            y = y.index_add(0, token[chosen], ffn(flat[token[chosen]]) * weight[chosen, None].to(flat.dtype))
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(flat)
+        return y.view(B, T, dim), aux
+
+
+# ----------------------------------------------------------------------------- memory layer
+
+EMA_MAX_PENDING = 32768  # entries per layer whose query sums are kept between EMA updates (memory bound)
+HOT_FACTOR = 10.0  # an entry is "hot" when used this many times more than the mean used entry
+
+
+class MemoryLayer(nn.Module):
+    """Reads the shared bank of token-id entries for every token; see PRODUCT.md section 7.
+
+    query   = Wq RMSNorm(h_attn)  -- the attention output alone: querying with x + h_attn
+                                     averaged the queries and froze the selection (lab 1.4.3)
+    lookup  = product keys: the query's two halves each score sqrt(knowledge_num) sub-keys;
+              the best C of each half give C*C sums, the best C of those are the candidates
+              (entry i*sqrt(N) + j), so scoring costs O(sqrt(N)), never O(N)
+    read    = sum over candidates of softmax weight * mean of the entry's token embeddings
+    out     = Wdown(silu(Wgate x) * Wup read)   -- gated SwiGLU fusion into the residual
+
+    The read projects the token embedding table to knowledge_dim once per step and averages
+    rows of that (V, knowledge_dim) table: mean and projection are both linear, so this equals
+    projecting each entry's mean embedding, while the gather moves 4x fewer bytes.
+    `F.embedding_bag` with per-sample weights (softmax weight / entry length) sums the C*L
+    token rows of each query in one kernel: no (N, C, L, dim) tensor ever exists, and the
+    weights' gradient reaches the sub-keys and the query projection.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.side = math.isqrt(config.knowledge_num)
+        self.num_candidates = config.num_candidates
+        self.similarity_loss_weight = config.similarity_loss_weight
+        self.diversity_loss_weight = config.diversity_loss_weight
+        half = config.knowledge_dim // 2
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.query = nn.Linear(config.dim, config.knowledge_dim, bias=False)
+        self.keys = nn.Parameter(torch.randn(2, self.side, half) / math.sqrt(half))  # (2, sqrt(N), kd/2)
+        self.value = nn.Linear(config.dim, config.knowledge_dim, bias=False)  # applied to the embedding table
+        self.gate = nn.Linear(config.dim, config.dim, bias=False)
+        self.up = nn.Linear(config.knowledge_dim, config.dim, bias=False)
+        self.down = nn.Linear(config.dim, config.dim, bias=False)
+        # Usage counts of the current statistics window: updated in place (index_add_), read and
+        # reset only by memory_stats(). Not saved: a window, not model state.
+        self.register_buffer("usage", torch.zeros(config.knowledge_num, dtype=torch.int32), persistent=False)
+        self.entropy_sum, self.token_count = 0.0, 0  # tensors once a forward has run
+        # EMA: per selected entry, the sum and count of the query inputs that picked it first
+        self.pending = []  # per training forward: (best entry ids, query inputs, counts), merged when large
+        self.capture = None  # a list while inspect_memory() records selections
+        self._table, self._table_key = None, None
+
+    def lookup(self, query):
+        """(scores, entries) of the best num_candidates entries per query (N, kd), best first."""
+        C = self.num_candidates
+        q1, q2 = query.unflatten(-1, (2, -1)).unbind(-2)  # (N, kd/2) each
+        s1, i1 = (q1 @ self.keys[0].T).topk(C, dim=-1)  # (N, C): best sub-keys of the first half
+        s2, i2 = (q2 @ self.keys[1].T).topk(C, dim=-1)
+        pair = (s1[:, :, None] + s2[:, None, :]).flatten(1)  # (N, C*C): every pairing of the two
+        scores, best = pair.topk(C, dim=-1)  # (N, C)
+        entries = i1.gather(1, best // C) * self.side + i2.gather(1, best % C)
+        return scores, entries
+
+    def value_table(self, embedding_weight):
+        """The token embedding table projected to knowledge_dim: (V, kd).
+
+        Recomputed whenever gradients are on; during inference it is cached until either
+        weight changes (their version counters move on every in-place update).
+        """
+        if torch.is_grad_enabled():
+            return self.value(embedding_weight)
+        key = tuple((w.data_ptr(), w._version, w.dtype) for w in (embedding_weight, self.value.weight))
+        if key != self._table_key:
+            self._table, self._table_key = self.value(embedding_weight), key
+        return self._table
+
+    def read(self, entries, weights, bank, embedding_weight):
+        """Weighted mean-embedding read of the candidate entries: (N, C) -> (N, kd)."""
+        table = self.value_table(embedding_weight)  # (V, kd)
+        tokens = bank[entries]  # (N, C, L) compact ints
+        real = tokens != PAD_ID
+        share = real / real.sum(-1, keepdim=True).clamp(min=1)  # (N, C, L): 1/length per real token, 0 on padding
+        per_token = weights.unsqueeze(-1) * share  # (N, C, L)
+        # One bag of C*L tokens per query. Padding is zeroed through its weight, not padding_idx,
+        # which would leave the fast (fbgemm) kernel: 5x slower on CPU.
+        return F.embedding_bag(tokens.flatten(1).int(), table, per_sample_weights=per_token.flatten(1).to(table.dtype),
+                               mode="sum")
+
+    def forward(self, h_attn, bank, embedding_weight):
+        B, T, dim = h_attn.shape
+        x = self.norm(h_attn).reshape(B * T, dim)  # (N, dim)
+        query = self.query(x)  # (N, kd)
+        scores, entries = self.lookup(query)  # (N, C)
+        weights = scores.float().softmax(dim=-1)  # (N, C): differentiable w.r.t. keys and query
+        read = self.read(entries, weights, bank, embedding_weight)  # (N, kd)
+        out = self.down(F.silu(self.gate(x)) * self.up(read.to(x.dtype)))  # (N, dim)
+        aux = self.auxiliary_loss(query, entries)
+        self.record(x, entries, weights)
+        return out.view(B, T, dim), aux
+
+    def auxiliary_loss(self, query, entries):
+        """similarity: pull each query toward its best key; diversity: penalise queries that all
+        point the same way (|mean unit query|^2 is the mean pairwise cosine, 1 when collapsed)."""
+        aux = query.new_zeros((), dtype=torch.float32)
+        if self.similarity_loss_weight > 0:
+            best = entries[:, 0]
+            key = torch.cat([self.keys[0][best // self.side], self.keys[1][best % self.side]], dim=-1)  # (N, kd)
+            aux = aux + self.similarity_loss_weight * (1 - F.cosine_similarity(query.float(), key.float(), dim=-1)).mean()
+        if self.diversity_loss_weight > 0:
+            aux = aux + self.diversity_loss_weight * F.normalize(query.float(), dim=-1).mean(0).pow(2).sum()
+        return aux
+
+    @torch.no_grad()
+    def record(self, x, entries, weights):
+        """Statistics for the window and, in training, the query sums the next EMA update uses."""
+        if self.capture is not None:  # inspection is not traffic: it neither counts nor trains
+            self.capture.append((entries, weights))
+            return
+        entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1)  # (N,) nats
+        self.entropy_sum = entropy.double().sum() + self.entropy_sum
+        self.token_count = self.token_count + entries.shape[0]
+        self.usage.index_add_(0, entries.flatten(), torch.ones(entries.numel(), dtype=self.usage.dtype, device=entries.device))
+        if self.training:  # the token's best entry is the one it "selected"
+            self.pending.append((entries[:, 0], x.detach().float(), torch.ones_like(entries[:, 0])))
+            if sum(len(ids) for ids, _, _ in self.pending) > 2 * EMA_MAX_PENDING:
+                self.pending = [self.merged_pending()]
+
+    def merged_pending(self):
+        """(entry ids (U,), query-input sums (U, dim), counts (U,)) since the last EMA update, one row
+        per entry; at most EMA_MAX_PENDING entries, the most selected: a memory bound, not a goal."""
+        ids, x, counts = (torch.cat(parts) for parts in zip(*self.pending))
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        sums = x.new_zeros(len(unique), x.shape[1]).index_add_(0, inverse, x)
+        counts = counts.new_zeros(len(unique)).index_add_(0, inverse, counts)
+        if len(unique) > EMA_MAX_PENDING:
+            keep = counts.topk(EMA_MAX_PENDING).indices
+            unique, sums, counts = unique[keep], sums[keep], counts[keep]
+        return unique, sums, counts
+
+    def take_pending(self):
+        pending = self.merged_pending() if self.pending else None
+        self.pending = []
+        return pending
+
+    def stats(self, reset: bool) -> dict:
+        """Window statistics; O(knowledge_num), so only at report time."""
+        usage = self.usage.double()
+        total, used = usage.sum().item(), int((usage > 0).sum())
+        out = {"coverage": used / usage.numel(), "dead": float(usage.numel() - used),
+               "hot": float((usage > HOT_FACTOR * total / max(used, 1)).sum()) if used else 0.0}
+        if self.token_count:
+            p = usage[usage > 0] / total
+            out["entropy"] = (self.entropy_sum / self.token_count).item()
+            out["kl_uniform"] = (p * (p * usage.numel()).log()).sum().item()
+        if reset:
+            self.usage.zero_()
+            self.entropy_sum, self.token_count = 0.0, 0
+        return out
+
+
+@torch.no_grad()
+def ema_update(bank, entry_ids, targets, embedding_weight, decay: float, chunk: int = 1024) -> int:
+    """Move each entry's text toward its target vector and write it back as token ids.
+
+    For entry e with target t (the mean query input that selected it) rescaled to the norm
+    of e's token embeddings, position l becomes the token nearest to
+    decay * E[token_l] + (1 - decay) * t. The nearest is searched among the old token and
+    the 8 tokens nearest to t (exact when decay is 0; a cheap, close approximation otherwise),
+    so an update costs O(entries * (V + L) * dim), never O(knowledge_num). Padding stays
+    padding and nothing becomes padding, so every entry stays readable text.
+    Returns the number of entries whose text changed.
+    """
+    E = embedding_weight.float()  # (V, dim)
+    E_sq = E.pow(2).sum(-1)  # (V,)
+    changed = 0
+    for start in range(0, len(entry_ids), chunk):
+        ids, target = entry_ids[start:start + chunk], targets[start:start + chunk]  # (u,), (u, dim)
+        old = bank[ids].long()  # (u, L)
+        real = old != PAD_ID
+        old_emb = E[old]  # (u, L, dim)
+        scale = (old_emb.norm(dim=-1) * real).sum(-1) / real.sum(-1).clamp(min=1)  # (u,)
+        target = F.normalize(target, dim=-1) * scale[:, None]  # (u, dim)
+        near = E_sq[None, :] - 2 * target @ E.T  # (u, V): squared distance to target, minus |target|^2
+        near[:, PAD_ID] = float("inf")
+        cand = near.topk(min(8, E.shape[0] - 1), dim=-1, largest=False).indices  # (u, K)
+        # squared distance (minus |p|^2) of each candidate v to p_l = decay*E[old_l] + (1-decay)*t
+        cand_emb = E[cand]  # (u, K, dim)
+        cand_dot = decay * cand_emb @ old_emb.transpose(1, 2) + (1 - decay) * (cand_emb @ target[:, :, None])  # (u, K, L)
+        cand_dist = E_sq[cand][:, :, None] - 2 * cand_dot
+        old_dot = decay * E_sq[old] + (1 - decay) * (old_emb @ target[:, :, None]).squeeze(-1)  # (u, L)
+        old_dist = E_sq[old] - 2 * old_dot
+        best_dist, best = cand_dist.min(dim=1)  # (u, L)
+        new = torch.where((best_dist < old_dist) & real, cand.gather(1, best), old)
+        changed += int((new != old).any(-1).sum())
+        bank[ids] = new.to(bank.dtype)
+    return changed
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class Block(nn.Module):
+    """Attention, then what the preset adds: FFN (or MoE), memory, both or nothing."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        spec = PRESETS[config.preset]
+        self.attention_norm = RMSNorm(config.dim, config.norm_eps)
+        self.attention = Attention(config)
+        self.use_moe = config.use_moe
+        if spec.feed_forward:
+            self.ffn_norm = RMSNorm(config.dim, config.norm_eps)
+            self.feed_forward = MOEFeedForward(config) if config.use_moe else FeedForward(config)
+        else:
+            self.ffn_norm = self.feed_forward = None
+        self.memory = MemoryLayer(config) if spec.memory else None
+
+    def forward(self, x, cos, sin, past_kv, use_cache, bank, embedding_weight):
+        h_attn, new_kv = self.attention(self.attention_norm(x), cos, sin, past_kv, use_cache)
+        h = x + h_attn
+        aux = x.new_zeros((), dtype=torch.float32)
+        if self.feed_forward is not None:
+            if self.use_moe:
+                ffn, moe_aux = self.feed_forward(self.ffn_norm(h))
+                aux = aux + moe_aux
+            else:
+                ffn = self.feed_forward(self.ffn_norm(h))
+            h = h + ffn
+        if self.memory is not None:
+            memory, memory_aux = self.memory(h_attn, bank, embedding_weight)
+            h, aux = h + memory, aux + memory_aux
+        return h, new_kv, aux
+
+
+class ModelOutput(NamedTuple):
+    logits: torch.Tensor  # (B, T, V)
+    aux_loss: torch.Tensor  # scalar: MoE balance + memory auxiliary losses, 0 when none
+    past_key_values: list | None  # per layer (k, v), each (B, S, n_kv_heads, head_dim), when use_cache
+
+
+class MiniMindLM(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.tok_embeddings.weight = self.output.weight  # tied, as in MiniMind2
+        cos, sin = rope_tables(config.dim // config.n_heads, config.max_seq_len, config.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)  # recomputable: not in checkpoints
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # residual outputs start small (GPT-2's scaled init)
+            if name.endswith(("wo.weight", "w2.weight", "down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
+        if config.has_memory:
+            # One bank shared by every memory layer; saved in checkpoints (it is what the model knows).
+            g = torch.Generator().manual_seed(config.memory_seed)
+            shape = (config.knowledge_num, config.knowledge_length)
+            # a model works without a knowledge file: random valid (non-padding) token ids, seeded
+            self.register_buffer("memory_bank", torch.randint(1, config.vocab_size, shape, generator=g,
+                                                              dtype=bank_dtype(config.vocab_size)))
+            self.register_buffer("memory_frozen", self._random_freeze(g))
+        self.last_ema_updated = 0
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def _random_freeze(self, generator):
+        n = self.config.knowledge_num
+        frozen = torch.zeros(n, dtype=torch.bool)
+        frozen[torch.randperm(n, generator=generator)[:round(self.config.freeze_ratio * n)]] = True
+        return frozen
+
+    def memory_layers(self) -> list[tuple[int, MemoryLayer]]:
+        return [(i, block.memory) for i, block in enumerate(self.layers) if block.memory is not None]
+
+    def forward(self, input_ids, past_key_values=None, use_cache=False) -> ModelOutput:
+        B, T = input_ids.shape
+        start = past_key_values[0][0].shape[1] if past_key_values else 0
+        if start + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={self.config.max_seq_len}")
+        h = self.dropout(self.tok_embeddings(input_ids))  # (B, T, dim)
+        cos, sin = self.rope_cos[start:start + T], self.rope_sin[start:start + T]
+        bank = self.memory_bank if self.config.has_memory else None
+        aux = h.new_zeros((), dtype=torch.float32)
+        new_cache = []
+        for i, layer in enumerate(self.layers):
+            past_kv = past_key_values[i] if past_key_values else None
+            h, kv, layer_aux = layer(h, cos, sin, past_kv, use_cache, bank, self.tok_embeddings.weight)
+            new_cache.append(kv)
+            aux = aux + layer_aux
+        logits = self.output(self.norm(h))  # (B, T, V)
+        return ModelOutput(logits, aux, new_cache if use_cache else None)
+
+    @torch.inference_mode()
+    def generate(self, input_ids, max_new_tokens, temperature=0.0, top_p=1.0, repetition_penalty=1.0,
+                 eos_token_id=2, use_cache=True):
+        """Prompt followed by up to max_new_tokens tokens: (B, T + new). temperature 0 is greedy.
+
+        With use_cache each step feeds only the newest token and reuses the keys/values of
+        the earlier ones; use_cache=False recomputes the whole sequence (the reference the
+        cached path must match). A row that has produced eos_token_id is padded with 0
+        until every row has (None: never stop early).
+        """
+        tokens, past = input_ids, None
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new_tokens):
+            step_input = tokens[:, -1:] if past is not None else tokens
+            out = self(step_input, past_key_values=past, use_cache=use_cache)
+            past = out.past_key_values
+            logits = out.logits[:, -1, :].float()  # (B, V)
+            if repetition_penalty != 1.0:  # CTRL-style: make every token already in the row less likely
+                seen = logits.gather(1, tokens)
+                logits = logits.scatter(1, tokens, torch.where(seen > 0, seen / repetition_penalty, seen * repetition_penalty))
+            next_token = self._pick(logits, temperature, top_p)  # (B,)
+            next_token = torch.where(done, torch.full_like(next_token, PAD_ID), next_token)
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            if eos_token_id is not None:
+                done |= next_token == eos_token_id
+                if done.all():
+                    break
+        return tokens
+
+    @staticmethod
+    def _pick(logits, temperature, top_p):
+        if temperature == 0.0:
+            return logits.argmax(dim=-1)
+        probs = (logits / temperature).softmax(dim=-1)
+        if top_p < 1.0:  # nucleus: keep the smallest set of likeliest tokens whose mass reaches top_p
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs > top_p
+            probs = torch.zeros_like(probs).scatter(1, order, sorted_probs.masked_fill(outside, 0.0))
+        return torch.multinomial(probs, 1).squeeze(1)
+
+    # ------------------------------------------------------------------ the memory API
+
+    def _require_memory(self):
+        if not self.config.has_memory:
+            raise ValueError(f"preset {self.config.preset!r} has no memory layers")
+
+    @torch.no_grad()
+    def load_memory_bank(self, token_ids, importance=None):
+        """Replace the bank with (knowledge_num, knowledge_length) token ids (0 pads).
+
+        With freeze_policy "importance", the freeze_ratio entries of highest importance
+        (one score per entry) are frozen; with "random", the seeded random set is kept.
+        """
+        self._require_memory()
+        cfg = self.config
+        ids = torch.as_tensor(token_ids)
+        if tuple(ids.shape) != (cfg.knowledge_num, cfg.knowledge_length):
+            raise ValueError(f"memory bank must have shape ({cfg.knowledge_num}, {cfg.knowledge_length}) "
+                             f"(knowledge_num, knowledge_length), got {tuple(ids.shape)}")
+        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise ValueError(f"memory bank must hold integer token ids, got {ids.dtype}")
+        ids = ids.to(torch.int32)  # also widens uint16 from numpy, which has few torch ops
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= cfg.vocab_size):
+            raise ValueError(f"memory bank token ids must be in [0, {cfg.vocab_size}), got {int(ids.min())}..{int(ids.max())}")
+        if cfg.freeze_policy == "importance":
+            if importance is None:
+                raise ValueError("freeze_policy 'importance' needs importance scores for load_memory_bank")
+            scores = torch.as_tensor(importance, dtype=torch.float32).flatten()
+            if scores.numel() != cfg.knowledge_num:
+                raise ValueError(f"importance must have {cfg.knowledge_num} scores, got {scores.numel()}")
+            frozen = torch.zeros(cfg.knowledge_num, dtype=torch.bool)
+            frozen[scores.topk(round(cfg.freeze_ratio * cfg.knowledge_num)).indices] = True
+            self.memory_frozen.copy_(frozen)
+        self.memory_bank.copy_(ids)
+        for _, layer in self.memory_layers():
+            layer.pending = []
+
+    @torch.no_grad()
+    def after_optimizer_step(self, step: int) -> dict:
+        """Every ema_update_freq steps: EMA-update the unfrozen entries selected since the last update."""
+        if not self.config.has_memory or step % self.config.ema_update_freq:
+            return {}
+        pending = [p for _, layer in self.memory_layers() if (p := layer.take_pending()) is not None]
+        updated = changed = 0
+        if pending:
+            ids, sums, counts = (torch.cat(parts) for parts in zip(*pending))  # layers share the bank
+            unique, inverse = torch.unique(ids, return_inverse=True)
+            sums = sums.new_zeros(len(unique), sums.shape[1]).index_add_(0, inverse, sums)
+            keep = ~self.memory_frozen[unique]  # frozen entries never change
+            unique, sums = unique[keep], sums[keep]
+            updated = len(unique)
+            changed = ema_update(self.memory_bank, unique, sums, self.tok_embeddings.weight, self.config.ema_decay)
+        self.last_ema_updated = updated
+        return {"updated": updated, "changed": changed}
+
+    @torch.no_grad()
+    def memory_stats(self, reset: bool = True) -> dict[str, float]:
+        """Flat statistics of the window since the last reset: means over memory layers, plus
+        per layer `l{i}/...`; the bank's frozen count/ratio and entries the last EMA updated.
+        `entropy` (nats, mean over tokens of the candidate-weight entropy) is the guardrail's
+        memory selection entropy; it and kl_uniform are absent when no token was seen."""
+        layers = self.memory_layers()
+        if not layers:
+            return {}
+        out, per_layer = {}, []
+        for i, layer in layers:
+            stats = layer.stats(reset)
+            per_layer.append(stats)
+            out.update({f"l{i}/{k}": v for k, v in stats.items()})
+        for key in per_layer[0]:
+            out[key] = sum(s[key] for s in per_layer) / len(per_layer)
+        frozen = int(self.memory_frozen.sum())
+        out.update(frozen=float(frozen), frozen_ratio=frozen / self.config.knowledge_num, updated=float(self.last_ema_updated))
+        return out
+
+    @torch.no_grad()
+    def inspect_memory(self, input_ids, top: int = 5) -> list[list[list[tuple[int, float]]]]:
+        """For each token of one sequence, for each memory layer, its `top` (entry, weight), best first."""
+        self._require_memory()
+        ids = torch.as_tensor(input_ids)
+        ids = ids[None] if ids.dim() == 1 else ids
+        if ids.dim() != 2 or ids.shape[0] != 1:
+            raise ValueError(f"inspect_memory takes one sequence, got shape {tuple(ids.shape)}")
+        layers = [layer for _, layer in self.memory_layers()]
+        was_training = self.training
+        self.eval()
+        try:
+            for layer in layers:
+                layer.capture = []
+            self(ids.to(self.tok_embeddings.weight.device))
+            captured = [layer.capture[0] for layer in layers]  # (T, C) entries and weights per layer
+        finally:
+            for layer in layers:
+                layer.capture = None
+            self.train(was_training)
+        return [[list(zip(entries[t, :top].tolist(), weights[t, :top].tolist())) for entries, weights in captured]
+                for t in range(ids.shape[1])]
+
+    def _check_entry(self, i: int):
+        self._require_memory()
+        if not 0 <= i < self.config.knowledge_num:
+            raise ValueError(f"memory entry must be in [0, {self.config.knowledge_num}), got {i}")
+
+    def memory_entry(self, i: int) -> list[int]:
+        """Entry i's token ids, padding removed."""
+        self._check_entry(i)
+        return [t for t in self.memory_bank[i].tolist() if t != PAD_ID]
+
+    @torch.no_grad()
+    def set_memory_entry(self, i: int, token_ids) -> None:
+        """Replace entry i's text (a human edit: allowed on frozen entries too); 0-padded to knowledge_length."""
+        self._check_entry(i)
+        ids = [int(t) for t in token_ids]
+        cfg = self.config
+        if len(ids) > cfg.knowledge_length:
+            raise ValueError(f"memory entry has {len(ids)} tokens, more than knowledge_length={cfg.knowledge_length}")
+        if any(not 0 <= t < cfg.vocab_size for t in ids):
+            raise ValueError(f"memory entry token ids must be in [0, {cfg.vocab_size})")
+        row = torch.full((cfg.knowledge_length,), PAD_ID, dtype=self.memory_bank.dtype)
+        row[:len(ids)] = torch.tensor(ids, dtype=self.memory_bank.dtype)
+        self.memory_bank[i] = row.to(self.memory_bank.device)
