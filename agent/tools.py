@@ -8,9 +8,9 @@ the validator accepts. The validators re-check everything (a schema is a request
 guarantee) and raise `ToolInputError` listing every problem, which becomes the repair
 message of the one repair round.
 
-What the model may never set: data paths, guardrail thresholds, evaluation settings,
-launch and SwanLab settings (`FORBIDDEN_SECTIONS`), and any string value outside a small
-safe alphabet. Text fields are plain data: stripped, control characters removed,
+What the model may set: `model.*` and `train.*` keys only (`ALLOWED_SECTIONS`); never
+data paths, guardrail thresholds, evaluation, launch or SwanLab settings, and no string
+value outside a small safe alphabet. Text fields are plain data: stripped, control characters removed,
 length-limited; single-line fields (titles, bullets) have newlines folded.
 """
 
@@ -30,9 +30,12 @@ MAX_ITEMS = 12           # bullets in one list
 MAX_STRING_VALUE = 64    # characters of a string config value
 MAX_ABS_NUMBER = 1e15    # numbers beyond this are refused even where the schema sets no range
 
-# Config sections the model may not touch: paths (data), thresholds (guardrails),
-# evaluation (eval), where and how the run is launched (launch: process counts, DeepSpeed
-# config path) and where results are mirrored (swanlab: cloud upload is the user's call).
+# The model may change research settings only: `model.*` and `train.*` (an allowlist, so
+# a section added later is closed until someone opens it). Never paths (data),
+# thresholds (guardrails), evaluation (eval), how the run is launched (launch: process
+# counts, a DeepSpeed config path) or where results go (swanlab: cloud upload is the
+# user's call). Keys are the config schema's dotted `section.name`.
+ALLOWED_SECTIONS = ("model", "train")
 FORBIDDEN_SECTIONS = ("data", "guardrails", "eval", "launch", "swanlab")
 
 # A string config value (a preset name, a policy) needs nothing beyond these characters;
@@ -77,9 +80,11 @@ def allowed_config_keys(config_schema: dict[str, dict]) -> list[str]:
 
 
 def _forbidden_reason(key: str) -> str | None:
-    section = key.split(".", 1)[0]
+    section = key.split(".", 1)[0] if "." in key else ""
     if section in FORBIDDEN_SECTIONS:
         return f"{key}: {section}.* settings may not be changed by the agent"
+    if section not in ALLOWED_SECTIONS:
+        return f"{key}: only model.* and train.* settings may be changed by the agent"
     return None
 
 

@@ -254,6 +254,8 @@ HOSTILE = [
     ({"eval.num_samples": 1}, "eval.* settings may not be changed"),
     ({"launch.deepspeed": "zero2"}, "launch.* settings may not be changed"),
     ({"model.not_a_field": 3}, "unknown config key"),
+    ({"batch_size": 64}, "only model.* and train.* settings"),
+    ({"swanlab.mode": "cloud"}, "swanlab.* settings may not be changed"),
     ({"train.batch_size": 10**30}, "must be <= 4096"),
     ({"model.dim": 2**80}, "must be <= 8192"),
     ({"train.batch_size": True}, "expected an integer"),
