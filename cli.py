@@ -197,7 +197,8 @@ def stop(version: str, timeout: int) -> None:
 
 @main.command()
 @click.argument("version")
-def resume(version: str) -> None:
+@click.option("--force", is_flag=True, help="Resume even a run a guardrail stopped.")
+def resume(version: str, force: bool) -> None:
     """Continue a stopped, lost or failed run from its last checkpoint.
 
     \b
@@ -206,7 +207,7 @@ def resume(version: str) -> None:
     """
     from agent.runctl import resume_run
 
-    click.echo(resume_run(_lab(), version))
+    click.echo(resume_run(_lab(), version, force))
 
 
 @main.command("eval")

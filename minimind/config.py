@@ -184,6 +184,8 @@ def _check_section_value(cls: type, name: str, value: Any, key: str) -> None:
 def check_model_value(name: str, value: Any, spec: dict) -> None:
     """Type and range of one model field from ModelConfig's schema (torch-free)."""
     tp = spec.get("type", "")
+    if value is None and spec.get("nullable"):
+        return
     ok = {
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),

@@ -1,0 +1,54 @@
+"""Which agent backend answers: a registry, and the `auto` rule.
+
+`auto` uses claude when an API key is configured, else offline. When claude fails under
+`auto`, the offline backend takes over and the record says so; under an explicit
+`--agent claude` the failure is an error and nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from agent.base import AgentBackend, AgentError
+from minimind.errors import MinimindError
+from minimind.settings import AgentSettings
+
+
+def _offline(settings: AgentSettings, log_dir: Path) -> AgentBackend:
+    from agent.offline import OfflineAgent
+
+    return OfflineAgent()
+
+
+def _claude(settings: AgentSettings, log_dir: Path) -> AgentBackend:
+    from agent.claude import ClaudeAgent
+
+    return ClaudeAgent(settings, log_dir)
+
+
+BACKENDS: dict[str, Callable[[AgentSettings, Path], AgentBackend]] = {"offline": _offline, "claude": _claude}
+
+
+def resolve_name(requested: str) -> str:
+    if requested == "auto":
+        return "claude" if os.environ.get("ANTHROPIC_API_KEY") else "offline"
+    return requested
+
+
+def call(requested: str, settings: AgentSettings, log_dir: Path, step: str, ctx):
+    """Run `step` (plan/analyse/draft_commit) on the chosen backend; returns (result, note).
+
+    `note` is empty, or says that offline took over from a failed claude under auto.
+    """
+    name = resolve_name(requested)
+    try:
+        backend = BACKENDS[name](settings, log_dir)
+        return getattr(backend, step)(ctx), ""
+    except AgentError as exc:
+        if requested != "auto" or name == "offline":
+            raise MinimindError(f"agent ({name}) {step} failed: {exc}") from None
+        backend = BACKENDS["offline"](settings, log_dir)
+        note = f"The claude backend failed ({str(exc).splitlines()[0][:160]}); the offline backend wrote this instead."
+        return getattr(backend, step)(ctx), note

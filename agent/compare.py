@@ -1,0 +1,84 @@
+"""`minimind compare`: only the config keys that differ, metrics side by side, loss curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from minimind.config import diff, load_config
+from minimind.errors import MinimindError, UsageError
+from minimind.lab import Lab
+from minimind.versions import parse
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "—" if value is None else str(value)
+
+
+def compare_experiments(lab: Lab, versions: list[str], plot: Optional[Path]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from agent.record import read_json, read_metrics
+    from agent.verdict import compare_rows
+
+    if len(versions) < 2:
+        raise UsageError("compare needs at least two versions")
+    for v in versions:
+        parse(v)
+        if not (lab.run_dir(v) / "config.yaml").exists():
+            raise MinimindError(f"no experiment {v} in {lab.root}")
+    configs = {v: load_config(lab.run_dir(v) / "config.yaml").to_dict() for v in versions}
+    evals = {v: read_json(lab.run_dir(v) / "eval.json") for v in versions}
+    console = Console()
+    first = versions[0]
+
+    keys = sorted({k for v in versions[1:] for k, _, _ in diff(configs[first], configs[v])})
+    table = Table(title="Config differences")
+    table.add_column("key")
+    for v in versions:
+        table.add_column(v)
+    from minimind.config import flatten
+
+    flat = {v: flatten(configs[v]) for v in versions}
+    for key in keys:
+        table.add_row(key, *(_fmt(flat[v].get(key)) for v in versions))
+    console.print(table if keys else "No config differences.")
+
+    metrics = Table(title=f"Metrics ({first} → each)")
+    metrics.add_column("metric")
+    for v in versions:
+        metrics.add_column(v)
+    names: list[str] = []
+    rows_by_v = {v: {r["metric"]: r for r in compare_rows(evals[v], evals[first])} for v in versions[1:]}
+    for r in compare_rows(evals[first], None):
+        names.append(r["metric"])
+    for v in versions[1:]:
+        names += [n for n in rows_by_v[v] if n not in names]
+    for name in names:
+        cells = [_fmt((rows_by_v.get(versions[1], {}).get(name) or {}).get("base")) if len(versions) > 1 else "—"]
+        for v in versions[1:]:
+            row = rows_by_v[v].get(name)
+            cells.append("—" if row is None else f"{_fmt(row['new'])} ({row['delta_text']})")
+        metrics.add_row(name, *cells)
+    if not any(evals.values()):
+        console.print("No eval.json yet for these experiments.")
+    else:
+        console.print(metrics)
+
+    series = {}
+    for v in versions:
+        points = [(r["step"], r["loss"]) for r in read_metrics(lab.run_dir(v) / "metrics.jsonl")
+                  if isinstance(r.get("loss"), (int, float)) and isinstance(r.get("step"), int)]
+        if points:
+            series[v] = points
+    if not series:
+        console.print("No training metrics to plot.")
+        return
+    from training.plots import plot_loss_curves
+
+    out = plot or lab.runs_dir / f"compare_{'_vs_'.join(versions)}.png"
+    plot_loss_curves(series, Path(out), title=f"Training loss: {', '.join(versions)}")
+    console.print(f"Loss curves: {out}")

@@ -1,0 +1,305 @@
+"""`minimind new`: validate, plan, render, snapshot, launch — all or nothing.
+
+Order matters: every check that can fail on bad input runs before anything is written;
+the run directory is assembled in a staging folder under a per-version lock (so two
+`new` of one version cannot both succeed), then the snapshot, the record and the run
+directory appear together; any failure removes what this call created.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from minimind.atomic import write_json, write_text
+from minimind.config import (ExperimentConfig, apply_sets, config_hash, dump_config, from_dict, load_config,
+                             parse_assignment, parse_value, resolve_key)
+from minimind.errors import GateRefused, MinimindError, UsageError
+from minimind.lab import Lab
+from minimind.schema import describe
+from minimind.settings import LabSettings
+from minimind.versions import default_base, module_name, parse
+
+# Sections the agent may propose changes in; data paths, evaluation, guardrails, launch
+# and SwanLab are the human's (--set) or the lab's (minimind.yaml).
+AGENT_SECTIONS = ("model", "train")
+LAB_POLICY_SECTIONS = ("eval", "guardrails", "launch", "swanlab")
+
+
+@dataclass
+class NewRequest:
+    version: str
+    goal: str
+    hypothesis: str
+    base: Optional[str] = None
+    expect: Optional[str] = None
+    sets: list[str] = field(default_factory=list)
+    agent: Optional[str] = None
+    lang: Optional[str] = None
+    launch: bool = True
+
+
+@dataclass
+class NewResult:
+    version: str
+    state: str
+    messages: list[str]
+
+
+def model_schema(lab: Lab) -> tuple[Any, dict[str, dict]]:
+    """The living model's ModelConfig class and its field schema."""
+    from models.registry import load_module
+
+    try:
+        module = load_module(lab.models_dir, "model")
+    except FileNotFoundError:
+        raise MinimindError(f"{lab.models_dir / 'model.py'} is missing") from None
+    return module.ModelConfig, module.ModelConfig.fields_schema()
+
+
+def validate_model(model_config_cls, model: dict) -> dict:
+    try:
+        return model_config_cls.from_dict(model).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"model: {exc}") from None
+
+
+def agent_schema(model_fields: dict[str, dict]) -> dict[str, dict]:
+    """Dotted keys the agent may change, with type, meaning and range."""
+    from minimind.settings import TrainConfig
+
+    schema = {f"model.{k}": v for k, v in model_fields.items()}
+    schema.update({f"train.{k}": v for k, v in describe(TrainConfig).items()})
+    return schema
+
+
+def base_config(lab: Lab, settings: LabSettings, base: Optional[str], model_config_cls) -> dict[str, Any]:
+    """What the new experiment starts from: the base's config, with the lab's policy sections."""
+    lab_defaults = {
+        "model": validate_model(model_config_cls, dict(settings.model)),
+        "train": settings.train, "data": settings.data, "eval": settings.eval,
+        "guardrails": settings.guardrails, "launch": settings.launch, "swanlab": settings.swanlab,
+    }
+    from minimind.schema import to_dict
+
+    lab_defaults = {k: to_dict(v) for k, v in lab_defaults.items()}
+    if base is None:
+        return lab_defaults
+    inherited = load_config(lab.run_dir(base) / "config.yaml").to_dict()
+    config = {k: inherited[k] for k in ("model", "train", "data")}
+    config.update({k: lab_defaults[k] for k in LAB_POLICY_SECTIONS})
+    return config
+
+
+def model_diff(lab: Lab, base: Optional[str]) -> tuple[str, str]:
+    """(unified diff of models/model.py against the base snapshot or git HEAD, what it is against)."""
+    from agent import gitops
+
+    living = (lab.models_dir / "model.py").read_text(encoding="utf-8")
+    if base is not None and lab.snapshot_path(base).exists():
+        old, against, label = lab.snapshot_path(base).read_text(encoding="utf-8"), f"the base snapshot `models/{module_name(base)}.py`", f"models/{module_name(base)}.py"
+    else:
+        head = gitops.file_at_head(lab.root, "models/model.py")
+        if head is None:
+            return "", "git HEAD (not tracked yet)"
+        old, against, label = head, "git HEAD", "HEAD:models/model.py"
+    diff = difflib.unified_diff(old.splitlines(keepends=True), living.splitlines(keepends=True),
+                                fromfile=label, tofile="models/model.py")
+    return "".join(diff), against
+
+
+def _parse_sets(items: list[str]) -> list[tuple[str, Any]]:
+    return [(key, parse_value(value)) for key, value in (parse_assignment(i) for i in items)]
+
+
+def _check_existing(lab: Lab, version: str) -> None:
+    if lab.run_dir(version).exists() or lab.record_path(version).exists():
+        raise UsageError(f"experiment {version} already exists")
+
+
+def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
+    parse(req.version)
+    settings = lab.settings()
+    _check_existing(lab, req.version)
+    if not req.goal.strip() or not req.hypothesis.strip():
+        raise UsageError("--goal and --hypothesis must not be empty")
+    existing = lab.versions()
+    if req.base is not None:
+        parse(req.base)
+        if not (lab.run_dir(req.base) / "config.yaml").exists():
+            raise UsageError(f"base experiment {req.base} does not exist")
+        base = req.base
+    else:
+        base = default_base(req.version, existing)
+    sets = _parse_sets(req.sets)
+    model_cls, model_fields = model_schema(lab)
+    for key, _ in sets:  # unknown keys fail now, before the agent is asked anything
+        resolve_key(key, model_fields)
+    start = base_config(lab, settings, base, model_cls)
+    apply_sets(start, sets, model_fields)  # types and ranges of the human's values
+    requested = req.agent or settings.agent.backend
+    lang = req.lang or settings.agent.lang
+    if requested == "claude" and not os.environ.get("ANTHROPIC_API_KEY"):
+        raise MinimindError("ANTHROPIC_API_KEY is not set: --agent claude needs it (or use --agent offline)")
+    snapshot = lab.snapshot_path(req.version)
+    living = lab.models_dir / "model.py"
+    if snapshot.exists() and snapshot.read_bytes() != living.read_bytes():
+        raise GateRefused(f"{snapshot.relative_to(lab.root)} exists and differs from models/model.py (a snapshot is never edited)")
+
+    lock = lab.runs_dir / f".{req.version}.lock"
+    lab.runs_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise MinimindError(f"another 'minimind new {req.version}' is in progress") from None
+    os.close(fd)
+    created: list[Path] = []
+    staging = lab.runs_dir / f".staging-{req.version}-{os.getpid()}"
+    try:
+        _check_existing(lab, req.version)  # re-check under the lock
+        staging.mkdir()
+        cfg, plan_record = _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging)
+        _stage_files(lab, cfg, plan_record, staging)
+        if req.launch:
+            _require_data(lab, cfg)
+        from models.registry import snapshot as take_snapshot
+
+        snapshot_existed = snapshot.exists()
+        path, sha = take_snapshot(lab.models_dir, req.version)
+        if not snapshot_existed:
+            created.append(path)
+        from minimind.state import update_state
+
+        update_state(staging, snapshot={"module": cfg.model_module, "sha256": sha})
+        final = lab.run_dir(req.version)
+        os.rename(staging, final)
+        created.append(final)
+        from agent.record import write_record
+
+        write_record(lab, req.version, lang)
+        created.append(lab.record_path(req.version))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for path in reversed(created):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        raise
+    finally:
+        lock.unlink(missing_ok=True)
+
+    messages = [f"Created experiment {req.version} (base {base or 'none'}, agent {plan_record['backend']})",
+                f"  record:   experiment/experiment_{req.version}.md",
+                f"  config:   runs/{req.version}/config.yaml",
+                f"  snapshot: models/{cfg.model_module}.py"]
+    if plan_record.get("note"):
+        messages.append(f"  note: {plan_record['note']}")
+    if not req.launch:
+        messages.append(f"State: drafted. Launch with: minimind resume {req.version}")
+        return NewResult(req.version, "drafted", messages)
+    from agent.launch import start_detached
+    from agent.record import write_record
+
+    info = start_detached(lab, lab.run_dir(req.version))
+    write_record(lab, req.version, lang)
+    messages.append(f"Launched: pid {info['pid']} (process group {info['pgid']}). "
+                    f"Follow: minimind log {req.version} -f · minimind status")
+    return NewResult(req.version, "running", messages)
+
+
+def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging):
+    """Ask the agent, apply its changes then the human's, validate; returns (config, plan record)."""
+    from agent import backends
+    from agent.base import LESSONS, PlanContext
+    from agent.record import read_json
+    from minimind.config import flatten
+    from minimind.schema import to_dict
+
+    schema = agent_schema(model_fields)
+    diff_text, against = model_diff(lab, base)
+    base_record = ""
+    if base is not None:
+        plan = read_json(lab.run_dir(base) / "plan.json") or {}
+        analysis = read_json(lab.run_dir(base) / "analysis.json") or {}
+        base_record = (f"goal: {plan.get('goal', '')}\nhypothesis: {plan.get('hypothesis', '')}\n"
+                       f"verdict: {analysis.get('verdict_info', {}).get('verdict', 'not analysed')}\n"
+                       f"conclusion: {analysis.get('conclusion', '')}")
+    guardrails = {k: v for k, v in start["guardrails"].items() if isinstance(v, dict)}
+    ctx = PlanContext(version=req.version, base=base, goal=req.goal, hypothesis=req.hypothesis, expect=req.expect,
+                      sets=sets, base_config=start, base_record_summary=base_record,
+                      base_eval=read_json(lab.run_dir(base) / "eval.json") if base else None,
+                      model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=LESSONS, lang=lang)
+    plan, note = backends.call(requested, settings.agent, staging / "agent", "plan", ctx)
+
+    agent_changes = []
+    for key, value in plan.changes.items():
+        full = ".".join(resolve_key(key, model_fields))
+        if full.split(".")[0] not in AGENT_SECTIONS:
+            raise MinimindError(f"agent proposed '{key}', which it may not change")
+        agent_changes.append((full, value))
+    human = [(".".join(resolve_key(k, model_fields)), v) for k, v in sets]
+    try:
+        config = apply_sets(start, agent_changes, model_fields)
+    except UsageError as exc:
+        raise MinimindError(f"agent proposed an invalid value: {exc}") from None
+    config = apply_sets(config, human, model_fields)
+    config["model"] = validate_model(model_cls, config["model"])
+    cfg: ExperimentConfig = from_dict({"version": req.version, "base": base, "model_module": module_name(req.version),
+                                       **config}, where="resolved config")
+    before, after = flatten(start), flatten(cfg.to_dict())
+    why = {".".join(resolve_key(k, model_fields)): v for k, v in plan.rationale.items() if _resolvable(k, model_fields)}
+    changes = []
+    for key in sorted({k for k, _ in agent_changes} | {k for k, _ in human}):
+        source = "set by the human (--set)" if key in dict(human) else why.get(key, "proposed by the agent")
+        changes.append({"key": key, "base": before.get(key), "new": after.get(key), "why": source})
+    from agent import gitops
+
+    head = gitops.head_info(lab.root)
+    plan_record = {
+        "version": req.version, "base": base, "goal": req.goal, "hypothesis": req.hypothesis, "expect": req.expect,
+        "sets": [[k, v] for k, v in sets], "agent_requested": requested, "backend": plan.backend, "note": note,
+        "lang": lang, "thinking": plan.thinking, "expected": plan.expected, "risks": plan.risks, "changes": changes,
+        "config_hash": config_hash(cfg), "diff_against": against, "model_changed": bool(diff_text.strip()),
+        "git_commit": head["commit"], "git_dirty": head["dirty"], "created_at": time.time(),
+    }
+    return cfg, {**plan_record, "_diff": diff_text, "_head": head}
+
+
+def _resolvable(key: str, model_fields: dict) -> bool:
+    try:
+        resolve_key(key, model_fields)
+        return True
+    except UsageError:
+        return False
+
+
+def _stage_files(lab: Lab, cfg: ExperimentConfig, plan_record: dict, staging: Path) -> None:
+    from agent.launch import check_syntax, render_run_script, write_deepspeed_config
+    from minimind.state import update_state
+
+    diff_text, head = plan_record.pop("_diff"), plan_record.pop("_head")
+    write_text(staging / "config.yaml", dump_config(cfg))
+    write_json(staging / "plan.json", plan_record)
+    write_text(staging / "model.diff", diff_text)
+    final = lab.run_dir(cfg.version)
+    write_text(staging / "run.sh", render_run_script(lab, cfg, staging, final))
+    os.chmod(staging / "run.sh", 0o755)
+    check_syntax(staging / "run.sh")
+    write_deepspeed_config(cfg, staging)
+    (staging / "agent").mkdir(exist_ok=True)
+    update_state(staging, version=cfg.version, base=cfg.base, state="drafted", pid=None, pgid=None, proc_start=None,
+                 started_at=None, ended_at=None, exit_code=None, heartbeat=None, step=0, total_steps=None,
+                 last_loss=None, eta_s=None, guardrails={}, git=head, agent_backend=plan_record["backend"],
+                 evaluated=False, analysed=False, reviewed=False, committed=False)
+
+
+def _require_data(lab: Lab, cfg: ExperimentConfig) -> None:
+    for label, rel in (("pretraining data", cfg.data.pretrain), ("tokenizer", cfg.data.tokenizer)):
+        if not lab.resolve(rel).exists():
+            raise MinimindError(f"{label} {rel} not found: run 'minimind data build' (or 'data prepare'), or use --no-launch")

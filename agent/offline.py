@@ -1,0 +1,202 @@
+"""The offline agent: deterministic, no network, writes its reasoning from the data.
+
+It inherits the base config, proposes the `key=value` pairs named in the goal or
+hypothesis (the human's --set pairs are applied by the caller on top), and explains each
+change with the setting's own documentation and the guardrails it touches.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from agent.base import (Analysis, AnalysisContext, CommitContext, CommitDraft, Plan, PlanContext)
+from minimind.config import parse_value
+
+# `name=value` in free text; values end at whitespace or , ; ) so prose around them is left out.
+_PAIR = re.compile(r"(?<![\w.])([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*){0,2})\s*=\s*([^\s,;)]+)")
+
+# Which guardrail a setting's change puts under watch, and why.
+_RISKS = {
+    "preset": "a preset change alters the whole block; train/inference ratio shows whether the training path still matches decoding",
+    "knowledge_num": "bank size changes coverage and selection entropy; watch memory entropy (danger < 2.0 nats)",
+    "num_candidates": "fewer candidates lower the entropy ceiling (ln of num_candidates); watch memory entropy",
+    "freeze_ratio": "frozen entries cannot adapt; too few frozen lets EMA overwrite real facts",
+    "ema_decay": "faster EMA moves entries toward training batches; watch repetition and train/inference ratio",
+    "ema_update_freq": "EMA cadence changes how quickly entries drift from their source text",
+    "learning_rate": "a higher learning rate risks a collapsing train loss (danger < 0.1) or divergence",
+    "max_steps": "more steps on small data invites memorisation; watch smoothed train loss (danger < 0.1)",
+    "epochs": "more passes over the same documents invite memorisation; watch train/inference ratio (danger > 10)",
+    "dim": "width changes capacity; compare inference loss, not only train loss",
+    "n_layers": "depth changes capacity and the number of memory reads per token",
+    "knowledge_length": "longer entries dilute each entry's mean embedding",
+    "knowledge_dim": "the product-key dimension sets how finely queries can tell entries apart",
+}
+
+
+def pairs_in_text(text: str) -> list[tuple[str, Any]]:
+    """[(key, parsed value)] for every `key=value` in free text, in order."""
+    return [(key, parse_value(value)) for key, value in _PAIR.findall(text)]
+
+
+def _flat_get(config: dict, key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+class OfflineAgent:
+    name = "offline"
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        changes: dict[str, Any] = {}
+        for key, value in pairs_in_text(f"{ctx.goal}\n{ctx.hypothesis}"):
+            if key in ctx.config_schema:
+                changes[key] = value
+        rationale = {}
+        for key in changes:
+            spec = ctx.config_schema[key]
+            rationale[key] = f"named in the goal/hypothesis; {spec.get('help', '').rstrip('.')}"
+        model = ctx.base_config.get("model", {})
+        train = ctx.base_config.get("train", {})
+        base_text = f"experiment {ctx.base}" if ctx.base else "the lab's default settings"
+        lines = [
+            f"Starting point: {base_text} — preset `{model.get('preset')}`, dim {model.get('dim')}, "
+            f"{model.get('n_layers')} layers, batch {train.get('batch_size')}, learning rate {train.get('learning_rate')}"
+            + (f", max_steps {train.get('max_steps')}." if train.get("max_steps") else "."),
+        ]
+        all_changes = list(changes.items()) + [(k, v) for k, v in ctx.sets if k not in changes]
+        if all_changes:
+            listed = ", ".join(f"`{k}` {_flat_get(ctx.base_config, k)!r} → {v!r}" for k, v in all_changes)
+            lines.append(f"Changes for this experiment: {listed}. Everything else is inherited unchanged, "
+                         "so any difference in the results is attributable to these settings and to the model code diff.")
+        else:
+            lines.append("No configuration change was named, so this run isolates the effect of the code in "
+                         "`models/model.py` (see the git change record) against the same settings.")
+        if ctx.model_diff.strip():
+            changed = sum(1 for line in ctx.model_diff.splitlines() if line.startswith(("+", "-"))
+                          and not line.startswith(("+++", "---")))
+            lines.append(f"The model file differs from the base snapshot by {changed} changed lines; the snapshot "
+                         "keeps this exact code for later evaluation.")
+        if ctx.base_eval:
+            inf, val = ctx.base_eval.get("inference_loss"), ctx.base_eval.get("val_loss")
+            if isinstance(inf, (int, float)) and isinstance(val, (int, float)):
+                lines.append(f"The base measured val loss {val:.4g} and inference loss {inf:.4g}; these are the numbers to beat.")
+        preset = _flat_get(ctx.base_config, "model.preset")
+        for key, value in all_changes:
+            if key.endswith("preset"):
+                preset = value
+        if preset in ("memory", "hybrid"):
+            lines.append("The memory layer reads the bank with the RMS-normed attention output h_attn as the query "
+                         "(the 1.4.3 lesson: x + h_attn froze selection, train loss 0.006 vs inference loss 29.34). "
+                         "Memory selection entropy is checked at every log step (danger below 2.0 nats).")
+        lines.append("Guardrails stop the run if the smoothed train loss falls below 0.1 and flag an inference/train "
+                     "loss ratio above 10 or a repetition rate above 80% at each evaluation.")
+        risks = [f"`{key}`: {_RISKS[key.split('.')[-1]]}" for key, _ in all_changes if key.split(".")[-1] in _RISKS]
+        if not risks:
+            risks = ["memorisation of the small corpus: the train/inference loss ratio and repetition rate are the checks"]
+        expected = (ctx.expect or f"as the hypothesis states: {ctx.hypothesis}").strip()
+        return Plan(thinking="\n\n".join(lines), changes=changes, rationale=rationale, expected=expected,
+                    risks=risks, backend=self.name)
+
+    def analyse(self, ctx: AnalysisContext) -> Analysis:
+        m, ev = ctx.metrics_summary, ctx.eval
+        training = (f"Training ran {m.get('steps', 0)} optimizer steps in {m.get('duration', '—')}; loss went from "
+                    f"{_n(m.get('first_loss'))} to {_n(m.get('last_loss'))} (lowest {_n(m.get('min_loss'))}, smoothed "
+                    f"{_n(m.get('smoothed_loss'))}) at about {_n(m.get('tokens_per_s'))} tokens/s.")
+        if ctx.state == "guardrail_stopped":
+            training += f" The run was stopped by a guardrail: {ctx.stop_reason}. The checkpoint at the stop was evaluated."
+        inference = (f"Teacher-forced validation loss {_n(ev.get('val_loss'))}; inference loss through the KV-cached "
+                     f"decode path {_n(ev.get('inference_loss'))}, a train/inference ratio of "
+                     f"{_n(ev.get('train_inference_ratio'))}. Greedy continuations repeat {_pct(ev.get('repetition_rate'))} "
+                     f"of their 4-grams (distinct-2 {_n(ev.get('distinct_2'))}).")
+        recall = ev.get("recall") or {}
+        if recall:
+            parts = [f"{split} P@1 {_n(r.get('p_at_1'))} (n={r.get('n')})" for split, r in recall.items()]
+            inference += " Factual recall: " + ", ".join(parts) + "."
+        deep = []
+        better = [r for r in ctx.comparison if r.get("better") is True]
+        worse = [r for r in ctx.comparison if r.get("better") is False]
+        if ctx.base_eval is None:
+            deep.append("There is no evaluated base to compare with, so these numbers are the reference for the next experiment.")
+        else:
+            if better:
+                deep.append("Better than the base: " + ", ".join(f"{r['metric']} {_n(r['base'])} → {_n(r['new'])}" for r in better) + ".")
+            if worse:
+                deep.append("Worse than the base: " + ", ".join(f"{r['metric']} {_n(r['base'])} → {_n(r['new'])}" for r in worse) + ".")
+            if not better and not worse:
+                deep.append("No metric moved by more than 1% against the base.")
+        held, mem = recall.get("held_out", {}), recall.get("mem_only", {})
+        if held.get("p_at_1") is not None and mem.get("p_at_1") is not None:
+            gap = mem["p_at_1"] - held["p_at_1"]
+            deep.append(f"Recall of facts only in the memory bank exceeds the held-out chance control by {gap:+.3f} P@1"
+                        + (" — the bank is being read." if gap > 0.05 else " — no clear sign yet that the bank's facts are used."))
+        dangers = {n: g for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger"}
+        if dangers:
+            deep.append("Guardrails in danger: " + ", ".join(f"{n} = {_n(g.get('value'))}" for n, g in dangers.items())
+                        + ". These are the signs of the 1.4.3 failure mode and outrank any loss improvement.")
+        else:
+            deep.append("No guardrail is in danger.")
+        conclusion = f"The hypothesis is {ctx.verdict}: {ctx.verdict_reason}."
+        next_steps = self._next_steps(ctx, dangers)
+        return Analysis(training_results=training, inference_evaluation=inference, deep_analysis="\n\n".join(deep),
+                        conclusion=conclusion, next_steps=next_steps, backend=self.name)
+
+    @staticmethod
+    def _next_steps(ctx: AnalysisContext, dangers: dict) -> list[str]:
+        steps = []
+        if "train_inference_ratio" in dangers or "repetition_rate" in dangers:
+            steps.append("Roll back the latest architecture change and check that the memory query is h_attn.")
+        if "memory_entropy" in dangers:
+            steps.append("Increase query diversity (more candidates or a diversity loss) before training longer.")
+        if ctx.verdict == "supported":
+            steps.append("Repeat with another seed to confirm the effect is larger than run-to-run noise.")
+        elif ctx.verdict == "refuted":
+            steps.append("Revert this change, or test a smaller step of it against the same base.")
+        else:
+            steps.append("Train longer or evaluate on more samples so the difference exceeds noise.")
+        if ctx.state == "guardrail_stopped":
+            steps.append("Investigate the guardrail stop before building on this checkpoint.")
+        return steps
+
+    def draft_commit(self, ctx: CommitContext) -> CommitDraft:
+        changes = ", ".join(f"{k}: {_short(a)} → {_short(b)}" for k, a, b in ctx.config_changes[:6]) or "no config change"
+        title = f"Experiment {ctx.version}: {_first_line(ctx.goal, 60)} (hypothesis {ctx.verdict})"
+        improvements = [f"Tested: {_first_line(ctx.hypothesis, 160)}", f"Config: {changes}"]
+        core: dict[str, list[str]] = {}
+        for path in ctx.files:
+            if path.startswith("experiment/"):
+                core[path] = ["experiment record: thinking, configuration, execution, results, analysis, conclusion"]
+            elif path.endswith("run.sh"):
+                core[path] = ["launch script: train, evaluate, analyse"]
+            elif path.endswith("config.yaml"):
+                core[path] = [f"resolved config ({changes})"]
+            elif path.startswith("models/model_"):
+                core[path] = ["snapshot of models/model.py as trained"]
+            elif path == "models/model.py":
+                core[path] = ["model code changed for this experiment"] if ctx.model_changed else ["model code as run"]
+        return CommitDraft(title=title, improvements=improvements, core_changes=core, results=list(ctx.result_lines),
+                           next_steps=list(ctx.next_steps), backend=self.name)
+
+
+def _n(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—" if value is None else str(value)
+    return f"{value:.4g}"
+
+
+def _pct(value: Any) -> str:
+    return "—" if not isinstance(value, (int, float)) else f"{100 * value:.1f}%"
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def _first_line(text: str, limit: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."

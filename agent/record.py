@@ -1,0 +1,176 @@
+"""The experiment record: its context is built from the run's files, then rendered.
+
+Everything the record shows is read from `runs/V/` (config.yaml, state.json, plan.json,
+analysis.json, eval.json, metrics.jsonl, model.diff), so it can be re-rendered at any
+stage and always agrees with the files. A record the human has edited since it was last
+rendered is never overwritten: the new render goes beside it as `runs/V/record.rendered.md`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from minimind.atomic import write_text
+from minimind.config import flatten, load_config
+from minimind.lab import Lab
+from minimind.state import current
+
+PLAN_FILE = "plan.json"
+ANALYSIS_FILE = "analysis.json"
+EVAL_FILE = "eval.json"
+METRICS_FILE = "metrics.jsonl"
+DIFF_FILE = "model.diff"
+COMMIT_MSG_FILE = "commit_message.md"
+REVIEW_FILE = "review.json"
+DIFF_LIMIT = 12000
+
+# The lab's record sections, in order (PRODUCT.md section 5); review checks them by these headings.
+SECTIONS = {
+    "en": ["🧠 AI Thinking Process", "📝 Git Change Record", "📋 Basic Information", "⚙️ Configuration Parameters",
+           "🚀 Execution Record", "📊 Training Results", "🔍 Inference Evaluation", "📈 Deep Analysis", "🎯 Conclusion"],
+    "zh": ["🧠 AI思考过程", "📝 Git变更记录", "📋 实验基本信息", "⚙️ 配置参数", "🚀 执行记录", "📊 训练结果",
+           "🔍 推理评估", "📈 深度分析", "🎯 实验结论"],
+}
+LIGHTS = {"safe": "🟢", "watch": "🟡", "danger": "🔴"}
+KEY_PARAMS = ("model.preset", "model.dim", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.vocab_size",
+              "model.max_seq_len", "model.knowledge_num", "model.knowledge_length", "model.knowledge_dim",
+              "model.num_candidates", "model.freeze_ratio", "model.freeze_policy", "model.ema_decay",
+              "model.ema_update_freq", "train.epochs", "train.batch_size", "train.accumulation_steps",
+              "train.learning_rate", "train.max_steps", "train.seed", "launch.num_processes", "launch.mixed_precision")
+
+
+def read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl lines; a torn last line (crash mid-append) is skipped."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _iso(ts: Optional[float]) -> Optional[str]:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else None
+
+
+def metrics_summary(rows: list[dict], window: int = 50) -> dict[str, Any]:
+    losses = [r["loss"] for r in rows if isinstance(r.get("loss"), (int, float)) and "step" in r]
+    train_rows = [r for r in rows if isinstance(r.get("loss"), (int, float))]
+    if not losses:
+        return {"steps": 0}
+    tps = [r["tokens_per_s"] for r in train_rows if isinstance(r.get("tokens_per_s"), (int, float))]
+    ce = [r.get("loss_ce", r["loss"]) for r in train_rows]
+    start = train_rows[0].get("time")
+    end = train_rows[-1].get("time")
+    return {
+        "steps": int(train_rows[-1].get("step", len(train_rows))),
+        "first_loss": losses[0], "last_loss": losses[-1], "min_loss": min(losses),
+        "smoothed_loss": sum(ce[-window:]) / len(ce[-window:]),
+        "tokens_per_s": sum(tps[-10:]) / len(tps[-10:]) if tps else None,
+        "duration": _duration(end - start) if start and end else "—",
+    }
+
+
+def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> dict[str, Any]:
+    """Everything the record template shows, from the run directory's files."""
+    run_dir = run_dir or lab.run_dir(version)
+    cfg = load_config(run_dir / "config.yaml")
+    derived, state = current(run_dir)
+    plan = read_json(run_dir / PLAN_FILE) or {}
+    analysis = read_json(run_dir / ANALYSIS_FILE)
+    ev = read_json(run_dir / EVAL_FILE)
+    base_ev = read_json(lab.run_dir(cfg.base) / EVAL_FILE) if cfg.base else None
+    rows = read_metrics(run_dir / METRICS_FILE)
+    summary = metrics_summary(rows, cfg.guardrails.smoothing_window)
+    diff_text = (run_dir / DIFF_FILE).read_text(encoding="utf-8") if (run_dir / DIFF_FILE).exists() else ""
+    flat = flatten(cfg.to_dict())
+
+    from agent.verdict import compare_rows
+
+    comparison = compare_rows(ev, base_ev) if ev else []
+    guardrails = [{"name": n, "value": g.get("value"), "level": g.get("level", "n/a"),
+                   "light": LIGHTS.get(g.get("level"), "⚪")} for n, g in ((ev or {}).get("guardrails") or {}).items()]
+    recall = []
+    for split, r in ((ev or {}).get("recall") or {}).items():
+        ci = r.get("p_at_1_ci")
+        recall.append({"split": split, "n": r.get("n"), "p_at_1": r.get("p_at_1"), "mrr": r.get("mrr"),
+                       "p_ci": f"[{ci[0]:.2f}, {ci[1]:.2f}]" if isinstance(ci, list) and len(ci) == 2 and None not in ci else ""})
+    started, ended = state.get("started_at"), state.get("ended_at")
+    eta = state.get("eta_s") if derived == "running" else None
+    resources = state.get("resources") or f"{cfg.launch.num_processes} process(es), mixed precision {cfg.launch.mixed_precision}"
+    return {"r": {
+        "version": version, "base": cfg.base, "state": derived, "config_hash": plan.get("config_hash", ""),
+        "snapshot": {"module": cfg.model_module, "sha256": state.get("snapshot", {}).get("sha256", plan.get("snapshot_sha256", ""))},
+        "human": {"goal": plan.get("goal", ""), "hypothesis": plan.get("hypothesis", ""), "expect": plan.get("expect"),
+                  "base": cfg.base},
+        "plan": {"thinking": plan.get("thinking", ""), "changes": plan.get("changes", []), "expected": plan.get("expected", ""),
+                 "risks": plan.get("risks", []), "backend": plan.get("backend", "offline"), "note": plan.get("note", "")},
+        "git": {"commit": state.get("git", {}).get("commit") or plan.get("git_commit"),
+                "dirty": state.get("git", {}).get("dirty", plan.get("git_dirty")),
+                "diff": diff_text[:DIFF_LIMIT].rstrip("\n"), "diff_truncated": len(diff_text) > DIFF_LIMIT,
+                "model_changed": bool(diff_text.strip()), "against": plan.get("diff_against", "the base snapshot")},
+        "model": cfg.model, "train": cfg.train,
+        "config_rows": [(k, flat[k]) for k in KEY_PARAMS if k in flat],
+        "execution": {"launched": bool(state.get("pid")), "pid": state.get("pid"), "pgid": state.get("pgid"),
+                      "started_at": _iso(started), "ended_at": _iso(ended),
+                      "duration": _duration(ended - started) if started and ended else None,
+                      "step": state.get("step"), "total_steps": state.get("total_steps"),
+                      "eta": _duration(eta) if eta else None, "stop_reason": state.get("stop_reason"),
+                      "resources": resources},
+        "training": {"available": summary.get("steps", 0) > 0, **summary},
+        "evaluation": {"available": ev is not None, "rows": comparison, "guardrails": guardrails, "recall": recall,
+                       "samples": ((ev or {}).get("samples") or [])[:5]},
+        "eval_prompt_tokens": cfg.eval.prompt_tokens,
+        "analysis": {"available": analysis is not None, **(analysis or {})},
+        "verdict": (analysis or {}).get("verdict_info", {"verdict": "", "reason": "", "verdict_zh": ""}),
+    }}
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def render_record(lab: Lab, version: str, lang: str, run_dir: Optional[Path] = None, target: Optional[Path] = None) -> str:
+    """Render the record text (does not write)."""
+    from agent.render import render
+
+    return render(f"record_{lang}.md.j2", record_context(lab, version, run_dir), lab.templates_dir)
+
+
+def write_record(lab: Lab, version: str, lang: str) -> Path:
+    """Re-render the record; keeps a human-edited record and writes the render beside it."""
+    run_dir = lab.run_dir(version)
+    text = render_record(lab, version, lang)
+    path = lab.record_path(version)
+    marker = run_dir / ".record.sha256"
+    if path.exists() and marker.exists() and _sha(path.read_text(encoding="utf-8")) != marker.read_text().strip():
+        write_text(run_dir / "record.rendered.md", text)
+        return run_dir / "record.rendered.md"
+    write_text(path, text)
+    write_text(marker, _sha(text))
+    return path

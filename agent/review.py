@@ -1,0 +1,110 @@
+"""`minimind review`: show the record, check it against the lab's quality standard, approve.
+
+The standard (seed guide, 质量标准): a clear goal and testable hypothesis, the AI thinking
+recorded, the git change record, training completed or its stop explained, an inference
+evaluation, and a conclusion with next steps.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import time
+
+from minimind.atomic import write_json
+from minimind.errors import GateRefused, MinimindError
+from minimind.lab import Lab
+from minimind.state import current, update_state
+from minimind.versions import parse
+
+PENDING = re.compile(r"^(Pending|待评估|No training metrics yet|尚无训练指标|Not evaluated yet|尚未评估)", re.M)
+
+
+def split_sections(text: str) -> dict[str, str]:
+    """{'## heading' text: body} of a Markdown record."""
+    sections: dict[str, str] = {}
+    name = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            name = line[3:].strip()
+            sections[name] = ""
+        elif name is not None:
+            sections[name] += line + "\n"
+    return sections
+
+
+def quality_problems(text: str, derived_state: str, stop_reason: str | None, lang: str) -> list[str]:
+    """What the record lacks, as short lines (empty = meets the standard). Pure."""
+    from agent.record import SECTIONS
+
+    headings = SECTIONS.get(lang, SECTIONS["en"])
+    sections = split_sections(text)
+    problems = []
+    missing = [h for h in headings if h not in sections]
+    problems += [f"section '{h}' is missing" for h in missing]
+    get = lambda i: sections.get(headings[i], "")  # noqa: E731
+    basic = get(2)
+    goal_ok = re.search(r"\*\*(Goal|实验目的):\*\*\s*\n\s*\n\s*\S", basic)
+    hyp_ok = re.search(r"\*\*(Hypothesis|研究假设):\*\*\s*\n\s*\n\s*\S", basic)
+    if not goal_ok:
+        problems.append("the goal is empty")
+    if not hyp_ok:
+        problems.append("the hypothesis is empty")
+    if len(get(0).strip()) < 40:
+        problems.append("the AI thinking process is not recorded")
+    if "`" not in get(1):
+        problems.append("the git change record is empty")
+    if derived_state in ("running", "drafted", "lost"):
+        problems.append(f"training has not completed (state: {derived_state})")
+    elif derived_state == "failed":
+        problems.append("training failed: the record must explain it before approval")
+    elif derived_state in ("stopped", "guardrail_stopped") and not stop_reason:
+        problems.append(f"the run was {derived_state} without a recorded reason")
+    if PENDING.search(get(6)) or "|" not in get(6):
+        problems.append("the inference evaluation is missing (minimind eval)")
+    conclusion = get(8)
+    if PENDING.search(conclusion) or not re.search(r"^- \S", conclusion, re.M):
+        problems.append("the conclusion with next steps is missing")
+    return problems
+
+
+def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: bool = True) -> None:
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from agent.record import read_json
+
+    parse(version)
+    run_dir = lab.run_dir(version)
+    path = lab.record_path(version)
+    if not path.exists() or not (run_dir / "state.json").exists():
+        raise MinimindError(f"no experiment {version} in {lab.root}")
+    if edit:
+        editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
+        result = subprocess.run([*shlex.split(editor), str(path)])
+        if result.returncode != 0:
+            raise MinimindError(f"editor '{editor}' exited with {result.returncode}; approval not recorded")
+    text = path.read_text(encoding="utf-8")
+    derived, state = current(run_dir)
+    lang = (read_json(run_dir / "plan.json") or {}).get("lang", "en")
+    console = Console()
+    if show:
+        console.print(Markdown(text))
+    problems = quality_problems(text, derived, state.get("stop_reason"), lang)
+    console.rule(f"Review of {version}")
+    if problems:
+        console.print("[bold yellow]Missing against the lab's quality standard:[/]")
+        for problem in problems:
+            console.print(f"  ✗ {problem}")
+    else:
+        console.print("[bold green]✓ Meets the lab's quality standard[/] (goal, hypothesis, thinking, git record, "
+                      "training, evaluation, conclusion with next steps).")
+    if approve:
+        if problems:
+            raise GateRefused(f"not approved: {problems[0]} ({len(problems)} problem(s))")
+        write_json(run_dir / "review.json", {"approved": True, "at": time.time(),
+                                             "reviewer": os.environ.get("USER", "unknown")})
+        update_state(run_dir, reviewed=True)
+        console.print(f"Approved. Next: minimind commit {version}")

@@ -1,0 +1,140 @@
+"""`minimind status`: every experiment's honest state, or one in detail.
+
+Reads only small files (state.json, exit_code, /proc) and imports nothing heavy, so it
+stays fast with many experiments.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from minimind.errors import MinimindError
+from minimind.lab import Lab
+from minimind.state import FLAGS, current, is_stale
+from minimind.versions import parse
+
+LIGHTS = {"safe": "🟢", "watch": "🟡", "danger": "🔴"}
+GUARDRAILS = ("train_loss", "train_inference_ratio", "repetition_rate", "memory_entropy")
+
+
+def _eta(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return ""
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def summary(lab: Lab, version: str) -> dict[str, Any]:
+    run_dir = lab.run_dir(version)
+    derived, state = current(run_dir)
+    guardrails = state.get("guardrails") or {}
+    eval_path = run_dir / "eval.json"
+    if eval_path.exists():
+        try:
+            guardrails = {**guardrails, **(json.loads(eval_path.read_text()).get("guardrails") or {})}
+        except json.JSONDecodeError:
+            pass
+    return {
+        "version": version,
+        "base": state.get("base"),
+        "state": derived,
+        "recorded_state": state.get("state"),
+        "stale_heartbeat": derived == "running" and is_stale(state),
+        "step": state.get("step"),
+        "total_steps": state.get("total_steps"),
+        "loss": state.get("last_loss"),
+        "eta_s": state.get("eta_s") if derived == "running" else None,
+        "pid": state.get("pid"),
+        "phase": state.get("phase"),
+        "stop_reason": state.get("stop_reason"),
+        "guardrails": {n: guardrails.get(n, {}) for n in GUARDRAILS},
+        **{flag: bool(state.get(flag)) for flag in FLAGS},
+    }
+
+
+def show_status(lab: Lab, version: str | None, as_json: bool) -> None:
+    if version is not None:
+        parse(version)
+        if not (lab.run_dir(version) / "state.json").exists():
+            raise MinimindError(f"no experiment {version} in {lab.root}")
+        _detail(lab, version, as_json)
+        return
+    rows = [summary(lab, v) for v in lab.versions()]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    _table(rows)
+
+
+def _table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not rows:
+        console.print("No experiments yet. Start one: minimind new 0.1.0 --goal ... --hypothesis ...")
+        return
+    table = Table(title="minimind experiments")
+    for column in ("version", "base", "state", "step", "loss", "ETA", "guardrails", "E A R C"):
+        table.add_column(column)
+    colours = {"running": "cyan", "finished": "green", "failed": "red", "lost": "red", "stopped": "yellow",
+               "guardrail_stopped": "magenta", "drafted": "dim"}
+    for row in rows:
+        step = f"{row['step'] or 0}/{row['total_steps']}" if row["total_steps"] else ""
+        loss = f"{row['loss']:.4f}" if isinstance(row["loss"], (int, float)) else ""
+        lights = " ".join(LIGHTS.get(row["guardrails"][n].get("level"), "⚪") for n in GUARDRAILS)
+        flags = " ".join("✓" if row[f] else "·" for f in FLAGS)
+        state = row["state"] + (" (stale)" if row["stale_heartbeat"] else "")
+        table.add_row(row["version"], row["base"] or "", f"[{colours.get(row['state'], 'white')}]{state}[/]",
+                      step, loss, _eta(row["eta_s"]), lights, flags)
+    console.print(table)
+    console.print("guardrails: train loss · train/inference ratio · repetition · memory entropy   "
+                  "(🟢 safe 🟡 watch 🔴 danger ⚪ not measured)   flags: evaluated analysed reviewed committed")
+
+
+def _tail(path: Path, n: int) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return [line.rstrip("\n") for line in deque(handle, maxlen=n)]
+    except FileNotFoundError:
+        return []
+
+
+def _detail(lab: Lab, version: str, as_json: bool) -> None:
+    from agent.calllog import summary as call_summary
+
+    run_dir = lab.run_dir(version)
+    info = summary(lab, version)
+    _, state = current(run_dir)
+    info["started_at"] = state.get("started_at")
+    info["ended_at"] = state.get("ended_at")
+    info["snapshot"] = state.get("snapshot")
+    info["git"] = state.get("git")
+    info["agent"] = {"backend": state.get("agent_backend"), **call_summary(run_dir / "agent")}
+    info["log_tail"] = _tail(run_dir / "train.log", 10)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    from rich.console import Console
+
+    console = Console()
+    console.print(f"[bold]Experiment {version}[/]  state: [bold]{info['state']}[/]"
+                  + (f" ({info['stop_reason']})" if info["stop_reason"] else ""))
+    if info["stale_heartbeat"]:
+        console.print(f"[yellow]No heartbeat for over {int(time.time() - state.get('heartbeat', 0))} s: the process is alive but may be hung.[/]")
+    console.print(f"base {info['base'] or '—'} · pid {info['pid'] or '—'} · step {info['step'] or 0}/{info['total_steps'] or '—'}"
+                  f" · loss {info['loss'] if info['loss'] is not None else '—'} · ETA {_eta(info['eta_s']) or '—'} · phase {info['phase'] or '—'}")
+    for name in GUARDRAILS:
+        g = info["guardrails"][name]
+        console.print(f"  {LIGHTS.get(g.get('level'), '⚪')} {name}: {g.get('value', '—')} ({g.get('level', 'not measured')})")
+    console.print("flags: " + ", ".join(f"{f} {'yes' if info[f] else 'no'}" for f in FLAGS))
+    agent = info["agent"]
+    console.print(f"agent: {agent['backend'] or '—'}, {agent['calls']} call(s), ${agent['cost_usd']:.4f}")
+    if info["log_tail"]:
+        console.print("[dim]last log lines:[/]")
+        for line in info["log_tail"]:
+            console.print("  " + line, markup=False, highlight=False)
