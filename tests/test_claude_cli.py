@@ -1,0 +1,109 @@
+"""`minimind new --agent claude` end to end: the real CLI, the real SDK, a fake Messages API.
+
+The tool's values must reach `runs/V/config.yaml` and the record; a hostile or failing
+answer must leave the lab exactly as it was (no run folder, no record, no snapshot).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("models.registry", reason="models/registry.py (snapshots) has not landed yet")
+
+import cli  # noqa: E402
+from agent import calllog  # noqa: E402
+from minimind.lab import init_lab  # noqa: E402
+
+try:  # `python -m pytest` from the repository root, or pytest's rootdir-less import mode
+    from tests.fake_anthropic import FakeAnthropic
+except ImportError:  # pragma: no cover
+    from fake_anthropic import FakeAnthropic
+
+API_KEY = "sk-ant-cli-test-0123456789-SECRET"
+NEW = ["new", "9.9.9", "--goal", "Smaller batches, steadier memory", "--hypothesis", "batch 7 helps",
+       "--agent", "claude", "--no-launch"]
+PLAN = {
+    "thinking": "A smaller batch gives more optimizer steps on the small corpus.",
+    "changes": {"train.batch_size": 7, "model.freeze_ratio": 0.35},
+    "rationale": {"train.batch_size": "more steps per epoch", "model.freeze_ratio": "keep more facts fixed"},
+    "expected": "Lower inference loss than the defaults.",
+    "risks": ["memorisation"],
+}
+
+
+@pytest.fixture
+def fake():
+    server = FakeAnthropic().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lab(tmp_path):
+    return init_lab(tmp_path / "lab")
+
+
+def _run(lab, fake, args=NEW, key=API_KEY):
+    env = {"MINIMIND_LAB": str(lab.root), "ANTHROPIC_API_KEY": key, "ANTHROPIC_BASE_URL": fake.url,
+           "MINIMIND_AGENT_BACKEND": None}
+    return CliRunner().invoke(cli.main, args, env=env)
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if ".git" not in p.relative_to(root).parts}
+
+
+def test_tool_values_reach_config_and_record(lab, fake):
+    fake.reply_tool("propose_plan", PLAN)
+    result = _run(lab, fake)
+    assert result.exit_code == 0, result.output
+    run = lab.root / "runs" / "9.9.9"
+    config = (run / "config.yaml").read_text(encoding="utf-8")
+    assert "batch_size: 7\n" in config and "freeze_ratio: 0.35\n" in config
+    record = (lab.root / "experiment" / "experiment_9.9.9.md").read_text(encoding="utf-8")
+    assert "A smaller batch gives more optimizer steps" in record
+    assert "claude" in record
+    (call,) = calllog.read_calls(run / "agent")
+    assert call["step"] == "plan" and call["backend"] == "claude"
+    assert fake.requests[0]["body"]["tool_choice"] == {"type": "tool", "name": "propose_plan"}
+    for path in lab.root.rglob("*"):
+        if path.is_file() and ".git" not in path.parts:
+            assert API_KEY.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("changes", [
+    {"model.freeze_policy": "random; rm -rf x"},
+    {"data.pretrain": "../../etc/passwd"},
+    {"guardrails.train_loss.danger": 0.0},
+    {"train.batch_size": 10**12},
+])
+def test_hostile_answers_leave_the_lab_unchanged(lab, fake, changes):
+    before = _tree(lab.root)
+    fake.reply_tool("propose_plan", PLAN | {"changes": changes})
+    fake.reply_tool("propose_plan", PLAN | {"changes": changes})
+    result = _run(lab, fake)
+    assert result.exit_code == 1
+    assert "invalid plan output twice" in result.output and "Traceback" not in result.output
+    assert _tree(lab.root) == before
+    assert len(fake.requests) == 2
+
+
+def test_api_failure_leaves_the_lab_unchanged(lab, fake):
+    before = _tree(lab.root)
+    for _ in range(4):  # the lab default max_retries is 3: four attempts
+        fake.reply_error(529, "Overloaded")
+    result = _run(lab, fake)
+    assert result.exit_code == 1
+    assert "HTTP 529 overloaded_error" in result.output and "Traceback" not in result.output
+    assert _tree(lab.root) == before
+
+
+def test_missing_key_is_refused_before_anything_is_written(lab, fake):
+    before = _tree(lab.root)
+    result = _run(lab, fake, key=None)
+    assert result.exit_code == 1
+    assert "ANTHROPIC_API_KEY is not set" in result.output
+    assert fake.requests == [] and _tree(lab.root) == before
