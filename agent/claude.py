@@ -135,7 +135,7 @@ class ClaudeAgent:
         start = time.monotonic()
         try:
             message = self._client.messages.create(**request)
-        except anthropic.AnthropicError as exc:
+        except (anthropic.AnthropicError, ValueError) as exc:  # ValueError: the SDK refusing a request locally
             latency = time.monotonic() - start
             reason = self._describe_failure(exc, anthropic)
             self._log(step, attempt, request, latency, error=reason)

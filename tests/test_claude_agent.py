@@ -83,7 +83,7 @@ def fake():
 @pytest.fixture
 def agent_for(fake, tmp_path):
     def make(**settings) -> ClaudeAgent:
-        values = {"max_retries": 2, "timeout_s": 5.0, "max_usd": 2.0} | settings
+        values = {"model": "claude-sonnet-4-6", "max_retries": 2, "timeout_s": 5.0, "max_usd": 2.0} | settings
         return ClaudeAgent(AgentSettings(**values), tmp_path / "agent", api_key=API_KEY, base_url=fake.url)
     return make
 
@@ -226,7 +226,7 @@ def test_timeout_fails_within_the_configured_time(fake, agent_for):
 
 
 def test_spent_budget_makes_no_request(fake, agent_for, tmp_path):
-    calllog.append_call(tmp_path / "agent", {"step": "plan", "model": "claude-sonnet-4-5",
+    calllog.append_call(tmp_path / "agent", {"step": "plan", "model": "claude-sonnet-4-6",
                                              "usage": {"input_tokens": 100_000, "output_tokens": 50_000}})
     assert calllog.summary(tmp_path / "agent")["cost_usd"] == pytest.approx(1.05)
     with pytest.raises(AgentError, match=r"agent budget of \$1.00 for this experiment is spent"):
@@ -313,7 +313,7 @@ def test_key_and_base_url_from_environment(fake, monkeypatch, tmp_path):
     monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
     monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
     fake.reply_tool("propose_plan", GOOD_PLAN)
-    ClaudeAgent(AgentSettings(max_retries=0), tmp_path).plan(plan_context())
+    ClaudeAgent(AgentSettings(model="claude-sonnet-4-6", max_retries=0), tmp_path).plan(plan_context())
     assert API_KEY in _auth_header(fake.requests[0])
 
 
