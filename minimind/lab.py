@@ -33,6 +33,7 @@ runs/*/review.json
 runs/*/agent/
 runs/*/ds_config.json
 runs/.*
+!runs/.gitkeep
 runs/compare_*.png
 swanlog/
 __pycache__/

@@ -104,7 +104,7 @@ class SwanlabConfig:
 @dataclass(kw_only=True)
 class AgentSettings:
     backend: Literal["auto", "offline", "claude"] = field("auto", help="who writes the reasoning", choices=["auto", "offline", "claude"])
-    model: str = field("claude-sonnet-4-5", help="Anthropic model name")
+    model: str = field("claude-sonnet-4-6", help="Anthropic model name")
     max_usd: float = field(2.0, help="spending cap per experiment, US dollars", min=0.0, max=1000.0)
     max_tokens: int = field(4096, help="max output tokens per call", min=256, max=64000)
     timeout_s: float = field(120.0, help="seconds per API call", min=1.0, max=3600.0)

@@ -1,0 +1,24 @@
+"""Shared fixtures: every test gets its own lab in a temp dir, never the repo itself."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # tests import the packages from the checkout
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    """No test sees the developer's API key, lab or git identity."""
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "MINIMIND_LAB", "MINIMIND_AGENT_MODEL",
+                 "MINIMIND_AGENT_BACKEND", "MINIMIND_AGENT_MAX_USD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Test Researcher")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "researcher@example.org")
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))

@@ -1,0 +1,209 @@
+"""The experiment lifecycle end to end in fresh labs: new → running → finished → evaluated →
+analysed → review --approve → commit, plus the bad-input and process-control cases."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lab_helpers import invoke, make_lab, metrics_steps, tree, wait_state
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def bundled_data(tmp_path_factory):
+    from corpus.build import build
+
+    out = tmp_path_factory.mktemp("bundled")
+    build(out, "small", progress=False)
+    return out
+
+
+@pytest.fixture
+def lab(tmp_path, bundled_data):
+    return make_lab(tmp_path / "lab", bundled_data)
+
+
+GOAL = "Baseline on the bundled facts"
+HYP = "A dense model lowers inference loss below uniform"
+
+
+def _git_status(lab) -> str:
+    return subprocess.run(["git", "status", "--porcelain"], cwd=lab.root, capture_output=True, text=True).stdout
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["new", "1.4", "--goal", GOAL, "--hypothesis", HYP], 2, "invalid version"),
+    (["new", "1.4.8.1", "--goal", GOAL, "--hypothesis", HYP], 2, "invalid version"),
+    (["new", "../1.4.8", "--goal", GOAL, "--hypothesis", HYP], 2, "invalid version"),
+    (["new", "1.4.8; rm -rf x", "--goal", GOAL, "--hypothesis", HYP], 2, "invalid version"),
+    (["new", "1.4.8", "--goal", GOAL, "--hypothesis", HYP, "--base", "1.4.7"], 2, "base experiment 1.4.7 does not exist"),
+    (["new", "1.4.8", "--goal", GOAL, "--hypothesis", HYP, "--set", "dimm=3"], 2, "unknown setting 'dimm'"),
+    (["new", "1.4.8", "--goal", GOAL, "--hypothesis", HYP, "--set", "dim=100000"], 2, "model.dim: must be <="),
+    (["new", "1.4.8", "--goal", GOAL, "--hypothesis", HYP, "--set", "knowledge_num=1000"], 2, "perfect square"),
+    (["new", "1.4.8", "--goal", GOAL, "--hypothesis", HYP, "--set", "batch_size=$(touch pwned)"], 2, "train.batch_size"),
+    (["new", "1.4.8", "--goal", GOAL, "--hypothesis", HYP, "--agent", "claude"], 1, "ANTHROPIC_API_KEY"),
+    (["new", "1.4.8", "--goal", "", "--hypothesis", HYP], 2, "must not be empty"),
+])
+def test_new_bad_input_changes_nothing(lab, args, code, message):
+    before, status_before = tree(lab.root), _git_status(lab)
+    result = invoke(lab, *args)
+    assert result.exit_code == code, result.output
+    lines = [l for l in result.output.strip().splitlines() if l]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert "Traceback" not in result.output
+    assert tree(lab.root) == before and _git_status(lab) == status_before
+    assert not (lab.root / "pwned").exists()
+
+
+def test_unknown_key_in_lab_settings(lab):
+    settings = lab.settings_path.read_text()
+    lab.settings_path.write_text(settings + "surprise: 1\n")
+    result = invoke(lab, "status")
+    assert result.exit_code == 1 and "unknown key surprise" in result.output
+    result = invoke(lab, "new", "0.1.0", "--goal", GOAL, "--hypothesis", HYP)
+    assert result.exit_code == 1 and not (lab.runs_dir / "0.1.0").exists()
+
+
+def test_existing_version_refused_and_drafted_record(lab):
+    result = invoke(lab, "new", "0.1.0", "--goal", GOAL, "--hypothesis", HYP, "--no-launch", "--set", "max_steps=7")
+    assert result.exit_code == 0, result.output
+    record = lab.record_path("0.1.0").read_text()
+    assert GOAL in record and HYP in record and "state: drafted" in record
+    assert (lab.models_dir / "model_0_1_0.py").read_bytes() == (lab.models_dir / "model.py").read_bytes()
+    before = tree(lab.root)
+    result = invoke(lab, "new", "0.1.0", "--goal", GOAL, "--hypothesis", HYP)
+    assert result.exit_code == 2 and "already exists" in result.output
+    assert tree(lab.root) == before
+    # Drafted records cannot be approved, and unreviewed experiments cannot be committed.
+    assert invoke(lab, "review", "0.1.0", "--approve").exit_code == 3
+    result = invoke(lab, "commit", "0.1.0")
+    assert result.exit_code == 3 and "not reviewed" in result.output
+
+
+def test_dirty_snapshot_gate(lab):
+    (lab.models_dir / "model_0_2_0.py").write_text("# edited snapshot\n")
+    before = tree(lab.root)
+    result = invoke(lab, "new", "0.2.0", "--goal", GOAL, "--hypothesis", HYP, "--no-launch")
+    assert result.exit_code == 3 and "never edited" in result.output
+    assert tree(lab.root) == before
+
+
+def test_hostile_text_never_reaches_the_shell(lab, tmp_path):
+    marker = tmp_path / "pwned"
+    goal = f"Test $(touch {marker}) and `touch {marker}`; rm -rf / \n echo hi > {marker}"
+    result = invoke(lab, "new", "0.3.0", "--goal", goal, "--hypothesis", HYP, "--no-launch",
+                    "--set", f"swanlab.project=$(touch {marker})")
+    assert result.exit_code == 0, result.output
+    script = (lab.run_dir("0.3.0") / "run.sh").read_text()
+    assert "touch" not in script and "rm -rf" not in script
+    assert subprocess.run(["bash", "-n", str(lab.run_dir("0.3.0") / "run.sh")]).returncode == 0
+    config = (lab.run_dir("0.3.0") / "config.yaml").read_text()
+    assert f"$(touch {marker})" in config  # stored as data, verbatim
+    assert goal in json.loads((lab.run_dir("0.3.0") / "plan.json").read_text())["goal"]
+    assert not marker.exists()
+
+
+def test_concurrent_new_exactly_one_succeeds(lab):
+    env = dict(os.environ, MINIMIND_LAB=str(lab.root))
+    cmd = [sys.executable, "-c", "import cli, sys; sys.exit(cli.main())", "new", "0.4.0", "--goal", GOAL,
+           "--hypothesis", HYP, "--no-launch"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    results = [(p.wait(timeout=120), p.stdout.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes[0] == 0 and codes[1] != 0, results
+    loser = next(out for code, out in results if code != 0)
+    assert "already exists" in loser or "in progress" in loser
+    assert sorted(p.name for p in lab.runs_dir.iterdir() if not p.name.startswith(".git")) == ["0.4.0"]
+    assert len(list(lab.experiment_dir.glob("experiment_0.4.0.md"))) == 1
+
+
+def test_full_loop_then_compare_and_memory(lab):
+    result = invoke(lab, "new", "0.1.0", "--goal", GOAL, "--hypothesis", HYP)
+    assert result.exit_code == 0, result.output
+    assert wait_state(lab, "0.1.0") == "finished"
+    status = json.loads(invoke(lab, "status", "--json").output)
+    assert status[0]["version"] == "0.1.0" and status[0]["state"] == "finished"
+    assert status[0]["evaluated"] and status[0]["analysed"]
+    record = lab.record_path("0.1.0").read_text()
+    for heading in ("🧠 AI Thinking Process", "📊 Training Results", "🎯 Conclusion", "Hypothesis verdict"):
+        assert heading in record
+    assert "Pending" not in record
+    assert (lab.run_dir("0.1.0") / "plots" / "loss.png").exists()
+    message = (lab.run_dir("0.1.0") / "commit_message.md").read_text()
+    assert "## Main improvements" in message and "## Results" in message and "## Next steps" in message
+    result = invoke(lab, "review", "0.1.0", "--approve")
+    assert result.exit_code == 0, result.output
+    result = invoke(lab, "commit", "0.1.0")
+    assert result.exit_code == 0, result.output
+    shown = subprocess.run(["git", "show", "--stat", "--format=%an <%ae>|%cn|%s", "HEAD"], cwd=lab.root,
+                           capture_output=True, text=True).stdout
+    files = [l.split("|")[0].strip() for l in shown.splitlines()[1:] if "|" in l and "changed" not in l]
+    assert files and all(f.startswith(("experiment/experiment_0.1.0.md", "runs/0.1.0/", "models/model")) for f in files), shown
+    assert "runs/0.1.0/checkpoints" not in shown and "train.log" not in shown
+    assert shown.startswith("Test Researcher <researcher@example.org>|Test Researcher|Experiment 0.1.0")
+
+    result = invoke(lab, "new", "0.1.1", "--goal", "Memory layer instead of FFN", "--hypothesis",
+                    "The memory bank lowers inference loss", "--set", "preset=memory", "--lang", "zh")
+    assert result.exit_code == 0, result.output
+    assert wait_state(lab, "0.1.1") in ("finished", "guardrail_stopped")
+    record = lab.record_path("0.1.1").read_text()
+    assert "🧠 AI思考过程" in record and "🎯 实验结论" in record and "假设判定" in record
+    assert "## 主要改进" in (lab.run_dir("0.1.1") / "commit_message.md").read_text()
+    plot = lab.root / "cmp.png"
+    result = invoke(lab, "compare", "0.1.0", "0.1.1", "--plot", str(plot))
+    assert result.exit_code == 0, result.output
+    assert "model.preset" in result.output and "inference_loss" in result.output and plot.stat().st_size > 1000
+    assert "train.batch_size" not in result.output  # equal keys are not shown
+    result = invoke(lab, "memory", "show", "0.1.1", "--text", "The capital of France is")
+    assert result.exit_code == 0, result.output
+    assert "entry text" in result.output
+    result = invoke(lab, "memory", "show", "0.1.0", "--text", "Paris")
+    assert result.exit_code == 1 and "no memory layer" in result.output
+
+
+def test_kill9_is_lost_then_resume_finishes(lab):
+    result = invoke(lab, "new", "0.5.0", "--goal", GOAL, "--hypothesis", HYP, "--set", "max_steps=400",
+                    "--set", "save_interval=5")
+    assert result.exit_code == 0, result.output
+    wait_state(lab, "0.5.0", predicate=lambda d, s: (lab.run_dir("0.5.0") / "checkpoints" / "last.pth").exists()
+               and (s.get("step") or 0) >= 12)
+    state = json.loads((lab.run_dir("0.5.0") / "state.json").read_text())
+    os.killpg(state["pgid"], signal.SIGKILL)
+    t0 = time.time()
+    assert wait_state(lab, "0.5.0", until=("lost",), timeout=60) == "lost"
+    assert time.time() - t0 < 60
+    assert invoke(lab, "review", "0.5.0", "--approve").exit_code == 3
+    result = invoke(lab, "resume", "0.5.0")
+    assert result.exit_code == 0 and "last checkpoint" in result.output, result.output
+    assert wait_state(lab, "0.5.0", timeout=400) == "finished"
+    steps = metrics_steps(lab, "0.5.0")
+    assert steps == sorted(set(steps)) and steps[-1] == 400
+
+
+def test_stop_signals_only_its_group(lab):
+    decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        result = invoke(lab, "new", "0.6.0", "--goal", GOAL, "--hypothesis", HYP, "--set", "max_steps=5000")
+        assert result.exit_code == 0, result.output
+        wait_state(lab, "0.6.0", predicate=lambda d, s: (s.get("step") or 0) >= 4)
+        t0 = time.time()
+        result = invoke(lab, "stop", "0.6.0")
+        assert result.exit_code == 0, result.output
+        assert time.time() - t0 < 30
+        assert wait_state(lab, "0.6.0") == "stopped"
+        assert (lab.run_dir("0.6.0") / "checkpoints" / "last.pth").exists()
+        assert decoy.poll() is None  # a process outside the run's group is untouched
+        assert invoke(lab, "stop", "0.6.0").exit_code == 1
+    finally:
+        decoy.kill()
+        decoy.wait()
