@@ -336,16 +336,49 @@ EMA_MAX_PENDING = 32768  # entries per layer whose query sums are kept between E
 HOT_FACTOR = 10.0  # an entry is "hot" when used this many times more than the mean used entry
 
 
+class WeightedBagSum(torch.autograd.Function):
+    """out[n] = sum_k weight[n, k] * table[ids[n, k]]: (N, K) ids and weights, (V, d) table -> (N, d).
+
+    The forward is embedding_bag's fused kernel. Its own backward sorts all N*K ids, which
+    on CPU costs 10x the forward; here the backward builds the (rows, V) matrix of summed
+    weights per token id, a chunk of rows at a time (bounded memory), and uses two matmuls:
+    grad_weight[n, k] = (grad @ table.T)[n, ids[n, k]] and grad_table = coeff.T @ grad.
+    """
+
+    CHUNK_ELEMENTS = 2**24  # (rows, V) coefficient chunk: 64 MiB in fp32
+
+    @staticmethod
+    def forward(ctx, ids, weight, table):
+        ctx.save_for_backward(ids, weight, table)
+        return F.embedding_bag(ids, table, per_sample_weights=weight, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad):
+        ids, weight, table = ctx.saved_tensors
+        grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[2] else None
+        rows = max(1, WeightedBagSum.CHUNK_ELEMENTS // table.shape[0])
+        for start in range(0, ids.shape[0], rows):
+            chunk_ids, g = ids[start:start + rows].long(), grad[start:start + rows].to(table.dtype)  # (n, K), (n, d)
+            if grad_weight is not None:
+                grad_weight[start:start + rows] = (g @ table.T).gather(1, chunk_ids)  # (n, V) -> (n, K)
+            if grad_table is not None:
+                coeff = table.new_zeros(len(g), table.shape[0]).scatter_add_(1, chunk_ids, weight[start:start + rows])
+                grad_table += coeff.T @ g  # (V, d)
+        return None, grad_weight, grad_table
+
+
 class MemoryLayer(nn.Module):
     """Reads the shared bank of token-id entries for every token; see PRODUCT.md section 7.
 
     query   = Wq RMSNorm(h_attn)  -- the attention output alone: querying with x + h_attn
                                      averaged the queries and froze the selection (lab 1.4.3)
     lookup  = product keys: the query's two halves each score sqrt(knowledge_num) sub-keys;
-              the best C of each half give C*C sums, the best C of those are the candidates
+              the best C of each half pair up, the best C pair sums are the candidates
               (entry i*sqrt(N) + j), so scoring costs O(sqrt(N)), never O(N)
     read    = sum over candidates of softmax weight * mean of the entry's token embeddings
-    out     = Wdown(silu(Wgate x) * Wup read)   -- gated SwiGLU fusion into the residual
+    out     = Wdown(silu(Wgate x) * Wup read)   -- gated SwiGLU fusion into the residual,
+              knowledge_dim wide: the read carries no more than that anyway
 
     The read projects the token embedding table to knowledge_dim once per step and averages
     rows of that (V, knowledge_dim) table: mean and projection are both linear, so this equals
@@ -366,9 +399,16 @@ class MemoryLayer(nn.Module):
         self.query = nn.Linear(config.dim, config.knowledge_dim, bias=False)
         self.keys = nn.Parameter(torch.randn(2, self.side, half) / math.sqrt(half))  # (2, sqrt(N), kd/2)
         self.value = nn.Linear(config.dim, config.knowledge_dim, bias=False)  # applied to the embedding table
-        self.gate = nn.Linear(config.dim, config.dim, bias=False)
-        self.up = nn.Linear(config.knowledge_dim, config.dim, bias=False)
-        self.down = nn.Linear(config.dim, config.dim, bias=False)
+        self.gate = nn.Linear(config.dim, config.knowledge_dim, bias=False)
+        self.up = nn.Linear(config.knowledge_dim, config.knowledge_dim, bias=False)
+        self.down = nn.Linear(config.knowledge_dim, config.dim, bias=False)
+        # With both halves' scores sorted, pair (a, b) is beaten by the (a+1)(b+1)-1 pairs
+        # (a' <= a, b' <= b), so only pairs with (a+1)(b+1) <= C can be among the best C:
+        # about C*ln(C) pairs (119 for C=32) instead of C*C, with the same result.
+        rows, cols = zip(*[(a, b) for a in range(self.num_candidates) for b in range(self.num_candidates)
+                           if (a + 1) * (b + 1) <= self.num_candidates])
+        self.register_buffer("pair_rows", torch.tensor(rows), persistent=False)
+        self.register_buffer("pair_cols", torch.tensor(cols), persistent=False)
         # Usage counts of the current statistics window: updated in place (index_add_), read and
         # reset only by memory_stats(). Not saved: a window, not model state.
         self.register_buffer("usage", torch.zeros(config.knowledge_num, dtype=torch.int32), persistent=False)
@@ -382,11 +422,11 @@ class MemoryLayer(nn.Module):
         """(scores, entries) of the best num_candidates entries per query (N, kd), best first."""
         C = self.num_candidates
         q1, q2 = query.unflatten(-1, (2, -1)).unbind(-2)  # (N, kd/2) each
-        s1, i1 = (q1 @ self.keys[0].T).topk(C, dim=-1)  # (N, C): best sub-keys of the first half
+        s1, i1 = (q1 @ self.keys[0].T).topk(C, dim=-1)  # (N, C), sorted: best sub-keys of the first half
         s2, i2 = (q2 @ self.keys[1].T).topk(C, dim=-1)
-        pair = (s1[:, :, None] + s2[:, None, :]).flatten(1)  # (N, C*C): every pairing of the two
-        scores, best = pair.topk(C, dim=-1)  # (N, C)
-        entries = i1.gather(1, best // C) * self.side + i2.gather(1, best % C)
+        pair = s1[:, self.pair_rows] + s2[:, self.pair_cols]  # (N, P): the pairings that can win
+        scores, best = pair.topk(C, dim=-1)  # (N, C), best first
+        entries = i1.gather(1, self.pair_rows[best]) * self.side + i2.gather(1, self.pair_cols[best])
         return scores, entries
 
     def value_table(self, embedding_weight):
@@ -410,9 +450,8 @@ class MemoryLayer(nn.Module):
         share = real / real.sum(-1, keepdim=True).clamp(min=1)  # (N, C, L): 1/length per real token, 0 on padding
         per_token = weights.unsqueeze(-1) * share  # (N, C, L)
         # One bag of C*L tokens per query. Padding is zeroed through its weight, not padding_idx,
-        # which would leave the fast (fbgemm) kernel: 5x slower on CPU.
-        return F.embedding_bag(tokens.flatten(1).int(), table, per_sample_weights=per_token.flatten(1).to(table.dtype),
-                               mode="sum")
+        # which would leave embedding_bag's fast (fbgemm) kernel: 5x slower on CPU.
+        return WeightedBagSum.apply(tokens.flatten(1).int(), per_token.flatten(1).to(table.dtype), table)
 
     def forward(self, h_attn, bank, embedding_weight):
         B, T, dim = h_attn.shape
