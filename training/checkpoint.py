@@ -110,7 +110,8 @@ def memory_pending(model) -> list[Any] | None:
     """The memory layers' EMA query sums since the last EMA update (not in state_dict).
 
     Saved so a resume between two EMA updates applies the same update as an uninterrupted
-    run would; None for models without memory layers.
+    run would; None for models without memory layers. The structure is the model's own
+    (opaque here): it is saved and restored as it is.
     """
     layers = getattr(model, "memory_layers", None)
     if layers is None:
@@ -124,4 +125,15 @@ def set_memory_pending(model, pending: list[Any] | None, device) -> None:
         return
     for (_, layer), value in zip(layers(), pending):
         if hasattr(layer, "pending"):
-            layer.pending = None if value is None else tuple(t.to(device) for t in value)
+            layer.pending = _to_device(value, device)
+
+
+def _to_device(obj: Any, device) -> Any:
+    """Move tensors inside nested lists/tuples/dicts, keeping the structure the model uses."""
+    if hasattr(obj, "to") and hasattr(obj, "dtype"):
+        return obj.to(device)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(x, device) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj

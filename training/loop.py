@@ -27,6 +27,7 @@ from minimind.lab import Lab
 from minimind.state import EXIT_FINISHED, EXIT_GUARDRAIL, EXIT_STOPPED, update_state
 from training import checkpoint as ckpt
 from training import runlog
+from training.ddp import ignore_integer_buffers, sync_memory_bank
 from training.data import Stream, collate, split_digest, total_steps
 from training.evalstep import periodic_eval
 from training.measures import masked_ce
@@ -108,6 +109,8 @@ class Trainer:
         self.step = 0
         if restored is not None:
             self._restore(restored)
+        if self.acc.num_processes > 1:
+            ignore_integer_buffers(self.model)
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         self.unwrapped = self.acc.unwrap_model(self.model)
         if restored is not None:  # after prepare: the EMA sums must live on the model's device
@@ -156,7 +159,8 @@ class Trainer:
         runlog.header(self.lab.root, module_path, (self.run_dir / CONFIG_FILE).read_text(encoding="utf-8"),
                       str(self.acc.device), self.acc.num_processes, self.step if self.resume else None)
         runlog.say(f"data: {len(self.corpus.train_idx)} train / {len(self.corpus.val_idx)} validation documents, "
-                   f"{self.stream.batches_per_epoch} batches per epoch per process, {self.total} optimizer steps")
+                   f"{self.stream.batches_per_epoch} batches per epoch per process, {self.total} optimizer steps"
+                   + (f"; {self.corpus.bad_lines} malformed lines skipped" if self.corpus.bad_lines else ""))
         if self.bank_note:
             runlog.say(self.bank_note)
         self.swan = SwanMirror(self.cfg.swanlab.mode, self.cfg.swanlab.project, self.run_dir,
@@ -194,8 +198,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         hook = getattr(self.unwrapped, "after_optimizer_step", None)
-        if hook:
-            hook(self.step)  # every rank alike; DDP re-broadcasts rank 0's buffers each forward
+        if hook and hook(self.step) and self.acc.num_processes > 1:
+            sync_memory_bank(self.unwrapped)  # EMA ran on each rank's own selections: rank 0's wins
         n = t.accumulation_steps
         return {"ce": sums["ce"] / n, "aux": sums["aux"] / n, "tokens": sums["tokens"], "grad_norm": grad_norm}
 
@@ -338,6 +342,7 @@ class Trainer:
 
     def _stop(self, by_signal: bool, guard_reason: Optional[str]) -> int:
         self.save_last()
+        self.progress.step = self.step  # the checkpoint's step, which may be past the last log step
         code = EXIT_STOPPED if by_signal else EXIT_GUARDRAIL
         if self.main:
             reason = (f"signal {self.stop_flag.signal_name or 'from another process'}" if by_signal

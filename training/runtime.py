@@ -6,6 +6,7 @@ Shared by the trainer and the evaluator so both read data and build models the s
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -26,7 +27,9 @@ def make_accelerator(cfg: ExperimentConfig, run_dir: Path):
     kwargs: dict[str, Any] = {"mixed_precision": cfg.launch.mixed_precision}
     if cfg.launch.cpu:
         kwargs["cpu"] = True
-    if cfg.launch.deepspeed:
+    # `accelerate launch --use_deepspeed --deepspeed_config_file F` (the run script's way)
+    # configures DeepSpeed through the environment; only without it do we build the plugin.
+    if cfg.launch.deepspeed and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() not in ("true", "1"):
         kwargs["deepspeed_plugin"] = deepspeed_plugin(cfg, run_dir)
     return Accelerator(**kwargs)
 
@@ -56,7 +59,8 @@ def deepspeed_plugin(cfg: ExperimentConfig, run_dir: Path):
 
     if cfg.launch.deepspeed == "zero2":
         path = Path(run_dir) / "ds_config.json"
-        write_json(path, zero2_config(cfg))
+        if not path.exists():  # the launcher may have written one already: never overwrite it
+            write_json(path, zero2_config(cfg))
     else:
         path = Path(cfg.launch.deepspeed)
         if not path.is_file():
@@ -121,7 +125,7 @@ def load_bank_into(model, lab: Lab, cfg: ExperimentConfig, model_cfg: dict[str, 
     knowledge_num = int(getattr(model.config, "knowledge_num", model_cfg.get("knowledge_num")))
     knowledge_length = int(getattr(model.config, "knowledge_length", model_cfg.get("knowledge_length")))
     bank, importance = load_bank(lab.resolve(cfg.data.knowledge), lab.resolve(cfg.data.tokenizer),
-                                 knowledge_num, knowledge_length, lab.cache_dir)
+                                 knowledge_num, knowledge_length, lab.cache_dir, progress=False)
     ids = torch.from_numpy(np.ascontiguousarray(bank).astype(np.int64))
     imp = torch.from_numpy(np.ascontiguousarray(importance)) if importance is not None else None
     model.load_memory_bank(ids, imp)
@@ -136,6 +140,10 @@ class Corpus:
     train_idx: np.ndarray
     val_idx: np.ndarray
 
+    @property
+    def bad_lines(self) -> int:
+        return int(getattr(self.cache, "meta", {}).get("bad_line_count", 0))
+
     def docs(self, indices) -> list[np.ndarray]:
         return [self.cache.doc(int(i)) for i in indices]
 
@@ -143,12 +151,8 @@ class Corpus:
 def load_corpus(lab: Lab, cfg: ExperimentConfig) -> Corpus:
     from corpus.prepare import prepare_pretrain
 
-    cache = prepare_pretrain(lab.resolve(cfg.data.pretrain), lab.resolve(cfg.data.tokenizer), lab.cache_dir)
-    bad = int(getattr(cache, "bad_lines", 0) or 0)
-    total = cache.num_docs + bad
-    if total and bad / total > cfg.data.max_bad_share:
-        raise MinimindError(f"{cfg.data.pretrain}: {bad} of {total} lines are malformed "
-                            f"(more than data.max_bad_share={cfg.data.max_bad_share})")
+    cache = prepare_pretrain(lab.resolve(cfg.data.pretrain), lab.resolve(cfg.data.tokenizer), lab.cache_dir,
+                             max_bad_share=cfg.data.max_bad_share, progress=False)
     if cache.num_docs < 2:
         raise MinimindError(f"{cfg.data.pretrain}: needs at least 2 documents, has {cache.num_docs}")
     train_idx, val_idx = split_documents(cache.num_docs, cfg.data.val_fraction, cfg.train.seed)
