@@ -32,9 +32,12 @@ class Group(click.Group):
 
 
 def _lab():
+    """The current lab, its settings validated (a typo in minimind.yaml stops every command)."""
     from minimind.lab import find_lab
 
-    return find_lab()
+    lab = find_lab()
+    lab.settings()
+    return lab
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -39,6 +39,14 @@ def pairs_in_text(text: str) -> list[tuple[str, Any]]:
     return [(key, parse_value(value)) for key, value in _PAIR.findall(text)]
 
 
+def _schema_key(key: str, schema: dict[str, dict]) -> str | None:
+    """'dim' -> 'model.dim' where exactly one schema key ends with it; dotted keys as given."""
+    if key in schema:
+        return key
+    matches = [k for k in schema if k.endswith("." + key)]
+    return matches[0] if len(matches) == 1 else None
+
+
 def _flat_get(config: dict, key: str) -> Any:
     node: Any = config
     for part in key.split("."):
@@ -54,8 +62,9 @@ class OfflineAgent:
     def plan(self, ctx: PlanContext) -> Plan:
         changes: dict[str, Any] = {}
         for key, value in pairs_in_text(f"{ctx.goal}\n{ctx.hypothesis}"):
-            if key in ctx.config_schema:
-                changes[key] = value
+            full = _schema_key(key, ctx.config_schema)
+            if full is not None:
+                changes[full] = value
         rationale = {}
         for key in changes:
             spec = ctx.config_schema[key]
@@ -68,7 +77,8 @@ class OfflineAgent:
             f"{model.get('n_layers')} layers, batch {train.get('batch_size')}, learning rate {train.get('learning_rate')}"
             + (f", max_steps {train.get('max_steps')}." if train.get("max_steps") else "."),
         ]
-        all_changes = list(changes.items()) + [(k, v) for k, v in ctx.sets if k not in changes]
+        human = [(_schema_key(k, ctx.config_schema) or k, v) for k, v in ctx.sets]
+        all_changes = [(k, v) for k, v in changes.items() if k not in dict(human)] + human
         if all_changes:
             listed = ", ".join(f"`{k}` {_flat_get(ctx.base_config, k)!r} → {v!r}" for k, v in all_changes)
             lines.append(f"Changes for this experiment: {listed}. Everything else is inherited unchanged, "
@@ -79,8 +89,9 @@ class OfflineAgent:
         if ctx.model_diff.strip():
             changed = sum(1 for line in ctx.model_diff.splitlines() if line.startswith(("+", "-"))
                           and not line.startswith(("+++", "---")))
-            lines.append(f"The model file differs from the base snapshot by {changed} changed lines; the snapshot "
-                         "keeps this exact code for later evaluation.")
+            against = f"the base snapshot models/model_{ctx.base.replace('.', '_')}.py" if ctx.base else "git HEAD"
+            lines.append(f"`models/model.py` differs from {against} by {changed} changed line(s) (see the git change "
+                         "record); the snapshot keeps this exact code for later evaluation.")
         if ctx.base_eval:
             inf, val = ctx.base_eval.get("inference_loss"), ctx.base_eval.get("val_loss")
             if isinstance(inf, (int, float)) and isinstance(val, (int, float)):

@@ -101,6 +101,9 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
     run_dir = run_dir or lab.run_dir(version)
     cfg = load_config(run_dir / "config.yaml")
     derived, state = current(run_dir)
+    if derived == "running" and state.get("train_outcome"):
+        # The run script is still alive (evaluating, analysing) but training has ended.
+        derived = state["train_outcome"]
     plan = read_json(run_dir / PLAN_FILE) or {}
     analysis = read_json(run_dir / ANALYSIS_FILE)
     ev = read_json(run_dir / EVAL_FILE)

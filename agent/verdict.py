@@ -210,7 +210,7 @@ def result_lines(rows: list[dict], guardrails: dict[str, dict], verdict: str, re
         if row["metric"] not in keys or row["new"] is None:
             continue
         if row["base"] is None:
-            lines.append(f"✅ {row['metric']} = {row['new']:.4g} (no base)")
+            lines.append(f"ℹ️ {row['metric']} = {row['new']:.4g} (no base to compare with)")
         else:
             mark = "✅" if row["better"] else "❌"
             lines.append(f"{mark} {row['metric']}: {row['base']:.4g} → {row['new']:.4g}")

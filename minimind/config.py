@@ -152,6 +152,7 @@ def apply_sets(config: dict[str, Any], assignments: list[tuple[str, Any]],
     out = copy.deepcopy(config)
     for key, value in assignments:
         path = resolve_key(key, model_fields)
+        key = ".".join(path)  # messages name the full key, whatever the user typed
         if path[0] == "model":
             spec = model_fields[path[1]]
             check_model_value(path[1], value, spec)
