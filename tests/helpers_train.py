@@ -128,3 +128,24 @@ def train_rows(run_dir: Path) -> list[dict]:
 
 def state(run_dir: Path) -> dict:
     return json.loads((run_dir / "state.json").read_text())
+
+
+# One build of the data and one finished 30-step run per test session, shared by every
+# test module that asks (pytest would run a session fixture once per defining module).
+_SHARED: dict[str, Path] = {}
+
+
+def shared_data(factory) -> Path:
+    if "data" not in _SHARED:
+        _SHARED["data"] = build_data(factory.mktemp("data"))
+    return _SHARED["data"]
+
+
+def shared_finished_run(factory) -> Path:
+    if "run" not in _SHARED:
+        lab = make_lab(factory.mktemp("lab"), shared_data(factory))
+        run_dir = write_config(lab)
+        rc = run_train(run_dir, timeout=150)
+        assert rc == 0, tail(run_dir / "train.log")
+        _SHARED["run"] = run_dir
+    return _SHARED["run"]

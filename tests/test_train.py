@@ -18,17 +18,13 @@ import helpers_train as h
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    return h.build_data(tmp_path_factory.mktemp("data"))
+    return h.shared_data(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
-def finished_run(tmp_path_factory, data_dir) -> Path:
+def finished_run(tmp_path_factory) -> Path:
     """One complete 30-step run shared by the tests that only read its outputs."""
-    lab = h.make_lab(tmp_path_factory.mktemp("lab"), data_dir)
-    run_dir = h.write_config(lab)
-    rc = h.run_train(run_dir, timeout=150)
-    assert rc == 0, h.tail(run_dir / "train.log")
-    return run_dir
+    return h.shared_finished_run(tmp_path_factory)
 
 
 @pytest.fixture
@@ -78,12 +74,16 @@ def test_run_writes_state_log_and_checkpoints(finished_run):
     assert "step 30/30 [########################] 100.0%" in log and "ETA" in log
     import torch
 
-    last = torch.load(finished_run / "checkpoints" / "last.pth", weights_only=False)
+    last = torch.load(finished_run / "checkpoints" / "last.pth", weights_only=True)
     assert last["step"] == 30 and last["module"] == "model_0_1_0"
     assert {"optimizer", "scheduler", "rng", "best", "model_config", "split", "memory_pending"} <= set(last)
     assert "memory_bank" in last["model"] and "memory_frozen" in last["model"]
-    best = torch.load(finished_run / "checkpoints" / "pretrain_32.pth", weights_only=False)
+    best = torch.load(finished_run / "checkpoints" / "pretrain_32.pth", weights_only=True)
     assert best["best"]["metric"] == "val_loss" and best["best"]["step"] == 30
+    from models.registry import load_checkpoint  # the lab's own loader reads our files
+
+    model, data = load_checkpoint(finished_run / "checkpoints" / "last.pth", finished_run.parent.parent / "models")
+    assert data["step"] == 30 and model.config.dim == 32
 
 
 def test_each_metrics_line_is_strict_json(finished_run):
@@ -136,7 +136,7 @@ def test_sigterm_checkpoints_and_exits_10(lab):
     assert state["state"] == "stopped" and "SIGTERM" in state["stop_reason"]
     import torch
 
-    last = torch.load(run_dir / "checkpoints" / "last.pth", weights_only=False)
+    last = torch.load(run_dir / "checkpoints" / "last.pth", weights_only=True)
     assert last["step"] == state["step"] and 4 <= last["step"] < 400
 
 

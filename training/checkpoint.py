@@ -8,7 +8,10 @@ A checkpoint is one `torch.save` dict:
   step, epoch, micro_index  optimizer steps done; the data position follows from them
   rng                       python, numpy, torch (and cuda) generator states
   best                      {"metric": "val_loss"|"train_loss_smoothed", "value", "step"}
-  total_steps, split, config, time
+  memory_pending            the memory layers' EMA sums since the last EMA update
+  format, total_steps, split, config, elapsed_s, time
+Only tensors and plain data, so it loads with torch.load(weights_only=True) and
+models.registry.load_checkpoint reads it.
 Written to a temporary sibling then renamed, so a crash mid-save keeps the old file.
 """
 
@@ -29,6 +32,7 @@ from minimind.errors import MinimindError
 
 CHECKPOINTS = "checkpoints"
 LAST = "last.pth"
+FORMAT = "minimind-checkpoint-1"  # models.registry's format: its load_checkpoint reads ours
 
 
 def best_name(dim: int) -> str:
@@ -39,7 +43,10 @@ def best_name(dim: int) -> str:
 def rng_state() -> dict[str, Any]:
     import torch
 
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # plain lists, not numpy arrays: the file then loads with weights_only=True (no code)
+    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -48,11 +55,17 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     import torch
 
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_tuples(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(obj: Any) -> Any:
+    """random.setstate wants tuples where a round trip may have produced lists."""
+    return tuple(_tuples(x) for x in obj) if isinstance(obj, (list, tuple)) else obj
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
@@ -61,7 +74,7 @@ def save(path: Path, payload: dict[str, Any]) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = dict(payload, time=time.time())
+    payload = dict(payload, format=FORMAT, time=time.time())
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -85,9 +98,8 @@ def load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise MinimindError(f"checkpoint {path} not found")
     try:
-        # Our own files hold RNG states and numpy arrays, so full unpickling is needed;
-        # checkpoints come from the lab itself, never from the network.
-        data = torch.load(path, map_location="cpu", weights_only=False)
+        # Tensors and plain data only: a checkpoint can never run code when loaded.
+        data = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
             zipfile.BadZipFile, AttributeError, ImportError, IndexError, KeyError) as exc:
         detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__

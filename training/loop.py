@@ -177,7 +177,7 @@ class Trainer:
         sums = {"ce": 0.0, "aux": 0.0, "tokens": 0.0}
         for k in range(t.accumulation_steps):
             micro = self.step * t.accumulation_steps + k
-            self.epoch_pos = micro / self.stream.batches_per_epoch
+            self.epoch_pos = (micro + 1) / self.stream.batches_per_epoch  # epochs done after this batch
             _, doc_idx = self.stream.batch(micro)
             inputs, targets, mask = (x.to(self.acc.device) for x in collate(self.corpus.docs(doc_idx), self.max_seq_len))
             last = k == t.accumulation_steps - 1

@@ -15,7 +15,7 @@ from typing import Any, Optional
 from minimind.errors import MinimindError, UsageError
 from minimind.lab import Lab
 from training import checkpoint as ckpt
-from training.runtime import build_model, load_model_module
+from training.runtime import load_model_module
 
 LIVING = "model"
 PRESET_NAMES = ("original", "memory", "hybrid", "no_feed", "model_original", "model_memory", "model", "model_no_feed")
@@ -59,13 +59,12 @@ def load_for_eval(lab: Lab, path: Path, model_type: Optional[str], overrides: di
     config.update({k: v for k, v in overrides.items() if v is not None})
     if "preset" not in config and module != LIVING:
         config["preset"] = load_model_module(lab, module).ModelConfig().preset
-    model = build_model(lab, module, config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0][:160]
-        raise MinimindError(f"{path} does not fit module {module} with {config.get('preset')} preset "
-                            f"({first}); check --model-type and the size options") from None
+    from models.registry import load_checkpoint
+
+    try:  # strict load, DDP/compile prefixes stripped, one-line errors
+        model, _ = load_checkpoint(path, lab.models_dir, module_name=module, config=config)
+    except MinimindError as exc:
+        raise MinimindError(f"{exc} (check --model-type and the size options)") from None
     model.eval()
     full = model.config.to_dict() if hasattr(getattr(model, "config", None), "to_dict") else config
     return model, data, module, full

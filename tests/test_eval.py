@@ -1,0 +1,187 @@
+"""Evaluation: eval.json has every key of PRODUCT.md section 5 with finite values, both
+entry styles work (--run-dir, and eval_model.py's --model-path/--model-type), and the
+pure statistics behave."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import helpers_train as h
+
+REQUIRED = ("val_loss", "inference_loss", "train_loss", "train_inference_ratio", "repetition_rate", "distinct_2",
+            "memory_entropy", "memory_coverage", "recall", "samples", "guardrails", "checkpoint", "module", "step",
+            "num_samples", "time")
+SPLITS = ("mem_only", "text_only", "both", "held_out")
+
+
+def run_eval(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    return subprocess.run([h.PY, "-m", "training.evaluate", *args], cwd=h.REPO, env=h.env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def numbers(obj):
+    if isinstance(obj, dict):
+        for v in obj.values():
+            yield from numbers(v)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from numbers(v)
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        yield obj
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory) -> tuple[Path, dict]:
+    run_dir = h.shared_finished_run(tmp_path_factory)
+    done = run_eval("--run-dir", str(run_dir), "--max-probes", "40")
+    assert done.returncode == 0, done.stderr
+    return run_dir, json.loads((run_dir / "eval.json").read_text())
+
+
+def test_eval_json_has_every_product_key_with_finite_values(evaluated):
+    run_dir, ev = evaluated
+    for key in REQUIRED:
+        assert key in ev, key
+    for key in REQUIRED[:8]:
+        assert isinstance(ev[key], float) and math.isfinite(ev[key]), key
+    assert all(math.isfinite(x) for x in numbers(ev))
+    assert ev["train_inference_ratio"] == pytest.approx(ev["inference_loss"] / ev["train_loss"])
+    assert 0.0 <= ev["repetition_rate"] <= 1.0 and 0.0 < ev["distinct_2"] <= 1.0
+    assert ev["module"] == "model_0_1_0" and ev["step"] == 30 and ev["num_samples"] == 3
+    assert ev["checkpoint"].endswith("pretrain_32.pth")  # the best checkpoint by default
+
+
+def test_eval_recall_per_split_with_intervals(evaluated):
+    _, ev = evaluated
+    assert set(ev["recall"]) == set(SPLITS)
+    for split in SPLITS:
+        r = ev["recall"][split]
+        assert r["n"] == 40
+        assert 0.0 <= r["p_at_1"] <= 1.0 and 0.1 <= r["mrr"] <= 1.0  # 10 candidates: MRR is at least 0.1
+        low, high = r["p_at_1_ci"]
+        assert low <= r["p_at_1"] <= high
+        assert r["mrr_ci"][0] <= r["mrr"] <= r["mrr_ci"][1]
+
+
+def test_eval_samples_guardrails_state_and_plot(evaluated):
+    run_dir, ev = evaluated
+    assert len(ev["samples"]) == 3
+    for sample in ev["samples"]:
+        assert set(sample) >= {"prompt", "reference", "generated", "sampled"}
+        assert sample["prompt"] and sample["reference"]
+    assert set(ev["guardrails"]) == {"train_loss", "train_inference_ratio", "repetition_rate", "memory_entropy"}
+    assert all(g["level"] in ("safe", "watch", "danger") for g in ev["guardrails"].values())
+    assert ev["guardrails"]["memory_entropy"]["value"] == pytest.approx(ev["memory_entropy"])
+    assert h.state(run_dir)["evaluated"] is True
+    assert (run_dir / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_is_reproducible(evaluated, tmp_path):
+    run_dir, ev = evaluated
+    out = tmp_path / "again.json"
+    done = run_eval("--run-dir", str(run_dir), "--max-probes", "40", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    again = json.loads(out.read_text())
+    for key in ("val_loss", "inference_loss", "repetition_rate", "distinct_2", "recall", "samples"):
+        assert again[key] == ev[key], key
+
+
+def test_model_path_with_a_raw_state_dict_and_no_memory(evaluated, tmp_path):
+    """eval_model.py style: a bare MiniMind state dict, the type and sizes on the command line."""
+    import torch
+
+    from models.registry import build_model
+
+    run_dir, _ = evaluated
+    lab = run_dir.parent.parent
+    torch.manual_seed(0)
+    model = build_model(lab / "models", "model", {"preset": "original", "dim": 32, "n_layers": 2, "n_heads": 2,
+                                                  "vocab_size": 6400})
+    raw = tmp_path / "pretrain_32.pth"
+    torch.save(model.state_dict(), raw)
+    done = run_eval("--model-path", str(raw), "--model-type", "model_original", "--lab", str(lab),
+                    "--dim", "32", "--n_layers", "2", "--n_heads", "2", "--num-samples", "2", "--max-probes", "10")
+    assert done.returncode == 0, done.stderr
+    ev = json.loads((tmp_path / "pretrain_32.eval.json").read_text())
+    for key in REQUIRED:
+        assert key in ev, key
+    assert ev["memory_entropy"] is None and ev["memory_coverage"] is None  # no memory layer: null, not 0
+    assert ev["guardrails"]["memory_entropy"] == {"value": None, "level": "n/a"}
+    assert ev["train_loss_source"].startswith("measured")
+    assert ev["model_config"]["preset"] == "original" and ev["model_config"]["vocab_size"] == 6400
+    assert all(math.isfinite(x) for x in numbers(ev))
+
+
+def test_raw_state_dict_needs_a_model_type(evaluated, tmp_path):
+    import torch
+
+    run_dir, _ = evaluated
+    raw = tmp_path / "raw.pth"
+    torch.save({"tok_embeddings.weight": torch.zeros(4, 4)}, raw)
+    done = run_eval("--model-path", str(raw), "--lab", str(run_dir.parent.parent))
+    assert done.returncode == 2 and done.stderr.startswith("Error: ") and "--model-type" in done.stderr
+
+
+def test_truncated_checkpoint_in_eval_is_a_one_line_error(evaluated, tmp_path):
+    run_dir, _ = evaluated
+    bad = tmp_path / "bad.pth"
+    blob = (run_dir / "checkpoints" / "last.pth").read_bytes()
+    bad.write_bytes(blob[: len(blob) // 3])
+    done = run_eval("--run-dir", str(run_dir), "--checkpoint", str(bad), "--out", str(tmp_path / "x.json"))
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1 and "truncated or corrupt" in done.stderr
+    assert not (tmp_path / "x.json").exists()
+
+
+# --- pure pieces ----------------------------------------------------------------------
+
+def test_text_statistics():
+    from training.textstats import bootstrap_ci, distinct_n, rank_of_answer, repetition_rate, seq_rep_n
+
+    assert seq_rep_n([1, 2, 3, 4, 5, 6], 4) == 0.0
+    assert seq_rep_n([7] * 8, 4) == pytest.approx(1 - 1 / 5)
+    assert seq_rep_n([1, 2, 3], 4) is None
+    assert repetition_rate([[7] * 8, [1, 2, 3, 4, 5], [1]], 4) == pytest.approx((0.8 + 0.0) / 2)
+    assert distinct_n([[1, 2, 1, 2]], 2) == pytest.approx(2 / 3)
+    assert rank_of_answer([-1.0, -2.0, -3.0]) == 1
+    assert rank_of_answer([-2.0, -1.0, -3.0]) == 2
+    assert rank_of_answer([-1.0, -1.0, -1.0]) == 3  # ties never favour the answer
+    ci = bootstrap_ci([0, 1] * 50, seed=3)
+    assert ci == bootstrap_ci([0, 1] * 50, seed=3) and ci[0] < 0.5 < ci[1]
+
+
+def test_document_split_is_deterministic_and_disjoint():
+    from training.data import Stream, split_documents
+
+    train, val = split_documents(1000, 0.05, seed=7)
+    again_train, again_val = split_documents(1000, 0.05, seed=7)
+    assert np.array_equal(train, again_train) and np.array_equal(val, again_val)
+    assert not set(train) & set(val) and len(train) + len(val) == 1000
+    assert 25 <= len(val) <= 80
+    assert len(split_documents(3, 0.001, 0)[1]) == 1  # always at least one held-out document
+    ranks = [Stream(train, 8, 7, r, 2) for r in range(2)]
+    first = [set(s.batch(0)[1]) | set(s.batch(1)[1]) for s in ranks]
+    assert not first[0] & first[1] and ranks[0].batches_per_epoch == ranks[1].batches_per_epoch
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    from training.schedule import lr_factor
+
+    assert lr_factor(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, 0.1) == pytest.approx(0.55)
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_plot_loss_curves_writes_a_png(tmp_path):
+    from training.plots import plot_loss_curves
+
+    out = plot_loss_curves({"a": [(1, 3.0), (2, 2.0)], "b": [(1, 4.0), (2, 2.5)]}, tmp_path / "p.png", "two runs")
+    assert out.read_bytes()[:4] == b"\x89PNG"
