@@ -45,10 +45,28 @@ def call(requested: str, settings: AgentSettings, log_dir: Path, step: str, ctx)
     name = resolve_name(requested)
     try:
         backend = BACKENDS[name](settings, log_dir)
-        return getattr(backend, step)(ctx), ""
+        result = getattr(backend, step)(ctx)
     except AgentError as exc:
         if requested != "auto" or name == "offline":
             raise MinimindError(f"agent ({name}) {step} failed: {exc}") from None
-        backend = BACKENDS["offline"](settings, log_dir)
         note = f"The claude backend failed ({str(exc).splitlines()[0][:160]}); the offline backend wrote this instead."
-        return getattr(backend, step)(ctx), note
+        return _offline_call(settings, log_dir, step, ctx, note), note
+    if name == "offline":
+        _log_offline(log_dir, step, result)
+    return result, ""
+
+
+def _offline_call(settings: AgentSettings, log_dir: Path, step: str, ctx, note: str):
+    result = getattr(BACKENDS["offline"](settings, log_dir), step)(ctx)
+    _log_offline(log_dir, step, result, note)
+    return result
+
+
+def _log_offline(log_dir: Path, step: str, result, note: str = "") -> None:
+    """The offline backend's answers are logged like claude's (no cost), so every section's author is on record."""
+    import dataclasses
+
+    from agent.calllog import append_call
+
+    append_call(log_dir, {"step": step, "backend": "offline", "model": "offline", "cost_usd": 0.0, "latency_s": 0.0,
+                          "response": dataclasses.asdict(result), "note": note or None})

@@ -107,3 +107,16 @@ def test_missing_key_is_refused_before_anything_is_written(lab, fake):
     assert result.exit_code == 1
     assert "ANTHROPIC_API_KEY is not set" in result.output
     assert fake.requests == [] and _tree(lab.root) == before
+
+
+def test_auto_falls_back_to_offline_and_the_record_says_so(lab, fake):
+    for _ in range(4):
+        fake.reply_error(529, "Overloaded")
+    args = [a if a != "claude" else "auto" for a in NEW]
+    result = _run(lab, fake, args=args)
+    assert result.exit_code == 0, result.output
+    record = (lab.root / "experiment" / "experiment_9.9.9.md").read_text()
+    assert "Written by the offline agent." in record and "The claude backend failed" in record
+    calls = calllog.read_calls(lab.root / "runs" / "9.9.9" / "agent")
+    assert {c["backend"] for c in calls} == {"claude", "offline"}
+    assert API_KEY not in (lab.root / "runs" / "9.9.9" / "agent" / "calls.jsonl").read_text()
