@@ -49,8 +49,8 @@ agent:
 
 EXPERIMENTS = [
     ("0.1.0", ["preset=original"], "Dense SwiGLU baseline on the bundled country and city facts",
-     "A dense MiniMind-style model learns the fact text: inference loss falls well below the uniform 8.76 nats "
-     "and no guardrail reaches danger.", None),
+     "A dense MiniMind-style model learns the fact text: inference loss falls well below the uniform "
+     "ln(6400) = 8.76 nats.", "inference_loss < 8.76"),
     ("0.1.1", ["preset=memory"], "Replace the feed-forward layer by the human-readable memory bank",
      "Reading facts from the memory bank through product keys lowers inference loss against the dense baseline.",
      "inference_loss < base"),
