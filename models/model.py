@@ -336,6 +336,23 @@ EMA_MAX_PENDING = 32768  # entries per layer whose query sums are kept between E
 HOT_FACTOR = 10.0  # an entry is "hot" when used this many times more than the mean used entry
 
 
+def topk_by_blocks(scores, k: int, block: int = 4):
+    """Exactly scores.topk(k) (best first) for (N, W) scores, about 1.5x faster on CPU for W >> k.
+
+    The best k elements lie in at most k blocks, and those blocks are among the k whose
+    maxima are largest (any other block's maximum is beaten by k elements). So: block
+    maxima, their top k, then top k of the k*block elements of those blocks.
+    """
+    N, W = scores.shape
+    if W % block or W <= 2 * k * block:
+        return scores.topk(k, dim=-1)
+    blocks = scores.view(N, W // block, block)
+    top_blocks = blocks.amax(-1).topk(k, dim=-1, sorted=False).indices  # (N, k)
+    inside = blocks.gather(1, top_blocks[..., None].expand(N, k, block)).flatten(1)  # (N, k*block)
+    values, position = inside.topk(k, dim=-1)
+    return values, top_blocks.gather(1, position // block) * block + position % block
+
+
 class WeightedBagSum(torch.autograd.Function):
     """out[n] = sum_k weight[n, k] * table[ids[n, k]]: (N, K) ids and weights, (V, d) table -> (N, d).
 
@@ -422,36 +439,42 @@ class MemoryLayer(nn.Module):
         """(scores, entries) of the best num_candidates entries per query (N, kd), best first."""
         C = self.num_candidates
         q1, q2 = query.unflatten(-1, (2, -1)).unbind(-2)  # (N, kd/2) each
-        s1, i1 = (q1 @ self.keys[0].T).topk(C, dim=-1)  # (N, C), sorted: best sub-keys of the first half
-        s2, i2 = (q2 @ self.keys[1].T).topk(C, dim=-1)
+        s1, i1 = topk_by_blocks(q1 @ self.keys[0].T, C)  # (N, C), sorted: best sub-keys of the first half
+        s2, i2 = topk_by_blocks(q2 @ self.keys[1].T, C)
         pair = s1[:, self.pair_rows] + s2[:, self.pair_cols]  # (N, P): the pairings that can win
         scores, best = pair.topk(C, dim=-1)  # (N, C), best first
         entries = i1.gather(1, self.pair_rows[best]) * self.side + i2.gather(1, self.pair_cols[best])
         return scores, entries
 
     def value_table(self, embedding_weight):
-        """The token embedding table projected to knowledge_dim: (V, kd).
+        """The token embedding table projected to knowledge_dim, padding row zeroed: (V, kd).
 
         Recomputed whenever gradients are on; during inference it is cached until either
         weight changes (their version counters move on every in-place update).
         """
         if torch.is_grad_enabled():
-            return self.value(embedding_weight)
+            return self._project(embedding_weight)
         key = tuple((w.data_ptr(), w._version, w.dtype) for w in (embedding_weight, self.value.weight))
         if key != self._table_key:
-            self._table, self._table_key = self.value(embedding_weight), key
+            self._table, self._table_key = self._project(embedding_weight), key
         return self._table
+
+    def _project(self, embedding_weight):
+        table = self.value(embedding_weight)
+        assert PAD_ID == 0  # the zero row is prepended: padding then adds nothing to a read
+        return torch.cat([table.new_zeros(1, table.shape[1]), table[1:]])
 
     def read(self, entries, weights, bank, embedding_weight):
         """Weighted mean-embedding read of the candidate entries: (N, C) -> (N, kd)."""
         table = self.value_table(embedding_weight)  # (V, kd)
-        tokens = bank[entries]  # (N, C, L) compact ints
-        real = tokens != PAD_ID
-        share = real / real.sum(-1, keepdim=True).clamp(min=1)  # (N, C, L): 1/length per real token, 0 on padding
-        per_token = weights.unsqueeze(-1) * share  # (N, C, L)
-        # One bag of C*L tokens per query. Padding is zeroed through its weight, not padding_idx,
+        N, C = entries.shape
+        tokens = bank.index_select(0, entries.flatten()).view(N, C, -1)  # (N, C, L) compact ints
+        lengths = torch.count_nonzero(tokens, dim=-1).clamp(min=1)  # (N, C): real (non-padding) tokens
+        # each token of candidate c weighs weight_c / length_c; padding rows of the table are zero
+        per_token = (weights / lengths)[..., None].expand(tokens.shape).reshape(N, -1)  # (N, C*L)
+        # One bag of C*L tokens per query. Padding is handled by the zero row, not padding_idx,
         # which would leave embedding_bag's fast (fbgemm) kernel: 5x slower on CPU.
-        return WeightedBagSum.apply(tokens.flatten(1).int(), per_token.flatten(1).to(table.dtype), table)
+        return WeightedBagSum.apply(tokens.view(N, -1).int(), per_token.to(table.dtype), table)
 
     def forward(self, h_attn, bank, embedding_weight):
         B, T, dim = h_attn.shape
