@@ -336,21 +336,24 @@ EMA_MAX_PENDING = 32768  # entries per layer whose query sums are kept between E
 HOT_FACTOR = 10.0  # an entry is "hot" when used this many times more than the mean used entry
 
 
-def topk_by_blocks(scores, k: int, block: int = 4):
-    """Exactly scores.topk(k) (best first) for (N, W) scores, about 1.5x faster on CPU for W >> k.
+def topk_by_groups(scores, k: int, block: int = 4):
+    """Exactly scores.topk(k) (best first) for (M, W) scores, about 1.5x faster on CPU for W >> k.
 
-    The best k elements lie in at most k blocks, and those blocks are among the k whose
-    maxima are largest (any other block's maximum is beaten by k elements). So: block
-    maxima, their top k, then top k of the k*block elements of those blocks.
+    Split each row into W/block groups of `block` elements. The best k elements lie in at
+    most k groups, and those are among the k groups with the largest maxima (any other
+    group's maximum is beaten by k elements). So: group maxima, their top k, then the top k
+    of those groups' k*block elements. Group g is {g, g + W/block, g + 2W/block, ...}:
+    strided, so the maxima are an elementwise max of `block` contiguous slices.
     """
-    N, W = scores.shape
-    if W % block or W <= 2 * k * block:
+    M, W = scores.shape
+    if W % block or W <= 4 * k * block:
         return scores.topk(k, dim=-1)
-    blocks = scores.view(N, W // block, block)
-    top_blocks = blocks.amax(-1).topk(k, dim=-1, sorted=False).indices  # (N, k)
-    inside = blocks.gather(1, top_blocks[..., None].expand(N, k, block)).flatten(1)  # (N, k*block)
-    values, position = inside.topk(k, dim=-1)
-    return values, top_blocks.gather(1, position // block) * block + position % block
+    n_groups = W // block
+    groups = scores.view(M, block, n_groups)
+    top = groups.amax(1).topk(k, dim=-1, sorted=False).indices  # (M, k) group ids
+    inside = groups.gather(2, top[:, None, :].expand(M, block, k)).flatten(1)  # (M, block*k)
+    values, position = inside.topk(k, dim=-1)  # position = member * k + slot
+    return values, top.gather(1, position % k) + (position // k) * n_groups
 
 
 class WeightedBagSum(torch.autograd.Function):
@@ -437,10 +440,11 @@ class MemoryLayer(nn.Module):
 
     def lookup(self, query):
         """(scores, entries) of the best num_candidates entries per query (N, kd), best first."""
-        C = self.num_candidates
-        q1, q2 = query.unflatten(-1, (2, -1)).unbind(-2)  # (N, kd/2) each
-        s1, i1 = topk_by_blocks(q1 @ self.keys[0].T, C)  # (N, C), sorted: best sub-keys of the first half
-        s2, i2 = topk_by_blocks(q2 @ self.keys[1].T, C)
+        N, C = query.shape[0], self.num_candidates
+        halves = query.view(N, 2, -1).transpose(0, 1)  # (2, N, kd/2)
+        sub_scores = torch.bmm(halves, self.keys.transpose(1, 2))  # (2, N, sqrt(N)): each half vs its sub-keys
+        s, i = topk_by_groups(sub_scores.flatten(0, 1), C)  # (2N, C), sorted: best sub-keys per half
+        (s1, s2), (i1, i2) = s.view(2, N, C), i.view(2, N, C)
         pair = s1[:, self.pair_rows] + s2[:, self.pair_cols]  # (N, P): the pairings that can win
         scores, best = pair.topk(C, dim=-1)  # (N, C), best first
         entries = i1.gather(1, self.pair_rows[best]) * self.side + i2.gather(1, self.pair_cols[best])

@@ -150,9 +150,10 @@ def load_checkpoint(path, models_dir, map_location="cpu", module_name: str | Non
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights_only" in str(error):
-            raise MinimindError(f"checkpoint {path} holds objects other than tensors and plain data "
-                                f"({_first_sentence(error)})") from None
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsafe:  # e.g. a numpy array: store RNG states as tensors or lists instead
+            raise MinimindError(f"checkpoint {path} holds a {unsafe.group(1)} object; checkpoints may hold only "
+                                "tensors and plain data (dict, list, str, numbers)") from None
         raise MinimindError(f"checkpoint {path} is truncated or corrupted ({_first_sentence(error)})") from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, IndexError) as error:
         raise MinimindError(f"checkpoint {path} is truncated or corrupted ({_first_sentence(error)})") from None

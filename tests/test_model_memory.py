@@ -1,0 +1,220 @@
+"""The memory layer: gradients, EMA and freezing, statistics, inspection, cost independent of knowledge_num."""
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from models.model import MiniMindLM, ModelConfig, WeightedBagSum, bank_dtype, topk_by_groups
+
+TINY = dict(preset="memory", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, max_seq_len=128,
+            knowledge_num=1024, knowledge_length=8, knowledge_dim=32, num_candidates=8)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides) -> MiniMindLM:
+    torch.manual_seed(0)
+    return MiniMindLM(ModelConfig(**{**TINY, **overrides}))
+
+
+def train_steps(model, steps, batch=4, seq=32):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    reports = []
+    for step in range(1, steps + 1):
+        ids = torch.randint(1, model.config.vocab_size, (batch, seq))
+        out = model(ids)
+        (F.cross_entropy(out.logits.flatten(0, 1), ids.flatten()) + out.aux_loss).backward()
+        opt.step()
+        opt.zero_grad()
+        reports.append(model.after_optimizer_step(step))
+    return reports
+
+
+def test_bank_is_compact_persistent_and_valid():
+    model = tiny()
+    state = model.state_dict()
+    assert state["memory_bank"].dtype == torch.int16 and state["memory_bank"].shape == (1024, 8)
+    assert "memory_frozen" in state and "layers.0.memory.usage" not in state  # the stats window is not saved
+    assert int(model.memory_bank.min()) >= 1 and int(model.memory_bank.max()) < 300
+    assert torch.equal(tiny().memory_bank, model.memory_bank)  # seeded
+    assert not torch.equal(tiny(memory_seed=1).memory_bank, model.memory_bank)
+    assert bank_dtype(6400) == torch.int16 and bank_dtype(50000) == torch.int32
+
+
+def test_gradients_reach_sub_keys_query_and_value_projections():
+    model = tiny()
+    ids = torch.randint(1, 300, (2, 16))
+    out = model(ids)
+    F.cross_entropy(out.logits.flatten(0, 1), ids.flatten()).backward()
+    memory = model.layers[0].memory
+    for p in (memory.keys, memory.query.weight, memory.value.weight, memory.gate.weight, memory.up.weight):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_product_keys_equal_a_flat_scan_of_all_keys():
+    model = tiny(knowledge_num=4096, num_candidates=8)
+    memory = model.layers[0].memory
+    query = torch.randn(50, 32)
+    scores, entries = memory.lookup(query)
+    side = memory.side
+    full_keys = torch.cat([memory.keys[0][:, None].expand(side, side, 16), memory.keys[1][None].expand(side, side, 16)], -1)
+    flat_scores, flat_entries = (query @ full_keys.reshape(side * side, 32).T).topk(8)
+    torch.testing.assert_close(scores, flat_scores)
+    assert torch.equal(entries.sort(-1).values, flat_entries.sort(-1).values)
+
+
+def test_helpers_match_their_reference():
+    scores = torch.randn(64, 1024)
+    values, indices = topk_by_groups(scores, 16)
+    ref_values, ref_indices = scores.topk(16)
+    assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices)
+    ids = torch.randint(0, 40, (5, 12), dtype=torch.int32)
+    weight = torch.rand(5, 12, dtype=torch.double, requires_grad=True)
+    table = torch.randn(40, 6, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda w, t: WeightedBagSum.apply(ids, w, t), (weight, table))
+
+
+def test_read_is_the_weighted_mean_of_entry_embeddings_ignoring_padding():
+    model = tiny()
+    memory = model.layers[0].memory
+    model.set_memory_entry(3, [5, 6])
+    model.set_memory_entry(7, [9, 10, 11, 12])
+    weights = torch.tensor([[0.25, 0.75]])
+    read = memory.read(torch.tensor([[3, 7]]), weights, model.memory_bank, model.tok_embeddings.weight)
+    table = memory.value(model.tok_embeddings.weight)
+    expected = 0.25 * table[[5, 6]].mean(0) + 0.75 * table[[9, 10, 11, 12]].mean(0)
+    torch.testing.assert_close(read[0], expected)
+
+
+def test_frozen_entries_never_change_and_updated_ones_stay_valid_tokens():
+    model = tiny(ema_decay=0.0, ema_update_freq=2, freeze_ratio=0.5, knowledge_num=256)
+    before = model.memory_bank.clone()
+    frozen = model.memory_frozen.clone()
+    assert int(frozen.sum()) == 128
+    reports = train_steps(model, 12)
+    assert reports[0] == {} and reports[1]["updated"] > 0  # every 2nd step
+    after = model.memory_bank
+    assert torch.equal(after[frozen], before[frozen])  # bit-identical
+    changed = (after != before).any(-1)
+    assert changed[~frozen].sum() > 0 and not changed[frozen].any()
+    assert int(after.min()) >= 0 and int(after.max()) < 300 and after.dtype == torch.int16
+    assert model.memory_stats()["updated"] > 0
+
+
+def test_ema_keeps_padding_where_it_was():
+    model = tiny(ema_decay=0.0, ema_update_freq=1, freeze_ratio=0.0, knowledge_num=64)
+    for i in range(64):
+        model.set_memory_entry(i, list(range(10 + i % 5, 13 + i % 5)))  # 3 tokens, 5 padding
+    train_steps(model, 3)
+    assert (model.memory_bank[:, 3:] == 0).all() and (model.memory_bank[:, :3] != 0).all()
+
+
+def test_importance_freezing_and_bank_loading():
+    model = tiny(freeze_policy="importance", freeze_ratio=0.25, knowledge_num=256)
+    bank = torch.randint(0, 300, (256, 8))
+    importance = torch.arange(256, dtype=torch.float32)
+    model.load_memory_bank(bank.numpy().astype("uint16"), importance)
+    assert torch.equal(model.memory_bank.long(), bank)
+    assert torch.equal(model.memory_frozen.nonzero().squeeze(1), torch.arange(192, 256))
+    with pytest.raises(ValueError, match="importance"):
+        model.load_memory_bank(bank)
+    with pytest.raises(ValueError, match="shape"):
+        model.load_memory_bank(bank[:10])
+    with pytest.raises(ValueError, match=r"\[0, 300\)"):
+        model.load_memory_bank(bank + 300, importance)
+
+
+def test_memory_stats_window_and_keys():
+    model = tiny().eval()
+    assert "entropy" not in model.memory_stats()
+    with torch.no_grad():
+        model(torch.randint(1, 300, (2, 16)))
+    stats = model.memory_stats(reset=False)
+    for key in ("entropy", "coverage", "kl_uniform", "hot", "dead", "frozen", "frozen_ratio", "updated", "l0/entropy", "l1/coverage"):
+        assert key in stats, key
+    assert 0 < stats["entropy"] <= torch.log(torch.tensor(8.0)).item() + 1e-6  # at most ln(num_candidates)
+    assert 0 < stats["coverage"] <= 1 and stats["frozen_ratio"] == pytest.approx(0.2, abs=0.01)
+    assert stats["dead"] == pytest.approx(1024 * (1 - stats["coverage"]))
+    assert model.memory_stats()["entropy"] == stats["entropy"]  # reset=True reports, then clears
+    assert "entropy" not in model.memory_stats() and model.memory_stats()["coverage"] == 0
+    assert MiniMindLM(ModelConfig(**{**TINY, "preset": "original"})).memory_stats() == {}
+
+
+def test_inspect_memory_decodes_to_the_text_of_an_entry_we_set():
+    vocab = "abcdefghijklmnopqrstuvwxyz ."
+    decode = lambda ids: "".join(vocab[i - 1] for i in ids)  # id 0 is padding
+    encode = lambda text: [vocab.index(c) + 1 for c in text]
+    model = tiny().eval()
+    prompt = torch.tensor(encode("the capital of"))
+    first = model.inspect_memory(prompt, top=3)
+    assert len(first) == len(prompt) and len(first[0]) == 2 and len(first[0][0]) == 3
+    entry, weight = first[-1][0][0]
+    assert 0 < weight <= 1
+    model.set_memory_entry(entry, encode("paris."))
+    again = model.inspect_memory(prompt, top=3)
+    assert again[-1][0][0][0] == entry  # the text of an entry does not move its key
+    assert decode(model.memory_entry(again[-1][0][0][0])) == "paris."
+    assert "entropy" not in model.memory_stats()  # inspection is not counted as traffic
+    with pytest.raises(ValueError, match="knowledge_length"):
+        model.set_memory_entry(0, list(range(1, 20)))
+
+
+def test_no_per_step_cost_proportional_to_knowledge_num():
+    """A step with 4,194,304 entries costs about what one with 65,536 does (sqrt(N) keys, no N-sized work)."""
+    def step_time(knowledge_num):
+        model = tiny(knowledge_num=knowledge_num, knowledge_length=4, n_layers=1, ema_update_freq=1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        ids = torch.randint(1, 300, (4, 32))
+        times = []
+        for step in range(1, 8):
+            start = time.perf_counter()
+            out = model(ids)
+            F.cross_entropy(out.logits.flatten(0, 1), ids.flatten()).backward()
+            opt.step()
+            opt.zero_grad()
+            model.after_optimizer_step(step)
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
+    small, large = step_time(65_536), step_time(4_194_304)
+    # sub-keys grow 8x (256 -> 2048 per half); an O(N) pass over 4M entries would cost far more
+    assert large < 4 * small + 0.02, (small, large)
+
+
+class LargestAllocation(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        leaves = torch.utils._pytree.tree_leaves
+        inputs = {t.untyped_storage().data_ptr() for t in leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in leaves(out):  # new storages only: in-place ops and views return their input's
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
+                self.largest = max(self.largest, t.untyped_storage().nbytes())
+        return out
+
+
+def test_no_tensor_of_knowledge_num_size_is_made_per_step():
+    knowledge_num = 4_194_304
+    model = tiny(knowledge_num=knowledge_num, knowledge_length=4, n_layers=1, ema_update_freq=1)
+    ids = torch.randint(1, 300, (4, 32))
+    with LargestAllocation() as tracker:
+        out = model(ids)
+        F.cross_entropy(out.logits.flatten(0, 1), ids.flatten()).backward()
+        assert model.after_optimizer_step(1)["updated"] > 0
+    assert tracker.largest < knowledge_num  # bytes: even a bool per entry would reach it
+    with LargestAllocation() as tracker:
+        model.memory_stats()  # report time may be O(knowledge_num): that is where it belongs
+    assert tracker.largest >= knowledge_num
