@@ -44,6 +44,7 @@ METRICS_FILE = "metrics.jsonl"
 class Progress:
     """What the heartbeat and state.json report; updated by the loop, read by the thread."""
 
+    phase: str = "setup"
     step: int = 0
     total_steps: int = 0
     last_loss: Optional[float] = None
@@ -52,7 +53,9 @@ class Progress:
     guardrails: dict[str, Any] = field(default_factory=dict)
 
     def as_state(self) -> dict[str, Any]:
-        return {"phase": "train", "step": self.step, "total_steps": self.total_steps,
+        if self.phase == "setup":  # nothing measured yet: do not overwrite a resumed run's numbers
+            return {"phase": self.phase}
+        return {"phase": self.phase, "step": self.step, "total_steps": self.total_steps,
                 "last_loss": self.last_loss, "eta_s": self.eta_s, "tokens_per_s": self.tokens_per_s,
                 "guardrails": self.guardrails}
 
@@ -165,10 +168,9 @@ class Trainer:
             runlog.say(self.bank_note)
         self.swan = SwanMirror(self.cfg.swanlab.mode, self.cfg.swanlab.project, self.run_dir,
                                self.cfg.version, self.cfg.to_dict(), runlog.warn, resume=self.resume)
+        self.progress.phase = "train"
         update_state(self.run_dir, state="running", stop_reason=None, trainer_pid=os.getpid(),
                      heartbeat=time.time(), **self.progress.as_state())
-        self.heartbeat = Heartbeat(self.run_dir, self.progress.as_state)
-        self.heartbeat.start()
 
     # --- one optimizer step ------------------------------------------------------------
 
@@ -308,20 +310,27 @@ class Trainer:
     # --- the run -----------------------------------------------------------------------
 
     def run(self) -> int:
-        self.setup()
-        t = self.cfg.train
-        self.start_step, self.start_time = self.step, time.time()
-        self.last_log_time, self.tokens_since_log = self.start_time, 0.0
-        if self.main:
-            self.start_outputs()
+        # Rank 0 beats from the start: preparing a large dataset or bank can take minutes,
+        # and a silent run would look hung. (Before accelerate starts, RANK tells the rank.)
+        self.heartbeat = Heartbeat(self.run_dir, self.progress.as_state)
+        if os.environ.get("RANK", "0") == "0":
+            self.heartbeat.start()
         try:
-            code = self._loop(t)
-        finally:
+            self.setup()
+            t = self.cfg.train
+            self.start_step, self.start_time = self.step, time.time()
+            self.last_log_time, self.tokens_since_log = self.start_time, 0.0
             if self.main:
-                self.heartbeat.stop()
-                self.metrics.close()
-        self.acc.wait_for_everyone()
-        return code
+                self.start_outputs()
+            try:
+                code = self._loop(t)
+            finally:
+                if self.main:
+                    self.metrics.close()
+            self.acc.wait_for_everyone()
+            return code
+        finally:
+            self.heartbeat.stop()
 
     def _loop(self, t) -> int:
         while self.step < self.total:
@@ -343,14 +352,15 @@ class Trainer:
     def _stop(self, by_signal: bool, guard_reason: Optional[str]) -> int:
         self.save_last()
         self.progress.step = self.step  # the checkpoint's step, which may be past the last log step
+        self.progress.phase = "stopped"
         code = EXIT_STOPPED if by_signal else EXIT_GUARDRAIL
         if self.main:
             reason = (f"signal {self.stop_flag.signal_name or 'from another process'}" if by_signal
                       else guard_reason or "guardrail danger on another process")
             state = "stopped" if by_signal else "guardrail_stopped"
             runlog.say(f"{state} at step {self.step}/{self.total}: {reason}; checkpoint saved")
-            update_state(self.run_dir, state=state, stop_reason=reason, phase="stopped",
-                         heartbeat=time.time(), **{k: v for k, v in self.progress.as_state().items() if k != "phase"})
+            update_state(self.run_dir, state=state, stop_reason=reason, heartbeat=time.time(),
+                         **self.progress.as_state())
             self.swan.finish(ok=False)
         return code
 
@@ -366,7 +376,7 @@ class Trainer:
             return self._stop(False, guard)
         if self.main:
             runlog.say(f"training finished: {self.step} steps")
-            self.progress.eta_s = 0.0
-            update_state(self.run_dir, heartbeat=time.time(), **{**self.progress.as_state(), "phase": "trained"})
+            self.progress.eta_s, self.progress.phase = 0.0, "trained"
+            update_state(self.run_dir, heartbeat=time.time(), **self.progress.as_state())
             self.swan.finish(ok=True)
         return EXIT_FINISHED
