@@ -218,3 +218,16 @@ def test_no_tensor_of_knowledge_num_size_is_made_per_step():
     with LargestAllocation() as tracker:
         model.memory_stats()  # report time may be O(knowledge_num): that is where it belongs
     assert tracker.largest >= knowledge_num
+
+
+def test_inference_cache_of_the_projected_table_follows_weight_updates():
+    model = tiny().eval()
+    ids = torch.randint(1, 300, (1, 10))
+    with torch.no_grad():
+        before = model(ids).logits
+        assert torch.equal(model(ids).logits, before)  # cached table, same answer
+        model.layers[0].memory.value.weight.mul_(3.0)  # an optimizer-style in-place update
+        after = model(ids).logits
+    assert not torch.allclose(before, after)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, after)
