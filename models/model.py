@@ -699,11 +699,11 @@ class MiniMindLM(nn.Module):
         With use_cache each step feeds only the newest token and reuses the keys/values of
         the earlier ones; use_cache=False recomputes the whole sequence (the reference the
         cached path must match). A row that has produced eos_token_id is padded with 0
-        until every row has (None: never stop early).
+        until every row has (None: never stop early). Generation also stops at max_seq_len.
         """
         tokens, past = input_ids, None
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for _ in range(max_new_tokens):
+        for _ in range(min(max_new_tokens, self.config.max_seq_len - input_ids.shape[1])):
             step_input = tokens[:, -1:] if past is not None else tokens
             out = self(step_input, past_key_values=past, use_cache=use_cache)
             past = out.past_key_values

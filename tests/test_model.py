@@ -137,6 +137,7 @@ def test_sampling_respects_top_p_and_sequence_limit():
     assert out.shape[1] <= 12 and int(out.max()) < 300
     with pytest.raises(ValueError, match="max_seq_len"):
         model(torch.zeros(1, 129, dtype=torch.long))
+    assert model.generate(torch.randint(3, 300, (1, 120)), 50, eos_token_id=None).shape == (1, 128)
 
 
 # ----------------------------------------------------------------------------- MiniMind2 compatibility
