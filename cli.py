@@ -219,7 +219,14 @@ def resume(version: str, force: bool) -> None:
 @click.option("--model-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Evaluate this checkpoint instead of an experiment's.")
 @click.option("--model-type", default=None, help="model, model_original, model_memory, model_no_feed or a snapshot like model_1_4_8.")
-def eval_cmd(version: str | None, num_samples: int | None, model_path: Path | None, model_type: str | None) -> None:
+@click.option("--dim", type=int, default=None, help="Model width of a raw state dict (like eval_model.py).")
+@click.option("--n-layers", "n_layers", type=int, default=None, help="Layers of a raw state dict.")
+@click.option("--n-heads", "n_heads", type=int, default=None, help="Attention heads of a raw state dict.")
+@click.option("--knowledge-num", "knowledge_num", type=int, default=None, help="Memory entries of a raw state dict.")
+@click.option("--knowledge-length", "knowledge_length", type=int, default=None, help="Tokens per entry of a raw state dict.")
+@click.option("--knowledge-dim", "knowledge_dim", type=int, default=None, help="Key width of a raw state dict.")
+def eval_cmd(version: str | None, num_samples: int | None, model_path: Path | None, model_type: str | None,
+             **sizes: int | None) -> None:
     """Evaluate an experiment's checkpoint (or any checkpoint) and write eval.json.
 
     \b
@@ -229,7 +236,8 @@ def eval_cmd(version: str | None, num_samples: int | None, model_path: Path | No
     """
     from agent.runctl import evaluate
 
-    click.echo(evaluate(_lab(), version, num_samples, model_path, model_type))
+    click.echo(evaluate(_lab(), version, num_samples, model_path, model_type,
+                        {k: v for k, v in sizes.items() if v is not None}))
 
 
 @main.command()

@@ -94,7 +94,7 @@ def resume_run(lab: Lab, version: str, force: bool = False) -> str:
 
 
 def evaluate(lab: Lab, version: Optional[str], num_samples: Optional[int], model_path: Optional[Path],
-             model_type: Optional[str]) -> str:
+             model_type: Optional[str], sizes: Optional[dict[str, int]] = None) -> str:
     """Run the evaluator as a subprocess (it imports torch; the CLI does not)."""
     env = dict(os.environ, PYTHONSAFEPATH="1", MINIMIND_LAB=str(lab.root))
     if model_path is not None:
@@ -102,6 +102,8 @@ def evaluate(lab: Lab, version: Optional[str], num_samples: Optional[int], model
             raise UsageError("--model-path needs --model-type (e.g. model, model_original, model_1_4_8)")
         argv = [sys.executable, "-m", "training.evaluate", "--model-path", str(model_path), "--model-type", model_type,
                 "--lab", str(lab.root)]
+        for name, value in (sizes or {}).items():
+            argv += [f"--{name}", str(value)]
         if version:
             argv += ["--run-dir", str(_run_dir(lab, version))]
     else:

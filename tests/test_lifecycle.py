@@ -152,6 +152,16 @@ def test_full_loop_then_compare_and_memory(lab):
     assert "runs/0.1.0/checkpoints" not in shown and "train.log" not in shown
     assert shown.startswith("Test Researcher <researcher@example.org>|Test Researcher|Experiment 0.1.0")
 
+    # Any checkpoint evaluates through its snapshot, like the lab's eval_model.py; a damaged one is a clear error.
+    ckpt = lab.run_dir("0.1.0") / "checkpoints" / "last.pth"
+    result = invoke(lab, "eval", "--model-path", str(ckpt), "--model-type", "model_0_1_0", "--num-samples", "2")
+    assert result.exit_code == 0, result.output
+    broken = lab.root / "broken.pth"
+    broken.write_bytes(ckpt.read_bytes()[:5000])
+    result = invoke(lab, "eval", "--model-path", str(broken), "--model-type", "model_0_1_0")
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    broken.unlink()
+
     result = invoke(lab, "new", "0.1.1", "--goal", "Memory layer instead of FFN", "--hypothesis",
                     "The memory bank lowers inference loss", "--set", "preset=memory", "--lang", "zh")
     assert result.exit_code == 0, result.output
