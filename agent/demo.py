@@ -30,6 +30,7 @@ model:
   num_candidates: 16
   freeze_ratio: 0.2
 train:
+  epochs: 4
   batch_size: 16
   learning_rate: 0.002
   warmup_steps: 10
@@ -91,7 +92,7 @@ def run_demo(directory: Optional[Path], steps: Optional[int]) -> None:
     console = Console()
     started = time.time()
     target = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="minimind-demo-"))
-    steps = steps or 300
+    steps = steps or 240
     if steps < 20:
         raise MinimindError("--steps must be at least 20")
     console.rule("1. a fresh lab")
