@@ -340,10 +340,12 @@ class Trainer:
             if self.step % t.log_interval == 0 or self.step == self.total:
                 guard = self.log_step(stats)
                 self.tokens_since_log = 0.0
+            paused = time.time()
             if self.main and t.eval_interval and self.step % t.eval_interval == 0 and self.step < self.total:
                 guard = self.eval_step() or guard
             if self.step % t.save_interval == 0 and self.step < self.total:
                 self.save_last()
+            self.last_log_time += time.time() - paused  # tokens/s counts training time only
             by_signal, by_guard = self.agree(guard)
             if by_signal or by_guard:
                 return self._stop(by_signal, guard)
