@@ -8,7 +8,7 @@ verdict, thresholds and paths are decided by code, never by the backend.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional, Protocol
 
 

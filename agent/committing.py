@@ -7,7 +7,6 @@ when it still holds the code that ran.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from minimind.errors import GateRefused, MinimindError
 from minimind.lab import Lab

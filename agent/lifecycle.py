@@ -219,7 +219,6 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     from agent.base import LESSONS, PlanContext
     from agent.record import read_json
     from minimind.config import flatten
-    from minimind.schema import to_dict
 
     schema = agent_schema(model_fields)
     diff_text, against = model_diff(lab, base)

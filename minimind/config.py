@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from minimind.errors import MinimindError, UsageError
 from minimind.schema import SchemaError, build, coerce, check_range, describe, field, to_dict
-from minimind.settings import (DataConfig, EvalConfig, GuardrailRule, GuardrailsConfig, LaunchConfig,
+from minimind.settings import (DataConfig, EvalConfig, GuardrailsConfig, LaunchConfig,
                                SwanlabConfig, TrainConfig)
 
 CONFIG_FILE = "config.yaml"

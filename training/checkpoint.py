@@ -17,10 +17,8 @@ Written to a temporary sibling then renamed, so a crash mid-save keeps the old f
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -69,25 +67,13 @@ def _tuples(obj: Any) -> Any:
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save to a temporary file in the same folder, fsync, rename over `path`."""
+    """torch.save through an atomic write: a crash mid-save leaves the previous checkpoint."""
     import torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = dict(payload, format=FORMAT, time=time.time())
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    from minimind.atomic import atomic_open
+
+    with atomic_open(path, "wb") as handle:
+        torch.save(dict(payload, format=FORMAT, time=time.time()), handle)
 
 
 def load(path: Path) -> dict[str, Any]:
