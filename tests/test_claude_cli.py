@@ -120,3 +120,8 @@ def test_auto_falls_back_to_offline_and_the_record_says_so(lab, fake):
     calls = calllog.read_calls(lab.root / "runs" / "9.9.9" / "agent")
     assert {c["backend"] for c in calls} == {"claude", "offline"}
     assert API_KEY not in (lab.root / "runs" / "9.9.9" / "agent" / "calls.jsonl").read_text()
+    detail = CliRunner().invoke(cli.main, ["status", "9.9.9", "--json"], env={"MINIMIND_LAB": str(lab.root)})
+    import json
+
+    agent = json.loads(detail.output)["agent"]
+    assert agent["calls"] == len(calls) and agent["calls"] >= 2 and agent["cost_usd"] >= 0

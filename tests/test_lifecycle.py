@@ -219,3 +219,52 @@ def test_stop_signals_only_its_group(lab):
     finally:
         decoy.kill()
         decoy.wait()
+
+
+def test_commit_refuses_secrets_and_stages_only_the_experiment(lab):
+    assert invoke(lab, "new", "0.7.0", "--goal", GOAL, "--hypothesis", HYP, "--no-launch").exit_code == 0
+    (lab.root / "notes.txt").write_text("unrelated work in progress\n")
+    record = lab.record_path("0.7.0")
+    clean = record.read_text()
+    record.write_text(clean + "\nANTHROPIC key: sk-ant-api03-abcdefghijklmnopqrstuvwxyz\n")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=lab.root, capture_output=True, text=True).stdout
+    result = invoke(lab, "commit", "0.7.0", "--yes")
+    assert result.exit_code == 3 and "looks like a secret" in result.output, result.output
+    assert subprocess.run(["git", "rev-parse", "HEAD"], cwd=lab.root, capture_output=True, text=True).stdout == head
+    record.write_text(clean)
+    result = invoke(lab, "commit", "0.7.0", "--yes")
+    assert result.exit_code == 0, result.output
+    files = subprocess.run(["git", "show", "--name-only", "--format=", "HEAD"], cwd=lab.root, capture_output=True,
+                           text=True).stdout.split()
+    assert "notes.txt" not in files and "experiment/experiment_0.7.0.md" in files
+    assert all(f.startswith(("experiment/experiment_0.7.0.md", "runs/0.7.0/", "models/model")) for f in files), files
+    assert "?? notes.txt" in _git_status(lab)
+
+
+def test_review_edit_opens_the_editor(lab, tmp_path):
+    assert invoke(lab, "new", "0.8.0", "--goal", GOAL, "--hypothesis", HYP, "--no-launch").exit_code == 0
+    editor = tmp_path / "editor.sh"
+    editor.write_text("#!/bin/sh\necho 'Reviewer note: checked.' >> \"$1\"\n")
+    editor.chmod(0o755)
+    result = invoke(lab, "review", "0.8.0", "--edit", env={"EDITOR": str(editor), "VISUAL": ""})
+    assert result.exit_code == 0, result.output
+    assert "Reviewer note: checked." in lab.record_path("0.8.0").read_text()
+    assert "training has not completed" in result.output
+
+
+def test_status_never_calls_a_reused_pid_running(lab):
+    assert invoke(lab, "new", "0.9.0", "--goal", GOAL, "--hypothesis", HYP, "--no-launch").exit_code == 0
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        from minimind.state import process_start_time, update_state
+
+        # The recorded pid is alive but belongs to another process (its start time differs).
+        update_state(lab.run_dir("0.9.0"), state="running", pid=stranger.pid, pgid=stranger.pid,
+                     proc_start=process_start_time(stranger.pid) - 100)
+        status = json.loads(invoke(lab, "status", "--json").output)
+        assert status[0]["state"] == "lost"
+        assert invoke(lab, "stop", "0.9.0").exit_code == 1
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
