@@ -143,7 +143,8 @@ class OfflineAgent:
         held, mem = recall.get("held_out", {}), recall.get("mem_only", {})
         if held.get("p_at_1") is not None and mem.get("p_at_1") is not None:
             gap = mem["p_at_1"] - held["p_at_1"]
-            deep.append(f"Recall of facts only in the memory bank exceeds the held-out chance control by {gap:+.3f} P@1"
+            deep.append(f"Facts only in the memory bank: P@1 {_n(mem['p_at_1'])} against {_n(held['p_at_1'])} for held-out "
+                        f"facts seen nowhere (the chance control), a difference of {gap:+.3f}"
                         + (" — the bank is being read." if gap > 0.05 else " — no clear sign yet that the bank's facts are used."))
         dangers = {n: g for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger"}
         if dangers:
@@ -151,10 +152,27 @@ class OfflineAgent:
                         + ". These are the signs of the 1.4.3 failure mode and outrank any loss improvement.")
         else:
             deep.append("No guardrail is in danger.")
-        conclusion = f"The hypothesis is {ctx.verdict}: {ctx.verdict_reason}."
+        conclusion = self._conclusion(ctx, dangers)
         next_steps = self._next_steps(ctx, dangers)
         return Analysis(training_results=training, inference_evaluation=inference, deep_analysis="\n\n".join(deep),
                         conclusion=conclusion, next_steps=next_steps, backend=self.name)
+
+    @staticmethod
+    def _conclusion(ctx: AnalysisContext, dangers: dict) -> str:
+        rows = {r["metric"]: r for r in ctx.comparison}
+        moved = [f"{name} {_n(rows[name]['base'])} → {_n(rows[name]['new'])}" for name in ("inference_loss", "val_loss")
+                 if name in rows and rows[name].get("base") is not None]
+        parts = [f"Against {ctx.base}: " + ", ".join(moved) + "." if moved and ctx.base else
+                 "This run sets the reference numbers for the experiments built on it."]
+        meaning = {
+            "supported": "The change did what the hypothesis predicted at this scale; keep it as the new base.",
+            "refuted": "The change did not deliver the predicted effect at this scale; the negative result is kept on record.",
+            "inconclusive": "The numbers do not decide the hypothesis either way.",
+        }[ctx.verdict]
+        parts.append(meaning)
+        if dangers:
+            parts.append("Guardrail(s) in danger (" + ", ".join(sorted(dangers)) + ") must be resolved before building on it.")
+        return " ".join(parts)
 
     @staticmethod
     def _next_steps(ctx: AnalysisContext, dangers: dict) -> list[str]:
