@@ -108,15 +108,15 @@ def read_json_yaml(path: Path) -> Optional[dict]:
         return None
 
 
-def _refresh_record(run_dir: Path) -> None:
+def refresh_record(run_dir: Path) -> None:
     """Re-render the record's execution section; a failure here must not fail the run."""
     from agent.record import read_json, write_record
 
     plan = read_json(run_dir / "plan.json") or {}
     try:
         write_record(lab_of(run_dir), load_config(run_dir / "config.yaml").version, plan.get("lang", "en"))
-    except MinimindError as exc:
-        print(f"warning: record not refreshed: {exc}", file=sys.stderr)
+    except (MinimindError, OSError) as exc:
+        print(f"warning: record not refreshed: {exc}", file=sys.stderr, flush=True)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -129,7 +129,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         if args.outcome is not None:
             print(outcome(args.run_dir, args.outcome), flush=True)
-            _refresh_record(args.run_dir)
+            refresh_record(args.run_dir)
         else:
             analyse(args.run_dir)
     except MinimindError as exc:

@@ -268,3 +268,24 @@ def test_status_never_calls_a_reused_pid_running(lab):
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_record_execution_section_follows_training(lab, monkeypatch):
+    from minimind.state import process_start_time, update_state
+    from training import signals
+
+    assert invoke(lab, "new", "0.10.0", "--goal", GOAL, "--hypothesis", HYP, "--no-launch").exit_code == 0
+    run_dir = lab.run_dir("0.10.0")
+    update_state(run_dir, state="running", pid=os.getpid(), pgid=os.getpgid(0), proc_start=process_start_time(os.getpid()),
+                 started_at=time.time())
+    monkeypatch.setattr(signals, "RECORD_REFRESH_S", 0)
+    beat = signals.Heartbeat(run_dir, lambda: {"step": 7, "total_steps": 10, "eta_s": 30.0}, interval=0.05)
+    beat.start()
+    try:
+        deadline = time.time() + 20
+        while "step 7 / 10, ETA 30s" not in lab.record_path("0.10.0").read_text() and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        beat.stop()
+    record = lab.record_path("0.10.0").read_text()
+    assert "step 7 / 10, ETA 30s" in record and f"pid {os.getpid()}" in record

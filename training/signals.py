@@ -16,6 +16,8 @@ from typing import Any, Callable, Optional
 
 from minimind.state import HEARTBEAT_S, update_state
 
+RECORD_REFRESH_S = 120  # the record's execution section follows a long run (PRODUCT.md section 5)
+
 
 class StopFlag:
     def __init__(self) -> None:
@@ -48,11 +50,17 @@ class Heartbeat:
         update_state(self.run_dir, heartbeat=time.time(), **self.progress())
 
     def _loop(self) -> None:
+        last_record = time.monotonic()
         while not self._stop.wait(self.interval):
             try:
                 self.beat()
             except OSError as exc:  # a full disk must not kill training; the next beat retries
                 print(f"WARNING heartbeat failed: {exc}", flush=True)
+            if time.monotonic() - last_record >= RECORD_REFRESH_S and (self.run_dir / "plan.json").exists():
+                last_record = time.monotonic()
+                from agent.finish import refresh_record
+
+                refresh_record(self.run_dir)
 
     def stop(self) -> None:
         self._stop.set()
