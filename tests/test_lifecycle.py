@@ -289,3 +289,14 @@ def test_record_execution_section_follows_training(lab, monkeypatch):
         beat.stop()
     record = lab.record_path("0.10.0").read_text()
     assert "step 7 / 10, ETA 30s" in record and f"pid {os.getpid()}" in record
+
+
+def test_new_without_data_refuses_before_writing(tmp_path):
+    from minimind.lab import init_lab
+
+    bare = init_lab(tmp_path / "bare")
+    before = tree(bare.root)
+    result = invoke(bare, "new", "0.1.0", "--goal", GOAL, "--hypothesis", HYP)
+    assert result.exit_code == 1 and "minimind data build" in result.output, result.output
+    assert tree(bare.root) == before
+    assert invoke(bare, "new", "0.1.0", "--goal", GOAL, "--hypothesis", HYP, "--no-launch").exit_code == 0
