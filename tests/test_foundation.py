@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -156,3 +157,12 @@ def test_help_is_fast_and_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_atomic_files_get_the_usual_mode(tmp_path):
+    from minimind.atomic import write_text
+
+    write_text(tmp_path / "record.md", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "record.md").stat().st_mode & 0o777 == 0o666 & ~mask
