@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from minimind.atomic import DIR_MODE
+
 HASH_CHUNK = 4 << 20
 
 
@@ -38,12 +40,6 @@ def content_key(*parts: str) -> str:
     return digest.hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextmanager
 def building(cache_root: str | Path, key: str) -> Iterator[Path]:
     """Yield a fresh temporary folder; on success rename it to `cache_root/key`.
@@ -53,7 +49,7 @@ def building(cache_root: str | Path, key: str) -> Iterator[Path]:
     cache_root = Path(cache_root)
     cache_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=cache_root))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a shared cache is readable like any folder
+    os.chmod(tmp, DIR_MODE)  # mkdtemp makes 0700; a shared cache is readable like any folder
     try:
         yield tmp
         for child in tmp.iterdir():

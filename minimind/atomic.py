@@ -20,9 +20,10 @@ def _umask() -> int:
     return mask
 
 
-# mkstemp creates files 0600; a lab's records and caches should be as readable as any
-# file the user writes (researchers share machines), so give them the usual mode.
-_FILE_MODE = 0o666 & ~_umask()
+# mkstemp/mkdtemp create 0600/0700; a lab's records and caches should be as readable as
+# any file the user writes (researchers share machines), so give them the usual modes.
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
 
 
 @contextmanager
@@ -33,7 +34,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     binary = "b" in mode
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, _FILE_MODE)
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
             yield handle
             handle.flush()
