@@ -125,10 +125,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--outcome", type=int, help="the training command's exit code")
     group.add_argument("--analyse", action="store_true")
+    group.add_argument("--stopped", metavar="REASON", help="record a stop that came after training ended")
     args = parser.parse_args(argv)
     try:
         if args.outcome is not None:
             print(outcome(args.run_dir, args.outcome), flush=True)
+            refresh_record(args.run_dir)
+        elif args.stopped is not None:
+            update_state(args.run_dir, state="stopped", stop_reason=args.stopped, phase="stopped", ended_at=time.time())
             refresh_record(args.run_dir)
         else:
             analyse(args.run_dir)

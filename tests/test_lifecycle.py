@@ -300,3 +300,19 @@ def test_new_without_data_refuses_before_writing(tmp_path):
     assert result.exit_code == 1 and "minimind data build" in result.output, result.output
     assert tree(bare.root) == before
     assert invoke(bare, "new", "0.1.0", "--goal", GOAL, "--hypothesis", HYP, "--no-launch").exit_code == 0
+
+
+def test_stop_during_evaluation_is_stopped_and_resumes(lab):
+    result = invoke(lab, "new", "0.11.0", "--goal", GOAL, "--hypothesis", HYP, "--set", "eval.num_samples=40",
+                    "--set", "eval.max_new_tokens=48")
+    assert result.exit_code == 0, result.output
+    wait_state(lab, "0.11.0", predicate=lambda d, s: s.get("train_outcome") == "finished" or d != "running")
+    result = invoke(lab, "stop", "0.11.0")
+    assert result.exit_code == 0, result.output
+    derived = wait_state(lab, "0.11.0")
+    state = json.loads((lab.run_dir("0.11.0") / "state.json").read_text())
+    assert derived == "stopped" and state["stop_reason"].startswith("stopped "), state  # during eval or as training ended
+    result = invoke(lab, "resume", "0.11.0")
+    assert result.exit_code == 0, result.output
+    assert wait_state(lab, "0.11.0") == "finished"
+    assert (lab.run_dir("0.11.0") / "eval.json").exists()
