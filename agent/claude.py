@@ -21,6 +21,7 @@ from typing import Any, Callable
 from agent import calllog, tools
 from agent.base import (AgentError, Analysis, AnalysisContext, CommitContext, CommitDraft, Plan,
                         PlanContext)
+from minimind.config import flatten
 from minimind.settings import AgentSettings
 
 MISSING_KEY = "ANTHROPIC_API_KEY is not set: --agent claude needs it (or use --agent offline)"
@@ -185,7 +186,7 @@ class ClaudeAgent:
 
 def plan_prompt(ctx: PlanContext) -> str:
     allowed = tools.allowed_config_keys(ctx.config_schema)
-    base_values = _flatten(ctx.base_config)
+    base_values = flatten(ctx.base_config)
     schema_lines = [_schema_line(key, ctx.config_schema[key], base_values.get(key)) for key in allowed]
     fixed = [key for key in ctx.config_schema if key not in allowed]
     sets = "\n".join(f"- {k} = {json.dumps(v, ensure_ascii=False, default=str)}" for k, v in ctx.sets) or "(none)"
@@ -289,15 +290,6 @@ def _trim(obj: Any) -> Any:
     if isinstance(obj, str) and len(obj) > MAX_STRING:
         return obj[:MAX_STRING] + " [... truncated]"
     return obj
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, dict):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: data} if prefix else {}
 
 
 def _schema_line(key: str, spec: dict, base_value: Any) -> str:

@@ -22,3 +22,13 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.setenv("GIT_AUTHOR_NAME", "Test Researcher")
     monkeypatch.setenv("GIT_AUTHOR_EMAIL", "researcher@example.org")
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+
+
+@pytest.fixture
+def fake():
+    """A fake Anthropic Messages API on 127.0.0.1 (tests/fake_anthropic.py), stopped after the test."""
+    from fake_anthropic import FakeAnthropic
+
+    server = FakeAnthropic().start()
+    yield server
+    server.stop()

@@ -18,11 +18,6 @@ from agent.base import LESSONS, AgentError, AnalysisContext, CommitContext, Plan
 from agent.claude import ClaudeAgent
 from minimind.settings import AgentSettings
 
-try:  # `python -m pytest` from the repository root, or pytest's rootdir-less import mode
-    from tests.fake_anthropic import FakeAnthropic
-except ImportError:  # pragma: no cover
-    from fake_anthropic import FakeAnthropic
-
 API_KEY = "sk-ant-test-0123456789abcdef-SECRET"
 
 SCHEMA = {
@@ -71,13 +66,6 @@ def plan_context(**overrides) -> PlanContext:
     )
     values.update(overrides)
     return PlanContext(**values)
-
-
-@pytest.fixture
-def fake():
-    server = FakeAnthropic().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -17,11 +17,6 @@ import cli  # noqa: E402
 from agent import calllog  # noqa: E402
 from minimind.lab import init_lab  # noqa: E402
 
-try:  # `python -m pytest` from the repository root, or pytest's rootdir-less import mode
-    from tests.fake_anthropic import FakeAnthropic
-except ImportError:  # pragma: no cover
-    from fake_anthropic import FakeAnthropic
-
 API_KEY = "sk-ant-cli-test-0123456789-SECRET"
 NEW = ["new", "9.9.9", "--goal", "Smaller batches, steadier memory", "--hypothesis", "batch 7 helps",
        "--agent", "claude", "--no-launch"]
@@ -32,13 +27,6 @@ PLAN = {
     "expected": "Lower inference loss than the defaults.",
     "risks": ["memorisation"],
 }
-
-
-@pytest.fixture
-def fake():
-    server = FakeAnthropic().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -8,22 +8,11 @@ import torch.nn.functional as F
 
 from models.model import PRESET_ALIASES, PRESETS, MiniMindLM, ModelConfig
 
-TINY = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, max_seq_len=128,
-            knowledge_num=256, knowledge_length=8, knowledge_dim=32, num_candidates=8)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine extra threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from model_helpers import TINY, build_tiny, one_thread  # noqa: F401 (one_thread is an autouse fixture)
 
 
 def tiny(**overrides) -> MiniMindLM:
-    torch.manual_seed(0)
-    return MiniMindLM(ModelConfig(**{**TINY, **overrides}))
+    return build_tiny(TINY, **overrides)
 
 
 # ----------------------------------------------------------------------------- config

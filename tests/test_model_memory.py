@@ -10,21 +10,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from models.model import MiniMindLM, ModelConfig, WeightedBagSum, bank_dtype, topk_by_groups
 
-TINY = dict(preset="memory", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, max_seq_len=128,
-            knowledge_num=1024, knowledge_length=8, knowledge_dim=32, num_candidates=8)
+from model_helpers import TINY as BASE, build_tiny, one_thread  # noqa: F401 (one_thread is an autouse fixture)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+TINY = dict(BASE, preset="memory", knowledge_num=1024)
 
 
 def tiny(**overrides) -> MiniMindLM:
-    torch.manual_seed(0)
-    return MiniMindLM(ModelConfig(**{**TINY, **overrides}))
+    return build_tiny(TINY, **overrides)
 
 
 def train_steps(model, steps, batch=4, seq=32):
