@@ -64,4 +64,4 @@ def commit_experiment(lab: Lab, version: str, yes: bool) -> str:
     files = experiment_files(lab, version)
     sha = gitops.commit_paths(lab.root, files, message)
     update_state(run_dir, committed=True, commit=sha)
-    return f"Committed experiment {version} as {sha[:12]} ({len(files)} files)"
+    return f"Committed experiment {version} as {sha[:12]} ({len(files)} of its files staged, unchanged ones included)"

@@ -28,6 +28,10 @@ def _eta(seconds: Any) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
 def summary(lab: Lab, version: str) -> dict[str, Any]:
     run_dir = lab.run_dir(version)
     derived, state = current(run_dir)
@@ -127,10 +131,10 @@ def _detail(lab: Lab, version: str, as_json: bool) -> None:
     if info["stale_heartbeat"]:
         console.print(f"[yellow]No heartbeat for over {int(time.time() - state.get('heartbeat', 0))} s: the process is alive but may be hung.[/]")
     console.print(f"base {info['base'] or '—'} · pid {info['pid'] or '—'} · step {info['step'] or 0}/{info['total_steps'] or '—'}"
-                  f" · loss {info['loss'] if info['loss'] is not None else '—'} · ETA {_eta(info['eta_s']) or '—'} · phase {info['phase'] or '—'}")
+                  f" · loss {_num(info['loss'])} · ETA {_eta(info['eta_s']) or '—'} · phase {info['phase'] or '—'}")
     for name in GUARDRAILS:
         g = info["guardrails"][name]
-        console.print(f"  {LIGHTS.get(g.get('level'), '⚪')} {name}: {g.get('value', '—')} ({g.get('level', 'not measured')})")
+        console.print(f"  {LIGHTS.get(g.get('level'), '⚪')} {name}: {_num(g.get('value'))} ({g.get('level', 'not measured')})")
     console.print("flags: " + ", ".join(f"{f} {'yes' if info[f] else 'no'}" for f in FLAGS))
     agent = info["agent"]
     console.print(f"agent: {agent['backend'] or '—'}, {agent['calls']} call(s), ${agent['cost_usd']:.4f}")
