@@ -1,16 +1,21 @@
 """MiniMind language model with a human-readable memory bank: the lab's living research model.
 
 One file, torch and the standard library only, so that a snapshot `models/model_X_Y_Z.py`
-(an exact copy of this file) rebuilds any old experiment. Read it top to bottom:
+(an exact copy of this file) rebuilds any old experiment. It reads top to bottom as the
+research idea, the details last:
 
-1. ModelConfig: every setting with its range and help (the CLI and the agent use them).
-2. Transformer parts, as in MiniMind2 and under its parameter names so that a MiniMind2
-   `pretrain_512.pth` loads strictly: RMSNorm, rotary embeddings, grouped-query
-   attention with a KV cache, SwiGLU feed-forward, mixture of experts.
-3. MemoryLayer: product-key retrieval over a bank of entries that are token ids (text a
-   human can read), read through the model's own token embeddings.
-4. Block and MiniMindLM: presets, forward, generation, and the memory API (loading the
-   bank, EMA updates of selected entries, statistics, inspection, editing).
+1. The config: ModelConfig (every setting with its range and help; the CLI and the agent
+   use them) and the block layouts PRESETS.
+2. The idea: MemoryLayer (product-key retrieval over a bank of entries that are token
+   ids, text a human can read, read through the model's own token embeddings), the Block
+   that puts it beside or instead of the feed-forward layer, and MiniMindLM.
+3. The memory API of MiniMindLM: loading the bank, EMA updates of selected entries,
+   statistics, inspection, editing.
+4. The baseline parts, as in MiniMind2 and under its parameter names so that a MiniMind2
+   `pretrain_512.pth` loads strictly: RMSNorm, rotary embeddings, grouped-query attention
+   with a KV cache, SwiGLU feed-forward, mixture of experts.
+5. The kernels, each stated with the exact torch reference it must equal.
+6. The config validation machinery.
 
 Shapes in comments: B batch, T new tokens, S keys (cache + new), H heads, D head dim,
 N tokens in the batch (B*T), C candidates, L knowledge_length, V vocab.
@@ -28,7 +33,7 @@ import torch.nn.functional as F
 
 PAD_ID = 0  # token id 0 pads short memory entries; it is ignored when an entry is read
 
-# ----------------------------------------------------------------------------- config
+# ----------------------------------------------------------------------------- 1. config
 
 
 class BlockSpec(NamedTuple):
@@ -47,8 +52,13 @@ PRESETS = {
 # The seed lab's file names, still accepted everywhere a preset is.
 PRESET_ALIASES = {"model_original": "original", "model_memory": "memory", "model": "hybrid", "model_no_feed": "no_feed"}
 
+# Settings that were removed because only one value remained, mapped to that value. Old
+# configs and checkpoints still carry them; from_dict drops them when they hold that value.
+RETIRED_FIELDS = {"scoring_func": "softmax"}  # the MoE router always uses softmax
+
 
 def _setting(default, help, *, min=None, max=None, choices=None):
+    """A config field with its help and range (checked by _validate_fields, section 6)."""
     metadata = {"help": help}
     metadata.update({k: v for k, v in (("min", min), ("max", max), ("choices", choices)) if v is not None})
     return field(default=default, metadata=metadata)
@@ -79,7 +89,6 @@ class ModelConfig:
     num_experts_per_tok: int = _setting(2, "experts each token is routed to", min=1, max=64)
     n_routed_experts: int = _setting(4, "routed experts per layer", min=1, max=256)
     n_shared_experts: int = _setting(1, "shared experts every token also passes (0 or 1)", min=0, max=1)
-    scoring_func: str = _setting("softmax", "router scoring function", choices=["softmax"])
     aux_loss_alpha: float = _setting(0.1, "weight of the expert load-balancing loss", min=0.0, max=10.0)
     seq_aux: bool = _setting(True, "balance experts per sequence rather than per batch")
     norm_topk_prob: bool = _setting(True, "renormalise the chosen experts' weights to sum to 1")
@@ -101,22 +110,10 @@ class ModelConfig:
                                             min=0.0, max=100.0)
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _validated(f, getattr(self, f.name)))
+        # The checks are defined at the end of the file (section 6): they run only when a config is built.
+        _validate_fields(self)
         self.preset = PRESET_ALIASES.get(self.preset, self.preset)
-        for ok, message in (
-            (self.dim % self.n_heads == 0, f"dim must be divisible by n_heads, got dim={self.dim}, n_heads={self.n_heads}"),
-            ((self.dim // self.n_heads) % 2 == 0, f"dim/n_heads must be even for rotary embeddings, got {self.dim // self.n_heads}"),
-            (self.n_heads % self.n_kv_heads == 0, f"n_kv_heads must divide n_heads, got n_kv_heads={self.n_kv_heads}, n_heads={self.n_heads}"),
-            (math.isqrt(self.knowledge_num) ** 2 == self.knowledge_num, f"knowledge_num must be a perfect square, got {self.knowledge_num}"),
-            (self.knowledge_dim % 2 == 0, f"knowledge_dim must be even, got {self.knowledge_dim}"),
-            (self.num_candidates <= math.isqrt(self.knowledge_num),
-             f"num_candidates must be at most sqrt(knowledge_num)={math.isqrt(self.knowledge_num)}, got {self.num_candidates}"),
-            (self.num_experts_per_tok <= self.n_routed_experts,
-             f"num_experts_per_tok must be at most n_routed_experts={self.n_routed_experts}, got {self.num_experts_per_tok}"),
-        ):
-            if not ok:
-                raise ValueError(message)
+        _validate_combination(self)
 
     @property
     def ffn_hidden_dim(self) -> int:
@@ -131,6 +128,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        for key, only in RETIRED_FIELDS.items():
+            if key in d and (value := d.pop(key)) != only:
+                raise ValueError(f"model config key {key} was retired and is always {only!r} now, got {value!r}")
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"unknown model config key(s): {', '.join(unknown)}")
@@ -151,241 +152,16 @@ class ModelConfig:
         return schema
 
 
-def _field_type(f) -> tuple[type, bool]:
-    """(base type, accepts None) of a config field: `int | None` -> (int, True)."""
-    args = [a for a in typing.get_args(f.type) if a is not type(None)]
-    return (args[0], True) if args else (f.type, False)
+# ----------------------------------------------------------------------------- 2. the memory layer, the block and the model
 
-
-def _validated(f, value):
-    kind, nullable = _field_type(f)
-    if value is None:
-        if nullable:
-            return None
-        raise ValueError(f"{f.name} must not be None")
-    # bool is a subclass of int: refuse it where a number is meant, and numbers where a bool is.
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind is bool and not isinstance(value, bool):
-        raise ValueError(f"{f.name} must be a bool, got {value!r}")
-    if kind is int and not (is_number and isinstance(value, int)):
-        raise ValueError(f"{f.name} must be an int, got {value!r}")
-    if kind is float:
-        if not is_number or not math.isfinite(value):
-            raise ValueError(f"{f.name} must be a finite number, got {value!r}")
-        value = float(value)
-    if kind is str and not isinstance(value, str):
-        raise ValueError(f"{f.name} must be a string, got {value!r}")
-    lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
-    if lo is not None and value < lo or hi is not None and value > hi:
-        raise ValueError(f"{f.name} must be between {lo} and {hi}, got {value!r}")
-    if choices is not None and value not in choices:
-        raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def bank_dtype(vocab_size: int) -> torch.dtype:
-    """The smallest integer dtype that holds every token id (the bank is the largest buffer)."""
-    return torch.int16 if vocab_size <= torch.iinfo(torch.int16).max else torch.int32
-
-
-# ----------------------------------------------------------------------------- transformer parts
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x):
-        x_float = x.float()  # normalise in fp32 even under bf16: the mean of squares underflows otherwise
-        return self.weight * (x_float * torch.rsqrt(x_float.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
-
-
-def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angle of each position and frequency: (max_seq_len, head_dim/2)."""
-    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
-    angles = torch.outer(torch.arange(max_seq_len).float(), freqs)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x, cos, sin):
-    """Rotate adjacent pairs (x[2i], x[2i+1]) of x (B, T, H, D): MiniMind2's complex-number RoPE."""
-    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, T, H, D/2) each
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # (1, T, 1, D/2)
-    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2).type_as(x)
-
-
-class Attention(nn.Module):
-    """Grouped-query causal self-attention with an optional KV cache."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
-        self.head_dim = config.dim // config.n_heads
-        self.wq = nn.Linear(config.dim, config.n_heads * self.head_dim, bias=False)
-        self.wk = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
-        self.wv = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
-        self.wo = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
-        self.dropout = config.dropout
-        self.attn_dropout = nn.Dropout(config.dropout)
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.flash = config.flash_attn
-
-    def forward(self, x, cos, sin, past_kv=None, use_cache=False):
-        B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if past_kv is not None:  # the cache holds rotated keys, so old positions are never recomputed
-            k, v = torch.cat([past_kv[0], k], dim=1), torch.cat([past_kv[1], v], dim=1)  # (B, S, H_kv, D)
-        new_kv = (k, v) if use_cache else None
-        S = k.shape[1]
-        # each group of n_heads/n_kv_heads query heads shares one key/value head (MiniMind2's repeat_kv)
-        n_rep = self.n_heads // self.n_kv_heads
-        q = q.transpose(1, 2)  # (B, H, T, D)
-        k = k.repeat_interleave(n_rep, dim=2).transpose(1, 2)  # (B, H, S, D)
-        v = v.repeat_interleave(n_rep, dim=2).transpose(1, 2)
-        # query i sits at position S-T+i and sees keys 0..S-T+i
-        mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
-        if self.flash:
-            is_causal = T == S and T > 1  # the kernel's own causal mask is aligned top-left: only right when T == S
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if is_causal else mask, is_causal=is_causal,
-                                               dropout_p=self.dropout if self.training else 0.0)
-        else:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            y = self.attn_dropout(F.softmax(scores.float(), dim=-1).type_as(q)) @ v  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, -1)
-        return self.resid_dropout(self.wo(y)), new_kv
-
-
-class FeedForward(nn.Module):
-    """SwiGLU: w2(silu(w1 x) * w3 x)."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        hidden = config.ffn_hidden_dim
-        self.w1 = nn.Linear(config.dim, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, config.dim, bias=False)
-        self.w3 = nn.Linear(config.dim, hidden, bias=False)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x):
-        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
-
-
-class MoEGate(nn.Module):
-    """MiniMind2's router: softmax scores, top-k experts, load-balancing auxiliary loss."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.top_k, self.n_experts = config.num_experts_per_tok, config.n_routed_experts
-        self.alpha, self.seq_aux, self.norm_topk_prob = config.aux_loss_alpha, config.seq_aux, config.norm_topk_prob
-        self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.dim))
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-
-    def forward(self, x):
-        B, T, _ = x.shape
-        scores = F.linear(x.reshape(B * T, -1), self.weight).softmax(dim=-1)  # (N, E)
-        weight, expert = scores.topk(self.top_k, dim=-1, sorted=False)  # (N, k)
-        if self.top_k > 1 and self.norm_topk_prob:
-            weight = weight / (weight.sum(dim=-1, keepdim=True) + 1e-20)
-        aux = scores.new_zeros(())
-        if self.training and self.alpha > 0.0:
-            if self.seq_aux:  # per sequence: expert load (scaled so uniform = 1) times mean router score
-                load = torch.zeros(B, self.n_experts, device=x.device)
-                load.scatter_add_(1, expert.view(B, -1), torch.ones(B, T * self.top_k, device=x.device))
-                load /= T * self.top_k / self.n_experts
-                aux = (load * scores.view(B, T, -1).mean(dim=1)).sum(dim=1).mean() * self.alpha
-            else:
-                load = F.one_hot(expert.view(-1), self.n_experts).float().mean(0) * self.n_experts
-                aux = (scores.mean(0) * load).sum() * self.alpha
-        return expert, weight, aux
-
-
-class MOEFeedForward(nn.Module):
-    """Routed experts (each token goes to its top-k) plus an optional shared expert."""
-
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.experts = nn.ModuleList(FeedForward(config) for _ in range(config.n_routed_experts))
-        self.gate = MoEGate(config)
-        self.shared_experts = FeedForward(config) if config.n_shared_experts else None
-
-    def forward(self, x):
-        B, T, dim = x.shape
-        expert, weight, aux = self.gate(x)  # (N, k) each
-        flat = x.reshape(B * T, dim)
-        token = torch.arange(B * T, device=x.device).repeat_interleave(expert.shape[1])  # (N*k,)
-        expert, weight = expert.reshape(-1), weight.reshape(-1)
-        y = torch.zeros_like(flat)
-        for e, ffn in enumerate(self.experts):  # every expert runs, even on no tokens, so all get gradients
-            chosen = (expert == e).nonzero().squeeze(1)
-            y = y.index_add(0, token[chosen], ffn(flat[token[chosen]]) * weight[chosen, None].to(flat.dtype))
-        if self.shared_experts is not None:
-            y = y + self.shared_experts(flat)
-        return y.view(B, T, dim), aux
-
-
-# ----------------------------------------------------------------------------- memory layer
 
 EMA_MAX_PENDING = 32768  # entries per layer whose query sums are kept between EMA updates (memory bound)
 HOT_FACTOR = 10.0  # an entry is "hot" when used this many times more than the mean used entry
 
 
-def topk_by_groups(scores, k: int, block: int = 4):
-    """Exactly scores.topk(k) (best first) for (M, W) scores, about 1.5x faster on CPU for W >> k.
-
-    Split each row into W/block groups of `block` elements. The best k elements lie in at
-    most k groups, and those are among the k groups with the largest maxima (any other
-    group's maximum is beaten by k elements). So: group maxima, their top k, then the top k
-    of those groups' k*block elements. Group g is {g, g + W/block, g + 2W/block, ...}:
-    strided, so the maxima are an elementwise max of `block` contiguous slices.
-    """
-    M, W = scores.shape
-    if W % block or W <= 4 * k * block:
-        return scores.topk(k, dim=-1)
-    n_groups = W // block
-    groups = scores.view(M, block, n_groups)
-    top = groups.amax(1).topk(k, dim=-1, sorted=False).indices  # (M, k) group ids
-    inside = groups.gather(2, top[:, None, :].expand(M, block, k)).flatten(1)  # (M, block*k)
-    values, position = inside.topk(k, dim=-1)  # position = member * k + slot
-    return values, top.gather(1, position % k) + (position // k) * n_groups
-
-
-class WeightedBagSum(torch.autograd.Function):
-    """out[n] = sum_k weight[n, k] * table[ids[n, k]]: (N, K) ids and weights, (V, d) table -> (N, d).
-
-    The forward is embedding_bag's fused kernel. Its own backward sorts all N*K ids, which
-    on CPU costs 10x the forward; here the backward builds the (rows, V) matrix of summed
-    weights per token id, a chunk of rows at a time (bounded memory), and uses two matmuls:
-    grad_weight[n, k] = (grad @ table.T)[n, ids[n, k]] and grad_table = coeff.T @ grad.
-    """
-
-    CHUNK_ELEMENTS = 2**24  # (rows, V) coefficient chunk: 64 MiB in fp32
-
-    @staticmethod
-    def forward(ctx, ids, weight, table):
-        ctx.save_for_backward(ids, weight, table)
-        return F.embedding_bag(ids, table, per_sample_weights=weight, mode="sum")
-
-    @staticmethod
-    def backward(ctx, grad):
-        ids, weight, table = ctx.saved_tensors
-        grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
-        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[2] else None
-        rows = max(1, WeightedBagSum.CHUNK_ELEMENTS // table.shape[0])
-        for start in range(0, ids.shape[0], rows):
-            chunk_ids, g = ids[start:start + rows].long(), grad[start:start + rows].to(table.dtype)  # (n, K), (n, d)
-            if grad_weight is not None:
-                grad_weight[start:start + rows] = (g @ table.T).gather(1, chunk_ids)  # (n, V) -> (n, K)
-            if grad_table is not None:
-                coeff = table.new_zeros(len(g), table.shape[0]).scatter_add_(1, chunk_ids, weight[start:start + rows])
-                grad_table += coeff.T @ g  # (V, d)
-        return None, grad_weight, grad_table
+def bank_dtype(vocab_size: int) -> torch.dtype:
+    """The smallest integer dtype that holds every token id (the bank is the largest buffer)."""
+    return torch.int16 if vocab_size <= torch.iinfo(torch.int16).max else torch.int32
 
 
 class MemoryLayer(nn.Module):
@@ -552,47 +328,6 @@ class MemoryLayer(nn.Module):
         return out
 
 
-@torch.no_grad()
-def ema_update(bank, entry_ids, targets, embedding_weight, decay: float, chunk: int = 1024) -> int:
-    """Move each entry's text toward its target vector and write it back as token ids.
-
-    For entry e with target t (the mean query input that selected it) rescaled to the norm
-    of e's token embeddings, position l becomes the token nearest to
-    decay * E[token_l] + (1 - decay) * t. The nearest is searched among the old token and
-    the 8 tokens nearest to t (exact when decay is 0; a cheap, close approximation otherwise),
-    so an update costs O(entries * (V + L) * dim), never O(knowledge_num). Padding stays
-    padding and nothing becomes padding, so every entry stays readable text.
-    Returns the number of entries whose text changed.
-    """
-    E = embedding_weight.float()  # (V, dim)
-    E_sq = E.pow(2).sum(-1)  # (V,)
-    changed = 0
-    for start in range(0, len(entry_ids), chunk):
-        ids, target = entry_ids[start:start + chunk], targets[start:start + chunk]  # (u,), (u, dim)
-        old = bank[ids].long()  # (u, L)
-        real = old != PAD_ID
-        old_emb = E[old]  # (u, L, dim)
-        scale = (old_emb.norm(dim=-1) * real).sum(-1) / real.sum(-1).clamp(min=1)  # (u,)
-        target = F.normalize(target, dim=-1) * scale[:, None]  # (u, dim)
-        near = E_sq[None, :] - 2 * target @ E.T  # (u, V): squared distance to target, minus |target|^2
-        near[:, PAD_ID] = float("inf")
-        cand = near.topk(min(8, E.shape[0] - 1), dim=-1, largest=False).indices  # (u, K)
-        # squared distance (minus |p|^2) of each candidate v to p_l = decay*E[old_l] + (1-decay)*t
-        cand_emb = E[cand]  # (u, K, dim)
-        cand_dot = decay * cand_emb @ old_emb.transpose(1, 2) + (1 - decay) * (cand_emb @ target[:, :, None])  # (u, K, L)
-        cand_dist = E_sq[cand][:, :, None] - 2 * cand_dot
-        old_dot = decay * E_sq[old] + (1 - decay) * (old_emb @ target[:, :, None]).squeeze(-1)  # (u, L)
-        old_dist = E_sq[old] - 2 * old_dot
-        best_dist, best = cand_dist.min(dim=1)  # (u, L)
-        new = torch.where((best_dist < old_dist) & real, cand.gather(1, best), old)
-        changed += int((new != old).any(-1).sum())
-        bank[ids] = new.to(bank.dtype)
-    return changed
-
-
-# ----------------------------------------------------------------------------- the model
-
-
 class Block(nn.Module):
     """Attention, then what the preset adds: FFN (or MoE), memory, both or nothing."""
 
@@ -731,7 +466,7 @@ class MiniMindLM(nn.Module):
             probs = torch.zeros_like(probs).scatter(1, order, sorted_probs.masked_fill(outside, 0.0))
         return torch.multinomial(probs, 1).squeeze(1)
 
-    # ------------------------------------------------------------------ the memory API
+    # ------------------------------------------------------------------ 3. the memory API
 
     def _require_memory(self):
         if not self.config.has_memory:
@@ -852,3 +587,307 @@ class MiniMindLM(nn.Module):
         row = torch.full((cfg.knowledge_length,), PAD_ID, dtype=self.memory_bank.dtype)
         row[:len(ids)] = torch.tensor(ids, dtype=self.memory_bank.dtype)
         self.memory_bank[i] = row.to(self.memory_bank.device)
+
+
+# The EMA step's text update, used by MiniMindLM.after_optimizer_step.
+
+
+@torch.no_grad()
+def ema_update(bank, entry_ids, targets, embedding_weight, decay: float, chunk: int = 1024) -> int:
+    """Move each entry's text toward its target vector and write it back as token ids.
+
+    For entry e with target t (the mean query input that selected it) rescaled to the norm
+    of e's token embeddings, position l becomes the token nearest to
+    decay * E[token_l] + (1 - decay) * t. The nearest is searched among the old token and
+    the 8 tokens nearest to t (exact when decay is 0; a cheap, close approximation otherwise),
+    so an update costs O(entries * (V + L) * dim), never O(knowledge_num). Padding stays
+    padding and nothing becomes padding, so every entry stays readable text.
+    Returns the number of entries whose text changed.
+    """
+    E = embedding_weight.float()  # (V, dim)
+    E_sq = E.pow(2).sum(-1)  # (V,)
+    changed = 0
+    for start in range(0, len(entry_ids), chunk):
+        ids, target = entry_ids[start:start + chunk], targets[start:start + chunk]  # (u,), (u, dim)
+        old = bank[ids].long()  # (u, L)
+        real = old != PAD_ID
+        old_emb = E[old]  # (u, L, dim)
+        scale = (old_emb.norm(dim=-1) * real).sum(-1) / real.sum(-1).clamp(min=1)  # (u,)
+        target = F.normalize(target, dim=-1) * scale[:, None]  # (u, dim)
+        near = E_sq[None, :] - 2 * target @ E.T  # (u, V): squared distance to target, minus |target|^2
+        near[:, PAD_ID] = float("inf")
+        cand = near.topk(min(8, E.shape[0] - 1), dim=-1, largest=False).indices  # (u, K)
+        # squared distance (minus |p|^2) of each candidate v to p_l = decay*E[old_l] + (1-decay)*t
+        cand_emb = E[cand]  # (u, K, dim)
+        cand_dot = decay * cand_emb @ old_emb.transpose(1, 2) + (1 - decay) * (cand_emb @ target[:, :, None])  # (u, K, L)
+        cand_dist = E_sq[cand][:, :, None] - 2 * cand_dot
+        old_dot = decay * E_sq[old] + (1 - decay) * (old_emb @ target[:, :, None]).squeeze(-1)  # (u, L)
+        old_dist = E_sq[old] - 2 * old_dot
+        best_dist, best = cand_dist.min(dim=1)  # (u, L)
+        new = torch.where((best_dist < old_dist) & real, cand.gather(1, best), old)
+        changed += int((new != old).any(-1).sum())
+        bank[ids] = new.to(bank.dtype)
+    return changed
+
+
+# ----------------------------------------------------------------------------- 4. the baseline parts (MiniMind2)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x_float = x.float()  # normalise in fp32 even under bf16: the mean of squares underflows otherwise
+        return self.weight * (x_float * torch.rsqrt(x_float.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
+
+
+def rope_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angle of each position and frequency: (max_seq_len, head_dim/2)."""
+    freqs = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+    angles = torch.outer(torch.arange(max_seq_len).float(), freqs)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate adjacent pairs (x[2i], x[2i+1]) of x (B, T, H, D): MiniMind2's complex-number RoPE."""
+    x0, x1 = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, T, H, D/2) each
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]  # (1, T, 1, D/2)
+    return torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    """Grouped-query causal self-attention with an optional KV cache."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
+        self.head_dim = config.dim // config.n_heads
+        self.wq = nn.Linear(config.dim, config.n_heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
+        self.dropout = config.dropout
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.flash = config.flash_attn
+
+    def forward(self, x, cos, sin, past_kv=None, use_cache=False):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if past_kv is not None:  # the cache holds rotated keys, so old positions are never recomputed
+            k, v = torch.cat([past_kv[0], k], dim=1), torch.cat([past_kv[1], v], dim=1)  # (B, S, H_kv, D)
+        new_kv = (k, v) if use_cache else None
+        S = k.shape[1]
+        # each group of n_heads/n_kv_heads query heads shares one key/value head (MiniMind2's repeat_kv)
+        n_rep = self.n_heads // self.n_kv_heads
+        q = q.transpose(1, 2)  # (B, H, T, D)
+        k = k.repeat_interleave(n_rep, dim=2).transpose(1, 2)  # (B, H, S, D)
+        v = v.repeat_interleave(n_rep, dim=2).transpose(1, 2)
+        # query i sits at position S-T+i and sees keys 0..S-T+i
+        mask = None if T == 1 else torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
+        if self.flash:
+            is_causal = T == S and T > 1  # the kernel's own causal mask is aligned top-left: only right when T == S
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=None if is_causal else mask, is_causal=is_causal,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        else:
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            y = self.attn_dropout(F.softmax(scores.float(), dim=-1).type_as(q)) @ v  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, -1)
+        return self.resid_dropout(self.wo(y)), new_kv
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        hidden = config.ffn_hidden_dim
+        self.w1 = nn.Linear(config.dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, config.dim, bias=False)
+        self.w3 = nn.Linear(config.dim, hidden, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+
+
+class MoEGate(nn.Module):
+    """MiniMind2's router: softmax scores, top-k experts, load-balancing auxiliary loss."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.top_k, self.n_experts = config.num_experts_per_tok, config.n_routed_experts
+        self.alpha, self.seq_aux, self.norm_topk_prob = config.aux_loss_alpha, config.seq_aux, config.norm_topk_prob
+        self.weight = nn.Parameter(torch.empty(config.n_routed_experts, config.dim))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        scores = F.linear(x.reshape(B * T, -1), self.weight).softmax(dim=-1)  # (N, E)
+        weight, expert = scores.topk(self.top_k, dim=-1, sorted=False)  # (N, k)
+        if self.top_k > 1 and self.norm_topk_prob:
+            weight = weight / (weight.sum(dim=-1, keepdim=True) + 1e-20)
+        aux = scores.new_zeros(())
+        if self.training and self.alpha > 0.0:
+            if self.seq_aux:  # per sequence: expert load (scaled so uniform = 1) times mean router score
+                load = torch.zeros(B, self.n_experts, device=x.device)
+                load.scatter_add_(1, expert.view(B, -1), torch.ones(B, T * self.top_k, device=x.device))
+                load /= T * self.top_k / self.n_experts
+                aux = (load * scores.view(B, T, -1).mean(dim=1)).sum(dim=1).mean() * self.alpha
+            else:
+                load = F.one_hot(expert.view(-1), self.n_experts).float().mean(0) * self.n_experts
+                aux = (scores.mean(0) * load).sum() * self.alpha
+        return expert, weight, aux
+
+
+class MOEFeedForward(nn.Module):
+    """Routed experts (each token goes to its top-k) plus an optional shared expert."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.experts = nn.ModuleList(FeedForward(config) for _ in range(config.n_routed_experts))
+        self.gate = MoEGate(config)
+        self.shared_experts = FeedForward(config) if config.n_shared_experts else None
+
+    def forward(self, x):
+        B, T, dim = x.shape
+        expert, weight, aux = self.gate(x)  # (N, k) each
+        flat = x.reshape(B * T, dim)
+        token = torch.arange(B * T, device=x.device).repeat_interleave(expert.shape[1])  # (N*k,)
+        expert, weight = expert.reshape(-1), weight.reshape(-1)
+        y = torch.zeros_like(flat)
+        for e, ffn in enumerate(self.experts):  # every expert runs, even on no tokens, so all get gradients
+            chosen = (expert == e).nonzero().squeeze(1)
+            y = y.index_add(0, token[chosen], ffn(flat[token[chosen]]) * weight[chosen, None].to(flat.dtype))
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(flat)
+        return y.view(B, T, dim), aux
+
+
+# ----------------------------------------------------------------------------- 5. the kernels and their references
+
+
+def topk_by_groups(scores, k: int, block: int = 4):
+    """scores.topk(k, dim=-1) for (M, W) scores, about 1.5x faster on CPU for W >> k.
+
+    Reference: `scores.topk(k, dim=-1)`. The values are equal, best first; so are the
+    indices wherever values do not tie. Among tied values torch.topk's own order is
+    unspecified, and so is which of the tied elements at the k-th place it keeps; here too.
+
+    Split each row into W/block groups of `block` elements. The best k elements lie in at
+    most k groups, and those are among the k groups with the largest maxima (any other
+    group's maximum is beaten by k elements). So: group maxima, their top k, then the top k
+    of those groups' k*block elements. Group g is {g, g + W/block, g + 2W/block, ...}:
+    strided, so the maxima are an elementwise max of `block` contiguous slices.
+    """
+    M, W = scores.shape
+    if W % block or W <= 4 * k * block:
+        return scores.topk(k, dim=-1)
+    n_groups = W // block
+    groups = scores.view(M, block, n_groups)
+    top = groups.amax(1).topk(k, dim=-1, sorted=False).indices  # (M, k) group ids
+    inside = groups.gather(2, top[:, None, :].expand(M, block, k)).flatten(1)  # (M, block*k)
+    values, position = inside.topk(k, dim=-1)  # position = member * k + slot
+    return values, top.gather(1, position % k) + (position // k) * n_groups
+
+
+class WeightedBagSum(torch.autograd.Function):
+    """out[n] = sum_k weight[n, k] * table[ids[n, k]]: (N, K) ids and weights, (V, d) table -> (N, d).
+
+    Reference: `F.embedding_bag(ids, table, mode="sum", per_sample_weights=weight)`, whose
+    forward this is, with the same gradients for weight and table (ids get none).
+
+    The forward is embedding_bag's fused kernel. Its own backward sorts all N*K ids, which
+    on CPU costs 10x the forward; here the backward builds the (rows, V) matrix of summed
+    weights per token id, a chunk of rows at a time (bounded memory), and uses two matmuls:
+    grad_weight[n, k] = (grad @ table.T)[n, ids[n, k]] and grad_table = coeff.T @ grad.
+    """
+
+    CHUNK_ELEMENTS = 2**24  # (rows, V) coefficient chunk: 64 MiB in fp32
+
+    @staticmethod
+    def forward(ctx, ids, weight, table):
+        ctx.save_for_backward(ids, weight, table)
+        return F.embedding_bag(ids, table, per_sample_weights=weight, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad):
+        ids, weight, table = ctx.saved_tensors
+        grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[2] else None
+        rows = max(1, WeightedBagSum.CHUNK_ELEMENTS // table.shape[0])
+        for start in range(0, ids.shape[0], rows):
+            chunk_ids, g = ids[start:start + rows].long(), grad[start:start + rows].to(table.dtype)  # (n, K), (n, d)
+            if grad_weight is not None:
+                grad_weight[start:start + rows] = (g @ table.T).gather(1, chunk_ids)  # (n, V) -> (n, K)
+            if grad_table is not None:
+                coeff = table.new_zeros(len(g), table.shape[0]).scatter_add_(1, chunk_ids, weight[start:start + rows])
+                grad_table += coeff.T @ g  # (V, d)
+        return None, grad_weight, grad_table
+
+
+# ----------------------------------------------------------------------------- 6. config validation
+
+
+def _validate_fields(config: ModelConfig) -> None:
+    """Each field on its own: type, range, choices; ints become floats where a float is meant."""
+    for f in dataclasses.fields(config):
+        setattr(config, f.name, _validated(f, getattr(config, f.name)))
+
+
+def _validate_combination(config: ModelConfig) -> None:
+    """The constraints between fields, each with a message naming the fields."""
+    c = config
+    side = math.isqrt(c.knowledge_num)
+    for ok, message in (
+        (c.dim % c.n_heads == 0, f"dim must be divisible by n_heads, got dim={c.dim}, n_heads={c.n_heads}"),
+        ((c.dim // c.n_heads) % 2 == 0, f"dim/n_heads must be even for rotary embeddings, got {c.dim // c.n_heads}"),
+        (c.n_heads % c.n_kv_heads == 0, f"n_kv_heads must divide n_heads, got n_kv_heads={c.n_kv_heads}, n_heads={c.n_heads}"),
+        (side ** 2 == c.knowledge_num, f"knowledge_num must be a perfect square, got {c.knowledge_num}"),
+        (c.knowledge_dim % 2 == 0, f"knowledge_dim must be even, got {c.knowledge_dim}"),
+        (c.num_candidates <= side, f"num_candidates must be at most sqrt(knowledge_num)={side}, got {c.num_candidates}"),
+        (c.num_experts_per_tok <= c.n_routed_experts,
+         f"num_experts_per_tok must be at most n_routed_experts={c.n_routed_experts}, got {c.num_experts_per_tok}"),
+    ):
+        if not ok:
+            raise ValueError(message)
+
+
+def _field_type(f) -> tuple[type, bool]:
+    """(base type, accepts None) of a config field: `int | None` -> (int, True)."""
+    args = [a for a in typing.get_args(f.type) if a is not type(None)]
+    return (args[0], True) if args else (f.type, False)
+
+
+def _validated(f, value):
+    kind, nullable = _field_type(f)
+    if value is None:
+        if nullable:
+            return None
+        raise ValueError(f"{f.name} must not be None")
+    # bool is a subclass of int: refuse it where a number is meant, and numbers where a bool is.
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is bool and not isinstance(value, bool):
+        raise ValueError(f"{f.name} must be a bool, got {value!r}")
+    if kind is int and not (is_number and isinstance(value, int)):
+        raise ValueError(f"{f.name} must be an int, got {value!r}")
+    if kind is float:
+        if not is_number or not math.isfinite(value):
+            raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+        value = float(value)
+    if kind is str and not isinstance(value, str):
+        raise ValueError(f"{f.name} must be a string, got {value!r}")
+    lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ValueError(f"{f.name} must be between {lo} and {hi}, got {value!r}")
+    if choices is not None and value not in choices:
+        raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
+    return value

@@ -50,9 +50,20 @@ def test_config_errors_name_the_field(bad, field):
 def test_from_dict_refuses_unknown_keys_and_round_trips():
     with pytest.raises(ValueError, match="unknown model config key.*knowlege_num"):
         ModelConfig.from_dict({"knowlege_num": 4})
+    with pytest.raises(ValueError, match="unknown model config key.*scoring_fn"):
+        ModelConfig.from_dict({"scoring_fn": "softmax"})
     cfg = ModelConfig(preset="model", dim=256, ema_decay=1)  # alias normalised, int accepted for a float
     assert cfg.preset == "hybrid" and cfg.ema_decay == 1.0 and isinstance(cfg.ema_decay, float)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_from_dict_drops_the_retired_scoring_func_only_with_its_one_value():
+    old = {"preset": "original", "use_moe": True, "scoring_func": "softmax"}
+    assert ModelConfig.from_dict(old) == ModelConfig(preset="original", use_moe=True)
+    assert "scoring_func" in old  # the caller's dict is left as it was
+    assert "scoring_func" not in ModelConfig().to_dict()
+    with pytest.raises(ValueError, match="scoring_func was retired.*'sigmoid'"):
+        ModelConfig.from_dict({"scoring_func": "sigmoid"})
 
 
 def test_fields_schema_covers_every_field():
@@ -68,9 +79,37 @@ def test_fields_schema_covers_every_field():
 # ----------------------------------------------------------------------------- presets
 
 
+def record_aux_sources(model) -> dict:
+    """Forward hooks keeping what aux_loss is made of: each MoE gate's balance loss, each memory layer's queries."""
+    seen = {"moe": [], "queries": []}
+    for block in model.layers:
+        if block.use_moe and block.feed_forward is not None:
+            block.feed_forward.gate.register_forward_hook(lambda gate, args, out: seen["moe"].append(out[2]))
+        if block.memory is not None:
+            block.memory.query.register_forward_hook(
+                lambda query, args, out, memory=block.memory: seen["queries"].append((memory, out)))
+    return seen
+
+
+def expected_aux_loss(seen: dict, weight: float) -> torch.Tensor:
+    """The MoE balance losses plus, per memory layer, weight * (similarity + diversity), the
+    similarity's best key found by a flat scan of all keys rather than the product-key lookup."""
+    total = sum(seen["moe"], torch.zeros(()))
+    for memory, query in seen["queries"]:
+        side, half = memory.side, memory.keys.shape[-1]
+        full_keys = torch.cat([memory.keys[0][:, None].expand(side, side, half),
+                               memory.keys[1][None].expand(side, side, half)], -1).reshape(side * side, -1)
+        best_key = full_keys[(query @ full_keys.T).argmax(-1)]
+        similarity = (1 - F.cosine_similarity(query, best_key, dim=-1)).mean()
+        diversity = F.normalize(query, dim=-1).mean(0).pow(2).sum()
+        total = total + weight * (similarity + diversity)
+    return total
+
+
 @pytest.mark.parametrize("preset", [*PRESETS, *PRESET_ALIASES])
 def test_every_preset_trains_a_step(preset):
     model = tiny(preset=preset, use_moe=preset == "original", similarity_loss_weight=0.1, diversity_loss_weight=0.1)
+    seen = record_aux_sources(model)
     ids = torch.randint(0, 300, (2, 24))
     out = model(ids)
     assert out.logits.shape == (2, 24, 300) and out.aux_loss.shape == () and out.past_key_values is None
@@ -78,9 +117,13 @@ def test_every_preset_trains_a_step(preset):
     assert torch.isfinite(loss)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-    has_memory = PRESETS[PRESET_ALIASES.get(preset, preset)].memory
-    assert (out.aux_loss > 0) == has_memory or preset == "original"  # MoE balance loss on "original" here
-    assert ("memory_bank" in model.state_dict()) == has_memory
+    spec = PRESETS[PRESET_ALIASES.get(preset, preset)]
+    # MoE is on for "original" only here; memory presets add similarity and diversity losses
+    assert (len(seen["moe"]), len(seen["queries"])) == ((2 if preset == "original" else 0), (2 if spec.memory else 0))
+    assert all(balance > 0 for balance in seen["moe"])
+    torch.testing.assert_close(out.aux_loss, expected_aux_loss(seen, 0.1))
+    assert (out.aux_loss > 0) == (preset == "original" or spec.memory)  # exactly 0 for the rest
+    assert ("memory_bank" in model.state_dict()) == spec.memory
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

@@ -65,14 +65,54 @@ def test_product_keys_equal_a_flat_scan_of_all_keys():
     assert torch.equal(entries.sort(-1).values, flat_entries.sort(-1).values)
 
 
-def test_helpers_match_their_reference():
-    scores = torch.randn(64, 1024)
-    values, indices = topk_by_groups(scores, 16)
-    ref_values, ref_indices = scores.topk(16)
-    assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices)
+@pytest.mark.parametrize("width, k", [(1024, 16), (2048, 32), (256, 8), (100, 8), (1030, 4)])
+def test_topk_by_groups_equals_torch_topk(width, k):
+    """Widths that take the grouped path and ones that fall back (too narrow, not divisible by the block)."""
+    g = torch.Generator().manual_seed(width + k)
+    scores = torch.randn(64, width, generator=g)
+    values, indices = topk_by_groups(scores, k)
+    reference = scores.topk(k)
+    assert torch.equal(values, reference.values) and torch.equal(indices, reference.indices)
+
+
+def test_topk_by_groups_with_ties_agrees_where_torch_topk_defines_the_order():
+    # 20 distinct values in rows of 2048: every row ties, at the k-th place too
+    scores = torch.randint(0, 20, (64, 2048), generator=torch.Generator().manual_seed(0)).float()
+    values, indices = topk_by_groups(scores, 32)
+    reference = scores.topk(32)
+    assert torch.equal(values, reference.values)  # best first, as torch.topk sorts them
+    assert torch.equal(scores.gather(1, indices), values)  # each index holds its value
+    assert all(len(set(row)) == 32 for row in indices.tolist())  # no element twice
+    above = values > values[:, -1:]  # strictly better than the k-th: every one of them must be chosen
+    for row, ref_row, keep in zip(indices, reference.indices, above):
+        assert set(row[keep].tolist()) == set(ref_row[keep].tolist())
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_weighted_bag_sum_equals_embedding_bag_forward_and_backward(dtype, tolerance):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 40, (50, 12), generator=g, dtype=torch.int32)
+    weight = torch.rand(50, 12, generator=g, dtype=dtype)
+    table = torch.randn(40, 6, generator=g, dtype=dtype)
+    grad = torch.randn(50, 6, generator=g, dtype=dtype)
+    results = []
+    for bag_sum in (WeightedBagSum.apply,
+                    lambda i, w, t: F.embedding_bag(i, t, mode="sum", per_sample_weights=w)):
+        w, t = weight.clone().requires_grad_(), table.clone().requires_grad_()
+        out = bag_sum(ids, w, t)
+        out.backward(grad)
+        results.append((out, w.grad, t.grad))
+    (out, grad_weight, grad_table), (ref_out, ref_grad_weight, ref_grad_table) = results
+    assert torch.equal(out, ref_out)
+    torch.testing.assert_close(grad_weight, ref_grad_weight, rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(grad_table, ref_grad_table, rtol=tolerance, atol=tolerance)
+
+
+def test_weighted_bag_sum_backward_is_exact_across_chunks(monkeypatch):
     ids = torch.randint(0, 40, (5, 12), dtype=torch.int32)
     weight = torch.rand(5, 12, dtype=torch.double, requires_grad=True)
     table = torch.randn(40, 6, dtype=torch.double, requires_grad=True)
+    monkeypatch.setattr(WeightedBagSum, "CHUNK_ELEMENTS", 80)  # two rows of (rows, V) coefficients per chunk
     assert torch.autograd.gradcheck(lambda w, t: WeightedBagSum.apply(ids, w, t), (weight, table))
 
 
