@@ -215,10 +215,15 @@ class MemoryLayer(nn.Module):
         self._table, self._table_key = None, None
 
     def lookup(self, query):
-        """(scores, entries) of the best num_candidates entries per query (N, kd), best first."""
+        """(scores, entries) of the best num_candidates entries per query (N, kd), best first.
+
+        Scored in fp32 even under autocast: bf16 sub-key scores tie often, and the ties
+        would decide which entries a token reads.
+        """
         N, C = query.shape[0], self.num_candidates
-        halves = query.view(N, 2, -1).transpose(0, 1)  # (2, N, kd/2)
-        sub_scores = torch.bmm(halves, self.keys.transpose(1, 2))  # (2, N, sqrt(N)): each half vs its sub-keys
+        halves = query.view(N, 2, -1).transpose(0, 1).float()  # (2, N, kd/2)
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            sub_scores = torch.bmm(halves, self.keys.float().transpose(1, 2))  # (2, N, sqrt(N)): each half vs its sub-keys
         s, i = topk_by_groups(sub_scores.flatten(0, 1), C)  # (2N, C), sorted: best sub-keys per half
         (s1, s2), (i1, i2) = s.view(2, N, C), i.view(2, N, C)
         pair = s1[:, self.pair_rows] + s2[:, self.pair_cols]  # (N, P): the pairings that can win
@@ -261,7 +266,7 @@ class MemoryLayer(nn.Module):
         x = self.norm(h_attn).reshape(B * T, dim)  # (N, dim)
         query = self.query(x)  # (N, kd)
         scores, entries = self.lookup(query)  # (N, C)
-        weights = scores.float().softmax(dim=-1)  # (N, C): differentiable w.r.t. keys and query
+        weights = scores.softmax(dim=-1)  # (N, C), fp32 as the scores: differentiable w.r.t. keys and query
         read = self.read(entries, weights, bank, embedding_weight)  # (N, kd)
         out = self.down(F.silu(self.gate(x)) * self.up(read.to(x.dtype)))  # (N, dim)
         aux = self.auxiliary_loss(query, entries)
@@ -799,6 +804,13 @@ def topk_by_groups(scores, k: int, block: int = 4):
     return values, top.gather(1, position % k) + (position // k) * n_groups
 
 
+def bag_chunk_elements(device: torch.device) -> int:
+    """Elements of one (rows, V) fp32 coefficient chunk in WeightedBagSum's backward: 256 MiB
+    on CUDA, 64 MiB elsewhere. A plain function of the device, not a class attribute, so that
+    torch.compile traces the backward without a graph break."""
+    return 2**26 if device.type == "cuda" else 2**24
+
+
 class WeightedBagSum(torch.autograd.Function):
     """out[n] = sum_k weight[n, k] * table[ids[n, k]]: (N, K) ids and weights, (V, d) table -> (N, d).
 
@@ -809,9 +821,9 @@ class WeightedBagSum(torch.autograd.Function):
     on CPU costs 10x the forward; here the backward builds the (rows, V) matrix of summed
     weights per token id, a chunk of rows at a time (bounded memory), and uses two matmuls:
     grad_weight[n, k] = (grad @ table.T)[n, ids[n, k]] and grad_table = coeff.T @ grad.
+    grad_table sums over every token of the batch, so it is accumulated in at least fp32
+    (a bf16 sum of that many terms loses the small ones) and cast to the table's dtype last.
     """
-
-    CHUNK_ELEMENTS = 2**24  # (rows, V) coefficient chunk: 64 MiB in fp32
 
     @staticmethod
     def forward(ctx, ids, weight, table):
@@ -821,17 +833,19 @@ class WeightedBagSum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         ids, weight, table = ctx.saved_tensors
+        accumulate = torch.promote_types(table.dtype, torch.float32)
         grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
-        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[2] else None
-        rows = max(1, WeightedBagSum.CHUNK_ELEMENTS // table.shape[0])
+        grad_table = torch.zeros_like(table, dtype=accumulate) if ctx.needs_input_grad[2] else None
+        rows = max(1, bag_chunk_elements(table.device) // table.shape[0])
         for start in range(0, ids.shape[0], rows):
-            chunk_ids, g = ids[start:start + rows].long(), grad[start:start + rows].to(table.dtype)  # (n, K), (n, d)
+            chunk_ids, g = ids[start:start + rows].long(), grad[start:start + rows]  # (n, K), (n, d)
             if grad_weight is not None:
-                grad_weight[start:start + rows] = (g @ table.T).gather(1, chunk_ids)  # (n, V) -> (n, K)
+                grad_weight[start:start + rows] = (g.to(table.dtype) @ table.T).gather(1, chunk_ids)  # (n, V) -> (n, K)
             if grad_table is not None:
-                coeff = table.new_zeros(len(g), table.shape[0]).scatter_add_(1, chunk_ids, weight[start:start + rows])
-                grad_table += coeff.T @ g  # (V, d)
-        return None, grad_weight, grad_table
+                coeff = torch.zeros(len(g), table.shape[0], dtype=accumulate, device=table.device)
+                coeff.scatter_add_(1, chunk_ids, weight[start:start + rows].to(accumulate))
+                grad_table += coeff.T @ g.to(accumulate)  # (V, d)
+        return None, grad_weight, None if grad_table is None else grad_table.to(table.dtype)
 
 
 # ----------------------------------------------------------------------------- 6. config validation

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import models.model as model_file
 from models.model import MiniMindLM, ModelConfig, WeightedBagSum, bank_dtype, topk_by_groups
 
 from model_helpers import TINY as BASE, build_tiny, one_thread  # noqa: F401 (one_thread is an autouse fixture)
@@ -112,8 +113,23 @@ def test_weighted_bag_sum_backward_is_exact_across_chunks(monkeypatch):
     ids = torch.randint(0, 40, (5, 12), dtype=torch.int32)
     weight = torch.rand(5, 12, dtype=torch.double, requires_grad=True)
     table = torch.randn(40, 6, dtype=torch.double, requires_grad=True)
-    monkeypatch.setattr(WeightedBagSum, "CHUNK_ELEMENTS", 80)  # two rows of (rows, V) coefficients per chunk
+    monkeypatch.setattr(model_file, "bag_chunk_elements", lambda device: 80)  # two rows of (rows, V) per chunk
     assert torch.autograd.gradcheck(lambda w, t: WeightedBagSum.apply(ids, w, t), (weight, table))
+
+
+def test_weighted_bag_sum_accumulates_a_bf16_table_gradient_in_fp32(monkeypatch):
+    monkeypatch.setattr(model_file, "bag_chunk_elements", lambda device: 4 * 64)  # 64 chunks of 64 rows
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 4, (4096, 8), generator=g, dtype=torch.int32)  # every row of the table read 8192 times
+    weight = torch.rand(4096, 8, generator=g).bfloat16()
+    grad = torch.randn(4096, 16, generator=g).bfloat16()
+    table = torch.randn(4, 16, generator=g).bfloat16().requires_grad_()
+    WeightedBagSum.apply(ids, weight, table).backward(grad)
+    exact = table.detach().double().requires_grad_()
+    F.embedding_bag(ids, exact, mode="sum", per_sample_weights=weight.double()).backward(grad.double())
+    assert table.grad.dtype == torch.bfloat16
+    # one bf16 rounding of the result; summing the 64 chunks in bf16 was 4x that here
+    assert (table.grad.double() - exact.grad).abs().max() <= 2**-8 * exact.grad.abs().max()
 
 
 def test_read_is_the_weighted_mean_of_entry_embeddings_ignoring_padding():
@@ -263,3 +279,80 @@ def test_inference_cache_of_the_projected_table_follows_weight_updates():
     assert not torch.allclose(before, after)
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, after)
+
+
+# ----------------------------------------------------------------------------- bf16 autocast and torch.compile
+
+
+def exactly_bf16_queries(model, seed=0):
+    """A first memory layer and an input whose queries bf16 represents exactly: inputs of +-1 (RMSNorm
+    leaves them as they are at norm_eps 1e-12) and a query projection of multiples of 1/8, so
+    autocast changes the rounding of everything else but not which entries are read."""
+    memory = model.layers[0].memory
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        memory.query.weight.copy_(torch.randint(-1, 2, memory.query.weight.shape, generator=g) / 8)
+    h_attn = torch.randint(0, 2, (2, 16, model.config.dim), generator=g).float() * 2 - 1
+    return memory, h_attn
+
+
+def assert_close_to_scale(actual, expected, tolerance):
+    assert (actual.float() - expected).abs().max() <= tolerance * expected.abs().max()
+
+
+def test_bf16_autocast_memory_layer_agrees_with_fp32_forward_and_backward():
+    model = tiny(norm_eps=1e-12)
+    memory, h_attn = exactly_bf16_queries(model)
+    grad = torch.randn(h_attn.shape, generator=torch.Generator().manual_seed(1))
+    runs = []
+    for bf16 in (False, True):
+        model.zero_grad()
+        memory.capture = []
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out, _ = memory(h_attn, model.memory_bank, model.tok_embeddings.weight)
+        out.float().backward(grad)
+        grads = {n: p.grad.clone() for n, p in [*memory.named_parameters(), ("embedding", model.tok_embeddings.weight)]}
+        runs.append((out.detach(), grads, memory.capture[0][0]))
+    (out32, grads32, entries32), (out16, grads16, entries16) = runs
+    assert out16.dtype == torch.bfloat16 and torch.equal(entries16, entries32)
+    assert_close_to_scale(out16, out32, 2e-2)
+    for name, expected in grads32.items():
+        assert_close_to_scale(grads16[name], expected, 2e-2)
+
+
+def test_bf16_autocast_selects_exactly_the_fp32_candidates():
+    memory = tiny(knowledge_num=4096, num_candidates=16).layers[0].memory
+    query = torch.randn(512, 32, generator=torch.Generator().manual_seed(0))
+    scores, entries = memory.lookup(query)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast_scores, autocast_entries = memory.lookup(query)
+        bf16_query_scores, bf16_query_entries = memory.lookup(query.bfloat16())  # as the query layer gives it
+    assert autocast_scores.dtype == torch.float32
+    assert torch.equal(autocast_scores, scores) and torch.equal(autocast_entries, entries)
+    reference_scores, reference_entries = memory.lookup(query.bfloat16().float())
+    assert torch.equal(bf16_query_scores, reference_scores) and torch.equal(bf16_query_entries, reference_entries)
+
+
+def test_compiled_training_step_equals_eager_without_graph_breaks():
+    def loss_of(model, ids):
+        out = model(ids)
+        return F.cross_entropy(out.logits.flatten(0, 1), ids.flatten()) + out.aux_loss
+
+    ids = torch.randint(1, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    compiled_loss_of = torch.compile(loss_of, backend="aot_eager", fullgraph=True)  # fullgraph: a graph break fails
+    runs = []
+    try:
+        for step in (loss_of, compiled_loss_of):
+            model = tiny(similarity_loss_weight=0.1, diversity_loss_weight=0.1)
+            loss = step(model, ids)
+            loss.backward()
+            runs.append((loss.detach(), [p.grad for p in model.parameters()], model.memory_stats(),
+                         [layer.take_pending() for _, layer in model.memory_layers()]))
+    finally:
+        torch._dynamo.reset()
+    (loss, grads, stats, pending), (compiled_loss, compiled_grads, compiled_stats, compiled_pending) = runs
+    assert torch.equal(compiled_loss, loss)
+    assert all(torch.equal(a, b) for a, b in zip(compiled_grads, grads))
+    assert compiled_stats == stats  # the statistics window and the EMA store still see the compiled step
+    assert all(torch.equal(a, b) for a, b in zip(torch.utils._pytree.tree_leaves(compiled_pending),
+                                                 torch.utils._pytree.tree_leaves(pending)))
