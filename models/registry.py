@@ -1,10 +1,22 @@
-"""Model snapshots, loading a model module by name, and checkpoints.
+"""Model snapshots, loading a model module by name, presets, and the checkpoint format.
 
 An experiment runs `models/model_X_Y_Z.py`, an exact byte copy of `models/model.py` taken at
 launch. Modules are loaded from their file with importlib under a name unique to their
 content, so the living model and any number of snapshots coexist in one process and an
-edit to `model.py` never changes what an old checkpoint rebuilds. A checkpoint records
-the module and the model config that built it (PRODUCT.md section 7).
+edit to `model.py` never changes what an old checkpoint rebuilds.
+
+The checkpoint format lives here and nowhere else: one `torch.save` dict of tensors and
+plain data holding at least
+  format        FORMAT
+  module        the module that built the model ('model' or 'model_X_Y_Z')
+  model_config  its ModelConfig as a dict
+  model         the state dict (buffers included: memory bank, freeze mask, usage counts)
+  time          when it was written
+plus whatever the writer adds (the trainer's resume state: training/checkpoint.py).
+`read_checkpoint` is the one reader; `model_from_checkpoint` builds the model from what
+it read, so no file is read twice. A raw MiniMind-style state dict (eval_model.py's
+pretrain_512.pth) is read by the same function and built when the caller names the
+module and the config.
 
 torch is imported inside the functions that need it: `snapshot` runs on the CLI's fast path.
 """
@@ -13,19 +25,20 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import pickle
 import re
 import sys
-import zipfile
+import time
 from pathlib import Path
+from typing import Any, Optional
 
 from minimind.atomic import atomic_open, write_bytes
 from minimind.errors import GateRefused, MinimindError
+from minimind.versions import is_module_name, module_name
 
-VERSION_RE = re.compile(r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)$")
-MODULE_RE = re.compile(r"^model(_(0|[1-9][0-9]*)_(0|[1-9][0-9]*)_(0|[1-9][0-9]*))?$")  # never a path
-RESERVED_KEYS = ("format", "module", "model_config", "model")
-FORMAT = "minimind-checkpoint-1"
+FORMAT = "minimind-checkpoint-1"  # unchanged since the first release: old checkpoints load as they are
+LIVING = "model"                  # the living file models/model.py; every other module is a snapshot
+REQUIRED_KEYS = ("module", "model_config", "model")
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile prefix every key of what they save
 
 
 def sha256_file(path) -> str:
@@ -36,12 +49,7 @@ def sha256_file(path) -> str:
     return digest.hexdigest()
 
 
-def module_name_for(version: str) -> str:
-    """'1.4.8' -> 'model_1_4_8'."""
-    if not isinstance(version, str) or not VERSION_RE.match(version):
-        raise ValueError(f"version must be X.Y.Z with non-negative integers, got {version!r}")
-    return "model_" + version.replace(".", "_")
-
+# --- snapshots and modules --------------------------------------------------------------
 
 def snapshot(models_dir, version: str) -> tuple[Path, str]:
     """Copy models_dir/model.py byte for byte to models_dir/model_X_Y_Z.py; return (path, sha256).
@@ -50,11 +58,11 @@ def snapshot(models_dir, version: str) -> tuple[Path, str]:
     refused: snapshots are never edited after launch.
     """
     models_dir = Path(models_dir)
-    source = models_dir / "model.py"
+    source = models_dir / f"{LIVING}.py"
     if not source.is_file():
         raise MinimindError(f"no model file at {source}")
     data = source.read_bytes()
-    target = models_dir / f"{module_name_for(version)}.py"
+    target = models_dir / f"{module_name(version)}.py"
     if target.exists():
         if target.read_bytes() != data:
             raise GateRefused(f"snapshot {target} already exists and differs from {source}; snapshots are never rewritten")
@@ -65,7 +73,7 @@ def snapshot(models_dir, version: str) -> tuple[Path, str]:
 
 def load_module(models_dir, name: str):
     """Import models_dir/<name>.py ('model' or 'model_X_Y_Z') under a name unique to its content."""
-    if not isinstance(name, str) or not MODULE_RE.match(name):
+    if not is_module_name(name):
         raise MinimindError(f"model module must be 'model' or 'model_X_Y_Z', got {name!r}")
     path = Path(models_dir) / f"{name}.py"
     if not path.is_file():
@@ -85,109 +93,131 @@ def load_module(models_dir, name: str):
     return module
 
 
-def build_model(models_dir, module_name: str, model_cfg: dict):
-    """MiniMindLM of the named module, built from a model config dict (unknown keys refused)."""
-    module = load_module(models_dir, module_name)
+def preset_names(models_dir, name: str = LIVING) -> tuple[str, ...]:
+    """Every preset and alias the module accepts, read from its PRESETS and PRESET_ALIASES.
+
+    The module is the only list: a preset added to model.py is usable everywhere at once.
+    """
+    module = load_module(models_dir, name)
+    return (*module.PRESETS, *module.PRESET_ALIASES)
+
+
+def model_config(models_dir, module: str, model_cfg: dict):
+    """The named module's ModelConfig from a dict, defaults filled in (unknown keys refused)."""
+    code = load_module(models_dir, module)
     try:
-        config = module.ModelConfig.from_dict(dict(model_cfg))
-    except ValueError as error:
+        return code.ModelConfig.from_dict(dict(model_cfg))
+    except (ValueError, TypeError) as error:
         raise MinimindError(f"model config: {error}") from None
-    model = module.MiniMindLM(config)
-    model.minimind_module = module_name  # what save_checkpoint records
-    return model
 
 
-def save_checkpoint(path, model, extra: dict | None = None, module_name: str | None = None) -> None:
-    """Write {format, module, model_config, model (state dict, memory bank included), **extra} atomically.
+def build_model(models_dir, module: str, model_cfg: dict):
+    """MiniMindLM of the named module, built from a model config dict (unknown keys refused)."""
+    return load_module(models_dir, module).MiniMindLM(model_config(models_dir, module, model_cfg))
 
-    module_name defaults to the one the model was built from (build_model/load_checkpoint).
-    The order (path, model, module_name, extra) is accepted too.
+
+# --- checkpoints ------------------------------------------------------------------------
+
+def save_checkpoint(path, payload: dict[str, Any]) -> None:
+    """Write payload (tensors and plain data, with module, model_config and model) atomically.
+
+    The format tag and the time are added here. A crash mid-write leaves the previous file.
     """
     import torch
 
-    if isinstance(extra, str):  # called as (path, model, module_name, extra)
-        extra, module_name = module_name, extra
-    module_name = module_name or getattr(model, "minimind_module", None)
-    if module_name is None or not MODULE_RE.match(module_name):
-        raise MinimindError(f"save_checkpoint needs the model's module name ('model' or 'model_X_Y_Z'), got {module_name!r}")
-    extra = dict(extra or {})
-    clash = sorted(set(extra) & set(RESERVED_KEYS))
-    if clash:
-        raise ValueError(f"checkpoint extra keys clash with reserved keys: {', '.join(clash)}")
-    checkpoint = {"format": FORMAT, "module": module_name, "model_config": model.config.to_dict(),
-                  "model": model.state_dict(), **extra}
+    missing = [key for key in REQUIRED_KEYS if key not in payload]
+    if missing:
+        raise ValueError(f"a checkpoint needs {', '.join(missing)}")
+    if not is_module_name(payload["module"]):
+        raise ValueError(f"checkpoint module must be 'model' or 'model_X_Y_Z', got {payload['module']!r}")
     with atomic_open(path, "wb", encoding=None) as handle:
-        torch.save(checkpoint, handle)
+        torch.save({**payload, "format": FORMAT, "time": time.time()}, handle)
 
 
-def _first_sentence(error: BaseException) -> str:
+def _first_line(error: BaseException) -> str:
     text = " ".join(str(error).split())
     return (text.split(". ")[0] if text else type(error).__name__)[:200]
 
 
-def _strip_wrapper_prefixes(state: dict) -> dict:
-    """Keys saved from a DDP- or torch.compile-wrapped model carry 'module.' / '_orig_mod.' prefixes."""
-    out = {}
-    for key, value in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            key = key.removeprefix(prefix)
-        out[key] = value
-    return out
+def read_checkpoint(path) -> dict[str, Any]:
+    """The dict inside a checkpoint (ours or a raw state dict); one-line MinimindError if it is bad.
 
-
-def load_checkpoint(path, models_dir, map_location="cpu", module_name: str | None = None,
-                    config: dict | None = None):
-    """(model, checkpoint dict) from a minimind checkpoint, or from a raw MiniMind2-style state
-    dict (e.g. pretrain_512.pth) when module_name and config are given. Loads strictly.
-
-    Files are unpickled with weights_only=True: tensors and plain data only, no code.
+    Unpickled with weights_only=True: tensors and plain data only, a file can never run code.
     """
     import torch
 
     path = Path(path)
     if not path.is_file():
-        raise MinimindError(f"checkpoint not found: {path}")
+        raise MinimindError(f"checkpoint {path} not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as error:
+        raise MinimindError(f"checkpoint {path} cannot be read ({_first_line(error)})") from None
+    # torch.load promises no exception type for damaged input: truncations and flipped bytes
+    # raise RuntimeError, UnpicklingError, UnicodeDecodeError, ValueError, EOFError or
+    # OSError (a seek past the end), and other versions others. Whatever it raises, the
+    # file is unusable; say which file.
+    except Exception as error:  # noqa: BLE001
         unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-        if unsafe:  # e.g. a numpy array: store RNG states as tensors or lists instead
+        if unsafe:  # e.g. a numpy array: RNG states must be stored as tensors or lists
             raise MinimindError(f"checkpoint {path} holds a {unsafe.group(1)} object; checkpoints may hold only "
                                 "tensors and plain data (dict, list, str, numbers)") from None
-        raise MinimindError(f"checkpoint {path} is truncated or corrupted ({_first_sentence(error)})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, IndexError) as error:
-        raise MinimindError(f"checkpoint {path} is truncated or corrupted ({_first_sentence(error)})") from None
-    if not isinstance(ckpt, dict):
-        raise MinimindError(f"checkpoint {path} is not a dict (got {type(ckpt).__name__})")
+        raise MinimindError(f"checkpoint {path} is truncated or corrupted "
+                            f"({type(error).__name__}: {_first_line(error)})") from None
+    if not isinstance(data, dict):
+        raise MinimindError(f"checkpoint {path} does not hold a dict (got {type(data).__name__})")
+    written = data.get("format")
+    if isinstance(written, str) and written.startswith("minimind-checkpoint-") and written != FORMAT:
+        raise MinimindError(f"checkpoint {path} has format {written}; this minimind reads {FORMAT}")
+    return data
 
-    if "module" in ckpt and "model_config" in ckpt and "model" in ckpt:
-        name, cfg, state = ckpt["module"], ckpt["model_config"], ckpt["model"]
-        if module_name is not None:
-            name = module_name
-        if config is not None:
-            cfg = config
-    elif module_name is not None and config is not None:
-        name, cfg, state = module_name, config, ckpt
-        ckpt = {"module": name, "model_config": dict(cfg), "model": state}
-    else:
-        raise MinimindError(f"checkpoint {path} records no module/model_config; "
-                            "give module_name and config to load a raw state dict")
 
-    model = build_model(models_dir, name, cfg)
-    state = _strip_wrapper_prefixes(state)
-    missing, unexpected = [], []
+def weights(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The state dict inside a checkpoint, whichever layout wrote it (ours, common trainers', raw)."""
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(checkpoint.get(key), dict):
+            return checkpoint[key]
+    return checkpoint  # a raw MiniMind-style state dict
+
+
+def load_weights(model, state: dict[str, Any], path, module: str) -> None:
+    """Strict load_state_dict with wrapper prefixes stripped; missing/unexpected keys named."""
+    stripped = {}
+    for key, value in state.items():
+        for prefix in WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        stripped[key] = value
     try:
-        result = model.load_state_dict(state, strict=False)
-        missing, unexpected = result.missing_keys, result.unexpected_keys
-    except RuntimeError as error:  # shape mismatches
-        first = str(error).strip().splitlines()
-        detail = next((line.strip() for line in first if "size mismatch" in line), first[0] if first else "")
-        raise MinimindError(f"checkpoint {path} does not fit {name} with its config: {detail[:300]}") from None
+        result = model.load_state_dict(stripped, strict=False)
+    except RuntimeError as error:  # shape mismatches raise even when strict=False
+        lines = str(error).strip().splitlines()
+        detail = next((line.strip() for line in lines if "size mismatch" in line), lines[0] if lines else "")
+        raise MinimindError(f"checkpoint {path} does not fit {module} with its config: {detail[:300]}") from None
+    missing, unexpected = result.missing_keys, result.unexpected_keys
     if missing or unexpected:
         def few(keys):
             return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
         parts = ([f"missing {few(missing)}"] if missing else []) + ([f"unexpected {few(unexpected)}"] if unexpected else [])
-        raise MinimindError(f"checkpoint {path} does not fit {name}: {'; '.join(parts)}")
-    if isinstance(map_location, (str, torch.device)):  # a callable or dict map_location leaves the model on CPU
-        model.to(map_location)
-    return model, ckpt
+        raise MinimindError(f"checkpoint {path} does not fit {module}: {'; '.join(parts)}")
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], models_dir, path, module_name: Optional[str] = None,
+                          config: Optional[dict] = None):
+    """The model (on CPU) a read checkpoint describes; module_name/config override what it records.
+
+    A raw state dict records neither, so both must be given. `path` names the file in errors.
+    """
+    name = module_name if module_name is not None else checkpoint.get("module")
+    cfg = config if config is not None else checkpoint.get("model_config")
+    if not isinstance(name, str) or not isinstance(cfg, dict):
+        raise MinimindError(f"checkpoint {path} records no module/model_config; "
+                            "give module_name and config to load a raw state dict")
+    model = build_model(models_dir, name, cfg)
+    load_weights(model, weights(checkpoint), path, name)
+    return model
+
+
+def load_checkpoint(path, models_dir) -> tuple[Any, dict[str, Any]]:
+    """(model, checkpoint dict) of a minimind checkpoint: read_checkpoint then model_from_checkpoint."""
+    checkpoint = read_checkpoint(path)
+    return model_from_checkpoint(checkpoint, models_dir, path), checkpoint

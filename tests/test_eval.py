@@ -118,6 +118,49 @@ def test_model_path_with_a_raw_state_dict_and_no_memory(evaluated, tmp_path):
     assert all(math.isfinite(x) for x in numbers(ev))
 
 
+def test_a_preset_added_to_model_py_is_a_model_type(evaluated, tmp_path_factory, tmp_path):
+    """--model-type takes its presets from the lab's models/model.py: one new entry there is enough."""
+    import torch
+
+    from models.registry import build_model
+
+    lab = h.make_lab(tmp_path_factory.mktemp("preset_lab"), h.shared_data(tmp_path_factory))
+    raw = tmp_path / "plain.pth"
+    args = ("--model-path", str(raw), "--model-type", "plain", "--lab", str(lab), "--dim", "32", "--n_layers", "2",
+            "--n_heads", "2", "--num-samples", "2", "--max-probes", "10")
+    torch.save({"tok_embeddings.weight": torch.zeros(4, 4)}, raw)
+    refused = run_eval(*args)
+    assert refused.returncode == 2 and refused.stderr.startswith("Error: --model-type 'plain'"), refused.stderr
+    assert "original" in refused.stderr and "model_1_4_8" in refused.stderr
+
+    source = (lab / "models" / "model.py").read_text()
+    assert source.count("\nPRESETS = {\n") == 1
+    (lab / "models" / "model.py").write_text(source.replace(
+        "\nPRESETS = {\n", '\nPRESETS = {\n    "plain": BlockSpec(feed_forward=True, memory=False),\n'))
+    torch.manual_seed(0)
+    model = build_model(lab / "models", "model", {"preset": "plain", "dim": 32, "n_layers": 2, "n_heads": 2,
+                                                  "vocab_size": 6400})
+    torch.save(model.state_dict(), raw)
+    done = run_eval(*args)
+    assert done.returncode == 0, done.stderr
+    ev = json.loads((tmp_path / "plain.eval.json").read_text())
+    assert ev["module"] == "model" and ev["model_config"]["preset"] == "plain"
+    assert ev["memory_entropy"] is None and isinstance(ev["val_loss"], float)
+
+
+def test_a_snapshot_model_type_never_imports_the_living_model(tmp_path):
+    """Evaluating model_1_4_8 must not depend on models/model.py, which may be mid-edit."""
+    from minimind.lab import Lab
+    from training.evaluate import module_and_preset
+
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.py").write_text("raise RuntimeError('half-edited model.py')\n")
+    lab = Lab(tmp_path)
+    assert module_and_preset(lab, "model_1_4_8") == ("model_1_4_8", None)
+    with pytest.raises(RuntimeError, match="half-edited"):
+        module_and_preset(lab, "original")  # presets are the living file's: it is read for them
+
+
 def test_raw_state_dict_needs_a_model_type(evaluated, tmp_path):
     import torch
 
@@ -142,7 +185,7 @@ def test_truncated_checkpoint_in_eval_is_a_one_line_error(evaluated, tmp_path):
 # --- pure pieces ----------------------------------------------------------------------
 
 def test_text_statistics():
-    from training.textstats import bootstrap_ci, distinct_n, rank_of_answer, repetition_rate, seq_rep_n
+    from training.measures import bootstrap_ci, distinct_n, rank_of_answer, repetition_rate, seq_rep_n
 
     assert seq_rep_n([1, 2, 3, 4, 5, 6], 4) == 0.0
     assert seq_rep_n([7] * 8, 4) == pytest.approx(1 - 1 / 5)

@@ -1,41 +1,55 @@
-"""Training checkpoints: everything needed to resume exactly, written atomically.
+"""What the trainer puts into a checkpoint beyond the model, and how it is restored.
 
-A checkpoint is one `torch.save` dict:
-  module, model_config      which snapshot module and ModelConfig built the model
-  model                     state_dict, incl. buffers (memory bank token ids, freeze
-                            mask, usage counts) the model registers
-  optimizer, scheduler      their state_dicts
-  step, epoch, micro_index  optimizer steps done; the data position follows from them
-  rng                       python, numpy, torch (and cuda) generator states
-  best                      {"metric": "val_loss"|"train_loss_smoothed", "value", "step"}
-  memory_pending            the memory layers' EMA sums since the last EMA update
-  format, total_steps, split, config, elapsed_s, time
-Only tensors and plain data, so it loads with torch.load(weights_only=True) and
-models.registry.load_checkpoint reads it.
-Written to a temporary sibling then renamed, so a crash mid-save keeps the old file.
+The file format, the one writer and the one reader are `models.registry`'s
+(`save_checkpoint`, `read_checkpoint`, `load_weights`); this module only assembles the
+trainer's payloads:
+  best (checkpoints/pretrain_{dim}.pth)  module, model_config, model, step, best
+  last (checkpoints/last.pth)            the same, plus everything an exact resume needs:
+    optimizer, scheduler      their state_dicts
+    step, epoch, micro_index  optimizer steps done; the data position follows from them
+    rng                       python, numpy, torch (and cuda) generator states
+    best                      {"metric": "val_loss"|"train_loss_smoothed", "value", "step"}
+    memory_pending            the memory layers' EMA sums since the last EMA update
+    total_steps, split, config, elapsed_s
+Only tensors and plain data, so it loads with torch.load(weights_only=True).
 """
 
 from __future__ import annotations
 
-import pickle
 import random
-import time
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from minimind.errors import MinimindError
 
-CHECKPOINTS = "checkpoints"
-LAST = "last.pth"
-FORMAT = "minimind-checkpoint-1"  # models.registry's format: its load_checkpoint reads ours
+def model_part(module: str, model, state_dict: dict[str, Any] | None = None) -> dict[str, Any]:
+    """module, model_config and model: what every checkpoint holds.
+
+    state_dict is given when the engine must gather it (DeepSpeed shards the weights).
+    """
+    return {"module": module, "model_config": model.config.to_dict(),
+            "model": model.state_dict() if state_dict is None else state_dict}
 
 
-def best_name(dim: int) -> str:
-    """MiniMind's name for the kept model: pretrain_{dim}.pth."""
-    return f"pretrain_{dim}.pth"
+def best_payload(base: dict[str, Any], step: int, best: dict[str, Any]) -> dict[str, Any]:
+    """The kept model: `base` (model_part) and the step and metric that made it the best."""
+    return {**base, "step": step, "best": best}
+
+
+def last_payload(base: dict[str, Any], model, optimizer, scheduler, *, step: int, accumulation_steps: int,
+                 batches_per_epoch: int, total_steps: int, best: Any, config: dict[str, Any], split: str,
+                 elapsed_s: float) -> dict[str, Any]:
+    """Everything an exact resume needs: `base` (model_part) and the state of the run.
+
+    `model` is the unwrapped model (its memory layers' pending EMA sums are saved)."""
+    return {
+        **base,
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "step": step, "epoch": step * accumulation_steps / batches_per_epoch,
+        "micro_index": step * accumulation_steps, "total_steps": total_steps,
+        "rng": rng_state(), "best": best, "config": config,
+        "memory_pending": memory_pending(model), "split": split, "elapsed_s": elapsed_s,
+    }
 
 
 def rng_state() -> dict[str, Any]:
@@ -64,44 +78,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def _tuples(obj: Any) -> Any:
     """random.setstate wants tuples where a round trip may have produced lists."""
     return tuple(_tuples(x) for x in obj) if isinstance(obj, (list, tuple)) else obj
-
-
-def save(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save through an atomic write: a crash mid-save leaves the previous checkpoint."""
-    import torch
-
-    from minimind.atomic import atomic_open
-
-    with atomic_open(path, "wb") as handle:
-        torch.save(dict(payload, format=FORMAT, time=time.time()), handle)
-
-
-def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint (ours or a raw state dict); MinimindError with one line if it is bad."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise MinimindError(f"checkpoint {path} not found")
-    try:
-        # Tensors and plain data only: a checkpoint can never run code when loaded.
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
-            zipfile.BadZipFile, AttributeError, ImportError, IndexError, KeyError) as exc:
-        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        raise MinimindError(f"checkpoint {path} is truncated or corrupt ({detail}); "
-                            f"resume from another checkpoint or retrain") from None
-    if not isinstance(data, dict):
-        raise MinimindError(f"checkpoint {path} does not hold a state dict")
-    return data
-
-
-def model_state(data: dict[str, Any]) -> dict[str, Any]:
-    """The weights inside a checkpoint, whichever layout wrote it."""
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(data.get(key), dict):
-            return data[key]
-    return data  # a raw MiniMind-style state dict
 
 
 def memory_pending(model) -> list[Any] | None:

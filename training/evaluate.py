@@ -9,6 +9,22 @@ train loss is smoothed from metrics.jsonl, and state.json gets `evaluated: true`
 With --model-path (the lab's eval_model.py usage) they come from the lab's
 minimind.yaml, train loss is measured on training documents, and eval.json is written
 next to the checkpoint unless --out says otherwise.
+
+`--model-type` follows the lab's eval_model.py: a preset or alias of the living
+`models/model.py` (its PRESETS and PRESET_ALIASES, e.g. `original`/`model_original`,
+`hybrid`/`model`) builds from that file; any other name is a snapshot module such as
+`model_1_4_8`. A checkpoint that records its module and config needs neither; options
+given on the command line override its config fields.
+
+eval.json keys (all numbers finite; null where a value does not exist for this model):
+  val_loss, inference_loss, train_loss (+ train_loss_source), train_inference_ratio,
+  repetition_rate (seq-rep-4 of greedy continuations), distinct_2, memory_entropy,
+  memory_coverage, memory {all memory stats of the validation pass}, recall {split:
+  {p_at_1, mrr, n, p_at_1_ci, mrr_ci, chance_p_at_1}}, samples [{prompt, reference,
+  generated, sampled}], guardrails {name: {value, level}}, checkpoint, module, step,
+  num_samples, time, version, model_config.
+
+torch and the model code are imported only once the arguments are known to be good.
 """
 
 from __future__ import annotations
@@ -19,11 +35,16 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-from minimind.errors import MinimindError
+from minimind.config import ExperimentConfig
+from minimind.errors import MinimindError, UsageError
+from minimind.lab import Lab
+from minimind.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, EVAL_FILE, LAST_CHECKPOINT, METRICS_FILE, PLOTS_DIR,
+                             best_checkpoint, read_metrics, update_state)
 
 SIZE_OPTIONS = ("dim", "n_layers", "n_heads", "knowledge_num", "knowledge_length", "knowledge_dim")
-EVAL_FILE = "eval.json"
 
+
+# --- command line ---------------------------------------------------------------------
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
@@ -32,7 +53,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--model-path", type=Path, help="any checkpoint or raw MiniMind state dict")
     p.add_argument("--model-type", help="preset/alias (model, model_original, ...) or snapshot module (model_1_4_8)")
     p.add_argument("--lab", type=Path, help="lab root for --model-path (default: MINIMIND_LAB or the current lab)")
-    p.add_argument("--out", type=Path, help="where eval.json goes (default: the run dir, or next to --model-path)")
+    p.add_argument("--out", type=Path, help=f"where {EVAL_FILE} goes (default: the run dir, or next to --model-path)")
     p.add_argument("--num-samples", type=int, help="held-out samples for inference loss and continuations")
     p.add_argument("--max-probes", type=int, default=300, help="probes scored per recall split (default 300)")
     for name in SIZE_OPTIONS:
@@ -47,20 +68,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def _target(args: argparse.Namespace):
     """(lab, ExperimentConfig, checkpoint path, out path, run_dir or None)."""
-    from minimind.config import CONFIG_FILE, from_dict, load_config
-    from minimind.lab import Lab, find_lab
+    from minimind.config import from_dict, load_config
+    from minimind.lab import find_lab
     from minimind.schema import to_dict
 
     if args.run_dir:
         run_dir = args.run_dir.resolve()
         cfg = load_config(run_dir / CONFIG_FILE)
         lab = Lab(run_dir.parent.parent)
-        path = args.checkpoint or args.model_path
-        if path is None:
-            from training.checkpoint import CHECKPOINTS, LAST, best_name
-
-            best = run_dir / CHECKPOINTS / best_name(int(cfg.model.get("dim", 512)))
-            path = best if best.exists() else run_dir / CHECKPOINTS / LAST
+        path = args.checkpoint or args.model_path or _default_checkpoint(lab, cfg, run_dir)
         return lab, cfg, Path(path), args.out or run_dir / EVAL_FILE, run_dir
     lab = Lab(args.lab.resolve()) if args.lab else find_lab()
     settings = lab.settings()
@@ -71,11 +87,19 @@ def _target(args: argparse.Namespace):
     return lab, cfg, args.model_path, out, None
 
 
+def _default_checkpoint(lab: Lab, cfg: ExperimentConfig, run_dir: Path) -> Path:
+    """The run's best checkpoint, else its last one. The width (in the best one's name)
+    is the model's own, defaults included, as the trainer named the file."""
+    from models.registry import model_config
+
+    dim = model_config(lab.models_dir, cfg.model_module, cfg.model).dim
+    best = run_dir / CHECKPOINTS_DIR / best_checkpoint(dim)
+    return best if best.exists() else run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        from training.evalrun import evaluate
-
         lab, cfg, ckpt_path, out, run_dir = _target(args)
         overrides = {name: getattr(args, name) for name in SIZE_OPTIONS}
         result = evaluate(lab, cfg, ckpt_path, args.model_type, overrides, out, run_dir,
@@ -96,6 +120,162 @@ def summary_line(r: dict[str, Any]) -> str:
     return (f"val_loss {f(r['val_loss'])} inference_loss {f(r['inference_loss'])} train_loss {f(r['train_loss'])} "
             f"ratio {f(r['train_inference_ratio'])} repetition {f(r['repetition_rate'])} "
             f"entropy {f(r['memory_entropy'])} recall P@1 {recall or 'n/a'} (at {time.strftime('%H:%M:%S')})")
+
+
+# --- which model -----------------------------------------------------------------------
+
+def module_and_preset(lab: Lab, model_type: str) -> tuple[str, Optional[str]]:
+    """(module name, preset or None) for a --model-type value."""
+    from minimind.versions import is_module_name
+    from models.registry import LIVING, preset_names
+
+    if is_module_name(model_type) and model_type != LIVING:
+        return model_type, None  # a snapshot: the living file, perhaps mid-edit, is not even imported
+    names = preset_names(lab.models_dir)
+    if model_type in names:  # 'model' is both the living module and an alias: the alias wins
+        return LIVING, model_type
+    if model_type == LIVING:
+        return LIVING, None
+    raise UsageError(f"--model-type {model_type!r}: expected a preset of models/model.py "
+                     f"({', '.join(names)}) or a module name like model_1_4_8")
+
+
+def _infer_from_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """Fields a raw state dict fixes by itself: vocabulary size and (when there) bank shape."""
+    out: dict[str, Any] = {}
+    emb = state.get("tok_embeddings.weight")
+    if emb is not None and hasattr(emb, "shape"):
+        out["vocab_size"] = int(emb.shape[0])
+    bank = state.get("memory_bank")
+    if bank is not None and hasattr(bank, "shape") and len(bank.shape) == 2:
+        out["knowledge_num"], out["knowledge_length"] = int(bank.shape[0]), int(bank.shape[1])
+    return out
+
+
+def load_model(lab: Lab, path: Path, model_type: Optional[str], overrides: dict[str, Any]):
+    """(model in eval mode, checkpoint dict, module name, model config dict); the file is read once."""
+    from models import registry
+
+    data = registry.read_checkpoint(path)
+    module = data.get("module") if isinstance(data.get("module"), str) else None
+    recorded = isinstance(data.get("model_config"), dict)
+    config: dict[str, Any] = dict(data["model_config"]) if recorded else _infer_from_weights(registry.weights(data))
+    if model_type:
+        module, preset = module_and_preset(lab, model_type)
+        if preset:
+            config["preset"] = preset
+    if module is None:
+        raise UsageError(f"{path} is a raw state dict: give --model-type (a preset like 'model_original' "
+                         f"or a snapshot module like 'model_1_4_8')")
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        model = registry.model_from_checkpoint(data, lab.models_dir, path, module_name=module, config=config)
+    except MinimindError as exc:
+        raise MinimindError(f"{exc} (check --model-type and the size options)") from None
+    model.eval()
+    return model, data, module, model.config.to_dict()
+
+
+# --- eval.json -------------------------------------------------------------------------
+
+def _train_loss(cfg: ExperimentConfig, run_dir: Optional[Path], model, corpus, max_seq_len: int) -> tuple[Optional[float], str]:
+    """Smoothed from the run's metrics when there are any, else measured on training docs."""
+    from minimind import guardrails as rules
+    from training import measures
+
+    if run_dir is not None:
+        rows = [r for r in read_metrics(run_dir / METRICS_FILE) if "loss_ce" in r]
+        value = rules.smoothed_train_loss([r["loss_ce"] for r in rows], cfg.guardrails.smoothing_window)
+        if value is not None:
+            return value, f"{METRICS_FILE} (mean of last {min(len(rows), cfg.guardrails.smoothing_window)} logged steps)"
+    docs = corpus.docs(corpus.train_idx[: cfg.train.batch_size * cfg.eval.max_val_batches])
+    return measures.val_loss(model, docs, max_seq_len, cfg.train.batch_size, cfg.eval.max_val_batches), \
+        "measured on training documents (teacher-forced)"
+
+
+def _samples(model, tokenizer, pairs, cfg: ExperimentConfig) -> tuple[list[dict], list[list[int]]]:
+    from training import measures
+
+    greedy = measures.continuations(model, [p for p, _ in pairs], cfg.eval.max_new_tokens)
+    sampled = measures.continuations(model, [p for p, _ in pairs], cfg.eval.max_new_tokens,
+                                     temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, seed=cfg.train.seed)
+    decode = (lambda ids: tokenizer.decode(ids, skip_special_tokens=True)) if tokenizer else str
+    samples = [{"prompt": decode(p), "reference": decode(r), "generated": decode(g), "sampled": decode(s)}
+               for (p, r), g, s in zip(pairs, greedy, sampled)]
+    return samples, greedy
+
+
+def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Optional[str],
+             overrides: dict[str, Any], out: Path, run_dir: Optional[Path],
+             num_samples: Optional[int] = None, max_probes: int = 300) -> dict[str, Any]:
+    """Measure the checkpoint, write eval.json to `out`; with a run_dir also its plot and state."""
+    import torch
+
+    from corpus.tokenizer import load_tokenizer
+    from minimind import guardrails as rules
+    from minimind.atomic import write_json
+    from training import measures
+    from training.metrics import clean
+    from training.runtime import load_corpus, load_probes
+
+    if cfg.launch.threads:
+        torch.set_num_threads(cfg.launch.threads)
+    if num_samples:
+        cfg.eval.num_samples = num_samples
+    model, data, module, model_config = load_model(lab, checkpoint, model_type, overrides)
+    max_seq_len = model.config.max_seq_len
+    corpus = load_corpus(lab, cfg)
+    tokenizer = load_tokenizer(lab.resolve(cfg.data.tokenizer))
+    val_docs = corpus.docs(corpus.val_idx)
+
+    stats = getattr(model, "memory_stats", None)
+    if stats:
+        stats(reset=True)
+    val_loss = measures.val_loss(model, val_docs, max_seq_len, cfg.train.batch_size, cfg.eval.max_val_batches)
+    memory = (stats(reset=True) if stats else {}) or {}
+    pairs = measures.eval_pairs(val_docs, cfg, max_seq_len)
+    inference_loss = measures.inference_loss(model, pairs)
+    samples, greedy = _samples(model, tokenizer, pairs, cfg)
+    train_loss, source = _train_loss(cfg, run_dir, model, corpus, max_seq_len)
+    probes = load_probes(lab, cfg)
+    recall = measures.recall(model, tokenizer, probes, max_probes, cfg.train.seed) if probes else {}
+
+    result: dict[str, Any] = {
+        "val_loss": val_loss,
+        "inference_loss": inference_loss,
+        "train_loss": train_loss,
+        "train_loss_source": source,
+        "train_inference_ratio": inference_loss / train_loss if inference_loss is not None and train_loss else None,
+        "repetition_rate": measures.repetition_rate(greedy, 4),
+        "distinct_2": measures.distinct_n(greedy, 2),
+        "memory_entropy": memory.get("entropy"),
+        "memory_coverage": memory.get("coverage"),
+        "memory": {k: float(v) for k, v in memory.items()},
+        "recall": recall,
+        "samples": samples,
+    }
+    values = {name: result[name] for name in rules.NAMES}
+    result["guardrails"] = rules.levels_only(rules.evaluate(values, cfg.guardrails))
+    result.update({
+        "checkpoint": str(checkpoint), "module": module, "step": data.get("step"),
+        "num_samples": len(pairs), "version": cfg.version if run_dir else None,
+        "model_config": model_config, "time": time.time(),
+    })
+    result = clean(result)
+    write_json(out, result)
+    if run_dir is not None:
+        _finish_run(run_dir, result)
+    return result
+
+
+def _finish_run(run_dir: Path, result: dict[str, Any]) -> None:
+    """state.json flags and the loss picture of the run."""
+    from training.plots import plot_run
+
+    rows = read_metrics(run_dir / METRICS_FILE)
+    if rows:
+        plot_run(rows, run_dir / PLOTS_DIR / "loss.png", f"{run_dir.name}: training loss")
+    update_state(run_dir, evaluated=True, eval_time=result["time"], eval_guardrails=result["guardrails"])
 
 
 if __name__ == "__main__":

@@ -20,24 +20,23 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from agent import guardrails as rules
-from minimind.config import CONFIG_FILE, load_config
+from minimind import guardrails as rules
+from minimind.config import load_config
 from minimind.errors import MinimindError
 from minimind.lab import Lab
-from minimind.state import EXIT_FINISHED, EXIT_GUARDRAIL, EXIT_STOPPED, update_state
+from minimind.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, EXIT_FINISHED, EXIT_GUARDRAIL, EXIT_STOPPED,
+                             LAST_CHECKPOINT, METRICS_FILE, best_checkpoint, read_metrics, update_state)
+from models import registry
 from training import checkpoint as ckpt
 from training import runlog
 from training.ddp import ignore_integer_buffers, sync_memory_bank
 from training.data import Stream, collate, split_digest, total_steps
-from training.evalstep import periodic_eval
-from training.measures import masked_ce
-from training.metrics import MetricsWriter, read_rows, truncate_after
-from training.runtime import build_model, load_bank_into, load_corpus, make_accelerator
+from training.measures import masked_ce, periodic_eval
+from training.metrics import MetricsWriter, truncate_after
+from training.runtime import load_bank_into, load_corpus, make_accelerator
 from training.schedule import make_optimizer, make_scheduler
 from training.signals import Heartbeat, StopFlag
 from training.swan import SwanMirror
-
-METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass
@@ -75,7 +74,7 @@ class Trainer:
         self.lab = Lab(self.run_dir.parent.parent)
         self.cfg = load_config(self.run_dir / CONFIG_FILE)
         self.resume = resume
-        self.ckpt_dir = self.run_dir / ckpt.CHECKPOINTS
+        self.ckpt_dir = self.run_dir / CHECKPOINTS_DIR
         self.stop_flag = StopFlag()
         self.progress = Progress()
         self.history: list[dict[str, Any]] = []   # train rows so far (rank 0): guardrail input
@@ -96,14 +95,13 @@ class Trainer:
         random.seed(t.seed), np.random.seed(t.seed), torch.manual_seed(t.seed)
         with self.acc.main_process_first():   # rank 0 builds the token cache, the rest reuse it
             self.corpus = load_corpus(self.lab, cfg)
-        self.model = build_model(self.lab, cfg.model_module, cfg.model)
-        self.max_seq_len = int(getattr(getattr(self.model, "config", None), "max_seq_len", 0)
-                               or cfg.model.get("max_seq_len", 512))
+        self.model = registry.build_model(self.lab.models_dir, cfg.model_module, cfg.model)
+        self.max_seq_len = self.model.config.max_seq_len
         restored = self._load_resume_checkpoint() if self.resume else None
         self.bank_note = None
         if restored is None:
             with self.acc.main_process_first():
-                self.bank_note = load_bank_into(self.model, self.lab, cfg, cfg.model)
+                self.bank_note = load_bank_into(self.model, self.lab, cfg)
         self.stream = Stream(self.corpus.train_idx, t.batch_size, t.seed, self.acc.process_index,
                              self.acc.num_processes)
         self.total = total_steps(self.stream.batches_per_epoch, t.epochs, t.accumulation_steps, t.max_steps)
@@ -122,13 +120,13 @@ class Trainer:
         self.loss_scale = 1.0 if cfg.launch.deepspeed else 1.0 / t.accumulation_steps
 
     def _load_resume_checkpoint(self) -> Optional[dict[str, Any]]:
-        path = self.ckpt_dir / ckpt.LAST
+        path = self.ckpt_dir / LAST_CHECKPOINT
         if not path.exists():
             return None  # killed before the first save: start again from step 0
-        data = ckpt.load(path)
+        data = registry.read_checkpoint(path)
         if data.get("module") != self.cfg.model_module:
             raise MinimindError(f"{path} was written by module {data.get('module')}, "
-                                f"config.yaml says {self.cfg.model_module}")
+                                f"{CONFIG_FILE} says {self.cfg.model_module}")
         return data
 
     def _restore(self, data: dict[str, Any]) -> None:
@@ -136,10 +134,7 @@ class Trainer:
         if data.get("split") and data["split"] != digest:
             raise MinimindError("the training data changed since the checkpoint was written; "
                                 "resume needs the same data (or start a new experiment)")
-        try:
-            self.model.load_state_dict(ckpt.model_state(data), strict=True)
-        except RuntimeError as exc:
-            raise MinimindError(f"checkpoint does not fit the model: {str(exc).splitlines()[0][:200]}") from None
+        registry.load_weights(self.model, registry.weights(data), self.ckpt_dir / LAST_CHECKPOINT, self.cfg.model_module)
         self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
         self.step = int(data["step"])
@@ -155,7 +150,7 @@ class Trainer:
             truncate_after(metrics_path, self.step)
         else:
             metrics_path.unlink(missing_ok=True)
-        self.history = [r for r in read_rows(metrics_path) if "loss_ce" in r]
+        self.history = [r for r in read_metrics(metrics_path) if "loss_ce" in r]
         self.guard_results = rules.check_train(self.history, self.cfg.guardrails) if self.history else {}
         self.metrics = MetricsWriter(metrics_path)
         module_path = self.lab.models_dir / f"{self.cfg.model_module}.py"
@@ -167,7 +162,7 @@ class Trainer:
         if self.bank_note:
             runlog.say(self.bank_note)
         self.swan = SwanMirror(self.cfg.swanlab.mode, self.cfg.swanlab.project, self.run_dir,
-                               self.cfg.version, self.cfg.to_dict(), runlog.warn, resume=self.resume)
+                               self.cfg.version, self.cfg.to_dict(), runlog.warn)
         self.progress.phase = "train"
         update_state(self.run_dir, state="running", stop_reason=None, trainer_pid=os.getpid(),
                      heartbeat=time.time(), **self.progress.as_state())
@@ -274,14 +269,13 @@ class Trainer:
         if self.best and self.best["metric"] == metric and self.best["value"] <= value:
             return
         self.best = {"metric": metric, "value": value, "step": self.step}
-        dim = int(self.cfg.model.get("dim", getattr(self.unwrapped.config, "dim", 0)))
-        ckpt.save(self.ckpt_dir / ckpt.best_name(dim), {**self._model_payload(), "step": self.step, "best": self.best})
-        runlog.say(f"best {metric} {value:.4f} at step {self.step}: saved {ckpt.best_name(dim)}")
+        name = best_checkpoint(self.unwrapped.config.dim)
+        registry.save_checkpoint(self.ckpt_dir / name, ckpt.best_payload(self._model_part(), self.step, self.best))
+        runlog.say(f"best {metric} {value:.4f} at step {self.step}: saved {name}")
 
-    def _model_payload(self) -> dict[str, Any]:
-        config = self.unwrapped.config.to_dict() if hasattr(getattr(self.unwrapped, "config", None), "to_dict") else self.cfg.model
-        return {"module": self.cfg.model_module, "model_config": config,
-                "model": self.acc.get_state_dict(self.model) if self.cfg.launch.deepspeed else self.unwrapped.state_dict()}
+    def _model_part(self) -> dict[str, Any]:
+        gathered = self.acc.get_state_dict(self.model) if self.cfg.launch.deepspeed else None
+        return ckpt.model_part(self.cfg.model_module, self.unwrapped, gathered)
 
     def save_last(self) -> None:
         if not self.main:
@@ -289,16 +283,12 @@ class Trainer:
         if not self.evaluated_once:   # no validation yet: keep the best by smoothed train loss
             self._maybe_best("train_loss_smoothed", rules.smoothed_train_loss(
                 [r["loss_ce"] for r in self.history], self.cfg.guardrails.smoothing_window))
-        ckpt.save(self.ckpt_dir / ckpt.LAST, {
-            **self._model_payload(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "step": self.step, "epoch": self.step * self.cfg.train.accumulation_steps / self.stream.batches_per_epoch,
-            "micro_index": self.step * self.cfg.train.accumulation_steps, "total_steps": self.total,
-            "rng": ckpt.rng_state(), "best": self.best, "config": self.cfg.to_dict(),
-            "memory_pending": ckpt.memory_pending(self.unwrapped),
-            "split": split_digest(self.corpus.train_idx, self.corpus.val_idx),
-            "elapsed_s": time.time() - self.start_time + self.elapsed_before,
-        })
+        registry.save_checkpoint(self.ckpt_dir / LAST_CHECKPOINT, ckpt.last_payload(
+            self._model_part(), self.unwrapped, self.optimizer, self.scheduler,
+            step=self.step, accumulation_steps=self.cfg.train.accumulation_steps,
+            batches_per_epoch=self.stream.batches_per_epoch, total_steps=self.total, best=self.best,
+            config=self.cfg.to_dict(), split=split_digest(self.corpus.train_idx, self.corpus.val_idx),
+            elapsed_s=time.time() - self.start_time + self.elapsed_before))
 
     def agree(self, guard_reason: Optional[str]) -> tuple[bool, bool]:
         """(signal stop, guardrail stop) agreed across processes: any rank's flag counts."""
@@ -369,7 +359,7 @@ class Trainer:
     def _finish(self) -> int:
         guard = None
         if self.main:
-            last_eval = [r for r in read_rows(self.run_dir / METRICS_FILE) if "eval/val_loss" in r]
+            last_eval = [r for r in read_metrics(self.run_dir / METRICS_FILE) if "eval/val_loss" in r]
             if not last_eval or last_eval[-1]["step"] != self.step:
                 guard = self.eval_step()
         self.save_last()

@@ -1,12 +1,15 @@
-"""Model measurements shared by the trainer's periodic eval and `training.evaluate`.
+"""Every measure of a model: the trainer's periodic eval and `training.evaluate` both use these.
 
-All run in eval mode under no_grad and put the model back in its previous mode:
+Model measures run in eval mode under no_grad and put the model back in its previous mode:
   masked_ce          the training loss (also used teacher-forced on validation)
   val_loss           teacher-forced validation loss over batches of held-out docs
   inference_loss     prompt, then the reference scored token by token through the
                      KV-cached incremental path (what catches the lab's 1.4.3 failure)
   continuations      greedy (and optionally sampled) continuations of the prompts
   recall             answer rank among same-relation distractors by log-likelihood
+  periodic_eval      the trainer's eval row (no recall, no samples, no sampling)
+Pure statistics over token sequences and scores (numpy only, no model):
+  repetition_rate (seq-rep-n), distinct_n, rank_of_answer, bootstrap_ci
 """
 
 from __future__ import annotations
@@ -19,9 +22,54 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from minimind.config import ExperimentConfig
 from training.data import BOS_ID, EOS_ID, collate
-from training.textstats import bootstrap_ci, rank_of_answer
 
+
+# --- pure statistics ------------------------------------------------------------------
+
+def ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def seq_rep_n(tokens: Sequence[int], n: int = 4) -> float | None:
+    """1 - unique n-grams / all n-grams of one sequence; None if it has no n-gram."""
+    grams = ngrams(list(tokens), n)
+    if not grams:
+        return None
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def repetition_rate(sequences: Sequence[Sequence[int]], n: int = 4) -> float | None:
+    """seq-rep-n averaged over the sequences that have at least one n-gram."""
+    values = [v for v in (seq_rep_n(s, n) for s in sequences) if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def distinct_n(sequences: Sequence[Sequence[int]], n: int = 2) -> float | None:
+    """Unique n-grams / all n-grams, pooled over all sequences."""
+    grams = [g for s in sequences for g in ngrams(list(s), n)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def rank_of_answer(scores: Sequence[float], answer_index: int = 0) -> int:
+    """1-based rank of the answer; ties count against it (a constant model is not lucky)."""
+    target = scores[answer_index]
+    return 1 + sum(1 for i, s in enumerate(scores) if i != answer_index and s >= target)
+
+
+def bootstrap_ci(values: Sequence[float], seed: int = 0, rounds: int = 1000) -> list[float] | None:
+    """Percentile 95% interval of the mean, from `rounds` seeded resamples."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(rounds, data.size))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return [float(low), float(high)]
+
+
+# --- model measures -------------------------------------------------------------------
 
 def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over unmasked positions. logits (B, T, V), targets/mask (B, T)."""
@@ -165,3 +213,37 @@ def recall(model, tokenizer, probes: dict[str, list[dict[str, Any]]], max_per_sp
                 "chance_p_at_1": float(np.mean(chance)) if n else None,
             }
     return result
+
+
+# --- the trainer's periodic eval --------------------------------------------------------
+
+def eval_pairs(docs, cfg: ExperimentConfig, max_seq_len: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt, reference) of the first eval.num_samples documents that give both."""
+    pairs = [split_prompt(d, cfg.eval.prompt_tokens, max_seq_len) for d in docs[: cfg.eval.num_samples]]
+    return [(p, r) for p, r in pairs if p and r]
+
+
+def periodic_eval(model, val_docs, cfg: ExperimentConfig, train_loss: Optional[float]) -> dict[str, Any]:
+    """{"eval/val_loss", "eval/inference_loss", "eval/train_inference_ratio",
+    "eval/repetition_rate", "eval/memory_entropy"} (None where unavailable).
+
+    Run on rank 0 with the unwrapped model. It uses no random numbers, so running it
+    never changes what the resumed run would compute.
+    """
+    max_seq_len = model.config.max_seq_len
+    stats = getattr(model, "memory_stats", None)
+    if stats:
+        stats(reset=True)  # drop training reads so the entropy below is the eval's own
+    val = val_loss(model, val_docs, max_seq_len, cfg.train.batch_size, cfg.eval.max_val_batches)
+    memory = stats(reset=True) if stats else {}
+    pairs = eval_pairs(val_docs, cfg, max_seq_len)
+    inference = inference_loss(model, pairs)
+    greedy = continuations(model, [p for p, _ in pairs], cfg.eval.max_new_tokens)
+    ratio = inference / train_loss if inference is not None and train_loss else None
+    return {
+        "eval/val_loss": val,
+        "eval/inference_loss": inference,
+        "eval/train_inference_ratio": ratio,
+        "eval/repetition_rate": repetition_rate(greedy, 4),
+        "eval/memory_entropy": memory.get("entropy") if memory else None,
+    }

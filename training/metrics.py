@@ -1,8 +1,9 @@
 """`runs/V/metrics.jsonl`: the source of truth for training curves.
 
 One JSON object per line, appended and flushed per log step (and per periodic eval).
-Only rank 0 writes. On resume the file is cut back, atomically, to the lines whose step
-the checkpoint has already covered, so the finished file holds each step exactly once.
+Only rank 0 writes; everyone reads it with `minimind.rundir.read_metrics`. On resume the
+file is cut back, atomically, to the lines whose step the checkpoint has already covered,
+so the finished file holds each step exactly once.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from minimind.atomic import write_text
+from minimind.rundir import read_metrics
 
 
 def clean(value: Any) -> Any:
@@ -27,35 +29,12 @@ def clean(value: Any) -> Any:
     return value
 
 
-def iter_rows(path: Path) -> Iterator[dict[str, Any]]:
-    """Parsed rows; a torn last line (a crash mid-write) is skipped, not fatal."""
-    try:
-        handle = open(path, encoding="utf-8")
-    except FileNotFoundError:
-        return
-    with handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict):
-                yield row
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    return list(iter_rows(path))
-
-
 def truncate_after(path: Path, step: int) -> int:
     """Keep only rows with `step <= step` (atomic rewrite); returns the rows kept."""
     path = Path(path)
     if not path.exists():
         return 0
-    kept = [row for row in iter_rows(path) if isinstance(row.get("step"), int) and row["step"] <= step]
+    kept = [row for row in read_metrics(path) if isinstance(row.get("step"), int) and row["step"] <= step]
     write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in kept))
     return len(kept)
 

@@ -6,13 +6,15 @@ tricks) and flushed as written. Only rank 0 prints.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+from minimind.rundir import CONFIG_FILE
+from models.registry import sha256_file
 
 BAR_WIDTH = 24
 
@@ -43,7 +45,7 @@ def git_commit(root: Path) -> tuple[Optional[str], Optional[bool]]:
 
 def sha256_of(path: Path) -> Optional[str]:
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 
@@ -61,7 +63,7 @@ def header(lab_root: Path, module_path: Path, config_text: str, device: str, pro
     say(f"device: {device}  processes: {processes}  command: {' '.join(sys.argv)}")
     if resume_step is not None:
         say(f"resuming from step {resume_step}")
-    say("--- resolved config (config.yaml) ---")
+    say(f"--- resolved config ({CONFIG_FILE}) ---")
     for line in config_text.rstrip().splitlines():
         say(line)
     say("---")

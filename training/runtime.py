@@ -1,6 +1,7 @@
-"""Building what a run needs from its config: accelerator, model, data and memory bank.
+"""Building what a run needs from its config: accelerator, memory bank, data and probes.
 
-Shared by the trainer and the evaluator so both read data and build models the same way.
+Shared by the trainer and the evaluator so both read data the same way; models are built
+by `models.registry`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import numpy as np
 from minimind.config import ExperimentConfig
 from minimind.errors import MinimindError
 from minimind.lab import Lab
+from minimind.rundir import DS_CONFIG_FILE
 from training.data import split_documents
-
-MEMORY_PRESETS = ("memory", "hybrid", "model_memory", "model")
 
 
 def make_accelerator(cfg: ExperimentConfig, run_dir: Path):
@@ -58,7 +58,7 @@ def deepspeed_plugin(cfg: ExperimentConfig, run_dir: Path):
     from minimind.atomic import write_json
 
     if cfg.launch.deepspeed == "zero2":
-        path = Path(run_dir) / "ds_config.json"
+        path = Path(run_dir) / DS_CONFIG_FILE
         if not path.exists():  # the launcher may have written one already: never overwrite it
             write_json(path, zero2_config(cfg))
     else:
@@ -68,62 +68,17 @@ def deepspeed_plugin(cfg: ExperimentConfig, run_dir: Path):
     return DeepSpeedPlugin(hf_ds_config=str(path))
 
 
-# --- model ------------------------------------------------------------------------
+# --- memory bank ------------------------------------------------------------------
 
-def load_model_module(lab: Lab, module: str):
-    """The snapshot module by name: models.registry when it is there, else importlib here."""
-    try:
-        from models.registry import load_module
-    except ImportError:
-        load_module = None
-    if load_module is not None:
-        return load_module(lab.models_dir, module)
-    import importlib.util
-    import sys
-
-    path = lab.models_dir / f"{module}.py"
-    if not path.is_file():
-        raise MinimindError(f"model module {path} not found")
-    name = f"_minimind_models_{module}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def build_model(lab: Lab, module: str, model_cfg: dict[str, Any]):
-    """MiniMindLM(ModelConfig.from_dict(model_cfg)) from the named module; MinimindError if invalid."""
-    try:
-        from models.registry import build_model as registry_build
-    except ImportError:
-        registry_build = None
-    try:
-        if registry_build is not None:
-            return registry_build(lab.models_dir, module, model_cfg)
-        mod = load_model_module(lab, module)
-        return mod.MiniMindLM(mod.ModelConfig.from_dict(dict(model_cfg)))
-    except (ValueError, TypeError) as exc:
-        raise MinimindError(f"model config: {exc}") from None
-
-
-def has_memory(model, model_cfg: dict[str, Any]) -> bool:
-    flag = getattr(getattr(model, "config", None), "has_memory", None)
-    if isinstance(flag, bool):
-        return flag
-    return str(model_cfg.get("preset", "")) in MEMORY_PRESETS and hasattr(model, "load_memory_bank")
-
-
-def load_bank_into(model, lab: Lab, cfg: ExperimentConfig, model_cfg: dict[str, Any]) -> Optional[str]:
+def load_bank_into(model, lab: Lab, cfg: ExperimentConfig) -> Optional[str]:
     """Initialise the memory bank from data.knowledge (if the model has one); returns a note."""
-    if not has_memory(model, model_cfg) or not cfg.data.knowledge:
+    if not model.config.has_memory or not cfg.data.knowledge:
         return None
     import torch
 
     from corpus.knowledge import load_bank
 
-    knowledge_num = int(getattr(model.config, "knowledge_num", model_cfg.get("knowledge_num")))
-    knowledge_length = int(getattr(model.config, "knowledge_length", model_cfg.get("knowledge_length")))
+    knowledge_num, knowledge_length = model.config.knowledge_num, model.config.knowledge_length
     bank, importance = load_bank(lab.resolve(cfg.data.knowledge), lab.resolve(cfg.data.tokenizer),
                                  knowledge_num, knowledge_length, lab.cache_dir, progress=False)
     ids = torch.from_numpy(np.ascontiguousarray(bank).astype(np.int64))

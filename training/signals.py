@@ -3,7 +3,8 @@
 SIGTERM/SIGINT only set a flag; the loop finishes the optimizer step in progress, saves
 a checkpoint and exits with EXIT_STOPPED. The heartbeat thread rewrites state.json at
 least every HEARTBEAT_S / 3 seconds, so `status` sees a live run even while one long
-step or an evaluation is in progress.
+step or an evaluation is in progress. It writes state.json and nothing else: the record
+(experiment/experiment_V.md) is rendered by the run pipeline's process, not the trainer.
 """
 
 from __future__ import annotations
@@ -14,9 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from minimind.state import HEARTBEAT_S, update_state
-
-RECORD_REFRESH_S = 120  # the record's execution section follows a long run (PRODUCT.md section 5)
+from minimind.rundir import HEARTBEAT_S, update_state
 
 
 class StopFlag:
@@ -50,17 +49,11 @@ class Heartbeat:
         update_state(self.run_dir, heartbeat=time.time(), **self.progress())
 
     def _loop(self) -> None:
-        last_record = time.monotonic()
         while not self._stop.wait(self.interval):
             try:
                 self.beat()
             except OSError as exc:  # a full disk must not kill training; the next beat retries
                 print(f"WARNING heartbeat failed: {exc}", flush=True)
-            if time.monotonic() - last_record >= RECORD_REFRESH_S and (self.run_dir / "plan.json").exists():
-                last_record = time.monotonic()
-                from agent.finish import refresh_record
-
-                refresh_record(self.run_dir)
 
     def stop(self) -> None:
         self._stop.set()

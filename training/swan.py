@@ -19,7 +19,7 @@ MODES = {"local": "local", "offline": "offline", "cloud": "online", "disabled": 
 
 class SwanMirror:
     def __init__(self, mode: str, project: str, run_dir: Path, name: str, config: dict[str, Any],
-                 warn: Callable[[str], None], resume: bool = False):
+                 warn: Callable[[str], None]):
         self.warn = warn
         self.run: Optional[Any] = None
         if mode == "disabled":

@@ -1,8 +1,8 @@
 """Entry point of a training run: `python -m training.train --run-dir runs/V [--resume]`.
 
-Run under `accelerate launch` by the run script. Exit codes (minimind.state): 0 trained,
-10 stopped by a signal (checkpoint saved), 11 stopped by a guardrail, 1 a MinimindError
-(one line on stderr), 2 bad arguments.
+Run by the run script (through `accelerate launch` for several processes). Exit codes
+(minimind.rundir): 0 trained, 10 stopped by a signal (checkpoint saved), 11 stopped by a
+guardrail, 1 a MinimindError (one line on stderr), 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -14,20 +14,21 @@ from pathlib import Path
 from typing import Optional
 
 from minimind.errors import MinimindError
+from minimind.rundir import CHECKPOINTS_DIR, CONFIG_FILE, LAST_CHECKPOINT
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", required=True, type=Path, help="runs/V: holds config.yaml; outputs go here")
-    parser.add_argument("--resume", action="store_true", help="continue from checkpoints/last.pth")
+    parser.add_argument("--run-dir", required=True, type=Path, help=f"runs/V: holds {CONFIG_FILE}; outputs go here")
+    parser.add_argument("--resume", action="store_true", help=f"continue from {CHECKPOINTS_DIR}/{LAST_CHECKPOINT}")
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     run_dir = args.run_dir.resolve()
-    if not (run_dir / "config.yaml").is_file():
-        print(f"Error: {run_dir / 'config.yaml'} not found", file=sys.stderr)
+    if not (run_dir / CONFIG_FILE).is_file():
+        print(f"Error: {run_dir / CONFIG_FILE} not found", file=sys.stderr)
         return 1
     from training.loop import Trainer
 
@@ -40,7 +41,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def _record_error(run_dir: Path, message: str) -> None:
-    from minimind.state import update_state
+    from minimind.rundir import update_state
 
     try:
         update_state(run_dir, error=message, heartbeat=time.time())
