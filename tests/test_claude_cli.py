@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-pytest.importorskip("models.registry", reason="models/registry.py (snapshots) has not landed yet")
-
-import cli  # noqa: E402
-from agent import calllog  # noqa: E402
-from minimind.lab import init_lab  # noqa: E402
+import cli
+from agent import calllog
+from lifecycle.init import init_lab
 
 API_KEY = "sk-ant-cli-test-0123456789-SECRET"
 NEW = ["new", "9.9.9", "--goal", "Smaller batches, steadier memory", "--hypothesis", "batch 7 helps",

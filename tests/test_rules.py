@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agent.verdict import compare_rows, decide, implied_criteria, parse_criteria, result_lines
+from minimind.verdict import compare_rows, decide, implied_criteria, parse_criteria, result_lines
 
 BASE = {"val_loss": 4.0, "inference_loss": 4.2, "repetition_rate": 0.3,
         "recall": {"mem_only": {"p_at_1": 0.1, "mrr": 0.3, "n": 50}}}
@@ -66,7 +66,7 @@ def test_offline_pairs_in_text():
 
 
 def test_shell_quote_filter():
-    from agent.render import shell_quote
+    from lifecycle.render import shell_quote
     from minimind.errors import MinimindError
 
     hostile = "$(rm -rf x); `id` | cat\nnext"
@@ -85,7 +85,7 @@ def _record_context(lang: str) -> dict:
     return {"r": {
         "version": "1.4.8", "base": "1.4.7", "state": "finished", "config_hash": "abc", "snapshot": {"module": "model_1_4_8", "sha256": "f" * 64},
         "human": {"goal": "g\nline2", "hypothesis": "h", "expect": None, "base": "1.4.7"},
-        "plan": {"thinking": "t", "changes": [{"key": "model.dim", "base": 32, "new": 64, "why": "w|x"}], "expected": "e",
+        "plan": {"thinking": "The base froze a fifth of the bank; a wider model tests whether capacity was the limit.", "changes": [{"key": "model.dim", "base": 32, "new": 64, "why": "w|x"}], "expected": "e",
                  "risks": ["r"], "backend": "offline", "note": ""},
         "git": {"commit": "abc", "dirty": True, "diff": "+x", "diff_truncated": False, "model_changed": True, "against": "HEAD"},
         "model": model, "train": TrainConfig(), "config_rows": [("model.dim", 64)],
@@ -105,9 +105,9 @@ def _record_context(lang: str) -> dict:
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_record_templates_render_every_section(lang):
-    from agent.record import SECTIONS
-    from agent.render import render
-    from agent.review import quality_problems
+    from lifecycle.record import SECTIONS
+    from lifecycle.render import render
+    from lifecycle.review import quality_problems
 
     text = render(f"record_{lang}.md.j2", _record_context(lang))
     positions = [text.index(f"## {h}") for h in SECTIONS[lang]]
@@ -118,7 +118,7 @@ def test_record_templates_render_every_section(lang):
 
 
 def test_commit_and_run_script_templates(tmp_path):
-    from agent.render import render
+    from lifecycle.render import render
 
     d = {"title": "t", "improvements": ["i"], "core_changes": {"a.py": ["c"]}, "results": ["✅ r"], "next_steps": ["n"]}
     assert "## Core changes\n### a.py\n- c" in render("commit_en.txt.j2", {"d": d})
