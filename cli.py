@@ -66,7 +66,7 @@ def init(directory: Path) -> None:
     Example:
       minimind init ~/labs/memory-bank
     """
-    from minimind.lab import init_lab
+    from lifecycle.init import init_lab
 
     lab = init_lab(directory)
     click.echo(f"Created lab {lab.root}")
@@ -88,12 +88,9 @@ def data_build(size: str) -> None:
     Example:
       minimind data build --size full
     """
-    from corpus.build import build, print_summary
+    from lifecycle.data import build_data
 
-    lab = _lab()
-    summary = build(lab.data_dir, size)
-    print_summary(summary)
-    click.echo(f"Wrote {lab.data_dir}")
+    build_data(_lab(), size)
 
 
 @data.command("prepare")
@@ -114,7 +111,7 @@ def data_prepare(pretrain: Path, knowledge: Path | None, tokenizer: Path | None,
       minimind data prepare --pretrain ~/data/merged_pretrain.jsonl \\
           --knowledge ~/data/sentence_trex_data.json --tokenizer ~/minimind/tokenizer.json
     """
-    from agent.dataops import prepare
+    from lifecycle.data import prepare
 
     prepare(_lab(), pretrain, knowledge, tokenizer, knowledge_num, knowledge_length)
 
@@ -142,7 +139,7 @@ def new(version: str, goal: str, hypothesis: str, base: str | None, expect: str 
     from minimind.versions import parse
 
     parse(version)  # refuse a malformed version before anything else, even the lab lookup
-    from agent.lifecycle import NewRequest, create_experiment
+    from lifecycle.new import NewRequest, create_experiment
 
     request = NewRequest(version=version, goal=goal, hypothesis=hypothesis, base=base, expect=expect,
                          sets=list(sets), agent=agent_name, lang=lang, launch=not no_launch)
@@ -162,7 +159,7 @@ def status(version: str | None, as_json: bool) -> None:
       minimind status
       minimind status 1.4.8 --json
     """
-    from agent.status import show_status
+    from lifecycle.status import show_status
 
     show_status(_lab(), version, as_json)
 
@@ -178,7 +175,7 @@ def log(version: str, follow: bool, lines: int) -> None:
     Example:
       minimind log 1.4.8 -f
     """
-    from agent.runctl import show_log
+    from lifecycle.log import show_log
 
     show_log(_lab(), version, follow, lines)
 
@@ -193,7 +190,7 @@ def stop(version: str, timeout: int) -> None:
     Example:
       minimind stop 1.4.8
     """
-    from agent.runctl import stop_run
+    from lifecycle.stop import stop_run
 
     click.echo(stop_run(_lab(), version, timeout))
 
@@ -208,7 +205,7 @@ def resume(version: str, force: bool) -> None:
     Example:
       minimind resume 1.4.8
     """
-    from agent.runctl import resume_run
+    from lifecycle.resume import resume_run
 
     click.echo(resume_run(_lab(), version, force))
 
@@ -234,7 +231,7 @@ def eval_cmd(version: str | None, num_samples: int | None, model_path: Path | No
       minimind eval 1.4.8 --num-samples 10
       minimind eval --model-path out/pretrain_512.pth --model-type model_1_4_4
     """
-    from agent.runctl import evaluate
+    from lifecycle.eval import evaluate
 
     click.echo(evaluate(_lab(), version, num_samples, model_path, model_type,
                         {k: v for k, v in sizes.items() if v is not None}))
@@ -251,7 +248,7 @@ def review(version: str, approve: bool, edit: bool) -> None:
     Example:
       minimind review 1.4.8 --approve
     """
-    from agent.review import review_experiment
+    from lifecycle.review import review_experiment
 
     review_experiment(_lab(), version, approve, edit)
 
@@ -266,7 +263,7 @@ def commit(version: str, yes: bool) -> None:
     Example:
       minimind commit 1.4.8
     """
-    from agent.committing import commit_experiment
+    from lifecycle.commit import commit_experiment
 
     click.echo(commit_experiment(_lab(), version, yes))
 
@@ -282,7 +279,7 @@ def compare(versions: tuple[str, ...], plot: Path | None) -> None:
     Example:
       minimind compare 1.4.7 1.4.8 --plot /tmp/loss.png
     """
-    from agent.compare import compare_experiments
+    from lifecycle.compare import compare_experiments
 
     compare_experiments(_lab(), list(versions), plot)
 
@@ -303,7 +300,7 @@ def memory_show(version: str, text: str, top: int) -> None:
     Example:
       minimind memory show 1.4.8 --text "The capital of France is"
     """
-    from agent.memory_show import show_memory
+    from lifecycle.memory import show_memory
 
     show_memory(_lab(), version, text, top)
 
@@ -318,7 +315,7 @@ def demo(directory: Path | None, steps: int | None) -> None:
     Example:
       minimind demo /tmp/minimind-demo
     """
-    from agent.demo import run_demo
+    from lifecycle.demo import run_demo
 
     run_demo(directory, steps)
 

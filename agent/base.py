@@ -56,6 +56,7 @@ class AnalysisContext:
     comparison: list[dict[str, Any]]      # rows {metric, base, new, delta, better}
     verdict: str                          # supported / refuted / inconclusive (computed)
     verdict_reason: str                   # the rule and numbers that decided it
+    guardrails: dict[str, dict]           # the lab's rules: name -> {safe, danger, action}
     lang: str = "en"
 
 
@@ -108,11 +109,16 @@ class AgentError(Exception):
     """A backend could not produce a valid answer (after retries / one repair round)."""
 
 
-LESSONS = """\
-- The memory query must be the RMS-normed attention output h_attn, never x + h_attn or x:
-  experiment 1.4.3 used x + h_attn, memory selection froze onto a few entries, train loss
-  reached 0.006 while inference loss was 29.34 (a 4890x gap) and generation was pure repetition.
-- Catastrophic overfitting shows as: smoothed train loss < 0.1, inference/train loss ratio > 10,
-  seq-rep-4 repetition > 80%, memory selection entropy < 2.0 nats. Guardrails watch all four.
-- Query specificity matters more than fusion complexity.
-"""
+def lessons_text(guardrails: dict[str, dict]) -> str:
+    """The lab's architecture lessons, with the guardrail thresholds of this lab's settings."""
+    from minimind.guardrails import MEANINGS, danger_text, rule_from
+
+    signs = ", ".join(f"{MEANINGS.get(name, name)} {danger_text(name, rule_from(spec))}"
+                      for name, spec in guardrails.items())
+    return (
+        "- The memory query must be the RMS-normed attention output h_attn, never x + h_attn or x:\n"
+        "  experiment 1.4.3 used x + h_attn, memory selection froze onto a few entries, train loss\n"
+        "  reached 0.006 while inference loss was 29.34 (a 4890x gap) and generation was pure repetition.\n"
+        f"- Catastrophic overfitting shows as: {signs}. Guardrails watch all of them.\n"
+        "- Query specificity matters more than fusion complexity.\n"
+    )

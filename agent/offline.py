@@ -12,26 +12,44 @@ from typing import Any
 
 from agent.base import (Analysis, AnalysisContext, CommitContext, CommitDraft, Plan, PlanContext)
 from minimind.config import parse_value
+from minimind.guardrails import EVAL_GUARDRAILS, danger_text, rule_from, rule_text
 
 # `name=value` in free text; values end at whitespace or , ; ) so prose around them is left out.
 _PAIR = re.compile(r"(?<![\w.])([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*){0,2})\s*=\s*([^\s,;)]+)")
 
-# Which guardrail a setting's change puts under watch, and why.
+# Which guardrail a setting's change puts under watch, and why. `{name}` placeholders are
+# filled with that guardrail's danger side from the lab's own settings.
 _RISKS = {
     "preset": "a preset change alters the whole block; train/inference ratio shows whether the training path still matches decoding",
-    "knowledge_num": "bank size changes coverage and selection entropy; watch memory entropy (danger < 2.0 nats)",
+    "knowledge_num": "bank size changes coverage and selection entropy; watch memory entropy (danger {memory_entropy})",
     "num_candidates": "fewer candidates lower the entropy ceiling (ln of num_candidates); watch memory entropy",
     "freeze_ratio": "frozen entries cannot adapt; too few frozen lets EMA overwrite real facts",
     "ema_decay": "faster EMA moves entries toward training batches; watch repetition and train/inference ratio",
     "ema_update_freq": "EMA cadence changes how quickly entries drift from their source text",
-    "learning_rate": "a higher learning rate risks a collapsing train loss (danger < 0.1) or divergence",
-    "max_steps": "more steps on small data invites memorisation; watch smoothed train loss (danger < 0.1)",
-    "epochs": "more passes over the same documents invite memorisation; watch train/inference ratio (danger > 10)",
+    "learning_rate": "a higher learning rate risks a collapsing train loss (danger {train_loss}) or divergence",
+    "max_steps": "more steps on small data invites memorisation; watch smoothed train loss (danger {train_loss})",
+    "epochs": "more passes over the same documents invite memorisation; watch train/inference ratio (danger {train_inference_ratio})",
     "dim": "width changes capacity; compare inference loss, not only train loss",
     "n_layers": "depth changes capacity and the number of memory reads per token",
     "knowledge_length": "longer entries dilute each entry's mean embedding",
     "knowledge_dim": "the product-key dimension sets how finely queries can tell entries apart",
 }
+
+
+def _dangers(guardrails: dict[str, dict]) -> dict[str, str]:
+    """{name: 'below 0.1'} from the lab's rules, for the placeholders above."""
+    return {name: danger_text(name, rule_from(spec)) for name, spec in guardrails.items()}
+
+
+def _guardrail_sentence(guardrails: dict[str, dict]) -> str:
+    """What the guardrails will do, stated from the lab's settings."""
+    by_action: dict[str, list[str]] = {}
+    for name, spec in guardrails.items():
+        when = "at each evaluation" if name in EVAL_GUARDRAILS else "at every log step"
+        by_action.setdefault(spec.get("action", "flag"), []).append(f"{rule_text(name, rule_from(spec)).rsplit(' (', 1)[0]} ({when})")
+    words = {"stop": "stop the run on", "flag": "flag", "none": "only report"}
+    parts = [f"{words[action]} {', '.join(items)}" for action, items in by_action.items()]
+    return "Guardrails " + "; they ".join(parts) + "."
 
 
 def pairs_in_text(text: str) -> list[tuple[str, Any]]:
@@ -102,11 +120,11 @@ class OfflineAgent:
                 preset = value
         if preset in ("memory", "hybrid"):
             lines.append("The memory layer reads the bank with the RMS-normed attention output h_attn as the query "
-                         "(the 1.4.3 lesson: x + h_attn froze selection, train loss 0.006 vs inference loss 29.34). "
-                         "Memory selection entropy is checked at every log step (danger below 2.0 nats).")
-        lines.append("Guardrails stop the run if the smoothed train loss falls below 0.1 and flag an inference/train "
-                     "loss ratio above 10 or a repetition rate above 80% at each evaluation.")
-        risks = [f"`{key}`: {_RISKS[key.split('.')[-1]]}" for key, _ in all_changes if key.split(".")[-1] in _RISKS]
+                         "(the 1.4.3 lesson: x + h_attn froze selection, train loss 0.006 vs inference loss 29.34).")
+        lines.append(_guardrail_sentence(ctx.guardrails))
+        dangers = _dangers(ctx.guardrails)
+        risks = [f"`{key}`: {_RISKS[key.split('.')[-1]].format(**dangers)}" for key, _ in all_changes
+                 if key.split(".")[-1] in _RISKS]
         if not risks:
             risks = ["memorisation of the small corpus: the train/inference loss ratio and repetition rate are the checks"]
         expected = (ctx.expect or f"as the hypothesis states: {ctx.hypothesis}").strip()
@@ -148,7 +166,9 @@ class OfflineAgent:
                         + (" — the bank is being read." if gap > 0.05 else " — no clear sign yet that the bank's facts are used."))
         dangers = {n: g for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger"}
         if dangers:
-            deep.append("Guardrails in danger: " + ", ".join(f"{n} = {_n(g.get('value'))}" for n, g in dangers.items())
+            deep.append("Guardrails in danger: " + ", ".join(
+                f"{n} = {_n(g.get('value'))}" + (f" ({danger_text(n, rule_from(ctx.guardrails[n]))})" if n in ctx.guardrails else "")
+                for n, g in dangers.items())
                         + ". These are the signs of the 1.4.3 failure mode and outrank any loss improvement.")
         else:
             deep.append("No guardrail is in danger.")

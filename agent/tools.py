@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Callable, get_args, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 from agent.base import (Analysis, AnalysisContext, CommitContext, CommitDraft, Plan, PlanContext)
 
@@ -373,11 +373,3 @@ def validate_commit(tool_input: Any, ctx: CommitContext, backend: str = "claude"
     if problems:
         raise ToolInputError(problems)
     return draft
-
-
-VALIDATORS: dict[str, Callable[..., Any]] = {
-    "plan": validate_plan, "analyse": validate_analysis, "draft_commit": validate_commit,
-}
-TOOLS: dict[str, Callable[..., dict]] = {
-    "plan": plan_tool, "analyse": analysis_tool, "draft_commit": commit_tool,
-}

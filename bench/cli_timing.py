@@ -41,7 +41,7 @@ def _time(cmd: list[str], env: dict, runs: int) -> float:
 def fake_lab(root: Path, count: int) -> None:
     """A lab with `count` finished experiments (state, config, eval) — what status reads."""
     from minimind.atomic import write_json
-    from minimind.lab import init_lab
+    from lifecycle.init import init_lab
 
     lab = init_lab(root)
     for i in range(count):

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from minimind.errors import MinimindError, UsageError
+from minimind.guardrails import NAMES as GUARDRAIL_NAMES
 from minimind.schema import SchemaError, build, coerce, check_range, describe, field, to_dict
 from minimind.settings import (DataConfig, EvalConfig, GuardrailsConfig, LaunchConfig,
                                SwanlabConfig, TrainConfig)
 
-CONFIG_FILE = "config.yaml"
+from minimind.rundir import CONFIG_FILE
 
 # Sections a user may address with --set, in the order bare names are looked up.
 SECTIONS: dict[str, type] = {
@@ -28,7 +29,6 @@ SECTIONS: dict[str, type] = {
     "launch": LaunchConfig,
     "swanlab": SwanlabConfig,
 }
-GUARDRAIL_NAMES = ("train_loss", "train_inference_ratio", "repetition_rate", "memory_entropy")
 
 
 @dataclass(kw_only=True)

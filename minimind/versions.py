@@ -9,7 +9,10 @@ from minimind.errors import UsageError
 
 # Anchored, digits only: nothing like "../1.4.8" or "1.4.8; rm -rf x" can pass, so a
 # valid version is always safe in a path and in a shell word.
-_VERSION = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})")
+_PART = r"(0|[1-9][0-9]{0,5})"
+_VERSION = re.compile(rf"{_PART}\.{_PART}\.{_PART}")
+# A model module is the living file `model` or a snapshot `model_X_Y_Z`: never a path.
+_MODULE = re.compile(rf"model(_{_PART}_{_PART}_{_PART})?")
 
 
 def parse(text: str) -> tuple[int, int, int]:
@@ -37,6 +40,11 @@ def default_base(new: str, existing: Iterable[str]) -> Optional[str]:
     """The highest existing version below `new` (PRODUCT.md section 3), or None."""
     below = [v for v in sorted_versions(existing) if sort_key(v) < sort_key(new)]
     return below[-1] if below else None
+
+
+def is_module_name(name: str) -> bool:
+    """'model' or 'model_X_Y_Z' (what models/ may load by name)."""
+    return isinstance(name, str) and bool(_MODULE.fullmatch(name))
 
 
 def module_name(version: str) -> str:

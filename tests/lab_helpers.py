@@ -43,7 +43,7 @@ agent:
 
 
 def make_lab(root: Path, data_dir: Path, steps: int = 12):
-    from minimind.lab import init_lab
+    from lifecycle.init import init_lab
 
     lab = init_lab(root, TINY_SETTINGS.format(steps=steps))
     for name in ("pretrain.jsonl", "knowledge.json", "probes.json", "tokenizer.json"):
@@ -61,7 +61,7 @@ def invoke(lab, *args, env=None):
 
 def wait_state(lab, version: str, until=("finished", "failed", "stopped", "guardrail_stopped", "lost"), timeout=240.0,
                predicate=None) -> str:
-    from minimind.state import current
+    from minimind.rundir import current
 
     deadline = time.time() + timeout
     while time.time() < deadline:

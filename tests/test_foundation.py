@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,9 +13,10 @@ import pytest
 from minimind import versions
 from minimind.config import apply_sets, diff, parse_assignment, parse_value, resolve_key
 from minimind.errors import MinimindError, UsageError
-from minimind.lab import find_lab, init_lab
+from lifecycle.init import init_lab
+from minimind.lab import find_lab
 from minimind.settings import load_settings
-from minimind.state import derive_state, is_alive, process_start_time, update_state, read_state
+from minimind.rundir import RunState, derive_state, is_alive, process_start_time, read_state, update_state
 
 MODEL_FIELDS = {"dim": {"type": "int", "min": 8, "max": 8192}, "preset": {"type": "str", "choices": ["original", "memory"]},
                 "knowledge_num": {"type": "int", "min": 4, "max": 2**26}}
@@ -108,14 +110,14 @@ def test_set_parsing_and_resolution():
 
 def test_derive_state_rules():
     running = {"state": "running", "pid": 123}
-    assert derive_state({"state": "drafted"}, None, False) == "drafted"
-    assert derive_state(running, None, True) == "running"
-    assert derive_state(running, None, False) == "lost"
-    assert derive_state(running, 0, False) == "finished"
-    assert derive_state(running, 1, False) == "failed"
-    assert derive_state({"state": "stopped", "pid": 1}, 10, False) == "stopped"
-    assert derive_state({"state": "guardrail_stopped", "pid": 1}, 0, False) == "guardrail_stopped"
-    assert derive_state({"state": "guardrail_stopped", "pid": 1}, None, True) == "guardrail_stopped"
+    assert derive_state(RunState.from_dict({"state": "drafted"}), None, False) == "drafted"
+    assert derive_state(RunState.from_dict(running), None, True) == "running"
+    assert derive_state(RunState.from_dict(running), None, False) == "lost"
+    assert derive_state(RunState.from_dict(running), 0, False) == "finished"
+    assert derive_state(RunState.from_dict(running), 1, False) == "failed"
+    assert derive_state(RunState.from_dict({"state": "stopped", "pid": 1}), 10, False) == "stopped"
+    assert derive_state(RunState.from_dict({"state": "guardrail_stopped", "pid": 1}), 0, False) == "guardrail_stopped"
+    assert derive_state(RunState.from_dict({"state": "guardrail_stopped", "pid": 1}), None, True) == "guardrail_stopped"
 
 
 def test_pid_reuse_is_not_alive():
@@ -135,8 +137,23 @@ def test_pid_reuse_is_not_alive():
 def test_update_state_is_atomic_and_merges(tmp_path):
     update_state(tmp_path, step=1, state="running")
     update_state(tmp_path, step=2)
-    assert read_state(tmp_path) == {"step": 2, "state": "running"}
+    state = read_state(tmp_path)
+    assert (state.step, state.state) == (2, "running")
+    assert json.loads((tmp_path / "state.json").read_text())["step"] == 2
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_update_state_refuses_unknown_fields(tmp_path):
+    with pytest.raises(TypeError, match="no field stpe"):
+        update_state(tmp_path, stpe=3)
+    assert not (tmp_path / "state.json").exists()
+
+
+def test_state_from_another_version_keeps_its_unknown_keys(tmp_path):
+    (tmp_path / "state.json").write_text(json.dumps({"state": "finished", "step": 7, "from_the_future": [1, 2]}))
+    update_state(tmp_path, reviewed=True)
+    data = json.loads((tmp_path / "state.json").read_text())
+    assert data["from_the_future"] == [1, 2] and data["reviewed"] is True and data["step"] == 7
 
 
 def test_atomic_write_keeps_previous_on_crash(tmp_path):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from agent import guardrails as g
+from minimind import guardrails as g
 from minimind.settings import GuardrailRule, GuardrailsConfig
 
 
@@ -97,5 +97,5 @@ def test_guardrails_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, agent.guardrails; assert 'torch' not in sys.modules"
+    code = "import sys, minimind.guardrails; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__('pathlib').Path(__file__).parent.parent))

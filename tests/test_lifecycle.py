@@ -186,7 +186,7 @@ def test_kill9_is_lost_then_resume_finishes(lab):
                     "--set", "save_interval=5")
     assert result.exit_code == 0, result.output
     wait_state(lab, "0.5.0", predicate=lambda d, s: (lab.run_dir("0.5.0") / "checkpoints" / "last.pth").exists()
-               and (s.get("step") or 0) >= 12)
+               and (s.step or 0) >= 12)
     state = json.loads((lab.run_dir("0.5.0") / "state.json").read_text())
     os.killpg(state["pgid"], signal.SIGKILL)
     t0 = time.time()
@@ -207,7 +207,7 @@ def test_stop_signals_only_its_group(lab):
     try:
         result = invoke(lab, "new", "0.6.0", "--goal", GOAL, "--hypothesis", HYP, "--set", "max_steps=5000")
         assert result.exit_code == 0, result.output
-        wait_state(lab, "0.6.0", predicate=lambda d, s: (s.get("step") or 0) >= 4)
+        wait_state(lab, "0.6.0", predicate=lambda d, s: (s.step or 0) >= 4)
         t0 = time.time()
         result = invoke(lab, "stop", "0.6.0")
         assert result.exit_code == 0, result.output
@@ -256,7 +256,7 @@ def test_status_never_calls_a_reused_pid_running(lab):
     assert invoke(lab, "new", "0.9.0", "--goal", GOAL, "--hypothesis", HYP, "--no-launch").exit_code == 0
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        from minimind.state import process_start_time, update_state
+        from minimind.rundir import process_start_time, update_state
 
         # The recorded pid is alive but belongs to another process (its start time differs).
         update_state(lab.run_dir("0.9.0"), state="running", pid=stranger.pid, pgid=stranger.pid,
@@ -271,28 +271,27 @@ def test_status_never_calls_a_reused_pid_running(lab):
 
 
 def test_record_execution_section_follows_training(lab, monkeypatch):
-    from minimind.state import process_start_time, update_state
-    from training import signals
+    """The pipeline (never the trainer) re-renders the record while training runs."""
+    from lifecycle import launch, pipeline
+    from minimind.rundir import process_start_time, update_state
 
     assert invoke(lab, "new", "0.10.0", "--goal", GOAL, "--hypothesis", HYP, "--no-launch").exit_code == 0
     run_dir = lab.run_dir("0.10.0")
     update_state(run_dir, state="running", pid=os.getpid(), pgid=os.getpgid(0), proc_start=process_start_time(os.getpid()),
                  started_at=time.time())
-    monkeypatch.setattr(signals, "RECORD_REFRESH_S", 0)
-    beat = signals.Heartbeat(run_dir, lambda: {"step": 7, "total_steps": 10, "eta_s": 30.0}, interval=0.05)
-    beat.start()
-    try:
-        deadline = time.time() + 20
-        while "step 7 / 10, ETA 30s" not in lab.record_path("0.10.0").read_text() and time.time() < deadline:
-            time.sleep(0.1)
-    finally:
-        beat.stop()
+    trainer = ("import sys, time; from minimind.rundir import update_state; "
+               "update_state(sys.argv[1], step=7, total_steps=10, eta_s=30.0); time.sleep(4)")
+    monkeypatch.setattr(launch, "train_command", lambda lab_, cfg, rd: [sys.executable, "-c", trainer, str(rd)])
+    monkeypatch.setattr(pipeline, "RECORD_REFRESH_S", 0.5)
+    monkeypatch.setattr(pipeline, "POLL_S", 0.1)
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent.parent))
+    assert pipeline._train(run_dir, resume=False) == 0
     record = lab.record_path("0.10.0").read_text()
     assert "step 7 / 10, ETA 30s" in record and f"pid {os.getpid()}" in record
 
 
 def test_new_without_data_refuses_before_writing(tmp_path):
-    from minimind.lab import init_lab
+    from lifecycle.init import init_lab
 
     bare = init_lab(tmp_path / "bare")
     before = tree(bare.root)
@@ -306,7 +305,7 @@ def test_stop_during_evaluation_is_stopped_and_resumes(lab):
     result = invoke(lab, "new", "0.11.0", "--goal", GOAL, "--hypothesis", HYP, "--set", "eval.num_samples=40",
                     "--set", "eval.max_new_tokens=48")
     assert result.exit_code == 0, result.output
-    wait_state(lab, "0.11.0", predicate=lambda d, s: s.get("train_outcome") == "finished" or d != "running")
+    wait_state(lab, "0.11.0", predicate=lambda d, s: s.train_outcome == "finished" or d != "running")
     result = invoke(lab, "stop", "0.11.0")
     assert result.exit_code == 0, result.output
     derived = wait_state(lab, "0.11.0")

@@ -184,12 +184,6 @@ def empty_git_section(text, lang):
 
 
 NOT_DONE = "training has not completed (state: {})"
-BUG_EMPTY_FIELD = ("lifecycle/review.py: the goal/hypothesis regexes let \\s* run past the empty field's blank "
-                   "lines onto the next bullet ('- **Hypothesis:**' / '- **Expected result:**'), so an empty "
-                   "field passes")
-BUG_THINKING = ("lifecycle/review.py: the thinking rule measures the whole section, whose template boilerplate "
-                "(agent line, changes table, expected, risks) is always over 40 characters")
-
 CASES = [
     # (id, change to the run's files, edit of the rendered text, expected problems)
     ("complete", None, None, []),
@@ -201,12 +195,9 @@ CASES = [
     ("section-execution-missing", None, drop_heading(4), ["section '{4}' is missing"]),
     ("section-training-missing", None, drop_heading(5), ["section '{5}' is missing"]),
     ("section-deep-analysis-missing", None, drop_heading(7), ["section '{7}' is missing"]),
-    pytest.param("goal-empty", plan_field("goal", ""), None, ["the goal is empty"],
-                 marks=pytest.mark.xfail(strict=True, reason=BUG_EMPTY_FIELD)),
-    pytest.param("hypothesis-empty", plan_field("hypothesis", ""), None, ["the hypothesis is empty"],
-                 marks=pytest.mark.xfail(strict=True, reason=BUG_EMPTY_FIELD)),
-    pytest.param("thinking-empty", plan_field("thinking", ""), None, ["the AI thinking process is not recorded"],
-                 marks=pytest.mark.xfail(strict=True, reason=BUG_THINKING)),
+    ("goal-empty", plan_field("goal", ""), None, ["the goal is empty"]),
+    ("hypothesis-empty", plan_field("hypothesis", ""), None, ["the hypothesis is empty"]),
+    ("thinking-empty", plan_field("thinking", ""), None, ["the AI thinking process is not recorded"]),
     ("git-record-empty", None, empty_git_section, ["the git change record is empty"]),
     ("running", state(None, state="running", pid="self", train_outcome=None, phase="train"), None,
      [NOT_DONE.format("running")]),

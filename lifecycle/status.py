@@ -12,13 +12,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from minimind.errors import MinimindError
+from minimind.guardrails import LIGHTS, NAMES as GUARDRAILS
 from minimind.lab import Lab
-from minimind.state import FLAGS, current, is_stale
-from minimind.versions import parse
-
-LIGHTS = {"safe": "🟢", "watch": "🟡", "danger": "🔴"}
-GUARDRAILS = ("train_loss", "train_inference_ratio", "repetition_rate", "memory_entropy")
+from minimind.rundir import AGENT_DIR, EVAL_FILE, FLAGS, TRAIN_LOG, current, is_stale, read_json
 
 
 def _eta(seconds: Any) -> str:
@@ -35,36 +31,31 @@ def _num(value: Any) -> str:
 def summary(lab: Lab, version: str) -> dict[str, Any]:
     run_dir = lab.run_dir(version)
     derived, state = current(run_dir)
-    guardrails = state.get("guardrails") or {}
-    eval_path = run_dir / "eval.json"
-    if eval_path.exists():
-        try:
-            guardrails = {**guardrails, **(json.loads(eval_path.read_text()).get("guardrails") or {})}
-        except json.JSONDecodeError:
-            pass
+    guardrails = dict(state.guardrails)
+    ev = read_json(run_dir / EVAL_FILE) if (run_dir / EVAL_FILE).exists() else None
+    if ev:
+        guardrails.update(ev.get("guardrails") or {})
     return {
         "version": version,
-        "base": state.get("base"),
+        "base": state.base,
         "state": derived,
-        "recorded_state": state.get("state"),
+        "recorded_state": state.state,
         "stale_heartbeat": derived == "running" and is_stale(state),
-        "step": state.get("step"),
-        "total_steps": state.get("total_steps"),
-        "loss": state.get("last_loss"),
-        "eta_s": state.get("eta_s") if derived == "running" else None,
-        "pid": state.get("pid"),
-        "phase": state.get("phase"),
-        "stop_reason": state.get("stop_reason"),
+        "step": state.step,
+        "total_steps": state.total_steps,
+        "loss": state.last_loss,
+        "eta_s": state.eta_s if derived == "running" else None,
+        "pid": state.pid,
+        "phase": state.phase,
+        "stop_reason": state.stop_reason,
         "guardrails": {n: guardrails.get(n, {}) for n in GUARDRAILS},
-        **{flag: bool(state.get(flag)) for flag in FLAGS},
+        **{flag: bool(getattr(state, flag)) for flag in FLAGS},
     }
 
 
 def show_status(lab: Lab, version: str | None, as_json: bool) -> None:
     if version is not None:
-        parse(version)
-        if not (lab.run_dir(version) / "state.json").exists():
-            raise MinimindError(f"no experiment {version} in {lab.root}")
+        lab.require_run(version)
         _detail(lab, version, as_json)
         return
     rows = [summary(lab, v) for v in lab.versions()]
@@ -114,12 +105,12 @@ def _detail(lab: Lab, version: str, as_json: bool) -> None:
     run_dir = lab.run_dir(version)
     info = summary(lab, version)
     _, state = current(run_dir)
-    info["started_at"] = state.get("started_at")
-    info["ended_at"] = state.get("ended_at")
-    info["snapshot"] = state.get("snapshot")
-    info["git"] = state.get("git")
-    info["agent"] = {"backend": state.get("agent_backend"), **call_summary(run_dir / "agent")}
-    info["log_tail"] = _tail(run_dir / "train.log", 10)
+    info["started_at"] = state.started_at
+    info["ended_at"] = state.ended_at
+    info["snapshot"] = state.snapshot
+    info["git"] = state.git
+    info["agent"] = {"backend": state.agent_backend, **call_summary(run_dir / AGENT_DIR)}
+    info["log_tail"] = _tail(run_dir / TRAIN_LOG, 10)
     if as_json:
         print(json.dumps(info, indent=2))
         return
@@ -129,7 +120,7 @@ def _detail(lab: Lab, version: str, as_json: bool) -> None:
     console.print(f"[bold]Experiment {version}[/]  state: [bold]{info['state']}[/]"
                   + (f" ({info['stop_reason']})" if info["stop_reason"] else ""))
     if info["stale_heartbeat"]:
-        console.print(f"[yellow]No heartbeat for over {int(time.time() - state.get('heartbeat', 0))} s: the process is alive but may be hung.[/]")
+        console.print(f"[yellow]No heartbeat for over {int(time.time() - (state.heartbeat or 0))} s: the process is alive but may be hung.[/]")
     console.print(f"base {info['base'] or '—'} · pid {info['pid'] or '—'} · step {info['step'] or 0}/{info['total_steps'] or '—'}"
                   f" · loss {_num(info['loss'])} · ETA {_eta(info['eta_s']) or '—'} · phase {info['phase'] or '—'}")
     for name in GUARDRAILS:

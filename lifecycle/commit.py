@@ -7,13 +7,12 @@ when it still holds the code that ran.
 
 from __future__ import annotations
 
-
-from minimind.errors import GateRefused, MinimindError
+from minimind.errors import GateRefused
 from minimind.lab import Lab
-from minimind.state import current, update_state
-from minimind.versions import parse
+from minimind.rundir import (ANALYSIS_FILE, COMMIT_MSG_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, METRICS_FILE,
+                             PLAN_FILE, PLOTS_DIR, REVIEW_FILE, RUN_SCRIPT, current, read_json, update_state)
 
-RUN_FILES = ("run.sh", "config.yaml", "plan.json", "analysis.json", "eval.json", "metrics.jsonl", "model.diff")
+RUN_FILES = (RUN_SCRIPT, CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, EVAL_FILE, METRICS_FILE, DIFF_FILE)
 
 
 def experiment_files(lab: Lab, version: str) -> list[str]:
@@ -21,7 +20,7 @@ def experiment_files(lab: Lab, version: str) -> list[str]:
     run_dir = lab.run_dir(version)
     rel = [lab.record_path(version).relative_to(lab.root)]
     rel += [(run_dir / name).relative_to(lab.root) for name in RUN_FILES]
-    plots = run_dir / "plots"
+    plots = run_dir / PLOTS_DIR
     if plots.is_dir():
         rel += sorted(p.relative_to(lab.root) for p in plots.glob("*.png"))
     snapshot = lab.snapshot_path(version)
@@ -33,7 +32,7 @@ def experiment_files(lab: Lab, version: str) -> list[str]:
 
 
 def render_commit_message(lab: Lab, draft, ctx) -> str:
-    from agent.render import render
+    from lifecycle.render import render
 
     allowed = set(ctx.files)
     core = {f: lines for f, lines in draft.core_changes.items() if f in allowed}
@@ -43,17 +42,13 @@ def render_commit_message(lab: Lab, draft, ctx) -> str:
 
 
 def commit_experiment(lab: Lab, version: str, yes: bool) -> str:
-    from agent import gitops
-    from agent.record import COMMIT_MSG_FILE, read_json
+    from lifecycle import gitops
 
-    parse(version)
-    run_dir = lab.run_dir(version)
-    if not (run_dir / "state.json").exists():
-        raise MinimindError(f"no experiment {version} in {lab.root}")
+    run_dir = lab.require_run(version)
     derived, state = current(run_dir)
     if derived == "running":
         raise GateRefused(f"experiment {version} is still running; commit after it ends")
-    review = read_json(run_dir / "review.json") or {}
+    review = read_json(run_dir / REVIEW_FILE) or {}
     if not review.get("approved") and not yes:
         raise GateRefused(f"experiment {version} is not reviewed: run 'minimind review {version} --approve' (or commit --yes)")
     message_path = run_dir / COMMIT_MSG_FILE

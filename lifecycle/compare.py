@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from minimind.config import diff, load_config
-from minimind.errors import MinimindError, UsageError
+from minimind.config import diff, flatten, load_config
+from minimind.errors import UsageError
 from minimind.lab import Lab
-from minimind.versions import parse
+from minimind.rundir import CONFIG_FILE, EVAL_FILE, METRICS_FILE, read_json, read_metrics
 
 
 def _fmt(value) -> str:
@@ -21,17 +21,13 @@ def compare_experiments(lab: Lab, versions: list[str], plot: Optional[Path]) -> 
     from rich.console import Console
     from rich.table import Table
 
-    from agent.record import read_json, read_metrics
-    from agent.verdict import compare_rows
+    from minimind.verdict import compare_rows
 
     if len(versions) < 2:
         raise UsageError("compare needs at least two versions")
-    for v in versions:
-        parse(v)
-        if not (lab.run_dir(v) / "config.yaml").exists():
-            raise MinimindError(f"no experiment {v} in {lab.root}")
-    configs = {v: load_config(lab.run_dir(v) / "config.yaml").to_dict() for v in versions}
-    evals = {v: read_json(lab.run_dir(v) / "eval.json") for v in versions}
+    run_dirs = {v: lab.require_run(v) for v in versions}
+    configs = {v: load_config(run_dirs[v] / CONFIG_FILE).to_dict() for v in versions}
+    evals = {v: read_json(run_dirs[v] / EVAL_FILE) for v in versions}
     console = Console()
     first = versions[0]
 
@@ -40,8 +36,6 @@ def compare_experiments(lab: Lab, versions: list[str], plot: Optional[Path]) -> 
     table.add_column("key")
     for v in versions:
         table.add_column(v)
-    from minimind.config import flatten
-
     flat = {v: flatten(configs[v]) for v in versions}
     for key in keys:
         table.add_row(key, *(_fmt(flat[v].get(key)) for v in versions))
@@ -70,7 +64,7 @@ def compare_experiments(lab: Lab, versions: list[str], plot: Optional[Path]) -> 
 
     series = {}
     for v in versions:
-        points = [(r["step"], r["loss"]) for r in read_metrics(lab.run_dir(v) / "metrics.jsonl")
+        points = [(r["step"], r["loss"]) for r in read_metrics(run_dirs[v] / METRICS_FILE)
                   if isinstance(r.get("loss"), (int, float)) and isinstance(r.get("step"), int)]
         if points:
             series[v] = points

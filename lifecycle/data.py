@@ -1,4 +1,4 @@
-"""`minimind data prepare`: the user's own data into the lab's content-keyed cache."""
+"""`minimind data build` (the bundled fact corpus) and `minimind data prepare` (the user's own data)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,14 @@ from typing import Optional
 
 from minimind.errors import MinimindError
 from minimind.lab import Lab
+
+
+def build_data(lab: Lab, size: str) -> None:
+    """Build pretrain.jsonl, knowledge.json, probes.json and tokenizer.json into the lab's data/."""
+    from corpus.build import build, print_summary
+
+    print_summary(build(lab.data_dir, size))
+    print(f"Wrote {lab.data_dir}")
 
 
 def prepare(lab: Lab, pretrain: Path, knowledge: Optional[Path], tokenizer: Optional[Path],
@@ -27,7 +35,7 @@ def prepare(lab: Lab, pretrain: Path, knowledge: Optional[Path], tokenizer: Opti
         shown = ", ".join(str(n) for n in cache.bad_lines[:20])
         console.print(f"[yellow]{len(cache.bad_lines)} malformed line(s) skipped: {shown}{' ...' if len(cache.bad_lines) > 20 else ''}[/]")
     if knowledge is not None:
-        from agent.lifecycle import model_schema
+        from lifecycle.new import model_schema
 
         _, fields = model_schema(lab)
         num = knowledge_num or settings.model.get("knowledge_num", fields["knowledge_num"]["default"])

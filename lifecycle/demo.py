@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from minimind.errors import MinimindError
+from minimind.rundir import ANALYSIS_FILE, TRAIN_LOG, read_json
 
 DEMO_SETTINGS = """\
 # minimind demo lab: a small model so the whole loop runs on a CPU in minutes.
@@ -61,7 +62,7 @@ EXPERIMENTS = [
 def _wait(lab, version: str, console) -> str:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from minimind.state import current
+    from minimind.rundir import current
 
     run_dir = lab.run_dir(version)
     with Progress(TextColumn(f"[bold]{version}[/] {{task.fields[phase]}}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -70,9 +71,9 @@ def _wait(lab, version: str, console) -> str:
         task = progress.add_task(version, total=None, phase="starting", loss="—")
         while True:
             derived, state = current(run_dir)
-            loss = state.get("last_loss")
-            progress.update(task, completed=state.get("step") or 0, total=state.get("total_steps"),
-                            phase=state.get("phase") or "train", loss=f"{loss:.3f}" if isinstance(loss, (int, float)) else "—")
+            loss = state.last_loss
+            progress.update(task, completed=state.step or 0, total=state.total_steps,
+                            phase=state.phase or "train", loss=f"{loss:.3f}" if isinstance(loss, (int, float)) else "—")
             if derived != "running":
                 return derived
             time.sleep(1.0)
@@ -81,13 +82,13 @@ def _wait(lab, version: str, console) -> str:
 def run_demo(directory: Optional[Path], steps: Optional[int]) -> None:
     from rich.console import Console
 
-    from agent.committing import commit_experiment
-    from agent.compare import compare_experiments
-    from agent.lifecycle import NewRequest, create_experiment
-    from agent.review import review_experiment
-    from agent.status import show_status
+    from lifecycle.commit import commit_experiment
+    from lifecycle.compare import compare_experiments
+    from lifecycle.new import NewRequest, create_experiment
+    from lifecycle.review import review_experiment
     from corpus.build import build, print_summary
-    from minimind.lab import init_lab
+    from lifecycle.init import init_lab
+    from lifecycle.status import show_status
 
     console = Console()
     started = time.time()
@@ -111,7 +112,7 @@ def run_demo(directory: Optional[Path], steps: Optional[int]) -> None:
             console.print(line)
         final = _wait(lab, version, console)
         if final not in ("finished", "guardrail_stopped"):
-            log = lab.run_dir(version) / "train.log"
+            log = lab.run_dir(version) / TRAIN_LOG
             tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
             console.print("\n".join(tail), markup=False)
             raise MinimindError(f"demo experiment {version} ended {final}; see {log}")
@@ -126,10 +127,8 @@ def run_demo(directory: Optional[Path], steps: Optional[int]) -> None:
     show_status(lab, None, as_json=False)
     console.rule("compare")
     compare_experiments(lab, [v for v, *_ in EXPERIMENTS], None)
-    from agent.record import read_json
-
     for version, *_ in EXPERIMENTS:
-        verdict = (read_json(lab.run_dir(version) / "analysis.json") or {}).get("verdict_info", {})
+        verdict = (read_json(lab.run_dir(version) / ANALYSIS_FILE) or {}).get("verdict_info", {})
         console.print(f"{version}: hypothesis {verdict.get('verdict')} — {verdict.get('reason')}")
     console.print(f"\nDemo lab: {lab.root}  (records in experiment/, git log for the commits) — "
                   f"{time.time() - started:.0f} s in all")

@@ -1,13 +1,14 @@
 """Launching runs: the training command, the run script, and the detached start.
 
-One process runs the trainer directly (it builds its own `Accelerator`, so `minimind stop`'s
+The run script only sets up the environment and execs the pipeline
+(`lifecycle.pipeline`), which builds the training command from here at run time. One
+process runs the trainer directly (it builds its own `Accelerator`, so `minimind stop`'s
 SIGTERM reaches the trainer and nothing in between); several go through
 `accelerate launch`, whose launcher forwards signals to its workers.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -17,7 +18,13 @@ from pathlib import Path
 from minimind.config import ExperimentConfig
 from minimind.errors import MinimindError
 from minimind.lab import Lab
-from minimind.state import process_start_time, update_state
+from minimind.rundir import (DS_CONFIG_FILE, RUN_SCRIPT, TRAIN_LOG, RunState, process_start_time,
+                             update_state)
+
+RUN_TEMPLATE = "run.sh.j2"
+# Run-script templates of minimind <= 0.1 ran the end-of-run steps in bash through this
+# module; a lab copy that still does is upgraded (kept beside as .legacy).
+LEGACY_TEMPLATE_MARK = "agent.finish"
 
 ZERO2 = {
     "train_micro_batch_size_per_gpu": "auto",
@@ -59,7 +66,7 @@ def train_command(lab: Lab, cfg: ExperimentConfig, run_dir: Path) -> list[str]:
     if launch.num_processes > 1:
         argv.append("--multi_gpu")
     if launch.deepspeed:
-        ds_path = run_dir / "ds_config.json" if launch.deepspeed == "zero2" else lab.resolve(launch.deepspeed)
+        ds_path = run_dir / DS_CONFIG_FILE if launch.deepspeed == "zero2" else lab.resolve(launch.deepspeed)
         argv += ["--use_deepspeed", "--deepspeed_config_file", str(ds_path)]
     return argv + target
 
@@ -68,12 +75,29 @@ def write_deepspeed_config(cfg: ExperimentConfig, run_dir: Path) -> None:
     if cfg.launch.deepspeed == "zero2":
         from minimind.atomic import write_json
 
-        write_json(run_dir / "ds_config.json", ZERO2)
+        write_json(run_dir / DS_CONFIG_FILE, ZERO2)
 
 
-def render_run_script(lab: Lab, cfg: ExperimentConfig, run_dir: Path, final_run_dir: Path) -> str:
+def upgrade_legacy_template(lab: Lab) -> list[str]:
+    """Replace a lab's pre-pipeline run-script template; returns what it says to the user."""
+    import shutil
+
+    from lifecycle.render import PACKAGE_TEMPLATES
+
+    lab_copy = lab.templates_dir / RUN_TEMPLATE
+    if not lab_copy.is_file() or LEGACY_TEMPLATE_MARK not in lab_copy.read_text(encoding="utf-8"):
+        return []
+    kept = lab_copy.with_name(RUN_TEMPLATE + ".legacy")
+    os.replace(lab_copy, kept)
+    shutil.copyfile(PACKAGE_TEMPLATES / RUN_TEMPLATE, lab_copy)
+    return [f"note: templates/{RUN_TEMPLATE} ran the end-of-run steps in bash (minimind <= 0.1); it now hands "
+            f"over to the Python pipeline. Upgraded it; your copy is templates/{kept.name} (carry over any "
+            "environment lines you added)."]
+
+
+def render_run_script(lab: Lab, cfg: ExperimentConfig, final_run_dir: Path) -> str:
     """The run script text; paths point at the final run directory, not the staging one."""
-    from agent.render import render
+    from lifecycle.render import render
 
     context = {
         "version": cfg.version,
@@ -81,9 +105,31 @@ def render_run_script(lab: Lab, cfg: ExperimentConfig, run_dir: Path, final_run_
         "lab_root": str(lab.root),
         "python": sys.executable,
         "env": run_env(lab, cfg),
-        "train_cmd": train_command(lab, cfg, final_run_dir),
     }
-    return render("run.sh.j2", context, lab.templates_dir)
+    return render(RUN_TEMPLATE, context, lab.templates_dir)
+
+
+def write_run_script(lab: Lab, cfg: ExperimentConfig, folder: Path, final_run_dir: Path) -> None:
+    script = folder / RUN_SCRIPT
+    from minimind.atomic import write_text
+
+    write_text(script, render_run_script(lab, cfg, final_run_dir))
+    os.chmod(script, 0o755)
+    check_syntax(script)
+
+
+def refresh_run_script(lab: Lab, run_dir: Path) -> list[str]:
+    """Before a resume: a run script that still runs the old bash pipeline is rewritten."""
+    from minimind.config import load_config
+    from minimind.rundir import CONFIG_FILE
+
+    script = run_dir / RUN_SCRIPT
+    if script.is_file() and LEGACY_TEMPLATE_MARK not in script.read_text(encoding="utf-8"):
+        return []
+    notes = upgrade_legacy_template(lab)
+    write_run_script(lab, load_config(run_dir / CONFIG_FILE), run_dir, run_dir)
+    return notes + [f"note: runs/{run_dir.name}/{RUN_SCRIPT} predates the Python pipeline; re-rendered it "
+                    f"(it now runs python -m lifecycle.pipeline)."]
 
 
 def check_syntax(script: Path) -> None:
@@ -93,14 +139,14 @@ def check_syntax(script: Path) -> None:
         raise MinimindError(f"rendered run script has a syntax error: {result.stderr.strip().splitlines()[0]}")
 
 
-def start_detached(lab: Lab, run_dir: Path, resume: bool = False) -> dict:
+def start_detached(lab: Lab, run_dir: Path, resume: bool = False) -> RunState:
     """Start `run.sh` with nohup in its own session and process group; record pid and start time.
 
     A double fork makes the run a child of init, so the CLI (or a test process) that
     launched it never leaves a zombie that would look alive.
     """
-    script = run_dir / "run.sh"
-    log_path = run_dir / "train.log"
+    script = run_dir / RUN_SCRIPT
+    log_path = run_dir / TRAIN_LOG
     env = dict(os.environ)
     env.pop("MINIMIND_RESUME", None)
     if resume:
@@ -128,22 +174,5 @@ def start_detached(lab: Lab, run_dir: Path, resume: bool = False) -> dict:
     pid = int(raw)
     started = process_start_time(pid)
     now = time.time()
-    info = {"state": "running", "pid": pid, "pgid": pid, "proc_start": started, "started_at": now,
-            "ended_at": None, "heartbeat": now, "exit_code": None, "stop_reason": None}
-    update_state(run_dir, **info)
-    return info
-
-
-def clear_exit(run_dir: Path) -> None:
-    for name in ("exit_code", "exit_code.tmp"):
-        try:
-            (run_dir / name).unlink()
-        except FileNotFoundError:
-            pass
-
-
-def load_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return {}
+    return update_state(run_dir, state="running", pid=pid, pgid=pid, proc_start=started, started_at=now,
+                        ended_at=None, heartbeat=now, exit_code=None, stop_reason=None)

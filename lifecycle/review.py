@@ -16,8 +16,7 @@ import time
 from minimind.atomic import write_json
 from minimind.errors import GateRefused, MinimindError
 from minimind.lab import Lab
-from minimind.state import current, update_state
-from minimind.versions import parse
+from minimind.rundir import PLAN_FILE, REVIEW_FILE, current, read_json, update_state
 
 PENDING = re.compile(r"^(Pending|待评估|No training metrics yet|尚无训练指标|Not evaluated yet|尚未评估)", re.M)
 
@@ -35,9 +34,27 @@ def split_sections(text: str) -> dict[str, str]:
     return sections
 
 
+def _field_text(section: str, labels: str) -> str:
+    """The text under a `- **Label:**` bullet, up to the next bullet or sub-heading."""
+    match = re.search(rf"\*\*(?:{labels}):\*\*(.*?)(?=^- \*\*|^### |\Z)", section, re.S | re.M)
+    return match.group(1).strip() if match else ""
+
+
+def _thinking_text(section: str) -> str:
+    """The agent's own thinking: without the authorship line and the template's parts after it."""
+    lines = [line for line in section.splitlines()
+             if not re.fullmatch(r"\*(Written by .*|由 .* 代理撰写.*)\*", line.strip())]
+    body = []
+    for line in lines:
+        if line.startswith("**"):
+            break
+        body.append(line)
+    return "\n".join(body).strip()
+
+
 def quality_problems(text: str, derived_state: str, stop_reason: str | None, lang: str) -> list[str]:
     """What the record lacks, as short lines (empty = meets the standard). Pure."""
-    from agent.record import SECTIONS
+    from lifecycle.record import SECTIONS
 
     headings = SECTIONS.get(lang, SECTIONS["en"])
     sections = split_sections(text)
@@ -46,13 +63,11 @@ def quality_problems(text: str, derived_state: str, stop_reason: str | None, lan
     problems += [f"section '{h}' is missing" for h in missing]
     get = lambda i: sections.get(headings[i], "")  # noqa: E731
     basic = get(2)
-    goal_ok = re.search(r"\*\*(Goal|实验目的):\*\*\s*\n\s*\n\s*\S", basic)
-    hyp_ok = re.search(r"\*\*(Hypothesis|研究假设):\*\*\s*\n\s*\n\s*\S", basic)
-    if not goal_ok:
+    if not _field_text(basic, "Goal|实验目的"):
         problems.append("the goal is empty")
-    if not hyp_ok:
+    if not _field_text(basic, "Hypothesis|研究假设"):
         problems.append("the hypothesis is empty")
-    if len(get(0).strip()) < 40:
+    if len(_thinking_text(get(0))) < 40:
         problems.append("the AI thinking process is not recorded")
     if "`" not in get(1):
         problems.append("the git change record is empty")
@@ -74,13 +89,10 @@ def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: b
     from rich.console import Console
     from rich.markdown import Markdown
 
-    from agent.record import read_json
-
-    parse(version)
-    run_dir = lab.run_dir(version)
+    run_dir = lab.require_run(version)
     path = lab.record_path(version)
-    if not path.exists() or not (run_dir / "state.json").exists():
-        raise MinimindError(f"no experiment {version} in {lab.root}")
+    if not path.exists():
+        raise MinimindError(f"experiment {version} has no record ({path.relative_to(lab.root)} is missing)")
     if edit:
         editor = os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
         result = subprocess.run([*shlex.split(editor), str(path)])
@@ -88,11 +100,11 @@ def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: b
             raise MinimindError(f"editor '{editor}' exited with {result.returncode}; approval not recorded")
     text = path.read_text(encoding="utf-8")
     derived, state = current(run_dir)
-    lang = (read_json(run_dir / "plan.json") or {}).get("lang", "en")
+    lang = (read_json(run_dir / PLAN_FILE) or {}).get("lang", "en")
     console = Console()
     if show:
         console.print(Markdown(text))
-    problems = quality_problems(text, derived, state.get("stop_reason"), lang)
+    problems = quality_problems(text, derived, state.stop_reason, lang)
     console.rule(f"Review of {version}")
     if problems:
         console.print("[bold yellow]Missing against the lab's quality standard:[/]")
@@ -104,7 +116,7 @@ def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: b
     if approve:
         if problems:
             raise GateRefused(f"not approved: {problems[0]} ({len(problems)} problem(s))")
-        write_json(run_dir / "review.json", {"approved": True, "at": time.time(),
+        write_json(run_dir / REVIEW_FILE, {"approved": True, "at": time.time(),
                                              "reviewer": os.environ.get("USER", "unknown")})
         update_state(run_dir, reviewed=True)
         console.print(f"Approved. Next: minimind commit {version}")

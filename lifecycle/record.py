@@ -9,7 +9,6 @@ rendered is never overwritten: the new render goes beside it as `runs/V/record.r
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -17,15 +16,10 @@ from typing import Any, Optional
 from minimind.atomic import write_text
 from minimind.config import flatten, load_config
 from minimind.lab import Lab
-from minimind.state import current
+from minimind.guardrails import LIGHTS
+from minimind.rundir import (ANALYSIS_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, METRICS_FILE, PLAN_FILE,
+                             RECORD_MARK_FILE, RENDERED_RECORD_FILE, current, read_json, read_metrics)
 
-PLAN_FILE = "plan.json"
-ANALYSIS_FILE = "analysis.json"
-EVAL_FILE = "eval.json"
-METRICS_FILE = "metrics.jsonl"
-DIFF_FILE = "model.diff"
-COMMIT_MSG_FILE = "commit_message.md"
-REVIEW_FILE = "review.json"
 DIFF_LIMIT = 12000
 
 # The lab's record sections, in order (PRODUCT.md section 5); review checks them by these headings.
@@ -35,34 +29,11 @@ SECTIONS = {
     "zh": ["🧠 AI思考过程", "📝 Git变更记录", "📋 实验基本信息", "⚙️ 配置参数", "🚀 执行记录", "📊 训练结果",
            "🔍 推理评估", "📈 深度分析", "🎯 实验结论"],
 }
-LIGHTS = {"safe": "🟢", "watch": "🟡", "danger": "🔴"}
 KEY_PARAMS = ("model.preset", "model.dim", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.vocab_size",
               "model.max_seq_len", "model.knowledge_num", "model.knowledge_length", "model.knowledge_dim",
               "model.num_candidates", "model.freeze_ratio", "model.freeze_policy", "model.ema_decay",
               "model.ema_update_freq", "train.epochs", "train.batch_size", "train.accumulation_steps",
               "train.learning_rate", "train.max_steps", "train.seed", "launch.num_processes", "launch.mixed_precision")
-
-
-def read_json(path: Path) -> Optional[dict]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl lines; a torn last line (crash mid-append) is skipped."""
-    rows = []
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    except FileNotFoundError:
-        pass
-    return rows
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -99,11 +70,11 @@ def metrics_summary(rows: list[dict], window: int = 50) -> dict[str, Any]:
 def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> dict[str, Any]:
     """Everything the record template shows, from the run directory's files."""
     run_dir = run_dir or lab.run_dir(version)
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = load_config(run_dir / CONFIG_FILE)
     derived, state = current(run_dir)
-    if derived == "running" and state.get("train_outcome"):
-        # The run script is still alive (evaluating, analysing) but training has ended.
-        derived = state["train_outcome"]
+    if derived == "running" and state.train_outcome:
+        # The pipeline is still alive (evaluating, analysing) but training has ended.
+        derived = state.train_outcome
     plan = read_json(run_dir / PLAN_FILE) or {}
     analysis = read_json(run_dir / ANALYSIS_FILE)
     ev = read_json(run_dir / EVAL_FILE)
@@ -113,7 +84,7 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
     diff_text = (run_dir / DIFF_FILE).read_text(encoding="utf-8") if (run_dir / DIFF_FILE).exists() else ""
     flat = flatten(cfg.to_dict())
 
-    from agent.verdict import compare_rows
+    from minimind.verdict import compare_rows
 
     comparison = compare_rows(ev, base_ev) if ev else []
     guardrails = [{"name": n, "value": g.get("value"), "level": g.get("level", "n/a"),
@@ -123,27 +94,27 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
         ci = r.get("p_at_1_ci")
         recall.append({"split": split, "n": r.get("n"), "p_at_1": r.get("p_at_1"), "mrr": r.get("mrr"),
                        "p_ci": f"[{ci[0]:.2f}, {ci[1]:.2f}]" if isinstance(ci, list) and len(ci) == 2 and None not in ci else ""})
-    started, ended = state.get("started_at"), state.get("ended_at")
-    eta = state.get("eta_s") if derived == "running" else None
-    resources = state.get("resources") or f"{cfg.launch.num_processes} process(es), mixed precision {cfg.launch.mixed_precision}"
+    started, ended = state.started_at, state.ended_at
+    eta = state.eta_s if derived == "running" else None
+    resources = state.resources or f"{cfg.launch.num_processes} process(es), mixed precision {cfg.launch.mixed_precision}"
     return {"r": {
         "version": version, "base": cfg.base, "state": derived, "config_hash": plan.get("config_hash", ""),
-        "snapshot": {"module": cfg.model_module, "sha256": state.get("snapshot", {}).get("sha256", plan.get("snapshot_sha256", ""))},
+        "snapshot": {"module": cfg.model_module, "sha256": state.snapshot.get("sha256", plan.get("snapshot_sha256", ""))},
         "human": {"goal": plan.get("goal", ""), "hypothesis": plan.get("hypothesis", ""), "expect": plan.get("expect"),
                   "base": cfg.base},
         "plan": {"thinking": plan.get("thinking", ""), "changes": plan.get("changes", []), "expected": plan.get("expected", ""),
                  "risks": plan.get("risks", []), "backend": plan.get("backend", "offline"), "note": plan.get("note", "")},
-        "git": {"commit": state.get("git", {}).get("commit") or plan.get("git_commit"),
-                "dirty": state.get("git", {}).get("dirty", plan.get("git_dirty")),
+        "git": {"commit": state.git.get("commit") or plan.get("git_commit"),
+                "dirty": state.git.get("dirty", plan.get("git_dirty")),
                 "diff": diff_text[:DIFF_LIMIT].rstrip("\n"), "diff_truncated": len(diff_text) > DIFF_LIMIT,
                 "model_changed": bool(diff_text.strip()), "against": plan.get("diff_against", "the base snapshot")},
         "model": cfg.model, "train": cfg.train,
         "config_rows": [(k, flat[k]) for k in KEY_PARAMS if k in flat],
-        "execution": {"launched": bool(state.get("pid")), "pid": state.get("pid"), "pgid": state.get("pgid"),
+        "execution": {"launched": bool(state.pid), "pid": state.pid, "pgid": state.pgid,
                       "started_at": _iso(started), "ended_at": _iso(ended),
                       "duration": _duration(ended - started) if started and ended else None,
-                      "step": state.get("step"), "total_steps": state.get("total_steps"),
-                      "eta": _duration(eta) if eta else None, "stop_reason": state.get("stop_reason"),
+                      "step": state.step, "total_steps": state.total_steps,
+                      "eta": _duration(eta) if eta else None, "stop_reason": state.stop_reason,
                       "resources": resources},
         "training": {"available": summary.get("steps", 0) > 0, **summary},
         "evaluation": {"available": ev is not None, "rows": comparison, "guardrails": guardrails, "recall": recall,
@@ -160,7 +131,7 @@ def _sha(text: str) -> str:
 
 def render_record(lab: Lab, version: str, lang: str, run_dir: Optional[Path] = None, target: Optional[Path] = None) -> str:
     """Render the record text (does not write)."""
-    from agent.render import render
+    from lifecycle.render import render
 
     return render(f"record_{lang}.md.j2", record_context(lab, version, run_dir), lab.templates_dir)
 
@@ -170,10 +141,10 @@ def write_record(lab: Lab, version: str, lang: str) -> Path:
     run_dir = lab.run_dir(version)
     text = render_record(lab, version, lang)
     path = lab.record_path(version)
-    marker = run_dir / ".record.sha256"
+    marker = run_dir / RECORD_MARK_FILE
     if path.exists() and marker.exists() and _sha(path.read_text(encoding="utf-8")) != marker.read_text().strip():
-        write_text(run_dir / "record.rendered.md", text)
-        return run_dir / "record.rendered.md"
+        write_text(run_dir / RENDERED_RECORD_FILE, text)
+        return run_dir / RENDERED_RECORD_FILE
     write_text(path, text)
     write_text(marker, _sha(text))
     return path

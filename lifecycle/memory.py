@@ -5,7 +5,7 @@ from __future__ import annotations
 from minimind.config import load_config
 from minimind.errors import MinimindError, UsageError
 from minimind.lab import Lab
-from minimind.versions import parse
+from minimind.rundir import CHECKPOINTS_DIR, CONFIG_FILE, LAST_CHECKPOINT, best_checkpoint
 
 
 def show_memory(lab: Lab, version: str, text: str, top: int) -> None:
@@ -16,15 +16,12 @@ def show_memory(lab: Lab, version: str, text: str, top: int) -> None:
     from corpus.tokenizer import load_tokenizer
     from models.registry import load_checkpoint
 
-    parse(version)
+    run_dir = lab.require_run(version)
     if not text.strip():
         raise UsageError("--text must not be empty")
-    run_dir = lab.run_dir(version)
-    if not (run_dir / "config.yaml").exists():
-        raise MinimindError(f"no experiment {version} in {lab.root}")
-    cfg = load_config(run_dir / "config.yaml")
-    ckpt_dir = run_dir / "checkpoints"
-    candidates = [ckpt_dir / f"pretrain_{cfg.model['dim']}.pth", ckpt_dir / "last.pth"]
+    cfg = load_config(run_dir / CONFIG_FILE)
+    ckpt_dir = run_dir / CHECKPOINTS_DIR
+    candidates = [ckpt_dir / best_checkpoint(cfg.model["dim"]), ckpt_dir / LAST_CHECKPOINT]
     path = next((p for p in candidates if p.exists()), None)
     if path is None:
         raise MinimindError(f"experiment {version} has no checkpoint yet")

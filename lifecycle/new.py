@@ -23,6 +23,7 @@ from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.lab import Lab
 from minimind.schema import describe
 from minimind.settings import LabSettings
+from minimind.rundir import AGENT_DIR, CONFIG_FILE, DIFF_FILE, EVAL_FILE, PLAN_FILE, ANALYSIS_FILE, update_state
 from minimind.versions import default_base, module_name, parse
 
 # Sections the agent may propose changes in; data paths, evaluation, guardrails, launch
@@ -90,7 +91,7 @@ def base_config(lab: Lab, settings: LabSettings, base: Optional[str], model_conf
     lab_defaults = {k: to_dict(v) for k, v in lab_defaults.items()}
     if base is None:
         return lab_defaults
-    inherited = load_config(lab.run_dir(base) / "config.yaml").to_dict()
+    inherited = load_config(lab.run_dir(base) / CONFIG_FILE).to_dict()
     config = {k: inherited[k] for k in ("model", "train", "data")}
     config.update({k: lab_defaults[k] for k in LAB_POLICY_SECTIONS})
     return config
@@ -98,7 +99,7 @@ def base_config(lab: Lab, settings: LabSettings, base: Optional[str], model_conf
 
 def model_diff(lab: Lab, base: Optional[str]) -> tuple[str, str]:
     """(unified diff of models/model.py against the base snapshot or git HEAD, what it is against)."""
-    from agent import gitops
+    from lifecycle import gitops
 
     living = (lab.models_dir / "model.py").read_text(encoding="utf-8")
     if base is not None and lab.snapshot_path(base).exists():
@@ -131,7 +132,7 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     existing = lab.versions()
     if req.base is not None:
         parse(req.base)
-        if not (lab.run_dir(req.base) / "config.yaml").exists():
+        if not (lab.run_dir(req.base) / CONFIG_FILE).exists():
             raise UsageError(f"base experiment {req.base} does not exist")
         base = req.base
     else:
@@ -164,6 +165,9 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
         _check_existing(lab, req.version)  # re-check under the lock
         staging.mkdir()
         cfg, plan_record = _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging)
+        from lifecycle.launch import upgrade_legacy_template
+
+        notes = upgrade_legacy_template(lab)
         _stage_files(lab, cfg, plan_record, staging)
         if req.launch:
             _require_data(lab, cfg)
@@ -173,13 +177,11 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
         path, sha = take_snapshot(lab.models_dir, req.version)
         if not snapshot_existed:
             created.append(path)
-        from minimind.state import update_state
-
         update_state(staging, snapshot={"module": cfg.model_module, "sha256": sha})
         final = lab.run_dir(req.version)
         os.rename(staging, final)
         created.append(final)
-        from agent.record import write_record
+        from lifecycle.record import write_record
 
         write_record(lab, req.version, lang)
         created.append(lab.record_path(req.version))
@@ -200,15 +202,16 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
                 f"  snapshot: models/{cfg.model_module}.py"]
     if plan_record.get("note"):
         messages.append(f"  note: {plan_record['note']}")
+    messages += notes
     if not req.launch:
         messages.append(f"State: drafted. Launch with: minimind resume {req.version}")
         return NewResult(req.version, "drafted", messages)
-    from agent.launch import start_detached
-    from agent.record import write_record
+    from lifecycle.launch import start_detached
+    from lifecycle.record import write_record
 
     info = start_detached(lab, lab.run_dir(req.version))
     write_record(lab, req.version, lang)
-    messages.append(f"Launched: pid {info['pid']} (process group {info['pgid']}). "
+    messages.append(f"Launched: pid {info.pid} (process group {info.pgid}). "
                     f"Follow: minimind log {req.version} -f · minimind status")
     return NewResult(req.version, "running", messages)
 
@@ -216,25 +219,26 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
 def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging):
     """Ask the agent, apply its changes then the human's, validate; returns (config, plan record)."""
     from agent import backends
-    from agent.base import LESSONS, PlanContext
-    from agent.record import read_json
+    from agent.base import PlanContext, lessons_text
     from minimind.config import flatten
+    from minimind.rundir import read_json
 
     schema = agent_schema(model_fields)
     diff_text, against = model_diff(lab, base)
     base_record = ""
     if base is not None:
-        plan = read_json(lab.run_dir(base) / "plan.json") or {}
-        analysis = read_json(lab.run_dir(base) / "analysis.json") or {}
+        plan = read_json(lab.run_dir(base) / PLAN_FILE) or {}
+        analysis = read_json(lab.run_dir(base) / ANALYSIS_FILE) or {}
         base_record = (f"goal: {plan.get('goal', '')}\nhypothesis: {plan.get('hypothesis', '')}\n"
                        f"verdict: {analysis.get('verdict_info', {}).get('verdict', 'not analysed')}\n"
                        f"conclusion: {analysis.get('conclusion', '')}")
-    guardrails = {k: v for k, v in start["guardrails"].items() if isinstance(v, dict)}
+    # The rules this run will have: the lab's, with any the human set for it.
+    guardrails = {k: v for k, v in apply_sets(start, sets, model_fields)["guardrails"].items() if isinstance(v, dict)}
     ctx = PlanContext(version=req.version, base=base, goal=req.goal, hypothesis=req.hypothesis, expect=req.expect,
                       sets=sets, base_config=start, base_record_summary=base_record,
-                      base_eval=read_json(lab.run_dir(base) / "eval.json") if base else None,
-                      model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=LESSONS, lang=lang)
-    plan, note = backends.call(requested, settings.agent, staging / "agent", "plan", ctx)
+                      base_eval=read_json(lab.run_dir(base) / EVAL_FILE) if base else None,
+                      model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=lessons_text(guardrails), lang=lang)
+    plan, note = backends.call(requested, settings.agent, staging / AGENT_DIR, "plan", ctx)
 
     agent_changes = []
     for key, value in plan.changes.items():
@@ -257,7 +261,7 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     for key in sorted({k for k, _ in agent_changes} | {k for k, _ in human}):
         source = "set by the human (--set)" if key in dict(human) else why.get(key, "proposed by the agent")
         changes.append({"key": key, "base": before.get(key), "new": after.get(key), "why": source})
-    from agent import gitops
+    from lifecycle import gitops
 
     head = gitops.head_info(lab.root)
     plan_record = {
@@ -279,19 +283,15 @@ def _resolvable(key: str, model_fields: dict) -> bool:
 
 
 def _stage_files(lab: Lab, cfg: ExperimentConfig, plan_record: dict, staging: Path) -> None:
-    from agent.launch import check_syntax, render_run_script, write_deepspeed_config
-    from minimind.state import update_state
+    from lifecycle.launch import write_deepspeed_config, write_run_script
 
     diff_text, head = plan_record.pop("_diff"), plan_record.pop("_head")
-    write_text(staging / "config.yaml", dump_config(cfg))
-    write_json(staging / "plan.json", plan_record)
-    write_text(staging / "model.diff", diff_text)
-    final = lab.run_dir(cfg.version)
-    write_text(staging / "run.sh", render_run_script(lab, cfg, staging, final))
-    os.chmod(staging / "run.sh", 0o755)
-    check_syntax(staging / "run.sh")
+    write_text(staging / CONFIG_FILE, dump_config(cfg))
+    write_json(staging / PLAN_FILE, plan_record)
+    write_text(staging / DIFF_FILE, diff_text)
+    write_run_script(lab, cfg, staging, lab.run_dir(cfg.version))
     write_deepspeed_config(cfg, staging)
-    (staging / "agent").mkdir(exist_ok=True)
+    (staging / AGENT_DIR).mkdir(exist_ok=True)
     update_state(staging, version=cfg.version, base=cfg.base, state="drafted", pid=None, pgid=None, proc_start=None,
                  started_at=None, ended_at=None, exit_code=None, heartbeat=None, step=0, total_steps=None,
                  last_loss=None, eta_s=None, guardrails={}, git=head, agent_backend=plan_record["backend"],

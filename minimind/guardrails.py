@@ -2,7 +2,9 @@
 
 The trainer calls `check_train` at every log step and `check_eval` at every periodic
 evaluation; the evaluator and `status` use `evaluate` for all four. The agent only
-explains these results, it never computes or changes them.
+explains these results, it never computes or changes them. The guardrails' names are
+the rule fields of `GuardrailsConfig` (the lab's settings), and every threshold anyone
+shows or writes is read from those settings, never restated.
 
 Direction comes from the thresholds themselves: a rule with safe > danger (train loss,
 memory entropy) means low values are bad; safe < danger (ratio, repetition) means high
@@ -12,15 +14,26 @@ danger, and everything in between (thresholds included) is watch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Iterable, Mapping, Optional
 
 from minimind.settings import GuardrailRule, GuardrailsConfig
 
 SAFE, WATCH, DANGER, UNAVAILABLE = "safe", "watch", "danger", "n/a"
-TRAIN_GUARDRAILS = ("train_loss", "memory_entropy")
-EVAL_GUARDRAILS = ("train_inference_ratio", "repetition_rate")
-ALL_GUARDRAILS = ("train_loss", "train_inference_ratio", "repetition_rate", "memory_entropy")
+NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GuardrailsConfig)
+                               if f.default_factory is not dataclasses.MISSING
+                               and isinstance(f.default_factory(), GuardrailRule))
+EVAL_GUARDRAILS = ("train_inference_ratio", "repetition_rate")  # need an evaluation to measure
+LIGHTS = {SAFE: "🟢", WATCH: "🟡", DANGER: "🔴"}
+# What each guardrail measures, for prose (the numbers come from the settings).
+MEANINGS = {
+    "train_loss": "smoothed train loss",
+    "train_inference_ratio": "inference/train loss ratio",
+    "repetition_rate": "repetition rate (seq-rep-4)",
+    "memory_entropy": "memory selection entropy",
+}
+UNITS = {"repetition_rate": "%", "memory_entropy": " nats"}
 
 
 def _finite(value: Any) -> bool:
@@ -66,7 +79,7 @@ def _result(name: str, value: Optional[float], rule: GuardrailRule) -> dict[str,
 def evaluate(values: Mapping[str, Optional[float]], cfg: GuardrailsConfig) -> dict[str, dict[str, Any]]:
     """{name: {value, level, action, safe, danger}} for each guardrail named in `values`."""
     return {name: _result(name, value, getattr(cfg, name)) for name, value in values.items()
-            if name in ALL_GUARDRAILS}
+            if name in NAMES}
 
 
 def _last(metrics_history: list[Mapping[str, Any]], key: str) -> Optional[float]:
@@ -116,7 +129,7 @@ def describe(name: str, result: Mapping[str, Any]) -> str:
 
 def should_stop(results: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
     """The stop reason of the first danger whose action is `stop`, else None."""
-    for name in ALL_GUARDRAILS:
+    for name in NAMES:
         result = results.get(name)
         if result and result.get("level") == DANGER and result.get("action") == "stop":
             return describe(name, result)
@@ -139,3 +152,29 @@ def level_changes(old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mappin
 def levels_only(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """{name: {value, level}}: the compact form stored in state.json and eval.json."""
     return {name: {"value": r.get("value"), "level": r.get("level")} for name, r in results.items()}
+
+
+def _show(name: str, value: float) -> str:
+    if UNITS.get(name) == "%":
+        return f"{100 * value:g}%"
+    return f"{value:g}{UNITS.get(name, '')}"
+
+
+def danger_text(name: str, rule: GuardrailRule) -> str:
+    """'below 0.1', 'above 10', 'above 80%', 'below 2 nats': the danger side, from the settings."""
+    side = "below" if low_is_bad(rule) else "above"
+    return f"{side} {_show(name, rule.danger)}"
+
+
+def rule_text(name: str, rule: GuardrailRule) -> str:
+    """'smoothed train loss below 0.1 (action: stop)' for prose and prompts."""
+    return f"{MEANINGS.get(name, name)} {danger_text(name, rule)} (action: {rule.action})"
+
+
+def rules_of(cfg: GuardrailsConfig) -> dict[str, dict[str, Any]]:
+    """{name: {safe, danger, action}}: the lab's rules as plain data (agent contexts, prompts)."""
+    return {name: dataclasses.asdict(getattr(cfg, name)) for name in NAMES}
+
+
+def rule_from(spec: Mapping[str, Any]) -> GuardrailRule:
+    return GuardrailRule(safe=spec["safe"], danger=spec["danger"], action=spec.get("action", "flag"))

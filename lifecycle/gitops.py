@@ -86,7 +86,8 @@ def file_at_head(root: Path, rel: str) -> Optional[str]:
     if repo is None:
         return None
     try:
-        return repo.git.show(f"HEAD:{rel}")
+        # GitPython strips the output's final newline by default; the diff must be byte-exact.
+        return repo.git.show(f"HEAD:{rel}", strip_newline_in_stdout=False)
     except git_errors().GitCommandError:  # not in HEAD
         return None
 

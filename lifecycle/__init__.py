@@ -1,0 +1,1 @@
+"""The experiment lifecycle: one module per `minimind` verb, plus the run pipeline."""

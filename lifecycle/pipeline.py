@@ -1,0 +1,183 @@
+"""The run pipeline: what happens to an experiment from launch to its drafted commit.
+
+    python -m lifecycle.pipeline --run-dir runs/V [--resume]
+
+`runs/V/run.sh` exports the lab's environment and `exec`s this, so a fix here reaches
+every lab and every run script already written. In order:
+
+1. train   `python -m training.train` (through `accelerate launch` for several processes),
+           as a child in this process group; the record's execution section is
+           re-rendered every RECORD_REFRESH_S while it trains (here, never in the trainer).
+2. outcome finished / stopped / guardrail_stopped / failed, from the trainer's own record
+           in state.json and its exit code (`accelerate launch` reports any worker's
+           failure as 1).
+3. evaluate `python -m training.evaluate` (a child: torch's memory is freed when it ends).
+4. analyse verdict, the agent's prose, the commit draft, the record.
+
+`minimind stop` signals the whole process group: the trainer checkpoints and exits, and
+this process only notes the request. A stop that arrives as training ends, or during
+evaluation or analysis, keeps the trained checkpoint and ends the run `stopped`, so
+`resume` finishes it. The exit status is written to `exit_code` as the last act; a run
+killed with -9 leaves none, which is how `status` tells `lost`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from minimind.config import load_config
+from minimind.errors import MinimindError
+from minimind.lab import Lab
+from minimind.rundir import (CONFIG_FILE, EXIT_STOPPED, FINAL_BY_TRAINER, PLAN_FILE, read_json, read_state,
+                             update_state, write_exit_code)
+
+RECORD_REFRESH_S = 120  # the record's execution section follows a long run (PRODUCT.md section 5)
+POLL_S = 2.0
+
+
+def say(message: str) -> None:
+    print(f"[pipeline] {message}", flush=True)
+
+
+def lab_of(run_dir: Path) -> Lab:
+    return Lab(Path(run_dir).resolve().parent.parent)
+
+
+def record_outcome(run_dir: Path, train_rc: int) -> str:
+    """finished / stopped / guardrail_stopped / failed, recorded in state.json."""
+    recorded = read_state(run_dir).state
+    if recorded in FINAL_BY_TRAINER:
+        result = recorded
+    elif train_rc == 0:
+        result = "finished"
+    else:
+        result = "failed"
+    changes: dict[str, Any] = {"train_outcome": result,
+                               "phase": "evaluate" if result in ("finished", "guardrail_stopped") else "done"}
+    if result in ("stopped", "failed"):
+        changes["ended_at"] = time.time()
+    update_state(run_dir, **changes)
+    return result
+
+
+def mark_stopped(run_dir: Path, reason: str) -> None:
+    """A stop that came after training ended: the checkpoint is complete, the run is stopped."""
+    update_state(run_dir, state="stopped", stop_reason=reason, phase="stopped", ended_at=time.time())
+    refresh_record(run_dir)
+
+
+def refresh_record(run_dir: Path) -> None:
+    """Re-render the record from the run's files; a failure here must not fail the run."""
+    from lifecycle.record import write_record
+
+    plan = read_json(Path(run_dir) / PLAN_FILE)
+    if plan is None:
+        return
+    try:
+        write_record(lab_of(run_dir), load_config(Path(run_dir) / CONFIG_FILE).version, plan.get("lang", "en"))
+    except (MinimindError, OSError) as exc:
+        print(f"warning: record not refreshed: {exc}", file=sys.stderr, flush=True)
+
+
+class StopRequest:
+    """SIGTERM/SIGINT only note the request: the trainer, signalled with the group, checkpoints."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, _signum: int, _frame: Any) -> None:
+        if not self.requested:
+            say("stop requested: waiting for the current step to end")
+        self.requested = True
+
+
+def _train(run_dir: Path, resume: bool) -> int:
+    from lifecycle.launch import train_command
+
+    lab = lab_of(run_dir)
+    argv = train_command(lab, load_config(run_dir / CONFIG_FILE), run_dir) + (["--resume"] if resume else [])
+    proc = subprocess.Popen(argv, cwd=lab.root)
+    last_refresh = time.monotonic()
+    while True:
+        try:
+            return proc.wait(timeout=POLL_S)
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() - last_refresh >= RECORD_REFRESH_S:
+            last_refresh = time.monotonic()
+            refresh_record(run_dir)
+
+
+def _evaluate(run_dir: Path) -> int:
+    return subprocess.call([sys.executable, "-m", "training.evaluate", "--run-dir", str(run_dir)],
+                           cwd=lab_of(run_dir).root)
+
+
+def _analyse(run_dir: Path) -> int:
+    from lifecycle.analyse import analyse
+
+    try:
+        analyse(run_dir)
+    except MinimindError as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    return 0
+
+
+STEPS_AFTER_TRAINING = (("evaluate", _evaluate), ("analyse", _analyse))
+
+
+def run(run_dir: Path, resume: bool, stop: StopRequest) -> int:
+    """The whole pipeline; returns the run's exit status (0 done, 10 stopped, other: failed)."""
+    run_dir = Path(run_dir).resolve()
+    say(f"experiment {run_dir.name}: started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+    train_rc = _train(run_dir, resume)
+    outcome = record_outcome(run_dir, train_rc)
+    refresh_record(run_dir)
+    say(f"training ended: {outcome} (exit {train_rc})")
+    if stop.requested and outcome != "stopped":
+        mark_stopped(run_dir, "stopped as training ended")
+        return EXIT_STOPPED
+    if outcome == "stopped":
+        return EXIT_STOPPED
+    if outcome not in ("finished", "guardrail_stopped"):
+        return 1
+    for name, step in STEPS_AFTER_TRAINING:
+        rc = step(run_dir)
+        if stop.requested:
+            mark_stopped(run_dir, f"stopped during {name}")
+            return EXIT_STOPPED
+        if rc != 0:
+            return rc
+    say(f"experiment {run_dir.name}: done {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lifecycle.pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", required=True, type=Path, help="runs/V: holds config.yaml")
+    parser.add_argument("--resume", action="store_true", help="continue training from checkpoints/last.pth")
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    stop = StopRequest()
+    code = 1
+    try:
+        code = run(run_dir, args.resume, stop)
+    except MinimindError as exc:
+        print(f"Error: {exc}", file=sys.stderr, flush=True)
+        code = exc.exit_code
+    finally:
+        write_exit_code(run_dir, code)  # the run's last word (see the module docstring)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

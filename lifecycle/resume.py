@@ -1,0 +1,29 @@
+"""`minimind resume VERSION`: continue a drafted, stopped, lost or failed run from its last checkpoint."""
+
+from __future__ import annotations
+
+from minimind.errors import GateRefused, MinimindError
+from minimind.lab import Lab
+from minimind.rundir import CHECKPOINTS_DIR, LAST_CHECKPOINT, clear_exit_code, current, update_state
+
+
+def resume_run(lab: Lab, version: str, force: bool = False) -> str:
+    """Relaunch the run's pipeline; it continues from checkpoints/last.pth when there is one."""
+    from lifecycle.launch import refresh_run_script, start_detached
+
+    run_dir = lab.require_run(version)
+    derived, state = current(run_dir)
+    if derived == "running":
+        raise MinimindError(f"experiment {version} is already running (pid {state.pid})")
+    if derived == "finished":
+        raise MinimindError(f"experiment {version} already finished; start a new experiment instead")
+    if derived == "guardrail_stopped" and not force:
+        raise GateRefused(f"experiment {version} was stopped by a guardrail ({state.stop_reason}); "
+                          "resuming would continue a run that is cheating")
+    notes = refresh_run_script(lab, run_dir)
+    has_checkpoint = (run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT).exists()
+    clear_exit_code(run_dir)
+    update_state(run_dir, state="running", stop_reason=None, train_outcome=None, phase="train")
+    info = start_detached(lab, run_dir, resume=has_checkpoint)
+    how = "from its last checkpoint" if has_checkpoint else "from the start (no checkpoint yet)"
+    return "\n".join([*notes, f"Resumed experiment {version} {how}: pid {info.pid}. Follow: minimind log {version} -f"])

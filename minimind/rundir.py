@@ -1,0 +1,264 @@
+"""One experiment's run directory `runs/V/`: the name of every file in it, and `state.json`.
+
+Every module that reads or writes a run file takes its name from here, so a file is
+renamed in one place. `state.json` is read and written through `RunState`, one dataclass
+whose fields are every key the tool records (PRODUCT.md section 5); writers go through
+`update_state`, a locked read-modify-write with an atomic rename, and an unknown field
+name is a bug caught at the write. Readers derive the honest state with `derive_state`,
+a pure function that never calls a dead run `running`: it checks the recorded pid *and*
+that pid's start time (pid reuse), the exit-code file the run pipeline writes as its last
+act, and the heartbeat (PRODUCT.md section 4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from minimind.atomic import write_json, write_text
+
+# --- file names inside runs/V/ ------------------------------------------------------
+CONFIG_FILE = "config.yaml"          # the fully resolved experiment config
+STATE_FILE = "state.json"            # RunState
+EXIT_CODE_FILE = "exit_code"         # the pipeline's exit status: written last, absent after kill -9
+RUN_SCRIPT = "run.sh"                # rendered from templates/run.sh.j2; calls the pipeline
+TRAIN_LOG = "train.log"              # stdout and stderr of the run
+METRICS_FILE = "metrics.jsonl"       # one JSON object per logged step: the source of truth
+EVAL_FILE = "eval.json"              # evaluation of the kept checkpoint
+PLAN_FILE = "plan.json"              # the agent's plan and the human's request
+ANALYSIS_FILE = "analysis.json"      # the agent's analysis and the computed verdict
+DIFF_FILE = "model.diff"             # models/model.py against the base snapshot (or git HEAD)
+COMMIT_MSG_FILE = "commit_message.md"
+REVIEW_FILE = "review.json"          # the human's approval
+DS_CONFIG_FILE = "ds_config.json"    # generated DeepSpeed config
+STOP_FILE = "stop"                   # present = a stop was requested (read by every rank)
+RECORD_MARK_FILE = ".record.sha256"  # sha256 of the record as last rendered (edit detection)
+RENDERED_RECORD_FILE = "record.rendered.md"  # a render kept beside a record the human edited
+STATE_LOCK_FILE = ".state.lock"
+CHECKPOINTS_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.pth"         # everything needed to resume
+PLOTS_DIR = "plots"
+AGENT_DIR = "agent"                  # the agent's call log
+
+
+def best_checkpoint(dim: int) -> str:
+    """MiniMind's name for the kept model: pretrain_{dim}.pth."""
+    return f"pretrain_{int(dim)}.pth"
+
+
+# --- states -------------------------------------------------------------------------
+FINAL_BY_TRAINER = ("stopped", "guardrail_stopped")  # states the trainer records itself before exiting
+FLAGS = ("evaluated", "analysed", "reviewed", "committed")
+HEARTBEAT_S = 60  # the trainer writes state.json at least this often while training
+STALE_AFTER_S = 3 * HEARTBEAT_S
+
+# Exit codes of `training.train` and of the run pipeline.
+EXIT_FINISHED = 0
+EXIT_STOPPED = 10
+EXIT_GUARDRAIL = 11
+
+
+@dataclass(kw_only=True)
+class RunState:
+    """Every key of state.json. Unknown keys from other versions are kept in `extra`."""
+
+    version: Optional[str] = None
+    base: Optional[str] = None
+    state: str = "drafted"            # recorded state; `derive_state` gives the honest one
+    phase: Optional[str] = None       # setup / train / evaluate / analyse / done / stopped
+    pid: Optional[int] = None         # the run pipeline's pid (= its process group)
+    pgid: Optional[int] = None
+    proc_start: Optional[int] = None  # /proc start time of pid (pid reuse)
+    trainer_pid: Optional[int] = None
+    started_at: Optional[float] = None
+    ended_at: Optional[float] = None
+    exit_code: Optional[int] = None
+    heartbeat: Optional[float] = None
+    step: int = 0
+    total_steps: Optional[int] = None
+    last_loss: Optional[float] = None
+    eta_s: Optional[float] = None
+    tokens_per_s: Optional[float] = None
+    guardrails: dict[str, Any] = field(default_factory=dict)       # {name: {value, level}} while training
+    eval_guardrails: dict[str, Any] = field(default_factory=dict)  # the same, from eval.json
+    eval_time: Optional[float] = None
+    train_outcome: Optional[str] = None  # finished / stopped / guardrail_stopped / failed
+    stop_reason: Optional[str] = None
+    error: Optional[str] = None
+    resources: Optional[str] = None
+    snapshot: dict[str, Any] = field(default_factory=dict)  # {module, sha256}
+    git: dict[str, Any] = field(default_factory=dict)       # {commit, dirty} at launch
+    agent_backend: Optional[str] = None
+    evaluated: bool = False
+    analysed: bool = False
+    reviewed: bool = False
+    committed: bool = False
+    commit: Optional[str] = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "RunState":
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names}
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**self.extra, **data}
+
+    @property
+    def unreadable(self) -> bool:
+        return self.state == "unknown"
+
+
+_FIELDS = {f.name for f in dataclasses.fields(RunState)} - {"extra"}
+
+
+def read_state(run_dir: Path) -> RunState:
+    path = Path(run_dir) / STATE_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return RunState()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        # Writes are atomic, so this is outside damage; say so rather than guess.
+        return RunState(state="unknown", error=f"{path} is not valid JSON")
+    return RunState.from_dict(data if isinstance(data, dict) else {})
+
+
+def has_state(run_dir: Path) -> bool:
+    return (Path(run_dir) / STATE_FILE).is_file()
+
+
+@contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    lock_path = Path(run_dir) / STATE_LOCK_FILE
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def update_state(run_dir: Path, **changes: Any) -> RunState:
+    """Merge `changes` into state.json atomically; returns the new state."""
+    unknown = sorted(set(changes) - _FIELDS)
+    if unknown:
+        raise TypeError(f"state.json has no field {', '.join(unknown)}")
+    run_dir = Path(run_dir)
+    with _locked(run_dir):
+        state = read_state(run_dir)
+        if state.unreadable:
+            state = RunState()
+        state = dataclasses.replace(state, **changes)
+        write_json(run_dir / STATE_FILE, state.to_dict())
+        return state
+
+
+# --- the exit-code file ------------------------------------------------------------
+
+def read_exit_code(run_dir: Path) -> Optional[int]:
+    try:
+        text = (Path(run_dir) / EXIT_CODE_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return -1
+
+
+def write_exit_code(run_dir: Path, code: int) -> None:
+    write_text(Path(run_dir) / EXIT_CODE_FILE, f"{int(code)}\n")
+
+
+def clear_exit_code(run_dir: Path) -> None:
+    for name in (EXIT_CODE_FILE, EXIT_CODE_FILE + ".tmp"):  # .tmp: the legacy bash trap's temporary
+        (Path(run_dir) / name).unlink(missing_ok=True)
+
+
+# --- liveness and the honest state -------------------------------------------------
+
+def process_start_time(pid: int) -> Optional[int]:
+    """Start time of `pid` in clock ticks since boot (Linux /proc), or None if gone."""
+    try:
+        raw = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError, OSError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    rest = raw[raw.rindex(")") + 2:].split()
+    if rest[0] == "Z":  # a zombie has exited; it only waits to be reaped
+        return None
+    return int(rest[19])  # field 22 overall
+
+
+def is_alive(pid: Optional[int], start_time: Optional[int]) -> bool:
+    """True only if `pid` exists and started when we recorded it did (not a reused pid)."""
+    if not pid or start_time is None:
+        return False
+    return process_start_time(pid) == start_time
+
+
+def derive_state(state: RunState, exit_code: Optional[int], alive: bool) -> str:
+    """The honest state of a run from its record, exit-code file and liveness (pure)."""
+    recorded = state.state or "drafted"
+    if recorded == "drafted" and not state.pid:
+        return "drafted"
+    if exit_code is not None:
+        if recorded in FINAL_BY_TRAINER:
+            return recorded
+        return "finished" if exit_code == 0 else "failed"
+    if alive:
+        return recorded if recorded in FINAL_BY_TRAINER else "running"
+    return "lost"
+
+
+def is_stale(state: RunState, now: Optional[float] = None) -> bool:
+    """Heartbeat older than STALE_AFTER_S while the process is alive: hung, not dead."""
+    beat = state.heartbeat
+    return beat is not None and ((now or time.time()) - beat) > STALE_AFTER_S
+
+
+def current(run_dir: Path) -> tuple[str, RunState]:
+    """(derived state, recorded state) for one run directory."""
+    state = read_state(run_dir)
+    exit_code = read_exit_code(run_dir)
+    alive = is_alive(state.pid, state.proc_start)
+    return derive_state(state, exit_code, alive), state
+
+
+# --- metrics.jsonl -------------------------------------------------------------------
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl rows; a torn last line (a crash mid-append) is skipped."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+    except FileNotFoundError:
+        pass
+    return rows
+
+
+def read_json(path: Path) -> Optional[dict[str, Any]]:
+    """A run's JSON file (plan, analysis, eval), or None when it is missing or torn."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None

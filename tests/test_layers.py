@@ -1,0 +1,112 @@
+"""The import contract: layers import downward only (docs/ARCHITECTURE.md).
+
+Every import is read from the source, including imports inside functions, so a lazy
+import cannot hide an edge that goes the wrong way.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# package -> the project packages it may import (itself included)
+ALLOWED = {
+    "minimind": {"minimind"},
+    "models": {"minimind", "models"},
+    "corpus": {"minimind", "corpus"},
+    "training": {"minimind", "models", "corpus", "training"},
+    "agent": {"minimind", "agent"},
+    "lifecycle": {"minimind", "models", "corpus", "training", "agent", "lifecycle"},
+    "cli": {"minimind", "models", "corpus", "training", "agent", "lifecycle"},
+    "bench": {"minimind", "models", "corpus", "training", "lifecycle", "bench"},
+}
+PROJECT = set(ALLOWED) - {"cli", "bench"}
+# Run scripts written by minimind <= 0.1 call `python -m agent.finish`; that shim forwards
+# to the lifecycle and is the one edge allowed to point up (see its docstring).
+EXCEPTIONS = {("agent/finish.py", "lifecycle")}
+# The foundation may use only the standard library and yaml; the living model file is
+# self-contained (snapshots are byte copies loaded by path), so torch and stdlib only.
+THIRD_PARTY = {"minimind": {"yaml"}, "models/model.py": {"torch"}}
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """(line, top-level module) of every absolute import in a file, at any depth."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module.split(".")[0]))
+    return found
+
+
+def layer_of(root: Path, path: Path) -> str:
+    rel = path.relative_to(root)
+    return "cli" if rel.parts == ("cli.py",) else rel.parts[0]
+
+
+def violations(root: Path) -> list[str]:
+    """Every import that breaks the contract, as 'file:line imports X'."""
+    files = [root / "cli.py"] if (root / "cli.py").exists() else []
+    for package in ALLOWED:
+        if (root / package).is_dir():
+            files += sorted((root / package).rglob("*.py"))
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    out = []
+    for path in files:
+        layer = layer_of(root, path)
+        rel = str(path.relative_to(root))
+        for line, module in imports_of(path):
+            if module in PROJECT:
+                if module not in ALLOWED[layer] and (rel, module) not in EXCEPTIONS:
+                    out.append(f"{rel}:{line} imports {module} ({layer} may import {', '.join(sorted(ALLOWED[layer]))})")
+                if rel == "models/model.py":
+                    out.append(f"{rel}:{line} imports {module} (the model file must be self-contained)")
+                continue
+            limited = THIRD_PARTY.get(rel, THIRD_PARTY.get(layer) if layer == "minimind" else None)
+            if limited is not None and module not in stdlib and module not in limited:
+                out.append(f"{rel}:{line} imports {module} (only the standard library and {', '.join(sorted(limited))})")
+    return out
+
+
+def test_every_import_goes_downward():
+    assert violations(ROOT) == []
+
+
+def test_the_check_catches_a_wrong_way_import(tmp_path):
+    """The contract test can fail: a foundation module importing the trainer is reported."""
+    for package in ("minimind", "training", "models"):
+        (tmp_path / package).mkdir()
+    (tmp_path / "training" / "loop.py").write_text("from minimind.rundir import update_state\n")
+    (tmp_path / "minimind" / "lab.py").write_text("def init():\n    from training.loop import Trainer\n")
+    (tmp_path / "minimind" / "heavy.py").write_text("import torch\n")
+    (tmp_path / "models" / "model.py").write_text("import torch\nfrom minimind import errors\n")
+    found = violations(tmp_path)
+    assert any(v.startswith("minimind/lab.py:2 imports training") for v in found), found
+    assert any(v.startswith("minimind/heavy.py:1 imports torch") for v in found), found
+    assert any("models/model.py:2 imports minimind (the model file must be self-contained)" in v for v in found), found
+    assert not any(v.startswith("training/") for v in found), found
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["status"], ["status", "--json"]])
+def test_fast_paths_import_nothing_heavy(tmp_path, argv):
+    """`minimind --help` and `minimind status` stay under the start-up budget (QUALITY.md)."""
+    lab = tmp_path / "lab"
+    (lab / "runs" / "0.1.0").mkdir(parents=True)
+    (lab / "minimind.yaml").write_text("model:\n  preset: memory\n")
+    (lab / "runs" / "0.1.0" / "state.json").write_text('{"version": "0.1.0", "state": "drafted"}')
+    code = ("import sys, cli\n"
+            f"cli.main({argv!r}, standalone_mode=False)\n"
+            "print(sorted(m for m in ('torch', 'anthropic', 'swanlab', 'git', 'jinja2', 'accelerate', 'numpy')"
+            " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                         env={"MINIMIND_LAB": str(lab), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
