@@ -135,12 +135,20 @@ def run_copy(lab, tmp_path):
 
 # --- how a run's files break one rule ------------------------------------------------
 
-def plan_field(name, value):
+def json_field(file_name, name, value):
     def change(run_dir):
-        plan = read_json(run_dir / PLAN_FILE)
-        assert name in plan
-        write_json(run_dir / PLAN_FILE, {**plan, name: value})
+        data = read_json(run_dir / file_name)
+        assert name in data
+        write_json(run_dir / file_name, {**data, name: value})
     return change
+
+
+def plan_field(name, value):
+    return json_field(PLAN_FILE, name, value)
+
+
+def analysis_field(name, value):
+    return json_field(ANALYSIS_FILE, name, value)
 
 
 def state(exit_code, **fields):
@@ -159,14 +167,6 @@ def state(exit_code, **fields):
 def remove(name):
     def change(run_dir):
         (run_dir / name).unlink()
-    return change
-
-
-def analysis_field(name, value):
-    def change(run_dir):
-        analysis = read_json(run_dir / ANALYSIS_FILE)
-        assert name in analysis
-        write_json(run_dir / ANALYSIS_FILE, {**analysis, name: value})
     return change
 
 
