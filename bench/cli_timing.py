@@ -41,16 +41,17 @@ def _time(cmd: list[str], env: dict, runs: int) -> float:
 def fake_lab(root: Path, count: int) -> None:
     """A lab with `count` finished experiments (state, config, eval) — what status reads."""
     from minimind.atomic import write_json
+    from minimind.rundir import EVAL_FILE, EXIT_CODE_FILE, STATE_FILE
     from lifecycle.init import init_lab
 
     lab = init_lab(root)
     for i in range(count):
         run = lab.run_dir(f"0.{i // 10}.{i % 10}")
         run.mkdir(parents=True)
-        write_json(run / "state.json", {"version": run.name, "state": "running", "pid": 999999, "proc_start": 1,
+        write_json(run / STATE_FILE, {"version": run.name, "state": "running", "pid": 999999, "proc_start": 1,
                                         "step": 100, "total_steps": 100, "last_loss": 3.2, "evaluated": True})
-        (run / "exit_code").write_text("0\n")
-        write_json(run / "eval.json", {"guardrails": {"train_loss": {"value": 3.2, "level": "safe"}}})
+        (run / EXIT_CODE_FILE).write_text("0\n")
+        write_json(run / EVAL_FILE, {"guardrails": {"train_loss": {"value": 3.2, "level": "safe"}}})
 
 
 def prepare_run(jsonl: Path, tokenizer: Path, cache: Path) -> tuple[float, int]:

@@ -19,7 +19,6 @@ where torch has no max_memory_allocated; scratch memory inside a kernel is not s
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import statistics
@@ -47,13 +46,10 @@ TARGETS = {  # key: (comparison, target), QUALITY.md
 
 
 def load_model_module(models_dir: Path, name: str):
-    """The model file itself, by path (what registry.load_module does, without the lab)."""
-    path = models_dir / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The model file itself, loaded by path exactly as experiments load it."""
+    from models.registry import load_module
+
+    return load_module(models_dir, name)
 
 
 def paired_ratio(fn_a, fn_b, repeats: int, warmup: int = 1) -> dict:
