@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from minimind import __version__
 from minimind.errors import MinimindError
 
 
@@ -42,7 +43,7 @@ def _lab():
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
-@click.version_option(package_name="minimind")
+@click.version_option(version=__version__, prog_name="minimind")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
     """minimind: run numbered memory-layer LM experiments from a goal and a hypothesis.
@@ -212,29 +213,72 @@ def resume(version: str, force: bool) -> None:
 
 @main.command("eval")
 @click.argument("version", required=False)
-@click.option("--num-samples", type=int, default=None, help="Held-out samples to evaluate.")
-@click.option("--model-path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Evaluate this checkpoint instead of an experiment's.")
-@click.option("--model-type", default=None, help="model, model_original, model_memory, model_no_feed or a snapshot like model_1_4_8.")
-@click.option("--dim", type=int, default=None, help="Model width of a raw state dict (like eval_model.py).")
-@click.option("--n-layers", "n_layers", type=int, default=None, help="Layers of a raw state dict.")
-@click.option("--n-heads", "n_heads", type=int, default=None, help="Attention heads of a raw state dict.")
-@click.option("--knowledge-num", "knowledge_num", type=int, default=None, help="Memory entries of a raw state dict.")
-@click.option("--knowledge-length", "knowledge_length", type=int, default=None, help="Tokens per entry of a raw state dict.")
-@click.option("--knowledge-dim", "knowledge_dim", type=int, default=None, help="Key width of a raw state dict.")
+# Every option also takes the lab guide's spelling (eval_model.py's underscores).
+@click.option("--num-samples", "--num_samples", "num_samples", type=int, default=None, help="Held-out samples to evaluate.")
+@click.option("--model-path", "--model_path", "model_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Evaluate this checkpoint (or raw state dict) instead of an experiment's.")
+@click.option("--model-type", "--model_type", "model_type", default=None,
+              help="model, model_original, model_memory, model_no_feed or a snapshot like model_1_4_8.")
+@click.option("--dim", type=int, default=None, help="Model width of a raw state dict (default: from the weights).")
+@click.option("--n-layers", "--n_layers", "n_layers", type=int, default=None, help="Layers of a raw state dict.")
+@click.option("--n-heads", "--n_heads", "n_heads", type=int, default=None, help="Attention heads of a raw state dict.")
+@click.option("--n-kv-heads", "--n_kv_heads", "n_kv_heads", type=int, default=None,
+              help="Key/value heads of a raw state dict (default: from the weights).")
+@click.option("--max-seq-len", "--max_seq_len", "max_seq_len", type=int, default=None,
+              help="Longest sequence of a raw state dict.")
+@click.option("--knowledge-num", "--knowledge_num", "knowledge_num", type=int, default=None,
+              help="Memory entries of a raw state dict.")
+@click.option("--knowledge-length", "--knowledge_length", "knowledge_length", type=int, default=None,
+              help="Tokens per entry of a raw state dict.")
+@click.option("--knowledge-dim", "--knowledge_dim", "knowledge_dim", type=int, default=None,
+              help="Key width of a raw state dict.")
+@click.option("--use-moe", "--use_moe", "use_moe", is_flag=True, help="The raw state dict is MoE (also inferred from its keys).")
+@click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="tokenizer.json to use (default: the lab's; given here, a mismatch with the checkpoint only warns).")
+@click.option("--pretrain", "--data", "pretrain", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Pretraining JSONL for the held-out losses (default: the lab's).")
+@click.option("--probes", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="probes.json for factual recall (default: the lab's).")
 def eval_cmd(version: str | None, num_samples: int | None, model_path: Path | None, model_type: str | None,
+             use_moe: bool, tokenizer: Path | None, pretrain: Path | None, probes: Path | None,
              **sizes: int | None) -> None:
     """Evaluate an experiment's checkpoint (or any checkpoint) and write eval.json.
 
     \b
     Example:
       minimind eval 1.4.8 --num-samples 10
-      minimind eval --model-path out/pretrain_512.pth --model-type model_1_4_4
+      minimind eval --model_path out/pretrain_512.pth --model_type model_original --num_samples 5
     """
     from lifecycle.eval import evaluate
 
+    files = {"tokenizer": tokenizer, "pretrain": pretrain, "probes": probes}
     click.echo(evaluate(_lab(), version, num_samples, model_path, model_type,
-                        {k: v for k, v in sizes.items() if v is not None}))
+                        {k: v for k, v in sizes.items() if v is not None}, use_moe=use_moe,
+                        files={k: v for k, v in files.items() if v is not None}))
+
+
+@main.command()
+@click.argument("src", metavar="IN", type=click.Path(exists=True, path_type=Path))
+@click.argument("out", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--n-heads", "--n_heads", "n_heads", type=int, default=None,
+              help="Query heads, for a raw state dict (a checkpoint or config.json records them).")
+@click.option("--n-kv-heads", "--n_kv_heads", "n_kv_heads", type=int, default=None,
+              help="Key/value heads (default: from the weights' shapes).")
+@click.option("--raw", is_flag=True, help="Upstream -> lab: write a plain state dict, as MiniMind2's .pth files.")
+def convert(src: Path, out: Path, n_heads: int | None, n_kv_heads: int | None, raw: bool) -> None:
+    """Convert weights between the lab format and current upstream MiniMind's.
+
+    IN is a .pth (checkpoint or state dict) or a Hugging Face-style folder
+    (model.safetensors or pytorch_model.bin, plus config.json); OUT gets the other format.
+
+    \b
+    Example:
+      minimind convert runs/1.4.8/checkpoints/pretrain_512.pth out/minimind2-hf
+      minimind convert out/MiniMind2 out/minimind2_lab.pth
+    """
+    from models.convert import convert as run_convert
+
+    click.echo(run_convert(src, out, n_heads, n_kv_heads, raw))
 
 
 @main.command()

@@ -5,7 +5,8 @@ The file is streamed in fixed-size chunks, so peak memory does not depend on its
 document `<s> text </s>` appended to `tokens.bin` (uint16); `offsets.bin` (int64,
 num_docs + 1 entries) says where each document starts. Malformed lines are counted and
 reported by line number; too many of them fail the command, so no run trains on a
-silently truncated dataset.
+silently truncated dataset. Blank and whitespace-only lines are skipped and counted on
+their own (`blank_lines`): they are layout, not damage, and do not count toward the limit.
 
 Cache layout, `cache_root/<key>/`: tokens.bin, offsets.bin, meta.json, where key =
 sha256(file content, tokenizer content, format version).
@@ -28,7 +29,7 @@ from corpus.progress import byte_progress
 from corpus.tokenizer import BOS_ID, EOS_ID, load_tokenizer
 from minimind.errors import MinimindError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: blank lines are counted apart from malformed ones
 TOKEN_DTYPE = np.uint16
 OFFSET_DTYPE = np.int64
 CHUNK_BYTES = 1 << 20  # lines are read and tokenised about 1 MB at a time
@@ -39,6 +40,7 @@ STORED_BAD_LINES = 1000  # line numbers kept in meta.json
 @dataclass
 class _Tally:
     lines: int = 0
+    blank: int = 0
     docs: int = 0
     tokens: int = 0
     bad_lines: list[int] = field(default_factory=list)
@@ -114,6 +116,9 @@ def _tokenise_lines(lines: list[bytes], encode, tally: _Tally, tokens_out, offse
     texts = []
     for raw in lines:
         tally.lines += 1
+        if not raw.strip():
+            tally.blank += 1
+            continue
         text = _parse_line(raw, tally.lines, tally)
         if text is not None:
             texts.append(text)
@@ -154,11 +159,12 @@ def _tokenise_file(path: Path, tokenizer, out_dir: Path, advance, chunk_bytes: i
 
 
 def _check_bad_share(source: Path, meta: dict, max_bad_share: float) -> None:
-    bad, total = meta["bad_line_count"], meta["num_lines"]
+    bad, total = meta["bad_line_count"], meta["num_lines"] - meta.get("blank_lines", 0)
     first = ", ".join(str(n) for n in meta["bad_lines"][:REPORTED_BAD_LINES])
     more = ", ..." if bad > REPORTED_BAD_LINES else ""
     if meta["num_docs"] == 0:
-        what = f"all {total} lines are malformed (lines {first}{more})" if total else "the file is empty"
+        what = (f"all {total} non-blank lines are malformed (lines {first}{more})" if total
+                else f"all {meta['num_lines']} lines are blank" if meta["num_lines"] else "the file is empty")
         raise MinimindError(f"{source}: no usable documents: {what}")
     if bad > max_bad_share * total:
         raise MinimindError(
@@ -207,7 +213,7 @@ def prepare_pretrain(jsonl_path: str | Path, tokenizer_path: str | Path, cache_r
             "source": str(source.resolve()), "source_bytes": size, "source_sha256": source_sha,
             "tokenizer": str(Path(tokenizer_path).resolve()), "tokenizer_sha256": tokenizer_sha,
             "vocab_size": vocab_size, "dtype": np.dtype(TOKEN_DTYPE).name,
-            "num_lines": tally.lines, "num_docs": tally.docs, "num_tokens": tally.tokens,
+            "num_lines": tally.lines, "blank_lines": tally.blank, "num_docs": tally.docs, "num_tokens": tally.tokens,
             "bad_line_count": tally.bad_count, "bad_lines": tally.bad_lines,
             "bad_reasons": dict(sorted(tally.bad_reasons.items())),
             "seconds": round(seconds, 3), "mb_per_s": round(size / 1e6 / max(seconds, 1e-9), 2),

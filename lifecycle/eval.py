@@ -17,13 +17,18 @@ from minimind.rundir import current
 
 
 def evaluate(lab: Lab, version: Optional[str], num_samples: Optional[int], model_path: Optional[Path],
-             model_type: Optional[str], sizes: Optional[dict[str, int]] = None) -> str:
+             model_type: Optional[str], sizes: Optional[dict[str, int]] = None, use_moe: bool = False,
+             files: Optional[dict[str, Path]] = None) -> str:
+    """Run the evaluator; `files` may name another tokenizer, pretrain JSONL or probes file."""
     env = dict(os.environ, PYTHONSAFEPATH="1", MINIMIND_LAB=str(lab.root))
+    for name, path in (files or {}).items():
+        if not Path(path).is_file():
+            raise UsageError(f"--{name} {path}: no such file")
     if model_path is not None:
-        if not model_type:
-            raise UsageError("--model-path needs --model-type (e.g. model, model_original, model_1_4_8)")
-        argv = [sys.executable, "-m", "training.evaluate", "--model-path", str(model_path), "--model-type", model_type,
-                "--lab", str(lab.root)]
+        # A minimind checkpoint records its module; for a raw state dict the evaluator asks for --model-type.
+        argv = [sys.executable, "-m", "training.evaluate", "--model-path", str(model_path), "--lab", str(lab.root)]
+        if model_type:
+            argv += ["--model-type", model_type]
         for name, value in (sizes or {}).items():
             argv += [f"--{name}", str(value)]
         if version:
@@ -37,6 +42,10 @@ def evaluate(lab: Lab, version: Optional[str], num_samples: Optional[int], model
         argv = [sys.executable, "-m", "training.evaluate", "--run-dir", str(run_dir)]
     if num_samples is not None:
         argv += ["--num-samples", str(num_samples)]
+    if use_moe:
+        argv.append("--use-moe")
+    for name, path in (files or {}).items():
+        argv += [f"--{name}", str(Path(path).resolve())]
     result = subprocess.run(argv, cwd=lab.root, env=env)
     if result.returncode != 0:
         raise MinimindError(f"evaluation failed (exit {result.returncode}); see the messages above")

@@ -93,7 +93,7 @@ def test_too_many_bad_lines_fail_naming_them_and_leave_no_cache(tmp_path, tokeni
     lines[8] = json.dumps({"content": "no text key"})
     lines[9] = json.dumps({"text": 42})
     lines[40] = "not json at all"
-    lines[41] = ""
+    lines[41] = "{}"
     source = write_jsonl(tmp_path / "data.jsonl", lines)
     with pytest.raises(MinimindError) as err:
         prepare_pretrain(source, tokenizer_path, tmp_path / "cache", progress=False)
@@ -104,6 +104,25 @@ def test_too_many_bad_lines_fail_naming_them_and_leave_no_cache(tmp_path, tokeni
     # The same file passes when the user allows more bad lines.
     cache = prepare_pretrain(source, tokenizer_path, tmp_path / "cache", max_bad_share=0.1, progress=False)
     assert cache.bad_lines == [3, 9, 10, 41, 42] and cache.num_docs == 95
+
+
+def test_blank_lines_are_skipped_and_counted_apart_from_bad_ones(tmp_path, tokenizer_path):
+    """20 blank or whitespace-only lines in 60 would be 33% malformed; they are layout, not damage."""
+    lines = []
+    for i, text in enumerate(sentences(40, seed=4)):
+        lines.append(good(text))
+        if i % 2:
+            lines.append(" \t" if i % 4 == 1 else "")
+    lines[0] = "{broken"  # one real bad line: 1 of 40 non-blank lines
+    source = write_jsonl(tmp_path / "data.jsonl", lines)
+    cache = prepare_pretrain(source, tokenizer_path, tmp_path / "cache", max_bad_share=0.05, progress=False)
+    assert cache.bad_lines == [1] and cache.meta["blank_lines"] == 20 and cache.num_docs == 39
+    assert cache.meta["num_lines"] == 60
+    with pytest.raises(MinimindError, match="1 of 40 lines are malformed"):
+        prepare_pretrain(source, tokenizer_path, tmp_path / "cache2", max_bad_share=0.01, progress=False)
+    only_blank = write_jsonl(tmp_path / "blank.jsonl", ["", "   "])
+    with pytest.raises(MinimindError, match="all 2 lines are blank"):
+        prepare_pretrain(only_blank, tokenizer_path, tmp_path / "cache", progress=False)
 
 
 def test_many_bad_lines_name_only_the_first_twenty(tmp_path, tokenizer_path):
@@ -118,7 +137,7 @@ def test_empty_or_all_bad_file_is_an_error(tmp_path, tokenizer_path):
     with pytest.raises(MinimindError, match="empty"):
         prepare_pretrain(empty, tokenizer_path, tmp_path / "cache", progress=False)
     all_bad = write_jsonl(tmp_path / "bad.jsonl", ["[1, 2]", '{"text": "  "}'])
-    with pytest.raises(MinimindError, match="no usable documents: all 2 lines are malformed"):
+    with pytest.raises(MinimindError, match="no usable documents: all 2 non-blank lines are malformed"):
         prepare_pretrain(all_bad, tokenizer_path, tmp_path / "cache", max_bad_share=1.0, progress=False)
     with pytest.raises(MinimindError, match="not found"):
         prepare_pretrain(tmp_path / "missing.jsonl", tokenizer_path, tmp_path / "cache", progress=False)

@@ -41,23 +41,36 @@ from minimind.lab import Lab
 from minimind.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, EVAL_FILE, LAST_CHECKPOINT, METRICS_FILE, PLOTS_DIR,
                              best_checkpoint, read_metrics, update_state)
 
-SIZE_OPTIONS = ("dim", "n_layers", "n_heads", "knowledge_num", "knowledge_length", "knowledge_dim")
+SIZE_OPTIONS = ("dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "knowledge_num", "knowledge_length",
+                "knowledge_dim")
+DATA_OPTIONS = ("pretrain", "tokenizer", "probes")  # the lab's data files, overridable per evaluation
 
 
 # --- command line ---------------------------------------------------------------------
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--run-dir", type=Path, help="runs/V: evaluate this experiment")
+    # Both spellings of every option: the lab's guide types eval_model.py's underscores.
+    p.add_argument("--run-dir", "--run_dir", dest="run_dir", type=Path, help="runs/V: evaluate this experiment")
     p.add_argument("--checkpoint", type=Path, help="checkpoint to evaluate (default: the run's best, else last)")
-    p.add_argument("--model-path", type=Path, help="any checkpoint or raw MiniMind state dict")
-    p.add_argument("--model-type", help="preset/alias (model, model_original, ...) or snapshot module (model_1_4_8)")
+    p.add_argument("--model-path", "--model_path", dest="model_path", type=Path,
+                   help="any checkpoint or raw MiniMind state dict")
+    p.add_argument("--model-type", "--model_type", dest="model_type",
+                   help="preset/alias (model, model_original, ...) or snapshot module (model_1_4_8)")
     p.add_argument("--lab", type=Path, help="lab root for --model-path (default: MINIMIND_LAB or the current lab)")
     p.add_argument("--out", type=Path, help=f"where {EVAL_FILE} goes (default: the run dir, or next to --model-path)")
-    p.add_argument("--num-samples", type=int, help="held-out samples for inference loss and continuations")
-    p.add_argument("--max-probes", type=int, default=300, help="probes scored per recall split (default 300)")
+    p.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int,
+                   help="held-out samples for inference loss and continuations")
+    p.add_argument("--max-probes", "--max_probes", dest="max_probes", type=int, default=300,
+                   help="probes scored per recall split (default 300)")
     for name in SIZE_OPTIONS:
-        p.add_argument(f"--{name}", type=int, help=f"model {name} for a raw state dict")
+        p.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name, type=int,
+                       help=f"model {name} for a raw state dict")
+    p.add_argument("--use-moe", "--use_moe", dest="use_moe", action="store_true",
+                   help="the raw state dict is a MoE model (also inferred from its keys)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: the lab's); overrides the checkpoint's check")
+    p.add_argument("--pretrain", "--data", dest="pretrain", type=Path, help="pretraining JSONL for the held-out losses")
+    p.add_argument("--probes", type=Path, help="probes.json for factual recall")
     args = p.parse_args(argv)
     if not args.run_dir and not args.model_path:
         p.error("give --run-dir or --model-path")
@@ -102,8 +115,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         lab, cfg, ckpt_path, out, run_dir = _target(args)
         overrides = {name: getattr(args, name) for name in SIZE_OPTIONS}
+        if args.use_moe:
+            overrides["use_moe"] = True
+        for name in DATA_OPTIONS:
+            if getattr(args, name) is not None:
+                setattr(cfg.data, name, str(getattr(args, name).resolve()))
         result = evaluate(lab, cfg, ckpt_path, args.model_type, overrides, out, run_dir,
-                          num_samples=args.num_samples, max_probes=args.max_probes)
+                          num_samples=args.num_samples, max_probes=args.max_probes,
+                          explicit_tokenizer=args.tokenizer is not None)
     except MinimindError as exc:
         print(f"Error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
@@ -141,15 +160,45 @@ def module_and_preset(lab: Lab, model_type: str) -> tuple[str, Optional[str]]:
 
 
 def _infer_from_weights(state: dict[str, Any]) -> dict[str, Any]:
-    """Fields a raw state dict fixes by itself: vocabulary size and (when there) bank shape."""
-    out: dict[str, Any] = {}
-    emb = state.get("tok_embeddings.weight")
-    if emb is not None and hasattr(emb, "shape"):
-        out["vocab_size"] = int(emb.shape[0])
-    bank = state.get("memory_bank")
-    if bank is not None and hasattr(bank, "shape") and len(bank.shape) == 2:
-        out["knowledge_num"], out["knowledge_length"] = int(bank.shape[0]), int(bank.shape[1])
-    return out
+    """Fields a raw state dict fixes by itself: width, depth, vocabulary, FFN width, MoE
+    experts and (when there) the bank shape. Head counts are not in the weights."""
+    from models.convert import shape_config
+
+    stripped = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            key = key.removeprefix(prefix)
+        stripped[key] = value
+    return shape_config(stripped)
+
+
+def _kv_heads_from_weights(state: dict[str, Any], config: dict[str, Any]) -> Optional[int]:
+    """n_kv_heads of a raw state dict once n_heads is known: layer 0's key rows / head width."""
+    wk = state.get("layers.0.attention.wk.weight")
+    dim, heads = config.get("dim", 512), config.get("n_heads", 8)
+    if wk is None or not hasattr(wk, "shape") or dim % heads:
+        return None
+    return int(wk.shape[0]) // (dim // heads) or None
+
+
+def check_tokenizer(data: dict[str, Any], path: Path, tokenizer_path: Path, explicit: bool) -> Optional[str]:
+    """Refuse to evaluate with a tokenizer other than the one the checkpoint was trained with.
+
+    Checkpoints record the tokenizer's sha256; with --tokenizer given explicitly a mismatch is
+    only a warning (returned), since the user asked for that file by name."""
+    from models.registry import sha256_file
+
+    recorded = data.get("tokenizer")
+    if not isinstance(recorded, dict) or not recorded.get("sha256"):
+        return None
+    actual = sha256_file(tokenizer_path)
+    if actual == recorded["sha256"]:
+        return None
+    message = (f"{path} was trained with tokenizer {recorded.get('path')} (sha256 {recorded['sha256'][:12]}), "
+               f"but evaluation would use {tokenizer_path} (sha256 {actual[:12]})")
+    if not explicit:
+        raise MinimindError(f"{message}; pass --tokenizer to evaluate with it anyway")
+    return f"Warning: {message}"
 
 
 def load_model(lab: Lab, path: Path, model_type: Optional[str], overrides: dict[str, Any]):
@@ -168,6 +217,10 @@ def load_model(lab: Lab, path: Path, model_type: Optional[str], overrides: dict[
         raise UsageError(f"{path} is a raw state dict: give --model-type (a preset like 'model_original' "
                          f"or a snapshot module like 'model_1_4_8')")
     config.update({k: v for k, v in overrides.items() if v is not None})
+    if not recorded and overrides.get("n_kv_heads") is None:
+        kv = _kv_heads_from_weights(registry.weights(data), config)
+        if kv is not None:
+            config["n_kv_heads"] = kv
     try:
         model = registry.model_from_checkpoint(data, lab.models_dir, path, module_name=module, config=config)
     except MinimindError as exc:
@@ -207,7 +260,8 @@ def _samples(model, tokenizer, pairs, cfg: ExperimentConfig) -> tuple[list[dict]
 
 def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Optional[str],
              overrides: dict[str, Any], out: Path, run_dir: Optional[Path],
-             num_samples: Optional[int] = None, max_probes: int = 300) -> dict[str, Any]:
+             num_samples: Optional[int] = None, max_probes: int = 300,
+             explicit_tokenizer: bool = False) -> dict[str, Any]:
     """Measure the checkpoint, write eval.json to `out`; with a run_dir also its plot and state."""
     import torch
 
@@ -224,8 +278,17 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
         cfg.eval.num_samples = num_samples
     model, data, module, model_config = load_model(lab, checkpoint, model_type, overrides)
     max_seq_len = model.config.max_seq_len
+    tokenizer_path = lab.resolve(cfg.data.tokenizer)
+    if not tokenizer_path.is_file():
+        raise MinimindError(f"tokenizer {tokenizer_path} not found (give --tokenizer, or run minimind data build)")
+    warning = check_tokenizer(data, checkpoint, tokenizer_path, explicit_tokenizer)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    tokenizer = load_tokenizer(tokenizer_path)
+    if tokenizer.get_vocab_size() > model.config.vocab_size:  # ids the model cannot embed: not its tokenizer
+        raise MinimindError(f"{checkpoint} has a vocabulary of {model.config.vocab_size}, tokenizer {tokenizer_path} "
+                            f"one of {tokenizer.get_vocab_size()}: they do not belong together")
     corpus = load_corpus(lab, cfg)
-    tokenizer = load_tokenizer(lab.resolve(cfg.data.tokenizer))
     val_docs = corpus.docs(corpus.val_idx)
 
     stats = getattr(model, "memory_stats", None)

@@ -275,7 +275,9 @@ class Trainer:
 
     def _model_part(self) -> dict[str, Any]:
         gathered = self.acc.get_state_dict(self.model) if self.cfg.launch.deepspeed else None
-        return ckpt.model_part(self.cfg.model_module, self.unwrapped, gathered)
+        meta = self.corpus.cache.meta  # the tokenizer travels with the weights: eval refuses another one
+        return {**ckpt.model_part(self.cfg.model_module, self.unwrapped, gathered),
+                "tokenizer": {"path": meta["tokenizer"], "sha256": meta["tokenizer_sha256"]}}
 
     def save_last(self) -> None:
         if not self.main:
