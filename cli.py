@@ -128,9 +128,15 @@ def data_prepare(pretrain: Path, knowledge: Path | None, tokenizer: Path | None,
               help="Who plans and writes the reasoning (default: minimind.yaml agent.backend).")
 @click.option("--lang", type=click.Choice(["en", "zh"]), default=None, help="Record language (default: minimind.yaml).")
 @click.option("--no-launch", is_flag=True, help="Render everything but do not start training (state: drafted).")
+@click.option("--force", is_flag=True, help="Launch even if a preflight check fails (the record keeps it).")
+@click.option("--reason", default=None, help="Why --force is right here (kept in the record).")
+@click.option("--yes", is_flag=True, help="Accept a compute increase beyond preflight.compute_factor × the base.")
 def new(version: str, goal: str, hypothesis: str, base: str | None, expect: str | None, sets: tuple[str, ...],
-        agent_name: str | None, lang: str | None, no_launch: bool) -> None:
-    """Plan, render, snapshot and launch experiment VERSION (X.Y.Z).
+        agent_name: str | None, lang: str | None, no_launch: bool, force: bool, reason: str | None, yes: bool) -> None:
+    """Plan, check, estimate, render, snapshot and launch experiment VERSION (X.Y.Z).
+
+    Before anything is written the model is built at a tiny size and the lab's lessons run
+    as checks (see `minimind check`); a failed check refuses with exit 3 unless --force.
 
     \b
     Example:
@@ -143,9 +149,27 @@ def new(version: str, goal: str, hypothesis: str, base: str | None, expect: str 
     from lifecycle.new import NewRequest, create_experiment
 
     request = NewRequest(version=version, goal=goal, hypothesis=hypothesis, base=base, expect=expect,
-                         sets=list(sets), agent=agent_name, lang=lang, launch=not no_launch)
+                         sets=list(sets), agent=agent_name, lang=lang, launch=not no_launch,
+                         force=force, reason=reason, yes=yes)
     result = create_experiment(_lab(), request)
     for line in result.messages:
+        click.echo(line)
+
+
+@main.command()
+@click.argument("version", required=False)
+@click.option("--force", is_flag=True, help="Report failed checks but exit 0.")
+def check(version: str | None, force: bool) -> None:
+    """Run the preflight checks (the lab's lessons) on models/model.py or VERSION's snapshot.
+
+    \b
+    Example:
+      minimind check
+      minimind check 1.4.8
+    """
+    from lifecycle.check import check_command
+
+    for line in check_command(_lab(), version, force):
         click.echo(line)
 
 

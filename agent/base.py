@@ -8,7 +8,7 @@ verdict, thresholds and paths are decided by code, never by the backend.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 
@@ -28,6 +28,8 @@ class PlanContext:
     guardrails: dict[str, dict]           # name -> {safe, danger, action}
     lessons: str                          # the lab's architecture lessons
     lang: str = "en"
+    # preflight check results on this experiment's code: [{id, lesson, source, status, detail}]
+    checks: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)

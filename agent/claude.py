@@ -202,6 +202,8 @@ def plan_prompt(ctx: PlanContext) -> str:
         "## Fixed settings (not yours to change)\n" + (", ".join(fixed) or "(none)"),
         "## Guardrails (computed by code from the metrics; you only explain them)\n" + _guardrail_table(ctx.guardrails),
         "## Lessons of this lab\n" + ctx.lessons.strip(),
+        "## Preflight checks (run by code on this experiment's model; claim nothing they did not verify)\n"
+        + ("\n".join(f"- {c.get('id')}: {c.get('status')}: {c.get('detail')}" for c in ctx.checks) or "(not run)"),
         "## Task\nCall propose_plan. Change only what the goal and hypothesis call for (often nothing beyond "
         "the human's --set values: then `changes` is {}). Give a rationale for each change. Describe the "
         "expected results in words; do not invent numbers.",

@@ -52,6 +52,20 @@ def _guardrail_sentence(guardrails: dict[str, dict]) -> str:
     return "Guardrails " + "; they ".join(parts) + "."
 
 
+def _memory_query_sentence(checks: list[dict[str, Any]]) -> str:
+    """What the preflight check verified about the memory query, never more (the 1.4.3 lesson)."""
+    result = next((c for c in checks if c.get("id") == "memory_query"), None)
+    if result is not None and result.get("status") == "passed":
+        return ("The preflight check verified that the memory layer reads the bank with the attention output h_attn "
+                "as the query (the 1.4.3 lesson: x + h_attn froze selection, train loss 0.006 vs inference loss 29.34).")
+    if result is not None and result.get("status") == "failed":
+        return (f"The preflight check memory_query FAILED: {result.get('detail')}. This is the architecture the 1.4.3 "
+                "lesson forbids (train loss 0.006 vs inference loss 29.34); expect frozen memory selection.")
+    detail = f" ({result.get('detail')})" if result else ""
+    return ("Whether the memory layer's query is the attention output h_attn (the 1.4.3 lesson) was not verified"
+            f"{detail}; check the diff by hand.")
+
+
 def pairs_in_text(text: str) -> list[tuple[str, Any]]:
     """[(key, parsed value)] for every `key=value` in free text, in order."""
     return [(key, parse_value(value)) for key, value in _PAIR.findall(text)]
@@ -119,8 +133,7 @@ class OfflineAgent:
             if key.endswith("preset"):
                 preset = value
         if preset in ("memory", "hybrid"):
-            lines.append("The memory layer reads the bank with the RMS-normed attention output h_attn as the query "
-                         "(the 1.4.3 lesson: x + h_attn froze selection, train loss 0.006 vs inference loss 29.34).")
+            lines.append(_memory_query_sentence(ctx.checks))
         lines.append(_guardrail_sentence(ctx.guardrails))
         dangers = _dangers(ctx.guardrails)
         risks = [f"`{key}`: {_RISKS[key.split('.')[-1]].format(**dangers)}" for key, _ in all_changes

@@ -43,6 +43,10 @@ class NewRequest:
     agent: Optional[str] = None
     lang: Optional[str] = None
     launch: bool = True
+    force: bool = False                  # launch even when a preflight check fails (recorded)
+    reason: Optional[str] = None         # why, in the human's words (recorded with --force)
+    yes: bool = False                    # accept a compute increase beyond preflight.compute_factor
+    from_proposal: Optional[str] = None  # start from runs/V/next.json of this experiment
 
 
 @dataclass
@@ -151,6 +155,10 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     living = lab.models_dir / "model.py"
     if snapshot.exists() and snapshot.read_bytes() != living.read_bytes():
         raise GateRefused(f"{snapshot.relative_to(lab.root)} exists and differs from models/model.py (a snapshot is never edited)")
+    # Before the agent is asked anything: can the human's config run at all, and does the code pass the lessons?
+    human_config = apply_sets(start, sets, model_fields)
+    human_config["model"] = validate_model(model_cls, human_config["model"])
+    preflight = _preflight(lab, settings, req, human_config, model_cls)
 
     lock = lab.runs_dir / f".{req.version}.lock"
     lab.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +172,11 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     try:
         _check_existing(lab, req.version)  # re-check under the lock
         staging.mkdir()
-        cfg, plan_record = _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging)
+        cfg, plan_record = _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging,
+                                 preflight["checks"])
+        if cfg.model != human_config["model"]:  # the agent changed the model: its config is what runs
+            preflight = _preflight(lab, settings, req, cfg.to_dict(), model_cls)
+        plan_record.update(preflight=preflight["record"], estimate=preflight["estimate"])
         from lifecycle.launch import upgrade_legacy_template
 
         notes = upgrade_legacy_template(lab)
@@ -199,7 +211,9 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     messages = [f"Created experiment {req.version} (base {base or 'none'}, agent {plan_record['backend']})",
                 f"  record:   experiment/experiment_{req.version}.md",
                 f"  config:   runs/{req.version}/config.yaml",
-                f"  snapshot: models/{cfg.model_module}.py"]
+                f"  snapshot: models/{cfg.model_module}.py",
+                "Preflight checks (tiny model, CPU):", *preflight["lines"],
+                "Compute estimate:", *(f"  {line}" for line in preflight["estimate_lines"])]
     if plan_record.get("note"):
         messages.append(f"  note: {plan_record['note']}")
     messages += notes
@@ -216,7 +230,33 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     return NewResult(req.version, "running", messages)
 
 
-def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging):
+def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, model_cls) -> dict[str, Any]:
+    """The compute estimate and the checks of a resolved config; refuses what cannot or may not launch."""
+    from lifecycle import check, estimate
+    from models.registry import load_module
+
+    cfg = from_dict({"version": req.version, "base": None, "model_module": "model", **config}, where="resolved config").to_dict()
+    est = estimate.estimate(lab, cfg)
+    estimate.refuse_if_cannot_run(lab, cfg, est)
+    problem = estimate.check_positions(load_module(lab.models_dir, "model"), cfg["model"])
+    if problem:
+        raise GateRefused(f"this config cannot run: {problem}")
+    base = req.base or default_base(req.version, lab.versions())
+    compute_note = estimate.gate(lab, cfg, est, base, settings.preflight.compute_factor, req.yes, req.launch)
+    results = check.run_preflight(lab, "model", cfg["model"])
+    refused = check.refusal(results)
+    if refused and not req.force:
+        raise GateRefused(refused)
+    record = {"checks": results, "forced": bool(refused and req.force),
+              "reason": (req.reason or "no reason given") if refused and req.force else None,
+              "compute_note": compute_note, "compute_accepted": bool(compute_note and req.yes)}
+    return {"checks": results, "record": record, "estimate": {**est, "lines": estimate.summary_lines(est)},
+            "lines": check.lines(results), "estimate_lines": estimate.summary_lines(est)
+            + ([f"note: {compute_note}" + (" (accepted with --yes)" if req.yes else " (drafted, not launched)")]
+               if compute_note else [])}
+
+
+def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging, checks=()):
     """Ask the agent, apply its changes then the human's, validate; returns (config, plan record)."""
     from agent import backends
     from agent.base import PlanContext, lessons_text
@@ -237,7 +277,8 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     ctx = PlanContext(version=req.version, base=base, goal=req.goal, hypothesis=req.hypothesis, expect=req.expect,
                       sets=sets, base_config=start, base_record_summary=base_record,
                       base_eval=read_json(lab.run_dir(base) / EVAL_FILE) if base else None,
-                      model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=lessons_text(guardrails), lang=lang)
+                      model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=lessons_text(guardrails), lang=lang,
+                      checks=list(checks))
     plan, note = backends.call(requested, settings.agent, staging / AGENT_DIR, "plan", ctx)
 
     agent_changes = []

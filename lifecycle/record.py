@@ -121,6 +121,9 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
                        "samples": ((ev or {}).get("samples") or [])[:5]},
         "eval_prompt_tokens": cfg.eval.prompt_tokens,
         "analysis": {"available": analysis is not None, **(analysis or {})},
+        "preflight": {"checks": [], "forced": False, "reason": None, "compute_note": None, "compute_accepted": False,
+                      **(plan.get("preflight") or {})},
+        "estimate_lines": (plan.get("estimate") or {}).get("lines", []),
         "verdict": (analysis or {}).get("verdict_info", {"verdict": "", "reason": "", "verdict_zh": ""}),
     }}
 

@@ -113,6 +113,12 @@ class AgentSettings:
 
 
 @dataclass(kw_only=True)
+class PreflightConfig:
+    compute_factor: float = field(4.0, help="a plan whose training FLOPs exceed the base's by more than this factor "
+                                  "needs --yes (or --no-launch)", min=1.0, max=1e6)
+
+
+@dataclass(kw_only=True)
 class LabSettings:
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "memory"},
                                   help="model fields for the first experiment (those of models/model.py ModelConfig)")
@@ -123,6 +129,7 @@ class LabSettings:
     launch: LaunchConfig = field(default_factory=LaunchConfig, help="how runs are launched")
     swanlab: SwanlabConfig = field(default_factory=SwanlabConfig, help="SwanLab mirror")
     agent: AgentSettings = field(default_factory=AgentSettings, help="the planning agent")
+    preflight: PreflightConfig = field(default_factory=PreflightConfig, help="checks and the compute gate before a launch")
 
 
 SETTINGS_FILE = "minimind.yaml"

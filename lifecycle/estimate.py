@@ -1,0 +1,305 @@
+"""What an experiment will cost, before it is launched, and whether it can run at all.
+
+`new` prints and records the estimate (plan.json `estimate`), refuses a config that
+cannot run (vocab_size against the tokenizer, max_seq_len against the rotary tables, a
+bank larger than the machine's memory), and gates a plan whose training FLOPs exceed the
+base's by more than `preflight.compute_factor` (minimind.yaml) behind `--yes`.
+
+The counts follow models/model.py's layers exactly (the preflight check `param_count`
+builds the model and compares its real parameter count with `count_params`), so a code
+change that adds or drops parameters shows up there first. FLOPs are the usual 2 per
+multiply-add for the forward pass and 3x that for a training step; attention adds
+2 * seq * dim per layer per token (scores and values, causal average). Wall time is
+calibrated from the lab's own runs (tokens/s measured in metrics.jsonl on the same kind of
+device and a model of the same size class) and says which run it used; without one
+it says the estimate is uncalibrated.
+
+No torch here: the device memory of a GPU is asked of torch only when torch is already
+imported (inside `new`, which loaded the model file); the CLI's fast path never pays for it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Any, Optional
+
+from minimind.errors import GateRefused
+from minimind.rundir import CONFIG_FILE, METRICS_FILE, PLAN_FILE, read_json, read_metrics
+
+# Bytes per parameter while training with AdamW in fp32: weights, gradients, two moments.
+TRAIN_BYTES_PER_PARAM = 16
+# Activations kept for the backward pass, per token per layer, as a multiple of dim (fp32):
+# the block's inputs, normed inputs, q/k/v, attention output, FFN/memory intermediates.
+ACTIVATION_FLOATS_PER_DIM = 24
+# Share of the machine's memory a run may plan to use (the OS, data and caches need the rest).
+MEMORY_HEADROOM = 0.9
+# A calibration run counts as the same size class when its FLOPs per token are within this factor.
+SIZE_CLASS_FACTOR = 4.0
+
+PRESET_SPECS = {  # models/model.py PRESETS: (feed_forward, memory)
+    "original": (True, False), "memory": (False, True), "hybrid": (True, True), "no_feed": (False, False),
+    "model_original": (True, False), "model_memory": (False, True), "model": (True, True), "model_no_feed": (False, False),
+}
+
+
+def _ffn_hidden(m: dict) -> int:
+    if m.get("hidden_dim") is not None:
+        return int(m["hidden_dim"])
+    hidden, multiple = int(2 * 4 * m["dim"] / 3), m.get("multiple_of", 64)
+    return multiple * ((hidden + multiple - 1) // multiple)
+
+
+def count_params(m: dict) -> dict[str, int]:
+    """Trainable parameters of MiniMindLM(m): {dense, memory, total} (tied embeddings counted once)."""
+    feed_forward, memory = PRESET_SPECS[m["preset"]]
+    dim, layers = m["dim"], m["n_layers"]
+    head = dim // m["n_heads"]
+    attention = dim + 2 * dim * m["n_heads"] * head + 2 * dim * m["n_kv_heads"] * head  # norm, wq+wo, wk+wv
+    ffn = 0
+    if feed_forward:
+        one = 3 * dim * _ffn_hidden(m)
+        if m.get("use_moe"):
+            ffn = m["n_routed_experts"] * one + m["n_routed_experts"] * dim + m.get("n_shared_experts", 0) * one
+        else:
+            ffn = one
+        ffn += dim  # ffn_norm
+    mem = 0
+    if memory:
+        kd, side = m["knowledge_dim"], math.isqrt(m["knowledge_num"])
+        # norm, query, value, gate (dim x kd each), up (kd x kd), down (kd x dim), sub-keys (2 x side x kd/2)
+        mem = dim + 4 * dim * kd + kd * kd + side * kd
+    dense = m["vocab_size"] * dim + layers * (attention + ffn) + dim  # embeddings (tied), blocks, final norm
+    return {"dense": dense, "memory": layers * mem, "total": dense + layers * mem}
+
+
+def bank_bytes(m: dict) -> int:
+    """The bank (token ids, int16 when the vocabulary fits) and its freeze mask; 0 without memory."""
+    if not PRESET_SPECS[m["preset"]][1]:
+        return 0
+    width = 2 if m["vocab_size"] <= 32767 else 4
+    return m["knowledge_num"] * (m["knowledge_length"] * width + 1)
+
+
+def flops_per_token(m: dict, seq: Optional[int] = None) -> int:
+    """Forward FLOPs per token: the matmul parameters, attention over the sequence, the memory lookup."""
+    seq = seq or m["max_seq_len"]
+    p = count_params(m)
+    matmul = p["dense"] + p["memory"]  # norms and sub-keys are a rounding error here
+    flops = 2 * matmul + 2 * m["n_layers"] * seq * m["dim"]
+    if PRESET_SPECS[m["preset"]][1]:
+        side, kd, c, length = math.isqrt(m["knowledge_num"]), m["knowledge_dim"], m["num_candidates"], m["knowledge_length"]
+        flops += m["n_layers"] * (2 * side * kd + 2 * c * length * kd)  # sub-key scores, the weighted bag read
+    return int(flops)
+
+
+def _training_documents(lab, cfg: dict) -> Optional[int]:
+    """Documents the trainer will see per epoch (lines of the pretraining file minus the validation share)."""
+    path = lab.resolve(cfg["data"]["pretrain"])
+    try:
+        with open(path, "rb") as handle:
+            lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    except OSError:
+        return None
+    return max(1, int(lines * (1 - cfg["data"]["val_fraction"])))
+
+
+def training_tokens(lab, cfg: dict) -> tuple[Optional[int], int, str]:
+    """(tokens at most, optimizer steps, how it was counted): every sequence counted at max_seq_len."""
+    t, seq, procs = cfg["train"], cfg["model"]["max_seq_len"], cfg["launch"]["num_processes"]
+    per_step = t["batch_size"] * t["accumulation_steps"] * procs
+    docs = _training_documents(lab, cfg)
+    if docs is not None:
+        batches = -(-(docs // procs) // t["batch_size"])
+        steps = max(1, -(-(batches * t["epochs"]) // t["accumulation_steps"]))
+        if t["max_steps"]:
+            steps = min(steps, t["max_steps"])
+        how = f"{docs:,} training documents × {t['epochs']} epoch(s)" + (f", capped at max_steps {t['max_steps']}" if t["max_steps"] and steps == t["max_steps"] else "")
+    elif t["max_steps"]:
+        steps, how = t["max_steps"], f"max_steps {t['max_steps']} (the pretraining file is not there to count)"
+    else:
+        return None, 0, "unknown: no pretraining file to count and no max_steps"
+    return steps * per_step * seq, steps, how
+
+
+def device_of(cfg: dict) -> str:
+    """'cuda' or 'cpu': where the run will train."""
+    if cfg["launch"].get("cpu"):
+        return "cpu"
+    torch = sys.modules.get("torch")
+    return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+
+
+def device_memory(device: str) -> Optional[int]:
+    """Bytes of memory on the training device (one GPU, or the machine's RAM)."""
+    if device == "cuda":
+        torch = sys.modules.get("torch")
+        return int(torch.cuda.get_device_properties(0).total_memory) if torch is not None else None
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _calibration(lab, device: str, fpt: int, exclude: Optional[str]) -> Optional[dict[str, Any]]:
+    """The newest run of this lab on the same device kind and size class with a measured tokens/s."""
+    for version in reversed(lab.versions()):
+        if version == exclude:
+            continue
+        run_dir = lab.run_dir(version)
+        est = (read_json(run_dir / PLAN_FILE) or {}).get("estimate") or {}
+        if est.get("device") != device or not est.get("flops_per_token"):
+            continue
+        ratio = est["flops_per_token"] / fpt
+        if not 1 / SIZE_CLASS_FACTOR <= ratio <= SIZE_CLASS_FACTOR:
+            continue
+        speeds = [r["tokens_per_s"] for r in read_metrics(run_dir / METRICS_FILE)
+                  if isinstance(r.get("tokens_per_s"), (int, float)) and r["tokens_per_s"] > 0]
+        if speeds:
+            measured = sum(speeds[-10:]) / len(speeds[-10:])
+            # FLOPs per second is what carries over between sizes of one class, not tokens per second.
+            return {"run": version, "tokens_per_s": measured, "scaled_tokens_per_s": measured * ratio}
+    return None
+
+
+def estimate(lab, cfg: dict, exclude: Optional[str] = None) -> dict[str, Any]:
+    """The compute estimate of a resolved config (a plain dict, as config.yaml holds it)."""
+    m = cfg["model"]
+    params = count_params(m)
+    fpt = flops_per_token(m)
+    tokens, steps, how = training_tokens(lab, cfg)
+    train_flops = 3 * fpt * tokens if tokens is not None else None
+    device = device_of(cfg)
+    batch_tokens = cfg["train"]["batch_size"] * m["max_seq_len"]
+    needed = (TRAIN_BYTES_PER_PARAM * params["total"] + bank_bytes(m)
+              + 4 * ACTIVATION_FLOATS_PER_DIM * m["dim"] * m["n_layers"] * batch_tokens
+              + 4 * batch_tokens * m["vocab_size"] * 2)  # logits and their gradient
+    calib = _calibration(lab, device, fpt, exclude)
+    wall = tokens / calib["scaled_tokens_per_s"] if calib and tokens else None
+    return {"params": params, "bank_bytes": bank_bytes(m), "flops_per_token": fpt, "train_tokens": tokens,
+            "train_steps": steps, "tokens_counted": how, "train_flops": train_flops, "device": device,
+            "device_memory_bytes": needed, "device_memory_available": device_memory(device),
+            "wall_s": wall, "calibration": calib}
+
+
+def _size(n: Optional[float], unit: str = "") -> str:
+    if n is None:
+        return "unknown"
+    for value, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= value:
+            return f"{n / value:.3g}{suffix}{unit}"
+    return f"{n:.3g}{unit}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.1f} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def summary_lines(est: dict[str, Any]) -> list[str]:
+    """The estimate as the lines `new` prints and the record shows."""
+    p = est["params"]
+    wall = ("uncalibrated: no earlier run of this lab on " + est["device"] + " in this size class measured tokens/s"
+            if est["wall_s"] is None else
+            f"{_duration(est['wall_s'])} (from run {est['calibration']['run']}: "
+            f"{est['calibration']['tokens_per_s']:.0f} tokens/s measured, scaled by FLOPs/token)")
+    avail = est.get("device_memory_available")
+    return [
+        f"parameters: {_size(p['dense'])} dense + {_size(p['memory'])} memory = {_size(p['total'])}; "
+        f"bank {_size(est['bank_bytes'], 'B')}",
+        f"FLOPs/token (forward): {_size(est['flops_per_token'])}; training tokens at most {_size(est['train_tokens'])} "
+        f"in {est['train_steps']:,} steps ({est['tokens_counted']}); training FLOPs {_size(est['train_flops'])}",
+        f"device: {est['device']}, memory needed about {_size(est['device_memory_bytes'], 'B')}"
+        + (f" of {_size(avail, 'B')}" if avail else ""),
+        f"wall time: {wall}",
+    ]
+
+
+def _tokenizer_vocab(lab, cfg: dict) -> Optional[int]:
+    import json
+
+    path = lab.resolve(cfg["data"]["tokenizer"])
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    vocab = (data.get("model") or {}).get("vocab") or {}
+    ids = [v for v in vocab.values() if isinstance(v, int)] + [t.get("id") for t in data.get("added_tokens") or []
+                                                                if isinstance(t.get("id"), int)]
+    return max(ids) + 1 if ids else None
+
+
+def cannot_run(lab, cfg: dict, est: dict[str, Any]) -> list[str]:
+    """Why this config cannot run at all (empty: it can)."""
+    m = cfg["model"]
+    problems = []
+    vocab = _tokenizer_vocab(lab, cfg)
+    if vocab is not None and vocab != m["vocab_size"]:
+        problems.append(f"model.vocab_size is {m['vocab_size']:,} but the tokenizer {cfg['data']['tokenizer']} has "
+                        f"{vocab:,} tokens; they must be equal")
+    avail = est.get("device_memory_available")
+    if avail:
+        if est["bank_bytes"] > MEMORY_HEADROOM * avail:
+            problems.append(f"the memory bank needs {_size(est['bank_bytes'], 'B')} "
+                            f"({m['knowledge_num']:,} × {m['knowledge_length']} tokens) but the {est['device']} has "
+                            f"{_size(avail, 'B')}")
+        elif est["device_memory_bytes"] > MEMORY_HEADROOM * avail:
+            problems.append(f"training needs about {_size(est['device_memory_bytes'], 'B')} on the {est['device']} "
+                            f"but it has {_size(avail, 'B')}")
+    return problems
+
+
+def check_positions(model_module, model_cfg: dict) -> Optional[str]:
+    """max_seq_len against the model's position tables: the tables of a tiny build of the same code."""
+    model_cls = getattr(model_module, "MiniMindLM", None)
+    if model_cls is None:
+        return None
+    # Only the rotary tables matter here: build them as the model does, for the configured length.
+    tables = getattr(model_module, "rope_tables", None)
+    if tables is None:
+        return None
+    head = model_cfg["dim"] // model_cfg["n_heads"]
+    cos, _ = tables(head, model_cfg["max_seq_len"], model_cfg["rope_theta"])
+    if cos.shape[0] < model_cfg["max_seq_len"]:
+        return f"model.max_seq_len {model_cfg['max_seq_len']} exceeds the model's position tables ({cos.shape[0]} positions)"
+    return None
+
+
+def gate(lab, cfg: dict, est: dict[str, Any], base: Optional[str], factor: float, yes: bool, launch: bool) -> Optional[str]:
+    """A GateRefused unless compute grows by at most `factor` over the base, or --yes / --no-launch; returns a note."""
+    if base is None or est["train_flops"] is None:
+        return None
+    base_cfg = _base_config(lab, base)
+    if base_cfg is None:
+        return None
+    base_est = estimate(lab, base_cfg, exclude=base)
+    if not base_est["train_flops"]:
+        return None
+    ratio = est["train_flops"] / base_est["train_flops"]
+    if ratio <= factor:
+        return None
+    note = (f"training FLOPs {_size(est['train_flops'])} are {ratio:.1f}× the base {base}'s "
+            f"{_size(base_est['train_flops'])} (limit {factor:g}× in minimind.yaml preflight.compute_factor)")
+    if yes or not launch:
+        return note
+    raise GateRefused(note + "; estimate: " + "; ".join(summary_lines(est)) + ". Launch it with --yes, or draft it with --no-launch")
+
+
+def _base_config(lab, base: str) -> Optional[dict]:
+    import yaml
+
+    try:
+        return yaml.safe_load((lab.run_dir(base) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def refuse_if_cannot_run(lab, cfg: dict, est: dict[str, Any]) -> None:
+    problems = cannot_run(lab, cfg, est)
+    if problems:
+        raise GateRefused("this config cannot run: " + "; ".join(problems) + ". Estimate: " + "; ".join(summary_lines(est)))
+
