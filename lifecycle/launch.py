@@ -116,6 +116,10 @@ def write_run_script(lab: Lab, cfg: ExperimentConfig, folder: Path, final_run_di
     write_text(script, render_run_script(lab, cfg, final_run_dir))
     os.chmod(script, 0o755)
     check_syntax(script)
+    if cfg.launch.backend == "slurm":
+        from lifecycle.slurm import write_sbatch
+
+        write_sbatch(lab, cfg, folder, final_run_dir)
 
 
 def refresh_run_script(lab: Lab, run_dir: Path) -> list[str]:
@@ -139,18 +143,52 @@ def check_syntax(script: Path) -> None:
         raise MinimindError(f"rendered run script has a syntax error: {result.stderr.strip().splitlines()[0]}")
 
 
+def check_launch(lab: Lab, cfg: ExperimentConfig) -> None:
+    """Before anything is launched: GPU slots the run could never get, a Slurm job Slurm would refuse."""
+    if cfg.launch.backend == "slurm":
+        from lifecycle.slurm import check_request
+
+        check_request(lab, cfg)
+    else:
+        from lifecycle.slots import check_request
+
+        check_request(cfg)
+
+
+def launched_message(info: RunState, version: str) -> str:
+    if info.backend == "slurm":
+        return f"Submitted: Slurm job {info.slurm_job}. Follow: minimind log {version} -f · minimind status"
+    return f"Launched: pid {info.pid} (process group {info.pgid}). Follow: minimind log {version} -f · minimind status"
+
+
 def start_detached(lab: Lab, run_dir: Path, resume: bool = False) -> RunState:
     """Start `run.sh` with nohup in its own session and process group; record pid and start time.
 
     A double fork makes the run a child of init, so the CLI (or a test process) that
-    launched it never leaves a zombie that would look alive.
+    launched it never leaves a zombie that would look alive. With `launch.backend: slurm`
+    the run is submitted as a Slurm job instead (lifecycle/slurm.py). In a lab with GPU
+    slots the run starts `queued`; its pipeline takes the slots (or waits) in launch order.
     """
+    from lifecycle import slots
+    from minimind.config import load_config
+    from minimind.rundir import CONFIG_FILE
+
+    cfg = load_config(run_dir / CONFIG_FILE)
+    if cfg.launch.backend == "slurm":
+        from lifecycle.slurm import submit
+
+        return submit(lab, run_dir, resume)
     script = run_dir / RUN_SCRIPT
     log_path = run_dir / TRAIN_LOG
     env = dict(os.environ)
     env.pop("MINIMIND_RESUME", None)
     if resume:
         env["MINIMIND_RESUME"] = "1"
+    env[slots.QUEUED_AT_ENV] = str(time.time_ns())  # the run's place in the slot queue: launch order
+    # The state is written before the start: the pipeline may take its slots (and say so) at once.
+    now = time.time()
+    update_state(run_dir, state="running" if slots.slot_ids(cfg) is None else "queued", started_at=now, ended_at=None,
+                 heartbeat=now, exit_code=None, stop_reason=None, gpus=None, queue_position=None, waiting_for=None)
     read_fd, write_fd = os.pipe()
     child = os.fork()
     if child == 0:  # intermediate child: start the run, report its pid, vanish
@@ -173,6 +211,4 @@ def start_detached(lab: Lab, run_dir: Path, resume: bool = False) -> RunState:
         raise MinimindError(f"could not start {script}")
     pid = int(raw)
     started = process_start_time(pid)
-    now = time.time()
-    return update_state(run_dir, state="running", pid=pid, pgid=pid, proc_start=started, started_at=now,
-                        ended_at=None, heartbeat=now, exit_code=None, stop_reason=None)
+    return update_state(run_dir, pid=pid, pgid=pid, proc_start=started)

@@ -1,4 +1,7 @@
-"""`minimind log VERSION [-f]`: print the run's log, following it while the run is alive."""
+"""`minimind log VERSION [-f]`: print the run's log, following it while the run is alive.
+
+A Slurm job writes its output file to the same runs/V/train.log (lifecycle/slurm.py).
+"""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ def show_log(lab: Lab, version: str, follow: bool, lines: int) -> None:
                 sys.stdout.write(line)
                 sys.stdout.flush()
                 continue
-            if current(run_dir)[0] != "running":
+            if current(run_dir)[0] not in ("running", "queued"):
                 sys.stdout.write(handle.read())
                 break
             time.sleep(0.5)

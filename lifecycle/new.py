@@ -183,6 +183,9 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
         _stage_files(lab, cfg, plan_record, staging)
         if req.launch:
             _require_data(lab, cfg)
+            from lifecycle.launch import check_launch
+
+            check_launch(lab, cfg)
         from models.registry import snapshot as take_snapshot
 
         snapshot_existed = snapshot.exists()
@@ -220,14 +223,13 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     if not req.launch:
         messages.append(f"State: drafted. Launch with: minimind resume {req.version}")
         return NewResult(req.version, "drafted", messages)
-    from lifecycle.launch import start_detached
+    from lifecycle.launch import launched_message, start_detached
     from lifecycle.record import write_record
 
     info = start_detached(lab, lab.run_dir(req.version))
     write_record(lab, req.version, lang)
-    messages.append(f"Launched: pid {info.pid} (process group {info.pgid}). "
-                    f"Follow: minimind log {req.version} -f · minimind status")
-    return NewResult(req.version, "running", messages)
+    messages.append(launched_message(info, req.version))
+    return NewResult(req.version, info.state, messages)
 
 
 def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, model_cls) -> dict[str, Any]:

@@ -14,6 +14,11 @@ every lab and every run script already written. In order:
 3. evaluate `python -m training.evaluate` (a child: torch's memory is freed when it ends).
 4. analyse verdict, the agent's prose, the commit draft, the record.
 
+Before training, a lab with GPU slots (`launch.gpus`) has this process take its slots or
+wait for them, `queued` (lifecycle/slots.py); the slots are exported as
+CUDA_VISIBLE_DEVICES and held until the run ends. Inside a Slurm job, SIGUSR1 (the time
+limit is near, lifecycle/slurm.py) is passed to the trainer as SIGTERM.
+
 `minimind stop` signals the whole process group: the trainer checkpoints and exits, and
 this process only notes the request. A stop that arrives as training ends, or during
 evaluation or analysis, keeps the trained checkpoint and ends the run `stopped`, so
@@ -24,6 +29,7 @@ killed with -9 leaves none, which is how `status` tells `lost`.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -34,8 +40,8 @@ from typing import Any, Optional
 from minimind.config import load_config
 from minimind.errors import MinimindError
 from minimind.lab import Lab
-from minimind.rundir import (CONFIG_FILE, EXIT_STOPPED, FINAL_BY_TRAINER, PLAN_FILE, read_json, read_state,
-                             update_state, write_exit_code)
+from minimind.rundir import (CONFIG_FILE, EXIT_STOPPED, FINAL_BY_TRAINER, PLAN_FILE, clear_exit_code, read_json,
+                             read_state, update_state, write_exit_code)
 
 RECORD_REFRESH_S = 120  # the record's execution section follows a long run (PRODUCT.md section 5)
 POLL_S = 2.0
@@ -86,25 +92,43 @@ def refresh_record(run_dir: Path) -> None:
 
 
 class StopRequest:
-    """SIGTERM/SIGINT only note the request: the trainer, signalled with the group, checkpoints."""
+    """SIGTERM/SIGINT only note the request: the trainer, signalled with the group, checkpoints.
+
+    SIGUSR1 (Slurm: the time limit is near) reaches only this process; it is passed to the
+    trainer as SIGTERM, which every launcher (accelerate, srun) forwards to its workers.
+    """
 
     def __init__(self) -> None:
         self.requested = False
+        self.time_limit = False
+        self.child: Optional[subprocess.Popen] = None
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handle)
+        signal.signal(signal.SIGUSR1, self._time_limit)
 
     def _handle(self, _signum: int, _frame: Any) -> None:
         if not self.requested:
             say("stop requested: waiting for the current step to end")
         self.requested = True
 
+    def _time_limit(self, _signum: int, _frame: Any) -> None:
+        say("the job's time limit is near (SIGUSR1): checkpointing and stopping")
+        self.time_limit = True
+        self.requested = True
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
 
-def _train(run_dir: Path, resume: bool) -> int:
+
+def _train(run_dir: Path, resume: bool, stop: StopRequest, keep_fds: tuple[int, ...] = ()) -> int:
     from lifecycle.launch import train_command
+    from lifecycle.slurm import train_argv
 
     lab = lab_of(run_dir)
-    argv = train_command(lab, load_config(run_dir / CONFIG_FILE), run_dir) + (["--resume"] if resume else [])
-    proc = subprocess.Popen(argv, cwd=lab.root)
+    cfg = load_config(run_dir / CONFIG_FILE)
+    argv = train_argv(cfg, train_command(lab, cfg, run_dir) + (["--resume"] if resume else []))
+    # keep_fds: the slot locks, so they stay held while the trainer lives, even if this process dies.
+    proc = subprocess.Popen(argv, cwd=lab.root, pass_fds=keep_fds)
+    stop.child = proc
     last_refresh = time.monotonic()
     while True:
         try:
@@ -135,22 +159,69 @@ def _analyse(run_dir: Path) -> int:
 STEPS_AFTER_TRAINING = (("evaluate", _evaluate), ("analyse", _analyse))
 
 
+def _take_slots(run_dir: Path, stop: StopRequest):
+    """The run's GPU slots, waiting `queued` for them; (None, False) when stopped while queued."""
+    from lifecycle import slots
+
+    cfg = load_config(run_dir / CONFIG_FILE)
+    ids = slots.slot_ids(cfg)
+    if ids is None:
+        return None, True
+
+    def on_wait(position: int, what: str) -> None:
+        say(f"queued (position {position}): waiting for {what}")
+        update_state(run_dir, state="queued", phase="queued", queue_position=position, waiting_for=what)
+
+    held = slots.acquire(slots.slot_dir(lab_of(run_dir), cfg), ids, cfg.launch.num_processes, run_dir.name,
+                         lambda: stop.requested, on_wait)
+    if held is None:
+        update_state(run_dir, state="stopped", phase="stopped", stop_reason="stopped while queued; it never started",
+                     queue_position=None, waiting_for=None, ended_at=time.time())
+        refresh_record(run_dir)
+        return None, False
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, held.ids))
+    update_state(run_dir, state="running", phase="setup", gpus=held.ids, queue_position=None, waiting_for=None)
+    say(f"GPU slot(s) {', '.join(map(str, held.ids))}: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}")
+    return held, True
+
+
+def _after_time_limit(run_dir: Path) -> None:
+    """A stop near the Slurm time limit: say so, and with slurm.requeue submit the continuation."""
+    from lifecycle import slurm
+
+    state = read_state(run_dir)
+    update_state(run_dir, stop_reason=f"Slurm time limit near: stopped at its last checkpoint (step {state.step}); resumable")
+    lab = lab_of(run_dir)
+    if slurm.in_job() and lab.settings().slurm.requeue:
+        job = slurm.submit(lab, run_dir, resume=True, after=slurm.in_job()).slurm_job
+        say(f"slurm.requeue: submitted job {job} to continue after this one")
+
+
 def run(run_dir: Path, resume: bool, stop: StopRequest) -> int:
     """The whole pipeline; returns the run's exit status (0 done, 10 stopped, other: failed)."""
     run_dir = Path(run_dir).resolve()
+    clear_exit_code(run_dir)  # a requeued job's pipeline starts over a finished job's exit code
+    held, go = _take_slots(run_dir, stop)
+    if not go:
+        return EXIT_STOPPED
     say(f"experiment {run_dir.name}: started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
-    train_rc = _train(run_dir, resume)
+    train_rc = _train(run_dir, resume, stop, held.fds if held else ())
     outcome = record_outcome(run_dir, train_rc)
     refresh_record(run_dir)
     say(f"training ended: {outcome} (exit {train_rc})")
     if stop.requested and outcome != "stopped":
         mark_stopped(run_dir, "stopped as training ended")
-        return EXIT_STOPPED
+        outcome = "stopped"
     if outcome == "stopped":
+        if stop.time_limit:
+            _after_time_limit(run_dir)
+            refresh_record(run_dir)
         return EXIT_STOPPED
     if outcome not in ("finished", "guardrail_stopped"):
         return 1
     for name, step in STEPS_AFTER_TRAINING:
+        if name == "analyse" and held is not None:
+            held.release()  # the GPUs are done with; the next queued run may start
         rc = step(run_dir)
         if stop.requested:
             mark_stopped(run_dir, f"stopped during {name}")

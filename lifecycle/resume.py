@@ -13,8 +13,9 @@ def resume_run(lab: Lab, version: str, force: bool = False) -> str:
 
     run_dir = lab.require_run(version)
     derived, state = current(run_dir)
-    if derived == "running":
-        raise MinimindError(f"experiment {version} is already running (pid {state.pid})")
+    if derived in ("running", "queued"):
+        where = f"Slurm job {state.slurm_job}" if state.backend == "slurm" else f"pid {state.pid}"
+        raise MinimindError(f"experiment {version} is already {derived} ({where})")
     if derived == "finished":
         raise MinimindError(f"experiment {version} already finished; start a new experiment instead")
     if derived == "guardrail_stopped" and not force:
@@ -24,6 +25,22 @@ def resume_run(lab: Lab, version: str, force: bool = False) -> str:
     has_checkpoint = (run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT).exists()
     clear_exit_code(run_dir)
     update_state(run_dir, state="running", stop_reason=None, train_outcome=None, phase="train")
+    notes += _refresh_sbatch(lab, run_dir)
     info = start_detached(lab, run_dir, resume=has_checkpoint)
     how = "from its last checkpoint" if has_checkpoint else "from the start (no checkpoint yet)"
-    return "\n".join([*notes, f"Resumed experiment {version} {how}: pid {info.pid}. Follow: minimind log {version} -f"])
+    where = f"Slurm job {info.slurm_job} (jobs so far: {', '.join(info.slurm_jobs)})" if info.backend == "slurm" \
+        else f"pid {info.pid}"
+    return "\n".join([*notes, f"Resumed experiment {version} {how}: {where}. Follow: minimind log {version} -f"])
+
+
+def _refresh_sbatch(lab: Lab, run_dir) -> list[str]:
+    """A Slurm run is resubmitted with the lab's current slurm: settings (a raised time limit, say)."""
+    from lifecycle.slurm import write_sbatch
+    from minimind.config import load_config
+    from minimind.rundir import CONFIG_FILE
+
+    cfg = load_config(run_dir / CONFIG_FILE)
+    if cfg.launch.backend != "slurm":
+        return []
+    write_sbatch(lab, cfg, run_dir, run_dir)
+    return [f"note: runs/{run_dir.name}/run.sbatch re-rendered from the lab's slurm: settings"]

@@ -48,6 +48,11 @@ def summary(lab: Lab, version: str) -> dict[str, Any]:
         "pid": state.pid,
         "phase": state.phase,
         "stop_reason": state.stop_reason,
+        "gpus": state.gpus if derived == "running" else None,
+        "queue_position": state.queue_position if derived == "queued" else None,
+        "waiting_for": state.waiting_for if derived == "queued" else None,
+        "slurm_job": state.slurm_job,
+        "slurm_jobs": state.slurm_jobs,
         "guardrails": {n: guardrails.get(n, {}) for n in GUARDRAILS},
         **{flag: bool(getattr(state, flag)) for flag in FLAGS},
     }
@@ -77,18 +82,30 @@ def _table(rows: list[dict]) -> None:
     for column in ("version", "base", "state", "step", "loss", "ETA", "guardrails", "E A R C"):
         table.add_column(column)
     colours = {"running": "cyan", "finished": "green", "failed": "red", "lost": "red", "stopped": "yellow",
-               "guardrail_stopped": "magenta", "drafted": "dim"}
+               "guardrail_stopped": "magenta", "drafted": "dim", "queued": "blue"}
     for row in rows:
         step = f"{row['step'] or 0}/{row['total_steps']}" if row["total_steps"] else ""
         loss = f"{row['loss']:.4f}" if isinstance(row["loss"], (int, float)) else ""
         lights = " ".join(LIGHTS.get(row["guardrails"][n].get("level"), "⚪") for n in GUARDRAILS)
         flags = " ".join("✓" if row[f] else "·" for f in FLAGS)
-        state = row["state"] + (" (stale)" if row["stale_heartbeat"] else "")
+        state = row["state"] + (" (stale)" if row["stale_heartbeat"] else "") + _where(row)
         table.add_row(row["version"], row["base"] or "", f"[{colours.get(row['state'], 'white')}]{state}[/]",
                       step, loss, _eta(row["eta_s"]), lights, flags)
     console.print(table)
     console.print("guardrails: train loss · train/inference ratio · repetition · memory entropy   "
                   "(🟢 safe 🟡 watch 🔴 danger ⚪ not measured)   flags: evaluated analysed reviewed committed")
+
+
+def _where(row: dict) -> str:
+    """Where a run is: its GPU slots, its place in the queue and what it waits for, its Slurm job."""
+    parts = []
+    if row["slurm_job"]:
+        parts.append(f"slurm {row['slurm_job']}")
+    if row["gpus"]:
+        parts.append("GPU " + ",".join(map(str, row["gpus"])))
+    if row["queue_position"]:
+        parts.append(f"#{row['queue_position']}, waits for {row['waiting_for']}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _tail(path: Path, n: int) -> list[str]:
@@ -119,6 +136,10 @@ def _detail(lab: Lab, version: str, as_json: bool) -> None:
     console = Console()
     console.print(f"[bold]Experiment {version}[/]  state: [bold]{info['state']}[/]"
                   + (f" ({info['stop_reason']})" if info["stop_reason"] else ""))
+    if info["gpus"] or info["queue_position"] or info["slurm_job"]:
+        console.print("where: " + _where(info).strip(" ()")
+                      + (f" · Slurm jobs {', '.join(info['slurm_jobs'])}" if len(info["slurm_jobs"]) > 1 else ""),
+                      markup=False, highlight=False)
     if info["stale_heartbeat"]:
         console.print(f"[yellow]No heartbeat for over {int(time.time() - (state.heartbeat or 0))} s: the process is alive but may be hung.[/]")
     console.print(f"base {info['base'] or '—'} · pid {info['pid'] or '—'} · step {info['step'] or 0}/{info['total_steps'] or '—'}"

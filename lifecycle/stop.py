@@ -1,7 +1,9 @@
 """`minimind stop VERSION`: a graceful stop — the run checkpoints, then exits.
 
 Only the run's own process group is signalled (the recorded pgid, verified by the
-recorded process start time), never processes found by name.
+recorded process start time), never processes found by name. A run queued for GPU slots
+leaves the queue and ends `stopped` without starting; a Slurm job is signalled through
+`scancel` (lifecycle/slurm.py).
 """
 
 from __future__ import annotations
@@ -19,18 +21,26 @@ def stop_run(lab: Lab, version: str, timeout: int = 60) -> str:
     """SIGTERM to the run's process group; wait until the trainer has checkpointed and exited."""
     run_dir = lab.require_run(version)
     derived, state = current(run_dir)
-    if derived != "running":
+    if derived not in ("running", "queued"):
         raise MinimindError(f"experiment {version} is not running (state: {derived})")
-    if not state.pgid or not is_alive(state.pid, state.proc_start):
+    was = derived
+    if state.backend == "slurm":
+        from lifecycle.slurm import cancel
+
+        cancel(state, derived)
+    elif not state.pgid or not is_alive(state.pid, state.proc_start):
         raise MinimindError(f"experiment {version} has no live process group to signal")
-    try:
-        os.killpg(int(state.pgid), signal.SIGTERM)
-    except ProcessLookupError:
-        raise MinimindError(f"experiment {version}'s process group {state.pgid} is gone") from None
+    else:
+        try:
+            os.killpg(int(state.pgid), signal.SIGTERM)
+        except ProcessLookupError:
+            raise MinimindError(f"experiment {version}'s process group {state.pgid} is gone") from None
     deadline = time.time() + timeout
     while time.time() < deadline:
         derived, state = current(run_dir)
-        if derived != "running":
+        if derived not in ("running", "queued"):
+            if was == "queued" and not state.step:
+                return f"Experiment {version}: {derived}, removed from the queue before it started."
             return f"Experiment {version}: {derived} at step {state.step} (checkpoint kept). Resume with: minimind resume {version}"
         time.sleep(0.5)
     raise MinimindError(f"experiment {version} did not stop within {timeout} s (it may be mid-evaluation); check 'minimind status {version}'")

@@ -28,6 +28,7 @@ CONFIG_FILE = "config.yaml"          # the fully resolved experiment config
 STATE_FILE = "state.json"            # RunState
 EXIT_CODE_FILE = "exit_code"         # the pipeline's exit status: written last, absent after kill -9
 RUN_SCRIPT = "run.sh"                # rendered from templates/run.sh.j2; calls the pipeline
+SBATCH_FILE = "run.sbatch"           # the Slurm job (launch.backend: slurm), from templates/run.sbatch.j2
 TRAIN_LOG = "train.log"              # stdout and stderr of the run
 METRICS_FILE = "metrics.jsonl"       # one JSON object per logged step: the source of truth
 EVAL_FILE = "eval.json"              # evaluation of the kept checkpoint
@@ -100,6 +101,13 @@ class RunState:
     reviewed: bool = False
     committed: bool = False
     commit: Optional[str] = None
+    # Where the run executes (lifecycle/slots.py, lifecycle/slurm.py).
+    gpus: Optional[list[int]] = None          # GPU slots held (exported as CUDA_VISIBLE_DEVICES)
+    queue_position: Optional[int] = None      # 1 = next to start, while queued for slots
+    waiting_for: Optional[str] = None         # what a queued run waits for, in words
+    backend: Optional[str] = None             # "slurm" for a Slurm job; None = a local process
+    slurm_job: Optional[str] = None           # the current Slurm job id
+    slurm_jobs: list[str] = field(default_factory=list)  # every job id this run has had, oldest first
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -218,8 +226,54 @@ def derive_state(state: RunState, exit_code: Optional[int], alive: bool) -> str:
             return recorded
         return "finished" if exit_code == 0 else "failed"
     if alive:
-        return recorded if recorded in FINAL_BY_TRAINER else "running"
+        if recorded in FINAL_BY_TRAINER or recorded == "queued":
+            return recorded  # queued: the run's own process waits for GPU slots
+        return "running"
     return "lost"
+
+
+# Slurm job states (squeue / sacct) by what they mean for the experiment.
+SLURM_WAITING = frozenset({"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD",
+                           "SUSPENDED"})
+SLURM_ACTIVE = frozenset({"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING", "STOPPED"})
+SLURM_STOPPED = {"CANCELLED": "cancelled in Slurm (scancel)", "TIMEOUT": "Slurm time limit reached",
+                 "PREEMPTED": "preempted by Slurm", "DEADLINE": "Slurm deadline reached"}
+SLURM_FAILED = {"FAILED": "the Slurm job failed", "NODE_FAIL": "a node of the Slurm job failed (NODE_FAIL)",
+                "OUT_OF_MEMORY": "the Slurm job ran out of memory (OUT_OF_MEMORY)", "BOOT_FAIL": "a node did not boot (BOOT_FAIL)",
+                "SPECIAL_EXIT": "the Slurm job ended in SPECIAL_EXIT"}
+
+
+def derive_slurm_state(state: RunState, exit_code: Optional[int], job_state: Optional[str],
+                       now: Optional[float] = None) -> tuple[str, Optional[str]]:
+    """(honest state, reason) of a Slurm run from its record, exit-code file and the job's Slurm state (pure).
+
+    `job_state` is None when neither squeue nor sacct knows the job (or they did not
+    answer): the exit-code file and the heartbeat decide, so a job the scheduler lost is
+    `lost`, never `running`.
+    """
+    if job_state in SLURM_WAITING:
+        return "queued", None
+    if job_state in SLURM_ACTIVE:
+        return "running", None
+    if exit_code is not None:  # the pipeline ended and said how: its outcome, with Slurm's reason
+        derived = derive_state(state, exit_code, alive=False)
+        if derived == "stopped" and job_state in SLURM_STOPPED:
+            return derived, f"{SLURM_STOPPED[job_state]}: stopped at its last checkpoint (step {state.step}); resumable"
+        if derived == "failed" and job_state in SLURM_FAILED:
+            return derived, SLURM_FAILED[job_state]
+        return derived, state.stop_reason
+    if job_state in SLURM_STOPPED:  # killed before the pipeline could write its exit code
+        never = state.trainer_pid is None and not state.step
+        reason = SLURM_STOPPED[job_state] + (" while queued; it never started" if never else
+                                             f": stopped at its last checkpoint (step {state.step}); resumable")
+        return "stopped", reason
+    if job_state in SLURM_FAILED:
+        return "failed", SLURM_FAILED[job_state]
+    if job_state == "COMPLETED":
+        return "failed", "the Slurm job completed without the pipeline's exit code"
+    if job_state is None and state.heartbeat is not None and not is_stale(state, now):
+        return "running", None  # Slurm did not answer; a fresh heartbeat says the run lives
+    return "lost", "Slurm no longer knows the job and the run left no exit code"
 
 
 def is_stale(state: RunState, now: Optional[float] = None) -> bool:
@@ -229,9 +283,18 @@ def is_stale(state: RunState, now: Optional[float] = None) -> bool:
 
 
 def current(run_dir: Path) -> tuple[str, RunState]:
-    """(derived state, recorded state) for one run directory."""
+    """(derived state, recorded state) for one run directory.
+
+    A Slurm run asks the scheduler (a bounded squeue/sacct call, `minimind.slurmq`); the
+    reason it gives for an ended job replaces the recorded `stop_reason` in the copy returned.
+    """
     state = read_state(run_dir)
     exit_code = read_exit_code(run_dir)
+    if state.backend == "slurm" and state.slurm_job:
+        from minimind import slurmq
+
+        derived, reason = derive_slurm_state(state, exit_code, slurmq.job_state(state.slurm_job))
+        return derived, dataclasses.replace(state, stop_reason=reason or state.stop_reason)
     alive = is_alive(state.pid, state.proc_start)
     return derive_state(state, exit_code, alive), state
 

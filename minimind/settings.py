@@ -9,9 +9,10 @@ default and range.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from minimind.errors import MinimindError
 from minimind.schema import SchemaError, build, field, to_dict
@@ -92,6 +93,59 @@ class LaunchConfig:
     deepspeed: Optional[str] = field(None, help="DeepSpeed: null, 'zero2' (generated config) or a JSON config path; GPU only")
     cpu: bool = field(False, help="force CPU training even when a GPU is present")
     threads: int = field(0, help="torch CPU threads per process (0 = as the machine gives)", min=0, max=1024)
+    backend: Literal["local", "slurm"] = field("local", help="where runs execute: this machine, or Slurm jobs (see slurm:)",
+                                                choices=["local", "slurm"])
+    gpus: Union[Literal["all"], list[int]] = field(
+        "all", help="GPU slots the lab's local runs share: a list of GPU indices, or 'all' (every GPU found; "
+                    "none on a CPU machine = no slots). Each run takes num_processes of them or waits, queued")
+    slot_dir: Optional[str] = field(None, help="folder of the slot lock files (null = runs/.slots in the lab); "
+                                               "labs sharing one machine's GPUs point this at one shared folder")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.gpus, list):
+            if not self.gpus:
+                raise ValueError("gpus: an empty list leaves no slot to run in (use 'all' or list GPU indices)")
+            if any(g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
+                raise ValueError(f"gpus: indices must be distinct and >= 0, got {self.gpus}")
+
+
+# A value written into an `#SBATCH` line cannot be quoted; these stay within what Slurm
+# itself accepts for partitions, accounts, memory and times.
+_SBATCH_WORD = re.compile(r"^[A-Za-z0-9_.:@+,=/-]+$")
+_SLURM_TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")
+
+
+@dataclass(kw_only=True)
+class SlurmConfig:
+    """The Slurm job of an experiment when `launch.backend: slurm` (rendered into runs/V/run.sbatch)."""
+
+    partition: Optional[str] = field(None, help="--partition (null = the cluster's default)")
+    account: Optional[str] = field(None, help="--account to charge (null = your default)")
+    time_limit: str = field("1:00:00", help="--time: minutes, HH:MM:SS or D-HH:MM:SS")
+    nodes: int = field(1, help="--nodes; equals launch.num_machines", min=1, max=1024)
+    gpus_per_node: int = field(0, help="--gpus-per-node (0 = ask for none)", min=0, max=64)
+    cpus_per_task: int = field(0, help="--cpus-per-task for each node's launcher (0 = Slurm's default)", min=0, max=4096)
+    memory: Optional[str] = field(None, help="--mem per node, e.g. 64G (null = Slurm's default)")
+    extra: list[str] = field(default_factory=list, help="more #SBATCH options, one per item, e.g. --qos=high")
+    setup: list[str] = field(default_factory=list, help="shell lines run before the pipeline, e.g. module load cuda")
+    signal_lead_s: int = field(120, help="seconds before the time limit at which the run checkpoints and stops "
+                                         "(SIGUSR1; 0 = none: Slurm's SIGTERM at the limit still checkpoints)",
+                               min=0, max=86400)
+    requeue: bool = field(False, help="after a stop near the time limit, submit a job that continues from the checkpoint")
+
+    def __post_init__(self) -> None:
+        for name in ("partition", "account", "memory"):
+            value = getattr(self, name)
+            if value is not None and not _SBATCH_WORD.match(value):
+                raise ValueError(f"{name}: {value!r} has characters an #SBATCH line cannot carry")
+        if not _SLURM_TIME.match(self.time_limit):
+            raise ValueError(f"time_limit: {self.time_limit!r} is not minutes, HH:MM:SS or D-HH:MM:SS")
+        for i, line in enumerate(self.extra):
+            if not line.startswith("--") or any(c in line for c in "\n\r") or " " in line.strip():
+                raise ValueError(f"extra[{i}]: {line!r} must be one option like --qos=high")
+        for i, line in enumerate(self.setup):
+            if any(c in line for c in "\n\r"):
+                raise ValueError(f"setup[{i}]: one shell line per item")
 
 
 @dataclass(kw_only=True)
@@ -127,6 +181,7 @@ class LabSettings:
     eval: EvalConfig = field(default_factory=EvalConfig, help="evaluation")
     guardrails: GuardrailsConfig = field(default_factory=GuardrailsConfig, help="guardrail thresholds")
     launch: LaunchConfig = field(default_factory=LaunchConfig, help="how runs are launched")
+    slurm: SlurmConfig = field(default_factory=SlurmConfig, help="the Slurm job, when launch.backend is slurm")
     swanlab: SwanlabConfig = field(default_factory=SwanlabConfig, help="SwanLab mirror")
     agent: AgentSettings = field(default_factory=AgentSettings, help="the planning agent")
     preflight: PreflightConfig = field(default_factory=PreflightConfig, help="checks and the compute gate before a launch")

@@ -1,6 +1,7 @@
 """Graceful stop and the heartbeat thread.
 
-SIGTERM/SIGINT only set a flag; the loop finishes the optimizer step in progress, saves
+SIGTERM/SIGINT (and SIGUSR1, which Slurm sends before a job's time limit when asked to
+signal the job steps) only set a flag; the loop finishes the optimizer step in progress, saves
 a checkpoint and exits with EXIT_STOPPED. The heartbeat thread rewrites state.json at
 least every HEARTBEAT_S / 3 seconds, so `status` sees a live run even while one long
 step or an evaluation is in progress. It writes state.json and nothing else: the record
@@ -23,7 +24,7 @@ class StopFlag:
         self.signal_name: Optional[str] = None
 
     def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             signal.signal(sig, self._handle)
 
     def _handle(self, signum: int, _frame: Any) -> None:
