@@ -95,26 +95,32 @@ def data_build(size: str) -> None:
 
 
 @data.command("prepare")
-@click.option("--pretrain", "pretrain", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--pretrain", "pretrain", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Pretraining JSONL, one {\"text\": ...} per line.")
+@click.option("--sft", "sft", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="SFT JSONL, one {\"conversations\": [{\"role\", \"content\"}, ...]} per line (sft_mini_512.jsonl).")
+@click.option("--chat-template", "chat_template", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="tokenizer_config.json whose chat_template renders --sft conversations (default: MiniMind2's).")
 @click.option("--knowledge", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="T-REx knowledge JSON array for the memory bank.")
 @click.option("--tokenizer", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="tokenizer.json (default: the lab's data.tokenizer).")
 @click.option("--knowledge-num", type=int, default=None, help="Bank rows to prepare (default: the lab's model setting).")
 @click.option("--knowledge-length", type=int, default=None, help="Tokens per bank row (default: the lab's model setting).")
-def data_prepare(pretrain: Path, knowledge: Path | None, tokenizer: Path | None,
-                 knowledge_num: int | None, knowledge_length: int | None) -> None:
+def data_prepare(pretrain: Path | None, sft: Path | None, chat_template: Path | None, knowledge: Path | None,
+                 tokenizer: Path | None, knowledge_num: int | None, knowledge_length: int | None) -> None:
     """Tokenize your own data into the lab's cache (streaming, content-keyed).
 
     \b
     Example:
       minimind data prepare --pretrain ~/data/merged_pretrain.jsonl \\
           --knowledge ~/data/sentence_trex_data.json --tokenizer ~/minimind/tokenizer.json
+      minimind data prepare --sft ~/data/sft_mini_512.jsonl --tokenizer ~/minimind/tokenizer.json
     """
     from lifecycle.data import prepare
 
-    prepare(_lab(), pretrain, knowledge, tokenizer, knowledge_num, knowledge_length)
+    prepare(_lab(), pretrain, knowledge, tokenizer, knowledge_num, knowledge_length, sft=sft,
+            chat_template=chat_template)
 
 
 @main.command()

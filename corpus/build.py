@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from corpus.chat import build_conversations
 from corpus.documents import build_documents
 from corpus.facts import PREDICATES, RELATIONS, Fact, extract_facts
 from corpus.phrasing import fact_hash, knowledge_sentence, sentence
@@ -97,8 +98,9 @@ def _counts(facts: list[Fact], split: dict[str, str]) -> dict:
 
 
 def build(out_dir: Path, size: str = "small", progress: bool = True) -> dict:
-    """Write pretrain.jsonl, knowledge.json, probes.json, tokenizer.json and manifest.json
-    into `out_dir`; return the manifest plus `out_dir` and `seconds`."""
+    """Write pretrain.jsonl, knowledge.json, probes.json, tokenizer.json, the SFT conversations
+    (sft.jsonl, sft_eval.jsonl, sft_split.json: corpus/chat.py) and manifest.json into
+    `out_dir`; return the manifest plus `out_dir` and `seconds`."""
     if size not in SIZES:
         raise UsageError(f"unknown corpus size {size!r}: choose one of {', '.join(SIZES)}")
     spec = SIZES[size]
@@ -116,6 +118,8 @@ def build(out_dir: Path, size: str = "small", progress: bool = True) -> dict:
         documents = build_documents(text_facts, spec.passes, seed=f"minimind-corpus-{size}")
         knowledge = _knowledge_elements(knowledge_facts)
         probes, probes_skipped = make_probes(facts)
+        sft_train, sft_eval, sft_split, sft_summary = build_conversations(
+            facts, {p["id"] for items in probes.values() for p in items})
         knowledge_texts = [e["target"][0]["sentence"] for e in knowledge]
         distinct = {sentence(f, fact_hash(f) + k) for f in text_facts for k in range(spec.passes)}
         distinct.update(knowledge_texts)
@@ -129,6 +133,9 @@ def build(out_dir: Path, size: str = "small", progress: bool = True) -> dict:
         "knowledge.json": _json_lines_array(knowledge),
         "probes.json": _probes_json(probes),
         "tokenizer.json": tokenizer.to_str(pretty=True) + "\n",
+        "sft.jsonl": sft_train,
+        "sft_eval.jsonl": sft_eval,
+        "sft_split.json": json.dumps(sft_split, indent=1) + "\n",
     }
     file_info = {}
     for name, text in files.items():
@@ -153,6 +160,7 @@ def build(out_dir: Path, size: str = "small", progress: bool = True) -> dict:
         "pretrain": {"documents": len(documents), "passes": spec.passes, "doc_tokens": _token_stats(doc_lengths)},
         "knowledge": {"sentences": len(knowledge_texts)},
         "probes": {**{s: len(probes[s]) for s in SPLITS}, "skipped": probes_skipped},
+        "sft": {**sft_summary, "taught_probes": len(sft_split["taught"]), "eval_only_probes": len(sft_split["eval_only"])},
         "distinct_sentences": len(distinct),
         "tokenizer": {
             "vocab_size": tokenizer.get_vocab_size(),

@@ -17,23 +17,35 @@ def build_data(lab: Lab, size: str) -> None:
     print(f"Wrote {lab.data_dir}")
 
 
-def prepare(lab: Lab, pretrain: Path, knowledge: Optional[Path], tokenizer: Optional[Path],
-            knowledge_num: Optional[int], knowledge_length: Optional[int]) -> None:
+def prepare(lab: Lab, pretrain: Optional[Path], knowledge: Optional[Path], tokenizer: Optional[Path],
+            knowledge_num: Optional[int], knowledge_length: Optional[int], sft: Optional[Path] = None,
+            chat_template: Optional[Path] = None) -> None:
     from rich.console import Console
 
     from corpus.knowledge import prepare_knowledge
     from corpus.prepare import prepare_pretrain
+    from corpus.sft import prepare_sft
+    from minimind.errors import UsageError
 
+    if pretrain is None and sft is None and knowledge is None:
+        raise UsageError("give --pretrain, --sft or --knowledge")
+    if chat_template is not None and sft is None:
+        raise UsageError("--chat-template renders --sft conversations; give --sft too")
     settings = lab.settings()
     tok = tokenizer or lab.resolve(settings.data.tokenizer)
     if not Path(tok).exists():
         raise MinimindError(f"tokenizer {tok} not found: pass --tokenizer (MiniMind's tokenizer.json works) or run 'minimind data build'")
     console = Console()
-    cache = prepare_pretrain(pretrain, tok, lab.cache_dir, max_bad_share=settings.data.max_bad_share)
-    console.print(f"pretraining: {cache.num_docs:,} documents, {cache.num_tokens:,} tokens → {cache.path}")
-    if cache.bad_lines:
-        shown = ", ".join(str(n) for n in cache.bad_lines[:20])
-        console.print(f"[yellow]{len(cache.bad_lines)} malformed line(s) skipped: {shown}{' ...' if len(cache.bad_lines) > 20 else ''}[/]")
+    if pretrain is not None:
+        cache = prepare_pretrain(pretrain, tok, lab.cache_dir, max_bad_share=settings.data.max_bad_share)
+        console.print(f"pretraining: {cache.num_docs:,} documents, {cache.num_tokens:,} tokens → {cache.path}")
+        _report_lines(console, cache)
+    if sft is not None:
+        cache = prepare_sft(sft, tok, lab.cache_dir, tokenizer_config=chat_template,
+                            max_bad_share=settings.data.max_bad_share)
+        console.print(f"conversations: {cache.num_docs:,}, {cache.num_tokens:,} tokens of which "
+                      f"{cache.meta['target_tokens']:,} assistant tokens (the loss) → {cache.path}")
+        _report_lines(console, cache)
     if knowledge is not None:
         from lifecycle.new import model_schema
 
@@ -44,3 +56,12 @@ def prepare(lab: Lab, pretrain: Path, knowledge: Optional[Path], tokenizer: Opti
         console.print(f"knowledge: {num:,} entries × {length} tokens → {folder}")
     console.print("Use it in an experiment with --set data.pretrain=PATH (and data.knowledge, data.tokenizer); "
                   "the trainer finds this cache by content.")
+
+
+def _report_lines(console, cache) -> None:
+    if cache.meta.get("blank_lines"):
+        console.print(f"{cache.meta['blank_lines']:,} blank line(s) skipped")
+    if cache.bad_lines:
+        shown = ", ".join(str(n) for n in cache.bad_lines[:20])
+        console.print(f"[yellow]{cache.meta['bad_line_count']} malformed line(s) skipped: {shown}"
+                      f"{' ...' if cache.meta['bad_line_count'] > 20 else ''}[/]")

@@ -18,7 +18,8 @@ from corpus.splits import IN_KNOWLEDGE, IN_TEXT, SPLITS, split_of
 from corpus.tokenizer import BOS_ID, EOS_ID, PAD_ID, decode, encode, load_tokenizer, train_tokenizer
 from minimind.errors import MinimindError, UsageError
 
-FILES = ("pretrain.jsonl", "knowledge.json", "probes.json", "tokenizer.json", "manifest.json")
+FILES = ("pretrain.jsonl", "knowledge.json", "probes.json", "tokenizer.json", "sft.jsonl", "sft_eval.jsonl",
+         "sft_split.json", "manifest.json")
 
 
 @pytest.fixture(scope="session")
@@ -120,6 +121,37 @@ def test_splits_are_disjoint_as_defined(small, small_facts, loaded):
         assert in_knowledge == (split in IN_KNOWLEDGE), (split, fact)
         seen[split] += 1
     assert set(seen) == set(SPLITS)
+
+
+def test_sft_conversations_keep_the_probe_splits_meaning(small, small_facts, loaded, tmp_path):
+    """SFT never teaches a held_out fact; the eval_only quarter of mem_only/text_only is only asked at evaluation."""
+    from corpus import chat
+    from corpus.sft import prepare_sft
+
+    *_, probes, manifest = loaded
+    split_of_probe = {p["id"]: s for s, items in probes.items() for p in items}
+    sft_split = json.loads((small / "sft_split.json").read_text())
+    taught, eval_only = set(sft_split["taught"]), set(sft_split["eval_only"])
+    assert taught and eval_only and not taught & eval_only
+    assert {split_of_probe[i] for i in eval_only} == {"mem_only", "text_only"}
+    assert not any(split_of_probe[i] == "held_out" for i in taught)
+    assert {split_of_probe[i] for i in taught} == {"mem_only", "text_only", "both"}
+    share = len(eval_only) / sum(1 for i in split_of_probe if split_of_probe[i] in ("mem_only", "text_only"))
+    assert 0.18 < share < 0.32  # about EVAL_ONLY_SHARE
+
+    def replies(name):
+        return [json.loads(line)["conversations"] for line in (small / name).read_text().splitlines()]
+
+    train, evaluation = replies("sft.jsonl"), replies("sft_eval.jsonl")
+    taught_answers = {t["content"] for conv in train for t in conv if t["role"] == "assistant"}
+    for fact in small_facts:
+        kind = chat.role(fact)
+        assert (chat.answer(fact) in taught_answers) == (kind == "taught"), (kind, fact)
+    assert any(conv[0]["role"] == "system" for conv in train) and any(conv[0]["role"] == "user" for conv in train)
+    assert len({conv[-2]["content"] for conv in train}) > len(train) * 0.9  # several phrasings, few repeats
+    assert manifest["sft"]["train_conversations"] == len(train) and manifest["sft"]["eval_conversations"] == len(evaluation)
+    cache = prepare_sft(small / "sft.jsonl", small / "tokenizer.json", tmp_path / "cache", progress=False)
+    assert cache.num_docs == len(train) and cache.bad_lines == [] and cache.meta["target_tokens"] > 0
 
 
 def test_split_partners_share_a_split(small_facts):

@@ -89,20 +89,31 @@ def total_steps(batches_per_epoch: int, epochs: int, accumulation_steps: int, ma
     return min(steps, max_steps) if max_steps > 0 else steps
 
 
-def sample_tokens(doc: np.ndarray, max_seq_len: int) -> np.ndarray:
-    return np.asarray(doc[: max_seq_len + 1], dtype=np.int64)
+def sample_tokens(doc, max_seq_len: int) -> np.ndarray:
+    return np.asarray(_tokens_of(doc)[: max_seq_len + 1], dtype=np.int64)
 
 
-def collate(docs: Sequence[np.ndarray], max_seq_len: int):
-    """(input_ids, targets, loss_mask) LongTensors/FloatTensor, padded to the longest doc."""
+def _tokens_of(doc):
+    """A document is a token array (pretraining) or (tokens, target flags) (a conversation)."""
+    return doc[0] if isinstance(doc, tuple) else doc
+
+
+def collate(docs: Sequence, max_seq_len: int):
+    """(input_ids, targets, loss_mask) LongTensors/FloatTensor, padded to the longest doc.
+
+    A pretraining document is learned everywhere; a conversation (tokens, flags) only where
+    the predicted token is flagged (the assistant's replies, corpus/sft.py)."""
     import torch
 
     samples = [sample_tokens(d, max_seq_len) for d in docs]
     width = max(2, max(len(s) for s in samples))
     tokens = np.full((len(samples), width), PAD_ID, dtype=np.int64)
     mask = np.zeros((len(samples), width - 1), dtype=np.float32)
-    for row, sample in enumerate(samples):
+    for row, (doc, sample) in enumerate(zip(docs, samples)):
         tokens[row, : len(sample)] = sample
-        mask[row, : max(0, len(sample) - 1)] = 1.0
+        if isinstance(doc, tuple):  # position j predicts token j + 1: the target's flag decides
+            mask[row, : max(0, len(sample) - 1)] = doc[1][1: len(sample)]
+        else:
+            mask[row, : max(0, len(sample) - 1)] = 1.0
     tokens_t = torch.from_numpy(tokens)
     return tokens_t[:, :-1].contiguous(), tokens_t[:, 1:].contiguous(), torch.from_numpy(mask)
