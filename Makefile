@@ -20,7 +20,7 @@ install: $(BIN)/.installed
 
 # pytest exits 5 when it collects nothing: that is not a failure; any other non-zero is.
 test: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 demo: install
 	$(BIN)/minimind demo $(DEMO_ARGS)

@@ -61,8 +61,9 @@ def refresh() -> bool:
 def job_state(job_id: str) -> Optional[str]:
     """The job's Slurm state (PENDING, RUNNING, COMPLETED, TIMEOUT, ...), or None if unknown."""
     job_id = str(job_id)
-    if time.monotonic() - _squeue_at > QUERY_TTL_S:
-        refresh()
+    fresh = time.monotonic() - _squeue_at > QUERY_TTL_S and refresh()
+    if job_id not in _squeue and not fresh and job_id not in _sacct:
+        refresh()  # submitted after the cached answer (a job never leaves squeue --states=all that fast)
     if job_id in _squeue:
         return _squeue[job_id]
     if job_id in _sacct:  # an ended job's state no longer changes
