@@ -119,7 +119,7 @@ class StopRequest:
             self.child.send_signal(signal.SIGTERM)
 
 
-def _train(run_dir: Path, resume: bool, stop: StopRequest, keep_fds: tuple[int, ...] = ()) -> int:
+def _train(run_dir: Path, resume: bool, stop: Optional[StopRequest] = None, keep_fds: tuple[int, ...] = ()) -> int:
     from lifecycle.launch import train_command
     from lifecycle.slurm import train_argv
 
@@ -128,7 +128,8 @@ def _train(run_dir: Path, resume: bool, stop: StopRequest, keep_fds: tuple[int, 
     argv = train_argv(cfg, train_command(lab, cfg, run_dir) + (["--resume"] if resume else []))
     # keep_fds: the slot locks, so they stay held while the trainer lives, even if this process dies.
     proc = subprocess.Popen(argv, cwd=lab.root, pass_fds=keep_fds)
-    stop.child = proc
+    if stop is not None:
+        stop.child = proc  # SIGUSR1 is passed on to it
     last_refresh = time.monotonic()
     while True:
         try:
