@@ -65,7 +65,9 @@ def test_run_writes_state_log_and_checkpoints(finished_run):
     state = h.state(finished_run)
     assert state["step"] == state["total_steps"] == 30
     assert state["phase"] == "trained" and state["eta_s"] == 0
-    assert math.isfinite(state["last_loss"]) and state["heartbeat"] > time.time() - 600
+    # The last heartbeat comes after the last logged step (the trainer's final state write),
+    # whenever this test reads it.
+    assert math.isfinite(state["last_loss"]) and state["heartbeat"] >= h.train_rows(finished_run)[-1]["time"]
     assert {"train_loss", "memory_entropy", "train_inference_ratio", "repetition_rate"} <= set(state["guardrails"])
     log = (finished_run / "train.log").read_text()
     assert "git commit:" in log and "model module: model_0_1_0 sha256 " in log
