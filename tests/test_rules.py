@@ -99,6 +99,9 @@ def _record_context(lang: str) -> dict:
         "eval_prompt_tokens": 30,
         "analysis": {"available": True, "training_results": "tr", "inference_evaluation": "ie", "deep_analysis": "da",
                      "conclusion": "c", "next_steps": ["n1"], "backend": "offline"},
+        "preflight": {"checks": [{"id": "causality", "status": "passed", "lesson": "l", "detail": "d", "source": "s"}], "forced": False,
+                      "reason": None, "compute_note": None, "compute_accepted": False},
+        "estimate_lines": ["parameters: 1"],
         "verdict": {"verdict": "supported", "reason": "r", "verdict_zh": "支持"},
     }}
 
