@@ -313,6 +313,22 @@ def convert(src: Path, out: Path, n_heads: int | None, n_kv_heads: int | None, r
 
 @main.command()
 @click.argument("version")
+@click.option("--agent", type=click.Choice(["auto", "offline", "claude"]), default=None,
+              help="Who writes the prose (default: the backend the experiment asked for).")
+def analyse(version: str, agent: str | None) -> None:
+    """Redo only the analysis, the record and the commit draft from the existing eval.json.
+
+    \b
+    Example:
+      minimind analyse 1.4.8 --agent offline
+    """
+    from lifecycle.analyse import analyse_experiment
+
+    click.echo(analyse_experiment(_lab(), version, agent))
+
+
+@main.command()
+@click.argument("version")
 @click.option("--approve", is_flag=True, help="Record approval (refused while a required section is missing).")
 @click.option("--edit", is_flag=True, help="Open the record in $EDITOR first.")
 def review(version: str, approve: bool, edit: bool) -> None:

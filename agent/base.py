@@ -8,8 +8,19 @@ verdict, thresholds and paths are decided by code, never by the backend.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
+
+
+def code_owned(default_factory=list, help: str = ""):
+    """A result field that code fills (the model never writes it): left out of the tool schema."""
+    return field(default_factory=default_factory, metadata={"code": True, "help": help})
+
+
+def model_fields(cls: type) -> list[str]:
+    """The fields of a result dataclass that the model writes (the tool's properties)."""
+    return [f.name for f in dataclasses.fields(cls) if f.name != "backend" and not f.metadata.get("code")]
 
 
 @dataclass(kw_only=True)
@@ -40,6 +51,7 @@ class Plan:
     expected: str                         # expected results in the agent's words
     risks: list[str]
     backend: str
+    notes: list[str] = code_owned(help="what code changed in the answer (a key the human set, dropped)")
 
 
 @dataclass(kw_only=True)
@@ -60,16 +72,32 @@ class AnalysisContext:
     verdict_reason: str                   # the rule and numbers that decided it
     guardrails: dict[str, dict]           # the lab's rules: name -> {safe, danger, action}
     lang: str = "en"
+    # What the analyst sees of the experiment beyond the numbers (lifecycle/analyse.py).
+    plan: dict[str, Any] = field(default_factory=dict)          # the plan's thinking, expected, risks, changes
+    model_diff: str = ""                                        # models/model.py hunks, bounded
+    curves: dict[str, list] = field(default_factory=dict)       # name -> [[step, value], ...], downsampled
+    guardrail_history: list[dict] = field(default_factory=list)  # [{step, name, value, level}] level changes
+    samples: list[dict] = field(default_factory=list)           # prompt, reference, generated, repetition
+    intervals: dict[str, Any] = field(default_factory=dict)     # held_out control, retrieval
+    fixed_settings: dict[str, Any] = field(default_factory=dict)  # data/eval/guardrails/launch: not the agent's
+
+
+# The prose fields of an analysis: checked against the verdict and the data (agent/prose.py).
+ANALYSIS_PROSE = ("training_results", "inference_evaluation", "deep_analysis", "conclusion", "next_steps")
 
 
 @dataclass(kw_only=True)
 class Analysis:
+    """The record's prose sections. Further fields may be added (each one the model
+    writes becomes a property of the write_analysis tool; `code_owned` ones do not)."""
+
     training_results: str
     inference_evaluation: str
     deep_analysis: str
     conclusion: str
     next_steps: list[str]
     backend: str
+    notes: list[str] = code_owned(help="fields replaced because they contradicted the numbers, with the reasons")
 
 
 @dataclass(kw_only=True)
@@ -85,16 +113,23 @@ class CommitContext:
     next_steps: list[str]
     model_changed: bool
     lang: str = "en"
+    model_diff: str = ""                  # models/model.py hunks, bounded
+    plan: dict[str, Any] = field(default_factory=dict)   # thinking, expected, risks, changes with their why
+    facts: dict[str, Any] = field(default_factory=dict)  # the numbers prose may quote (comparison, eval)
+
+
+COMMIT_PROSE = ("title", "improvements", "core_changes", "next_steps")
 
 
 @dataclass(kw_only=True)
 class CommitDraft:
-    title: str
+    title: str                            # the summary; code appends the computed verdict
     improvements: list[str]
     core_changes: dict[str, list[str]]    # file -> bullet lines (files outside ctx.files are dropped)
-    results: list[str]
     next_steps: list[str]
     backend: str
+    results: list[str] = code_owned(help="the computed result lines (never the model's)")
+    notes: list[str] = code_owned(help="fields replaced because they contradicted the numbers, with the reasons")
 
 
 class AgentBackend(Protocol):

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 CALLS_FILE = "calls.jsonl"
+FAILED_DIR = ".failed"  # runs/.failed/<version>-<time>/: the logs of failed `new` attempts
+CHARS_PER_TOKEN = 3     # a pessimistic guess (real text averages nearer 4)
 
 # US dollars per million tokens (input, output), matched by model-name prefix, longest
 # prefix first. Unknown models get the most expensive row so the budget errs on the
@@ -123,6 +125,29 @@ def summary(log_dir: Path) -> dict[str, Any]:
         out["input_tokens"] += int(_number(usage.get("input_tokens")))
         out["output_tokens"] += int(_number(usage.get("output_tokens")))
     return out
+
+
+def summary_of(log_dirs: Iterable[Path]) -> dict[str, Any]:
+    """`summary` added up over several log folders."""
+    out: dict[str, Any] = {"calls": 0, "cost_usd": 0.0, "input_tokens": 0, "output_tokens": 0}
+    for log_dir in log_dirs:
+        for key, value in summary(log_dir).items():
+            out[key] += value
+    return out
+
+
+def failed_attempt_logs(runs_dir: Path, version: str) -> list[Path]:
+    """The agent log folders of earlier failed `new` attempts of `version`."""
+    root = Path(runs_dir) / FAILED_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p / "agent" for p in root.glob(f"{version}-*") if (p / "agent" / CALLS_FILE).is_file())
+
+
+def estimate_input_tokens(request: dict[str, Any]) -> int:
+    """A high estimate of a request's input tokens from its size (no tokenizer offline)."""
+    text = json.dumps({k: request.get(k) for k in ("system", "messages", "tools")}, ensure_ascii=False, default=str)
+    return len(text) // CHARS_PER_TOKEN + 1
 
 
 def _number(value: Any) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +29,7 @@ MISSING_KEY = "ANTHROPIC_API_KEY is not set: --agent claude needs it (or use --a
 MAX_DIFF = 20_000        # characters of the model.py diff shown to the model
 MAX_LIST = 3             # items of any list inside eval.json shown (samples are long)
 MAX_STRING = 400         # characters of any string inside eval.json / configs shown
+MAX_TOKENS_CEILING = 64_000  # a cut-off reply is asked again with twice max_tokens, at most this
 
 SYSTEM_PROMPT = """\
 You are the research assistant of minimind, a lab that pre-trains small language models \
@@ -65,43 +67,57 @@ class ClaudeAgent:
     name = "claude"
 
     def __init__(self, settings: AgentSettings, log_dir: Path, *, api_key: str | None = None,
-                 base_url: str | None = None, client: Any = None):
+                 base_url: str | None = None, client: Any = None, prior_logs: list[Path] | None = None):
         self.settings = settings
         self.log_dir = Path(log_dir)
+        self.prior_logs = list(prior_logs or [])  # earlier failed attempts of this version: one budget
         self._api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
         self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         if client is None:
             if not self._api_key:
                 raise AgentError(MISSING_KEY)
             anthropic = _import_anthropic()
+            # max_retries=0: this backend retries itself, so every try is logged and announced.
             client = anthropic.Anthropic(api_key=self._api_key, base_url=self._base_url,
-                                         max_retries=settings.max_retries, timeout=settings.timeout_s)
+                                         max_retries=0, timeout=settings.timeout_s)
         self._client = client
 
     # --- the protocol ----------------------------------------------------------------
     def plan(self, ctx: PlanContext) -> Plan:
         return self._ask("plan", tools.plan_tool(ctx), plan_prompt(ctx), ctx.lang,
-                         lambda data: tools.validate_plan(data, ctx, self.name))
+                         lambda data, final: tools.validate_plan(data, ctx, self.name, final))
 
     def analyse(self, ctx: AnalysisContext) -> Analysis:
         return self._ask("analyse", tools.analysis_tool(ctx), analysis_prompt(ctx), ctx.lang,
-                         lambda data: tools.validate_analysis(data, ctx, self.name))
+                         lambda data, final: tools.validate_analysis(data, ctx, self.name, final))
 
     def draft_commit(self, ctx: CommitContext) -> CommitDraft:
         return self._ask("draft_commit", tools.commit_tool(ctx), commit_prompt(ctx), ctx.lang,
-                         lambda data: tools.validate_commit(data, ctx, self.name))
+                         lambda data, final: tools.validate_commit(data, ctx, self.name, final))
 
     # --- one step: a call, validation, at most one repair round ----------------------
-    def _ask(self, step: str, tool: dict, prompt: str, lang: str, validate: Callable[[Any], Any]) -> Any:
+    def _ask(self, step: str, tool: dict, prompt: str, lang: str, validate: Callable[..., Any]) -> Any:
         system = SYSTEM_PROMPT + "\n\n" + LANGUAGE.get(lang, LANGUAGE["en"])
         messages: list[dict[str, Any]] = [{"role": "user", "content": prompt}]
         first_problems: list[str] = []
-        for attempt in (1, 2):
+        max_tokens = self.settings.max_tokens
+        raised = False  # max_tokens was raised once already
+        attempt = 1
+        while True:
             self._check_budget()
-            request = {"model": self.settings.model, "max_tokens": self.settings.max_tokens, "system": system,
+            request = {"model": self.settings.model, "max_tokens": max_tokens, "system": system,
                        "messages": messages, "tools": [tool],
                        "tool_choice": {"type": "tool", "name": tool["name"]}}
             message, latency = self._create(step, attempt, request)
+            if message.stop_reason == "max_tokens" and not raised:
+                # A reply cut off mid-answer is not the model's mistake: ask again, with room.
+                raised = True
+                larger = min(max_tokens * 2, MAX_TOKENS_CEILING)
+                self._log(step, attempt, request, latency, message=message,
+                          problems=[f"the reply was cut off at max_tokens={max_tokens}; asked again with {larger}"])
+                _say(f"claude {step}: the reply was cut off at {max_tokens} tokens; asking again with {larger}")
+                max_tokens = larger
+                continue
             block = next((b for b in message.content
                           if getattr(b, "type", None) == "tool_use" and getattr(b, "name", None) == tool["name"]), None)
             result, problems = None, []
@@ -109,42 +125,59 @@ class ClaudeAgent:
                 problems = [f"the reply did not call {tool['name']} (stop_reason: {message.stop_reason})"]
             else:
                 try:
-                    result = validate(block.input)
+                    result = validate(block.input, attempt == 2)
                 except tools.ToolInputError as exc:
                     problems = exc.problems
-            self._log(step, attempt, request, latency, message=message, problems=problems)
+            notes = list(getattr(result, "notes", []) or [])
+            self._log(step, attempt, request, latency, message=message, problems=problems, notes=notes)
             if result is not None:
                 return result
-            if attempt == 1:
-                first_problems = problems
-                messages = messages + [{"role": "assistant", "content": _assistant_content(message)},
-                                       {"role": "user", "content": _repair_content(block, problems, tool["name"])}]
+            if attempt == 2:
+                break
+            first_problems = problems
+            messages = messages + [{"role": "assistant", "content": _assistant_content(message)},
+                                   {"role": "user", "content": _repair_content(block, problems, tool["name"])}]
+            attempt = 2
         summary = _one_line("; ".join(first_problems), 400)
         raise AgentError(f"claude returned invalid {step} output twice: {summary}")
 
     def _check_budget(self) -> None:
         spent = calllog.summary(self.log_dir)
-        if spent["cost_usd"] >= self.settings.max_usd:
+        earlier = calllog.summary_of(self.prior_logs)
+        total = spent["cost_usd"] + earlier["cost_usd"]
+        if total >= self.settings.max_usd:
+            where = f"{self.log_dir / calllog.CALLS_FILE}"
+            if earlier["calls"]:
+                where += f" and {earlier['calls']} call(s) of earlier failed attempts in runs/{calllog.FAILED_DIR}/"
             raise AgentError(
                 f"agent budget of ${self.settings.max_usd:.2f} for this experiment is spent "
-                f"(${spent['cost_usd']:.4f} over {spent['calls']} calls, {self.log_dir / calllog.CALLS_FILE}); "
+                f"(${total:.4f} over {spent['calls'] + earlier['calls']} calls, {where}); "
                 "raise agent.max_usd in minimind.yaml or use --agent offline")
 
     def _create(self, step: str, attempt: int, request: dict) -> tuple[Any, float]:
-        """One Messages API call (the SDK retries inside); any failure -> logged AgentError."""
+        """One Messages API call with our own retries (timeouts, connection errors, 408/409/429/5xx),
+        each failed try logged at a pessimistic cost and announced on stderr; then AgentError."""
         anthropic = _import_anthropic()
-        start = time.monotonic()
-        try:
-            message = self._client.messages.create(**request)
-        except (anthropic.AnthropicError, ValueError) as exc:  # ValueError: the SDK refusing a request locally
-            latency = time.monotonic() - start
-            reason = self._describe_failure(exc, anthropic)
-            self._log(step, attempt, request, latency, error=reason)
-            raise AgentError(f"claude {step} failed: {reason}") from None
-        return message, time.monotonic() - start
-
-    def _describe_failure(self, exc: Exception, anthropic: Any) -> str:
         tries = self.settings.max_retries + 1
+        for number in range(1, tries + 1):
+            start = time.monotonic()
+            try:
+                return self._client.messages.create(**request), time.monotonic() - start
+            except (anthropic.AnthropicError, ValueError) as exc:  # ValueError: the SDK refusing a request locally
+                latency = time.monotonic() - start
+                retryable = _retryable(exc, anthropic)
+                reason = self._describe_failure(exc, anthropic, number if not retryable or number == tries else None)
+                self._log(step, attempt, request, latency, error=reason, pessimistic=True)
+                if not retryable or number == tries:
+                    raise AgentError(f"claude {step} failed: {reason}") from None
+                wait = _retry_wait(exc, number)
+                _say(f"claude {step}: {_short_failure(exc, anthropic, self.settings.timeout_s)}; "
+                     f"waiting {wait:.1f}s before try {number + 1} of {tries}")
+                time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _describe_failure(self, exc: Exception, anthropic: Any, tries: int | None = None) -> str:
+        tries = tries or self.settings.max_retries + 1
         if isinstance(exc, anthropic.APITimeoutError):
             return f"the Anthropic API did not answer within {self.settings.timeout_s:g}s ({tries} attempts)"
         if isinstance(exc, anthropic.APIConnectionError):
@@ -154,16 +187,22 @@ class ClaudeAgent:
             error = body.get("error") if isinstance(body.get("error"), dict) else body
             kind = error.get("type") or type(exc).__name__
             text = _one_line(str(error.get("message") or ""), 200)
-            retried = exc.status_code in (408, 409, 429) or exc.status_code >= 500
+            retried = _retryable(exc, anthropic)
             after = f" after {tries} attempts" if retried else ""
             return f"the Anthropic API returned HTTP {exc.status_code} {kind}{after}" + (f": {text}" if text else "")
         return _one_line(f"{type(exc).__name__}: {exc}", 300)
 
     def _log(self, step: str, attempt: int, request: dict, latency: float, *, message: Any = None,
-             problems: list[str] | None = None, error: str | None = None) -> None:
+             problems: list[str] | None = None, error: str | None = None, notes: list[str] | None = None,
+             pessimistic: bool = False) -> None:
         usage = getattr(message, "usage", None)
         input_tokens = output_tokens = 0
-        if usage is not None:
+        if pessimistic:
+            # A failed or timed-out call may still have been billed: count it as if the whole
+            # request was read and the whole max_tokens written, so the budget errs high.
+            input_tokens = calllog.estimate_input_tokens(request)
+            output_tokens = int(request.get("max_tokens") or 0)
+        elif usage is not None:
             # Cache writes and reads are billed input too; counting them keeps the estimate high.
             input_tokens = sum(int(getattr(usage, name, 0) or 0) for name in
                                ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
@@ -177,8 +216,12 @@ class ClaudeAgent:
             "latency_s": round(latency, 3),
             "error": error or ("invalid tool input: " + "; ".join(problems) if problems else None),
         }
+        if pessimistic:
+            record["estimated"] = "pessimistic: the request's input tokens plus max_tokens (the call failed)"
         if problems:
             record["validation_errors"] = problems
+        if notes:
+            record["notes"] = notes
         calllog.append_call(self.log_dir, record, secrets=[self._api_key or ""])
 
 
@@ -252,6 +295,43 @@ def commit_prompt(ctx: CommitContext) -> str:
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+def _say(message: str) -> None:
+    """What the backend waits for, on stderr (the user of `new` sees it while it waits)."""
+    print(f"[agent] {message}", file=sys.stderr, flush=True)
+
+
+def _retryable(exc: Exception, anthropic: Any) -> bool:
+    if isinstance(exc, (anthropic.APITimeoutError, anthropic.APIConnectionError)):
+        return True
+    if isinstance(exc, anthropic.APIStatusError):
+        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
+    return False
+
+
+def _retry_wait(exc: Exception, number: int) -> float:
+    """The server's retry-after(-ms) when it sent one (at most 60 s), else 0.5 s doubling to 8 s."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    try:
+        if headers.get("retry-after-ms"):
+            return min(float(headers["retry-after-ms"]) / 1000, 60.0)
+        if headers.get("retry-after"):
+            return min(float(headers["retry-after"]), 60.0)
+    except (TypeError, ValueError):
+        pass
+    return min(0.5 * 2 ** (number - 1), 8.0)
+
+
+def _short_failure(exc: Exception, anthropic: Any, timeout_s: float) -> str:
+    if isinstance(exc, anthropic.APITimeoutError):
+        return f"no answer within {timeout_s:g}s"
+    if isinstance(exc, anthropic.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        error = body.get("error") if isinstance(body.get("error"), dict) else body
+        return f"HTTP {exc.status_code} {error.get('type') or ''}".strip()
+    return "could not reach the Anthropic API"
+
 
 def _import_anthropic() -> Any:
     try:

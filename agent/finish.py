@@ -24,7 +24,7 @@ from minimind.errors import MinimindError
 
 def main(argv: Optional[list[str]] = None) -> int:
     from lifecycle import pipeline
-    from lifecycle.analyse import analyse
+    from lifecycle.analyse import run_analysis
 
     parser = argparse.ArgumentParser(prog="python -m agent.finish")
     parser.add_argument("--run-dir", required=True, type=Path)
@@ -41,7 +41,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         elif args.stopped is not None:
             pipeline.mark_stopped(run_dir, args.stopped)
         else:
-            analyse(run_dir)
+            ok, message = run_analysis(run_dir)
+            print(("analysed: record " if ok else "analysis failed: ") + message, flush=True)
     except MinimindError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -111,6 +111,8 @@ class OfflineAgent:
         ]
         human = [(_schema_key(k, ctx.config_schema) or k, v) for k, v in ctx.sets]
         all_changes = [(k, v) for k, v in changes.items() if k not in dict(human)] + human
+        # a value equal to the base's is not a change
+        all_changes = [(k, v) for k, v in all_changes if _flat_get(ctx.base_config, k) != v]
         if all_changes:
             listed = ", ".join(f"`{k}` {_flat_get(ctx.base_config, k)!r} → {v!r}" for k, v in all_changes)
             lines.append(f"Changes for this experiment: {listed}. Everything else is inherited unchanged, "
@@ -226,7 +228,7 @@ class OfflineAgent:
 
     def draft_commit(self, ctx: CommitContext) -> CommitDraft:
         changes = ", ".join(f"{k}: {_short(a)} → {_short(b)}" for k, a, b in ctx.config_changes[:6]) or "no config change"
-        title = f"Experiment {ctx.version}: {_first_line(ctx.goal, 60)} (hypothesis {ctx.verdict})"
+        title = f"Experiment {ctx.version}: {_first_line(ctx.goal, 60)}"  # code appends the verdict
         improvements = [f"Tested: {_first_line(ctx.hypothesis, 160)}", f"Config: {changes}"]
         core: dict[str, list[str]] = {}
         for path in ctx.files:

@@ -21,7 +21,9 @@ import math
 import re
 from typing import Any, get_args, get_origin, get_type_hints
 
-from agent.base import (Analysis, AnalysisContext, CommitContext, CommitDraft, Plan, PlanContext)
+from agent import prose
+from agent.base import (ANALYSIS_PROSE, COMMIT_PROSE, Analysis, AnalysisContext, CommitContext, CommitDraft, Plan,
+                        PlanContext, model_fields)
 
 MAX_TEXT = 8000          # characters of one prose field
 MAX_LINE = 500           # characters of one bullet
@@ -60,7 +62,6 @@ _FIELD_HELP = {
     "title": "One-line commit title (no trailing period).",
     "improvements": "Main improvements of this experiment, one per item.",
     "core_changes": "Per file of the commit: bullet lines describing its change.",
-    "results": "Result lines, restating the computed results you were given.",
 }
 
 
@@ -143,8 +144,8 @@ def _tool(name: str, description: str, cls: type, overrides: dict[str, dict]) ->
     hints = get_type_hints(cls)
     properties: dict[str, Any] = {}
     for fld in dataclasses.fields(cls):
-        if fld.name == "backend":
-            continue  # set by the backend, never by the model
+        if fld.name not in model_fields(cls):
+            continue  # set by the backend or by code, never by the model
         schema = overrides.get(fld.name) or _field_schema(hints[fld.name], fld.name)
         properties[fld.name] = {**schema, "description": _FIELD_HELP.get(fld.name, fld.name)}
     return {
@@ -214,7 +215,7 @@ def _check_keys(data: Any, cls: type, problems: list[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         problems.append(f"the tool input must be an object, got {type(data).__name__}")
         return {}
-    expected = [f.name for f in dataclasses.fields(cls) if f.name != "backend"]
+    expected = model_fields(cls)
     for name in expected:
         if name not in data:
             problems.append(f"{name}: missing")
@@ -286,8 +287,9 @@ def _human_set(key: str, sets: list[tuple[str, Any]]) -> tuple[bool, Any]:
     return False, None
 
 
-def validate_plan(tool_input: Any, ctx: PlanContext, backend: str = "claude") -> Plan:
+def validate_plan(tool_input: Any, ctx: PlanContext, backend: str = "claude", final: bool = False) -> Plan:
     problems: list[str] = []
+    dropped: list[str] = []
     data = _check_keys(tool_input, Plan, problems)
     changes: dict[str, Any] = {}
     raw_changes = data.get("changes", {})
@@ -308,8 +310,10 @@ def validate_plan(tool_input: Any, ctx: PlanContext, backend: str = "claude") ->
             problems.append(reason)
             continue
         was_set, human_value = _human_set(key, ctx.sets)
-        if was_set and human_value != value:
-            problems.append(f"{key}: set by the human to {human_value!r}; leave it out")
+        if was_set:
+            # The human's --set wins; a repeat or a different value is dropped, never a failure.
+            dropped.append(f"{key}: the agent proposed {value!r}, but the human set it to {human_value!r} "
+                           "with --set; the human's value is kept and the proposal dropped")
             continue
         changes[key] = value
     rationale: dict[str, str] = {}
@@ -321,6 +325,8 @@ def validate_plan(tool_input: Any, ctx: PlanContext, backend: str = "claude") ->
         if key not in ctx.config_schema or _forbidden_reason(str(key)):
             problems.append(f"rationale.{key}: not a key the plan may change")
             continue
+        if _human_set(str(key), ctx.sets)[0]:
+            continue  # its change was dropped above
         rationale[str(key)] = _text(why, f"rationale.{key}", problems, limit=MAX_LINE, one_line=True)
     plan = Plan(
         thinking=_text(data.get("thinking", ""), "thinking", problems),
@@ -329,13 +335,41 @@ def validate_plan(tool_input: Any, ctx: PlanContext, backend: str = "claude") ->
         expected=_text(data.get("expected", ""), "expected", problems),
         risks=_lines(data.get("risks", []), "risks", problems),
         backend=backend,
+        notes=dropped,
     )
     if problems:
         raise ToolInputError(problems)
     return plan
 
 
-def validate_analysis(tool_input: Any, ctx: AnalysisContext, backend: str = "claude") -> Analysis:
+def _enforce(result: Any, computed: Any, names: tuple[str, ...], verdict: str, data: Any,
+             problems: list[str], final: bool, lang: str) -> Any:
+    """Prose that contradicts the verdict or the data: a problem (repair round), or on the
+    final answer the field replaced by the computed text and a note saying so."""
+    found = prose.check_result(result, names, verdict, data)
+    if not found:
+        return result
+    if not final or problems:
+        problems += prose.flat_problems(found)
+        return result
+    result, reasons = prose.replace_fields(result, computed(), found, lang)
+    fields = sorted({re.split(r"[\[.]", k, maxsplit=1)[0] for k in found})
+    return dataclasses.replace(result, notes=list(result.notes) + [prose.replacement_note(result.backend, fields, lang)]
+                               + reasons)
+
+
+def analysis_facts(ctx: AnalysisContext) -> dict[str, Any]:
+    """The numbers an analysis may quote: everything it was given except per-item data."""
+    data = dataclasses.asdict(ctx)
+    for key in ("eval", "base_eval"):
+        if isinstance(data.get(key), dict):
+            data[key] = {k: v for k, v in data[key].items() if k not in prose.NOT_FACTS}
+    return data
+
+
+def validate_analysis(tool_input: Any, ctx: AnalysisContext, backend: str = "claude", final: bool = False) -> Analysis:
+    from agent.offline import OfflineAgent
+
     problems: list[str] = []
     data = _check_keys(tool_input, Analysis, problems)
     analysis = Analysis(
@@ -346,12 +380,16 @@ def validate_analysis(tool_input: Any, ctx: AnalysisContext, backend: str = "cla
         next_steps=_lines(data.get("next_steps", []), "next_steps", problems),
         backend=backend,
     )
+    analysis = _enforce(analysis, lambda: OfflineAgent().analyse(ctx), ANALYSIS_PROSE, ctx.verdict,
+                        analysis_facts(ctx), problems, final, ctx.lang)
     if problems:
         raise ToolInputError(problems)
     return analysis
 
 
-def validate_commit(tool_input: Any, ctx: CommitContext, backend: str = "claude") -> CommitDraft:
+def validate_commit(tool_input: Any, ctx: CommitContext, backend: str = "claude", final: bool = False) -> CommitDraft:
+    from agent.offline import OfflineAgent
+
     problems: list[str] = []
     data = _check_keys(tool_input, CommitDraft, problems)
     core: dict[str, list[str]] = {}
@@ -366,10 +404,18 @@ def validate_commit(tool_input: Any, ctx: CommitContext, backend: str = "claude"
         title=_text(data.get("title", ""), "title", problems, limit=MAX_TITLE, one_line=True),
         improvements=_lines(data.get("improvements", []), "improvements", problems),
         core_changes=core,
-        results=_lines(data.get("results", []), "results", problems),
         next_steps=_lines(data.get("next_steps", []), "next_steps", problems),
         backend=backend,
+        results=list(ctx.result_lines),
     )
+    draft = _enforce(draft, lambda: OfflineAgent().draft_commit(ctx), COMMIT_PROSE, ctx.verdict,
+                     commit_facts(ctx), problems, final, ctx.lang)
     if problems:
         raise ToolInputError(problems)
     return draft
+
+
+def commit_facts(ctx: CommitContext) -> dict[str, Any]:
+    data = dataclasses.asdict(ctx)
+    data.pop("result_lines", None)
+    return data

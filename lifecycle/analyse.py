@@ -1,35 +1,94 @@
 """The analysis step: verdict (code), prose (the agent), commit draft, record.
 
-Run by the pipeline after evaluation, and by `minimind eval VERSION`. Everything it reads
-is in the run directory (config, plan, eval.json, metrics.jsonl) and the base's.
+Run by the pipeline after evaluation, and by `minimind analyse VERSION` (only this step,
+from the existing eval.json) and `minimind eval VERSION`. Everything it reads is in the
+run directory (config, plan, eval.json, metrics.jsonl, model.diff) and the base's.
+
+A failure of the agent here never fails a trained run: `run_analysis` records
+`analysis_failed` and its reason in state.json, the training state stays what it was
+(finished / guardrail_stopped), and `minimind analyse VERSION` completes it later.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from minimind.atomic import write_json, write_text
-from minimind.config import diff, load_config
+from minimind.config import diff, flatten, load_config
 from minimind.errors import MinimindError
 from minimind.guardrails import rules_of
 from minimind.lab import Lab
-from minimind.rundir import (AGENT_DIR, ANALYSIS_FILE, COMMIT_MSG_FILE, CONFIG_FILE, EVAL_FILE, METRICS_FILE,
-                             PLAN_FILE, read_json, read_metrics, read_state, update_state)
+from minimind.rundir import (AGENT_DIR, ANALYSIS_FILE, COMMIT_MSG_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE,
+                             METRICS_FILE, PLAN_FILE, read_json, read_metrics, read_state, update_state)
+
+CURVE_POINTS = 16        # points per curve shown to the agent
+DIFF_LIMIT = 8000        # characters of model.diff shown to the agent
+SAMPLES = 5              # samples shown to the agent
+FIXED_SECTIONS = ("data", "eval", "guardrails", "launch")  # the human's and the lab's, never the agent's
+_CURVE_KEY = re.compile(r"^(loss|loss_ce|eval/.+|memory/(l\d+/)?(entropy|coverage|dead))$")
 
 
 def lab_of(run_dir: Path) -> Lab:
     return Lab(Path(run_dir).resolve().parent.parent)
 
 
-def analyse(run_dir: Path) -> None:
-    """Fill the record's result sections and draft the commit message (PRODUCT.md section 1, step 5)."""
+def downsample(points: list[list[float]], limit: int = CURVE_POINTS) -> list[list[float]]:
+    """At most `limit` points, evenly spaced, always keeping the first and the last."""
+    if len(points) <= limit:
+        return points
+    step = (len(points) - 1) / (limit - 1)
+    return [points[round(i * step)] for i in range(limit)]
+
+
+def curves(rows: list[dict]) -> dict[str, list[list[float]]]:
+    """{metric: [[step, value], ...]} of train loss, periodic evals and memory stats per layer."""
+    out: dict[str, list[list[float]]] = {}
+    for row in rows:
+        step = row.get("step")
+        if not isinstance(step, (int, float)):
+            continue
+        for key, value in row.items():
+            if _CURVE_KEY.match(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
+                out.setdefault(key, []).append([step, value])
+    return {k: downsample(v) for k, v in out.items()}
+
+
+def guardrail_history(rows: list[dict]) -> list[dict[str, Any]]:
+    """Every level change the trainer logged: [{step, name, from, to, value}]."""
+    out = []
+    for row in rows:
+        for name, change in (row.get("guardrail_changes") or {}).items():
+            if isinstance(change, dict):
+                out.append({"step": row.get("step"), "name": name, "from": change.get("from"),
+                            "to": change.get("to"), "value": change.get("value")})
+    return out
+
+
+def real_changes(base_cfg: Optional[dict], new_cfg: dict) -> list[tuple[str, Any, Any]]:
+    """(key, base, new) for values that differ from the base (equal values are not a change)."""
+    if not base_cfg:
+        return []
+    return [(k, a, b) for k, a, b in diff(base_cfg, new_cfg) if a != b]
+
+
+def fixed_settings(cfg_dict: dict) -> dict[str, Any]:
+    flat = flatten({k: cfg_dict.get(k) for k in FIXED_SECTIONS if isinstance(cfg_dict.get(k), dict)})
+    return {k: v for k, v in flat.items() if v is not None}
+
+
+def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
+    """Fill the record's result sections and draft the commit message (PRODUCT.md section 1, step 5).
+
+    Returns where the record went (the record, or the render beside a human-edited one)."""
     from agent import backends
     from agent.base import AnalysisContext, CommitContext
+    from agent.calllog import failed_attempt_logs
     from lifecycle.commit import experiment_files, render_commit_message
     from lifecycle.record import metrics_summary, write_record
-    from minimind.verdict import VERDICT_ZH, compare_rows, decide, result_lines
+    from minimind.verdict import VERDICT_ZH, compare_rows, decide, held_out_control, result_lines
 
     run_dir = Path(run_dir).resolve()
     lab = lab_of(run_dir)
@@ -43,40 +102,121 @@ def analyse(run_dir: Path) -> None:
     base_ev = read_json(lab.run_dir(cfg.base) / EVAL_FILE) if cfg.base else None
     base_cfg = _read_yaml(lab.run_dir(cfg.base) / CONFIG_FILE) if cfg.base else None
     state = read_state(run_dir)
-    rows = compare_rows(ev, base_ev)
+    confidence = cfg.eval.confidence
+    rows = compare_rows(ev, base_ev, confidence)
+    control = held_out_control(ev, base_ev, confidence)
     levels = {n: g.get("level") for n, g in (ev.get("guardrails") or {}).items()}
-    verdict, reason = decide(plan.get("hypothesis", ""), plan.get("expect"), ev, base_ev, levels)
-    changes = diff(base_cfg or {}, cfg.to_dict()) if base_cfg else []
+    verdict, reason = decide(plan.get("hypothesis", ""), plan.get("expect"), ev, base_ev, levels, confidence)
+    changes = real_changes(base_cfg, cfg.to_dict())
     lang = plan.get("lang", "en")
-    requested = plan.get("agent_requested", settings.agent.backend)
+    requested = agent or plan.get("agent_requested", settings.agent.backend)
     log_dir = run_dir / AGENT_DIR
-    summary = metrics_summary(read_metrics(run_dir / METRICS_FILE), cfg.guardrails.smoothing_window)
-    trimmed = {k: v for k, v in ev.items() if k != "samples"}
-    trimmed["samples"] = (ev.get("samples") or [])[:3]
+    prior = failed_attempt_logs(lab.runs_dir, version)
+    metric_rows = read_metrics(run_dir / METRICS_FILE)
+    summary = metrics_summary(metric_rows, cfg.guardrails.smoothing_window)
+    diff_text = (run_dir / DIFF_FILE).read_text(encoding="utf-8") if (run_dir / DIFF_FILE).exists() else ""
+    bounded_diff = diff_text if len(diff_text) <= DIFF_LIMIT else (
+        diff_text[:DIFF_LIMIT] + f"\n[... {len(diff_text) - DIFF_LIMIT} more characters of the diff not shown]")
+    samples = [{k: s.get(k) for k in ("prompt", "reference", "generated", "repetition")}
+               for s in (ev.get("samples") or [])[:SAMPLES]]
+    plan_view = {k: plan.get(k) for k in ("thinking", "expected", "risks", "changes")}
     ctx = AnalysisContext(version=version, base=cfg.base, goal=plan.get("goal", ""), hypothesis=plan.get("hypothesis", ""),
                           expect=plan.get("expect"), state=state.train_outcome or state.state,
                           stop_reason=state.stop_reason, config_changes=changes, metrics_summary=summary,
-                          eval=trimmed, base_eval=base_ev, comparison=rows, verdict=verdict, verdict_reason=reason,
-                          guardrails=rules_of(cfg.guardrails), lang=lang)
-    analysis, note = backends.call(requested, settings.agent, log_dir, "analyse", ctx)
+                          eval=_eval_view(ev), base_eval=_eval_view(base_ev) if base_ev else None, comparison=rows,
+                          verdict=verdict, verdict_reason=reason, guardrails=rules_of(cfg.guardrails), lang=lang,
+                          plan=plan_view, model_diff=bounded_diff, curves=curves(metric_rows),
+                          guardrail_history=guardrail_history(metric_rows), samples=samples,
+                          intervals={"confidence": confidence, "held_out_control": control,
+                                     "retrieval": ev.get("retrieval")},
+                          fixed_settings=fixed_settings(cfg.to_dict()))
+    analysis, note = backends.call(requested, settings.agent, log_dir, "analyse", ctx, prior)
     record = {
         "training_results": analysis.training_results, "inference_evaluation": analysis.inference_evaluation,
         "deep_analysis": analysis.deep_analysis, "conclusion": analysis.conclusion,
         "next_steps": list(analysis.next_steps), "backend": analysis.backend, "note": note,
-        "verdict_info": {"verdict": verdict, "reason": reason, "verdict_zh": VERDICT_ZH[verdict]},
+        "notes": list(analysis.notes),
+        "verdict_info": {"verdict": verdict, "reason": reason, "verdict_zh": VERDICT_ZH[verdict],
+                         "confidence": confidence},
         "comparison": rows,
+        "held_out_control": control,
     }
-    write_json(run_dir / ANALYSIS_FILE, record)
+    # Fields issue-level extensions add to Analysis (e.g. a structured proposal) are kept as they come.
+    import dataclasses
+
+    for fld in dataclasses.fields(analysis):
+        record.setdefault(fld.name, getattr(analysis, fld.name))
 
     files = experiment_files(lab, version)
+    lines = result_lines(rows, ev.get("guardrails") or {}, verdict, reason, control=control, lang=lang)
     commit_ctx = CommitContext(version=version, goal=ctx.goal, hypothesis=ctx.hypothesis, verdict=verdict,
-                               verdict_reason=reason, files=files, config_changes=changes,
-                               result_lines=result_lines(rows, ev.get("guardrails") or {}, verdict, reason),
-                               next_steps=list(analysis.next_steps), model_changed=bool(plan.get("model_changed")), lang=lang)
-    draft, _ = backends.call(requested, settings.agent, log_dir, "draft_commit", commit_ctx)
+                               verdict_reason=reason, files=files, config_changes=changes, result_lines=lines,
+                               next_steps=list(analysis.next_steps), model_changed=bool(diff_text.strip()), lang=lang,
+                               model_diff=bounded_diff, plan=plan_view,
+                               facts={"comparison": rows, "eval": ctx.eval, "base_eval": ctx.base_eval,
+                                      "metrics": summary, "held_out_control": control})
+    draft, commit_note = backends.call(requested, settings.agent, log_dir, "draft_commit", commit_ctx, prior)
+    record["commit_notes"] = list(draft.notes)
+    if commit_note:
+        record["commit_note"] = commit_note
+    write_json(run_dir / ANALYSIS_FILE, record)
     write_text(run_dir / COMMIT_MSG_FILE, render_commit_message(lab, draft, commit_ctx))
-    update_state(run_dir, analysed=True, phase="done", ended_at=state.ended_at or time.time())
-    write_record(lab, version, lang)
+    update_state(run_dir, analysed=True, analysis_failed=False, analysis_error=None, phase="done",
+                 ended_at=state.ended_at or time.time())
+    return write_record(lab, version, lang)
+
+
+def run_analysis(run_dir: Path, agent: Optional[str] = None) -> tuple[bool, str]:
+    """`analyse`, with a failure recorded as `analysis_failed` (training's state untouched).
+
+    Returns (ok, message): where the record went, or why the analysis failed."""
+    from lifecycle.record import write_record
+
+    run_dir = Path(run_dir).resolve()
+    try:
+        path = analyse(run_dir, agent)
+    except MinimindError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        update_state(run_dir, analysis_failed=True, analysis_error=reason, phase="done")
+        try:
+            plan = read_json(run_dir / PLAN_FILE) or {}
+            write_record(lab_of(run_dir), load_config(run_dir / CONFIG_FILE).version, plan.get("lang", "en"))
+        except (MinimindError, OSError):
+            pass  # the flag and the reason are recorded; the record follows with the next render
+        return False, reason
+    lab = lab_of(run_dir)
+    return True, str(path.relative_to(lab.root))
+
+
+def analyse_experiment(lab: Lab, version: str, agent: Optional[str] = None) -> str:
+    """`minimind analyse VERSION`: redo only the analysis, the record and the commit draft
+    from the existing eval.json (no training, no evaluation)."""
+    from minimind.rundir import current
+
+    run_dir = lab.require_run(version)
+    derived, state = current(run_dir)
+    if derived == "running" and not state.train_outcome:
+        raise MinimindError(f"experiment {version} is still training; it is analysed when training ends")
+    if not (run_dir / EVAL_FILE).exists():
+        raise MinimindError(f"experiment {version} has no {EVAL_FILE}: run 'minimind eval {version}' first")
+    try:
+        path = analyse(run_dir, agent)
+    except MinimindError as exc:
+        update_state(run_dir, analysis_failed=True, analysis_error=str(exc).splitlines()[0])
+        raise
+    record = path.relative_to(lab.root)
+    verdict = ((read_json(run_dir / ANALYSIS_FILE) or {}).get("verdict_info") or {}).get("verdict", "?")
+    where = (f"record {record}" if path == lab.record_path(version)
+             else f"the record was edited by hand and could not be merged safely; the new render is {record}")
+    return f"Analysed {version}: hypothesis {verdict}; {where}; commit message runs/{version}/{COMMIT_MSG_FILE}"
+
+
+def _eval_view(ev: Optional[dict]) -> Optional[dict]:
+    """eval.json without what is not evidence: per-item raw data, the model config (in the
+    config already), the checkpoint's absolute path, timestamps, and samples (given apart)."""
+    if ev is None:
+        return None
+    return {k: v for k, v in ev.items() if k not in ("per_item", "model_config", "checkpoint", "time", "samples")}
 
 
 def _read_yaml(path: Path) -> Optional[dict]:

@@ -31,13 +31,26 @@ def experiment_files(lab: Lab, version: str) -> list[str]:
     return [str(p) for p in rel if (lab.root / p).exists()]
 
 
+def commit_title(summary: str, version: str, verdict: str, lang: str) -> str:
+    """The title line: the agent's summary (checked prose), then the computed verdict word."""
+    from minimind.verdict import VERDICT_ZH
+
+    summary = " ".join(summary.split()).rstrip(" .。")
+    if version not in summary:
+        summary = (f"实验 {version}: " if lang == "zh" else f"Experiment {version}: ") + summary
+    tail = f"（假设{VERDICT_ZH[verdict]}）" if lang == "zh" else f" (hypothesis {verdict})"
+    return summary[: 120 - len(tail)] + tail
+
+
 def render_commit_message(lab: Lab, draft, ctx) -> str:
+    """The lab's commit format. The title's verdict word and `## Results` come from code
+    (ctx.verdict, ctx.result_lines), never from the draft."""
     from lifecycle.render import render
 
     allowed = set(ctx.files)
     core = {f: lines for f, lines in draft.core_changes.items() if f in allowed}
-    data = {"title": " ".join(draft.title.split())[:120], "improvements": draft.improvements, "core_changes": core,
-            "results": draft.results, "next_steps": draft.next_steps}
+    data = {"title": commit_title(draft.title, ctx.version, ctx.verdict, ctx.lang), "improvements": draft.improvements,
+            "core_changes": core, "results": list(ctx.result_lines), "next_steps": draft.next_steps}
     return render(f"commit_{ctx.lang}.txt.j2", {"d": data}, lab.templates_dir).strip() + "\n"
 
 

@@ -52,6 +52,6 @@ def evaluate(lab: Lab, version: Optional[str], num_samples: Optional[int], model
     if version and model_path is None:
         from lifecycle.analyse import analyse
 
-        analyse(lab.run_dir(version))
-        return f"Evaluated and analysed {version}: runs/{version}/eval.json, experiment/experiment_{version}.md"
+        record = analyse(lab.run_dir(version))
+        return f"Evaluated and analysed {version}: runs/{version}/eval.json, {record.relative_to(lab.root)}"
     return "Evaluation written."

@@ -22,7 +22,7 @@ from minimind.config import (ExperimentConfig, apply_sets, config_hash, dump_con
 from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.lab import Lab
 from minimind.schema import describe
-from minimind.settings import LabSettings
+from minimind.settings import SPLIT_SEED, LabSettings
 from minimind.rundir import AGENT_DIR, CONFIG_FILE, DIFF_FILE, EVAL_FILE, PLAN_FILE, ANALYSIS_FILE, update_state
 from minimind.versions import default_base, module_name, parse
 
@@ -94,9 +94,15 @@ def base_config(lab: Lab, settings: LabSettings, base: Optional[str], model_conf
 
     lab_defaults = {k: to_dict(v) for k, v in lab_defaults.items()}
     if base is None:
+        if lab_defaults["data"].get("split_seed") is None:
+            lab_defaults["data"]["split_seed"] = SPLIT_SEED
         return lab_defaults
     inherited = load_config(lab.run_dir(base) / CONFIG_FILE).to_dict()
     config = {k: inherited[k] for k in ("model", "train", "data")}
+    if config["data"].get("split_seed") is None:
+        # A base written before split_seed split its documents by train.seed: pin that
+        # seed, so this run is evaluated on the base's documents whatever its own seed.
+        config["data"]["split_seed"] = inherited["train"]["seed"]
     config.update({k: lab_defaults[k] for k in LAB_POLICY_SECTIONS})
     return config
 
@@ -201,6 +207,7 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
         write_record(lab, req.version, lang)
         created.append(lab.record_path(req.version))
     except BaseException:
+        _keep_call_log(lab, req.version, staging)
         shutil.rmtree(staging, ignore_errors=True)
         for path in reversed(created):
             if path.is_dir():
@@ -258,6 +265,22 @@ def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, m
                if compute_note else [])}
 
 
+def _keep_call_log(lab: Lab, version: str, staging: Path) -> None:
+    """A failed attempt's agent calls were made and may have been billed: keep their log
+    in runs/.failed/<version>-<time>/agent, where the next attempt's budget counts them."""
+    from agent.calllog import CALLS_FILE, FAILED_DIR
+
+    log = staging / AGENT_DIR / CALLS_FILE
+    if not log.is_file():
+        return
+    target = lab.runs_dir / FAILED_DIR / f"{version}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}" / AGENT_DIR
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(staging / AGENT_DIR), str(target))
+    except OSError:
+        pass  # keeping the log must never hide the error that failed the attempt
+
+
 def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging, checks=()):
     """Ask the agent, apply its changes then the human's, validate; returns (config, plan record)."""
     from agent import backends
@@ -281,15 +304,23 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
                       base_eval=read_json(lab.run_dir(base) / EVAL_FILE) if base else None,
                       model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=lessons_text(guardrails), lang=lang,
                       checks=list(checks))
-    plan, note = backends.call(requested, settings.agent, staging / AGENT_DIR, "plan", ctx)
+    from agent.calllog import failed_attempt_logs
 
+    plan, note = backends.call(requested, settings.agent, staging / AGENT_DIR, "plan", ctx,
+                               failed_attempt_logs(lab.runs_dir, req.version))
+
+    human = [(".".join(resolve_key(k, model_fields)), v) for k, v in sets]
+    dropped = list(plan.notes)
     agent_changes = []
     for key, value in plan.changes.items():
         full = ".".join(resolve_key(key, model_fields))
         if full.split(".")[0] not in AGENT_SECTIONS:
             raise MinimindError(f"agent proposed '{key}', which it may not change")
+        if full in dict(human):  # the human's --set wins, whatever the agent proposed
+            dropped.append(f"{full}: the agent proposed {value!r}, but the human set it to {dict(human)[full]!r} "
+                           "with --set; the human's value is kept and the proposal dropped")
+            continue
         agent_changes.append((full, value))
-    human = [(".".join(resolve_key(k, model_fields)), v) for k, v in sets]
     try:
         config = apply_sets(start, agent_changes, model_fields)
     except UsageError as exc:
@@ -302,6 +333,8 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     why = {".".join(resolve_key(k, model_fields)): v for k, v in plan.rationale.items() if _resolvable(k, model_fields)}
     changes = []
     for key in sorted({k for k, _ in agent_changes} | {k for k, _ in human}):
+        if before.get(key) == after.get(key):
+            continue  # a value equal to the base's is not a change
         source = "set by the human (--set)" if key in dict(human) else why.get(key, "proposed by the agent")
         changes.append({"key": key, "base": before.get(key), "new": after.get(key), "why": source})
     from lifecycle import gitops
@@ -309,12 +342,20 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     head = gitops.head_info(lab.root)
     plan_record = {
         "version": req.version, "base": base, "goal": req.goal, "hypothesis": req.hypothesis, "expect": req.expect,
-        "sets": [[k, v] for k, v in sets], "agent_requested": requested, "backend": plan.backend, "note": note,
+        "sets": [[k, v] for k, v in sets], "agent_requested": requested, "backend": plan.backend,
+        "note": " ".join(p for p in [note, *(_dropped_note(d, lang) for d in dropped)] if p), "dropped": dropped,
         "lang": lang, "thinking": plan.thinking, "expected": plan.expected, "risks": plan.risks, "changes": changes,
         "config_hash": config_hash(cfg), "diff_against": against, "model_changed": bool(diff_text.strip()),
         "git_commit": head["commit"], "git_dirty": head["dirty"], "created_at": time.time(),
     }
     return cfg, {**plan_record, "_diff": diff_text, "_head": head}
+
+
+def _dropped_note(line: str, lang: str) -> str:
+    key = line.split(":", 1)[0]
+    if lang == "zh":
+        return f"代理提议的 `{key}` 已被人类用 --set 设定,以人类的取值为准,代理的提议被丢弃。"
+    return f"The agent also proposed `{key}`, which the human set with --set: the human's value is kept and the proposal dropped."
 
 
 def _resolvable(key: str, model_fields: dict) -> bool:

@@ -12,7 +12,8 @@ every lab and every run script already written. In order:
            in state.json and its exit code (`accelerate launch` reports any worker's
            failure as 1).
 3. evaluate `python -m training.evaluate` (a child: torch's memory is freed when it ends).
-4. analyse verdict, the agent's prose, the commit draft, the record.
+4. analyse verdict, the agent's prose, the commit draft, the record. An agent failure here
+           leaves the training state and sets `analysis_failed` (`minimind analyse V` redoes it).
 
 Before training, a lab with GPU slots (`launch.gpus`) has this process take its slots or
 wait for them, `queued` (lifecycle/slots.py); the slots are exported as
@@ -147,13 +148,15 @@ def _evaluate(run_dir: Path) -> int:
 
 
 def _analyse(run_dir: Path) -> int:
-    from lifecycle.analyse import analyse
+    """The agent's step never fails a trained run: a failure is recorded as analysis_failed."""
+    from lifecycle.analyse import run_analysis
 
-    try:
-        analyse(run_dir)
-    except MinimindError as exc:
-        print(f"Error: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_code
+    ok, message = run_analysis(run_dir)
+    if ok:
+        say(f"analysed: record {message}")
+    else:
+        say(f"analysis failed ({message}); the run keeps its training state. "
+            f"Redo it with: minimind analyse {Path(run_dir).name}")
     return 0
 
 

@@ -18,7 +18,8 @@ from minimind.config import flatten, load_config
 from minimind.lab import Lab
 from minimind.guardrails import LIGHTS
 from minimind.rundir import (ANALYSIS_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, METRICS_FILE, PLAN_FILE,
-                             RECORD_MARK_FILE, RENDERED_RECORD_FILE, current, read_json, read_metrics)
+                             RECORD_LAST_FILE, RECORD_MARK_FILE, RENDERED_RECORD_FILE, current, read_json,
+                             read_metrics)
 
 DIFF_LIMIT = 12000
 
@@ -84,9 +85,21 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
     diff_text = (run_dir / DIFF_FILE).read_text(encoding="utf-8") if (run_dir / DIFF_FILE).exists() else ""
     flat = flatten(cfg.to_dict())
 
-    from minimind.verdict import compare_rows
+    from minimind.verdict import compare_rows, held_out_control
 
-    comparison = compare_rows(ev, base_ev) if ev else []
+    confidence = cfg.eval.confidence
+    comparison = (analysis or {}).get("comparison") or (compare_rows(ev, base_ev, confidence) if ev else [])
+    control = (analysis or {}).get("held_out_control") or (held_out_control(ev, base_ev, confidence) if ev else None)
+    has_items = bool(ev and ev.get("per_item")) and bool(base_ev is None or base_ev.get("per_item"))
+    intervals_note = (f"Changes are marked by a paired bootstrap {confidence:.0%} interval of the difference on the "
+                      "same documents and probes: ✅ better and ❌ worse only when the interval excludes zero, "
+                      "≈ within noise." if has_items else
+                      "No per-item data on both sides (one eval.json predates it): changes are listed without an "
+                      "interval and are not marked.") if base_ev else ""
+    if lang_of(plan) == "zh" and intervals_note:
+        intervals_note = (f"变化按同一批文档与探针上差值的配对 bootstrap {confidence:.0%} 置信区间标注:区间不含零时才标 ✅(更好)"
+                          "或 ❌(更差),否则为 ≈(噪声范围内)。" if has_items else
+                          "有一方没有逐项数据(较早的 eval.json):变化只列出,不标注。")
     guardrails = [{"name": n, "value": g.get("value"), "level": g.get("level", "n/a"),
                    "light": LIGHTS.get(g.get("level"), "⚪")} for n, g in ((ev or {}).get("guardrails") or {}).items()]
     recall = []
@@ -118,9 +131,13 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
                       "resources": resources},
         "training": {"available": summary.get("steps", 0) > 0, **summary},
         "evaluation": {"available": ev is not None, "rows": comparison, "guardrails": guardrails, "recall": recall,
-                       "samples": ((ev or {}).get("samples") or [])[:5]},
+                       "samples": ((ev or {}).get("samples") or [])[:5], "control": control,
+                       "intervals_note": intervals_note},
+        "analysis_failed": bool(state.analysis_failed) and analysis is None,
+        "analysis_error": state.analysis_error or "",
         "eval_prompt_tokens": cfg.eval.prompt_tokens,
-        "analysis": {"available": analysis is not None, **(analysis or {})},
+        "analysis": {"available": analysis is not None, "notes": [], **(analysis or {}),
+                     "notes": list((analysis or {}).get("notes") or []) + list((analysis or {}).get("commit_notes") or [])},
         "preflight": {"checks": [], "forced": False, "reason": None, "compute_note": None, "compute_accepted": False,
                       **(plan.get("preflight") or {})},
         "estimate_lines": (plan.get("estimate") or {}).get("lines", []),
@@ -140,14 +157,76 @@ def render_record(lab: Lab, version: str, lang: str, run_dir: Optional[Path] = N
 
 
 def write_record(lab: Lab, version: str, lang: str) -> Path:
-    """Re-render the record; keeps a human-edited record and writes the render beside it."""
+    """Re-render the record; a human-edited one is merged (see the module docstring).
+
+    Returns the path written: the record, or `runs/V/record.rendered.md` beside it."""
     run_dir = lab.run_dir(version)
-    text = render_record(lab, version, lang)
+    rendered = text = render_record(lab, version, lang)
     path = lab.record_path(version)
     marker = run_dir / RECORD_MARK_FILE
-    if path.exists() and marker.exists() and _sha(path.read_text(encoding="utf-8")) != marker.read_text().strip():
-        write_text(run_dir / RENDERED_RECORD_FILE, text)
-        return run_dir / RENDERED_RECORD_FILE
+    last = run_dir / RECORD_LAST_FILE
+    if path.exists() and marker.exists():
+        current_text = path.read_text(encoding="utf-8")
+        if _sha(current_text) != marker.read_text().strip():
+            previous = last.read_text(encoding="utf-8") if last.exists() else None
+            merged = merge_record(current_text, previous, rendered, lang)
+            if merged is None:
+                write_text(run_dir / RENDERED_RECORD_FILE, rendered)
+                return run_dir / RENDERED_RECORD_FILE
+            text = merged
     write_text(path, text)
     write_text(marker, _sha(text))
+    write_text(last, rendered)
+    (run_dir / RENDERED_RECORD_FILE).unlink(missing_ok=True)
     return path
+
+
+# The sections code re-renders from the run's files after the plan: a human edit elsewhere
+# is always kept; an edit inside one of these blocks the merge.
+OWNED = {"en": SECTIONS["en"][4:], "zh": SECTIONS["zh"][4:]}
+
+
+def _split(text: str) -> list[tuple[str, str]]:
+    """[(heading or '' for the part before the first '## ', text including the heading)]."""
+    parts: list[tuple[str, str]] = [("", "")]
+    for line in text.splitlines(keepends=True):
+        if line.startswith("## "):
+            parts.append((line[3:].strip(), line))
+        else:
+            name, body = parts[-1]
+            parts[-1] = (name, body + line)
+    return parts
+
+
+def merge_record(edited: str, previous: Optional[str], rendered: str, lang: str) -> Optional[str]:
+    """The human's record with the owned sections taken from the new render, or None when
+    that is not safe (an owned section was edited or removed). Pure.
+
+    `previous` is the record as last rendered (None for runs made before it was kept:
+    then only owned sections still showing their placeholder are replaced)."""
+    from lifecycle.review import PENDING
+
+    owned = set(OWNED.get(lang, OWNED["en"]))
+    new_parts = dict(_split(rendered))
+    old_parts = dict(_split(previous)) if previous is not None else {}
+    out = []
+    seen = set()
+    for name, body in _split(edited):
+        if name in owned:
+            seen.add(name)
+            untouched = (old_parts.get(name) == body) if previous is not None else bool(
+                PENDING.search(body.split("\n", 1)[-1].strip()) or new_parts.get(name) == body)
+            if not untouched:
+                return None
+            out.append(new_parts.get(name, body))
+        elif name == "" and previous is not None and old_parts.get("") == body:
+            out.append(new_parts.get("", body))  # the front matter, untouched: its state line follows the run
+        else:
+            out.append(body)
+    if seen != owned & set(new_parts):
+        return None  # an owned section was removed: where its results belong is not known
+    return "".join(out)
+
+
+def lang_of(plan: dict) -> str:
+    return plan.get("lang", "en")

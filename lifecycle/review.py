@@ -16,7 +16,7 @@ import time
 from minimind.atomic import write_json
 from minimind.errors import GateRefused, MinimindError
 from minimind.lab import Lab
-from minimind.rundir import PLAN_FILE, REVIEW_FILE, current, read_json, update_state
+from minimind.rundir import PLAN_FILE, RENDERED_RECORD_FILE, REVIEW_FILE, current, read_json, update_state
 
 PENDING = re.compile(r"^(Pending|待评估|No training metrics yet|尚无训练指标|Not evaluated yet|尚未评估)", re.M)
 
@@ -52,8 +52,14 @@ def _thinking_text(section: str) -> str:
     return "\n".join(body).strip()
 
 
-def quality_problems(text: str, derived_state: str, stop_reason: str | None, lang: str) -> list[str]:
-    """What the record lacks, as short lines (empty = meets the standard). Pure."""
+def quality_problems(text: str, derived_state: str, stop_reason: str | None, lang: str,
+                     analysis_error: str | None = None, rendered_beside: str | None = None,
+                     version: str = "VERSION") -> list[str]:
+    """What the record lacks, as short lines (empty = meets the standard). Pure.
+
+    `analysis_error`: why the agent's analysis failed after training (state.json);
+    `rendered_beside`: where a render with the results went when the edited record could
+    not be merged. Each turns the generic "missing" lines into the one thing to do."""
     from lifecycle.record import SECTIONS
 
     headings = SECTIONS.get(lang, SECTIONS["en"])
@@ -77,10 +83,17 @@ def quality_problems(text: str, derived_state: str, stop_reason: str | None, lan
         problems.append("training failed: the record must explain it before approval")
     elif derived_state in ("stopped", "guardrail_stopped") and not stop_reason:
         problems.append(f"the run was {derived_state} without a recorded reason")
+    if rendered_beside:
+        problems.append(f"the record was edited by hand and the results could not be merged into it: they are in "
+                        f"{rendered_beside}; copy them in (or move your edits there) and review again")
+        return problems
     if PENDING.search(get(6)) or "|" not in get(6):
         problems.append("the inference evaluation is missing (minimind eval)")
     conclusion = get(8)
-    if PENDING.search(conclusion) or not re.search(r"^- \S", conclusion, re.M):
+    if analysis_error and not re.search(r"^- \S", conclusion, re.M):
+        problems.append(f"the analysis failed after training ({analysis_error}); training is {derived_state}. "
+                        f"Redo only the analysis with: minimind analyse {version}")
+    elif PENDING.search(conclusion) or not re.search(r"^- \S", conclusion, re.M):
         problems.append("the conclusion with next steps is missing")
     return problems
 
@@ -104,7 +117,10 @@ def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: b
     console = Console()
     if show:
         console.print(Markdown(text))
-    problems = quality_problems(text, derived, state.stop_reason, lang)
+    beside = run_dir / RENDERED_RECORD_FILE
+    rendered = str(beside.relative_to(lab.root)) if beside.exists() else None
+    problems = quality_problems(text, derived, state.stop_reason, lang,
+                                state.analysis_error if state.analysis_failed else None, rendered, version)
     console.rule(f"Review of {version}")
     if problems:
         console.print("[bold yellow]Missing against the lab's quality standard:[/]")

@@ -55,6 +55,8 @@ def summary(lab: Lab, version: str) -> dict[str, Any]:
         "slurm_jobs": state.slurm_jobs,
         "guardrails": {n: guardrails.get(n, {}) for n in GUARDRAILS},
         **{flag: bool(getattr(state, flag)) for flag in FLAGS},
+        "analysis_failed": bool(state.analysis_failed),
+        "analysis_error": state.analysis_error,
     }
 
 
@@ -87,13 +89,15 @@ def _table(rows: list[dict]) -> None:
         step = f"{row['step'] or 0}/{row['total_steps']}" if row["total_steps"] else ""
         loss = f"{row['loss']:.4f}" if isinstance(row["loss"], (int, float)) else ""
         lights = " ".join(LIGHTS.get(row["guardrails"][n].get("level"), "⚪") for n in GUARDRAILS)
-        flags = " ".join("✓" if row[f] else "·" for f in FLAGS)
+        flags = " ".join("✗" if f == "analysed" and row["analysis_failed"] else ("✓" if row[f] else "·")
+                         for f in FLAGS)
         state = row["state"] + (" (stale)" if row["stale_heartbeat"] else "") + _where(row)
         table.add_row(row["version"], row["base"] or "", f"[{colours.get(row['state'], 'white')}]{state}[/]",
                       step, loss, _eta(row["eta_s"]), lights, flags)
     console.print(table)
     console.print("guardrails: train loss · train/inference ratio · repetition · memory entropy   "
-                  "(🟢 safe 🟡 watch 🔴 danger ⚪ not measured)   flags: evaluated analysed reviewed committed")
+                  "(🟢 safe 🟡 watch 🔴 danger ⚪ not measured)   flags: evaluated analysed reviewed committed "
+                  "(✗ analysis failed: minimind analyse VERSION)")
 
 
 def _where(row: dict) -> str:
@@ -117,7 +121,7 @@ def _tail(path: Path, n: int) -> list[str]:
 
 
 def _detail(lab: Lab, version: str, as_json: bool) -> None:
-    from agent.calllog import summary as call_summary
+    from agent.calllog import failed_attempt_logs, summary_of
 
     run_dir = lab.run_dir(version)
     info = summary(lab, version)
@@ -126,7 +130,9 @@ def _detail(lab: Lab, version: str, as_json: bool) -> None:
     info["ended_at"] = state.ended_at
     info["snapshot"] = state.snapshot
     info["git"] = state.git
-    info["agent"] = {"backend": state.agent_backend, **call_summary(run_dir / AGENT_DIR)}
+    # The spend of every attempt of this version, failed `new` attempts included (one budget).
+    info["agent"] = {"backend": state.agent_backend,
+                     **summary_of([run_dir / AGENT_DIR, *failed_attempt_logs(lab.runs_dir, version)])}
     info["log_tail"] = _tail(run_dir / TRAIN_LOG, 10)
     if as_json:
         print(json.dumps(info, indent=2))
@@ -148,6 +154,9 @@ def _detail(lab: Lab, version: str, as_json: bool) -> None:
         g = info["guardrails"][name]
         console.print(f"  {LIGHTS.get(g.get('level'), '⚪')} {name}: {_num(g.get('value'))} ({g.get('level', 'not measured')})")
     console.print("flags: " + ", ".join(f"{f} {'yes' if info[f] else 'no'}" for f in FLAGS))
+    if info["analysis_failed"]:
+        console.print(f"[yellow]analysis failed: {info['analysis_error']}[/] — training is {info['state']}; "
+                      f"redo it with: minimind analyse {version}", markup=True, highlight=False)
     agent = info["agent"]
     console.print(f"agent: {agent['backend'] or '—'}, {agent['calls']} call(s), ${agent['cost_usd']:.4f}")
     if info["log_tail"]:

@@ -41,6 +41,7 @@ DS_CONFIG_FILE = "ds_config.json"    # generated DeepSpeed config
 STOP_FILE = "stop"                   # present = a stop was requested (read by every rank)
 RECORD_MARK_FILE = ".record.sha256"  # sha256 of the record as last rendered (edit detection)
 RENDERED_RECORD_FILE = "record.rendered.md"  # a render kept beside a record the human edited
+RECORD_LAST_FILE = ".record.last.md"  # the record as last rendered: what a human edit is merged against
 STATE_LOCK_FILE = ".state.lock"
 CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pth"         # everything needed to resume
@@ -98,6 +99,8 @@ class RunState:
     agent_backend: Optional[str] = None
     evaluated: bool = False
     analysed: bool = False
+    analysis_failed: bool = False     # the agent's analysis or commit draft failed after training
+    analysis_error: Optional[str] = None  # why (one line); `minimind analyse V` redoes the step
     reviewed: bool = False
     committed: bool = False
     commit: Optional[str] = None

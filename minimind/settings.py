@@ -35,6 +35,9 @@ class TrainConfig:
     seed: int = field(42, help="random seed for data order and initialisation", min=0, max=2**31 - 1)
 
 
+SPLIT_SEED = 1234  # data.split_seed of new experiments unless the lab sets one
+
+
 @dataclass(kw_only=True)
 class DataConfig:
     pretrain: str = field("data/pretrain.jsonl", help="pretraining JSONL ({\"text\": ...}), relative to the lab")
@@ -43,6 +46,11 @@ class DataConfig:
     probes: Optional[str] = field("data/probes.json", help="factual-recall probes (null = skip recall)")
     val_fraction: float = field(0.05, help="share of documents held out for validation", min=0.001, max=0.5)
     max_bad_share: float = field(0.01, help="largest share of malformed lines tolerated in a data file", min=0.0, max=1.0)
+    # None = train.seed, the behaviour of configs written before this key: their runs keep
+    # their split. New experiments get SPLIT_SEED (minimind new), so two runs that differ
+    # only in train.seed are evaluated on the same documents and compare pairwise.
+    split_seed: Optional[int] = field(None, help="seed of the train/validation document split (null = train.seed)",
+                                      min=0, max=2**31 - 1)
 
 
 @dataclass(kw_only=True)
@@ -53,6 +61,7 @@ class EvalConfig:
     temperature: float = field(0.8, help="temperature of the sampled continuations", min=0.0, max=5.0)
     top_p: float = field(0.9, help="nucleus of the sampled continuations", min=0.01, max=1.0)
     max_val_batches: int = field(50, help="validation batches for the teacher-forced loss", min=1, max=1_000_000)
+    confidence: float = field(0.95, help="level of the bootstrap intervals that tell a change from noise", min=0.5, max=0.999)
 
 
 Action = Literal["stop", "flag", "none"]

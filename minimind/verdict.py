@@ -1,25 +1,44 @@
-"""Numbers that decide: base → new comparison rows, the hypothesis verdict, ✅/❌ result lines.
+"""Numbers that decide: base → new comparison rows, the hypothesis verdict, result lines.
 
-All pure functions over eval.json dicts. The agent explains these; it never computes or
-changes them.
+All pure functions over eval.json dicts (standard library only). The agent explains
+these; it never computes or changes them.
+
+Noise. eval.json (minimind ≥ 0.2) keeps per-item measurements under `per_item`: the
+teacher-forced and the inference loss of every validation document (summed CE and token
+count), the recall hit and reciprocal rank of every probe, the seq-rep-4 of every greedy
+sample, each keyed by the document index or probe id. A base → new comparison on the same
+documents/probes gets a **paired** bootstrap interval of the difference (new − base) at
+the lab's `eval.confidence` (95% by default). A change is real only when that interval
+excludes zero: ✅ in the good direction, ❌ in the bad one, ≈ within noise. Without
+per-item data on both sides (a base evaluated by an older minimind) there is no interval
+and a change is only reported, never marked.
 
 Verdict rule. Criteria come from `--expect` when it states them (`METRIC OP VALUE` or
 `METRIC OP base`, joined by `and`, `,` or `;`, e.g. `inference_loss < base and
 recall.mem_only.p_at_1 > 0.2`); otherwise from metrics named in the hypothesis and
 expectation with a direction word ("lower", "higher", "降低", ...); otherwise the lab's key
-metric, inference loss, is expected to improve on the base. A change within ±1% of the
-base is noise. Every criterion met → supported; any clearly missed → refuted; otherwise
+metric, inference loss, is expected to improve on the base. A criterion is met when the
+interval lies wholly on its side, missed when it lies wholly on the other side, and
+within noise otherwise. Every criterion met → supported; any missed → refuted; otherwise
 inconclusive. A guardrail in danger never lets a hypothesis count as supported.
+
+The chance control. `held_out` probes ask facts the model has seen nowhere; a change
+there is noise unless its interval excludes zero, and then it is flagged as suspicious
+(the evaluation, not the model, may have changed).
 """
 
 from __future__ import annotations
 
 import math
+import random
 import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-NOISE = 0.01  # relative change below this is not a change
+CONFIDENCE = 0.95   # default interval level (the lab's eval.confidence overrides it)
+ROUNDS = 1000       # bootstrap resamples
+SEED = 0            # the bootstrap's own seed: the same eval files give the same intervals
+LEGACY_NOISE = 0.01  # only to say "unchanged" when there is no interval at all
 
 # metric -> True if higher is better
 METRICS: dict[str, bool] = {
@@ -33,12 +52,15 @@ METRICS: dict[str, bool] = {
     "memory_coverage": True,
 }
 RECALL_SPLITS = ("mem_only", "text_only", "both", "held_out")
+CONTROL_SPLIT = "held_out"
 DEFAULT_METRIC = "inference_loss"
 
 _LOWER = r"(lower|lowers|reduce[sd]?|decrease[sd]?|drops?|below|less|smaller|fall|falls|降低|下降|减少|更低|减小)"
 _HIGHER = r"(higher|raise[sd]?|increase[sd]?|above|more|greater|larger|grows?|rise|rises|提高|增加|提升|更高|增大)"
 _IMPROVE = r"(improve[sd]?|better|beats?|outperforms?|改善|改进|优于|更好)"
 _WORSE = r"(worse|degrades?|hurts?|变差|恶化|下降)"
+
+MARK_GOOD, MARK_BAD, MARK_NOISE = "✅", "❌", "≈"
 
 
 def metric_value(ev: Optional[dict], name: str) -> Optional[float]:
@@ -56,7 +78,7 @@ def metric_value(ev: Optional[dict], name: str) -> Optional[float]:
 
 
 def higher_is_better(name: str) -> bool:
-    if name.startswith("recall."):
+    if name.startswith("recall.") or name.startswith("retrieval."):
         return True
     return METRICS.get(name, False)
 
@@ -68,8 +90,115 @@ def all_metric_names(ev: Optional[dict]) -> list[str]:
     return names
 
 
-def compare_rows(new: Optional[dict], base: Optional[dict]) -> list[dict[str, Any]]:
-    """Rows {metric, base, new, delta, rel, better, delta_text} for every metric either has."""
+# --- per-item data and the paired bootstrap ------------------------------------------------
+
+def _items(ev: Optional[dict], metric: str) -> Optional[dict[str, tuple[float, float]]]:
+    """{key: (numerator, denominator)} of one metric's per-item data; the metric is
+    sum(numerators) / sum(denominators) over any set of keys. None when not recorded."""
+    per = (ev or {}).get("per_item")
+    if not isinstance(per, dict):
+        return None
+    if metric in ("val_loss", "inference_loss"):
+        block = per.get("val" if metric == "val_loss" else "inference")
+        if not isinstance(block, dict):
+            return None
+        keys, ce, tokens = block.get("keys"), block.get("ce"), block.get("tokens")
+        if not (isinstance(keys, list) and isinstance(ce, list) and isinstance(tokens, list)):
+            return None
+        return {str(k): (float(c), float(t)) for k, c, t in zip(keys, ce, tokens) if t}
+    if metric == "repetition_rate":
+        block = per.get("repetition")
+        if not isinstance(block, dict):
+            return None
+        return {str(k): (float(v), 1.0) for k, v in zip(block.get("keys") or [], block.get("values") or [])
+                if isinstance(v, (int, float))}
+    m = re.fullmatch(r"recall\.([a-z_]+)\.(p_at_1|mrr)", metric)
+    if m:
+        block = ((per.get("recall") or {}).get(m.group(1)))
+        if not isinstance(block, dict):
+            return None
+        values = block.get("hit" if m.group(2) == "p_at_1" else "rr") or []
+        return {str(k): (float(v), 1.0) for k, v in zip(block.get("keys") or [], values)}
+    m = re.fullmatch(r"retrieval\.([a-z_]+)\.(hit_at_1|hit_at_c)", metric)
+    if m:
+        block = ((per.get("retrieval") or {}).get(m.group(1)))
+        if not isinstance(block, dict):
+            return None
+        return {str(k): (float(v), 1.0) for k, v in zip(block.get("keys") or [], block.get(m.group(2)) or [])}
+    return None
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile (q in 0..1) of already sorted values."""
+    pos = q * (len(sorted_values) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _ratio(pairs: list[tuple[float, float]], idx: list[int]) -> float:
+    num = sum(pairs[i][0] for i in idx)
+    den = sum(pairs[i][1] for i in idx)
+    return num / den if den else 0.0
+
+
+def paired_interval(new: Optional[dict], base: Optional[dict], metric: str, confidence: float = CONFIDENCE,
+                    rounds: int = ROUNDS) -> Optional[dict[str, Any]]:
+    """{low, high, n, confidence} of (new − base) by a paired bootstrap over the items both
+    measured; None when either side has no per-item data or they share no item."""
+    a, b = _items(base, metric), _items(new, metric)
+    if a is None or b is None:
+        return None
+    keys = sorted(set(a) & set(b))
+    if len(keys) < 2:
+        return None
+    base_pairs, new_pairs = [a[k] for k in keys], [b[k] for k in keys]
+    n = len(keys)
+    rng = random.Random(SEED)
+    diffs = []
+    for _ in range(rounds):
+        idx = [rng.randrange(n) for _ in range(n)]
+        diffs.append(_ratio(new_pairs, idx) - _ratio(base_pairs, idx))
+    diffs.sort()
+    tail = (1 - confidence) / 2
+    full = list(range(n))
+    return {"low": _percentile(diffs, tail), "high": _percentile(diffs, 1 - tail), "n": n, "confidence": confidence,
+            "delta": _ratio(new_pairs, full) - _ratio(base_pairs, full)}
+
+
+def value_interval(ev: Optional[dict], metric: str, confidence: float = CONFIDENCE,
+                   rounds: int = ROUNDS) -> Optional[dict[str, Any]]:
+    """{low, high, n, confidence} of one run's metric by a bootstrap over its items."""
+    items = _items(ev, metric)
+    if not items or len(items) < 2:
+        return None
+    pairs = list(items.values())
+    n = len(pairs)
+    rng = random.Random(SEED)
+    values = sorted(_ratio(pairs, [rng.randrange(n) for _ in range(n)]) for _ in range(rounds))
+    tail = (1 - confidence) / 2
+    return {"low": _percentile(values, tail), "high": _percentile(values, 1 - tail), "n": n, "confidence": confidence}
+
+
+def interval_text(ci: Optional[dict]) -> str:
+    if not ci:
+        return "no interval"
+    return f"{ci['confidence']:.0%} CI [{ci['low']:+.4g}, {ci['high']:+.4g}], n={ci['n']}"
+
+
+def _mark(ci: Optional[dict], higher_better: bool) -> Optional[str]:
+    """✅ / ❌ when the interval excludes zero, ≈ when it does not, None without one."""
+    if ci is None:
+        return None
+    if ci["low"] > 0 or ci["high"] < 0:
+        return MARK_GOOD if (ci["low"] > 0) == higher_better else MARK_BAD
+    return MARK_NOISE
+
+
+def compare_rows(new: Optional[dict], base: Optional[dict], confidence: float = CONFIDENCE) -> list[dict[str, Any]]:
+    """Rows {metric, base, new, delta, rel, ci, mark, better, delta_text} for every metric either has.
+
+    `better` is True/False only when the paired interval excludes zero; None otherwise."""
     rows = []
     for name in all_metric_names(new):
         a, b = metric_value(base, name), metric_value(new, name)
@@ -77,19 +206,42 @@ def compare_rows(new: Optional[dict], base: Optional[dict]) -> list[dict[str, An
             continue
         delta = None if a is None or b is None else b - a
         rel = None if delta is None or a == 0 else delta / abs(a)
-        better = None
-        if delta is not None and (rel is None or abs(rel) >= NOISE) and delta != 0:
-            better = (delta > 0) == higher_is_better(name)
+        ci = paired_interval(new, base, name, confidence) if delta is not None else None
+        mark = _mark(ci, higher_is_better(name))
+        better = {MARK_GOOD: True, MARK_BAD: False}.get(mark) if mark else None
         if delta is None:
             text = "—"
         else:
-            arrow = "" if better is None else (" ✅" if better else " ❌")
             pct = f" ({rel:+.1%})" if rel is not None else ""
-            text = f"{delta:+.4g}{pct}{arrow}"
-        rows.append({"metric": name, "base": a, "new": b, "delta": delta, "rel": rel,
+            noise = f" {ci['confidence']:.0%} CI [{ci['low']:+.3g}, {ci['high']:+.3g}]" if ci else " (no interval)"
+            text = f"{delta:+.4g}{pct}{noise}" + (f" {mark}" if mark else "")
+        rows.append({"metric": name, "base": a, "new": b, "delta": delta, "rel": rel, "ci": ci, "mark": mark,
                      "better": better, "delta_text": text})
     return rows
 
+
+def held_out_control(new: Optional[dict], base: Optional[dict], confidence: float = CONFIDENCE) -> Optional[dict[str, Any]]:
+    """The chance control: held_out P@1 base → new with its interval; `suspicious` when the
+    interval excludes zero (facts seen nowhere should not move)."""
+    metric = f"recall.{CONTROL_SPLIT}.p_at_1"
+    a, b = metric_value(base, metric), metric_value(new, metric)
+    if b is None:
+        return None
+    ci = paired_interval(new, base, metric, confidence) if a is not None else None
+    suspicious = bool(ci and (ci["low"] > 0 or ci["high"] < 0))
+    if a is None:
+        text = f"held_out P@1 (chance control) {b:.4g}; no base to compare with"
+    elif ci is None:
+        text = f"held_out P@1 (chance control) {a:.4g} → {b:.4g}, no interval: treated as noise"
+    elif suspicious:
+        text = (f"held_out P@1 (chance control) {a:.4g} → {b:.4g}, {interval_text(ci)} excludes zero: "
+                "suspicious, facts seen nowhere should not move")
+    else:
+        text = f"held_out P@1 (chance control) {a:.4g} → {b:.4g}, {interval_text(ci)}: noise, as expected"
+    return {"base": a, "new": b, "ci": ci, "suspicious": suspicious, "text": text}
+
+
+# --- criteria and the verdict ----------------------------------------------------------
 
 @dataclass(frozen=True)
 class Criterion:
@@ -161,30 +313,48 @@ def implied_criteria(text: str) -> list[Criterion]:
     return list(unique.values())
 
 
-def _check(c: Criterion, new: Optional[dict], base: Optional[dict]) -> tuple[Optional[bool], str]:
+def _check(c: Criterion, new: Optional[dict], base: Optional[dict], confidence: float) -> tuple[Optional[bool], str]:
+    """(True met / False missed / None within noise or not measurable, the reason with its interval)."""
     value = metric_value(new, c.metric)
     if value is None:
         return None, f"{c.metric} was not measured"
-    target = c.target if c.target is not None else metric_value(base, c.metric)
-    if target is None:
-        return None, f"{c.metric} = {value:.4g} but there is no base value to compare with"
-    against = f"base {target:.4g}" if c.target is None else f"{target:.4g}"
-    if c.target is None and target != 0 and abs(value - target) / abs(target) < NOISE:
-        return None, f"{c.metric} {target:.4g} → {value:.4g} is within ±{NOISE:.0%} of the base"
-    ok = {"<": value < target, "<=": value <= target, ">": value > target, ">=": value >= target}[c.op]
-    return ok, f"{c.metric} = {value:.4g} {'meets' if ok else 'misses'} {c.op} {against}"
+    wants_lower = c.op in ("<", "<=")
+    if c.target is None:
+        target = metric_value(base, c.metric)
+        if target is None:
+            return None, f"{c.metric} = {value:.4g} but there is no base value to compare with"
+        ci = paired_interval(new, base, c.metric, confidence)
+        head = f"{c.metric} base {target:.4g} → {value:.4g}"
+        if ci is None:
+            return None, (f"{head}: no per-item data on both sides, so no paired interval; "
+                          "the change cannot be told from noise")
+        low, high = ci["low"], ci["high"]
+    else:
+        target = c.target
+        ci = value_interval(new, c.metric, confidence)
+        head = f"{c.metric} = {value:.4g} against {c.op} {target:.4g}"
+        if ci is None:
+            ok = {"<": value < target, "<=": value <= target, ">": value > target, ">=": value >= target}[c.op]
+            return ok, f"{head}: {'meets' if ok else 'misses'} it (no per-item data, no interval)"
+        low, high = ci["low"] - target, ci["high"] - target
+        ci = {**ci, "low": low, "high": high}
+    if (wants_lower and high < 0) or (not wants_lower and low > 0):
+        return True, f"{head}, {interval_text(ci)}: met"
+    if (wants_lower and low > 0) or (not wants_lower and high < 0):
+        return False, f"{head}, {interval_text(ci)}: missed"
+    return None, f"{head}, {interval_text(ci)}: within noise"
 
 
 def decide(hypothesis: str, expect: Optional[str], new: Optional[dict], base: Optional[dict],
-           guardrail_levels: Optional[dict[str, str]] = None) -> tuple[str, str]:
-    """(verdict, reason): supported / refuted / inconclusive, computed from the numbers."""
+           guardrail_levels: Optional[dict[str, str]] = None, confidence: float = CONFIDENCE) -> tuple[str, str]:
+    """(verdict, reason): supported / refuted / inconclusive, computed from the numbers and their intervals."""
     criteria = parse_criteria(expect) or implied_criteria(f"{hypothesis} {expect or ''}")
     source = "expected result" if parse_criteria(expect) else ("hypothesis" if criteria else "default")
     if not criteria:
         criteria = [Criterion(DEFAULT_METRIC, "<", None)]
     if not new:
         return "inconclusive", "the run was not evaluated"
-    results = [_check(c, new, base) for c in criteria]
+    results = [_check(c, new, base, confidence) for c in criteria]
     reasons = "; ".join(r for _, r in results)
     dangers = sorted(n for n, level in (guardrail_levels or {}).items() if level == "danger")
     if any(ok is False for ok, _ in results):
@@ -199,26 +369,39 @@ def decide(hypothesis: str, expect: Optional[str], new: Optional[dict], base: Op
 
 
 VERDICT_ZH = {"supported": "支持", "refuted": "否定", "inconclusive": "无法判定"}
+VERDICT_MARK = {"supported": "✅", "refuted": "❌", "inconclusive": "≈"}
+GUARDRAIL_MARK = {"safe": "✅", "watch": "🟡", "danger": "❌"}
+
+RESULT_KEYS = ("val_loss", "inference_loss", "train_inference_ratio", "repetition_rate",
+               "recall.mem_only.p_at_1", "recall.both.p_at_1")
 
 
 def result_lines(rows: list[dict], guardrails: dict[str, dict], verdict: str, reason: str,
-                 keys: tuple[str, ...] = ("val_loss", "inference_loss", "train_inference_ratio",
-                                          "repetition_rate", "recall.mem_only.p_at_1", "recall.both.p_at_1")) -> list[str]:
-    """The commit message's ✅/❌ lines, computed from the comparison and guardrails."""
-    lines = [f"{'✅' if verdict == 'supported' else '❌'} hypothesis {verdict}: {reason}"]
+                 keys: tuple[str, ...] = RESULT_KEYS, control: Optional[dict] = None,
+                 lang: str = "en") -> list[str]:
+    """The commit message's result lines, computed from the comparison and guardrails:
+    ✅ a change outside the interval in the good direction, ❌ in the bad one, ≈ within
+    noise, ℹ️ where there is nothing to compare or no interval; guardrails ✅ safe, 🟡 watch, ❌ danger."""
+    zh = lang == "zh"
+    word = VERDICT_ZH[verdict] if zh else verdict
+    lines = [f"{VERDICT_MARK[verdict]} {'假设' if zh else 'hypothesis'} {word}: {reason}"]
     for row in rows:
         if row["metric"] not in keys or row["new"] is None:
             continue
         if row["base"] is None:
-            lines.append(f"ℹ️ {row['metric']} = {row['new']:.4g} (no base to compare with)")
+            lines.append(f"ℹ️ {row['metric']} = {row['new']:.4g} ({'无基线可比' if zh else 'no base to compare with'})")
+        elif row.get("mark") is None:
+            lines.append(f"ℹ️ {row['metric']}: {row['base']:.4g} → {row['new']:.4g} "
+                         f"({'无逐项数据，无法判断是否超出噪声' if zh else 'no interval: not marked'})")
         else:
-            mark = "✅" if row["better"] else "❌"
-            lines.append(f"{mark} {row['metric']}: {row['base']:.4g} → {row['new']:.4g}")
+            lines.append(f"{row['mark']} {row['metric']}: {row['base']:.4g} → {row['new']:.4g} ({interval_text(row['ci'])})")
+    if control is not None and control.get("base") is not None:
+        mark = "⚠️" if control["suspicious"] else "≈"
+        lines.append(f"{mark} {control['text']}")
     for name, info in sorted(guardrails.items()):
         level = info.get("level")
-        if level in ("safe", "watch", "danger"):
-            mark = "❌" if level == "danger" else "✅"
+        if level in GUARDRAIL_MARK:
             value = info.get("value")
             shown = f"{value:.4g}" if isinstance(value, (int, float)) else "—"
-            lines.append(f"{mark} guardrail {name}: {shown} ({level})")
+            lines.append(f"{GUARDRAIL_MARK[level]} guardrail {name}: {shown} ({level})")
     return lines

@@ -58,6 +58,12 @@ class FakeAnthropic:
     def reply_tool(self, name: str, tool_input: Any, **usage: int) -> None:
         self.script.append({"status": 200, "body": tool_message(name, tool_input, **usage)})
 
+    def reply_cut(self, name: str, tool_input: Any) -> None:
+        """A reply cut off by max_tokens (stop_reason "max_tokens"), its tool input partial."""
+        body = tool_message(name, tool_input)
+        body["stop_reason"] = "max_tokens"
+        self.script.append({"status": 200, "body": body})
+
     def reply_text(self, text: str) -> None:
         body = tool_message("unused", {})
         body["content"] = [{"type": "text", "text": text}]

@@ -97,7 +97,7 @@ ANALYSIS = {"training_results": "Loss fell steadily.", "inference_evaluation": "
             "deep_analysis": "Batch helped.", "conclusion": "Supported.", "next_steps": ["try 128", "line\nbreak"]}
 COMMIT_REPLY = {"title": "1.4.9: batch 64\n## injected", "improvements": ["batch 64"],
                 "core_changes": {"runs/1.4.9/config.yaml": ["batch 32 -> 64"], "/etc/passwd": ["nope"]},
-                "results": ["✅ val_loss 3.0 -> 2.9"], "next_steps": ["try 128"]}
+                "next_steps": ["try 128"]}
 
 
 def plan_context(**overrides) -> PlanContext:
@@ -191,6 +191,8 @@ def test_analysis_and_commit_draft(fake, agent_for):
         result_lines=["✅ val_loss 3.0 -> 2.9"], next_steps=[], model_changed=False)
     draft = agent.draft_commit(commit_ctx)
     assert draft.title == "1.4.9: batch 64 ## injected"
+    assert draft.results == ["✅ val_loss 3.0 -> 2.9"]  # the computed lines, never the model's
+    assert "results" not in fake.requests[-1]["body"]["tools"][0]["input_schema"]["properties"]
     assert draft.core_changes == {"runs/1.4.9/config.yaml": ["batch 32 -> 64"]}  # outside ctx.files: dropped
     (tool,) = fake.requests[-1]["body"]["tools"]
     assert tool == tools.commit_tool(commit_ctx)
@@ -254,8 +256,12 @@ def test_retries_run_out_with_one_line_error(fake, agent_for, tmp_path):
     assert str(err.value) == ("claude plan failed: the Anthropic API returned HTTP 529 overloaded_error "
                               "after 3 attempts: Overloaded")
     assert len(fake.requests) == 3
-    (record,) = calllog.read_calls(tmp_path / "agent")
-    assert record["error"].startswith("the Anthropic API returned HTTP 529") and record["cost_usd"] == 0
+    records = calllog.read_calls(tmp_path / "agent")
+    assert len(records) == 3  # every try is logged, each at a pessimistic estimate (it may have been billed)
+    for record in records:
+        assert record["error"].startswith("the Anthropic API returned HTTP 529")
+        assert record["usage"]["output_tokens"] == AgentSettings().max_tokens and record["usage"]["input_tokens"] > 1000
+        assert record["cost_usd"] > 0 and record["estimated"].startswith("pessimistic")
 
 
 def test_client_errors_are_not_retried(fake, agent_for):
@@ -314,7 +320,6 @@ HOSTILE = [
     ({"train.batch_size": "64"}, "expected an integer"),
     ({"model.freeze_ratio": [0.1]}, "single number"),
     ({"model.preset": "gpt5"}, "must be one of"),
-    ({"train.learning_rate": 1e-3}, "set by the human"),
 ]
 
 
@@ -325,6 +330,18 @@ def test_hostile_values_are_rejected(fake, agent_for, changes, problem):
     with pytest.raises(AgentError, match="invalid plan output twice") as err:
         agent_for().plan(plan_context(config_schema=TEXT_SCHEMA))
     assert problem in str(err.value)
+
+
+@pytest.mark.parametrize("value", [3e-4, 1e-3])
+def test_a_key_the_human_set_is_dropped_with_a_note(fake, agent_for, tmp_path, value):
+    fake.reply_tool("propose_plan", GOOD_PLAN | {"changes": {"train.learning_rate": value, "train.batch_size": 64},
+                                                 "rationale": {"train.learning_rate": "x"}})
+    plan = agent_for().plan(plan_context())  # the human set learning_rate=3e-4
+    assert plan.changes == {"train.batch_size": 64} and "train.learning_rate" not in plan.rationale
+    assert len(plan.notes) == 1 and "train.learning_rate" in plan.notes[0] and "human" in plan.notes[0]
+    assert len(fake.requests) == 1  # no repair round, no failure
+    (record,) = calllog.read_calls(tmp_path / "agent")
+    assert record["notes"] == plan.notes
 
 
 def test_free_text_value_within_the_safe_alphabet_is_accepted(fake, agent_for):
@@ -381,3 +398,81 @@ def _auth_header(request: dict) -> str:
     """The credential header: `x-api-key`, or `authorization: Bearer` in newer SDKs."""
     headers = request["headers"]
     return headers.get("x-api-key") or headers.get("authorization", "")
+
+
+# --- prose that contradicts the numbers ---------------------------------------------------
+
+LIAR = "The hypothesis is strongly supported. ✅ hypothesis supported"
+
+
+def refuted_context(**over) -> AnalysisContext:
+    values = dict(version="1.4.9", base="1.4.8", goal="g", hypothesis="h", expect=None, state="finished",
+                  stop_reason=None, config_changes=[], metrics_summary={"steps": 10, "first_loss": 8.7, "last_loss": 6.1},
+                  eval={"inference_loss": 2.139, "val_loss": 2.01}, base_eval={"inference_loss": 1.77, "val_loss": 1.9},
+                  comparison=[{"metric": "inference_loss", "base": 1.77, "new": 2.139, "delta": 0.369, "better": False,
+                               "ci": {"low": 0.2, "high": 0.5, "n": 20, "confidence": 0.95}}],
+                  verdict="refuted", verdict_reason="inference_loss base 1.77 → 2.139, 95% CI [+0.2, +0.5]: missed",
+                  guardrails={"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}})
+    values.update(over)
+    return AnalysisContext(**values)
+
+
+@pytest.mark.parametrize("text, reason", [(LIAR, "computed verdict is refuted"),
+                                          ("The inference loss 0.01 shows the change worked.", "inference loss 0.01")])
+def test_contradicting_analysis_is_repaired_then_replaced(fake, agent_for, text, reason):
+    liar = {name: text for name in ("training_results", "inference_evaluation", "deep_analysis", "conclusion")}
+    liar["next_steps"] = [text]
+    fake.reply_tool("write_analysis", liar)
+    fake.reply_tool("write_analysis", liar)
+    ctx = refuted_context()
+    analysis = agent_for().analyse(ctx)
+    assert len(fake.requests) == 2
+    repair = json.dumps(fake.requests[1]["body"]["messages"][-1], ensure_ascii=False)
+    assert reason in repair  # the refusal names the reason
+    for field in ("training_results", "inference_evaluation", "deep_analysis", "conclusion"):
+        assert text not in getattr(analysis, field)
+    assert "supported" not in analysis.conclusion.replace("not supported", "")
+    assert any("replaced by the computed text" in n for n in analysis.notes)
+
+
+def test_truthful_analysis_passes_and_a_fixed_repair_is_kept(fake, agent_for):
+    good = {"training_results": "Loss went from 8.7 to 6.1.", "inference_evaluation": "Inference loss 2.14 (base 1.77).",
+            "deep_analysis": "Inference loss rose by 0.37; the hypothesis is refuted.",
+            "conclusion": "Refuted: the change hurt inference loss.", "next_steps": ["Revert it."]}
+    fake.reply_tool("write_analysis", good | {"conclusion": "The hypothesis is supported."})
+    fake.reply_tool("write_analysis", good)
+    analysis = agent_for().analyse(refuted_context())
+    assert analysis.conclusion == good["conclusion"] and analysis.notes == []
+
+
+def test_commit_prose_is_checked_and_results_are_computed(fake, agent_for):
+    ctx = CommitContext(version="1.4.9", goal="g", hypothesis="h", verdict="refuted", verdict_reason="r",
+                        files=["runs/1.4.9/config.yaml"], config_changes=[], result_lines=["❌ hypothesis refuted: r"],
+                        next_steps=["revert"], model_changed=False)
+    liar = {"title": "1.4.9: hypothesis SUPPORTED", "improvements": [LIAR],
+            "core_changes": {"runs/1.4.9/config.yaml": [LIAR]}, "next_steps": [LIAR]}
+    fake.reply_tool("draft_commit", liar)
+    fake.reply_tool("draft_commit", liar)
+    draft = agent_for().draft_commit(ctx)
+    text = json.dumps([draft.title, draft.improvements, draft.core_changes, draft.next_steps], ensure_ascii=False)
+    assert "SUPPORTED" not in text and "strongly supported" not in text
+    assert draft.results == ["❌ hypothesis refuted: r"] and draft.notes
+
+
+def test_a_reply_cut_by_max_tokens_is_asked_again_with_more_room(fake, agent_for, tmp_path, capsys):
+    fake.reply_cut("propose_plan", {"thinking": "The base"})
+    fake.reply_tool("propose_plan", GOOD_PLAN)
+    plan = agent_for(max_tokens=1000).plan(plan_context())
+    assert plan.changes["train.batch_size"] == 64
+    assert [r["body"]["max_tokens"] for r in fake.requests] == [1000, 2000]
+    assert "cut off at 1000 tokens" in capsys.readouterr().err
+    first = calllog.read_calls(tmp_path / "agent")[0]
+    assert "cut off at max_tokens=1000" in first["error"]
+
+
+def test_retries_say_what_they_wait_for(fake, agent_for, capsys):
+    fake.reply_error(529, "Overloaded")
+    fake.reply_tool("propose_plan", GOOD_PLAN)
+    agent_for(max_retries=2).plan(plan_context())
+    err = capsys.readouterr().err
+    assert "claude plan: HTTP 529 overloaded_error; waiting" in err and "try 2 of 3" in err

@@ -8,53 +8,98 @@ import sys
 
 import pytest
 
-from minimind.verdict import compare_rows, decide, implied_criteria, parse_criteria, result_lines
+from minimind.verdict import compare_rows, decide, held_out_control, implied_criteria, parse_criteria, result_lines
 
-BASE = {"val_loss": 4.0, "inference_loss": 4.2, "repetition_rate": 0.3,
-        "recall": {"mem_only": {"p_at_1": 0.1, "mrr": 0.3, "n": 50}}}
-
-
-def ev(**over):
-    out = {**BASE, **over}
+def measured(inference: list[float], val: list[float] | None = None, recall: dict | None = None, **over) -> dict:
+    """An eval.json with per-item data: one loss per document (10 tokens each), hits per probe."""
+    val = val if val is not None else inference
+    recall = recall or {}
+    out = {"val_loss": sum(val) / len(val), "inference_loss": sum(inference) / len(inference), "repetition_rate": 0.3,
+           "recall": {split: {"p_at_1": sum(h) / len(h), "mrr": sum(h) / len(h), "n": len(h)} for split, h in recall.items()},
+           "per_item": {"val": {"keys": list(range(len(val))), "ce": [10 * v for v in val], "tokens": [10] * len(val)},
+                        "inference": {"keys": list(range(len(inference))), "ce": [10 * v for v in inference],
+                                      "tokens": [10] * len(inference)},
+                        "recall": {split: {"keys": [f"p{i}" for i in range(len(h))], "hit": h, "rr": h}
+                                   for split, h in recall.items()}}}
+    out.update(over)
     return out
+
+
+NOISY = [4.0, 4.4, 3.9, 4.3, 4.1, 4.5, 3.8, 4.2]
+BASE = measured(NOISY, recall={"mem_only": [0.0] * 40 + [1.0] * 4, "held_out": [0.0, 1.0] * 20})
+
+
+def shifted(delta: float, **kw) -> dict:
+    return measured([v + delta for v in NOISY], **kw)
 
 
 def test_explicit_criteria_decide():
     assert parse_criteria("inference_loss < base and recall.mem_only.p_at_1 > 0.2")[1].target == 0.2
-    new = ev(inference_loss=3.9, recall={"mem_only": {"p_at_1": 0.3, "mrr": 0.5, "n": 50}})
+    new = shifted(-0.3, recall={"mem_only": [1.0] * 30 + [0.0] * 14})
     verdict, reason = decide("h", "inference_loss < base and recall.mem_only.p_at_1 > 0.2", new, BASE)
-    assert verdict == "supported" and "expected result" in reason
-    verdict, _ = decide("h", "inference_loss < base", ev(inference_loss=4.5), BASE)
-    assert verdict == "refuted"
-    verdict, reason = decide("h", "inference_loss < base", ev(inference_loss=4.19), BASE)
-    assert verdict == "inconclusive" and "within" in reason
+    assert verdict == "supported" and "expected result" in reason and "95% CI" in reason
+    verdict, reason = decide("h", "inference_loss < base", shifted(+0.3), BASE)
+    assert verdict == "refuted" and "missed" in reason
+    # a change of the same size, but only on some documents: the paired interval spans zero
+    mixed = measured([v + d for v, d in zip(NOISY, [0.4, -0.4, 0.3, -0.35, 0.4, -0.4, 0.3, -0.2])])
+    verdict, reason = decide("h", "inference_loss < base", mixed, BASE)
+    assert verdict == "inconclusive" and "within noise" in reason
+
+
+def test_no_per_item_data_is_never_a_change():
+    old_base = {"inference_loss": 4.2, "val_loss": 4.0}
+    verdict, reason = decide("lower inference loss", None, shifted(-1.0), old_base)
+    assert verdict == "inconclusive" and "no paired interval" in reason
+    rows = {r["metric"]: r for r in compare_rows(shifted(-1.0), old_base)}
+    assert rows["inference_loss"]["mark"] is None and rows["inference_loss"]["better"] is None
+    assert "no interval" in rows["inference_loss"]["delta_text"]
 
 
 def test_implied_and_default_criteria():
     assert [c.metric for c in implied_criteria("freezing lowers the inference loss")] == ["inference_loss"]
     assert implied_criteria("召回率 提高")[0].op == ">"
-    verdict, reason = decide("memory improves recall", None, ev(recall={"both": {"p_at_1": 0.5}}), {"recall": {"both": {"p_at_1": 0.2}}})
+    base = measured(NOISY, recall={"both": [0.0, 0.0, 0.0, 1.0] * 10})
+    new = measured(NOISY, recall={"both": [1.0, 1.0, 1.0, 0.0] * 10})
+    verdict, reason = decide("memory improves recall", None, new, base)
     assert verdict == "supported"
-    verdict, reason = decide("something vague", None, ev(inference_loss=3.0), BASE)
+    verdict, reason = decide("something vague", None, shifted(-0.5), BASE)
     assert verdict == "supported" and "default" in reason
-    assert decide("x", None, ev(), None)[0] == "inconclusive"  # nothing to compare with
+    assert decide("x", None, shifted(0), None)[0] == "inconclusive"  # nothing to compare with
     assert decide("x", None, None, BASE)[0] == "inconclusive"
 
 
 def test_danger_guardrail_blocks_supported():
-    verdict, reason = decide("lower inference loss", None, ev(inference_loss=1.0), BASE, {"repetition_rate": "danger"})
+    verdict, reason = decide("lower inference loss", None, shifted(-1.0), BASE, {"repetition_rate": "danger"})
     assert verdict == "inconclusive" and "repetition_rate" in reason
 
 
 def test_compare_rows_and_result_lines():
-    rows = {r["metric"]: r for r in compare_rows(ev(inference_loss=3.0, repetition_rate=0.6), BASE)}
+    new = shifted(-0.5, val=[v + 0.3 for v in NOISY], recall={"mem_only": [0.0] * 40 + [1.0] * 4,
+                                                             "held_out": [1.0, 1.0] * 20})
+    rows = {r["metric"]: r for r in compare_rows(new, BASE)}
     assert rows["inference_loss"]["better"] is True and "✅" in rows["inference_loss"]["delta_text"]
-    assert rows["repetition_rate"]["better"] is False
-    assert rows["val_loss"]["better"] is None  # unchanged
-    lines = result_lines(list(rows.values()), {"train_loss": {"value": 0.05, "level": "danger"}}, "refuted", "r")
+    assert rows["val_loss"]["better"] is False and rows["val_loss"]["mark"] == "❌"
+    assert rows["recall.mem_only.p_at_1"]["mark"] == "≈"  # unchanged: within noise
+    assert rows["repetition_rate"]["mark"] is None       # no per-sample data here
+    control = held_out_control(new, BASE)
+    assert control["suspicious"] and "suspicious" in control["text"]
+    guards = {"train_loss": {"value": 0.05, "level": "danger"}, "memory_entropy": {"value": 2.5, "level": "watch"},
+              "repetition_rate": {"value": 0.1, "level": "safe"}}
+    lines = result_lines(list(rows.values()), guards, "refuted", "r", control=control)
     assert lines[0].startswith("❌ hypothesis refuted")
     assert any(l.startswith("❌ guardrail train_loss") for l in lines)
-    assert any(l.startswith("✅ inference_loss") for l in lines)
+    assert any(l.startswith("🟡 guardrail memory_entropy") for l in lines)  # watch is never ✅
+    assert any(l.startswith("✅ guardrail repetition_rate") for l in lines)
+    assert any(l.startswith("✅ inference_loss") and "95% CI" in l for l in lines)
+    assert any(l.startswith("≈ recall.mem_only.p_at_1") for l in lines)
+    assert any(l.startswith("⚠️ held_out P@1") for l in lines)
+    assert result_lines([], {}, "inconclusive", "r")[0].startswith("≈ hypothesis inconclusive")
+
+
+def test_held_out_noise_is_not_flagged():
+    new = measured(NOISY, recall={"held_out": [1.0, 0.0] * 20})  # same count, other probes hit
+    control = held_out_control(new, BASE)
+    assert not control["suspicious"] and "noise" in control["text"]
 
 
 def test_offline_pairs_in_text():
@@ -93,12 +138,13 @@ def _record_context(lang: str) -> dict:
                       "total_steps": 10, "eta": None, "stop_reason": None, "resources": "1 process"},
         "training": {"available": True, "steps": 10, "first_loss": 5.0, "last_loss": 3.0, "min_loss": 2.9, "smoothed_loss": 3.1,
                      "tokens_per_s": 1000.0, "duration": "1s"},
-        "evaluation": {"available": True, "rows": compare_rows(ev(), BASE), "guardrails": [{"name": "train_loss", "value": 3.0, "level": "safe", "light": "🟢"}],
+        "evaluation": {"available": True, "rows": compare_rows(shifted(0), BASE), "control": held_out_control(shifted(0), BASE), "intervals_note": "n", "guardrails": [{"name": "train_loss", "value": 3.0, "level": "safe", "light": "🟢"}],
                        "recall": [{"split": "mem_only", "n": 5, "p_at_1": 0.2, "mrr": 0.4, "p_ci": "[0.1, 0.3]"}],
                        "samples": [{"prompt": "p", "reference": "r", "generated": "g"}]},
         "eval_prompt_tokens": 30,
         "analysis": {"available": True, "training_results": "tr", "inference_evaluation": "ie", "deep_analysis": "da",
-                     "conclusion": "c", "next_steps": ["n1"], "backend": "offline"},
+                     "conclusion": "c", "next_steps": ["n1"], "backend": "offline", "notes": []},
+        "analysis_failed": False, "analysis_error": "",
         "preflight": {"checks": [{"id": "causality", "status": "passed", "lesson": "l", "detail": "d", "source": "s"}], "forced": False,
                       "reason": None, "compute_note": None, "compute_accepted": False},
         "estimate_lines": ["parameters: 1"],

@@ -21,7 +21,8 @@ eval.json keys (all numbers finite; null where a value does not exist for this m
   repetition_rate (seq-rep-4 of greedy continuations), distinct_2, memory_entropy,
   memory_coverage, memory {all memory stats of the validation pass}, recall {split:
   {p_at_1, mrr, n, p_at_1_ci, mrr_ci, chance_p_at_1}}, samples [{prompt, reference,
-  generated, sampled}], guardrails {name: {value, level}}, checkpoint, module, step,
+  generated, sampled, repetition}], per_item {val/inference: {keys, ce, tokens},
+  repetition: {keys, values}, recall: {split: {keys, hit, rr}}}, guardrails {name: {value, level}}, checkpoint, module, step,
   num_samples, time, version, model_config.
 
 torch and the model code are imported only once the arguments are known to be good.
@@ -294,14 +295,31 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
     stats = getattr(model, "memory_stats", None)
     if stats:
         stats(reset=True)
-    val_loss = measures.val_loss(model, val_docs, max_seq_len, cfg.train.batch_size, cfg.eval.max_val_batches)
+    val_loss, val_ce, val_tokens = measures.val_loss_items(model, val_docs, max_seq_len, cfg.train.batch_size,
+                                                           cfg.eval.max_val_batches)
     memory = (stats(reset=True) if stats else {}) or {}
     pairs = measures.eval_pairs(val_docs, cfg, max_seq_len)
-    inference_loss = measures.inference_loss(model, pairs)
+    inference_loss, inf_ce, inf_tokens = measures.inference_loss_items(model, pairs)
     samples, greedy = _samples(model, tokenizer, pairs, cfg)
     train_loss, source = _train_loss(cfg, run_dir, model, corpus, max_seq_len)
     probes = load_probes(lab, cfg)
-    recall = measures.recall(model, tokenizer, probes, max_probes, cfg.train.seed) if probes else {}
+    recall_items: dict[str, Any] = {}
+    recall = measures.recall(model, tokenizer, probes, max_probes, cfg.train.seed, recall_items) if probes else {}
+    # Per-item measurements keyed by document index / probe id: a comparison on the same
+    # documents and probes gets a paired interval of its difference (minimind.verdict).
+    doc_keys = [int(i) for i in corpus.val_idx]
+    sample_keys = [k for k, d in zip(doc_keys, val_docs[: cfg.eval.num_samples])
+                   if all(measures.split_prompt(d, cfg.eval.prompt_tokens, max_seq_len))]
+    repetition = [measures.seq_rep_n(g, 4) for g in greedy]
+    for sample, rep in zip(samples, repetition):
+        sample["repetition"] = rep
+    per_item = {
+        "val": {"keys": doc_keys[: len(val_ce)], "ce": val_ce, "tokens": val_tokens},
+        "inference": {"keys": sample_keys, "ce": inf_ce, "tokens": inf_tokens},
+        "repetition": {"keys": [k for k, r in zip(sample_keys, repetition) if r is not None],
+                       "values": [r for r in repetition if r is not None]},
+        "recall": recall_items,
+    }
 
     result: dict[str, Any] = {
         "val_loss": val_loss,
@@ -316,6 +334,7 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
         "memory": {k: float(v) for k, v in memory.items()},
         "recall": recall,
         "samples": samples,
+        "per_item": per_item,
     }
     values = {name: result[name] for name in rules.NAMES}
     result["guardrails"] = rules.levels_only(rules.evaluate(values, cfg.guardrails))

@@ -95,19 +95,30 @@ def device_of(model) -> torch.device:
 
 def val_loss(model, docs: Sequence[np.ndarray], max_seq_len: int, batch_size: int, max_batches: int) -> Optional[float]:
     """Token-weighted mean CE over the first max_batches batches of validation docs."""
+    return val_loss_items(model, docs, max_seq_len, batch_size, max_batches)[0]
+
+
+def val_loss_items(model, docs: Sequence[np.ndarray], max_seq_len: int, batch_size: int,
+                   max_batches: int) -> tuple[Optional[float], list[float], list[int]]:
+    """(token-weighted mean CE, summed CE per document, tokens per document) over the
+    first max_batches batches; the per-document sums let a comparison on the same
+    documents get a paired interval (minimind.verdict)."""
     if not docs:
-        return None
+        return None, [], []
     device = device_of(model)
-    total, count = 0.0, 0.0
+    sums: list[float] = []
+    counts: list[int] = []
     with evaluating(model):
         for start in range(0, min(len(docs), batch_size * max_batches), batch_size):
             inputs, targets, mask = collate(docs[start:start + batch_size], max_seq_len)
             inputs, targets, mask = inputs.to(device), targets.to(device), mask.to(device)
             logits = model(inputs).logits
-            n = float(mask.sum())
-            total += float(masked_ce(logits, targets, mask)) * n
-            count += n
-    return total / count if count else None
+            per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
+                                        reduction="none").view_as(mask)
+            sums += [float(v) for v in (per_token * mask).sum(dim=1)]
+            counts += [int(v) for v in mask.sum(dim=1)]
+    total, count = sum(sums), sum(counts)
+    return (total / count if count else None), sums, counts
 
 
 def split_prompt(doc: np.ndarray, prompt_tokens: int, max_seq_len: int) -> tuple[list[int], list[int]]:
@@ -132,13 +143,23 @@ def inference_loss_one(model, prompt: list[int], reference: list[int]) -> tuple[
 
 
 def inference_loss(model, pairs: Sequence[tuple[list[int], list[int]]]) -> Optional[float]:
-    total, count = 0.0, 0
+    return inference_loss_items(model, pairs)[0]
+
+
+def inference_loss_items(model, pairs: Sequence[tuple[list[int], list[int]]]) -> tuple[Optional[float], list[float], list[int]]:
+    """(token-weighted inference loss, summed CE per pair, tokens per pair)."""
+    sums: list[float] = []
+    counts: list[int] = []
     with evaluating(model):
         for prompt, reference in pairs:
             if reference:
                 s, n = inference_loss_one(model, prompt, reference)
-                total, count = total + s, count + n
-    return total / count if count else None
+            else:
+                s, n = 0.0, 0
+            sums.append(s)
+            counts.append(n)
+    total, count = sum(sums), sum(counts)
+    return (total / count if count else None), sums, counts
 
 
 def _new_tokens(output: torch.Tensor, prompt: list[int]) -> list[int]:
@@ -185,16 +206,19 @@ def candidate_scores(model, prompt_ids: list[int], candidates: Sequence[list[int
     return scores
 
 
-def recall(model, tokenizer, probes: dict[str, list[dict[str, Any]]], max_per_split: int, seed: int) -> dict[str, Any]:
-    """{split: {p_at_1, mrr, n, p_at_1_ci, mrr_ci, chance_p_at_1}} over the first probes of each split."""
+def recall(model, tokenizer, probes: dict[str, list[dict[str, Any]]], max_per_split: int, seed: int,
+           items: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """{split: {p_at_1, mrr, n, p_at_1_ci, mrr_ci, chance_p_at_1}} over the first probes of each split.
+
+    `items`, when given, receives {split: {keys: [probe id], hit: [0/1], rr: [1/rank]}}."""
     def encode(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False).ids
 
     result: dict[str, Any] = {}
     with evaluating(model):
-        for split, items in probes.items():
-            hits, recips, chance = [], [], []
-            for probe in items[:max_per_split]:
+        for split, split_probes in probes.items():
+            hits, recips, chance, keys = [], [], [], []
+            for i, probe in enumerate(split_probes[:max_per_split]):
                 options = [probe["answer"]] + list(probe["distractors"])
                 scores = candidate_scores(model, encode(probe["prompt"]), [encode(" " + o) for o in options])
                 if not all(math.isfinite(s) for s in scores):
@@ -203,6 +227,9 @@ def recall(model, tokenizer, probes: dict[str, list[dict[str, Any]]], max_per_sp
                 hits.append(1.0 if rank == 1 else 0.0)
                 recips.append(1.0 / rank)
                 chance.append(1.0 / len(options))
+                keys.append(str(probe.get("id", i)))
+            if items is not None:
+                items[split] = {"keys": keys, "hit": hits, "rr": recips}
             n = len(hits)
             result[split] = {
                 "p_at_1": float(np.mean(hits)) if n else None,

@@ -103,6 +103,12 @@ class Corpus:
         return [self.cache.doc(int(i)) for i in indices]
 
 
+def split_seed(cfg: ExperimentConfig) -> int:
+    """The seed of the train/validation split: data.split_seed, or train.seed for configs
+    written before split_seed existed (their runs keep the documents they trained on)."""
+    return cfg.train.seed if cfg.data.split_seed is None else cfg.data.split_seed
+
+
 def load_corpus(lab: Lab, cfg: ExperimentConfig) -> Corpus:
     from corpus.prepare import prepare_pretrain
 
@@ -110,7 +116,7 @@ def load_corpus(lab: Lab, cfg: ExperimentConfig) -> Corpus:
                              max_bad_share=cfg.data.max_bad_share, progress=False)
     if cache.num_docs < 2:
         raise MinimindError(f"{cfg.data.pretrain}: needs at least 2 documents, has {cache.num_docs}")
-    train_idx, val_idx = split_documents(cache.num_docs, cfg.data.val_fraction, cfg.train.seed)
+    train_idx, val_idx = split_documents(cache.num_docs, cfg.data.val_fraction, split_seed(cfg))
     return Corpus(cache, train_idx, val_idx)
 
 

@@ -1,0 +1,212 @@
+"""Checks that the agent's prose agrees with the numbers code computed.
+
+Two kinds of claim are checked in every text field of an analysis or a commit draft,
+whichever backend wrote it:
+
+- a verdict: "the hypothesis is supported", "✅ hypothesis supported", "假设成立", ... must
+  name the computed verdict (a "not supported" claim only contradicts `supported`);
+- a metric value: a number quoted after a metric's name ("inference loss 0.01") must be a
+  value of that metric somewhere in the data the agent was given, within the rounding of
+  the quoted digits (2.14 matches 2.1389; 27.3% matches 0.2733).
+
+`problems` lists every contradiction; the claude backend sends them back for one repair,
+and `enforce` replaces what still contradicts by the computed text (the offline
+backend's sentence for that field) and says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Iterable
+
+# --- verdict claims -----------------------------------------------------------------------
+
+_SUBJECT = r"(?:hypothesis|hypotheses|假设)"
+_CLAIMS = [
+    ("not_supported", re.compile(rf"{_SUBJECT}[^.;。；\n]{{0,30}}?\b(?:is |was |are )?(?:not|never|un)[ -]?(?:supported|confirmed)", re.I)),
+    ("not_supported", re.compile(r"假设[^。；\n]{0,12}?(?:不成立|未得到支持|没有得到支持|不被支持|未被支持)")),
+    ("supported", re.compile(rf"{_SUBJECT}[^.;。；\n]{{0,30}}?\b(?<!not )(?<!un)(?:supported|confirmed|holds|validated|verified)\b", re.I)),
+    ("supported", re.compile(rf"(?:supports?|confirms?|validates?|verif(?:y|ies))\s+(?:the\s+)?{_SUBJECT}", re.I)),
+    ("supported", re.compile(r"假设[^。；\n]{0,12}?(?<!不)(?<!未)(?:成立|得到支持|得到验证|被证实|支持)")),
+    ("refuted", re.compile(rf"{_SUBJECT}[^.;。；\n]{{0,30}}?\b(?:refuted|rejected|falsified|disproved|disproven)\b", re.I)),
+    ("refuted", re.compile(rf"(?:refutes?|rejects?|falsif(?:y|ies)|disproves?)\s+(?:the\s+)?{_SUBJECT}", re.I)),
+    ("refuted", re.compile(r"假设[^。；\n]{0,12}?(?:被否定|否定|被推翻|证伪)")),
+    ("inconclusive", re.compile(rf"{_SUBJECT}[^.;。；\n]{{0,30}}?\b(?:inconclusive|undecided|unresolved)\b", re.I)),
+    ("inconclusive", re.compile(r"(?:inconclusive|无法判定|不确定)")),
+]
+_CONFLICTS = {
+    "supported": lambda v: v != "supported",
+    "refuted": lambda v: v != "refuted",
+    "inconclusive": lambda v: v != "inconclusive",
+    "not_supported": lambda v: v == "supported",
+}
+
+
+def verdict_claims(text: str) -> set[str]:
+    """The verdicts a text asserts (supported / refuted / inconclusive / not_supported)."""
+    found: set[str] = set()
+    spans: list[tuple[int, int]] = []
+    for kind, pattern in _CLAIMS:
+        for m in pattern.finditer(text):
+            # "not supported" must not also count as "supported"
+            if any(m.start() < e and s < m.end() for s, e in spans) and kind == "supported":
+                continue
+            found.add(kind)
+            spans.append((m.start(), m.end()))
+    return found
+
+
+# --- metric values --------------------------------------------------------------------------
+
+# (words in the text, substrings of data paths holding that metric's values). Longest first.
+_FAMILIES: list[tuple[str, tuple[str, ...]]] = [
+    (r"inference[ _-]loss|推理\s*(?:损失|loss)", ("inference_loss",)),
+    (r"val(?:idation)?[ _-]loss|验证\s*(?:损失|loss)", ("val_loss",)),
+    (r"train(?:ing)?[ _-]loss|训练\s*(?:损失|loss)", ("train_loss", "loss")),
+    (r"train[/_ ]inference[ _-]ratio|ratio|比值|比率", ("ratio",)),
+    (r"repetition(?:[ _]rate)?|seq-rep-4|重复率?", ("repetition",)),
+    (r"distinct[-_ ]?2?", ("distinct",)),
+    (r"entropy|熵", ("entropy",)),
+    (r"coverage|覆盖率?", ("coverage",)),
+    (r"dead", ("dead",)),
+    (r"hit@1|hit@c|hit_at", ("hit_at", "retrieval")),
+    (r"p@1|p_at_1|precision|recall|召回|mrr", ("recall", "p_at_1", "mrr")),
+    (r"\bloss\b|损失", ("loss",)),
+]
+_FAMILY_RE = re.compile("|".join(f"({words})" for words, _ in _FAMILIES), re.I)
+_NUMBER = re.compile(r"(?<![\w.])[-+−]?\d+\.\d+%?|(?<![\w.])[-+−]?\d+%")
+WINDOW = 28  # characters between a metric's name and the number quoted for it
+# eval.json keys that are not facts to quote: per-item raw data would let any number match.
+NOT_FACTS = ("per_item", "model_config", "time", "checkpoint")
+
+
+def known_values(data: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(path, value) for every finite number in `data`; comparison-like rows are keyed by
+    their metric so "inference_loss" finds a row's base, new, delta and interval."""
+    out: list[tuple[str, float]] = []
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        data = dataclasses.asdict(data)
+    if isinstance(data, dict):
+        label = prefix
+        if isinstance(data.get("metric"), str):
+            label = f"{prefix}.{data['metric']}"
+        elif isinstance(data.get("name"), str):
+            label = f"{prefix}.{data['name']}"
+        for key, value in data.items():
+            out += known_values(value, f"{label}.{key}")
+    elif isinstance(data, (list, tuple)):
+        for value in data:
+            out += known_values(value, prefix)
+    elif isinstance(data, (int, float)) and not isinstance(data, bool) and math.isfinite(data):
+        out.append((prefix.lower(), float(data)))
+    return out
+
+
+def _matches(quoted: str, candidates: Iterable[float]) -> bool:
+    text = quoted.replace("−", "-").lstrip("+")
+    percent = text.endswith("%")
+    if percent:
+        text = text[:-1]
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    value = float(text)
+    options = [(value, 0.5 * 10 ** -decimals)]
+    if percent:
+        options.append((value / 100, 0.5 * 10 ** -(decimals + 2)))
+    for x in candidates:
+        for v, tol in options:
+            if abs(abs(x) - abs(v)) <= tol * (1 + 1e-9) + 1e-12:
+                return True
+            # a value quoted to fewer significant digits than it has decimals ("3.1e-05" style is not prose)
+            if x != 0 and v != 0 and abs(x - v) / abs(x) < 5e-4:
+                return True
+    return False
+
+
+def unknown_numbers(text: str, values: list[tuple[str, float]]) -> list[str]:
+    """Metric values quoted in `text` that are not in `values` (within rounding)."""
+    bad = []
+    for number in _NUMBER.finditer(text):
+        before = text[max(0, number.start() - WINDOW): number.start()]
+        if re.search(r"[.;。；\n](\s|$)", before):  # the metric's name must be in the same sentence
+            before = re.split(r"[.;。；\n](?:\s|$)", before)[-1]
+        names = list(_FAMILY_RE.finditer(before))
+        if not names:
+            continue
+        name = names[-1]
+        tokens = next(paths for i, (_, paths) in enumerate(_FAMILIES) if name.group(i + 1))
+        candidates = [v for path, v in values if any(t in path for t in tokens)] or [v for _, v in values]
+        if not _matches(number.group(), candidates):
+            bad.append(f"{name.group().strip()} {number.group()}")
+    return bad
+
+
+def problems(fields: dict[str, str], verdict: str, values: list[tuple[str, float]]) -> dict[str, list[str]]:
+    """{field: [reasons]} for every text field that contradicts the verdict or the data."""
+    out: dict[str, list[str]] = {}
+    for name, text in fields.items():
+        reasons = []
+        claims = sorted(k for k in verdict_claims(text) if _CONFLICTS[k](verdict))
+        if claims:
+            said = ", ".join(c.replace("_", " ") for c in claims)
+            reasons.append(f"{name}: asserts the hypothesis is {said}, but the computed verdict is {verdict}")
+        bad = unknown_numbers(text, values)
+        if bad:
+            reasons.append(f"{name}: quotes {', '.join(bad)}, which is not in the data given (within rounding)")
+        if reasons:
+            out[name] = reasons
+    return out
+
+
+def text_fields(obj: Any, names: Iterable[str]) -> dict[str, str]:
+    """{'field' or 'field[i]' or 'field.key[i]': text} of a result's prose fields."""
+    out: dict[str, str] = {}
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, str):
+            out[name] = value
+        elif isinstance(value, list):
+            out.update({f"{name}[{i}]": v for i, v in enumerate(value) if isinstance(v, str)})
+        elif isinstance(value, dict):
+            for key, lines in value.items():
+                out.update({f"{name}.{key}[{i}]": v for i, v in enumerate(lines or []) if isinstance(v, str)})
+    return out
+
+
+def flat_problems(found: dict[str, list[str]]) -> list[str]:
+    return [reason for reasons in found.values() for reason in reasons]
+
+
+def replace_fields(result: Any, computed: Any, bad: dict[str, list[str]], lang: str = "en") -> tuple[Any, list[str]]:
+    """`result` with every field named in `bad` taken from `computed`; returns (result, notes)."""
+    if not bad:
+        return result, []
+    changes: dict[str, Any] = {}
+    for key in bad:
+        top = re.split(r"[\[.]", key, maxsplit=1)[0]
+        changes[top] = getattr(computed, top)
+    notes = [f"{key}: {'; '.join(r.split(': ', 1)[-1] for r in reasons)}" for key, reasons in bad.items()]
+    return dataclasses.replace(result, **changes), notes
+
+
+def verdict_sentence(verdict: str, reason: str, lang: str = "en") -> str:
+    """The computed verdict as a sentence: what replaces prose that contradicts it."""
+    if lang == "zh":
+        words = {"supported": "支持", "refuted": "否定", "inconclusive": "无法判定"}
+        return f"根据计算结果，假设的判定为：{words[verdict]}（{reason}）。"
+    return f"By the computed numbers the hypothesis is {verdict} ({reason})."
+
+
+def replacement_note(backend: str, fields: list[str], lang: str = "en") -> str:
+    if lang == "zh":
+        return (f"{backend} 代理撰写的 {', '.join(fields)} 与计算结果矛盾，经一次修正后仍不一致，"
+                "已替换为根据数据计算出的文字。")
+    return (f"The {backend} agent's {', '.join(fields)} contradicted the computed numbers or verdict after one "
+            "repair and was replaced by the computed text.")
+
+
+def check_result(result: Any, names: Iterable[str], verdict: str, data: Any) -> dict[str, list[str]]:
+    return problems(text_fields(result, names), verdict, known_values(data))
+
+
