@@ -80,6 +80,7 @@ class AnalysisContext:
     samples: list[dict] = field(default_factory=list)           # prompt, reference, generated, repetition
     intervals: dict[str, Any] = field(default_factory=dict)     # held_out control, retrieval
     fixed_settings: dict[str, Any] = field(default_factory=dict)  # data/eval/guardrails/launch: not the agent's
+    model_config: dict[str, Any] = field(default_factory=dict)    # the run's model section (preset, sizes)
 
 
 # The prose fields of an analysis: checked against the verdict and the data (agent/prose.py).

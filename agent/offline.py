@@ -162,23 +162,38 @@ class OfflineAgent:
             parts = [f"{split} P@1 {_n(r.get('p_at_1'))} (n={r.get('n')})" for split, r in recall.items()]
             inference += " Factual recall: " + ", ".join(parts) + "."
         deep = []
-        better = [r for r in ctx.comparison if r.get("better") is True]
-        worse = [r for r in ctx.comparison if r.get("better") is False]
+        better = [r for r in ctx.comparison if r.get("mark") == "✅"]
+        worse = [r for r in ctx.comparison if r.get("mark") == "❌"]
+        noise = [r for r in ctx.comparison if r.get("mark") == "≈"]
         if ctx.base_eval is None:
             deep.append("There is no evaluated base to compare with, so these numbers are the reference for the next experiment.")
         else:
             if better:
-                deep.append("Better than the base: " + ", ".join(f"{r['metric']} {_n(r['base'])} → {_n(r['new'])}" for r in better) + ".")
+                deep.append("Better than the base beyond noise: " + ", ".join(_moved(r) for r in better) + ".")
             if worse:
-                deep.append("Worse than the base: " + ", ".join(f"{r['metric']} {_n(r['base'])} → {_n(r['new'])}" for r in worse) + ".")
-            if not better and not worse:
-                deep.append("No metric moved by more than 1% against the base.")
+                deep.append("Worse than the base beyond noise: " + ", ".join(_moved(r) for r in worse) + ".")
+            if noise:
+                deep.append("Within noise (the interval of the difference includes zero): "
+                            + ", ".join(r["metric"] for r in noise) + ".")
+            if not better and not worse and not noise:
+                deep.append("The base has no per-item data, so no change can be told from noise.")
+        control = (ctx.intervals or {}).get("held_out_control")
+        if control and control.get("base") is not None:
+            deep.append("Chance control: " + control["text"] + ".")
         held, mem = recall.get("held_out", {}), recall.get("mem_only", {})
-        if held.get("p_at_1") is not None and mem.get("p_at_1") is not None:
+        preset = (ctx.model_config or {}).get("preset")
+        if preset in ("memory", "hybrid") and held.get("p_at_1") is not None and mem.get("p_at_1") is not None:
             gap = mem["p_at_1"] - held["p_at_1"]
             deep.append(f"Facts only in the memory bank: P@1 {_n(mem['p_at_1'])} against {_n(held['p_at_1'])} for held-out "
-                        f"facts seen nowhere (the chance control), a difference of {gap:+.3f}"
-                        + (" — the bank is being read." if gap > 0.05 else " — no clear sign yet that the bank's facts are used."))
+                        f"facts seen nowhere (the chance control), a difference of {gap:+.3f}.")
+        degenerate = self._degenerate(ctx)
+        if degenerate:
+            deep.append("Degenerate continuations: " + "; ".join(degenerate) + ".")
+        history = [h for h in ctx.guardrail_history if h.get("to") in ("watch", "danger")]
+        if history:
+            deep.append("Guardrail history: " + ", ".join(
+                f"{h['name']} {h.get('from') or 'unset'} → {h['to']} at step {h.get('step')} ({_n(h.get('value'))})"
+                for h in history[:6]) + ".")
         dangers = {n: g for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger"}
         if dangers:
             deep.append("Guardrails in danger: " + ", ".join(
@@ -193,9 +208,24 @@ class OfflineAgent:
                         conclusion=conclusion, next_steps=next_steps, backend=self.name)
 
     @staticmethod
+    def _degenerate(ctx: AnalysisContext) -> list[str]:
+        """Samples whose seq-rep-4 is past the lab's repetition threshold (its safe side)."""
+        rule = ctx.guardrails.get("repetition_rate") or {}
+        limit = rule.get("safe")
+        if not isinstance(limit, (int, float)):
+            return []
+        out = []
+        for i, sample in enumerate(ctx.samples, 1):
+            rep = sample.get("repetition")
+            if isinstance(rep, (int, float)) and rep > limit:
+                out.append(f"sample {i} \"{_first_line(str(sample.get('generated', '')), 60)}\" repeats "
+                           f"(seq-rep-4 {rep:.3g}, above {limit:g})")
+        return out
+
+    @staticmethod
     def _conclusion(ctx: AnalysisContext, dangers: dict) -> str:
         rows = {r["metric"]: r for r in ctx.comparison}
-        moved = [f"{name} {_n(rows[name]['base'])} → {_n(rows[name]['new'])}" for name in ("inference_loss", "val_loss")
+        moved = [_moved(rows[name]) for name in ("inference_loss", "val_loss")
                  if name in rows and rows[name].get("base") is not None]
         parts = [f"Against {ctx.base}: " + ", ".join(moved) + "." if moved and ctx.base else
                  "This run sets the reference numbers for the experiments built on it."]
@@ -216,12 +246,21 @@ class OfflineAgent:
             steps.append("Roll back the latest architecture change and check that the memory query is h_attn.")
         if "memory_entropy" in dangers:
             steps.append("Increase query diversity (more candidates or a diversity loss) before training longer.")
+        control = (ctx.intervals or {}).get("held_out_control") or {}
+        if control.get("suspicious"):
+            steps.append("Check the evaluation: held-out recall moved beyond noise, which a model change should not do.")
         if ctx.verdict == "supported":
             steps.append("Repeat with another seed to confirm the effect is larger than run-to-run noise.")
         elif ctx.verdict == "refuted":
             steps.append("Revert this change, or test a smaller step of it against the same base.")
         else:
-            steps.append("Train longer or evaluate on more samples so the difference exceeds noise.")
+            wide = [r for r in ctx.comparison if r.get("mark") == "≈" and r.get("ci")]
+            if wide:
+                r = min(wide, key=lambda r: r["ci"]["n"])
+                steps.append(f"Evaluate on more samples (eval.num_samples; {r['metric']} had n={r['ci']['n']}) or train "
+                             "longer, so the difference can exceed its interval.")
+            else:
+                steps.append("Evaluate the base again with this minimind so both sides have per-item data and intervals.")
         if ctx.state == "guardrail_stopped":
             steps.append("Investigate the guardrail stop before building on this checkpoint.")
         return steps
@@ -250,6 +289,12 @@ def _n(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "—" if value is None else str(value)
     return f"{value:.4g}"
+
+
+def _moved(row: dict) -> str:
+    ci = row.get("ci")
+    interval = f" (Δ {ci['confidence']:.0%} CI [{ci['low']:+.3g}, {ci['high']:+.3g}])" if ci else ""
+    return f"{row['metric']} {_n(row.get('base'))} → {_n(row.get('new'))}{interval}"
 
 
 def _pct(value: Any) -> str:

@@ -103,10 +103,11 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     base_cfg = _read_yaml(lab.run_dir(cfg.base) / CONFIG_FILE) if cfg.base else None
     state = read_state(run_dir)
     confidence = cfg.eval.confidence
-    rows = compare_rows(ev, base_ev, confidence)
+    rows = compare_rows(ev, base_ev, confidence, cfg.eval.min_effect)
     control = held_out_control(ev, base_ev, confidence)
     levels = {n: g.get("level") for n, g in (ev.get("guardrails") or {}).items()}
-    verdict, reason = decide(plan.get("hypothesis", ""), plan.get("expect"), ev, base_ev, levels, confidence)
+    verdict, reason = decide(plan.get("hypothesis", ""), plan.get("expect"), ev, base_ev, levels, confidence,
+                             cfg.eval.min_effect)
     changes = real_changes(base_cfg, cfg.to_dict())
     lang = plan.get("lang", "en")
     requested = agent or plan.get("agent_requested", settings.agent.backend)
@@ -129,7 +130,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                           guardrail_history=guardrail_history(metric_rows), samples=samples,
                           intervals={"confidence": confidence, "held_out_control": control,
                                      "retrieval": ev.get("retrieval")},
-                          fixed_settings=fixed_settings(cfg.to_dict()))
+                          fixed_settings=fixed_settings(cfg.to_dict()), model_config=dict(cfg.model))
     analysis, note = backends.call(requested, settings.agent, log_dir, "analyse", ctx, prior)
     record = {
         "training_results": analysis.training_results, "inference_evaluation": analysis.inference_evaluation,

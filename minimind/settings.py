@@ -62,6 +62,8 @@ class EvalConfig:
     top_p: float = field(0.9, help="nucleus of the sampled continuations", min=0.01, max=1.0)
     max_val_batches: int = field(50, help="validation batches for the teacher-forced loss", min=1, max=1_000_000)
     confidence: float = field(0.95, help="level of the bootstrap intervals that tell a change from noise", min=0.5, max=0.999)
+    min_effect: float = field(0.01, help="relative change below which a difference is run-to-run (seed) noise, "
+                                         "whatever its interval", min=0.0, max=0.5)
 
 
 Action = Literal["stop", "flag", "none"]

@@ -10,8 +10,14 @@ sample, each keyed by the document index or probe id. A base → new comparison 
 documents/probes gets a **paired** bootstrap interval of the difference (new − base) at
 the lab's `eval.confidence` (95% by default). A change is real only when that interval
 excludes zero: ✅ in the good direction, ❌ in the bad one, ≈ within noise. Without
-per-item data on both sides (a base evaluated by an older minimind) there is no interval
-and a change is only reported, never marked.
+per-item data on both sides (a base evaluated by an older minimind), or with fewer than
+MIN_ITEMS shared items, there is no interval and a change is only reported, never marked.
+
+Run-to-run noise. The paired interval sees the noise of the evaluation sample (which
+documents, which probes), not that of training: two runs that differ only in their seed
+differ on every document a little, consistently, so the interval can exclude zero for a
+difference that another seed would reverse. A relative change smaller than the lab's
+`eval.min_effect` (1% by default) is therefore within noise whatever its interval.
 
 Verdict rule. Criteria come from `--expect` when it states them (`METRIC OP VALUE` or
 `METRIC OP base`, joined by `and`, `,` or `;`, e.g. `inference_loss < base and
@@ -38,7 +44,8 @@ from typing import Any, Optional
 CONFIDENCE = 0.95   # default interval level (the lab's eval.confidence overrides it)
 ROUNDS = 1000       # bootstrap resamples
 SEED = 0            # the bootstrap's own seed: the same eval files give the same intervals
-LEGACY_NOISE = 0.01  # only to say "unchanged" when there is no interval at all
+MIN_EFFECT = 0.01   # default run-to-run floor (the lab's eval.min_effect): see the module docstring
+MIN_ITEMS = 8       # fewer paired items give a bootstrap of a handful of distinct resamples: no interval
 
 # metric -> True if higher is better
 METRICS: dict[str, bool] = {
@@ -150,7 +157,7 @@ def paired_interval(new: Optional[dict], base: Optional[dict], metric: str, conf
     if a is None or b is None:
         return None
     keys = sorted(set(a) & set(b))
-    if len(keys) < 2:
+    if len(keys) < MIN_ITEMS:
         return None
     base_pairs, new_pairs = [a[k] for k in keys], [b[k] for k in keys]
     n = len(keys)
@@ -170,7 +177,7 @@ def value_interval(ev: Optional[dict], metric: str, confidence: float = CONFIDEN
                    rounds: int = ROUNDS) -> Optional[dict[str, Any]]:
     """{low, high, n, confidence} of one run's metric by a bootstrap over its items."""
     items = _items(ev, metric)
-    if not items or len(items) < 2:
+    if not items or len(items) < MIN_ITEMS:
         return None
     pairs = list(items.values())
     n = len(pairs)
@@ -186,16 +193,21 @@ def interval_text(ci: Optional[dict]) -> str:
     return f"{ci['confidence']:.0%} CI [{ci['low']:+.4g}, {ci['high']:+.4g}], n={ci['n']}"
 
 
-def _mark(ci: Optional[dict], higher_better: bool) -> Optional[str]:
-    """✅ / ❌ when the interval excludes zero, ≈ when it does not, None without one."""
+def _mark(ci: Optional[dict], higher_better: bool, rel: Optional[float] = None,
+          min_effect: float = MIN_EFFECT) -> Optional[str]:
+    """✅ / ❌ when the interval excludes zero and the change passes the run-to-run floor,
+    ≈ otherwise, None without an interval."""
     if ci is None:
         return None
+    if rel is not None and abs(rel) < min_effect:
+        return MARK_NOISE
     if ci["low"] > 0 or ci["high"] < 0:
         return MARK_GOOD if (ci["low"] > 0) == higher_better else MARK_BAD
     return MARK_NOISE
 
 
-def compare_rows(new: Optional[dict], base: Optional[dict], confidence: float = CONFIDENCE) -> list[dict[str, Any]]:
+def compare_rows(new: Optional[dict], base: Optional[dict], confidence: float = CONFIDENCE,
+                 min_effect: float = MIN_EFFECT) -> list[dict[str, Any]]:
     """Rows {metric, base, new, delta, rel, ci, mark, better, delta_text} for every metric either has.
 
     `better` is True/False only when the paired interval excludes zero; None otherwise."""
@@ -207,7 +219,7 @@ def compare_rows(new: Optional[dict], base: Optional[dict], confidence: float = 
         delta = None if a is None or b is None else b - a
         rel = None if delta is None or a == 0 else delta / abs(a)
         ci = paired_interval(new, base, name, confidence) if delta is not None else None
-        mark = _mark(ci, higher_is_better(name))
+        mark = _mark(ci, higher_is_better(name), rel, min_effect)
         better = {MARK_GOOD: True, MARK_BAD: False}.get(mark) if mark else None
         if delta is None:
             text = "—"
@@ -313,7 +325,8 @@ def implied_criteria(text: str) -> list[Criterion]:
     return list(unique.values())
 
 
-def _check(c: Criterion, new: Optional[dict], base: Optional[dict], confidence: float) -> tuple[Optional[bool], str]:
+def _check(c: Criterion, new: Optional[dict], base: Optional[dict], confidence: float,
+           min_effect: float = MIN_EFFECT) -> tuple[Optional[bool], str]:
     """(True met / False missed / None within noise or not measurable, the reason with its interval)."""
     value = metric_value(new, c.metric)
     if value is None:
@@ -326,9 +339,12 @@ def _check(c: Criterion, new: Optional[dict], base: Optional[dict], confidence: 
         ci = paired_interval(new, base, c.metric, confidence)
         head = f"{c.metric} base {target:.4g} → {value:.4g}"
         if ci is None:
-            return None, (f"{head}: no per-item data on both sides, so no paired interval; "
-                          "the change cannot be told from noise")
+            return None, (f"{head}: no paired interval (per-item data missing on one side, or fewer than "
+                          f"{MIN_ITEMS} shared items); the change cannot be told from noise")
         low, high = ci["low"], ci["high"]
+        if target != 0 and abs(value - target) / abs(target) < min_effect:
+            return None, (f"{head}, {interval_text(ci)}: within noise (a change below the run-to-run floor "
+                          f"of {min_effect:.0%})")
     else:
         target = c.target
         ci = value_interval(new, c.metric, confidence)
@@ -346,7 +362,8 @@ def _check(c: Criterion, new: Optional[dict], base: Optional[dict], confidence: 
 
 
 def decide(hypothesis: str, expect: Optional[str], new: Optional[dict], base: Optional[dict],
-           guardrail_levels: Optional[dict[str, str]] = None, confidence: float = CONFIDENCE) -> tuple[str, str]:
+           guardrail_levels: Optional[dict[str, str]] = None, confidence: float = CONFIDENCE,
+           min_effect: float = MIN_EFFECT) -> tuple[str, str]:
     """(verdict, reason): supported / refuted / inconclusive, computed from the numbers and their intervals."""
     criteria = parse_criteria(expect) or implied_criteria(f"{hypothesis} {expect or ''}")
     source = "expected result" if parse_criteria(expect) else ("hypothesis" if criteria else "default")
@@ -354,7 +371,7 @@ def decide(hypothesis: str, expect: Optional[str], new: Optional[dict], base: Op
         criteria = [Criterion(DEFAULT_METRIC, "<", None)]
     if not new:
         return "inconclusive", "the run was not evaluated"
-    results = [_check(c, new, base, confidence) for c in criteria]
+    results = [_check(c, new, base, confidence, min_effect) for c in criteria]
     reasons = "; ".join(r for _, r in results)
     dangers = sorted(n for n, level in (guardrail_levels or {}).items() if level == "danger")
     if any(ok is False for ok, _ in results):

@@ -178,3 +178,14 @@ def test_commit_and_run_script_templates(tmp_path):
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
     assert "set -euo pipefail" in script and "export X='$(id)'" in script
+
+
+def test_a_consistent_but_tiny_change_is_run_to_run_noise():
+    # every document 0.4% better: the paired interval excludes zero, but another seed moves this much
+    new = measured([v * 0.996 for v in NOISY])
+    rows = {r["metric"]: r for r in compare_rows(new, BASE)}
+    ci = rows["inference_loss"]["ci"]
+    assert ci["high"] < 0 and rows["inference_loss"]["mark"] == "≈"
+    verdict, reason = decide("lower inference loss", None, new, BASE)
+    assert verdict == "inconclusive" and "run-to-run floor of 1%" in reason
+    assert decide("lower inference loss", None, new, BASE, min_effect=0.0)[0] == "supported"

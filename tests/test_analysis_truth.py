@@ -1,0 +1,172 @@
+"""The record cannot contradict its numbers, noise is not called a change, and a failed agent
+call never fails a trained run (issue 11), end to end in one tiny lab:
+
+- 0.1.0 dense baseline, 0.1.1 the same config with another seed (offline agent): the
+  comparison is within noise and the record quotes the intervals;
+- 0.1.2 through a fake Messages API: a 529 storm during draft_commit leaves it finished with
+  analysis_failed; `minimind analyse` with a model that claims "supported" (and then one
+  that invents numbers) on a refuted experiment gives a record and commit message that say
+  refuted and note the replacement; review --approve and commit work.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from agent import calllog
+from fake_anthropic import FakeAnthropic
+from lab_helpers import invoke, make_lab, wait_state
+
+API_KEY = "sk-ant-truth-test-0123456789-SECRET"
+GOAL = "Baseline on the bundled facts"
+HYP = "A dense model lowers inference loss"
+LIAR = "The hypothesis is strongly supported. ✅ hypothesis supported"
+INVENTED = "The inference loss 0.01 is far below the base."
+PROSE_FIELDS = ("training_results", "inference_evaluation", "deep_analysis", "conclusion")
+
+
+def _liar_analysis(text: str) -> dict:
+    return {**{f: text for f in PROSE_FIELDS}, "next_steps": [text]}
+
+
+def _liar_commit(text: str, version: str) -> dict:
+    return {"title": f"{version}: hypothesis SUPPORTED", "improvements": [text], "core_changes": {}, "next_steps": [text]}
+
+
+GOOD_ANALYSIS = {"training_results": "Training finished.", "inference_evaluation": "Evaluated.",
+                 "deep_analysis": "See the table.", "conclusion": "See the verdict.", "next_steps": ["Try another seed."]}
+PLAN = {"thinking": "Repeat the baseline with another seed to see the run-to-run noise of this lab.",
+        "changes": {}, "rationale": {}, "expected": "No real change.", "risks": ["none"]}
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory):
+    from corpus.build import build
+
+    out = tmp_path_factory.mktemp("bundled")
+    build(out, "small", progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def server():
+    fake = FakeAnthropic().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, bundled, server):
+    """One lab, three experiments trained (in parallel where they can be)."""
+    lab = make_lab(tmp_path_factory.mktemp("truth") / "lab", bundled)
+    settings = lab.settings_path.read_text()
+    settings = settings.replace("agent:\n  backend: offline\n", "agent:\n  backend: offline\n  max_retries: 1\n")
+    lab.settings_path.write_text(settings.replace("num_samples: 3", "num_samples: 8"))  # 8 items: an interval
+    assert invoke(lab, "new", "0.1.0", "--goal", GOAL, "--hypothesis", HYP).exit_code == 0
+    assert wait_state(lab, "0.1.0") == "finished"
+    result = invoke(lab, "new", "0.1.1", "--goal", "Same config, another seed", "--hypothesis", HYP,
+                    "--set", "seed=7")
+    assert result.exit_code == 0, result.output
+    # 0.1.2: refuted by construction (inference loss is nowhere near 1000); the fake API plans it,
+    # writes a fine analysis, then answers draft_commit with 529 until the retries run out.
+    server.reply_tool("propose_plan", PLAN)
+    server.reply_tool("write_analysis", GOOD_ANALYSIS)
+    server.reply_error(529, "Overloaded")
+    server.reply_error(529, "Overloaded")
+    env = {"ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_BASE_URL": server.url}
+    result = invoke(lab, "new", "0.1.2", "--base", "0.1.0", "--goal", "Another seed, claimed as a big win",
+                    "--hypothesis", HYP, "--expect", "inference_loss > 1000", "--set", "seed=9", "--agent", "claude",
+                    env=env)
+    assert result.exit_code == 0, result.output
+    assert wait_state(lab, "0.1.1") == "finished"
+    assert wait_state(lab, "0.1.2") == "finished"
+    return lab, env
+
+
+def test_same_config_other_seed_is_within_noise(trained):
+    lab, _ = trained
+    ev = json.loads((lab.run_dir("0.1.1") / "eval.json").read_text())
+    base = json.loads((lab.run_dir("0.1.0") / "eval.json").read_text())
+    assert ev["per_item"]["val"]["keys"] == base["per_item"]["val"]["keys"]  # the same documents
+    assert len(ev["per_item"]["inference"]["ce"]) == ev["num_samples"]
+    assert set(ev["per_item"]["recall"]) == set(ev["recall"])
+    analysis = json.loads((lab.run_dir("0.1.1") / "analysis.json").read_text())
+    assert analysis["verdict_info"]["verdict"] == "inconclusive", analysis["verdict_info"]
+    assert "within noise" in analysis["verdict_info"]["reason"] and "95% CI" in analysis["verdict_info"]["reason"]
+    record = lab.record_path("0.1.1").read_text()
+    assert "**Hypothesis verdict: inconclusive**" in record and "95% CI [" in record
+    assert "Chance control:" in record and "held_out P@1" in record
+    # every marked change in the table has its interval; the offline prose names what is noise
+    rows = {r["metric"]: r for r in analysis["comparison"]}
+    assert rows["inference_loss"]["ci"] is not None and rows["inference_loss"]["mark"] == "≈"
+    assert all(r["ci"] for r in rows.values() if r["mark"] in ("✅", "❌"))
+    assert "Within noise" in record
+
+
+def test_529_during_draft_commit_leaves_the_run_finished_with_analysis_failed(trained):
+    lab, _ = trained
+    (status,) = [s for s in json.loads(invoke(lab, "status", "--json").output) if s["version"] == "0.1.2"]
+    assert status["state"] == "finished" and status["evaluated"]
+    assert status["analysis_failed"] and "529" in status["analysis_error"] and not status["analysed"]
+    detail = invoke(lab, "status", "0.1.2").output
+    assert "analysis failed" in detail and "minimind analyse 0.1.2" in detail
+    review = invoke(lab, "review", "0.1.2")
+    assert "the analysis failed after training" in review.output and "minimind analyse 0.1.2" in review.output
+    assert "training failed" not in review.output
+    calls = calllog.read_calls(lab.run_dir("0.1.2") / "agent")
+    failed = [c for c in calls if c["step"] == "draft_commit"]
+    assert len(failed) == 2 and all(c["cost_usd"] > 0 and c.get("estimated") for c in failed)
+
+
+@pytest.mark.parametrize("text", [LIAR, INVENTED], ids=["claims-supported", "invented-number"])
+def test_analyse_replaces_prose_that_contradicts_a_refuted_verdict(trained, server, text):
+    lab, env = trained
+    for _ in range(2):
+        server.reply_tool("write_analysis", _liar_analysis(text))
+    for _ in range(2):
+        server.reply_tool("draft_commit", _liar_commit(text, "0.1.2"))
+    result = invoke(lab, "analyse", "0.1.2", env=env)
+    assert result.exit_code == 0, result.output
+    assert "hypothesis refuted" in result.output
+    record = lab.record_path("0.1.2").read_text()
+    conclusion = record.split("## 🎯 Conclusion", 1)[1]
+    assert "**Hypothesis verdict: refuted**" in conclusion
+    assert text not in record
+    assert "replaced by the computed text" in record
+    assert re.search(r"❌ .*inference_loss|missed", conclusion)
+    message = (lab.run_dir("0.1.2") / "commit_message.md").read_text()
+    assert "supported" not in message.lower().replace("not supported", ""), message
+    assert not re.search(r"(?<![\d.])0\.01(?!\d)", message)
+    assert message.splitlines()[0].endswith("(hypothesis refuted)")
+    results = message.split("## Results", 1)[1]
+    assert results.lstrip().startswith("❌ hypothesis refuted")
+    state = json.loads((lab.run_dir("0.1.2") / "state.json").read_text())
+    assert state["analysed"] and not state["analysis_failed"] and state["state"] != "failed"
+
+
+def test_after_analyse_review_and_commit_work(trained, server):
+    lab, env = trained
+    server.reply_tool("write_analysis", GOOD_ANALYSIS)
+    server.reply_tool("draft_commit", {"title": "Another seed", "improvements": ["seed 9"], "core_changes": {},
+                                       "next_steps": ["Keep the base."]})
+    assert invoke(lab, "analyse", "0.1.2", env=env).exit_code == 0
+    result = invoke(lab, "review", "0.1.2", "--approve")
+    assert result.exit_code == 0, result.output
+    result = invoke(lab, "commit", "0.1.2")
+    assert result.exit_code == 0, result.output
+    title = subprocess.run(["git", "log", "-1", "--format=%s"], cwd=lab.root, capture_output=True, text=True).stdout
+    assert title.strip() == "Experiment 0.1.2: Another seed (hypothesis refuted)"
+
+
+def test_offline_analyse_redoes_only_the_analysis(trained):
+    lab, _ = trained
+    eval_before = (lab.run_dir("0.1.1") / "eval.json").read_bytes()
+    result = invoke(lab, "analyse", "0.1.1", "--agent", "offline")
+    assert result.exit_code == 0, result.output
+    assert (lab.run_dir("0.1.1") / "eval.json").read_bytes() == eval_before
+    assert "record experiment/experiment_0.1.1.md" in result.output
+    assert invoke(lab, "analyse", "9.9.9").exit_code == 1
