@@ -13,6 +13,7 @@ checked before each one. `anthropic` is imported only when this backend is built
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -231,18 +232,19 @@ def plan_prompt(ctx: PlanContext) -> str:
     allowed = tools.allowed_config_keys(ctx.config_schema)
     base_values = flatten(ctx.base_config)
     schema_lines = [_schema_line(key, ctx.config_schema[key], base_values.get(key)) for key in allowed]
-    fixed = [key for key in ctx.config_schema if key not in allowed]
     sets = "\n".join(f"- {k} = {json.dumps(v, ensure_ascii=False, default=str)}" for k, v in ctx.sets) or "(none)"
     parts = [
         f"# Plan experiment {ctx.version} (base: {ctx.base or 'none'})",
+        _language_line(ctx.lang),
         _human_block(goal=ctx.goal, hypothesis=ctx.hypothesis, expect=ctx.expect),
         "## Values the human set with --set (fixed, already applied; do not repeat or change them)\n" + sets,
         "## Base record summary\n" + _block("base_record", ctx.base_record_summary or "(no base record)"),
         "## Base config (resolved, dotted keys)\n" + _block("base_config", _json(base_values)),
-        "## Base eval.json (trimmed)\n" + _block("base_eval", _json(_trim(ctx.base_eval)) if ctx.base_eval else "(none)"),
+        "## Base eval.json (trimmed)\n" + _block("base_eval", _json(_round(_trim(_evidence(ctx.base_eval)))) if ctx.base_eval else "(none)"),
         "## models/model.py diff against the base snapshot\n" + _block("model_diff", _truncate(ctx.model_diff or "(no change)", MAX_DIFF)),
         "## Config keys you may change (type, range or choices, default; base value)\n" + "\n".join(schema_lines),
-        "## Fixed settings (not yours to change)\n" + (", ".join(fixed) or "(none)"),
+        "## Fixed settings (the human's and the lab's, not yours to change)\n"
+        + _block("fixed", _json({k: v for k, v in base_values.items() if k.split(".")[0] in FIXED_SECTIONS}) or "(none)"),
         "## Guardrails (computed by code from the metrics; you only explain them)\n" + _guardrail_table(ctx.guardrails),
         "## Lessons of this lab\n" + ctx.lessons.strip(),
         "## Preflight checks (run by code on this experiment's model; claim nothing they did not verify)\n"
@@ -255,41 +257,58 @@ def plan_prompt(ctx: PlanContext) -> str:
 
 
 def analysis_prompt(ctx: AnalysisContext) -> str:
-    changes = "\n".join(f"- {k}: {_json(a)} -> {_json(b)}" for k, a, b in ctx.config_changes) or "(none)"
-    rows = ["| metric | base | new | delta | better |", "|---|---|---|---|---|"]
-    rows += [f"| {r.get('metric')} | {r.get('base')} | {r.get('new')} | {r.get('delta')} | {r.get('better')} |"
-             for r in ctx.comparison]
+    changes = "\n".join(f"- {k}: {_json(_round(a))} -> {_json(_round(b))}" for k, a, b in ctx.config_changes) or "(none)"
+    rows = ["| metric | base | new | delta | interval of the delta | mark |", "|---|---|---|---|---|---|"]
+    for r in ctx.comparison:
+        ci = r.get("ci")
+        interval = f"[{_num(ci['low'])}, {_num(ci['high'])}] ({ci['confidence']:.0%}, n={ci['n']})" if ci else "none"
+        rows.append(f"| {r.get('metric')} | {_num(r.get('base'))} | {_num(r.get('new'))} | {_num(r.get('delta'))} "
+                    f"| {interval} | {r.get('mark') or '—'} |")
     stop = f", stop reason: {ctx.stop_reason}" if ctx.stop_reason else ""
     parts = [
         f"# Analyse experiment {ctx.version} (base: {ctx.base or 'none'}), final state: {ctx.state}{stop}",
+        _language_line(ctx.lang),
         _human_block(goal=ctx.goal, hypothesis=ctx.hypothesis, expect=ctx.expect),
+        "## The plan (thinking, expectation, risks, changes)\n" + _block("plan", _json(_round(_trim(ctx.plan)))),
         "## Config changes against the base\n" + changes,
-        "## Training metrics summary\n" + _block("metrics", _json(_trim(ctx.metrics_summary))),
-        "## eval.json (trimmed)\n" + _block("eval", _json(_trim(ctx.eval))),
-        "## Base eval.json (trimmed)\n" + _block("base_eval", _json(_trim(ctx.base_eval)) if ctx.base_eval else "(none)"),
-        "## Comparison with the base (computed)\n" + ("\n".join(rows) if ctx.comparison else "(no base to compare)"),
+        "## models/model.py diff\n" + _block("model_diff", ctx.model_diff or "(no change)"),
+        "## Training metrics summary\n" + _block("metrics", _json(_round(_trim(ctx.metrics_summary)))),
+        "## Curves ([step, value], downsampled)\n" + _block("curves", _json(_round(ctx.curves)) if ctx.curves else "(none)"),
+        "## Guardrail history (level changes)\n" + _block("guardrail_history", _json(_round(ctx.guardrail_history)) if ctx.guardrail_history else "(no change)"),
+        "## Samples (greedy; repetition = seq-rep-4)\n" + _block("samples", _json(_round(_trim(ctx.samples)))),
+        "## eval.json\n" + _block("eval", _json(_round(_trim(ctx.eval)))),
+        "## Base eval.json\n" + _block("base_eval", _json(_round(_trim(ctx.base_eval))) if ctx.base_eval else "(none)"),
+        "## Comparison with the base (computed; ✅/❌ only when the paired interval excludes zero)\n"
+        + ("\n".join(rows) if ctx.comparison else "(no base to compare)"),
+        "## Noise controls (computed)\n" + _block("intervals", _json(_round(ctx.intervals))),
+        "## Fixed settings (the human's and the lab's)\n" + _block("fixed", _json(_round(ctx.fixed_settings))),
         f"## Verdict (computed by code, final)\n{ctx.verdict}: {ctx.verdict_reason}",
         f"## Task\nCall write_analysis. Explain what the numbers above show and why. The conclusion must "
-        f"agree with the computed verdict ({ctx.verdict}); you explain it, you do not decide it. Use only "
-        "numbers that appear above.",
+        f"agree with the computed verdict ({ctx.verdict}); you explain it, you do not decide it. Call a change "
+        "within its interval noise. Use only numbers that appear above; a text that asserts another verdict or "
+        "quotes a number not in the data is refused.",
     ]
     return "\n\n".join(parts)
 
 
 def commit_prompt(ctx: CommitContext) -> str:
-    changes = "\n".join(f"- {k}: {_json(a)} -> {_json(b)}" for k, a, b in ctx.config_changes) or "(none)"
+    changes = "\n".join(f"- {k}: {_json(_round(a))} -> {_json(_round(b))}" for k, a, b in ctx.config_changes) or "(none)"
     parts = [
         f"# Draft the commit message of experiment {ctx.version}",
+        _language_line(ctx.lang),
         _human_block(goal=ctx.goal, hypothesis=ctx.hypothesis),
         f"## Verdict (computed)\n{ctx.verdict}: {ctx.verdict_reason}",
         "## Files in the commit (decided by code)\n" + "\n".join(f"- {f}" for f in ctx.files),
         "## Config changes\n" + changes,
-        f"## models/model.py changed: {'yes' if ctx.model_changed else 'no'}",
-        "## Result lines (computed)\n" + _block("results", "\n".join(ctx.result_lines) or "(none)"),
+        "## The plan (thinking and why each key changed)\n" + _block("plan", _json(_round(_trim(ctx.plan)))),
+        "## models/model.py diff\n" + _block("model_diff", ctx.model_diff or "(no change)"),
+        "## Result lines (computed; the commit's ## Results section is exactly these)\n"
+        + _block("results", "\n".join(ctx.result_lines) or "(none)"),
         "## Next steps from the analysis\n" + _block("next_steps", "\n".join(f"- {s}" for s in ctx.next_steps) or "(none)"),
-        f"## Task\nCall draft_commit: a one-line title naming experiment {ctx.version} (at most "
-        f"{tools.MAX_TITLE} characters), the main improvements, core changes only for files listed above, the "
-        "result lines restated without new numbers, and the next steps.",
+        f"## Task\nCall draft_commit: a one-line summary title naming experiment {ctx.version} (at most "
+        f"{tools.MAX_TITLE} characters; code appends the verdict), the main improvements, and for each file listed "
+        "above what changed in it and why (from the diff and the plan), and the next steps. Do not restate the "
+        "results or the verdict with other words or numbers.",
     ]
     return "\n\n".join(parts)
 
@@ -331,6 +350,36 @@ def _short_failure(exc: Exception, anthropic: Any, timeout_s: float) -> str:
         error = body.get("error") if isinstance(body.get("error"), dict) else body
         return f"HTTP {exc.status_code} {error.get('type') or ''}".strip()
     return "could not reach the Anthropic API"
+
+
+FIXED_SECTIONS = ("data", "eval", "guardrails", "launch")
+
+
+def _language_line(lang: str) -> str:
+    return {"zh": "Language of the record: Simplified Chinese (zh). Write every sentence in Chinese.",
+            "en": "Language of the record: English (en)."}.get(lang, f"Language of the record: {lang}.")
+
+
+def _round(obj: Any, digits: int = 4) -> Any:
+    """A copy with every float rounded to `digits` significant digits (no 16-digit noise)."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: _round(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_round(v, digits) for v in obj]
+    return obj
+
+
+def _num(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
+def _evidence(ev: Any) -> Any:
+    """eval.json without per-item data, the model config, the checkpoint path and timestamps."""
+    if not isinstance(ev, dict):
+        return ev
+    return {k: v for k, v in ev.items() if k not in ("per_item", "model_config", "checkpoint", "time")}
 
 
 def _import_anthropic() -> Any:

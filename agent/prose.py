@@ -77,6 +77,8 @@ _FAMILIES: list[tuple[str, tuple[str, ...]]] = [
 ]
 _FAMILY_RE = re.compile("|".join(f"({words})" for words, _ in _FAMILIES), re.I)
 _NUMBER = re.compile(r"(?<![\w.])[-+−]?\d+\.\d+%?|(?<![\w.])[-+−]?\d+%")
+_DELTA_WORDS = re.compile(r"\b(by|change[sd]?|differ\w*|delta|interval|CI|rose|fell|drop\w*|gain\w*)\b|Δ|±|差|变化|区间|下降|上升", re.I)
+_DELTA_PATH = re.compile(r"\.(delta|rel|low|high)$|\.ci\.|_ci$|_ci\.")
 WINDOW = 28  # characters between a metric's name and the number quoted for it
 # eval.json keys that are not facts to quote: per-item raw data would let any number match.
 NOT_FACTS = ("per_item", "model_config", "time", "checkpoint")
@@ -136,7 +138,11 @@ def unknown_numbers(text: str, values: list[tuple[str, float]]) -> list[str]:
             continue
         name = names[-1]
         tokens = next(paths for i, (_, paths) in enumerate(_FAMILIES) if name.group(i + 1))
-        candidates = [v for path, v in values if any(t in path for t in tokens)] or [v for _, v in values]
+        family = [(path, v) for path, v in values if any(t in path for t in tokens)] or values
+        if not _DELTA_WORDS.search(before):
+            # a value, not a change: deltas and interval bounds do not count as the metric's value
+            family = [(path, v) for path, v in family if not _DELTA_PATH.search(path)] or family
+        candidates = [v for _, v in family]
         if not _matches(number.group(), candidates):
             bad.append(f"{name.group().strip()} {number.group()}")
     return bad

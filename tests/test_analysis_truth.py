@@ -12,8 +12,10 @@ call never fails a trained run (issue 11), end to end in one tiny lab:
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -153,7 +155,19 @@ def test_after_analyse_review_and_commit_work(trained, server):
     server.reply_tool("write_analysis", GOOD_ANALYSIS)
     server.reply_tool("draft_commit", {"title": "Another seed", "improvements": ["seed 9"], "core_changes": {},
                                        "next_steps": ["Keep the base."]})
+    before = len(server.requests)
     assert invoke(lab, "analyse", "0.1.2", env=env).exit_code == 0
+    prompt = server.requests[before]["body"]["messages"][0]["content"]
+    if os.environ.get("MINIMIND_DOC_PROMPT"):  # docs/AGENT.md quotes this prompt
+        Path(os.environ["MINIMIND_DOC_PROMPT"]).write_text(prompt, encoding="utf-8")
+    # the analyst sees the experiment: plan, diff, curves, guardrail history, samples, intervals, fixed settings
+    for part in ("## The plan", "Repeat the baseline with another seed", "## Curves", '"loss"', "## Guardrail history",
+                 "## Samples", '"repetition"', "interval of the delta", "held_out_control", "## Fixed settings",
+                 '"data.split_seed"', "Language of the record: English"):
+        assert part in prompt, part
+    assert "per_item" not in prompt and "checkpoints/" not in prompt and '"model_config"' not in prompt
+    # numbers rounded to 4 significant digits: no 5th significant digit anywhere
+    assert not re.search(r"(?<![\d.])(?:[1-9]\d{0,3}\.\d{5,}|[1-9]\d{4,}\.\d|0\.0*[1-9]\d{4,})", prompt)
     result = invoke(lab, "review", "0.1.2", "--approve")
     assert result.exit_code == 0, result.output
     result = invoke(lab, "commit", "0.1.2")
