@@ -24,6 +24,8 @@ runs/*/exit_code*
 runs/*/state.json
 runs/*/.state.lock
 runs/*/.record.sha256
+runs/*/.record.last.md
+runs/.failed/
 runs/*/record.rendered.md
 runs/*/commit_message.md
 runs/*/review.json

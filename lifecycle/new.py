@@ -268,11 +268,11 @@ def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, m
 def _keep_call_log(lab: Lab, version: str, staging: Path) -> None:
     """A failed attempt's agent calls were made and may have been billed: keep their log
     in runs/.failed/<version>-<time>/agent, where the next attempt's budget counts them."""
-    from agent.calllog import CALLS_FILE, FAILED_DIR
+    from agent.calllog import CALLS_FILE, FAILED_DIR, read_calls
 
     log = staging / AGENT_DIR / CALLS_FILE
-    if not log.is_file():
-        return
+    if not log.is_file() or all(c.get("backend") == "offline" for c in read_calls(staging / AGENT_DIR)):
+        return  # nothing was spent: a failed offline attempt leaves the lab as it was
     target = lab.runs_dir / FAILED_DIR / f"{version}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}" / AGENT_DIR
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
