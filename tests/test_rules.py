@@ -189,3 +189,24 @@ def test_a_consistent_but_tiny_change_is_run_to_run_noise():
     verdict, reason = decide("lower inference loss", None, new, BASE)
     assert verdict == "inconclusive" and "run-to-run floor of 1%" in reason
     assert decide("lower inference loss", None, new, BASE, min_effect=0.0)[0] == "supported"
+
+
+def test_a_record_edited_during_training_gets_its_results_merged():
+    from lifecycle.record import merge_record
+
+    head = "---\nstate: running\n---\n\n# Experiment 1.0.0\n\n"
+    def record(thinking: str, results: str, state: str = "running") -> str:
+        return (head.replace("running", state) + f"## 🧠 AI Thinking Process\n\n{thinking}\n\n## 🚀 Execution Record\n\n{results}\n\n"
+                f"## 📊 Training Results\n\n{results}\n\n## 🔍 Inference Evaluation\n\n{results}\n\n"
+                f"## 📈 Deep Analysis\n\n{results}\n\n## 🎯 Conclusion\n\n{results}\n")
+    previous = record("agent thinking", "Pending: written after evaluation.")
+    edited = previous.replace("agent thinking", "agent thinking\n\nThe human's note: watch entropy.")
+    rendered = record("agent thinking", "| numbers |", state="finished")
+    merged = merge_record(edited, previous, rendered, "en")
+    assert "The human's note: watch entropy." in merged and "Pending" not in merged and "| numbers |" in merged
+    assert "state: finished" in merged
+    # the human edited a section code owns: not merged (the render goes beside the record)
+    assert merge_record(edited.replace("## 🎯 Conclusion\n\nPending", "## 🎯 Conclusion\n\nMy own words. Pending"),
+                        previous, rendered, "en") is None
+    # a run made before the last render was kept: only placeholders are replaced
+    assert "| numbers |" in merge_record(edited, None, rendered, "en")
