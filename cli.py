@@ -137,8 +137,11 @@ def data_prepare(pretrain: Path | None, sft: Path | None, chat_template: Path | 
 @click.option("--force", is_flag=True, help="Launch even if a preflight check fails (the record keeps it).")
 @click.option("--reason", default=None, help="Why --force is right here (kept in the record).")
 @click.option("--yes", is_flag=True, help="Accept a compute increase beyond preflight.compute_factor × the base.")
+@click.option("--stage", type=click.Choice(["pretrain", "sft"]), default="pretrain", show_default=True,
+              help="sft: train on data.sft's conversations, starting from --base's best checkpoint.")
 def new(version: str, goal: str, hypothesis: str, base: str | None, expect: str | None, sets: tuple[str, ...],
-        agent_name: str | None, lang: str | None, no_launch: bool, force: bool, reason: str | None, yes: bool) -> None:
+        agent_name: str | None, lang: str | None, no_launch: bool, force: bool, reason: str | None, yes: bool,
+        stage: str) -> None:
     """Plan, check, estimate, render, snapshot and launch experiment VERSION (X.Y.Z).
 
     Before anything is written the model is built at a tiny size and the lab's lessons run
@@ -148,6 +151,8 @@ def new(version: str, goal: str, hypothesis: str, base: str | None, expect: str 
     Example:
       minimind new 1.4.8 --goal "freeze 40% of the bank" \\
           --hypothesis "inference loss improves over 1.4.7" --set freeze_ratio=0.4
+      minimind new 1.5.0 --stage sft --base 1.4.8 --goal "teach 1.4.8 to answer" \\
+          --hypothesis "SFT raises chat QA" --expect "chat_qa.taught.accuracy > base"
     """
     from minimind.versions import parse
 
@@ -156,7 +161,7 @@ def new(version: str, goal: str, hypothesis: str, base: str | None, expect: str 
 
     request = NewRequest(version=version, goal=goal, hypothesis=hypothesis, base=base, expect=expect,
                          sets=list(sets), agent=agent_name, lang=lang, launch=not no_launch,
-                         force=force, reason=reason, yes=yes)
+                         force=force, reason=reason, yes=yes, stage=stage)
     result = create_experiment(_lab(), request)
     for line in result.messages:
         click.echo(line)

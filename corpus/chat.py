@@ -59,8 +59,14 @@ def _fill(template: str, fact: Fact) -> str:
 
 
 def question(fact: Fact, phrasing: int = 0) -> str:
-    options = QUESTIONS[fact.relation]
-    return _fill(options[phrasing % len(options)], fact)
+    return question_text(fact.relation, fact.subject, phrasing)
+
+
+def question_text(relation: str, subject: str, phrasing: int = 0) -> str:
+    """The question about (relation, subject) in phrasing `phrasing`: how chat QA asks a probe."""
+    options = QUESTIONS[relation]
+    text = options[phrasing % len(options)].replace("{s}", subject)
+    return text[0].upper() + text[1:]
 
 
 def answer(fact: Fact) -> str:

@@ -116,6 +116,14 @@ def split_specials(text: str) -> list[str]:
     return [part for part in _SPECIAL_RE.split(text) if part]
 
 
+def encode_chat(tokenizer, render: Render, messages: list[dict]) -> list[int]:
+    """Token ids of `messages` followed by the generation prompt (`<s>assistant\n` for MiniMind2)."""
+    ids: list[int] = []
+    for part in split_specials(render(messages, True)):
+        ids += [SPECIALS[part]] if part in SPECIALS else tokenizer.encode(part, add_special_tokens=False).ids
+    return ids
+
+
 def encode_conversations(encode, render: Render, convs: list[list[dict]]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(token ids, target flags) per conversation; plain text of the whole batch is encoded in one call."""
     plan = []  # per conversation: [(piece, is_target)], piece a special's name or text

@@ -30,6 +30,11 @@ def compare_experiments(lab: Lab, versions: list[str], plot: Optional[Path]) -> 
     evals = {v: read_json(run_dirs[v] / EVAL_FILE) for v in versions}
     console = Console()
     first = versions[0]
+    for v in versions:  # an SFT experiment is read against the pretraining it started from
+        init = configs[v].get("init")
+        if configs[v].get("stage") == "sft" and init:
+            console.print(f"{v}: sft, pretrain base {init['version']} ({init['checkpoint']}, step {init.get('step')}, "
+                          f"sha256 {init['sha256'][:12]})", markup=False, highlight=False)
 
     keys = sorted({k for v in versions[1:] for k, _, _ in diff(configs[first], configs[v])})
     table = Table(title="Config differences")

@@ -95,8 +95,8 @@ def flops_per_token(m: dict, seq: Optional[int] = None) -> int:
 
 
 def _training_documents(lab, cfg: dict) -> Optional[int]:
-    """Documents the trainer will see per epoch (lines of the pretraining file minus the validation share)."""
-    path = lab.resolve(cfg["data"]["pretrain"])
+    """Documents the trainer will see per epoch (lines of its data file minus the validation share)."""
+    path = lab.resolve(cfg["data"]["sft"] if cfg.get("stage") == "sft" else cfg["data"]["pretrain"])
     try:
         with open(path, "rb") as handle:
             lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))

@@ -21,7 +21,7 @@ def show_memory(lab: Lab, version: str, text: str, top: int) -> None:
         raise UsageError("--text must not be empty")
     cfg = load_config(run_dir / CONFIG_FILE)
     ckpt_dir = run_dir / CHECKPOINTS_DIR
-    candidates = [ckpt_dir / best_checkpoint(cfg.model["dim"]), ckpt_dir / LAST_CHECKPOINT]
+    candidates = [ckpt_dir / best_checkpoint(cfg.model["dim"], cfg.stage), ckpt_dir / LAST_CHECKPOINT]
     path = next((p for p in candidates if p.exists()), None)
     if path is None:
         raise MinimindError(f"experiment {version} has no checkpoint yet")

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from minimind.atomic import write_json, write_text
-from minimind.config import (ExperimentConfig, apply_sets, config_hash, dump_config, from_dict, load_config,
+from minimind.config import (STAGES, ExperimentConfig, apply_sets, config_hash, dump_config, from_dict, load_config,
                              parse_assignment, parse_value, resolve_key)
 from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.lab import Lab
-from minimind.schema import describe
+from minimind.schema import describe, to_dict
 from minimind.settings import SPLIT_SEED, LabSettings
 from minimind.rundir import AGENT_DIR, CONFIG_FILE, DIFF_FILE, EVAL_FILE, PLAN_FILE, ANALYSIS_FILE, update_state
 from minimind.versions import default_base, module_name, parse
@@ -47,6 +47,7 @@ class NewRequest:
     reason: Optional[str] = None         # why, in the human's words (recorded with --force)
     yes: bool = False                    # accept a compute increase beyond preflight.compute_factor
     from_proposal: Optional[str] = None  # start from runs/V/next.json of this experiment
+    stage: str = "pretrain"              # pretrain | sft (sft starts from --base's best checkpoint)
 
 
 @dataclass
@@ -140,6 +141,10 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     if not req.goal.strip() or not req.hypothesis.strip():
         raise UsageError("--goal and --hypothesis must not be empty")
     existing = lab.versions()
+    if req.stage not in STAGES:
+        raise UsageError(f"--stage must be one of {', '.join(STAGES)}, got {req.stage!r}")
+    if req.stage == "sft" and req.base is None:
+        raise UsageError("--stage sft needs --base V: the pretrain experiment whose best checkpoint it starts from")
     if req.base is not None:
         parse(req.base)
         if not (lab.run_dir(req.base) / CONFIG_FILE).exists():
@@ -147,11 +152,13 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
         base = req.base
     else:
         base = default_base(req.version, existing)
+    init = sft_start(lab, base) if req.stage == "sft" else None
     sets = _parse_sets(req.sets)
     model_cls, model_fields = model_schema(lab)
     for key, _ in sets:  # unknown keys fail now, before the agent is asked anything
         resolve_key(key, model_fields)
-    start = base_config(lab, settings, base, model_cls)
+    start = {"stage": req.stage, **({"init": init} if init else {}),
+             **base_config(lab, settings, base, model_cls)}
     apply_sets(start, sets, model_fields)  # types and ranges of the human's values
     requested = req.agent or settings.agent.backend
     lang = req.lang or settings.agent.lang
@@ -182,6 +189,10 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
                                  preflight["checks"])
         if cfg.model != human_config["model"]:  # the agent changed the model: its config is what runs
             preflight = _preflight(lab, settings, req, cfg.to_dict(), model_cls)
+        if cfg.stage == "sft":  # the base's weights must load strictly into what this experiment builds
+            from training.sft import check_init_fits
+
+            check_init_fits(lab, cfg)
         plan_record.update(preflight=preflight["record"], estimate=preflight["estimate"])
         from lifecycle.launch import upgrade_legacy_template
 
@@ -222,6 +233,8 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
                 f"  record:   experiment/experiment_{req.version}.md",
                 f"  config:   runs/{req.version}/config.yaml",
                 f"  snapshot: models/{cfg.model_module}.py",
+                *([f"  stage:    sft, from experiment {cfg.init.version}'s {cfg.init.checkpoint} "
+                   f"(step {cfg.init.step}, sha256 {cfg.init.sha256[:12]})"] if cfg.init else []),
                 "Preflight checks (tiny model, CPU):", *preflight["lines"],
                 "Compute estimate:", *(f"  {line}" for line in preflight["estimate_lines"])]
     if plan_record.get("note"):
@@ -379,10 +392,36 @@ def _stage_files(lab: Lab, cfg: ExperimentConfig, plan_record: dict, staging: Pa
     update_state(staging, version=cfg.version, base=cfg.base, state="drafted", pid=None, pgid=None, proc_start=None,
                  started_at=None, ended_at=None, exit_code=None, heartbeat=None, step=0, total_steps=None,
                  last_loss=None, eta_s=None, guardrails={}, git=head, agent_backend=plan_record["backend"],
-                 evaluated=False, analysed=False, reviewed=False, committed=False)
+                 evaluated=False, analysed=False, reviewed=False, committed=False,
+                 stage=cfg.stage, init=to_dict(cfg.init) if cfg.init else {})
+
+
+def sft_start(lab: Lab, base: str) -> dict[str, Any]:
+    """The `init` of an SFT experiment: the pretrain base's best checkpoint, if it has one to give."""
+    from minimind.rundir import CHECKPOINTS_DIR, best_checkpoint, current
+    from models.registry import sha256_file
+
+    run_dir = lab.run_dir(base)
+    base_cfg = load_config(run_dir / CONFIG_FILE)
+    if base_cfg.stage != "pretrain":
+        raise UsageError(f"base experiment {base} is a {base_cfg.stage} experiment; --stage sft starts from a pretrain one")
+    state, _ = current(run_dir)
+    if state != "finished":
+        raise MinimindError(f"base experiment {base} is {state}, not finished: SFT starts from a finished pretrain experiment")
+    path = run_dir / CHECKPOINTS_DIR / best_checkpoint(base_cfg.model["dim"], base_cfg.stage)
+    if not path.is_file():
+        raise MinimindError(f"base experiment {base} has no best checkpoint ({path.relative_to(lab.root)})")
+    from models.registry import read_checkpoint
+
+    step = read_checkpoint(path).get("step")
+    return {"version": base, "checkpoint": str(path.relative_to(lab.root)), "sha256": sha256_file(path),
+            "step": step if isinstance(step, int) else None}
 
 
 def _require_data(lab: Lab, cfg: ExperimentConfig) -> None:
-    for label, rel in (("pretraining data", cfg.data.pretrain), ("tokenizer", cfg.data.tokenizer)):
+    needed = [("pretraining data", cfg.data.pretrain), ("tokenizer", cfg.data.tokenizer)]
+    if cfg.stage == "sft":
+        needed.append(("SFT conversations", cfg.data.sft))
+    for label, rel in needed:
         if not lab.resolve(rel).exists():
             raise MinimindError(f"{label} {rel} not found: run 'minimind data build' (or 'data prepare'), or use --no-launch")

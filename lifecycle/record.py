@@ -17,6 +17,7 @@ from minimind.atomic import write_text
 from minimind.config import flatten, load_config
 from minimind.lab import Lab
 from minimind.guardrails import LIGHTS
+from minimind.schema import to_dict
 from minimind.rundir import (ANALYSIS_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, METRICS_FILE, PLAN_FILE,
                              RECORD_LAST_FILE, RECORD_MARK_FILE, RENDERED_RECORD_FILE, current, read_json,
                              read_metrics)
@@ -107,11 +108,17 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
         ci = r.get("p_at_1_ci")
         recall.append({"split": split, "n": r.get("n"), "p_at_1": r.get("p_at_1"), "mrr": r.get("mrr"),
                        "p_ci": f"[{ci[0]:.2f}, {ci[1]:.2f}]" if isinstance(ci, list) and len(ci) == 2 and None not in ci else ""})
+    chat_qa = []
+    for group, q in ((ev or {}).get("chat_qa") or {}).items():
+        ci = q.get("accuracy_ci")
+        chat_qa.append({"group": group, "n": q.get("n"), "accuracy": q.get("accuracy"),
+                        "ci": f"[{ci[0]:.2f}, {ci[1]:.2f}]" if isinstance(ci, list) and len(ci) == 2 and None not in ci else ""})
     started, ended = state.started_at, state.ended_at
     eta = state.eta_s if derived == "running" else None
     resources = state.resources or f"{cfg.launch.num_processes} process(es), mixed precision {cfg.launch.mixed_precision}"
     return {"r": {
         "version": version, "base": cfg.base, "state": derived, "config_hash": plan.get("config_hash", ""),
+        "stage": cfg.stage, "init": to_dict(cfg.init) if cfg.init else None,
         "snapshot": {"module": cfg.model_module, "sha256": state.snapshot.get("sha256", plan.get("snapshot_sha256", ""))},
         "human": {"goal": plan.get("goal", ""), "hypothesis": plan.get("hypothesis", ""), "expect": plan.get("expect"),
                   "base": cfg.base},
@@ -132,7 +139,9 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
         "training": {"available": summary.get("steps", 0) > 0, **summary},
         "evaluation": {"available": ev is not None, "rows": comparison, "guardrails": guardrails, "recall": recall,
                        "samples": ((ev or {}).get("samples") or [])[:5], "control": control,
-                       "intervals_note": intervals_note},
+                       "intervals_note": intervals_note, "chat_qa": chat_qa,
+                       "chat": (ev or {}).get("chat") or {}, "sft_loss": (ev or {}).get("sft_loss"),
+                       "chat_samples": ((ev or {}).get("chat_samples") or [])[:6]},
         "analysis_failed": bool(state.analysis_failed) and analysis is None,
         "analysis_error": state.analysis_error or "",
         "eval_prompt_tokens": cfg.eval.prompt_tokens,

@@ -38,6 +38,8 @@ def summary(lab: Lab, version: str) -> dict[str, Any]:
     return {
         "version": version,
         "base": state.base,
+        "stage": state.stage or "pretrain",  # a state.json from before stages is a pretraining run
+        "init": state.init or None,
         "state": derived,
         "recorded_state": state.state,
         "stale_heartbeat": derived == "running" and is_stale(state),
@@ -81,7 +83,7 @@ def _table(rows: list[dict]) -> None:
         console.print("No experiments yet. Start one: minimind new 0.1.0 --goal ... --hypothesis ...")
         return
     table = Table(title="minimind experiments")
-    for column in ("version", "base", "state", "step", "loss", "ETA", "guardrails", "E A R C"):
+    for column in ("version", "stage", "base", "state", "step", "loss", "ETA", "guardrails", "E A R C"):
         table.add_column(column)
     colours = {"running": "cyan", "finished": "green", "failed": "red", "lost": "red", "stopped": "yellow",
                "guardrail_stopped": "magenta", "drafted": "dim", "queued": "blue"}
@@ -92,7 +94,7 @@ def _table(rows: list[dict]) -> None:
         flags = " ".join("✗" if f == "analysed" and row["analysis_failed"] else ("✓" if row[f] else "·")
                          for f in FLAGS)
         state = row["state"] + (" (stale)" if row["stale_heartbeat"] else "") + _where(row)
-        table.add_row(row["version"], row["base"] or "", f"[{colours.get(row['state'], 'white')}]{state}[/]",
+        table.add_row(row["version"], row["stage"], row["base"] or "", f"[{colours.get(row['state'], 'white')}]{state}[/]",
                       step, loss, _eta(row["eta_s"]), lights, flags)
     console.print(table)
     console.print("guardrails: train loss · train/inference ratio · repetition · memory entropy   "
@@ -148,7 +150,10 @@ def _detail(lab: Lab, version: str, as_json: bool) -> None:
                       markup=False, highlight=False)
     if info["stale_heartbeat"]:
         console.print(f"[yellow]No heartbeat for over {int(time.time() - (state.heartbeat or 0))} s: the process is alive but may be hung.[/]")
-    console.print(f"base {info['base'] or '—'} · pid {info['pid'] or '—'} · step {info['step'] or 0}/{info['total_steps'] or '—'}"
+    if info["init"]:
+        console.print(f"stage sft from {info['init'].get('version')}: {info['init'].get('checkpoint')} "
+                      f"(sha256 {str(info['init'].get('sha256'))[:12]})", markup=False, highlight=False)
+    console.print(f"base {info['base'] or '—'} · stage {info['stage']} · pid {info['pid'] or '—'} · step {info['step'] or 0}/{info['total_steps'] or '—'}"
                   f" · loss {_num(info['loss'])} · ETA {_eta(info['eta_s']) or '—'} · phase {info['phase'] or '—'}")
     for name in GUARDRAILS:
         g = info["guardrails"][name]

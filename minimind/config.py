@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from minimind.errors import MinimindError, UsageError
 from minimind.guardrails import NAMES as GUARDRAIL_NAMES
@@ -31,11 +31,28 @@ SECTIONS: dict[str, type] = {
 }
 
 
+STAGES = ("pretrain", "sft")
+
+
+@dataclass(kw_only=True)
+class InitConfig:
+    """The checkpoint an SFT experiment starts from (weights, memory bank, freeze mask)."""
+
+    version: str = field(help="the pretrain experiment")
+    checkpoint: str = field(help="its checkpoint, relative to the lab")
+    sha256: str = field(help="sha256 of that file when the experiment was created")
+    step: Optional[int] = field(None, help="the optimizer step the checkpoint was saved at")
+
+
 @dataclass(kw_only=True)
 class ExperimentConfig:
     version: str = field(help="experiment version X.Y.Z")
     base: Optional[str] = field(None, help="base experiment version")
     model_module: str = field(help="snapshot module that builds the model, e.g. model_1_4_8")
+    # Configs written before SFT existed have no `stage`: they are pretraining runs.
+    stage: Literal["pretrain", "sft"] = field("pretrain", help="pretrain (token cache of data.pretrain) or sft "
+                                              "(conversations of data.sft, starting from `init`)", choices=list(STAGES))
+    init: Optional[InitConfig] = field(None, help="stage sft: the pretrain checkpoint it starts from")
     model: dict[str, Any] = field(help="ModelConfig fields, fully resolved")
     train: TrainConfig = field(default_factory=TrainConfig, help="training")
     data: DataConfig = field(default_factory=DataConfig, help="data")
@@ -43,6 +60,10 @@ class ExperimentConfig:
     guardrails: GuardrailsConfig = field(default_factory=GuardrailsConfig, help="guardrails")
     launch: LaunchConfig = field(default_factory=LaunchConfig, help="launch")
     swanlab: SwanlabConfig = field(default_factory=SwanlabConfig, help="SwanLab")
+
+    def __post_init__(self) -> None:
+        if self.stage == "sft" and self.init is None:
+            raise ValueError("stage sft needs init (the pretrain checkpoint it starts from)")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

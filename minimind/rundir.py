@@ -49,9 +49,9 @@ PLOTS_DIR = "plots"
 AGENT_DIR = "agent"                  # the agent's call log
 
 
-def best_checkpoint(dim: int) -> str:
-    """MiniMind's name for the kept model: pretrain_{dim}.pth."""
-    return f"pretrain_{int(dim)}.pth"
+def best_checkpoint(dim: int, stage: str = "pretrain") -> str:
+    """MiniMind's name for the kept model: pretrain_{dim}.pth, or full_sft_{dim}.pth for stage sft."""
+    return f"{'full_sft' if stage == 'sft' else 'pretrain'}_{int(dim)}.pth"
 
 
 # --- states -------------------------------------------------------------------------
@@ -95,6 +95,8 @@ class RunState:
     error: Optional[str] = None
     resources: Optional[str] = None
     snapshot: dict[str, Any] = field(default_factory=dict)  # {module, sha256}
+    stage: Optional[str] = None       # pretrain / sft (None: written before stages existed = pretrain)
+    init: dict[str, Any] = field(default_factory=dict)      # stage sft: {version, checkpoint, sha256, step}
     git: dict[str, Any] = field(default_factory=dict)       # {commit, dirty} at launch
     agent_backend: Optional[str] = None
     evaluated: bool = False

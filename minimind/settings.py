@@ -51,6 +51,12 @@ class DataConfig:
     # only in train.seed are evaluated on the same documents and compare pairwise.
     split_seed: Optional[int] = field(None, help="seed of the train/validation document split (null = train.seed)",
                                       min=0, max=2**31 - 1)
+    # The SFT stage (config `stage: sft`) trains on `sft`; every run is scored on `sft_eval` when it exists.
+    sft: str = field("data/sft.jsonl", help="SFT conversations (MiniMind's {\"conversations\": [...]} JSONL) for stage sft")
+    sft_eval: Optional[str] = field("data/sft_eval.jsonl", help="held-out conversations for sft_loss (null = skip)")
+    sft_split: Optional[str] = field("data/sft_split.json", help="which probes SFT taught (taught/eval_only groups of chat_qa)")
+    chat_template: Optional[str] = field(None, help="tokenizer_config.json whose chat_template renders conversations "
+                                                    "(null = MiniMind2's)")
 
 
 @dataclass(kw_only=True)
@@ -64,6 +70,8 @@ class EvalConfig:
     confidence: float = field(0.95, help="level of the bootstrap intervals that tell a change from noise", min=0.5, max=0.999)
     min_effect: float = field(0.01, help="relative change below which a difference is run-to-run (seed) noise, "
                                          "whatever its interval", min=0.0, max=0.5)
+    chat_probes: int = field(40, help="probes per split asked in chat format for chat_qa (0 = skip chat QA)", min=0, max=100_000)
+    chat_max_new_tokens: int = field(24, help="tokens a chat reply may have before it counts as not stopping", min=1, max=4096)
 
 
 Action = Literal["stop", "flag", "none"]

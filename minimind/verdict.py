@@ -21,7 +21,7 @@ difference that another seed would reverse. A relative change smaller than the l
 
 Verdict rule. Criteria come from `--expect` when it states them (`METRIC OP VALUE` or
 `METRIC OP base`, joined by `and`, `,` or `;`, e.g. `inference_loss < base and
-recall.mem_only.p_at_1 > 0.2`); otherwise from metrics named in the hypothesis and
+recall.mem_only.p_at_1 > 0.2`, or for SFT `chat_qa.taught.accuracy > base and sft_loss < base`); otherwise from metrics named in the hypothesis and
 expectation with a direction word ("lower", "higher", "降低", ...); otherwise the lab's key
 metric, inference loss, is expected to improve on the base. A criterion is met when the
 interval lies wholly on its side, missed when it lies wholly on the other side, and
@@ -48,7 +48,7 @@ MIN_EFFECT = 0.01   # default run-to-run floor (the lab's eval.min_effect): see 
 MIN_ITEMS = 8       # fewer paired items give a bootstrap of a handful of distinct resamples: no interval
 
 # metric -> True if higher is better
-METRICS: dict[str, bool] = {
+METRICS: dict[str, Optional[bool]] = {
     "val_loss": False,
     "inference_loss": False,
     "train_loss": False,
@@ -57,9 +57,16 @@ METRICS: dict[str, bool] = {
     "distinct_2": True,
     "memory_entropy": True,
     "memory_coverage": True,
+    # SFT (every stage where the conversation data exists; training/sft.py)
+    "sft_loss": False,
+    "sft_inference_loss": False,
+    "chat.stop_rate": True,
+    "chat.repetition_rate": False,
+    "chat.mean_reply_tokens": None,  # shown, but longer is neither better nor worse
 }
 RECALL_SPLITS = ("mem_only", "text_only", "both", "held_out")
 CONTROL_SPLIT = "held_out"
+CHAT_QA_GROUPS = RECALL_SPLITS + ("taught", "eval_only")  # probe splits, and what SFT did with the fact
 DEFAULT_METRIC = "inference_loss"
 
 _LOWER = r"(lower|lowers|reduce[sd]?|decrease[sd]?|drops?|below|less|smaller|fall|falls|降低|下降|减少|更低|减小)"
@@ -71,7 +78,7 @@ MARK_GOOD, MARK_BAD, MARK_NOISE = "✅", "❌", "≈"
 
 
 def metric_value(ev: Optional[dict], name: str) -> Optional[float]:
-    """A metric from eval.json by name; 'recall.mem_only.p_at_1' digs into recall."""
+    """A metric from eval.json by name; 'recall.mem_only.p_at_1' digs into recall, 'chat_qa.taught.accuracy' into chat_qa."""
     if not ev:
         return None
     node: Any = ev
@@ -84,8 +91,9 @@ def metric_value(ev: Optional[dict], name: str) -> Optional[float]:
     return float(node)
 
 
-def higher_is_better(name: str) -> bool:
-    if name.startswith("recall.") or name.startswith("retrieval."):
+def higher_is_better(name: str) -> Optional[bool]:
+    """True/False, or None for a metric without a better direction."""
+    if name.startswith(("recall.", "retrieval.", "chat_qa.")):
         return True
     return METRICS.get(name, False)
 
@@ -94,6 +102,7 @@ def all_metric_names(ev: Optional[dict]) -> list[str]:
     names = list(METRICS)
     for split in RECALL_SPLITS:
         names += [f"recall.{split}.p_at_1", f"recall.{split}.mrr"]
+    names += [f"chat_qa.{group}.accuracy" for group in CHAT_QA_GROUPS]
     return names
 
 
@@ -105,8 +114,8 @@ def _items(ev: Optional[dict], metric: str) -> Optional[dict[str, tuple[float, f
     per = (ev or {}).get("per_item")
     if not isinstance(per, dict):
         return None
-    if metric in ("val_loss", "inference_loss"):
-        block = per.get("val" if metric == "val_loss" else "inference")
+    if metric in ("val_loss", "inference_loss", "sft_loss"):
+        block = per.get({"val_loss": "val", "inference_loss": "inference", "sft_loss": "sft"}[metric])
         if not isinstance(block, dict):
             return None
         keys, ce, tokens = block.get("keys"), block.get("ce"), block.get("tokens")
@@ -119,6 +128,12 @@ def _items(ev: Optional[dict], metric: str) -> Optional[dict[str, tuple[float, f
             return None
         return {str(k): (float(v), 1.0) for k, v in zip(block.get("keys") or [], block.get("values") or [])
                 if isinstance(v, (int, float))}
+    m = re.fullmatch(r"chat_qa\.([a-z_]+)\.accuracy", metric)
+    if m:
+        block = (per.get("chat_qa") or {}).get(m.group(1))
+        if not isinstance(block, dict):
+            return None
+        return {str(k): (float(v), 1.0) for k, v in zip(block.get("keys") or [], block.get("hit") or [])}
     m = re.fullmatch(r"recall\.([a-z_]+)\.(p_at_1|mrr)", metric)
     if m:
         block = ((per.get("recall") or {}).get(m.group(1)))
@@ -290,7 +305,10 @@ def _canonical(name: str) -> Optional[str]:
     if name in METRICS:
         return name
     m = re.fullmatch(r"recall\.(mem_only|text_only|both|held_out)\.(p_at_1|mrr)", name)
-    return name if m else None
+    if m:
+        return name
+    m = re.fullmatch(r"chat_qa\.([a-z_]+)\.accuracy", name)
+    return name if m and m.group(1) in CHAT_QA_GROUPS else None
 
 
 def implied_criteria(text: str) -> list[Criterion]:
@@ -304,6 +322,8 @@ def implied_criteria(text: str) -> list[Criterion]:
         "熵": "memory_entropy", "coverage": "memory_coverage", "覆盖": "memory_coverage",
         "distinct": "distinct_2", "recall": "recall.both.p_at_1", "召回": "recall.both.p_at_1",
         "ratio": "train_inference_ratio",
+        "sft loss": "sft_loss", "sft_loss": "sft_loss", "chat qa": "chat_qa.taught.accuracy",
+        "chat accuracy": "chat_qa.taught.accuracy", "问答": "chat_qa.taught.accuracy",
     }
     for phrase, metric in aliases.items():
         for match in re.finditer(re.escape(phrase), lowered):
@@ -390,7 +410,7 @@ VERDICT_MARK = {"supported": "✅", "refuted": "❌", "inconclusive": "≈"}
 GUARDRAIL_MARK = {"safe": "✅", "watch": "🟡", "danger": "❌"}
 
 RESULT_KEYS = ("val_loss", "inference_loss", "train_inference_ratio", "repetition_rate",
-               "recall.mem_only.p_at_1", "recall.both.p_at_1")
+               "recall.mem_only.p_at_1", "recall.both.p_at_1", "sft_loss", "chat_qa.taught.accuracy")
 
 
 def result_lines(rows: list[dict], guardrails: dict[str, dict], verdict: str, reason: str,

@@ -42,11 +42,15 @@ agent:
 """
 
 
-def make_lab(root: Path, data_dir: Path, steps: int = 12):
+SFT_FILES = ("sft.jsonl", "sft_eval.jsonl", "sft_split.json")
+
+
+def make_lab(root: Path, data_dir: Path, steps: int = 12, sft: bool = False):
+    """A lab with the bundled pretraining data; `sft` adds the conversations (and with them chat QA at eval)."""
     from lifecycle.init import init_lab
 
     lab = init_lab(root, TINY_SETTINGS.format(steps=steps))
-    for name in ("pretrain.jsonl", "knowledge.json", "probes.json", "tokenizer.json"):
+    for name in ("pretrain.jsonl", "knowledge.json", "probes.json", "tokenizer.json") + (SFT_FILES if sft else ()):
         shutil.copyfile(data_dir / name, lab.data_dir / name)
     return lab
 

@@ -23,7 +23,13 @@ eval.json keys (all numbers finite; null where a value does not exist for this m
   {p_at_1, mrr, n, p_at_1_ci, mrr_ci, chance_p_at_1}}, samples [{prompt, reference,
   generated, sampled, repetition}], per_item {val/inference: {keys, ce, tokens},
   repetition: {keys, values}, recall: {split: {keys, hit, rr}}}, guardrails {name: {value, level}}, checkpoint, module, step,
-  num_samples, time, version, model_config.
+  num_samples, time, version, model_config, stage, init;
+  the SFT block (training/sft.py sft_measures, every stage where data.sft_eval and probes
+  exist): sft_loss, chat_qa {split | taught | eval_only: {accuracy, n, accuracy_ci}},
+  chat {stop_rate, mean_reply_tokens, repetition_rate, n}, chat_samples. For stage sft,
+  val_loss/inference_loss/recall stay on the pretraining data (comparable with the base);
+  train_loss is the SFT loss, so train_inference_ratio uses sft_inference_loss (replies of
+  the SFT validation conversations through the KV cache).
 
 torch and the model code are imported only once the arguments are known to be good.
 """
@@ -107,7 +113,7 @@ def _default_checkpoint(lab: Lab, cfg: ExperimentConfig, run_dir: Path) -> Path:
     from models.registry import model_config
 
     dim = model_config(lab.models_dir, cfg.model_module, cfg.model).dim
-    best = run_dir / CHECKPOINTS_DIR / best_checkpoint(dim)
+    best = run_dir / CHECKPOINTS_DIR / best_checkpoint(dim, cfg.stage)
     return best if best.exists() else run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT
 
 
@@ -139,7 +145,9 @@ def summary_line(r: dict[str, Any]) -> str:
     recall = " ".join(f"{k}:{f(v.get('p_at_1'))}" for k, v in (r.get("recall") or {}).items())
     return (f"val_loss {f(r['val_loss'])} inference_loss {f(r['inference_loss'])} train_loss {f(r['train_loss'])} "
             f"ratio {f(r['train_inference_ratio'])} repetition {f(r['repetition_rate'])} "
-            f"entropy {f(r['memory_entropy'])} recall P@1 {recall or 'n/a'} (at {time.strftime('%H:%M:%S')})")
+            f"entropy {f(r['memory_entropy'])} recall P@1 {recall or 'n/a'}"
+            + (f" chat QA {chat}" if (chat := " ".join(f"{k}:{f(v.get('accuracy'))}" for k, v in (r.get("chat_qa") or {}).items())) else "")
+            + f" (at {time.strftime('%H:%M:%S')})")
 
 
 # --- which model -----------------------------------------------------------------------
@@ -271,7 +279,9 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
     from minimind.atomic import write_json
     from training import measures
     from training.metrics import clean
-    from training.runtime import load_corpus, load_probes
+    from training.runtime import load_corpus, load_data, load_probes
+    from minimind.schema import to_dict
+    from training.sft import sft_measures
 
     if cfg.launch.threads:
         torch.set_num_threads(cfg.launch.threads)
@@ -301,7 +311,6 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
     pairs = measures.eval_pairs(val_docs, cfg, max_seq_len)
     inference_loss, inf_ce, inf_tokens = measures.inference_loss_items(model, pairs)
     samples, greedy = _samples(model, tokenizer, pairs, cfg)
-    train_loss, source = _train_loss(cfg, run_dir, model, corpus, max_seq_len)
     probes = load_probes(lab, cfg)
     recall_items: dict[str, Any] = {}
     recall = measures.recall(model, tokenizer, probes, max_probes, cfg.train.seed, recall_items) if probes else {}
@@ -319,14 +328,26 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
         "repetition": {"keys": [k for k, r in zip(sample_keys, repetition) if r is not None],
                        "values": [r for r in repetition if r is not None]},
         "recall": recall_items,
+        **sft.pop("per_item"),  # sft_loss per conversation, chat_qa hits per probe
     }
+    sft = sft_measures(model, tokenizer, lab, cfg, probes, cfg.train.seed)
+    ratio_inference, sft_inference = inference_loss, None
+    if cfg.stage == "sft":  # train loss is on replies: the ratio compares it with replies through the KV cache
+        conversations = load_data(lab, cfg)
+        train_loss, source = _train_loss(cfg, run_dir, model, conversations, max_seq_len)
+        sft_inference = measures.inference_loss(model, measures.eval_pairs(conversations.docs(conversations.val_idx),
+                                                                           cfg, max_seq_len))
+        ratio_inference = sft_inference
+    else:
+        train_loss, source = _train_loss(cfg, run_dir, model, corpus, max_seq_len)
 
     result: dict[str, Any] = {
         "val_loss": val_loss,
         "inference_loss": inference_loss,
         "train_loss": train_loss,
         "train_loss_source": source,
-        "train_inference_ratio": inference_loss / train_loss if inference_loss is not None and train_loss else None,
+        "train_inference_ratio": ratio_inference / train_loss if ratio_inference is not None and train_loss else None,
+        "sft_inference_loss": sft_inference,
         "repetition_rate": measures.repetition_rate(greedy, 4),
         "distinct_2": measures.distinct_n(greedy, 2),
         "memory_entropy": memory.get("entropy"),
@@ -335,10 +356,12 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
         "recall": recall,
         "samples": samples,
         "per_item": per_item,
+        **sft,
     }
     values = {name: result[name] for name in rules.NAMES}
     result["guardrails"] = rules.levels_only(rules.evaluate(values, cfg.guardrails))
     result.update({
+        "stage": cfg.stage, "init": to_dict(cfg.init) if cfg.init else None,
         "checkpoint": str(checkpoint), "module": module, "step": data.get("step"),
         "num_samples": len(pairs), "version": cfg.version if run_dir else None,
         "model_config": model_config, "time": time.time(),

@@ -33,7 +33,7 @@ from training.ddp import ignore_integer_buffers, sync_memory_bank
 from training.data import Stream, collate, split_digest, total_steps
 from training.measures import masked_ce, periodic_eval
 from training.metrics import MetricsWriter, truncate_after
-from training.runtime import load_bank_into, load_corpus, make_accelerator
+from training.runtime import load_bank_into, load_data, make_accelerator
 from training.schedule import make_optimizer, make_scheduler
 from training.signals import Heartbeat, StopFlag
 from training.swan import SwanMirror
@@ -94,12 +94,16 @@ class Trainer:
         self.main = self.acc.is_main_process
         random.seed(t.seed), np.random.seed(t.seed), torch.manual_seed(t.seed)
         with self.acc.main_process_first():   # rank 0 builds the token cache, the rest reuse it
-            self.corpus = load_corpus(self.lab, cfg)
+            self.corpus = load_data(self.lab, cfg)
         self.model = registry.build_model(self.lab.models_dir, cfg.model_module, cfg.model)
         self.max_seq_len = self.model.config.max_seq_len
         restored = self._load_resume_checkpoint() if self.resume else None
         self.bank_note = None
-        if restored is None:
+        if restored is None and cfg.stage == "sft":  # weights, bank and freeze mask from the pretrain base
+            from training.sft import init_from_base
+
+            self.bank_note = init_from_base(self.model, self.lab, cfg)
+        elif restored is None:
             with self.acc.main_process_first():
                 self.bank_note = load_bank_into(self.model, self.lab, cfg)
         self.stream = Stream(self.corpus.train_idx, t.batch_size, t.seed, self.acc.process_index,
@@ -269,7 +273,7 @@ class Trainer:
         if self.best and self.best["metric"] == metric and self.best["value"] <= value:
             return
         self.best = {"metric": metric, "value": value, "step": self.step}
-        name = best_checkpoint(self.unwrapped.config.dim)
+        name = best_checkpoint(self.unwrapped.config.dim, self.cfg.stage)
         registry.save_checkpoint(self.ckpt_dir / name, ckpt.best_payload(self._model_part(), self.step, self.best))
         runlog.say(f"best {metric} {value:.4f} at step {self.step}: saved {name}")
 

@@ -123,7 +123,16 @@ def val_loss_items(model, docs: Sequence[np.ndarray], max_seq_len: int, batch_si
 
 def split_prompt(doc: np.ndarray, prompt_tokens: int, max_seq_len: int) -> tuple[list[int], list[int]]:
     """(prompt, reference) ids. Documents shorter than prompt_tokens + 1 are split in half
-    so short corpora (one sentence per document) still give a continuation to score."""
+    so short corpora (one sentence per document) still give a continuation to score.
+    A conversation (tokens, assistant flags) splits where its first reply starts: the
+    prompt is the chat up to `<s>assistant\n`, the reference that reply."""
+    if isinstance(doc, tuple):
+        tokens, flags = [int(t) for t in doc[0][:max_seq_len + 1]], [bool(f) for f in doc[1][:max_seq_len + 1]]
+        if True not in flags:
+            return tokens, []
+        start = flags.index(True)
+        end = flags.index(False, start) if False in flags[start:] else len(flags)
+        return tokens[:start], tokens[start:end]
     tokens = [int(t) for t in doc[:max_seq_len + 1]]
     cut = prompt_tokens if len(tokens) > prompt_tokens + 1 else max(1, len(tokens) // 2)
     return tokens[:cut], tokens[cut:]

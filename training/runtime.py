@@ -120,6 +120,15 @@ def load_corpus(lab: Lab, cfg: ExperimentConfig) -> Corpus:
     return Corpus(cache, train_idx, val_idx)
 
 
+def load_data(lab: Lab, cfg: ExperimentConfig) -> Corpus:
+    """What the run trains on: the pretraining corpus, or for stage sft the conversation cache."""
+    if cfg.stage == "sft":
+        from training.sft import load_sft_corpus
+
+        return load_sft_corpus(lab, cfg)
+    return load_corpus(lab, cfg)
+
+
 def load_probes(lab: Lab, cfg: ExperimentConfig) -> Optional[dict[str, list[dict]]]:
     if not cfg.data.probes:
         return None
