@@ -29,14 +29,24 @@ def test_a_conversation_splits_at_its_first_reply():
 
 
 def test_verdict_reads_the_sft_metrics():
-    base = {"sft_loss": 3.0, "chat_qa": {"taught": {"accuracy": 0.1}}, "chat": {"mean_reply_tokens": 9.0}}
-    new = {"sft_loss": 1.0, "chat_qa": {"taught": {"accuracy": 0.6}}, "chat": {"mean_reply_tokens": 20.0}}
+    keys = [f"capital:{i}" for i in range(20)]
+
+    def ev(hits, ce, reply):  # eval.json with the per-item data sft_measures writes
+        return {"sft_loss": sum(ce) / 20, "chat_qa": {"taught": {"accuracy": sum(hits) / 20}},
+                "chat": {"mean_reply_tokens": reply},
+                "per_item": {"chat_qa": {"taught": {"keys": keys, "hit": hits}},
+                             "sft": {"keys": list(range(20)), "ce": ce, "tokens": [1] * 20}}}
+
+    base = ev([1.0] * 2 + [0.0] * 18, [3.0 + 0.01 * i for i in range(20)], 9.0)
+    new = ev([1.0] * 14 + [0.0] * 6, [1.0 + 0.01 * i for i in range(20)], 20.0)
     crits = parse_criteria("chat_qa.taught.accuracy > base and sft_loss < base and chat.stop_rate >= 0.5")
     assert [c.metric for c in crits] == ["chat_qa.taught.accuracy", "sft_loss", "chat.stop_rate"]
     verdict, reason = decide("h", "chat_qa.taught.accuracy > base and sft_loss < base", new, base)
     assert verdict == "supported", reason
-    assert decide("h", "chat_qa.taught.accuracy > 0.7", new, base)[0] == "refuted"
+    assert decide("h", "chat_qa.taught.accuracy > 0.95", new, base)[0] == "refuted"
     rows = {r["metric"]: r for r in compare_rows(new, base)}
     assert rows["chat_qa.taught.accuracy"]["better"] is True and rows["sft_loss"]["better"] is True
-    assert rows["chat.mean_reply_tokens"]["better"] is None  # no direction: shown, never ✅/❌
+    assert rows["chat.mean_reply_tokens"]["better"] is None  # no direction and no items: shown, never ✅/❌
+    assert decide("h", "chat_qa.taught.accuracy > base", new, {k: v for k, v in base.items() if k != "per_item"})[0] \
+        == "inconclusive"  # no per-item data on one side: no interval, no verdict
     assert parse_criteria("chat_qa.nonsense.accuracy > 0.1") == []

@@ -314,6 +314,7 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
     probes = load_probes(lab, cfg)
     recall_items: dict[str, Any] = {}
     recall = measures.recall(model, tokenizer, probes, max_probes, cfg.train.seed, recall_items) if probes else {}
+    sft = sft_measures(model, tokenizer, lab, cfg, probes, cfg.train.seed)
     # Per-item measurements keyed by document index / probe id: a comparison on the same
     # documents and probes gets a paired interval of its difference (minimind.verdict).
     doc_keys = [int(i) for i in corpus.val_idx]
@@ -330,7 +331,6 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
         "recall": recall_items,
         **sft.pop("per_item"),  # sft_loss per conversation, chat_qa hits per probe
     }
-    sft = sft_measures(model, tokenizer, lab, cfg, probes, cfg.train.seed)
     ratio_inference, sft_inference = inference_loss, None
     if cfg.stage == "sft":  # train loss is on replies: the ratio compares it with replies through the KV cache
         conversations = load_data(lab, cfg)

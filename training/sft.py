@@ -194,10 +194,10 @@ def sft_measures(model, tokenizer, lab: Lab, cfg: ExperimentConfig, probes: Opti
 
     max_seq_len = model.config.max_seq_len
     sft_loss, sft_docs, sft_items = _sft_loss(model, lab, cfg, max_seq_len)
-    items: dict[str, dict] = {}  # per group: {keys: [probe id], hit: [0/1]}, for minimind.verdict's paired intervals
+    per_group: dict[str, dict] = {}  # per group: {keys: [probe id], hit: [0/1]}, for minimind.verdict's paired intervals
     out: dict[str, Any] = {"sft_loss": sft_loss, "sft_eval_conversations": sft_docs, "chat_qa": {},
                            "chat": {"stop_rate": None, "mean_reply_tokens": None, "repetition_rate": None, "n": 0},
-                           "chat_samples": [], "per_item": {"sft": sft_items, "chat_qa": items}}
+                           "chat_samples": [], "per_item": {"sft": sft_items, "chat_qa": per_group}}
     if not probes or cfg.eval.chat_probes == 0:
         return out
     render, _ = load_template(lab.resolve(cfg.data.chat_template) if cfg.data.chat_template else None)
@@ -217,7 +217,7 @@ def sft_measures(model, tokenizer, lab: Lab, cfg: ExperimentConfig, probes: Opti
                 for group in (split, roles.get(probe.get("id"))):
                     if group:
                         hits.setdefault(group, []).append(hit)
-                        block = items.setdefault(group, {"keys": [], "hit": []})
+                        block = per_group.setdefault(group, {"keys": [], "hit": []})
                         block["keys"].append(str(probe.get("id")))
                         block["hit"].append(hit)
                 replies.append(tokens)
