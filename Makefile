@@ -13,6 +13,8 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	# DeepSpeed builds no ops here (JIT on first use) and needs the torch just installed
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install -q --no-build-isolation deepspeed transformers
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 

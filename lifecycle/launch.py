@@ -2,9 +2,14 @@
 
 The run script only sets up the environment and execs the pipeline
 (`lifecycle.pipeline`), which builds the training command from here at run time. One
-process runs the trainer directly (it builds its own `Accelerator`, so `minimind stop`'s
-SIGTERM reaches the trainer and nothing in between); several go through
-`accelerate launch`, whose launcher forwards signals to its workers.
+process runs the trainer directly (it builds its own `Accelerator`, DeepSpeed included, so
+`minimind stop`'s SIGTERM reaches the trainer and nothing in between); several go through
+`accelerate launch`, whose launcher forwards signals to its workers and, with
+TORCH_ELASTIC_SHUTDOWN_TIMEOUT, gives them time to checkpoint. Workers also poll
+runs/V/stop, which reaches every rank on every node. The launcher only starts processes:
+accumulation, precision and DeepSpeed come from the trainer's own config
+(`training.runtime.make_accelerator`), and `--config_file` names the run's own
+accelerate config so a user's default_config.yaml cannot change the run.
 """
 
 from __future__ import annotations
@@ -18,23 +23,17 @@ from pathlib import Path
 from minimind.config import ExperimentConfig
 from minimind.errors import MinimindError
 from minimind.lab import Lab
-from minimind.rundir import (DS_CONFIG_FILE, RUN_SCRIPT, TRAIN_LOG, RunState, process_start_time,
-                             update_state)
+from minimind.rundir import (ACCELERATE_CONFIG_FILE, NODE_COMMANDS_FILE, RUN_SCRIPT, STOP_FILE, TRAIN_LOG, RunState,
+                             process_start_time, update_state)
 
 RUN_TEMPLATE = "run.sh.j2"
 # Run-script templates of minimind <= 0.1 ran the end-of-run steps in bash through this
 # module; a lab copy that still does is upgraded (kept beside as .legacy).
 LEGACY_TEMPLATE_MARK = "agent.finish"
 
-ZERO2 = {
-    "train_micro_batch_size_per_gpu": "auto",
-    "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto",
-    "bf16": {"enabled": "auto"},
-    "fp16": {"enabled": "auto"},
-    "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True,
-                          "reduce_scatter": True, "allgather_bucket_size": 5e8, "reduce_bucket_size": 5e8},
-}
+# Seconds torchrun waits after forwarding a stop before it kills its workers: long enough
+# for the step in progress, a periodic evaluation and the checkpoint.
+SHUTDOWN_TIMEOUT_S = 900
 
 
 def run_env(lab: Lab, cfg: ExperimentConfig) -> dict[str, str]:
@@ -47,35 +46,101 @@ def run_env(lab: Lab, cfg: ExperimentConfig) -> dict[str, str]:
         "MINIMIND_LAB": str(lab.root),
         "ACCELERATE_MIXED_PRECISION": cfg.launch.mixed_precision,
     }
-    if cfg.launch.cpu:
+    if cfg.launch.cpu and cfg.launch.deepspeed:
+        env["DS_ACCELERATOR"] = "cpu"  # accelerate's use_cpu would switch DeepSpeed off
+    elif cfg.launch.cpu:
         env["ACCELERATE_USE_CPU"] = "true"
+    if cfg.launch.num_processes > 1:
+        env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = str(SHUTDOWN_TIMEOUT_S)
     if cfg.launch.threads:
         env["OMP_NUM_THREADS"] = str(cfg.launch.threads)
         env["MKL_NUM_THREADS"] = str(cfg.launch.threads)
     return env
 
 
-def train_command(lab: Lab, cfg: ExperimentConfig, run_dir: Path) -> list[str]:
+def distributed(cfg: ExperimentConfig) -> bool:
+    return cfg.launch.num_processes > 1 or cfg.launch.num_machines > 1
+
+
+def accelerate_config(cfg: ExperimentConfig) -> dict:
+    """The run's accelerate config file: the same values as the command line, nothing else."""
+    launch = cfg.launch
+    out = {"compute_environment": "LOCAL_MACHINE", "debug": False,
+           "distributed_type": "MULTI_CPU" if launch.cpu else "MULTI_GPU",
+           "mixed_precision": launch.mixed_precision, "num_machines": launch.num_machines,
+           "num_processes": launch.num_processes, "machine_rank": 0, "use_cpu": launch.cpu,
+           "main_training_function": "main", "rdzv_backend": "static", "same_network": True}
+    if launch.num_machines > 1:
+        out.update(main_process_ip=launch.main_process_ip, main_process_port=launch.main_process_port)
+    return out
+
+
+def train_command(lab: Lab, cfg: ExperimentConfig, run_dir: Path, machine_rank: int = 0) -> list[str]:
+    """The trainer's command line on machine `machine_rank` (0: the main node, where the pipeline runs)."""
     python = sys.executable
     target = ["-m", "training.train", "--run-dir", str(run_dir)]
     launch = cfg.launch
-    if launch.num_processes == 1 and launch.num_machines == 1 and not launch.deepspeed:
+    if not distributed(cfg):
         return [python, *target]
-    argv = [python, "-m", "accelerate.commands.launch", "--num_processes", str(launch.num_processes),
-            "--num_machines", str(launch.num_machines), "--mixed_precision", launch.mixed_precision]
-    if launch.num_processes > 1:
-        argv.append("--multi_gpu")
-    if launch.deepspeed:
-        ds_path = run_dir / DS_CONFIG_FILE if launch.deepspeed == "zero2" else lab.resolve(launch.deepspeed)
-        argv += ["--use_deepspeed", "--deepspeed_config_file", str(ds_path)]
+    argv = [python, "-m", "accelerate.commands.launch", "--config_file", str(run_dir / ACCELERATE_CONFIG_FILE),
+            "--multi_gpu", "--num_processes", str(launch.num_processes), "--num_machines", str(launch.num_machines),
+            "--mixed_precision", launch.mixed_precision]
+    if launch.num_machines > 1:
+        argv += ["--machine_rank", str(machine_rank), "--main_process_ip", str(launch.main_process_ip),
+                 "--main_process_port", str(launch.main_process_port)]
+    elif launch.main_process_port:
+        argv += ["--main_process_port", str(launch.main_process_port)]
     return argv + target
 
 
-def write_deepspeed_config(cfg: ExperimentConfig, run_dir: Path) -> None:
-    if cfg.launch.deepspeed == "zero2":
-        from minimind.atomic import write_json
+def node_commands(lab: Lab, cfg: ExperimentConfig, run_dir: Path) -> str:
+    """What each other machine runs (printed by `new`, kept as runs/V/nodes.sh)."""
+    import shlex
 
-        write_json(run_dir / DS_CONFIG_FILE, ZERO2)
+    lines = [f"# experiment {cfg.version}: {cfg.launch.num_machines} machines, {cfg.launch.num_processes} processes "
+             "in all. Run line k on machine k (same lab path, shared filesystem), after this machine "
+             "has started; append --resume when the run is resumed."]
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in run_env(lab, cfg).items())
+    for rank in range(1, cfg.launch.num_machines):
+        argv = " ".join(shlex.quote(a) for a in train_command(lab, cfg, run_dir, machine_rank=rank))
+        lines.append(f"cd {shlex.quote(str(lab.root))} && env {env} {argv}")
+    return "\n".join(lines) + "\n"
+
+
+def write_launch_files(lab: Lab, cfg: ExperimentConfig, folder: Path, final_run_dir: Path) -> list[str]:
+    """At `new`: check a user's DeepSpeed JSON against the run, write the accelerate config and,
+    for several machines, the other nodes' commands; returns what to tell the user."""
+    import yaml
+
+    from minimind.atomic import write_json, write_text
+    from training.runtime import user_deepspeed_json
+
+    user_deepspeed_json(cfg, lab.root)  # refuses ZeRO-3 and values that contradict the run
+    if not distributed(cfg):
+        return []
+    write_text(folder / ACCELERATE_CONFIG_FILE, yaml.safe_dump(accelerate_config(cfg), sort_keys=False))
+    if cfg.launch.num_machines == 1:
+        return []
+    text = node_commands(lab, cfg, final_run_dir)
+    write_text(folder / NODE_COMMANDS_FILE, text)
+    return [f"other machines: run these (kept in runs/{cfg.version}/{NODE_COMMANDS_FILE}):", *text.splitlines()[1:]]
+
+
+def ensure_launch_files(lab: Lab, cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Before the trainer starts (the pipeline): the accelerate config of a run made before it
+    existed, and the token cache built here, once, so no rank waits for it inside a collective
+    with a timeout."""
+    import yaml
+
+    from minimind.atomic import write_text
+
+    if not distributed(cfg):
+        return
+    if not (run_dir / ACCELERATE_CONFIG_FILE).exists():
+        write_text(run_dir / ACCELERATE_CONFIG_FILE, yaml.safe_dump(accelerate_config(cfg), sort_keys=False))
+    from training.runtime import prepare_caches
+
+    prepare_caches(lab, cfg)
 
 
 def upgrade_legacy_template(lab: Lab) -> list[str]:
@@ -182,6 +247,7 @@ def start_detached(lab: Lab, run_dir: Path, resume: bool = False) -> RunState:
     log_path = run_dir / TRAIN_LOG
     env = dict(os.environ)
     env.pop("MINIMIND_RESUME", None)
+    (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop request belongs to the run it stopped
     if resume:
         env["MINIMIND_RESUME"] = "1"
     env[slots.QUEUED_AT_ENV] = str(time.time_ns())  # the run's place in the slot queue: launch order

@@ -197,7 +197,7 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
         from lifecycle.launch import upgrade_legacy_template
 
         notes = upgrade_legacy_template(lab)
-        _stage_files(lab, cfg, plan_record, staging)
+        notes += _stage_files(lab, cfg, plan_record, staging)
         if req.launch:
             _require_data(lab, cfg)
             from lifecycle.launch import check_launch
@@ -379,21 +379,23 @@ def _resolvable(key: str, model_fields: dict) -> bool:
         return False
 
 
-def _stage_files(lab: Lab, cfg: ExperimentConfig, plan_record: dict, staging: Path) -> None:
-    from lifecycle.launch import write_deepspeed_config, write_run_script
+def _stage_files(lab: Lab, cfg: ExperimentConfig, plan_record: dict, staging: Path) -> list[str]:
+    """The run's files in the staging folder; returns what the launch files tell the user."""
+    from lifecycle.launch import write_launch_files, write_run_script
 
     diff_text, head = plan_record.pop("_diff"), plan_record.pop("_head")
     write_text(staging / CONFIG_FILE, dump_config(cfg))
     write_json(staging / PLAN_FILE, plan_record)
     write_text(staging / DIFF_FILE, diff_text)
     write_run_script(lab, cfg, staging, lab.run_dir(cfg.version))
-    write_deepspeed_config(cfg, staging)
+    notes = write_launch_files(lab, cfg, staging, lab.run_dir(cfg.version))
     (staging / AGENT_DIR).mkdir(exist_ok=True)
     update_state(staging, version=cfg.version, base=cfg.base, state="drafted", pid=None, pgid=None, proc_start=None,
                  started_at=None, ended_at=None, exit_code=None, heartbeat=None, step=0, total_steps=None,
                  last_loss=None, eta_s=None, guardrails={}, git=head, agent_backend=plan_record["backend"],
                  evaluated=False, analysed=False, reviewed=False, committed=False,
                  stage=cfg.stage, init=to_dict(cfg.init) if cfg.init else {})
+    return notes
 
 
 def sft_start(lab: Lab, base: str) -> dict[str, Any]:

@@ -121,11 +121,12 @@ class StopRequest:
 
 
 def _train(run_dir: Path, resume: bool, stop: Optional[StopRequest] = None, keep_fds: tuple[int, ...] = ()) -> int:
-    from lifecycle.launch import train_command
+    from lifecycle.launch import ensure_launch_files, train_command
     from lifecycle.slurm import train_argv
 
     lab = lab_of(run_dir)
     cfg = load_config(run_dir / CONFIG_FILE)
+    ensure_launch_files(lab, cfg, run_dir)
     argv = train_argv(cfg, train_command(lab, cfg, run_dir) + (["--resume"] if resume else []))
     # keep_fds: the slot locks, so they stay held while the trainer lives, even if this process dies.
     proc = subprocess.Popen(argv, cwd=lab.root, pass_fds=keep_fds)

@@ -3,7 +3,9 @@
 Only the run's own process group is signalled (the recorded pgid, verified by the
 recorded process start time), never processes found by name. A run queued for GPU slots
 leaves the queue and ends `stopped` without starting; a Slurm job is signalled through
-`scancel` (lifecycle/slurm.py).
+`scancel` (lifecycle/slurm.py). Before the signal to a running run, runs/V/stop is written: every trainer rank polls it
+each step, so workers that a launcher started in their own sessions, or on other
+machines, stop at the same step too.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import os
 import signal
 import time
 
+from minimind.atomic import write_text
 from minimind.errors import MinimindError
 from minimind.lab import Lab
-from minimind.rundir import current, is_alive
+from minimind.rundir import STOP_FILE, current, is_alive
 
 
 def stop_run(lab: Lab, version: str, timeout: int = 60) -> str:
@@ -24,6 +27,8 @@ def stop_run(lab: Lab, version: str, timeout: int = 60) -> str:
     if derived not in ("running", "queued"):
         raise MinimindError(f"experiment {version} is not running (state: {derived})")
     was = derived
+    if derived == "running":
+        write_text(run_dir / STOP_FILE, f"{time.time()}\n")
     if state.backend == "slurm":
         from lifecycle.slurm import cancel
 

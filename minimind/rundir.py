@@ -37,7 +37,9 @@ ANALYSIS_FILE = "analysis.json"      # the agent's analysis and the computed ver
 DIFF_FILE = "model.diff"             # models/model.py against the base snapshot (or git HEAD)
 COMMIT_MSG_FILE = "commit_message.md"
 REVIEW_FILE = "review.json"          # the human's approval
-DS_CONFIG_FILE = "ds_config.json"    # generated DeepSpeed config
+DS_CONFIG_FILE = "ds_config.json"    # the DeepSpeed config the trainer used (written by rank 0)
+ACCELERATE_CONFIG_FILE = "accelerate_config.yaml"  # passed to accelerate launch as --config_file
+NODE_COMMANDS_FILE = "nodes.sh"      # several machines: the command each other machine runs
 STOP_FILE = "stop"                   # present = a stop was requested (read by every rank)
 RECORD_MARK_FILE = ".record.sha256"  # sha256 of the record as last rendered (edit detection)
 RENDERED_RECORD_FILE = "record.rendered.md"  # a render kept beside a record the human edited

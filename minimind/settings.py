@@ -106,10 +106,12 @@ class GuardrailsConfig:
 
 @dataclass(kw_only=True)
 class LaunchConfig:
-    num_processes: int = field(1, help="accelerate processes (GPUs, or CPU processes with gloo)", min=1, max=1024)
-    num_machines: int = field(1, help="machines for accelerate", min=1, max=1024)
+    num_processes: int = field(1, help="accelerate processes in total, over all machines (GPUs, or CPU processes with gloo)", min=1, max=1024)
+    num_machines: int = field(1, help="machines for accelerate; the one running 'minimind new' is machine 0", min=1, max=1024)
+    main_process_ip: Optional[str] = field(None, help="address of machine 0 that the other machines reach (needed with num_machines > 1)")
+    main_process_port: int = field(0, help="rendezvous port on machine 0 (0 = accelerate's default, 29500)", min=0, max=65535)
     mixed_precision: Literal["no", "fp16", "bf16"] = field("no", help="accelerate mixed precision", choices=["no", "fp16", "bf16"])
-    deepspeed: Optional[str] = field(None, help="DeepSpeed: null, 'zero2' (generated config) or a JSON config path; GPU only")
+    deepspeed: Optional[str] = field(None, help="DeepSpeed: null, 'zero2' (config generated from the run) or a JSON config path (ZeRO stage <= 2)")
     cpu: bool = field(False, help="force CPU training even when a GPU is present")
     threads: int = field(0, help="torch CPU threads per process (0 = as the machine gives)", min=0, max=1024)
     backend: Literal["local", "slurm"] = field("local", help="where runs execute: this machine, or Slurm jobs (see slurm:)",
@@ -165,6 +167,15 @@ class SlurmConfig:
         for i, line in enumerate(self.setup):
             if any(c in line for c in "\n\r"):
                 raise ValueError(f"setup[{i}]: one shell line per item")
+
+    def __post_init__(self) -> None:
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise ValueError("main_process_ip is needed with num_machines > 1 (the address of machine 0)")
+        if self.num_processes < self.num_machines or self.num_processes % self.num_machines:
+            raise ValueError(f"num_processes ({self.num_processes}) is the total over all machines: "
+                             f"a multiple of num_machines ({self.num_machines})")
+        if self.deepspeed is not None and not self.deepspeed.strip():
+            raise ValueError("deepspeed must be null, 'zero2' or a JSON path")
 
 
 @dataclass(kw_only=True)

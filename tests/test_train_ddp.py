@@ -51,3 +51,64 @@ def h_batches(run_dir: Path) -> int:
         if "batches per epoch per process" in line:
             return int(line.split(" batches per epoch")[0].split()[-1])
     raise AssertionError("no data line in the log")
+
+
+# --- global memory statistics and EMA over two gloo processes ------------------------
+
+MEM = dict(preset="memory", dim=32, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=300, max_seq_len=32,
+           knowledge_num=64, knowledge_length=6, knowledge_dim=16, num_candidates=4, ema_update_freq=1, ema_decay=0.0)
+
+
+def _memory_round(rank: int, world: int, port: int, out_dir: str) -> None:
+    """One training forward on this rank's half of a fixed batch, then what the trainer does at
+    an EMA log step: gather selections, EMA, sync rows, global statistics. Saves the results."""
+    import torch
+    import torch.distributed as dist
+
+    from models.model import MiniMindLM, ModelConfig
+    from training.ddp import gather_pending, reduce_memory_window, sync_bank_rows
+
+    torch.set_num_threads(1)
+    if world > 1:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = MiniMindLM(ModelConfig(**MEM))
+    batch = torch.randint(1, 300, (4, 24), generator=torch.Generator().manual_seed(1))
+    mine = batch.chunk(world)[rank]
+    model.train()
+    model(mine)
+    rows = gather_pending(model)
+    model.after_optimizer_step(1)
+    sync_bank_rows(model, rows)
+    reduce_memory_window(model)
+    stats = model.memory_stats(reset=True)
+    torch.save({"bank": model.memory_bank.clone(), "stats": stats}, f"{out_dir}/rank{rank}_of{world}.pt")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def test_memory_statistics_and_ema_are_global(tmp_path):
+    import socket
+
+    import torch
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_memory_round, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    _memory_round(0, 1, port, str(tmp_path))
+    one = torch.load(tmp_path / "rank0_of1.pt", weights_only=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}_of2.pt", weights_only=True) for r in (0, 1))
+    assert torch.equal(r0["bank"], r1["bank"])  # every rank ends with the same bank
+    assert torch.equal(r0["bank"], one["bank"])  # moved by the whole batch's selections
+    initial = None
+    torch.manual_seed(0)
+    from models.model import MiniMindLM, ModelConfig
+
+    initial = MiniMindLM(ModelConfig(**MEM)).memory_bank
+    assert not torch.equal(initial, one["bank"])  # the EMA did change entries: the comparison means something
+    assert r0["stats"].keys() == one["stats"].keys()
+    for key, value in one["stats"].items():  # global counts: the statistics of one process on the whole batch
+        assert r0["stats"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        assert r1["stats"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key

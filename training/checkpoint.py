@@ -7,17 +7,30 @@ trainer's payloads:
   last (checkpoints/last.pth)            the same, plus everything an exact resume needs:
     optimizer, scheduler      their state_dicts
     step, epoch, micro_index  optimizer steps done; the data position follows from them
-    rng                       python, numpy, torch (and cuda) generator states
+    rng                       rank 0's python, numpy, torch and own-device cuda generator states
     best                      {"metric": "val_loss"|"train_loss_smoothed", "value", "step"}
-    memory_pending            the memory layers' EMA sums since the last EMA update
+    memory_pending            rank 0's memory-layer EMA sums since the last EMA update
     total_steps, split, config, elapsed_s
+    num_processes, tag        how many processes wrote it; the tag of its companion files
+    state_digest              several processes: sha256 of rank 0's weights and bank (every
+                              rank file holds its own; they must be equal)
+    deepspeed                 true when the optimizer state is DeepSpeed's (then optimizer is None)
+Companions, written by every rank before rank 0 writes last.pth (so last.pth names only
+complete sets; older tags are removed after it):
+  checkpoints/rank{r}.{tag}.pth     rank r >= 1: its rng and memory_pending
+  checkpoints/deepspeed/{tag}/      DeepSpeed's own checkpoint: the fp32 masters and every
+                                    rank's ZeRO optimizer shard (engine.save_checkpoint)
+Old single-process checkpoints have no num_processes, tag or companions: they resume with
+one process, as they were written.
 Only tensors and plain data, so it loads with torch.load(weights_only=True).
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any
+import shutil
+from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 
@@ -38,13 +51,16 @@ def best_payload(base: dict[str, Any], step: int, best: dict[str, Any]) -> dict[
 
 def last_payload(base: dict[str, Any], model, optimizer, scheduler, *, step: int, accumulation_steps: int,
                  batches_per_epoch: int, total_steps: int, best: Any, config: dict[str, Any], split: str,
-                 elapsed_s: float) -> dict[str, Any]:
+                 elapsed_s: float, num_processes: int = 1, deepspeed: bool = False) -> dict[str, Any]:
     """Everything an exact resume needs: `base` (model_part) and the state of the run.
 
-    `model` is the unwrapped model (its memory layers' pending EMA sums are saved)."""
+    `model` is the unwrapped model (its memory layers' pending EMA sums are saved);
+    `optimizer` is None under DeepSpeed, whose own checkpoint holds the shards."""
     return {
         **base,
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "optimizer": None if optimizer is None else optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "num_processes": num_processes, "tag": tag_of(step), "deepspeed": deepspeed,
+        "state_digest": state_digest(model) if num_processes > 1 else None,
         "step": step, "epoch": step * accumulation_steps / batches_per_epoch,
         "micro_index": step * accumulation_steps, "total_steps": total_steps,
         "rng": rng_state(), "best": best, "config": config,
@@ -52,15 +68,77 @@ def last_payload(base: dict[str, Any], model, optimizer, scheduler, *, step: int
     }
 
 
+def tag_of(step: int) -> str:
+    return f"step{int(step)}"
+
+
+def rank_file(ckpt_dir: Path, rank: int, tag: str) -> Path:
+    return Path(ckpt_dir) / f"rank{rank}.{tag}.pth"
+
+
+DEEPSPEED_DIR = "deepspeed"
+
+
+def rank_payload(model) -> dict[str, Any]:
+    """What differs between ranks besides the optimizer shard: RNG and pending EMA sums; and the
+    digest of this rank's weights and bank, which must equal rank 0's."""
+    return {"rng": rng_state(), "memory_pending": memory_pending(model), "state_digest": state_digest(model)}
+
+
+def state_digest(model) -> str:
+    """sha256 over every parameter and buffer of the state dict (names, dtypes, bytes)."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_rank_state(path: Path, model) -> None:
+    """A rank file, atomically (a crash mid-write leaves no half file under the name)."""
+    import torch
+
+    from minimind.atomic import atomic_open
+
+    with atomic_open(path, "wb", encoding=None) as handle:
+        torch.save(rank_payload(model), handle)
+
+
+def processes_of(data: dict[str, Any]) -> int:
+    """How many processes wrote a last.pth (checkpoints before this field: one)."""
+    return int(data.get("num_processes") or 1)
+
+
+def remove_stale(ckpt_dir: Path, keep_tag: str) -> None:
+    """Companion files of tags other than the one last.pth names (rank 0, after writing it)."""
+    ckpt_dir = Path(ckpt_dir)
+    for path in ckpt_dir.glob("rank*.step*.pth"):
+        if path.name.split(".")[1] != keep_tag:
+            path.unlink(missing_ok=True)
+    ds_dir = ckpt_dir / DEEPSPEED_DIR
+    if ds_dir.is_dir():
+        for child in ds_dir.iterdir():
+            if child.is_dir() and child.name != keep_tag:
+                shutil.rmtree(child, ignore_errors=True)
+            elif child.is_file() and child.name == "latest":
+                child.unlink(missing_ok=True)  # last.pth names the tag; DeepSpeed's pointer is not used
+
+
 def rng_state() -> dict[str, Any]:
+    """This process's generators; for CUDA only its own device's (a resume may see other GPUs)."""
     import torch
 
     name, keys, pos, has_gauss, cached = np.random.get_state()
     # plain lists, not numpy arrays: the file then loads with weights_only=True (no code)
     state = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached],
              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_device"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -71,8 +149,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if not torch.cuda.is_available():
+        return
+    if "cuda_device" in state:
+        torch.cuda.set_rng_state(state["cuda_device"])
+    elif state.get("cuda"):
+        # older checkpoints saved every visible device's state; this process uses its current one
+        own: Optional[Any] = None
+        index = torch.cuda.current_device()
+        if index < len(state["cuda"]):
+            own = state["cuda"][index]
+        if own is not None:
+            torch.cuda.set_rng_state(own)
 
 
 def _tuples(obj: Any) -> Any:

@@ -1,15 +1,19 @@
-"""Multi-process details: which buffers DDP must leave alone, and syncing the memory bank.
+"""Multi-process details: which buffers DDP must leave alone, the memory bank, global statistics.
 
 DDP broadcasts every buffer from rank 0 at wrap time and before each forward. Neither
 gloo nor NCCL can broadcast int16 or bool tensors, which is what the memory bank and its
 freeze mask are, and re-sending a 1M-entry bank every forward would be waste anyway. So
-integer and bool buffers are excluded from DDP; the bank (the only one that changes, at
-EMA steps) is broadcast from rank 0 right after each EMA update, widened to int32 for
-the transport. Every rank builds the same initial bank and freeze mask (same file, same
-seed) or loads them from the same checkpoint, so they start identical.
+integer and bool buffers are excluded from DDP. Every rank builds the same initial bank
+and freeze mask (same file, same seed) or loads them from the same checkpoint, so they
+start identical; at each EMA step every rank applies the same update from the gathered
+selections of all ranks (`gather_pending`), and rank 0's values of the rows that update
+could touch are broadcast (`sync_bank_rows`, widened to int32 for the transport).
+Memory statistics are summed over the ranks before they are read (`reduce_memory_window`).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
@@ -24,13 +28,76 @@ def ignore_integer_buffers(model) -> list[str]:
     return names
 
 
-def sync_memory_bank(model) -> None:
-    """Broadcast rank 0's memory bank to every process (after an EMA update)."""
+def _dist():
     import torch.distributed as dist
 
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+
+
+def _all_gather_rows(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's tensor (same trailing shape, any number of rows), in rank order."""
+    dist = _dist()
+    count = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    most = int(max(int(c) for c in counts))
+    padded = tensor.new_zeros((most, *tensor.shape[1:]))
+    padded[:tensor.shape[0]] = tensor
+    parts = [torch.zeros_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return [part[:int(c)] for part, c in zip(parts, counts)]
+
+
+def gather_pending(model) -> Optional[torch.Tensor]:
+    """Before an EMA update: every memory layer's pending selections become the whole batch's.
+
+    Each rank merges its own (entry ids, query sums, counts), all ranks exchange them, and
+    every layer's `pending` becomes the same rank-ordered list on every rank, so the EMA
+    moves the bank by the global batch's selections. Returns the selected entry ids (the
+    only rows an update may change), or None outside multi-process runs."""
+    dist = _dist()
+    layers = getattr(model, "memory_layers", None)
+    if dist is None or layers is None:
+        return None
+    touched = []
+    for _, layer in layers():
+        mine = layer.take_pending()
+        device = model.memory_bank.device
+        if mine is None:
+            dim = layer.norm.weight.shape[0]
+            mine = (torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, dim, device=device),
+                    torch.zeros(0, dtype=torch.long, device=device))
+        ids, sums, counts = mine
+        gathered = [_all_gather_rows(ids.long()), _all_gather_rows(sums.float()), _all_gather_rows(counts.long())]
+        layer.pending = [part for part in zip(*gathered) if len(part[0])]
+        touched.extend(part[0] for part in layer.pending)
+    return torch.unique(torch.cat(touched)) if touched else torch.zeros(0, dtype=torch.long)
+
+
+def sync_bank_rows(model, rows: Optional[torch.Tensor]) -> None:
+    """After an EMA update from gathered selections: rank 0's values of the rows it could
+    change, so every rank holds the same bank even where float sums differ in the last bit."""
+    dist = _dist()
     bank = getattr(model, "memory_bank", None)
-    if bank is None or not dist.is_available() or not dist.is_initialized():
+    if dist is None or bank is None or rows is None or not len(rows):
         return
-    wide = bank.to(torch.int32)
+    rows = rows.to(bank.device)
+    wide = bank[rows].to(torch.int32)
     dist.broadcast(wide, src=0)
-    bank.copy_(wide.to(bank.dtype))
+    bank[rows] = wide.to(bank.dtype)
+
+
+def reduce_memory_window(model) -> None:
+    """Before memory_stats(): sum every layer's usage counts, entropy sum and token count over
+    the ranks, so the statistics (and the entropy guardrail) describe the global batch."""
+    dist = _dist()
+    layers = getattr(model, "memory_layers", None)
+    if dist is None or layers is None:
+        return
+    for _, layer in layers():
+        device = layer.usage.device
+        dist.all_reduce(layer.usage)
+        window = torch.stack([torch.as_tensor(layer.entropy_sum, dtype=torch.float64, device=device),
+                              torch.as_tensor(layer.token_count, dtype=torch.float64, device=device)])
+        dist.all_reduce(window)
+        layer.entropy_sum, layer.token_count = window[0], window[1]

@@ -1,9 +1,14 @@
 """The training loop: one Trainer per process, rank 0 the only writer of files.
 
-Order within an optimizer step (it matters for exact resume): micro-batches and backward,
-clip, optimizer and scheduler step, `after_optimizer_step` (memory EMA), then on log
+Order within an optimizer step (it matters for exact resume): micro-batches and backward
+inside accelerate's `accumulate()` (it decides the boundary, so one loop step is one
+optimizer update under DDP and DeepSpeed alike), clip, optimizer and scheduler step,
+`after_optimizer_step` (memory EMA, from every rank's gathered selections), then on log
 steps a metrics row and the train guardrails, then a periodic eval, then checkpoints,
-then the stop decision (signal or guardrail) agreed by all processes.
+then the stop decision (signal, stop file or guardrail) agreed by all processes.
+
+Numbers stay on the device between log steps: a micro-batch adds to device tensors and
+nothing is read back to the host until a metrics row is written.
 """
 
 from __future__ import annotations
@@ -25,11 +30,11 @@ from minimind.config import load_config
 from minimind.errors import MinimindError
 from minimind.lab import Lab
 from minimind.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, EXIT_FINISHED, EXIT_GUARDRAIL, EXIT_STOPPED,
-                             LAST_CHECKPOINT, METRICS_FILE, best_checkpoint, read_metrics, update_state)
+                             LAST_CHECKPOINT, METRICS_FILE, STOP_FILE, best_checkpoint, read_metrics, update_state)
 from models import registry
 from training import checkpoint as ckpt
 from training import runlog
-from training.ddp import ignore_integer_buffers, sync_memory_bank
+from training.ddp import gather_pending, ignore_integer_buffers, reduce_memory_window, sync_bank_rows
 from training.data import Stream, collate, split_digest, total_steps
 from training.measures import masked_ce, periodic_eval
 from training.metrics import MetricsWriter, truncate_after
@@ -90,12 +95,15 @@ class Trainer:
         self.stop_flag.install()
         if self.cfg.launch.threads:
             torch.set_num_threads(self.cfg.launch.threads)
-        self.acc = make_accelerator(cfg, self.run_dir)
-        self.main = self.acc.is_main_process
         random.seed(t.seed), np.random.seed(t.seed), torch.manual_seed(t.seed)
-        with self.acc.main_process_first():   # rank 0 builds the token cache, the rest reuse it
-            self.corpus = load_data(self.lab, cfg)
         self.model = registry.build_model(self.lab.models_dir, cfg.model_module, cfg.model)
+        self.acc = make_accelerator(cfg, self.run_dir, sum(p.numel() for p in self.model.parameters()))
+        self.main = self.acc.is_main_process
+        self.deepspeed = self.acc.distributed_type.name == "DEEPSPEED"
+        # The launcher builds the token cache before it starts the processes (prepare_caches);
+        # main_process_first is then only a guard for trainers started by hand.
+        with self.acc.main_process_first():
+            self.corpus = load_data(self.lab, cfg)
         self.max_seq_len = self.model.config.max_seq_len
         restored = self._load_resume_checkpoint() if self.resume else None
         self.bank_note = None
@@ -118,10 +126,9 @@ class Trainer:
             ignore_integer_buffers(self.model)
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         self.unwrapped = self.acc.unwrap_model(self.model)
-        if restored is not None:  # after prepare: the EMA sums must live on the model's device
-            ckpt.set_memory_pending(self.unwrapped, restored.get("memory_pending"), self.acc.device)
+        if restored is not None:
+            self._restore_prepared(restored)
         self.progress.step, self.progress.total_steps = self.step, self.total
-        self.loss_scale = 1.0 if cfg.launch.deepspeed else 1.0 / t.accumulation_steps
 
     def _load_resume_checkpoint(self) -> Optional[dict[str, Any]]:
         path = self.ckpt_dir / LAST_CHECKPOINT
@@ -138,14 +145,41 @@ class Trainer:
         if data.get("split") and data["split"] != digest:
             raise MinimindError("the training data changed since the checkpoint was written; "
                                 "resume needs the same data (or start a new experiment)")
+        written_by, now = ckpt.processes_of(data), self.acc.num_processes
+        if written_by != now:
+            raise MinimindError(f"{LAST_CHECKPOINT} was written by {written_by} process(es) and this resume has {now}: "
+                                f"resume with launch.num_processes = {written_by} (the optimizer shards, random "
+                                "states and data order are per process)")
+        if bool(data.get("deepspeed")) != self.deepspeed:
+            raise MinimindError(f"{LAST_CHECKPOINT} was written {'with' if data.get('deepspeed') else 'without'} "
+                                "DeepSpeed; resume needs the same launch.deepspeed")
         registry.load_weights(self.model, registry.weights(data), self.ckpt_dir / LAST_CHECKPOINT, self.cfg.model_module)
-        self.optimizer.load_state_dict(data["optimizer"])
+        if not self.deepspeed:
+            self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
         self.step = int(data["step"])
         self.best = data.get("best")
         self.evaluated_once = bool(self.best and self.best.get("metric") == "val_loss")
         self.elapsed_before = float(data.get("elapsed_s", 0.0))
-        ckpt.set_rng_state(data["rng"])
+
+    def _restore_prepared(self, data: dict[str, Any]) -> None:
+        """After prepare: the engine's own state, then this rank's RNG and pending EMA sums
+        (on the model's device). Rank 0's are in last.pth, the others' in their rank files."""
+        tag = data.get("tag")
+        if self.deepspeed:
+            # the fp32 masters and this rank's ZeRO shard; the scheduler is ours (in last.pth)
+            loaded, _ = self.model.load_checkpoint(str(self.ckpt_dir / ckpt.DEEPSPEED_DIR), tag=tag,
+                                                   load_optimizer_states=True, load_lr_scheduler_states=False)
+            if loaded is None:
+                raise MinimindError(f"{CHECKPOINTS_DIR}/{ckpt.DEEPSPEED_DIR}/{tag} is missing or incomplete; "
+                                    "the DeepSpeed run cannot resume exactly")
+        own = data
+        rank = self.acc.process_index
+        if rank > 0:
+            path = ckpt.rank_file(self.ckpt_dir, rank, tag)
+            own = registry.read_checkpoint(path)
+        ckpt.set_rng_state(own["rng"])
+        ckpt.set_memory_pending(self.unwrapped, own.get("memory_pending"), self.acc.device)
 
     def start_outputs(self) -> None:
         """Rank 0: metrics file (cut back on resume), header, SwanLab, heartbeat, state."""
@@ -173,59 +207,77 @@ class Trainer:
 
     # --- one optimizer step ------------------------------------------------------------
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, Any]:
         t = self.cfg.train
-        sums = {"ce": 0.0, "aux": 0.0, "tokens": 0.0}
+        zero = torch.zeros((), device=self.acc.device)
+        ce_sum, aux_sum, tokens, grad_norm = zero, zero, 0, None
         for k in range(t.accumulation_steps):
             micro = self.step * t.accumulation_steps + k
             self.epoch_pos = (micro + 1) / self.stream.batches_per_epoch  # epochs done after this batch
             _, doc_idx = self.stream.batch(micro)
-            inputs, targets, mask = (x.to(self.acc.device) for x in collate(self.corpus.docs(doc_idx), self.max_seq_len))
-            last = k == t.accumulation_steps - 1
-            with nullcontext() if last else self.acc.no_sync(self.model):
+            inputs, targets, mask = collate(self.corpus.docs(doc_idx), self.max_seq_len)
+            tokens += int(mask.sum())  # on the host: counted before the batch moves to the device
+            inputs, targets, mask = (x.to(self.acc.device, non_blocking=True) for x in (inputs, targets, mask))
+            with self.acc.accumulate(self.model):
                 out = self.model(inputs)
                 ce = masked_ce(out.logits, targets, mask)
                 aux = _aux(out)
-                self.acc.backward((ce + aux) * self.loss_scale)
-            sums["ce"] += float(ce.detach())
-            sums["aux"] += float(aux.detach()) if torch.is_tensor(aux) else float(aux)
-            sums["tokens"] += float(mask.sum())
-        grad_norm = None
-        if t.grad_clip > 0:
-            norm = self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            grad_norm = float(norm) if norm is not None else None
-        self.optimizer.step()
+                self.acc.backward(ce + aux)  # accelerate divides by the accumulation (DeepSpeed by itself)
+                if self.acc.sync_gradients:
+                    if t.grad_clip > 0 and not self.deepspeed:  # DeepSpeed clips in its step (gradient_clipping)
+                        grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+            ce_sum = ce_sum + ce.detach().float()
+            aux_sum = aux_sum + (aux.detach().float() if torch.is_tensor(aux) else aux)
+        if not self.acc.sync_gradients:
+            raise MinimindError(f"internal: {t.accumulation_steps} micro-batches did not end at an accumulation "
+                                "boundary; the optimizer would not have stepped once")
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         hook = getattr(self.unwrapped, "after_optimizer_step", None)
-        if hook and hook(self.step) and self.acc.num_processes > 1:
-            sync_memory_bank(self.unwrapped)  # EMA ran on each rank's own selections: rank 0's wins
+        if hook:
+            rows = None
+            freq = getattr(getattr(self.unwrapped, "config", None), "ema_update_freq", None)
+            if self.acc.num_processes > 1 and freq and self.step % freq == 0:
+                rows = gather_pending(self.unwrapped)  # the EMA moves by the whole batch's selections
+            hook(self.step)
+            sync_bank_rows(self.unwrapped, rows)
         n = t.accumulation_steps
-        return {"ce": sums["ce"] / n, "aux": sums["aux"] / n, "tokens": sums["tokens"], "grad_norm": grad_norm}
+        return {"ce": ce_sum / n, "aux": aux_sum / n, "tokens": tokens, "grad_norm": grad_norm}
 
     # --- logging, eval, checkpoints (collectives on all ranks, files on rank 0) --------
 
     def log_step(self, stats: dict[str, float]) -> Optional[str]:
         """Write the metrics row and check train guardrails; returns a stop reason."""
-        window = torch.tensor([stats["ce"], stats["aux"], self.tokens_since_log], device=self.acc.device)
+        window = torch.stack([stats["ce"], stats["aux"],
+                              torch.tensor(float(self.tokens_since_log), device=self.acc.device)])
         if self.acc.num_processes > 1:
             window = self.acc.reduce(window, "sum")
             window[:2] /= self.acc.num_processes
-        memory = self.unwrapped.memory_stats(reset=True) if hasattr(self.unwrapped, "memory_stats") else {}
+        memory = {}
+        if hasattr(self.unwrapped, "memory_stats"):
+            reduce_memory_window(self.unwrapped)  # global usage, entropy and token counts
+            memory = self.unwrapped.memory_stats(reset=True)
+        grad_norm = stats["grad_norm"]
+        if self.deepspeed and self.cfg.train.grad_clip > 0:
+            grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)  # the engine's norm
         if not self.main:
             return None
         now = time.time()
-        ce, aux, tokens = (float(x) for x in window)
+        ce, aux, tokens = (float(x) for x in window.tolist())
         tok_s = tokens / max(1e-9, now - self.last_log_time)
         done = self.step - self.start_step
         eta = (now - self.start_time) / done * (self.total - self.step) if done else None
         row: dict[str, Any] = {
             "step": self.step, "epoch": round(self.epoch_pos, 4), "loss": ce + aux, "loss_ce": ce, "loss_aux": aux,
-            "lr": self.scheduler.get_last_lr()[0], "grad_norm": stats["grad_norm"], "tokens_per_s": tok_s,
+            "lr": self.scheduler.get_last_lr()[0], "grad_norm": None if grad_norm is None else float(grad_norm),
+            "tokens_per_s": tok_s,
             "time": now, "elapsed_s": now - self.start_time + self.elapsed_before,
         }
         row.update({f"memory/{k}": float(v) for k, v in (memory or {}).items()})
+        if self.deepspeed:  # the engine's own count of optimizer updates: one per loop step
+            row["deepspeed/global_steps"] = int(self.model.global_steps)
         self.history.append(row)
         results = rules.check_train(self.history, self.cfg.guardrails)
         reason = self._note_guardrails(results, row)
@@ -278,30 +330,44 @@ class Trainer:
         runlog.say(f"best {metric} {value:.4f} at step {self.step}: saved {name}")
 
     def _model_part(self) -> dict[str, Any]:
-        gathered = self.acc.get_state_dict(self.model) if self.cfg.launch.deepspeed else None
+        gathered = self.acc.get_state_dict(self.model) if self.deepspeed else None
         meta = self.corpus.cache.meta  # the tokenizer travels with the weights: eval refuses another one
         return {**ckpt.model_part(self.cfg.model_module, self.unwrapped, gathered),
                 "tokenizer": {"path": meta["tokenizer"], "sha256": meta["tokenizer_sha256"]}}
 
     def save_last(self) -> None:
-        if not self.main:
-            return
-        if not self.evaluated_once:   # no validation yet: keep the best by smoothed train loss
-            self._maybe_best("train_loss_smoothed", rules.smoothed_train_loss(
-                [r["loss_ce"] for r in self.history], self.cfg.guardrails.smoothing_window))
-        registry.save_checkpoint(self.ckpt_dir / LAST_CHECKPOINT, ckpt.last_payload(
-            self._model_part(), self.unwrapped, self.optimizer, self.scheduler,
-            step=self.step, accumulation_steps=self.cfg.train.accumulation_steps,
-            batches_per_epoch=self.stream.batches_per_epoch, total_steps=self.total, best=self.best,
-            config=self.cfg.to_dict(), split=split_digest(self.corpus.train_idx, self.corpus.val_idx),
-            elapsed_s=time.time() - self.start_time + self.elapsed_before))
+        """Every rank: its companions (rank file, DeepSpeed shard); then rank 0 writes last.pth,
+        which names their tag, and removes older tags. A crash before last.pth is renamed
+        into place leaves the previous complete set."""
+        tag = ckpt.tag_of(self.step)
+        if self.acc.process_index > 0:
+            ckpt.save_rank_state(ckpt.rank_file(self.ckpt_dir, self.acc.process_index, tag), self.unwrapped)
+        if self.deepspeed:  # a collective: every rank writes its ZeRO shard
+            self.model.save_checkpoint(str(self.ckpt_dir / ckpt.DEEPSPEED_DIR), tag=tag, save_latest=False)
+        self.acc.wait_for_everyone()
+        if self.main:
+            if not self.evaluated_once:   # no validation yet: keep the best by smoothed train loss
+                self._maybe_best("train_loss_smoothed", rules.smoothed_train_loss(
+                    [r["loss_ce"] for r in self.history], self.cfg.guardrails.smoothing_window))
+            registry.save_checkpoint(self.ckpt_dir / LAST_CHECKPOINT, ckpt.last_payload(
+                self._model_part(), self.unwrapped, None if self.deepspeed else self.optimizer, self.scheduler,
+                step=self.step, accumulation_steps=self.cfg.train.accumulation_steps,
+                batches_per_epoch=self.stream.batches_per_epoch, total_steps=self.total, best=self.best,
+                config=self.cfg.to_dict(), split=split_digest(self.corpus.train_idx, self.corpus.val_idx),
+                elapsed_s=time.time() - self.start_time + self.elapsed_before,
+                num_processes=self.acc.num_processes, deepspeed=self.deepspeed))
+            ckpt.remove_stale(self.ckpt_dir, tag)
+
+    def stop_requested(self) -> bool:
+        """A signal, or runs/V/stop (written by `minimind stop`; every node sees the run folder)."""
+        return self.stop_flag.requested or (self.run_dir / STOP_FILE).exists()
 
     def agree(self, guard_reason: Optional[str]) -> tuple[bool, bool]:
-        """(signal stop, guardrail stop) agreed across processes: any rank's flag counts."""
-        flags = torch.tensor([float(self.stop_flag.requested), float(guard_reason is not None)], device=self.acc.device)
+        """(stop request, guardrail stop) agreed across processes: any rank's flag counts."""
+        flags = [float(self.stop_requested()), float(guard_reason is not None)]
         if self.acc.num_processes > 1:
-            flags = self.acc.reduce(flags, "sum")
-        return bool(flags[0] > 0), bool(flags[1] > 0)
+            flags = self.acc.reduce(torch.tensor(flags, device=self.acc.device), "sum").tolist()
+        return flags[0] > 0, flags[1] > 0
 
     # --- the run -----------------------------------------------------------------------
 
@@ -353,8 +419,14 @@ class Trainer:
         self.progress.phase = "stopped"
         code = EXIT_STOPPED if by_signal else EXIT_GUARDRAIL
         if self.main:
-            reason = (f"signal {self.stop_flag.signal_name or 'from another process'}" if by_signal
-                      else guard_reason or "guardrail danger on another process")
+            if self.stop_flag.signal_name:
+                reason = f"signal {self.stop_flag.signal_name}"
+            elif (self.run_dir / STOP_FILE).exists():
+                reason = "stop requested (minimind stop)"
+            else:
+                reason = "signal from another process"
+            if not by_signal:
+                reason = guard_reason or "guardrail danger on another process"
             state = "stopped" if by_signal else "guardrail_stopped"
             runlog.say(f"{state} at step {self.step}/{self.total}: {reason}; checkpoint saved")
             update_state(self.run_dir, state=state, stop_reason=reason, heartbeat=time.time(),

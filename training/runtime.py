@@ -21,51 +21,131 @@ from minimind.rundir import DS_CONFIG_FILE
 from training.data import split_documents
 
 
-def make_accelerator(cfg: ExperimentConfig, run_dir: Path):
+def make_accelerator(cfg: ExperimentConfig, run_dir: Path, n_params: int):
+    """The run's Accelerator: accumulation, precision and (if asked) DeepSpeed, all from the config.
+
+    accelerate owns gradient accumulation (`accumulate()` decides the boundary), so one loop
+    step is one optimizer update under DDP and DeepSpeed alike. The DeepSpeed config is built
+    here, from the run's config and the model's size, never from `accelerate launch` flags:
+    the launcher only starts processes.
+    """
     from accelerate import Accelerator
 
-    kwargs: dict[str, Any] = {"mixed_precision": cfg.launch.mixed_precision}
-    if cfg.launch.cpu:
+    kwargs: dict[str, Any] = {"mixed_precision": cfg.launch.mixed_precision,
+                              "gradient_accumulation_steps": cfg.train.accumulation_steps}
+    if cfg.launch.cpu and cfg.launch.deepspeed:
+        # accelerate's cpu=True would turn DeepSpeed off; DeepSpeed has its own CPU accelerator
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        os.environ.pop("ACCELERATE_USE_CPU", None)
+    elif cfg.launch.cpu:
         kwargs["cpu"] = True
-    # `accelerate launch --use_deepspeed --deepspeed_config_file F` (the run script's way)
-    # configures DeepSpeed through the environment; only without it do we build the plugin.
-    if cfg.launch.deepspeed and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() not in ("true", "1"):
-        kwargs["deepspeed_plugin"] = deepspeed_plugin(cfg, run_dir)
+    if cfg.launch.deepspeed:
+        from accelerate import DeepSpeedPlugin
+
+        if "WORLD_SIZE" not in os.environ:
+            _single_process_group()
+
+        from minimind.atomic import write_json
+
+        ds = deepspeed_config(cfg, n_params, user_deepspeed_json(cfg, Path(run_dir).parent.parent))
+        if os.environ.get("RANK", "0") == "0":  # the config actually used, kept with the run
+            write_json(Path(run_dir) / DS_CONFIG_FILE, ds)
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
     return Accelerator(**kwargs)
 
 
-# --- DeepSpeed (GPU only; UNTESTED here: no GPU and no deepspeed in the CPU environment) ---
+# --- DeepSpeed ------------------------------------------------------------------------
 
-def zero2_config(cfg: ExperimentConfig) -> dict[str, Any]:
-    """A minimal ZeRO-2 config matching the run's batch, accumulation, clip and precision."""
+def _single_process_group() -> None:
+    """DeepSpeed needs a process group even for one process; without a launcher this process
+    is rank 0 of 1 on a free local port (so one-process runs need no launcher, and a stop
+    signal reaches the trainer itself)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+# Keys of a DeepSpeed config that the run's own config decides: a user's JSON may leave
+# them out or "auto" (filled in), or repeat the run's value; anything else is refused.
+def _run_values(cfg: ExperimentConfig) -> dict[str, Any]:
     mp = cfg.launch.mixed_precision
-    return {
-        "train_micro_batch_size_per_gpu": cfg.train.batch_size,
-        "gradient_accumulation_steps": cfg.train.accumulation_steps,
-        "gradient_clipping": cfg.train.grad_clip,
-        "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True,
-                              "reduce_bucket_size": 5e8, "allgather_bucket_size": 5e8},
-        "bf16": {"enabled": mp == "bf16"},
-        "fp16": {"enabled": mp == "fp16"},
-        "steps_per_print": 10**9,
-    }
+    return {"train_micro_batch_size_per_gpu": cfg.train.batch_size,
+            "gradient_accumulation_steps": cfg.train.accumulation_steps,
+            "gradient_clipping": float(cfg.train.grad_clip),
+            "bf16.enabled": mp == "bf16", "fp16.enabled": mp == "fp16"}
 
 
-def deepspeed_plugin(cfg: ExperimentConfig, run_dir: Path):
-    """`zero2`: write runs/V/ds_config.json and use it; anything else is a JSON path."""
-    from accelerate import DeepSpeedPlugin
+def bucket_elements(n_params: int) -> int:
+    """ZeRO-2 bucket size: the whole model for small ones, DeepSpeed's 5e8 cap for large.
 
-    from minimind.atomic import write_json
+    A bucket allocates its size in elements up front; the 5e8 default costs ~2 GB even for
+    a 12M-parameter model, where one bucket of the model's size holds every gradient."""
+    return int(min(5e8, max(1_000_000, n_params)))
 
-    if cfg.launch.deepspeed == "zero2":
-        path = Path(run_dir) / DS_CONFIG_FILE
-        if not path.exists():  # the launcher may have written one already: never overwrite it
-            write_json(path, zero2_config(cfg))
-    else:
-        path = Path(cfg.launch.deepspeed)
-        if not path.is_file():
-            raise MinimindError(f"launch.deepspeed: {path} not found")
-    return DeepSpeedPlugin(hf_ds_config=str(path))
+
+def deepspeed_config(cfg: ExperimentConfig, n_params: int, user: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """The DeepSpeed config of this run, every value concrete.
+
+    `zero2` gets ZeRO stage 2 with buckets sized to the model; a user's JSON keeps its own
+    settings, with the run-decided keys filled in (`user_deepspeed_json` validated them)."""
+    out: dict[str, Any] = dict(user) if user else {
+        "zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True, "reduce_scatter": True,
+                              "reduce_bucket_size": bucket_elements(n_params),
+                              "allgather_bucket_size": bucket_elements(n_params)}}
+    for key, value in _run_values(cfg).items():
+        if "." in key:
+            section, sub = key.split(".")
+            out[section] = {**(out.get(section) or {}), sub: value}
+        else:
+            out[key] = value
+    out.pop("train_batch_size", None)  # DeepSpeed derives it: micro batch x accumulation x processes
+    # the trainer's own AdamW (weight-decay groups, betas) and scheduler, not DeepSpeed's
+    out["zero_allow_untested_optimizer"] = True
+    out.setdefault("steps_per_print", 10**9)  # our log lines report progress
+    out.setdefault("wall_clock_breakdown", False)
+    return out
+
+
+def user_deepspeed_json(cfg: ExperimentConfig, lab_root: Path) -> Optional[dict[str, Any]]:
+    """A user's DeepSpeed JSON (launch.deepspeed = a path), checked against the run; None for zero2."""
+    spec = cfg.launch.deepspeed
+    if not spec or spec == "zero2":
+        return None
+    path = Path(spec) if Path(spec).is_absolute() else Path(lab_root) / spec
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MinimindError(f"launch.deepspeed: {spec} not found") from None
+    except json.JSONDecodeError as exc:
+        raise MinimindError(f"launch.deepspeed: {spec} is not valid JSON (line {exc.lineno})") from None
+    if not isinstance(data, dict):
+        raise MinimindError(f"launch.deepspeed: {spec} must hold a JSON object")
+    stage = (data.get("zero_optimization") or {}).get("stage", 0)
+    if stage == 3:
+        raise MinimindError(f"launch.deepspeed: {spec} asks for ZeRO stage 3, which is refused: the memory EMA and "
+                            "the checkpoints need whole weights on every rank (use stage 2, or 'zero2')")
+    if stage not in (0, 1, 2, "auto"):
+        raise MinimindError(f"launch.deepspeed: {spec}: zero_optimization.stage must be 0, 1 or 2, got {stage!r}")
+    for section in ("optimizer", "scheduler"):
+        if section in data:
+            raise MinimindError(f"launch.deepspeed: {spec} sets '{section}'; the run's train.* settings decide it "
+                                "(remove the section)")
+    for key, value in _run_values(cfg).items():
+        section, _, sub = key.partition(".")
+        given = (data.get(section) or {}).get(sub) if sub else data.get(key)
+        if given is None or given == "auto":
+            continue
+        if given != value and not (isinstance(value, float) and isinstance(given, (int, float)) and float(given) == value):
+            origin = {"train_micro_batch_size_per_gpu": "train.batch_size",
+                      "gradient_accumulation_steps": "train.accumulation_steps",
+                      "gradient_clipping": "train.grad_clip"}.get(key, "launch.mixed_precision")
+            raise MinimindError(f"launch.deepspeed: {spec} sets {key} = {given!r} but the run's {origin} "
+                                f"means {value!r} (set it to \"auto\" or to the run's value)")
+    return data
 
 
 # --- memory bank ------------------------------------------------------------------
@@ -127,6 +207,19 @@ def load_data(lab: Lab, cfg: ExperimentConfig) -> Corpus:
 
         return load_sft_corpus(lab, cfg)
     return load_corpus(lab, cfg)
+
+
+def prepare_caches(lab: Lab, cfg: ExperimentConfig) -> None:
+    """Build the token cache and the knowledge cache once, in the launching process, so that
+    ranks only read them (a first build inside main_process_first could outlast the
+    collective timeout of the waiting ranks). Only the standard library and numpy."""
+    load_data(lab, cfg)
+    knowledge_num, knowledge_length = cfg.model.get("knowledge_num"), cfg.model.get("knowledge_length")
+    if cfg.data.knowledge and knowledge_num and knowledge_length and lab.resolve(cfg.data.knowledge).exists():
+        from corpus.knowledge import prepare_knowledge
+
+        prepare_knowledge(lab.resolve(cfg.data.knowledge), lab.resolve(cfg.data.tokenizer), knowledge_num,
+                          knowledge_length, lab.cache_dir, False)
 
 
 def load_probes(lab: Lab, cfg: ExperimentConfig) -> Optional[dict[str, list[dict]]]:
