@@ -123,6 +123,13 @@ class LaunchConfig:
                                                "labs sharing one machine's GPUs point this at one shared folder")
 
     def __post_init__(self) -> None:
+        if self.num_machines > 1 and not self.main_process_ip:
+            raise ValueError("main_process_ip is needed with num_machines > 1 (the address of machine 0)")
+        if self.num_processes < self.num_machines or self.num_processes % self.num_machines:
+            raise ValueError(f"num_processes ({self.num_processes}) is the total over all machines: "
+                             f"a multiple of num_machines ({self.num_machines})")
+        if self.deepspeed is not None and not self.deepspeed.strip():
+            raise ValueError("deepspeed must be null, 'zero2' or a JSON path")
         if isinstance(self.gpus, list):
             if not self.gpus:
                 raise ValueError("gpus: an empty list leaves no slot to run in (use 'all' or list GPU indices)")
@@ -167,15 +174,6 @@ class SlurmConfig:
         for i, line in enumerate(self.setup):
             if any(c in line for c in "\n\r"):
                 raise ValueError(f"setup[{i}]: one shell line per item")
-
-    def __post_init__(self) -> None:
-        if self.num_machines > 1 and not self.main_process_ip:
-            raise ValueError("main_process_ip is needed with num_machines > 1 (the address of machine 0)")
-        if self.num_processes < self.num_machines or self.num_processes % self.num_machines:
-            raise ValueError(f"num_processes ({self.num_processes}) is the total over all machines: "
-                             f"a multiple of num_machines ({self.num_machines})")
-        if self.deepspeed is not None and not self.deepspeed.strip():
-            raise ValueError("deepspeed must be null, 'zero2' or a JSON path")
 
 
 @dataclass(kw_only=True)
