@@ -239,6 +239,7 @@ def start_detached(lab: Lab, run_dir: Path, resume: bool = False) -> RunState:
     from minimind.rundir import CONFIG_FILE
 
     cfg = load_config(run_dir / CONFIG_FILE)
+    (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop request belongs to the run it stopped
     if cfg.launch.backend == "slurm":
         from lifecycle.slurm import submit
 
@@ -247,7 +248,6 @@ def start_detached(lab: Lab, run_dir: Path, resume: bool = False) -> RunState:
     log_path = run_dir / TRAIN_LOG
     env = dict(os.environ)
     env.pop("MINIMIND_RESUME", None)
-    (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop request belongs to the run it stopped
     if resume:
         env["MINIMIND_RESUME"] = "1"
     env[slots.QUEUED_AT_ENV] = str(time.time_ns())  # the run's place in the slot queue: launch order
