@@ -186,6 +186,9 @@ class OfflineAgent:
             gap = mem["p_at_1"] - held["p_at_1"]
             deep.append(f"Facts only in the memory bank: P@1 {_n(mem['p_at_1'])} against {_n(held['p_at_1'])} for held-out "
                         f"facts seen nowhere (the chance control), a difference of {gap:+.3f}.")
+        reading = (ctx.intervals or {}).get("bank_reading")
+        if reading:  # only memory presets have retrieval diagnostics
+            deep.append("Bank reads, the direct measure of whether the memory is used: " + reading["text"] + ".")
         degenerate = self._degenerate(ctx)
         if degenerate:
             deep.append("Degenerate continuations: " + "; ".join(degenerate) + ".")
@@ -246,6 +249,10 @@ class OfflineAgent:
             steps.append("Roll back the latest architecture change and check that the memory query is h_attn.")
         if "memory_entropy" in dangers:
             steps.append("Increase query diversity (more candidates or a diversity loss) before training longer.")
+        reading = (ctx.intervals or {}).get("bank_reading")
+        if reading and not reading["above_chance"]:
+            steps.append("Make the query find the asked fact's entry (its hit@C is no better than a random fact's): "
+                         "inspect it with minimind memory show on a probe prompt before changing anything else.")
         control = (ctx.intervals or {}).get("held_out_control") or {}
         if control.get("suspicious"):
             steps.append("Check the evaluation: held-out recall moved beyond noise, which a model change should not do.")

@@ -184,3 +184,41 @@ def load_bank(knowledge_json: str | Path, tokenizer_path: str | Path, knowledge_
     if bank.shape != (knowledge_num, knowledge_length) or importance.shape != (knowledge_num,):
         raise MinimindError(f"{folder}: knowledge cache has the wrong shape {bank.shape}")
     return bank, importance
+
+
+def fact_key(subject, predicate, obj) -> tuple[str, str, str] | None:
+    """The (subject, predicate, object) a bank row and a probe are matched by; None when a
+    part is missing (a T-REx file without triples names no fact)."""
+    parts = (subject, predicate, obj)
+    return parts if all(isinstance(p, str) and p for p in parts) else None
+
+
+def bank_rows(knowledge_json: str | Path, knowledge_num: int) -> dict[tuple[str, str, str], list[int]]:
+    """{(subject, predicate, object): [bank rows holding that fact's sentence]}.
+
+    Rows are assigned exactly as `_fill_bank` fills them (file order, malformed elements
+    skipped, stop when full) and cycled like `prepare_knowledge`, so a fact can sit in more
+    than one row of a bank larger than the file. Reads only the triples, never tokenises."""
+    rows: dict[tuple[str, str, str], list[int]] = {}
+    keys: list[tuple[str, str, str] | None] = []
+    for _, element in iter_json_array(Path(knowledge_json)):
+        if element_sentences(element) is None:
+            continue
+        for target in element["target"][: knowledge_num - len(keys)]:
+            keys.append(fact_key(target.get("subject"), target.get("predicate"), target.get("object")))
+        if len(keys) >= knowledge_num:
+            break
+    for row in range(knowledge_num if keys else 0):
+        key = keys[row % len(keys)]
+        if key is not None:
+            rows.setdefault(key, []).append(row)
+    return rows
+
+
+def probe_key(probe: dict) -> tuple[str, str, str] | None:
+    """The fact a probe asks, as the knowledge file names it: the relation's T-REx predicate
+    (corpus.facts.PREDICATES; a relation it does not know is taken as the predicate)."""
+    from corpus.facts import PREDICATES
+
+    relation = probe.get("relation")
+    return fact_key(probe.get("subject"), PREDICATES.get(relation, relation), probe.get("answer"))

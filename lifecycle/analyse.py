@@ -88,7 +88,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     from agent.calllog import failed_attempt_logs
     from lifecycle.commit import experiment_files, render_commit_message
     from lifecycle.record import metrics_summary, write_record
-    from minimind.verdict import VERDICT_ZH, compare_rows, decide, held_out_control, result_lines
+    from minimind.verdict import VERDICT_ZH, bank_reading, compare_rows, decide, held_out_control, result_lines
 
     run_dir = Path(run_dir).resolve()
     lab = lab_of(run_dir)
@@ -105,11 +105,12 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     confidence = cfg.eval.confidence
     rows = compare_rows(ev, base_ev, confidence, cfg.eval.min_effect)
     control = held_out_control(ev, base_ev, confidence)
+    lang = plan.get("lang", "en")
+    reading = bank_reading(ev, confidence, lang)
     levels = {n: g.get("level") for n, g in (ev.get("guardrails") or {}).items()}
     verdict, reason = decide(plan.get("hypothesis", ""), plan.get("expect"), ev, base_ev, levels, confidence,
                              cfg.eval.min_effect)
     changes = real_changes(base_cfg, cfg.to_dict())
-    lang = plan.get("lang", "en")
     requested = agent or plan.get("agent_requested", settings.agent.backend)
     log_dir = run_dir / AGENT_DIR
     prior = failed_attempt_logs(lab.runs_dir, version)
@@ -129,7 +130,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                           plan=plan_view, model_diff=bounded_diff, curves=curves(metric_rows),
                           guardrail_history=guardrail_history(metric_rows), samples=samples,
                           intervals={"confidence": confidence, "held_out_control": control,
-                                     "retrieval": ev.get("retrieval")},
+                                     "retrieval": ev.get("retrieval"), "bank_reading": reading},
                           fixed_settings=fixed_settings(cfg.to_dict()), model_config=dict(cfg.model))
     analysis, note = backends.call(requested, settings.agent, log_dir, "analyse", ctx, prior)
     record = {
@@ -141,6 +142,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                          "confidence": confidence},
         "comparison": rows,
         "held_out_control": control,
+        "bank_reading": reading,
     }
     # Fields issue-level extensions add to Analysis (e.g. a structured proposal) are kept as they come.
     import dataclasses
@@ -149,13 +151,15 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
         record.setdefault(fld.name, getattr(analysis, fld.name))
 
     files = experiment_files(lab, version)
-    lines = result_lines(rows, ev.get("guardrails") or {}, verdict, reason, control=control, lang=lang)
+    lines = result_lines(rows, ev.get("guardrails") or {}, verdict, reason, control=control, lang=lang,
+                         reading=reading)
     commit_ctx = CommitContext(version=version, goal=ctx.goal, hypothesis=ctx.hypothesis, verdict=verdict,
                                verdict_reason=reason, files=files, config_changes=changes, result_lines=lines,
                                next_steps=list(analysis.next_steps), model_changed=bool(diff_text.strip()), lang=lang,
                                model_diff=bounded_diff, plan=plan_view,
                                facts={"comparison": rows, "eval": ctx.eval, "base_eval": ctx.base_eval,
-                                      "metrics": summary, "held_out_control": control})
+                                      "metrics": summary, "held_out_control": control,
+                                      "bank_reading": reading})
     draft, commit_note = backends.call(requested, settings.agent, log_dir, "draft_commit", commit_ctx, prior)
     record["commit_notes"] = list(draft.notes)
     if commit_note:

@@ -21,7 +21,7 @@ def compare_experiments(lab: Lab, versions: list[str], plot: Optional[Path]) -> 
     from rich.console import Console
     from rich.table import Table
 
-    from minimind.verdict import compare_rows
+    from minimind.verdict import bank_reading, compare_rows
 
     if len(versions) < 2:
         raise UsageError("compare needs at least two versions")
@@ -35,6 +35,7 @@ def compare_experiments(lab: Lab, versions: list[str], plot: Optional[Path]) -> 
         if configs[v].get("stage") == "sft" and init:
             console.print(f"{v}: sft, pretrain base {init['version']} ({init['checkpoint']}, step {init.get('step')}, "
                           f"sha256 {init['sha256'][:12]})", markup=False, highlight=False)
+    confidence = lab.settings().eval.confidence
 
     keys = sorted({k for v in versions[1:] for k, _, _ in diff(configs[first], configs[v])})
     table = Table(title="Config differences")
@@ -66,6 +67,10 @@ def compare_experiments(lab: Lab, versions: list[str], plot: Optional[Path]) -> 
         console.print("No eval.json yet for these experiments.")
     else:
         console.print(metrics)
+    for v in versions:  # the bank's own number: hit@C of the asked fact's entry against chance
+        reading = bank_reading(evals[v], confidence)
+        if reading:
+            console.print(f"Bank reads of {v}: {reading['text']}")
 
     series = {}
     for v in versions:

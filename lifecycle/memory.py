@@ -47,4 +47,53 @@ def show_memory(lab: Lab, version: str, text: str, top: int) -> None:
             for entry, weight in entries:
                 entry_text = tokenizer.decode([t for t in model.memory_entry(entry) if t != 0])
                 table.add_row(repr(token), str(layer), f"{weight:.3f}", str(entry), " ".join(entry_text.split())[:80])
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for line in probe_lines(lab, cfg, model, tokenizer, text):
+        console.print(line, markup=False, highlight=False)
+
+
+def matching_probes(probes: dict, text: str) -> list[tuple[str, dict]]:
+    """[(split, probe)] whose prompt is `text` (spacing ignored): a prompt such as "Mexico
+    shares a border with" asks several facts, one probe each."""
+    wanted = " ".join(text.split())
+    return [(split, probe) for split, items in (probes or {}).items() for probe in items or []
+            if " ".join(str(probe.get("prompt", "")).split()) == wanted]
+
+
+def probe_lines(lab: Lab, cfg, model, tokenizer, text: str, limit: int = 8) -> list[str]:
+    """When `text` is a probe's prompt: for each fact it asks, whether that fact's bank entry
+    is among the candidates read at its last token, measured exactly as eval.json's
+    retrieval diagnostics measure it."""
+    import torch
+
+    from corpus.knowledge import bank_rows, probe_key
+    from training.measures import entry_rank, prompt_reads
+    from training.runtime import load_probes
+
+    found = matching_probes(load_probes(lab, cfg) or {}, text)
+    if not found:
+        return []
+    path = lab.resolve(cfg.data.knowledge) if cfg.data.knowledge else None
+    bank = bank_rows(path, model.config.knowledge_num) if path and path.is_file() else {}
+    with torch.no_grad():
+        reads = prompt_reads(model, tokenizer.encode(found[0][1]["prompt"], add_special_tokens=False).ids)
+    c = model.config.num_candidates
+    lines = []
+    for split, probe in found[:limit]:
+        head = f"Probe {probe.get('id')} ({split}) asks \"{probe['prompt']} {probe['answer']}\""
+        rows = bank.get(probe_key(probe))
+        if not rows:
+            lines.append(f"{head}: the fact is in no bank entry, so there is no entry it should read.")
+            continue
+        where = ", ".join(map(str, rows[:4])) + (" ..." if len(rows) > 4 else "")
+        per_layer = [entry_rank([layer], rows) for layer in reads]
+        if all(r is None for r in per_layer):
+            lines.append(f"{head}: its entry {where} was NOT read at the last token (not among the {c} candidates "
+                         "of any memory layer).")
+        else:
+            ranks = ", ".join(f"layer {i} rank {r}" for i, r in enumerate(per_layer) if r is not None)
+            lines.append(f"{head}: its entry {where} was read at the last token ({ranks} of {c} candidates).")
+    if len(found) > limit:
+        lines.append(f"... and {len(found) - limit} more probes with this prompt.")
+    return lines

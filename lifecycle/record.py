@@ -86,7 +86,7 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
     diff_text = (run_dir / DIFF_FILE).read_text(encoding="utf-8") if (run_dir / DIFF_FILE).exists() else ""
     flat = flatten(cfg.to_dict())
 
-    from minimind.verdict import compare_rows, held_out_control
+    from minimind.verdict import bank_reading, compare_rows, held_out_control
 
     confidence = cfg.eval.confidence
     comparison = (analysis or {}).get("comparison") or (compare_rows(ev, base_ev, confidence, cfg.eval.min_effect) if ev else [])
@@ -113,6 +113,8 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
         ci = q.get("accuracy_ci")
         chat_qa.append({"group": group, "n": q.get("n"), "accuracy": q.get("accuracy"),
                         "ci": f"[{ci[0]:.2f}, {ci[1]:.2f}]" if isinstance(ci, list) and len(ci) == 2 and None not in ci else ""})
+    retrieval = _retrieval_rows(ev)
+    reading = (analysis or {}).get("bank_reading") or (bank_reading(ev, confidence, lang_of(plan)) if ev else None)
     started, ended = state.started_at, state.ended_at
     eta = state.eta_s if derived == "running" else None
     resources = state.resources or f"{cfg.launch.num_processes} process(es), mixed precision {cfg.launch.mixed_precision}"
@@ -141,7 +143,8 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
                        "samples": ((ev or {}).get("samples") or [])[:5], "control": control,
                        "intervals_note": intervals_note, "chat_qa": chat_qa,
                        "chat": (ev or {}).get("chat") or {}, "sft_loss": (ev or {}).get("sft_loss"),
-                       "chat_samples": ((ev or {}).get("chat_samples") or [])[:6]},
+                       "chat_samples": ((ev or {}).get("chat_samples") or [])[:6],
+                       "retrieval": retrieval, "bank_reading": reading},
         "analysis_failed": bool(state.analysis_failed) and analysis is None,
         "analysis_error": state.analysis_error or "",
         "eval_prompt_tokens": cfg.eval.prompt_tokens,
@@ -152,6 +155,31 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
         "estimate_lines": (plan.get("estimate") or {}).get("lines", []),
         "verdict": (analysis or {}).get("verdict_info", {"verdict": "", "reason": "", "verdict_zh": ""}),
     }}
+
+
+def _ci_text(ci: Any) -> str:
+    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if isinstance(ci, list) and len(ci) == 2 and None not in ci else ""
+
+
+def _retrieval_rows(ev: Optional[dict]) -> list[dict[str, Any]]:
+    """The retrieval diagnostics table: per bank split, hit@1 and hit@C of the fact's own
+    entry and of the shuffled control, with their intervals. Empty without memory."""
+    ret = (ev or {}).get("retrieval")
+    if not isinstance(ret, dict):
+        return []
+    out = []
+    for split in ("mem_only", "both"):
+        r = ret.get(split)
+        if not isinstance(r, dict):
+            continue
+        control = r.get("control") or {}
+        out.append({"split": split, "n": r.get("n"), "in_bank": r.get("in_bank"), "c": ret.get("num_candidates"),
+                    "hit_at_1": r.get("hit_at_1"), "hit_at_1_ci": _ci_text(r.get("hit_at_1_ci")),
+                    "hit_at_c": r.get("hit_at_c"), "hit_at_c_ci": _ci_text(r.get("hit_at_c_ci")),
+                    "mean_rank": r.get("mean_rank"),
+                    "control_hit_at_1": control.get("hit_at_1"), "control_hit_at_c": control.get("hit_at_c"),
+                    "control_hit_at_c_ci": _ci_text(control.get("hit_at_c_ci"))})
+    return out
 
 
 def _sha(text: str) -> str:

@@ -98,11 +98,17 @@ def higher_is_better(name: str) -> Optional[bool]:
     return METRICS.get(name, False)
 
 
+RETRIEVAL_SPLITS = ("mem_only", "both")   # the splits whose facts sit in the bank
+RETRIEVAL_METRICS = ("hit_at_1", "hit_at_c")
+
+
 def all_metric_names(ev: Optional[dict]) -> list[str]:
     names = list(METRICS)
     for split in RECALL_SPLITS:
         names += [f"recall.{split}.p_at_1", f"recall.{split}.mrr"]
     names += [f"chat_qa.{group}.accuracy" for group in CHAT_QA_GROUPS]
+    if isinstance((ev or {}).get("retrieval"), dict):  # memory presets only
+        names += [f"retrieval.{split}.{m}" for split in RETRIEVAL_SPLITS for m in RETRIEVAL_METRICS]
     return names
 
 
@@ -268,6 +274,47 @@ def held_out_control(new: Optional[dict], base: Optional[dict], confidence: floa
     return {"base": a, "new": b, "ci": ci, "suspicious": suspicious, "text": text}
 
 
+def bank_reading(ev: Optional[dict], confidence: float = CONFIDENCE, lang: str = "en") -> Optional[dict[str, Any]]:
+    """Does the model read the bank entry of the fact it is asked, more than chance? Per bank
+    split: hit@C of the fact's own entry against the shuffled control (a random other fact's
+    entry, on the same reads), with a paired interval of the difference. None without
+    retrieval diagnostics (a model without memory, or an eval.json older than them).
+
+    {splits: {split: {n, hit_at_1, hit_at_c, control_hit_at_c, ci, above_chance}}, text}"""
+    ret = (ev or {}).get("retrieval")
+    if not isinstance(ret, dict):
+        return None
+    per = (((ev or {}).get("per_item") or {}).get("retrieval")) or {}
+    zh = lang == "zh"
+    splits, parts = {}, []
+    for split in RETRIEVAL_SPLITS:
+        r, block = ret.get(split) or {}, per.get(split) or {}
+        if not r.get("n") or r.get("hit_at_c") is None:
+            continue
+        keys = block.get("keys") or []
+        own = {"per_item": {"retrieval": {split: {"keys": keys, "hit_at_c": block.get("hit_at_c") or []}}}}
+        ctrl = {"per_item": {"retrieval": {split: {"keys": keys, "hit_at_c": block.get("control_hit_at_c") or []}}}}
+        ci = paired_interval(own, ctrl, f"retrieval.{split}.hit_at_c", confidence) if block.get("control_hit_at_c") else None
+        control = (r.get("control") or {}).get("hit_at_c")
+        above = bool(ci and ci["low"] > 0)
+        splits[split] = {"n": r["n"], "hit_at_1": r.get("hit_at_1"), "hit_at_c": r["hit_at_c"],
+                         "control_hit_at_c": control, "ci": ci, "above_chance": above}
+        c = ret.get("num_candidates", "C")
+        shown = "—" if control is None else f"{control:.4g}"
+        if zh:
+            word = "高于随机" if above else ("无区间" if ci is None else "与随机无异")
+            parts.append(f"{split}: 事实自身条目在 {c} 个候选中被读到 (hit@C) {r['hit_at_c']:.4g},随机其他事实的条目 "
+                         f"{shown} ({interval_text(ci)}): {word}")
+        else:
+            word = "above chance" if above else ("no interval" if ci is None else "at chance")
+            parts.append(f"{split}: the fact's own entry is among the {c} candidates read (hit@C) {r['hit_at_c']:.4g} "
+                         f"of the time, a random other fact's {shown} ({interval_text(ci)}): {word}")
+    if not splits:
+        return None
+    return {"splits": splits, "above_chance": any(s["above_chance"] for s in splits.values()),
+            "text": "; ".join(parts)}
+
+
 # --- criteria and the verdict ----------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -304,7 +351,9 @@ def _canonical(name: str) -> Optional[str]:
     name = name.lower().replace("p@1", "p_at_1")
     if name in METRICS:
         return name
-    m = re.fullmatch(r"recall\.(mem_only|text_only|both|held_out)\.(p_at_1|mrr)", name)
+    name = name.replace("hit@1", "hit_at_1").replace("hit@c", "hit_at_c")
+    m = (re.fullmatch(r"recall\.(mem_only|text_only|both|held_out)\.(p_at_1|mrr)", name)
+         or re.fullmatch(r"retrieval\.(mem_only|both)\.(hit_at_1|hit_at_c)", name))
     if m:
         return name
     m = re.fullmatch(r"chat_qa\.([a-z_]+)\.accuracy", name)
@@ -410,12 +459,13 @@ VERDICT_MARK = {"supported": "✅", "refuted": "❌", "inconclusive": "≈"}
 GUARDRAIL_MARK = {"safe": "✅", "watch": "🟡", "danger": "❌"}
 
 RESULT_KEYS = ("val_loss", "inference_loss", "train_inference_ratio", "repetition_rate",
-               "recall.mem_only.p_at_1", "recall.both.p_at_1", "sft_loss", "chat_qa.taught.accuracy")
+               "recall.mem_only.p_at_1", "recall.both.p_at_1", "retrieval.mem_only.hit_at_c", "sft_loss",
+               "chat_qa.taught.accuracy")
 
 
 def result_lines(rows: list[dict], guardrails: dict[str, dict], verdict: str, reason: str,
                  keys: tuple[str, ...] = RESULT_KEYS, control: Optional[dict] = None,
-                 lang: str = "en") -> list[str]:
+                 lang: str = "en", reading: Optional[dict] = None) -> list[str]:
     """The commit message's result lines, computed from the comparison and guardrails:
     ✅ a change outside the interval in the good direction, ❌ in the bad one, ≈ within
     noise, ℹ️ where there is nothing to compare or no interval; guardrails ✅ safe, 🟡 watch, ❌ danger."""
@@ -435,6 +485,8 @@ def result_lines(rows: list[dict], guardrails: dict[str, dict], verdict: str, re
     if control is not None and control.get("base") is not None:
         mark = "⚠️" if control["suspicious"] else "≈"
         lines.append(f"{mark} {control['text']}")
+    if reading is not None:  # the bank's own number: is the asked fact's entry read beyond chance
+        lines.append(f"{'✅' if reading['above_chance'] else '≈'} {'记忆库读取' if zh else 'bank reads'}: {reading['text']}")
     for name, info in sorted(guardrails.items()):
         level = info.get("level")
         if level in GUARDRAIL_MARK:

@@ -69,6 +69,51 @@ def test_eval_recall_per_split_with_intervals(evaluated):
         assert r["mrr_ci"][0] <= r["mrr"] <= r["mrr_ci"][1]
 
 
+def test_eval_retrieval_diagnostics_per_bank_split_with_a_shuffled_control(evaluated):
+    """A bank of 64 rows holds the first 64 knowledge sentences: the probes of those facts
+    are asked, and each answer says whether the fact's own entry was read at the last token."""
+    from corpus.knowledge import bank_rows, probe_key
+
+    run_dir, ev = evaluated
+    lab = run_dir.parent.parent
+    ret = ev["retrieval"]
+    assert ret["num_candidates"] == 4 and ret["memory_layers"] == 2 and ret["knowledge_num"] == 64
+    rows = bank_rows(lab / "data" / "knowledge.json", 64)
+    probes = json.loads((lab / "data" / "probes.json").read_text())["splits"]
+    assert sum(len(r) for r in rows.values()) == 64
+    for split in ("mem_only", "both"):
+        r = ret[split]
+        in_bank = [p for p in probes[split] if probe_key(p) in rows]
+        assert r["in_bank"] == len(in_bank) > 0 and r["n"] == min(40, len(in_bank))
+        assert 0.0 <= r["hit_at_1"] <= r["hit_at_c"] <= 1.0
+        assert r["hit_at_c_ci"][0] <= r["hit_at_c"] <= r["hit_at_c_ci"][1]
+        assert 0.0 <= r["control"]["hit_at_1"] <= r["control"]["hit_at_c"] <= 1.0
+        items = ev["per_item"]["retrieval"][split]
+        assert items["keys"] == [p["id"] for p in in_bank[:40]]
+        assert sum(items["hit_at_c"]) / r["n"] == pytest.approx(r["hit_at_c"])
+        assert all((rank == 0) == (hit == 0) for rank, hit in zip(items["rank"], items["hit_at_c"]))
+        assert all(0 <= rank <= 4 for rank in items["rank"])
+    assert set(ret) - {"num_candidates", "memory_layers", "knowledge_num"} == {"mem_only", "both"}
+
+
+def test_bank_rows_follow_the_bank_fill_order(tmp_path):
+    """Malformed elements are skipped, a full bank stops reading, a larger bank cycles."""
+    from corpus.knowledge import bank_rows
+    from training.measures import entry_rank
+
+    def fact(s, o):
+        return {"target": [{"sentence": f"{s} is {o}.", "subject": s, "predicate": "capital", "object": o}]}
+
+    path = tmp_path / "knowledge.json"
+    path.write_text(json.dumps([fact("A", "a"), {"target": []}, fact("B", "b"),
+                                {"target": [{"sentence": "no triple"}]}, fact("C", "c")]))
+    assert bank_rows(path, 2) == {("A", "capital", "a"): [0], ("B", "capital", "b"): [1]}
+    assert bank_rows(path, 8) == {("A", "capital", "a"): [0, 4], ("B", "capital", "b"): [1, 5],
+                                  ("C", "capital", "c"): [3, 7]}  # row 2 holds a sentence with no triple
+    reads = [[(9, 0.5), (3, 0.3)], [(3, 0.6), (1, 0.2)]]  # two memory layers at one token
+    assert entry_rank(reads, [3]) == 1 and entry_rank(reads, [1, 7]) == 2 and entry_rank(reads, [4]) is None
+
+
 def test_eval_samples_guardrails_state_and_plot(evaluated):
     run_dir, ev = evaluated
     assert len(ev["samples"]) == 3
@@ -112,6 +157,7 @@ def test_model_path_with_a_raw_state_dict_and_no_memory(evaluated, tmp_path):
     for key in REQUIRED:
         assert key in ev, key
     assert ev["memory_entropy"] is None and ev["memory_coverage"] is None  # no memory layer: null, not 0
+    assert ev["retrieval"] is None and ev["per_item"]["retrieval"] == {}
     assert ev["guardrails"]["memory_entropy"] == {"value": None, "level": "n/a"}
     assert ev["train_loss_source"].startswith("measured")
     assert ev["model_config"]["preset"] == "original" and ev["model_config"]["vocab_size"] == 6400

@@ -174,9 +174,21 @@ def test_full_loop_then_compare_and_memory(lab):
     assert result.exit_code == 0, result.output
     assert "model.preset" in result.output and "inference_loss" in result.output and plot.stat().st_size > 1000
     assert "train.batch_size" not in result.output  # equal keys are not shown
+    assert "Bank reads of 0.1.1" in result.output and "hit@C" in result.output
+    assert "记忆库检索" in record and "hit@C" in record
     result = invoke(lab, "memory", "show", "0.1.1", "--text", "The capital of France is")
     assert result.exit_code == 0, result.output
     assert "entry text" in result.output
+    # A probe prompt whose fact sits in the bank: memory show says whether that entry was read.
+    from corpus.knowledge import bank_rows, probe_key
+
+    rows = bank_rows(lab.data_dir / "knowledge.json", 256)
+    probe = next(p for p in json.loads((lab.data_dir / "probes.json").read_text())["splits"]["mem_only"]
+                 if probe_key(p) in rows)
+    result = invoke(lab, "memory", "show", "0.1.1", "--text", probe["prompt"])
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.split())
+    assert f"Probe {probe['id']} (mem_only)" in shown and " read at the last token" in shown
     result = invoke(lab, "memory", "show", "0.1.0", "--text", "Paris")
     assert result.exit_code == 1 and "no memory layer" in result.output
 

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from minimind.verdict import compare_rows, decide, held_out_control, implied_criteria, parse_criteria, result_lines
+from minimind.verdict import (bank_reading, compare_rows, decide, held_out_control, implied_criteria, parse_criteria,
+                              result_lines)
 
 def measured(inference: list[float], val: list[float] | None = None, recall: dict | None = None, **over) -> dict:
     """An eval.json with per-item data: one loss per document (10 tokens each), hits per probe."""
@@ -138,7 +139,12 @@ def _record_context(lang: str) -> dict:
                       "total_steps": 10, "eta": None, "stop_reason": None, "resources": "1 process"},
         "training": {"available": True, "steps": 10, "first_loss": 5.0, "last_loss": 3.0, "min_loss": 2.9, "smoothed_loss": 3.1,
                      "tokens_per_s": 1000.0, "duration": "1s"},
-        "evaluation": {"available": True, "rows": compare_rows(shifted(0), BASE), "control": held_out_control(shifted(0), BASE), "intervals_note": "n", "guardrails": [{"name": "train_loss", "value": 3.0, "level": "safe", "light": "🟢"}],
+        "evaluation": {"available": True, "rows": compare_rows(shifted(0), BASE), "control": held_out_control(shifted(0), BASE), "intervals_note": "n",
+                       "retrieval": [{"split": "mem_only", "n": 40, "in_bank": 90, "c": 8, "hit_at_1": 0.1, "hit_at_1_ci": "[0.00, 0.20]",
+                                      "hit_at_c": 0.5, "hit_at_c_ci": "[0.35, 0.65]", "mean_rank": 2.5, "control_hit_at_1": 0.0,
+                                      "control_hit_at_c": 0.05, "control_hit_at_c_ci": "[0.00, 0.12]"}],
+                       "bank_reading": bank_reading(retrieved([1.0] * 20 + [0.0] * 20, [0.0] * 38 + [1.0] * 2), lang=lang),
+                       "guardrails": [{"name": "train_loss", "value": 3.0, "level": "safe", "light": "🟢"}],
                        "recall": [{"split": "mem_only", "n": 5, "p_at_1": 0.2, "mrr": 0.4, "p_ci": "[0.1, 0.3]"}],
                        "samples": [{"prompt": "p", "reference": "r", "generated": "g"}]},
         "eval_prompt_tokens": 30,
@@ -152,6 +158,34 @@ def _record_context(lang: str) -> dict:
     }}
 
 
+def retrieved(hits: list[float], control: list[float], **over) -> dict:
+    """An eval.json of a memory preset: the mem_only probes' own-entry hits and the control's."""
+    n = len(hits)
+    return measured(NOISY, retrieval={"num_candidates": 8, "memory_layers": 2, "knowledge_num": 256,
+                                      "mem_only": {"n": n, "in_bank": n, "hit_at_1": 0.0, "hit_at_c": sum(hits) / n,
+                                                   "control": {"hit_at_1": 0.0, "hit_at_c": sum(control) / n}}},
+                    per_item={"retrieval": {"mem_only": {"keys": [f"p{i}" for i in range(n)], "hit_at_1": [0.0] * n,
+                                                         "hit_at_c": hits, "control_hit_at_c": control}}}, **over)
+
+
+def test_bank_reading_against_the_shuffled_control_and_retrieval_rows():
+    used = bank_reading(retrieved([1.0] * 20 + [0.0] * 20, [0.0] * 38 + [1.0] * 2))
+    assert used["above_chance"] and used["splits"]["mem_only"]["ci"]["low"] > 0
+    assert "0.5 of the time, a random other fact's 0.05" in used["text"] and used["text"].endswith("above chance")
+    chance = bank_reading(retrieved([0.0] * 36 + [1.0] * 4, [0.0] * 37 + [1.0] * 3))
+    assert not chance["above_chance"] and chance["text"].endswith("at chance")
+    assert "与随机无异" in bank_reading(retrieved([0.0] * 36 + [1.0] * 4, [0.0] * 37 + [1.0] * 3), lang="zh")["text"]
+    assert bank_reading(BASE) is None  # no memory, no diagnostics
+    # hit@C is a metric of the comparison (paired over the same probes), and a criterion --expect can name
+    rows = {r["metric"]: r for r in compare_rows(retrieved([1.0] * 20 + [0.0] * 20, [0.0] * 40),
+                                                 retrieved([0.0] * 38 + [1.0] * 2, [0.0] * 40))}
+    assert rows["retrieval.mem_only.hit_at_c"]["mark"] == "✅" and "retrieval.both.hit_at_c" not in rows
+    assert "retrieval.mem_only.hit_at_c" not in {r["metric"] for r in compare_rows(BASE, BASE)}
+    assert parse_criteria("retrieval.mem_only.hit@C > 0.3")[0].metric == "retrieval.mem_only.hit_at_c"
+    lines = result_lines([], {}, "supported", "r", reading=used)
+    assert lines[-1].startswith("✅ bank reads: mem_only: the fact's own entry")
+
+
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_record_templates_render_every_section(lang):
     from lifecycle.record import SECTIONS
@@ -163,6 +197,8 @@ def test_record_templates_render_every_section(lang):
     assert positions == sorted(positions)
     assert quality_problems(text, "finished", None, lang) == []
     assert "w\\|x" in text  # table cells escaped
+    assert "| mem_only | 40 (90) | 0.1 [0.00, 0.20] | 0.5 [0.35, 0.65] |" in text
+    assert ("above chance" if lang == "en" else "高于随机") in text
     assert quality_problems(text.replace("- n1", ""), "finished", None, lang) == ["the conclusion with next steps is missing"]
 
 

@@ -20,9 +20,13 @@ eval.json keys (all numbers finite; null where a value does not exist for this m
   val_loss, inference_loss, train_loss (+ train_loss_source), train_inference_ratio,
   repetition_rate (seq-rep-4 of greedy continuations), distinct_2, memory_entropy,
   memory_coverage, memory {all memory stats of the validation pass}, recall {split:
-  {p_at_1, mrr, n, p_at_1_ci, mrr_ci, chance_p_at_1}}, samples [{prompt, reference,
+  {p_at_1, mrr, n, p_at_1_ci, mrr_ci, chance_p_at_1}}, retrieval (memory presets, else
+  null: {num_candidates, memory_layers, knowledge_num, mem_only/both: {n, in_bank, hit_at_1,
+  hit_at_c, hit_at_1_ci, hit_at_c_ci, mean_rank, control {hit_at_1, hit_at_c, *_ci}}}),
+  retrieval_seconds, samples [{prompt, reference,
   generated, sampled, repetition}], per_item {val/inference: {keys, ce, tokens},
-  repetition: {keys, values}, recall: {split: {keys, hit, rr}}}, guardrails {name: {value, level}}, checkpoint, module, step,
+  repetition: {keys, values}, recall: {split: {keys, hit, rr}}, retrieval: {split: {keys,
+  hit_at_1, hit_at_c, rank, control_hit_at_1, control_hit_at_c}}}, guardrails {name: {value, level}}, checkpoint, module, step,
   num_samples, time, version, model_config, stage, init;
   the SFT block (training/sft.py sft_measures, every stage where data.sft_eval and probes
   exist): sft_loss, chat_qa {split | taught | eval_only: {accuracy, n, accuracy_ci}},
@@ -315,6 +319,8 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
     recall_items: dict[str, Any] = {}
     recall = measures.recall(model, tokenizer, probes, max_probes, cfg.train.seed, recall_items) if probes else {}
     sft = sft_measures(model, tokenizer, lab, cfg, probes, cfg.train.seed)
+    retrieval_items: dict[str, Any] = {}
+    retrieval, retrieval_seconds = _retrieval(lab, cfg, model, tokenizer, probes, max_probes, retrieval_items)
     # Per-item measurements keyed by document index / probe id: a comparison on the same
     # documents and probes gets a paired interval of its difference (minimind.verdict).
     doc_keys = [int(i) for i in corpus.val_idx]
@@ -330,6 +336,7 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
                        "values": [r for r in repetition if r is not None]},
         "recall": recall_items,
         **sft.pop("per_item"),  # sft_loss per conversation, chat_qa hits per probe
+        "retrieval": retrieval_items,
     }
     ratio_inference, sft_inference = inference_loss, None
     if cfg.stage == "sft":  # train loss is on replies: the ratio compares it with replies through the KV cache
@@ -354,6 +361,8 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
         "memory_coverage": memory.get("coverage"),
         "memory": {k: float(v) for k, v in memory.items()},
         "recall": recall,
+        "retrieval": retrieval,
+        "retrieval_seconds": retrieval_seconds,
         "samples": samples,
         "per_item": per_item,
         **sft,
@@ -371,6 +380,24 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
     if run_dir is not None:
         _finish_run(run_dir, result)
     return result
+
+
+def _retrieval(lab: Lab, cfg: ExperimentConfig, model, tokenizer, probes, max_probes: int,
+               items: dict[str, Any]) -> tuple[Optional[dict[str, Any]], Optional[float]]:
+    """(retrieval diagnostics, seconds they took), or (None, None) for a model without
+    memory layers, without probes or without the knowledge file its bank came from."""
+    from corpus.knowledge import bank_rows
+    from training import measures
+
+    if not probes or not getattr(model.config, "has_memory", False) or not hasattr(model, "inspect_memory"):
+        return None, None
+    path = lab.resolve(cfg.data.knowledge) if cfg.data.knowledge else None
+    if path is None or not path.is_file():
+        return None, None
+    started = time.perf_counter()
+    rows = bank_rows(path, model.config.knowledge_num)
+    result = measures.retrieval(model, tokenizer, probes, rows, max_probes, cfg.train.seed, items)
+    return result, time.perf_counter() - started
 
 
 def _finish_run(run_dir: Path, result: dict[str, Any]) -> None:

@@ -7,6 +7,8 @@ Model measures run in eval mode under no_grad and put the model back in its prev
                      KV-cached incremental path (what catches the lab's 1.4.3 failure)
   continuations      greedy (and optionally sampled) continuations of the prompts
   recall             answer rank among same-relation distractors by log-likelihood
+  retrieval          whether a probe's own bank entry is among the candidates read at the
+                     prompt's last token (memory presets), against a shuffled control
   periodic_eval      the trainer's eval row (no recall, no samples, no sampling)
 Pure statistics over token sequences and scores (numpy only, no model):
   repetition_rate (seq-rep-n), distinct_n, rank_of_answer, bootstrap_ci
@@ -247,6 +249,74 @@ def recall(model, tokenizer, probes: dict[str, list[dict[str, Any]]], max_per_sp
                 "p_at_1_ci": bootstrap_ci(hits, seed),
                 "mrr_ci": bootstrap_ci(recips, seed),
                 "chance_p_at_1": float(np.mean(chance)) if n else None,
+            }
+    return result
+
+
+def entry_rank(reads: Sequence[Sequence[tuple[int, float]]], rows: Sequence[int]) -> Optional[int]:
+    """1-based best rank of any of `rows` among the candidates of any memory layer (one
+    token's `inspect_memory` reads), None when no layer read it."""
+    wanted = set(rows)
+    ranks = [rank for layer in reads for rank, (entry, _) in enumerate(layer, 1) if entry in wanted]
+    return min(ranks) if ranks else None
+
+
+def prompt_reads(model, prompt_ids: list[int]) -> list[list[tuple[int, float]]]:
+    """The candidates (entry, weight), best first, that each memory layer reads at the last
+    token of `<s> prompt`: the position whose prediction recall scores."""
+    return model.inspect_memory(torch.tensor([[BOS_ID] + prompt_ids], device=device_of(model)),
+                                top=model.config.num_candidates)[-1]
+
+
+RETRIEVAL_SPLITS = ("mem_only", "both")  # the splits whose facts the bank holds (corpus.splits.IN_KNOWLEDGE)
+
+
+def retrieval(model, tokenizer, probes: dict[str, list[dict[str, Any]]], rows: dict[tuple, list[int]],
+              max_per_split: int, seed: int, items: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Does the model read the bank entry of the fact it is asked? Per split of facts put in
+    the bank: {n, in_bank, hit_at_1, hit_at_c, *_ci, mean_rank, control: {...}} over the first
+    `max_per_split` probes whose fact sits in a bank row (`rows`: corpus.knowledge.bank_rows).
+
+    hit@1: the fact's entry is some memory layer's best candidate at the prompt's last token;
+    hit@C: it is among the num_candidates read there. The control asks the same reads about
+    the entry of a random other fact of the bank (seeded): what chance alone gives.
+    `items`, when given, receives {split: {keys, hit_at_1, hit_at_c, rank (0 = not read),
+    control_hit_at_1, control_hit_at_c}}: per probe, so minimind.verdict can pair them."""
+    from corpus.knowledge import probe_key
+
+    facts = sorted(rows)
+    result: dict[str, Any] = {"num_candidates": model.config.num_candidates,
+                              "memory_layers": len(model.memory_layers()), "knowledge_num": model.config.knowledge_num}
+    rng = np.random.default_rng(seed)
+    with evaluating(model):
+        for split in RETRIEVAL_SPLITS:
+            chosen = [(p, rows[k]) for p in probes.get(split) or [] if (k := probe_key(p)) in rows]
+            hit1, hitc, ranks, keys, c1, cc = [], [], [], [], [], []
+            for i, (probe, own) in enumerate(chosen[:max_per_split]):
+                reads = prompt_reads(model, tokenizer.encode(probe["prompt"], add_special_tokens=False).ids)
+                rank = entry_rank(reads, own)
+                hit1.append(1.0 if rank == 1 else 0.0)
+                hitc.append(0.0 if rank is None else 1.0)
+                ranks.append(rank or 0)
+                keys.append(str(probe.get("id", i)))
+                other = own
+                while set(other) & set(own) and len(facts) > 1:
+                    other = rows[facts[int(rng.integers(len(facts)))]]
+                control = entry_rank(reads, other) if other is not own else None
+                c1.append(1.0 if control == 1 else 0.0)
+                cc.append(0.0 if control is None else 1.0)
+            if items is not None:
+                items[split] = {"keys": keys, "hit_at_1": hit1, "hit_at_c": hitc, "rank": ranks,
+                                "control_hit_at_1": c1, "control_hit_at_c": cc}
+            hits = [r for r in ranks if r]
+            n = len(keys)
+            result[split] = {
+                "n": n, "in_bank": len(chosen),
+                "hit_at_1": float(np.mean(hit1)) if n else None, "hit_at_c": float(np.mean(hitc)) if n else None,
+                "hit_at_1_ci": bootstrap_ci(hit1, seed), "hit_at_c_ci": bootstrap_ci(hitc, seed),
+                "mean_rank": float(np.mean(hits)) if hits else None,
+                "control": {"hit_at_1": float(np.mean(c1)) if n else None, "hit_at_c": float(np.mean(cc)) if n else None,
+                            "hit_at_1_ci": bootstrap_ci(c1, seed), "hit_at_c_ci": bootstrap_ci(cc, seed)},
             }
     return result
 
