@@ -70,7 +70,7 @@ def compare_experiments(lab: Lab, versions: list[str], plot: Optional[Path]) -> 
     for v in versions:  # the bank's own number: hit@C of the asked fact's entry against chance
         reading = bank_reading(evals[v], confidence)
         if reading:
-            console.print(f"Bank reads of {v}: {reading['text']}")
+            console.print(f"Bank reads of {v}: {reading['text']}", markup=False, highlight=False)
 
     series = {}
     for v in versions:
