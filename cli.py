@@ -125,8 +125,8 @@ def data_prepare(pretrain: Path | None, sft: Path | None, chat_template: Path | 
 
 @main.command()
 @click.argument("version")
-@click.option("--goal", required=True, help="What this experiment is for (stored verbatim).")
-@click.option("--hypothesis", required=True, help="What you expect and why (stored verbatim).")
+@click.option("--goal", default=None, help="What this experiment is for (stored verbatim; required unless --from-proposal).")
+@click.option("--hypothesis", default=None, help="What you expect and why (stored verbatim; required unless --from-proposal).")
 @click.option("--base", default=None, help="Base experiment (default: highest version below VERSION).")
 @click.option("--expect", default=None, help="Expected result, e.g. 'inference_loss < base' or 'recall.mem_only.p_at_1 > 0.2'.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config change, e.g. --set dim=256 --set train.max_steps=500.")
@@ -139,9 +139,11 @@ def data_prepare(pretrain: Path | None, sft: Path | None, chat_template: Path | 
 @click.option("--yes", is_flag=True, help="Accept a compute increase beyond preflight.compute_factor × the base.")
 @click.option("--stage", type=click.Choice(["pretrain", "sft"]), default="pretrain", show_default=True,
               help="sft: train on data.sft's conversations, starting from --base's best checkpoint.")
-def new(version: str, goal: str, hypothesis: str, base: str | None, expect: str | None, sets: tuple[str, ...],
-        agent_name: str | None, lang: str | None, no_launch: bool, force: bool, reason: str | None, yes: bool,
-        stage: str) -> None:
+@click.option("--from-proposal", "from_proposal", default=None, metavar="VERSION",
+              help="Start from VERSION's proposed next experiment (runs/VERSION/next.json); your flags win.")
+def new(version: str, goal: str | None, hypothesis: str | None, base: str | None, expect: str | None,
+        sets: tuple[str, ...], agent_name: str | None, lang: str | None, no_launch: bool, force: bool,
+        reason: str | None, yes: bool, stage: str, from_proposal: str | None) -> None:
     """Plan, check, estimate, render, snapshot and launch experiment VERSION (X.Y.Z).
 
     Before anything is written the model is built at a tiny size and the lab's lessons run
@@ -157,11 +159,13 @@ def new(version: str, goal: str, hypothesis: str, base: str | None, expect: str 
     from minimind.versions import parse
 
     parse(version)  # refuse a malformed version before anything else, even the lab lookup
+    if from_proposal is None and (goal is None or hypothesis is None):
+        raise click.UsageError("--goal and --hypothesis are required (or start from --from-proposal VERSION)")
     from lifecycle.new import NewRequest, create_experiment
 
     request = NewRequest(version=version, goal=goal, hypothesis=hypothesis, base=base, expect=expect,
                          sets=list(sets), agent=agent_name, lang=lang, launch=not no_launch,
-                         force=force, reason=reason, yes=yes, stage=stage)
+                         force=force, reason=reason, yes=yes, stage=stage, from_proposal=from_proposal)
     result = create_experiment(_lab(), request)
     for line in result.messages:
         click.echo(line)
@@ -336,7 +340,8 @@ def analyse(version: str, agent: str | None) -> None:
 @click.argument("version")
 @click.option("--approve", is_flag=True, help="Record approval (refused while a required section is missing).")
 @click.option("--edit", is_flag=True, help="Open the record in $EDITOR first.")
-def review(version: str, approve: bool, edit: bool) -> None:
+@click.option("--reject-lesson", "reject_lesson", is_flag=True, help="Drop the lesson this experiment proposed.")
+def review(version: str, approve: bool, edit: bool, reject_lesson: bool) -> None:
     """Show the record, check it against the lab's quality standard, approve it.
 
     \b
@@ -345,7 +350,22 @@ def review(version: str, approve: bool, edit: bool) -> None:
     """
     from lifecycle.review import review_experiment
 
-    review_experiment(_lab(), version, approve, edit)
+    review_experiment(_lab(), version, approve, edit, reject_lesson=reject_lesson)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def history(as_json: bool) -> None:
+    """The lab notebook: every experiment with its change, verdict, key metrics and next step.
+
+    \b
+    Example:
+      minimind history
+      minimind history --json
+    """
+    from lifecycle.history import show_history
+
+    show_history(_lab(), as_json)
 
 
 @main.command()

@@ -41,6 +41,7 @@ class PlanContext:
     lang: str = "en"
     # preflight check results on this experiment's code: [{id, lesson, source, status, detail}]
     checks: list[dict[str, Any]] = field(default_factory=list)
+    notebook: str = ""                    # the lab notebook: compact trace of every experiment, reviewer notes
 
 
 @dataclass(kw_only=True)
@@ -81,6 +82,8 @@ class AnalysisContext:
     intervals: dict[str, Any] = field(default_factory=dict)     # held_out control, retrieval
     fixed_settings: dict[str, Any] = field(default_factory=dict)  # data/eval/guardrails/launch: not the agent's
     model_config: dict[str, Any] = field(default_factory=dict)    # the run's model section (preset, sizes)
+    notebook: str = ""                    # the lab notebook: compact trace of every experiment, reviewer notes
+    lessons: str = ""                     # the lab's lessons (experiment/LESSONS.md)
 
 
 # The prose fields of an analysis: checked against the verdict and the data (agent/prose.py).
@@ -147,12 +150,15 @@ class AgentError(Exception):
     """A backend could not produce a valid answer (after retries / one repair round)."""
 
 
-def lessons_text(guardrails: dict[str, dict]) -> str:
-    """The lab's architecture lessons, with the guardrail thresholds of this lab's settings."""
+def lessons_text(guardrails: dict[str, dict], lessons: Optional[list[str]] = None) -> str:
+    """The lab's lessons (from experiment/LESSONS.md when given), with the guardrail thresholds of this lab's settings."""
     from minimind.guardrails import MEANINGS, danger_text, rule_from
 
     signs = ", ".join(f"{MEANINGS.get(name, name)} {danger_text(name, rule_from(spec))}"
                       for name, spec in guardrails.items())
+    thresholds = f"- This lab's guardrail thresholds (minimind.yaml): {signs}.\n"
+    if lessons is not None:
+        return "".join(f"- {line}\n" for line in lessons) + thresholds
     return (
         "- The memory query must be the RMS-normed attention output h_attn, never x + h_attn or x:\n"
         "  experiment 1.4.3 used x + h_attn, memory selection froze onto a few entries, train loss\n"

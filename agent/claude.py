@@ -247,6 +247,7 @@ def plan_prompt(ctx: PlanContext) -> str:
         + _block("fixed", _json({k: v for k, v in base_values.items() if k.split(".")[0] in FIXED_SECTIONS}) or "(none)"),
         "## Guardrails (computed by code from the metrics; you only explain them)\n" + _guardrail_table(ctx.guardrails),
         "## Lessons of this lab\n" + ctx.lessons.strip(),
+        "## Lab notebook (every experiment so far, and the reviewer's notes)\n" + _block("notebook", ctx.notebook or "(empty)"),
         "## Preflight checks (run by code on this experiment's model; claim nothing they did not verify)\n"
         + ("\n".join(f"- {c.get('id')}: {c.get('status')}: {c.get('detail')}" for c in ctx.checks) or "(not run)"),
         "## Task\nCall propose_plan. Change only what the goal and hypothesis call for (often nothing beyond "
@@ -283,6 +284,8 @@ def analysis_prompt(ctx: AnalysisContext) -> str:
         "## Noise controls (computed)\n" + _block("intervals", _json(_round(ctx.intervals))),
         "## Fixed settings (the human's and the lab's)\n" + _block("fixed", _json(_round(ctx.fixed_settings))),
         f"## Verdict (computed by code, final)\n{ctx.verdict}: {ctx.verdict_reason}",
+        "## Lessons of this lab\n" + (ctx.lessons.strip() or "(none)"),
+        "## Lab notebook (every experiment so far, and the reviewer's notes)\n" + _block("notebook", ctx.notebook or "(empty)"),
         f"## Task\nCall write_analysis. Explain what the numbers above show and why. The conclusion must "
         f"agree with the computed verdict ({ctx.verdict}); you explain it, you do not decide it. Call a change "
         "within its interval noise. Use only numbers that appear above; a text that asserts another verdict or "

@@ -113,6 +113,9 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     changes = real_changes(base_cfg, cfg.to_dict())
     requested = agent or plan.get("agent_requested", settings.agent.backend)
     log_dir = run_dir / AGENT_DIR
+    from agent.base import lessons_text
+    from lifecycle import history, lessons
+
     prior = failed_attempt_logs(lab.runs_dir, version)
     metric_rows = read_metrics(run_dir / METRICS_FILE)
     summary = metrics_summary(metric_rows, cfg.guardrails.smoothing_window)
@@ -131,7 +134,9 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                           guardrail_history=guardrail_history(metric_rows), samples=samples,
                           intervals={"confidence": confidence, "held_out_control": control,
                                      "retrieval": ev.get("retrieval"), "bank_reading": reading},
-                          fixed_settings=fixed_settings(cfg.to_dict()), model_config=dict(cfg.model))
+                          fixed_settings=fixed_settings(cfg.to_dict()), model_config=dict(cfg.model),
+                          notebook=history.trace(lab, exclude=version),
+                          lessons=lessons_text(rules_of(cfg.guardrails), lessons.lines(lab, lang)))
     analysis, note = backends.call(requested, settings.agent, log_dir, "analyse", ctx, prior)
     record = {
         "training_results": analysis.training_results, "inference_evaluation": analysis.inference_evaluation,
@@ -149,6 +154,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
 
     for fld in dataclasses.fields(analysis):
         record.setdefault(fld.name, getattr(analysis, fld.name))
+    _remember(lab, run_dir, version, cfg.to_dict(), plan, ev, verdict, reason, changes)
 
     files = experiment_files(lab, version)
     lines = result_lines(rows, ev.get("guardrails") or {}, verdict, reason, control=control, lang=lang,
@@ -165,6 +171,9 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     if commit_note:
         record["commit_note"] = commit_note
     write_json(run_dir / ANALYSIS_FILE, record)
+    from lifecycle.history import write_index
+
+    write_index(lab)  # the notebook row of this experiment now has its verdict
     write_text(run_dir / COMMIT_MSG_FILE, render_commit_message(lab, draft, commit_ctx))
     update_state(run_dir, analysed=True, analysis_failed=False, analysis_error=None, phase="done",
                  ended_at=state.ended_at or time.time())
@@ -222,6 +231,16 @@ def _eval_view(ev: Optional[dict]) -> Optional[dict]:
     if ev is None:
         return None
     return {k: v for k, v in ev.items() if k not in ("per_item", "model_config", "checkpoint", "time", "samples")}
+
+
+def _remember(lab: Lab, run_dir: Path, version: str, cfg: dict, plan: dict, ev: dict, verdict: str, reason: str,
+              changes: list) -> None:
+    """What the lab keeps from this analysis: a proposed lesson and the next experiment."""
+    from lifecycle import lessons, proposal
+
+    lessons.write_proposal(run_dir, lessons.propose(version, plan, ev, verdict, reason, changes))
+    dangers = sorted(n for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger")
+    proposal.write(run_dir, proposal.build(lab, version, cfg, verdict, dangers, changes))
 
 
 def _read_yaml(path: Path) -> Optional[dict]:

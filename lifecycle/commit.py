@@ -9,16 +9,21 @@ from __future__ import annotations
 
 from minimind.errors import GateRefused
 from minimind.lab import Lab
-from minimind.rundir import (ANALYSIS_FILE, COMMIT_MSG_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, METRICS_FILE,
-                             PLAN_FILE, PLOTS_DIR, REVIEW_FILE, RUN_SCRIPT, current, read_json, update_state)
+from minimind.rundir import (ANALYSIS_FILE, COMMIT_MSG_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, LESSON_FILE, METRICS_FILE,
+                             NEXT_FILE, PLAN_FILE, PLOTS_DIR, REVIEW_FILE, RUN_SCRIPT, current, read_json, update_state)
 
-RUN_FILES = (RUN_SCRIPT, CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, EVAL_FILE, METRICS_FILE, DIFF_FILE)
+RUN_FILES = (RUN_SCRIPT, CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, EVAL_FILE, METRICS_FILE, DIFF_FILE, LESSON_FILE, NEXT_FILE)
+from lifecycle.history import INDEX_FILE  # noqa: E402
+from lifecycle.lessons import LESSONS_FILE  # noqa: E402
+
+LAB_FILES = (INDEX_FILE, LESSONS_FILE)  # the lab notebook and lessons in experiment/, committed with each experiment
 
 
 def experiment_files(lab: Lab, version: str) -> list[str]:
     """Lab-relative paths this experiment's commit contains (those that exist)."""
     run_dir = lab.run_dir(version)
     rel = [lab.record_path(version).relative_to(lab.root)]
+    rel += [(lab.experiment_dir / name).relative_to(lab.root) for name in LAB_FILES]
     rel += [(run_dir / name).relative_to(lab.root) for name in RUN_FILES]
     plots = run_dir / PLOTS_DIR
     if plots.is_dir():
@@ -69,6 +74,9 @@ def commit_experiment(lab: Lab, version: str, yes: bool) -> str:
         message = message_path.read_text(encoding="utf-8")
     else:
         message = f"Experiment {version}\n\nNo drafted message: the experiment was not analysed (state: {derived}).\n"
+    from lifecycle.history import write_index
+
+    write_index(lab)  # the notebook as of this commit goes into it
     files = experiment_files(lab, version)
     sha = gitops.commit_paths(lab.root, files, message)
     update_state(run_dir, committed=True, commit=sha)

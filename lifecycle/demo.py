@@ -125,6 +125,11 @@ def run_demo(directory: Optional[Path], steps: Optional[int]) -> None:
         console.print(commit_experiment(lab, version, yes=False))
     console.rule("status")
     show_status(lab, None, as_json=False)
+    console.rule("history")
+    console.print("$ minimind history")
+    from lifecycle.history import show_history
+
+    show_history(lab, as_json=False)
     console.rule("compare")
     compare_experiments(lab, [v for v, *_ in EXPERIMENTS], None)
     for version, *_ in EXPERIMENTS:

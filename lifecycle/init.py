@@ -64,6 +64,9 @@ def init_lab(target: Path, settings_text: Optional[str] = None) -> Lab:
                else header + dump_settings(LabSettings()))
     write_text(target / "README.md", f"# {target.name}\n\nA minimind lab. `minimind new X.Y.Z --goal ... --hypothesis ...` starts an experiment; `minimind status` shows them all.\n")
     load_settings(target / SETTINGS_FILE)  # a settings text we cannot read back is a bug, not a lab
+    from lifecycle import lessons
+
+    lessons.ensure(Lab(target))  # committed with the skeleton: the lessons the first plan is told
 
     gitops.init_repo(target)
     return Lab(target)

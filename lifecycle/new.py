@@ -35,8 +35,8 @@ LAB_POLICY_SECTIONS = ("eval", "guardrails", "launch", "swanlab")
 @dataclass
 class NewRequest:
     version: str
-    goal: str
-    hypothesis: str
+    goal: Optional[str]                  # None with --from-proposal: the proposal's
+    hypothesis: Optional[str]
     base: Optional[str] = None
     expect: Optional[str] = None
     sets: list[str] = field(default_factory=list)
@@ -134,10 +134,26 @@ def _check_existing(lab: Lab, version: str) -> None:
         raise UsageError(f"experiment {version} already exists")
 
 
+def _from_proposal(lab: Lab, req: NewRequest) -> NewRequest:
+    """The request with runs/V/next.json filled in where the human gave nothing; the human's flags win."""
+    import dataclasses
+
+    from lifecycle import proposal
+
+    parse(req.from_proposal)
+    p = proposal.load(lab, req.from_proposal)
+    return dataclasses.replace(req, goal=req.goal or p["goal"], hypothesis=req.hypothesis or p["hypothesis"],
+                               expect=req.expect or p.get("expect"), base=req.base or p.get("base"),
+                               sets=[*p.get("sets", []), *req.sets])  # later --set wins: the human's come last
+
+
 def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     parse(req.version)
     settings = lab.settings()
     _check_existing(lab, req.version)
+    if req.from_proposal:
+        req = _from_proposal(lab, req)
+    req.goal, req.hypothesis = req.goal or "", req.hypothesis or ""
     if not req.goal.strip() or not req.hypothesis.strip():
         raise UsageError("--goal and --hypothesis must not be empty")
     existing = lab.versions()
@@ -185,6 +201,11 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     try:
         _check_existing(lab, req.version)  # re-check under the lock
         staging.mkdir()
+        from lifecycle import lessons
+
+        seeded = lessons.ensure(lab)  # a lab made before lessons files existed gets the seed
+        if seeded is not None:
+            created.append(seeded)
         cfg, plan_record = _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging,
                                  preflight["checks"])
         if cfg.model != human_config["model"]:  # the agent changed the model: its config is what runs
@@ -217,6 +238,9 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
 
         write_record(lab, req.version, lang)
         created.append(lab.record_path(req.version))
+        from lifecycle.history import write_index
+
+        write_index(lab)
     except BaseException:
         _keep_call_log(lab, req.version, staging)
         shutil.rmtree(staging, ignore_errors=True)
@@ -298,6 +322,7 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     """Ask the agent, apply its changes then the human's, validate; returns (config, plan record)."""
     from agent import backends
     from agent.base import PlanContext, lessons_text
+    from lifecycle import history, lessons
     from minimind.config import flatten
     from minimind.rundir import read_json
 
@@ -315,8 +340,8 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     ctx = PlanContext(version=req.version, base=base, goal=req.goal, hypothesis=req.hypothesis, expect=req.expect,
                       sets=sets, base_config=start, base_record_summary=base_record,
                       base_eval=read_json(lab.run_dir(base) / EVAL_FILE) if base else None,
-                      model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=lessons_text(guardrails), lang=lang,
-                      checks=list(checks))
+                      model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=lessons_text(guardrails, lessons.lines(lab, lang)),
+                      lang=lang, checks=list(checks), notebook=history.trace(lab))
     from agent.calllog import failed_attempt_logs
 
     plan, note = backends.call(requested, settings.agent, staging / AGENT_DIR, "plan", ctx,

@@ -18,7 +18,8 @@ from minimind.config import flatten, load_config
 from minimind.lab import Lab
 from minimind.guardrails import LIGHTS
 from minimind.schema import to_dict
-from minimind.rundir import (ANALYSIS_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, METRICS_FILE, PLAN_FILE,
+from minimind.rundir import (ANALYSIS_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, LESSON_FILE, METRICS_FILE, NEXT_FILE,
+                             PLAN_FILE,
                              RECORD_LAST_FILE, RECORD_MARK_FILE, RENDERED_RECORD_FILE, current, read_json,
                              read_metrics)
 
@@ -153,6 +154,8 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
         "preflight": {"checks": [], "forced": False, "reason": None, "compute_note": None, "compute_accepted": False,
                       **(plan.get("preflight") or {})},
         "estimate_lines": (plan.get("estimate") or {}).get("lines", []),
+        "next": read_json(run_dir / NEXT_FILE),
+        "lesson": read_json(run_dir / LESSON_FILE),
         "verdict": (analysis or {}).get("verdict_info", {"verdict": "", "reason": "", "verdict_zh": ""}),
     }}
 

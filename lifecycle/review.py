@@ -98,7 +98,8 @@ def quality_problems(text: str, derived_state: str, stop_reason: str | None, lan
     return problems
 
 
-def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: bool = True) -> None:
+def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: bool = True,
+                      reject_lesson: bool = False) -> None:
     from rich.console import Console
     from rich.markdown import Markdown
 
@@ -129,10 +130,24 @@ def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: b
     else:
         console.print("[bold green]✓ Meets the lab's quality standard[/] (goal, hypothesis, thinking, git record, "
                       "training, evaluation, conclusion with next steps).")
+    from lifecycle import lessons
+
+    proposed = lessons.pending(run_dir)
+    if proposed:
+        console.print(f"[bold]Proposed lesson[/] (from {version}): {proposed['text']}\n  evidence: {proposed['evidence']}\n"
+                      "  --approve adds it to experiment/LESSONS.md; --reject-lesson drops it.", markup=True)
+    reviewer = os.environ.get("USER", "unknown")
+    if reject_lesson and lessons.reject(run_dir, reviewer):
+        console.print("Lesson rejected: experiment/LESSONS.md is unchanged.")
     if approve:
         if problems:
             raise GateRefused(f"not approved: {problems[0]} ({len(problems)} problem(s))")
-        write_json(run_dir / REVIEW_FILE, {"approved": True, "at": time.time(),
-                                             "reviewer": os.environ.get("USER", "unknown")})
+        write_json(run_dir / REVIEW_FILE, {"approved": True, "at": time.time(), "reviewer": reviewer})
         update_state(run_dir, reviewed=True)
+        if lessons.accept(lab, run_dir, reviewer):
+            console.print("Lesson accepted into experiment/LESSONS.md: the next plans are told it.")
         console.print(f"Approved. Next: minimind commit {version}")
+    if (approve and proposed) or reject_lesson:
+        from lifecycle.record import write_record
+
+        write_record(lab, version, lang)  # the record shows the lesson's new status

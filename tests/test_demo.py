@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,5 +22,15 @@ def test_demo_runs_the_whole_loop(tmp_path):
     log = subprocess.run(["git", "log", "--format=%s"], cwd=target, capture_output=True, text=True).stdout
     assert log.splitlines()[0].startswith("Experiment 0.1.1") and log.splitlines()[1].startswith("Experiment 0.1.0")
     assert (target / "runs" / "0.1.1" / "plots" / "loss.png").exists()
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=target, capture_output=True, text=True).stdout
-    assert status == "", status  # everything the demo produced is committed or ignored
+    # the notebook: both experiments with verdicts and intervals, committed with each experiment
+    history = subprocess.run([sys.executable, "-c", "import cli, sys; sys.exit(cli.main())", "history", "--json"],
+                             cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MINIMIND_LAB": str(target)})
+    rows = {r["version"]: r for r in json.loads(history.stdout)}
+    assert set(rows) == {"0.1.0", "0.1.1"}
+    assert all(r["verdict"] in ("supported", "refuted", "inconclusive") and r["interval"] for r in rows.values()), rows
+    assert "$ minimind history" in out.stdout and "lab notebook" in out.stdout
+    index = subprocess.run(["git", "show", "HEAD:experiment/INDEX.md"], cwd=target, capture_output=True, text=True).stdout
+    assert "[0.1.0](experiment_0.1.0.md)" in index and "[0.1.1](experiment_0.1.1.md)" in index
+    first = subprocess.run(["git", "show", "--name-only", "--format=", "HEAD~1"], cwd=target, capture_output=True,
+                           text=True).stdout.split()
+    assert "experiment/INDEX.md" in first

@@ -1,0 +1,175 @@
+"""The lab notebook: `experiment/INDEX.md`, `minimind history [--json]`, and the trace the agent reads.
+
+One row per experiment, read from its run directory (plan.json, analysis.json, eval.json,
+next.json, state): version, base, goal, hypothesis, the change in one line, state, verdict
+with its interval, inference loss, val loss, recall P@1 per split (with the 95%
+interval), guardrail dangers, next step. INDEX.md is regenerated after every analysis and
+before every commit, and committed with each experiment. The reviewer's notes are the
+`## Reviewer notes` section a human may write in a record (kept across re-renders).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from minimind.atomic import write_text
+from minimind.rundir import ANALYSIS_FILE, EVAL_FILE, NEXT_FILE, PLAN_FILE, current, read_json
+
+INDEX_FILE = "INDEX.md"
+NOTES_HEADING = "## Reviewer notes"
+NOTES_HEADING_ZH = "## 审阅者笔记"
+
+
+def _n(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
+def _ci(ci: Any) -> str:
+    return f" [{ci[0]:.2f}, {ci[1]:.2f}]" if isinstance(ci, list) and len(ci) == 2 and None not in ci else ""
+
+
+def reviewer_notes(text: str) -> str:
+    """The body of a record's `## Reviewer notes` (or 审阅者笔记) section, '' when absent."""
+    lines, inside = [], False
+    for line in text.splitlines():
+        if line.startswith("## "):
+            inside = line.strip() in (NOTES_HEADING, NOTES_HEADING_ZH)
+            continue
+        if inside:
+            lines.append(line)
+    return "\n".join(lines).strip()
+
+
+def split_notes(text: str) -> tuple[list[str], str]:
+    """(the record without its reviewer-notes section, in the spellings a render may have had; that section).
+
+    The section is what the human wrote under `## Reviewer notes`, up to the next `## ` heading.
+    """
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() in (NOTES_HEADING, NOTES_HEADING_ZH)), None)
+    if start is None:
+        return [text], ""
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    before, after = "".join(lines[:start]), "".join(lines[end:])
+    return [before + after, before[:-1] + after, before.rstrip("\n") + "\n" + after], "".join(lines[start:end]).rstrip("\n") + "\n"
+
+
+def _change(plan: dict) -> str:
+    parts = [f"{c['key'].split('.', 1)[-1]} {c.get('base')!r}→{c.get('new')!r}" for c in plan.get("changes") or []]
+    if plan.get("model_changed"):
+        parts.append("models/model.py changed")
+    return ", ".join(parts) or "no change"
+
+
+def _interval(analysis: dict, ev: dict) -> str:
+    """The verdict's interval: the analysis's own when it has one, else the key metric's from eval.json."""
+    info = analysis.get("verdict_info") or {}
+    for key in ("interval", "ci"):
+        if isinstance(info.get(key), (list, str)):
+            return info[key] if isinstance(info[key], str) else _ci(info[key]).strip()
+    for metric in ("inference_loss", "val_loss"):
+        ci = ev.get(f"{metric}_ci")
+        if ci:
+            return f"{metric}{_ci(ci)}"
+    # Otherwise the verdict rule's own band: the key metric's change against the base, ±NOISE is no change.
+    from minimind.verdict import NOISE
+
+    for r in analysis.get("comparison") or []:
+        if r.get("metric") == "inference_loss" and isinstance(r.get("rel"), (int, float)):
+            return f"(inference loss {r['rel']:+.1%} vs base, noise band ±{NOISE:.0%})"
+    reason = (info.get("reason") or "").split(" (criteria")[0]
+    return f"({reason})" if reason else ""
+
+
+def row(lab, version: str) -> dict[str, Any]:
+    run_dir = lab.run_dir(version)
+    plan = read_json(run_dir / PLAN_FILE) or {}
+    analysis = read_json(run_dir / ANALYSIS_FILE) or {}
+    ev = read_json(run_dir / EVAL_FILE) or {}
+    proposal = read_json(run_dir / NEXT_FILE) or {}
+    derived, state = current(run_dir)
+    verdict = (analysis.get("verdict_info") or {}).get("verdict")
+    recall = {split: {"p_at_1": r.get("p_at_1"), "ci": r.get("p_at_1_ci"), "n": r.get("n")}
+              for split, r in (ev.get("recall") or {}).items()}
+    dangers = sorted(n for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger")
+    next_steps = analysis.get("next_steps") or []
+    record = lab.record_path(version)
+    notes = reviewer_notes(record.read_text(encoding="utf-8")) if record.exists() else ""
+    return {
+        "version": version, "base": plan.get("base", state.base), "goal": plan.get("goal", ""),
+        "hypothesis": plan.get("hypothesis", ""), "change": _change(plan), "state": derived,
+        "verdict": verdict, "verdict_reason": (analysis.get("verdict_info") or {}).get("reason"),
+        "interval": _interval(analysis, ev) if verdict else "",
+        "inference_loss": ev.get("inference_loss"), "val_loss": ev.get("val_loss"), "recall": recall,
+        "dangers": dangers, "next_step": proposal.get("goal") or (next_steps[0] if next_steps else ""),
+        "reviewed": state.reviewed, "committed": state.committed, "reviewer_notes": notes,
+    }
+
+
+def rows(lab) -> list[dict[str, Any]]:
+    return [row(lab, v) for v in lab.versions()]
+
+
+def _cell(text: Any, limit: int = 0) -> str:
+    text = " ".join(str(text or "").split()).replace("|", "\\|")
+    return text if not limit or len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _recall(r: dict) -> str:
+    return "; ".join(f"{split} {_n(v['p_at_1'])}{_ci(v['ci'])}" for split, v in r["recall"].items()) or "—"
+
+
+def index_text(lab) -> str:
+    table = ["| version | base | goal | hypothesis | change | state | verdict | inference loss | val loss | "
+             "recall P@1 | dangers | next step |", "|" + "---|" * 12]
+    for r in rows(lab):
+        verdict = f"{r['verdict']}{' ' + r['interval'] if r['interval'] else ''}" if r["verdict"] else "—"
+        table.append("| " + " | ".join([
+            f"[{r['version']}](experiment_{r['version']}.md)", r["base"] or "—", _cell(r["goal"], 80),
+            _cell(r["hypothesis"], 100), _cell(r["change"], 80), r["state"], _cell(verdict),
+            _n(r["inference_loss"]), _n(r["val_loss"]), _cell(_recall(r)), ", ".join(r["dangers"]) or "none",
+            _cell(r["next_step"], 100)]) + " |")
+    notes = [f"- **{r['version']}:** {_cell(r['reviewer_notes'], 400)}" for r in rows(lab) if r["reviewer_notes"]]
+    return ("# Lab notebook\n\nEvery experiment of this lab, regenerated by minimind after each analysis and commit "
+            "(`minimind history` prints the same). Lessons: [LESSONS.md](LESSONS.md).\n\n" + "\n".join(table) + "\n"
+            + ("\n## Reviewer notes\n\n" + "\n".join(notes) + "\n" if notes else ""))
+
+
+def write_index(lab) -> None:
+    lab.experiment_dir.mkdir(parents=True, exist_ok=True)
+    write_text(lab.experiment_dir / INDEX_FILE, index_text(lab))
+
+
+def trace(lab, exclude: Optional[str] = None, limit: int = 30) -> str:
+    """The compact notebook the agent reads: one line per experiment, then the reviewer's notes."""
+    lines, notes = [], []
+    for r in rows(lab)[-limit:]:
+        if r["version"] == exclude:
+            continue
+        verdict = f"{r['verdict']}{' ' + r['interval'] if r['interval'] else ''}" if r["verdict"] else r["state"]
+        lines.append(f"- {r['version']} (base {r['base'] or 'none'}): {_cell(r['goal'], 120)} | change: {_cell(r['change'], 120)} "
+                     f"| {verdict} | inference loss {_n(r['inference_loss'])}, val loss {_n(r['val_loss'])}, recall {_recall(r)}"
+                     + (f" | dangers: {', '.join(r['dangers'])}" if r["dangers"] else ""))
+        if r["reviewer_notes"]:
+            notes.append(f"- {r['version']}: {_cell(r['reviewer_notes'], 600)}")
+    return "\n".join(lines + (["Reviewer notes:"] + notes if notes else []))
+
+
+def show_history(lab, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows(lab), ensure_ascii=False, indent=1, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="lab notebook")
+    for name in ("version", "base", "goal", "change", "state", "verdict", "inference", "val", "recall P@1",
+                 "dangers", "next step"):
+        table.add_column(name, overflow="fold")
+    for r in rows(lab):
+        verdict = f"{r['verdict']}{' ' + r['interval'] if r['interval'] else ''}" if r["verdict"] else "—"
+        table.add_row(r["version"], r["base"] or "—", _cell(r["goal"], 60), _cell(r["change"], 50), r["state"], verdict,
+                      _n(r["inference_loss"]), _n(r["val_loss"]), _recall(r), ", ".join(r["dangers"]) or "none",
+                      _cell(r["next_step"], 60))
+    Console(width=200).print(table)

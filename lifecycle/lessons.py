@@ -1,0 +1,181 @@
+"""The lab's lessons file `experiment/LESSONS.md`: what the agent is told, and how it grows.
+
+The file is seeded from the lab guide's design rules and early-warning table (en and zh),
+by `minimind init` and by `new` in a lab that lacks it. Each lesson is a `## ` section
+with bullet fields; `**Check:**` names the preflight check that enforces it
+(lifecycle/checks.py), if any. The file is the source of the lessons in every plan
+(`agent.base.lessons_text`); guardrail thresholds are never written into it — they come
+from the lab's settings when the lessons are stated.
+
+After an analysis whose verdict is refuted, or whose guardrail reached danger, a lesson
+is proposed (`runs/V/lesson.json`: text, evidence numbers, experiment). `review` shows
+it; `review --approve` accepts it into the file, `--reject-lesson` drops it. Nothing is
+added without the human.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from minimind.atomic import write_json, write_text
+from minimind.rundir import LESSON_FILE, read_json
+
+LESSONS_FILE = "LESSONS.md"
+
+SEED = """\
+# Lessons of this lab · 实验室经验
+
+minimind tells the agent every lesson below when it plans or analyses an experiment.
+Add lessons by approving a proposed one (`minimind review V --approve`) or by writing a
+`## ` section here. Guardrail thresholds are not written here: they come from minimind.yaml.
+
+## Query specificity: the memory query is h_attn
+- **Lesson:** The memory query must be the RMS-normed attention output h_attn, never x + h_attn or x. Query specificity matters more than fusion complexity.
+- **经验:** 记忆查询必须使用注意力输出 h_attn,禁止 x + h_attn 或 x。查询机制的特异性比融合机制的复杂性更加重要。
+- **Evidence:** experiment 1.4.3 used x + h_attn: memory selection froze onto a few entries, train loss reached 0.006 while inference loss was 29.34 (a 4890x gap) and generation was pure repetition.
+- **Check:** memory_query
+- **Source:** the lab guide, 架构设计防护规则 / 查询机制特异性原则
+
+## Early warning signs of catastrophic overfitting
+- **Lesson:** A train loss that falls very low, a large train/inference loss gap, repetitive generations and a low memory selection entropy are the signs of the 1.4.3 failure; the guardrails watch all of them and they outrank any loss improvement.
+- **经验:** 训练Loss过低、训练-推理Loss差异过大、生成文本重复率高、记忆选择熵值低是灾难性过拟合的早期预警信号,优先于任何Loss改善。
+- **Evidence:** experiment 1.4.3 (train loss 0.006, inference loss 29.34).
+- **Check:** none (the guardrails, thresholds in minimind.yaml)
+- **Source:** the lab guide, 早期预警信号
+
+## Evaluate autoregressively: the training path is the inference path
+- **Lesson:** Judge a model by its KV-cached autoregressive inference loss, not the teacher-forced loss; the full forward and cached decoding must compute the same function.
+- **经验:** 定期进行自回归推理评估,防止记忆化学习;训练路径与推理路径必须一致。
+- **Check:** train_equals_inference
+- **Source:** the lab guide, 训练健康性检查
+
+## No position sees the future
+- **Lesson:** A train loss that collapses towards 0 is first suspected of a causality leak.
+- **经验:** 训练Loss骤降接近 0 时首先怀疑因果泄漏。
+- **Check:** causality
+- **Source:** the lab guide, 早期预警信号
+
+## Frozen entries are protected
+- **Lesson:** Entries frozen by freeze_ratio never change under EMA updates: they keep the real facts the bank was initialised with.
+- **经验:** freeze_ratio 冻结的条目在 EMA 更新中保持不变,保护真实知识。
+- **Evidence:** experiment 1.4.7: freezing 20% of the bank with text initialisation improved inference loss 5.5% (2.4699 vs 2.6142).
+- **Check:** frozen_entries
+- **Source:** the lab guide, experiment 1.4.7
+"""
+
+_FIELD = re.compile(r"^- \*\*(?P<name>[^:*]+):\*\*\s*(?P<value>.*)$")
+
+
+def path_of(lab) -> Path:
+    return lab.experiment_dir / LESSONS_FILE
+
+
+def ensure(lab) -> Optional[Path]:
+    """Seed experiment/LESSONS.md where it is missing; returns the path when it was created."""
+    path = path_of(lab)
+    if path.exists():
+        return None
+    write_text(path, SEED)
+    return path
+
+
+def parse(text: str) -> list[dict[str, str]]:
+    """[{title, Lesson, 经验, Evidence, Check, Source, ...}] from the file's `## ` sections."""
+    lessons: list[dict[str, str]] = []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            lessons.append({"title": line[3:].strip()})
+        elif lessons and (m := _FIELD.match(line.strip())):
+            lessons[-1][m["name"].strip()] = m["value"].strip()
+    return [entry for entry in lessons if entry.get("Lesson") or entry.get("经验")]
+
+
+def load(lab) -> list[dict[str, str]]:
+    path = path_of(lab)
+    return parse(path.read_text(encoding="utf-8")) if path.exists() else []
+
+
+def lines(lab, lang: str = "en") -> Optional[list[str]]:
+    """The lessons as the agent is told them (None when the lab has no lessons file)."""
+    if not path_of(lab).exists():
+        return None
+    out = []
+    for entry in load(lab):
+        text = entry.get("经验") if lang == "zh" and entry.get("经验") else entry.get("Lesson") or entry.get("经验")
+        extra = [f"evidence: {entry['Evidence']}"] if entry.get("Evidence") else []
+        check = entry.get("Check", "")
+        if check and not check.startswith("none"):
+            extra.append(f"enforced by the preflight check {check}")
+        out.append(text + (f" ({'; '.join(extra)})" if extra else ""))
+    return out
+
+
+# --- proposals --------------------------------------------------------------------------
+
+def _n(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
+def propose(version: str, plan: dict, ev: dict, verdict: str, reason: str, changes: list) -> Optional[dict[str, Any]]:
+    """A lesson from a refuted verdict or a guardrail in danger, with its numbers; None otherwise."""
+    dangers = {n: g for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger"}
+    if verdict != "refuted" and not dangers:
+        return None
+    changed = ", ".join(f"{k} {a!r} → {b!r}" for k, a, b in changes[:4]) or f"the configuration of {version} as run"
+    if dangers:
+        names = ", ".join(sorted(dangers))
+        text = (f"{changed} drove guardrail(s) {names} into danger at this scale; treat that change as a cause of "
+                "the overfitting signs until a run shows otherwise.")
+    else:
+        text = (f"{changed} did not deliver what experiment {version} expected "
+                f"(\"{' '.join(plan.get('hypothesis', '').split())[:160]}\"); do not repeat it unchanged at this scale.")
+    evidence = [f"verdict {verdict}: {reason}"]
+    evidence += [f"{n} = {_n(g.get('value'))} ({g.get('level')})" for n, g in sorted(dangers.items())]
+    evidence.append(f"inference loss {_n(ev.get('inference_loss'))}, val loss {_n(ev.get('val_loss'))}")
+    return {"experiment": version, "text": text, "evidence": "; ".join(evidence), "status": "proposed",
+            "proposed_at": time.time()}
+
+
+def write_proposal(run_dir: Path, proposal: Optional[dict[str, Any]]) -> None:
+    path = Path(run_dir) / LESSON_FILE
+    existing = read_json(path)
+    if existing and existing.get("status") in ("accepted", "rejected"):
+        return  # the human decided already; a re-analysis does not undo it
+    if proposal is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_json(path, proposal)
+
+
+def pending(run_dir: Path) -> Optional[dict[str, Any]]:
+    proposal = read_json(Path(run_dir) / LESSON_FILE)
+    return proposal if proposal and proposal.get("status") == "proposed" else None
+
+
+def accept(lab, run_dir: Path, reviewer: str) -> Optional[str]:
+    """Append the pending proposal to LESSONS.md; returns its text (None when nothing was pending)."""
+    proposal = pending(run_dir)
+    if proposal is None:
+        return None
+    ensure(lab)
+    path = path_of(lab)
+    entry = (f"\n## From experiment {proposal['experiment']}\n"
+             f"- **Lesson:** {proposal['text']}\n"
+             f"- **Evidence:** {proposal['evidence']}\n"
+             f"- **Check:** none\n"
+             f"- **Source:** experiment {proposal['experiment']}, approved by {reviewer} "
+             f"{time.strftime('%Y-%m-%d', time.gmtime())}\n")
+    write_text(path, path.read_text(encoding="utf-8").rstrip("\n") + "\n" + entry)
+    write_json(Path(run_dir) / LESSON_FILE, {**proposal, "status": "accepted", "decided_at": time.time(), "by": reviewer})
+    return proposal["text"]
+
+
+def reject(run_dir: Path, reviewer: str) -> Optional[str]:
+    proposal = pending(run_dir)
+    if proposal is None:
+        return None
+    write_json(Path(run_dir) / LESSON_FILE, {**proposal, "status": "rejected", "decided_at": time.time(), "by": reviewer})
+    return proposal["text"]
