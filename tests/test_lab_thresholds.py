@@ -108,7 +108,11 @@ def test_plan_and_record_state_the_labs_threshold(lab, monkeypatch, lang):
     # what the plan step was given: the lab's rules and lessons stating them
     (ctx,) = given
     assert ctx.guardrails["train_loss"] == LAB_RULE
-    assert ctx.lessons == lessons_text(ctx.guardrails)
+    from lifecycle import lessons
+
+    # the lessons come from the lab's experiment/LESSONS.md, the thresholds from its settings
+    assert ctx.lessons == lessons_text(ctx.guardrails, lessons.lines(lab, lang))
+    assert "h_attn" in ctx.lessons
     assert "smoothed train loss below 0.2" in ctx.lessons
     assert_states_only_the_lab_threshold(ctx.lessons, "the lessons")
 

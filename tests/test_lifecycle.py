@@ -148,7 +148,8 @@ def test_full_loop_then_compare_and_memory(lab):
     shown = subprocess.run(["git", "show", "--stat", "--format=%an <%ae>|%cn|%s", "HEAD"], cwd=lab.root,
                            capture_output=True, text=True).stdout
     files = [l.split("|")[0].strip() for l in shown.splitlines()[1:] if "|" in l and "changed" not in l]
-    assert files and all(f.startswith(("experiment/experiment_0.1.0.md", "runs/0.1.0/", "models/model")) for f in files), shown
+    assert files and all(f.startswith(("experiment/experiment_0.1.0.md", "runs/0.1.0/", "models/model", "experiment/INDEX.md",
+                                          "experiment/LESSONS.md")) for f in files), shown
     assert "runs/0.1.0/checkpoints" not in shown and "train.log" not in shown
     assert shown.startswith("Test Researcher <researcher@example.org>|Test Researcher|Experiment 0.1.0")
 
@@ -249,7 +250,8 @@ def test_commit_refuses_secrets_and_stages_only_the_experiment(lab):
     files = subprocess.run(["git", "show", "--name-only", "--format=", "HEAD"], cwd=lab.root, capture_output=True,
                            text=True).stdout.split()
     assert "notes.txt" not in files and "experiment/experiment_0.7.0.md" in files
-    assert all(f.startswith(("experiment/experiment_0.7.0.md", "runs/0.7.0/", "models/model")) for f in files), files
+    assert all(f.startswith(("experiment/experiment_0.7.0.md", "runs/0.7.0/", "models/model", "experiment/INDEX.md",
+                                  "experiment/LESSONS.md")) for f in files), files
     assert "?? notes.txt" in _git_status(lab)
 
 
