@@ -5,7 +5,8 @@ next.json, state): version, base, goal, hypothesis, the change in one line, stat
 with its interval, inference loss, val loss, recall P@1 per split (with the 95%
 interval), guardrail dangers, next step. INDEX.md is regenerated after every analysis and
 before every commit, and committed with each experiment. The reviewer's notes are the
-`## Reviewer notes` section a human may write in a record (kept across re-renders).
+`## Reviewer notes` section a human may write in a record (a section code does not own, so
+lifecycle/record.py's merge keeps it across re-renders).
 """
 
 from __future__ import annotations
@@ -41,20 +42,6 @@ def reviewer_notes(text: str) -> str:
     return "\n".join(lines).strip()
 
 
-def split_notes(text: str) -> tuple[list[str], str]:
-    """(the record without its reviewer-notes section, in the spellings a render may have had; that section).
-
-    The section is what the human wrote under `## Reviewer notes`, up to the next `## ` heading.
-    """
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() in (NOTES_HEADING, NOTES_HEADING_ZH)), None)
-    if start is None:
-        return [text], ""
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    before, after = "".join(lines[:start]), "".join(lines[end:])
-    return [before + after, before[:-1] + after, before.rstrip("\n") + "\n" + after], "".join(lines[start:end]).rstrip("\n") + "\n"
-
-
 def _change(plan: dict) -> str:
     parts = [f"{c['key'].split('.', 1)[-1]} {c.get('base')!r}→{c.get('new')!r}" for c in plan.get("changes") or []]
     if plan.get("model_changed"):
@@ -72,12 +59,13 @@ def _interval(analysis: dict, ev: dict) -> str:
         ci = ev.get(f"{metric}_ci")
         if ci:
             return f"{metric}{_ci(ci)}"
-    # Otherwise the verdict rule's own band: the key metric's change against the base, ±NOISE is no change.
-    from minimind.verdict import NOISE
-
+    # Otherwise the paired interval of the key metric's change against the base (minimind.verdict).
     for r in analysis.get("comparison") or []:
-        if r.get("metric") == "inference_loss" and isinstance(r.get("rel"), (int, float)):
-            return f"(inference loss {r['rel']:+.1%} vs base, noise band ±{NOISE:.0%})"
+        ci = r.get("ci")
+        if r.get("metric") == "inference_loss" and isinstance(ci, dict) and None not in (ci.get("low"), ci.get("high")):
+            level = ci.get("confidence", info.get("confidence"))
+            return (f"(Δ inference loss [{ci['low']:+.3g}, {ci['high']:+.3g}]"
+                    + (f" at {level:.0%})" if isinstance(level, float) else ")"))
     reason = (info.get("reason") or "").split(" (criteria")[0]
     return f"({reason})" if reason else ""
 
