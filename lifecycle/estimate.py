@@ -28,13 +28,8 @@ from typing import Any, Optional
 from minimind.errors import GateRefused
 from minimind.rundir import CONFIG_FILE, METRICS_FILE, PLAN_FILE, read_json, read_metrics
 
-# Bytes per parameter while training with AdamW in fp32: weights, gradients, two moments.
-TRAIN_BYTES_PER_PARAM = 16
-# Activations kept for the backward pass, per token per layer, as a multiple of dim (fp32):
-# the block's inputs, normed inputs, q/k/v, attention output, FFN/memory intermediates.
-ACTIVATION_FLOATS_PER_DIM = 24
-# Share of the machine's memory a run may plan to use (the OS, data and caches need the rest).
-MEMORY_HEADROOM = 0.9
+# The memory formula and its constants have one owner, shared with the trainer's plan.
+from minimind.memory_plan import MEMORY_HEADROOM, plan_micro_batch, train_memory
 # A calibration run counts as the same size class when its FLOPs per token are within this factor.
 SIZE_CLASS_FACTOR = 4.0
 
@@ -131,6 +126,23 @@ def device_of(cfg: dict) -> str:
     return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
 
 
+def _precision(cfg: dict, device: str) -> str:
+    """launch.mixed_precision with `auto` read as the trainer reads it on this device kind
+    (bf16 on CUDA; a card without bf16 is rare enough for an estimate)."""
+    requested = cfg["launch"].get("mixed_precision", "no")
+    return ("bf16" if device == "cuda" else "no") if requested == "auto" else requested
+
+
+def memory_budget(cfg: dict, device: str) -> Optional[int]:
+    """What the trainer plans its micro-batch against (training.runtime.memory_budget reads
+    the same rule on the training device): launch.memory_budget_gb, else a GPU's memory;
+    a CPU run without a budget is not planned."""
+    gb = cfg["launch"].get("memory_budget_gb") or 0
+    if gb:
+        return int(gb * 2 ** 30)
+    return device_memory(device) if device == "cuda" else None
+
+
 def device_memory(device: str) -> Optional[int]:
     """Bytes of memory on the training device (one GPU, or the machine's RAM)."""
     if device == "cuda":
@@ -172,14 +184,20 @@ def estimate(lab, cfg: dict, exclude: Optional[str] = None) -> dict[str, Any]:
     train_flops = 3 * fpt * tokens if tokens is not None else None
     device = device_of(cfg)
     batch_tokens = cfg["train"]["batch_size"] * m["max_seq_len"]
-    needed = (TRAIN_BYTES_PER_PARAM * params["total"] + bank_bytes(m)
-              + 4 * ACTIVATION_FLOATS_PER_DIM * m["dim"] * m["n_layers"] * batch_tokens
-              + 4 * batch_tokens * m["vocab_size"] * 2)  # logits and their gradient
+    needed = train_memory(params["total"], bank_bytes(m), m["dim"], m["n_layers"], m["vocab_size"], batch_tokens,
+                          _precision(cfg, device))["total"]
+    budget = memory_budget(cfg, device)
+    plan = None
+    if budget is not None:  # the trainer's own plan: a micro-batch too big for the GPU is split
+        plan = plan_micro_batch(cfg["train"]["batch_size"], cfg["train"]["accumulation_steps"], m["max_seq_len"],
+                                budget, n_params=params["total"], bank_bytes=bank_bytes(m), dim=m["dim"],
+                                n_layers=m["n_layers"], vocab_size=m["vocab_size"],
+                                precision=_precision(cfg, device)).as_dict()
     calib = _calibration(lab, device, fpt, exclude)
     wall = tokens / calib["scaled_tokens_per_s"] if calib and tokens else None
     return {"params": params, "bank_bytes": bank_bytes(m), "flops_per_token": fpt, "train_tokens": tokens,
             "train_steps": steps, "tokens_counted": how, "train_flops": train_flops, "device": device,
-            "device_memory_bytes": needed, "device_memory_available": device_memory(device),
+            "device_memory_bytes": needed, "device_memory_available": device_memory(device), "memory_plan": plan,
             "wall_s": wall, "calibration": calib}
 
 
@@ -208,13 +226,16 @@ def summary_lines(est: dict[str, Any]) -> list[str]:
             f"{_duration(est['wall_s'])} (from run {est['calibration']['run']}: "
             f"{est['calibration']['tokens_per_s']:.0f} tokens/s measured, scaled by FLOPs/token)")
     avail = est.get("device_memory_available")
+    plan = est.get("memory_plan")
     return [
         f"parameters: {_size(p['dense'])} dense + {_size(p['memory'])} memory = {_size(p['total'])}; "
         f"bank {_size(est['bank_bytes'], 'B')}",
         f"FLOPs/token (forward): {_size(est['flops_per_token'])}; training tokens at most {_size(est['train_tokens'])} "
         f"in {est['train_steps']:,} steps ({est['tokens_counted']}); training FLOPs {_size(est['train_flops'])}",
         f"device: {est['device']}, memory needed about {_size(est['device_memory_bytes'], 'B')}"
-        + (f" of {_size(avail, 'B')}" if avail else ""),
+        + (f" of {_size(avail, 'B')}" if avail else "")
+        + (f"; split into micro-batch {plan['batch_size']} x accumulation {plan['accumulation_steps']} to fit"
+           if plan and plan["split"] else ""),
         f"wall time: {wall}",
     ]
 
@@ -247,7 +268,11 @@ def cannot_run(lab, cfg: dict, est: dict[str, Any]) -> list[str]:
             problems.append(f"the memory bank needs {_size(est['bank_bytes'], 'B')} "
                             f"({m['knowledge_num']:,} × {m['knowledge_length']} tokens) but the {est['device']} has "
                             f"{_size(avail, 'B')}")
-        elif est["device_memory_bytes"] > MEMORY_HEADROOM * avail:
+        elif est.get("memory_plan") and not est["memory_plan"]["fits"]:
+            problems.append(f"training needs about {_size(est['memory_plan']['needed_bytes'], 'B')} on the "
+                            f"{est['device']} even at micro-batch 1 but the budget is "
+                            f"{_size(est['memory_plan']['budget_bytes'], 'B')}")
+        elif not est.get("memory_plan") and est["device_memory_bytes"] > MEMORY_HEADROOM * avail:
             problems.append(f"training needs about {_size(est['device_memory_bytes'], 'B')} on the {est['device']} "
                             f"but it has {_size(avail, 'B')}")
     return problems

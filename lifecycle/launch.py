@@ -44,7 +44,7 @@ def run_env(lab: Lab, cfg: ExperimentConfig) -> dict[str, str]:
         "PYTHONSAFEPATH": "1",
         "PYTHONUNBUFFERED": "1",
         "MINIMIND_LAB": str(lab.root),
-        "ACCELERATE_MIXED_PRECISION": cfg.launch.mixed_precision,
+        "ACCELERATE_MIXED_PRECISION": launch_precision(cfg),
     }
     if cfg.launch.cpu and cfg.launch.deepspeed:
         env["DS_ACCELERATOR"] = "cpu"  # accelerate's use_cpu would switch DeepSpeed off
@@ -58,6 +58,15 @@ def run_env(lab: Lab, cfg: ExperimentConfig) -> dict[str, str]:
     return env
 
 
+def launch_precision(cfg: ExperimentConfig) -> str:
+    """The precision the launcher passes on: `auto` resolved on this machine (the other
+    machines of a run are taken to be alike; each trainer resolves it again for its own
+    device and passes it to accelerate, which wins over these values)."""
+    from training.runtime import run_precision
+
+    return run_precision(cfg)
+
+
 def distributed(cfg: ExperimentConfig) -> bool:
     return cfg.launch.num_processes > 1 or cfg.launch.num_machines > 1
 
@@ -67,7 +76,7 @@ def accelerate_config(cfg: ExperimentConfig) -> dict:
     launch = cfg.launch
     out = {"compute_environment": "LOCAL_MACHINE", "debug": False,
            "distributed_type": "MULTI_CPU" if launch.cpu else "MULTI_GPU",
-           "mixed_precision": launch.mixed_precision, "num_machines": launch.num_machines,
+           "mixed_precision": launch_precision(cfg), "num_machines": launch.num_machines,
            "num_processes": launch.num_processes, "machine_rank": 0, "use_cpu": launch.cpu,
            "main_training_function": "main", "rdzv_backend": "static", "same_network": True}
     if launch.num_machines > 1:
@@ -84,7 +93,7 @@ def train_command(lab: Lab, cfg: ExperimentConfig, run_dir: Path, machine_rank: 
         return [python, *target]
     argv = [python, "-m", "accelerate.commands.launch", "--config_file", str(run_dir / ACCELERATE_CONFIG_FILE),
             "--multi_gpu", "--num_processes", str(launch.num_processes), "--num_machines", str(launch.num_machines),
-            "--mixed_precision", launch.mixed_precision]
+            "--mixed_precision", launch_precision(cfg)]
     if launch.num_machines > 1:
         argv += ["--machine_rank", str(machine_rank), "--main_process_ip", str(launch.main_process_ip),
                  "--main_process_port", str(launch.main_process_port)]

@@ -110,9 +110,14 @@ class LaunchConfig:
     num_machines: int = field(1, help="machines for accelerate; the one running 'minimind new' is machine 0", min=1, max=1024)
     main_process_ip: Optional[str] = field(None, help="address of machine 0 that the other machines reach (needed with num_machines > 1)")
     main_process_port: int = field(0, help="rendezvous port on machine 0 (0 = accelerate's default, 29500)", min=0, max=65535)
-    mixed_precision: Literal["no", "fp16", "bf16"] = field("no", help="accelerate mixed precision", choices=["no", "fp16", "bf16"])
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = field(
+        "auto", help="accelerate mixed precision; auto = bf16 on a CUDA GPU that supports it, else no (fp32)",
+        choices=["auto", "no", "fp16", "bf16"])
     deepspeed: Optional[str] = field(None, help="DeepSpeed: null, 'zero2' (config generated from the run) or a JSON config path (ZeRO stage <= 2)")
     cpu: bool = field(False, help="force CPU training even when a GPU is present")
+    memory_budget_gb: float = field(0.0, help="device memory a process may plan for, in GiB (0 = the GPU's own; "
+                                              "a CPU run is not planned): a micro-batch that does not fit is split "
+                                              "into more accumulation steps, same effective batch", min=0.0, max=1e6)
     threads: int = field(0, help="torch CPU threads per process (0 = as the machine gives)", min=0, max=1024)
     backend: Literal["local", "slurm"] = field("local", help="where runs execute: this machine, or Slurm jobs (see slurm:)",
                                                 choices=["local", "slurm"])

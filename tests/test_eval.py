@@ -274,3 +274,30 @@ def test_plot_loss_curves_writes_a_png(tmp_path):
 
     out = plot_loss_curves({"a": [(1, 3.0), (2, 2.0)], "b": [(1, 4.0), (2, 2.5)]}, tmp_path / "p.png", "two runs")
     assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluation_puts_the_model_on_the_trainers_device(evaluated, monkeypatch, tmp_path):
+    """evaluate() resolves the device with training.runtime.run_device (the trainer's rule)
+    and measures under the run's precision, instead of always staying on the CPU."""
+    from minimind.config import load_config
+    from minimind.lab import Lab
+    from training import evaluate, runtime
+
+    run_dir, _ = evaluated
+    cfg = load_config(run_dir / "config.yaml")
+    asked, seen = [], {}
+    real = runtime.run_device
+    monkeypatch.setattr(runtime, "run_device", lambda c, *a, **k: asked.append(c) or real(c, *a, **k))
+
+    def measure(lab, cfg_, checkpoint, model, *rest):
+        seen["device"] = next(model.parameters()).device
+        seen["autocast"] = torch.is_autocast_enabled("cpu")
+        return {}
+
+    import torch
+    monkeypatch.setattr(evaluate, "_measure", measure)
+    cfg.launch.mixed_precision = "bf16"
+    evaluate.evaluate(Lab(run_dir.parent.parent), cfg, run_dir / "checkpoints" / "last.pth", None, {},
+                      tmp_path / "e.json", None)
+    assert asked and seen["device"] == real(cfg) == torch.device("cpu")  # launch.cpu: the trainer's device too
+    assert seen["autocast"] is True

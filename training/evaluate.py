@@ -278,20 +278,34 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
     """Measure the checkpoint, write eval.json to `out`; with a run_dir also its plot and state."""
     import torch
 
-    from corpus.tokenizer import load_tokenizer
-    from minimind import guardrails as rules
-    from minimind.atomic import write_json
-    from training import measures
-    from training.metrics import clean
-    from training.runtime import load_corpus, load_data, load_probes
-    from minimind.schema import to_dict
-    from training.sft import sft_measures
+    from training.runtime import autocast_for, enable_tf32, run_device, run_precision
 
     if cfg.launch.threads:
         torch.set_num_threads(cfg.launch.threads)
     if num_samples:
         cfg.eval.num_samples = num_samples
     model, data, module, model_config = load_model(lab, checkpoint, model_type, overrides)
+    # where and how the trainer computes: the run's GPU (or CPU) under the run's precision
+    device = run_device(cfg)
+    model.to(device)
+    enable_tf32(device)
+    with autocast_for(device, run_precision(cfg)):
+        return _measure(lab, cfg, checkpoint, model, data, module, model_config, out, run_dir, max_probes,
+                        explicit_tokenizer)
+
+
+def _measure(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model, data: dict[str, Any], module: str,
+             model_config: dict[str, Any], out: Path, run_dir: Optional[Path], max_probes: int,
+             explicit_tokenizer: bool) -> dict[str, Any]:
+    from corpus.tokenizer import load_tokenizer
+    from minimind import guardrails as rules
+    from minimind.atomic import write_json
+    from minimind.schema import to_dict
+    from training import measures
+    from training.metrics import clean
+    from training.runtime import load_corpus, load_data, load_probes
+    from training.sft import sft_measures
+
     max_seq_len = model.config.max_seq_len
     tokenizer_path = lab.resolve(cfg.data.tokenizer)
     if not tokenizer_path.is_file():

@@ -38,7 +38,8 @@ from training.ddp import gather_pending, ignore_integer_buffers, reduce_memory_w
 from training.data import Stream, collate, split_digest, total_steps
 from training.measures import masked_ce, periodic_eval
 from training.metrics import MetricsWriter, truncate_after
-from training.runtime import load_bank_into, load_data, make_accelerator
+from training.runtime import (enable_tf32, load_bank_into, load_data, make_accelerator, plan_memory, planned_config,
+                              run_device)
 from training.schedule import make_optimizer, make_scheduler
 from training.signals import Heartbeat, StopFlag
 from training.swan import SwanMirror
@@ -78,6 +79,7 @@ class Trainer:
         self.run_dir = Path(run_dir).resolve()
         self.lab = Lab(self.run_dir.parent.parent)
         self.cfg = load_config(self.run_dir / CONFIG_FILE)
+        self.configured = self.cfg   # as config.yaml says; self.cfg becomes the memory plan's
         self.resume = resume
         self.ckpt_dir = self.run_dir / CHECKPOINTS_DIR
         self.stop_flag = StopFlag()
@@ -97,8 +99,15 @@ class Trainer:
             torch.set_num_threads(self.cfg.launch.threads)
         random.seed(t.seed), np.random.seed(t.seed), torch.manual_seed(t.seed)
         self.model = registry.build_model(self.lab.models_dir, cfg.model_module, cfg.model)
+        # A micro-batch too big for the device is split before anything depends on it
+        # (accelerator, data stream, schedule); the effective batch stays as configured.
+        self.memory_plan = plan_memory(cfg, self.model, run_device(cfg))
+        self.cfg = cfg = planned_config(cfg, self.memory_plan)
+        t = cfg.train
         self.acc = make_accelerator(cfg, self.run_dir, sum(p.numel() for p in self.model.parameters()))
         self.main = self.acc.is_main_process
+        self.precision = self.acc.mixed_precision
+        enable_tf32(self.acc.device)
         self.deepspeed = self.acc.distributed_type.name == "DEEPSPEED"
         # The launcher builds the token cache before it starts the processes (prepare_caches);
         # main_process_first is then only a guard for trainers started by hand.
@@ -199,11 +208,21 @@ class Trainer:
                    + (f"; {self.corpus.bad_lines} malformed lines skipped" if self.corpus.bad_lines else ""))
         if self.bank_note:
             runlog.say(self.bank_note)
+        runlog.say(self.memory_plan.note())
         self.swan = SwanMirror(self.cfg.swanlab.mode, self.cfg.swanlab.project, self.run_dir,
-                               self.cfg.version, self.cfg.to_dict(), runlog.warn)
+                               self.cfg.version, self.configured.to_dict(), runlog.warn)
         self.progress.phase = "train"
         update_state(self.run_dir, state="running", stop_reason=None, trainer_pid=os.getpid(),
-                     heartbeat=time.time(), **self.progress.as_state())
+                     heartbeat=time.time(), resources=self.resources(),
+                     memory_plan=self.memory_plan.as_dict(), **self.progress.as_state())
+
+    def resources(self) -> str:
+        """What the run computes on, in words (state.json `resources`, shown by the record)."""
+        t = self.cfg.train
+        return (f"{self.acc.num_processes} process(es) on {self.acc.device.type}, mixed precision {self.precision}, "
+                f"micro-batch {t.batch_size} x accumulation {t.accumulation_steps}"
+                + (" (split by the memory plan)" if self.memory_plan.split else "")
+                + (", DeepSpeed" if self.deepspeed else ""))
 
     # --- one optimizer step ------------------------------------------------------------
 
@@ -304,7 +323,7 @@ class Trainer:
         """Rank 0: periodic eval row, eval guardrails, best checkpoint; returns a stop reason."""
         self.evaluated_once = True
         train_loss = rules.smoothed_train_loss([r["loss_ce"] for r in self.history], self.cfg.guardrails.smoothing_window)
-        vals = periodic_eval(self.unwrapped, self.corpus.docs(self.corpus.val_idx), self.cfg, train_loss)
+        vals = periodic_eval(self.unwrapped, self.corpus.docs(self.corpus.val_idx), self.configured, train_loss)
         row = {"step": self.step, "time": time.time(), **vals}
         results = rules.check_eval({"train_inference_ratio": vals["eval/train_inference_ratio"],
                                     "repetition_rate": vals["eval/repetition_rate"]}, self.cfg.guardrails)
@@ -353,7 +372,7 @@ class Trainer:
                 self._model_part(), self.unwrapped, None if self.deepspeed else self.optimizer, self.scheduler,
                 step=self.step, accumulation_steps=self.cfg.train.accumulation_steps,
                 batches_per_epoch=self.stream.batches_per_epoch, total_steps=self.total, best=self.best,
-                config=self.cfg.to_dict(), split=split_digest(self.corpus.train_idx, self.corpus.val_idx),
+                config=self.configured.to_dict(), split=split_digest(self.corpus.train_idx, self.corpus.val_idx),
                 elapsed_s=time.time() - self.start_time + self.elapsed_before,
                 num_processes=self.acc.num_processes, deepspeed=self.deepspeed))
             ckpt.remove_stale(self.ckpt_dir, tag)

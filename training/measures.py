@@ -73,11 +73,56 @@ def bootstrap_ci(values: Sequence[float], seed: int = 0, rounds: int = 1000) -> 
 
 # --- model measures -------------------------------------------------------------------
 
-def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over unmasked positions. logits (B, T, V), targets/mask (B, T)."""
-    per_token = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1),
-                                reduction="none").view_as(mask)
-    return (per_token * mask).sum() / mask.sum().clamp_min(1.0)
+# fp32 logit elements per cross-entropy chunk (64 MB): with MiniMind2's 6,400-token
+# vocabulary about 2,600 positions, so a 128 x 512 batch never holds its 1.7 GB fp32
+# logits, nor their log-softmax, at once.
+CE_CHUNK_ELEMENTS = 1 << 24
+
+
+class _ChunkedCE(torch.autograd.Function):
+    """sum_i w_i * CE(logits_i, target_i) over rows, computed chunk by chunk in fp32.
+
+    The forward pass also computes the gradient of each chunk (softmax - onehot, times w)
+    and keeps it in the logits' dtype: the only full-size tensor is that gradient, which
+    the backward pass needs anyway; the fp32 work exists one chunk at a time."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, weights, chunk: int):
+        rows = logits.size(0)
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        grad = torch.empty_like(logits) if ctx.needs_input_grad[0] else None
+        for start in range(0, rows, chunk):
+            x = logits[start:start + chunk].float()
+            t = targets[start:start + chunk, None]
+            w = weights[start:start + chunk]
+            lse = torch.logsumexp(x, dim=-1)
+            total += ((lse - x.gather(1, t).squeeze(1)) * w).sum()
+            if grad is not None:
+                g = torch.exp(x - lse[:, None])
+                g.scatter_add_(1, t, -torch.ones_like(t, dtype=g.dtype))
+                grad[start:start + chunk] = (g * w[:, None]).to(grad.dtype)
+        ctx.save_for_backward(grad if grad is not None else torch.empty(0))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out.to(grad.dtype), None, None, None
+
+
+def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+              chunk_elements: int = CE_CHUNK_ELEMENTS) -> torch.Tensor:
+    """Mean cross-entropy over unmasked positions, in fp32. logits (B, T, V), targets/mask (B, T).
+
+    Computed over chunks of positions (CE_CHUNK_ELEMENTS fp32 logits each), equal to the
+    unchunked masked mean within float rounding, gradients included."""
+    vocab = logits.size(-1)
+    flat = logits.reshape(-1, vocab)
+    weights = mask.reshape(-1).float()
+    weights = weights / weights.sum().clamp_min(1.0)
+    # a masked position's target may be padding: any valid index does, its weight is 0
+    targets = targets.reshape(-1).clamp(0, vocab - 1)
+    return _ChunkedCE.apply(flat, targets, weights, max(1, chunk_elements // vocab))
 
 
 @contextmanager

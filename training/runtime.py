@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -31,7 +32,8 @@ def make_accelerator(cfg: ExperimentConfig, run_dir: Path, n_params: int):
     """
     from accelerate import Accelerator
 
-    kwargs: dict[str, Any] = {"mixed_precision": cfg.launch.mixed_precision,
+    # the resolved precision as a keyword: it wins over the launcher's ACCELERATE_MIXED_PRECISION
+    kwargs: dict[str, Any] = {"mixed_precision": run_precision(cfg),
                               "gradient_accumulation_steps": cfg.train.accumulation_steps}
     if cfg.launch.cpu and cfg.launch.deepspeed:
         # accelerate's cpu=True would turn DeepSpeed off; DeepSpeed has its own CPU accelerator
@@ -54,6 +56,99 @@ def make_accelerator(cfg: ExperimentConfig, run_dir: Path, n_params: int):
     return Accelerator(**kwargs)
 
 
+# --- device and precision (the trainer and the evaluator resolve them alike) ------------
+
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+def resolve_precision(requested: str, *, cuda: bool, bf16_supported: bool, cpu: bool) -> str:
+    """launch.mixed_precision as accelerate takes it, from the device facts (pure).
+
+    `auto` (the default of new labs) is bf16 autocast on a CUDA device that supports bf16,
+    else fp32 ("no"); an explicit value (an older lab's 'no' included) is kept as written."""
+    if requested != "auto":
+        return requested
+    return "bf16" if cuda and not cpu and bf16_supported else "no"
+
+
+def device_facts() -> dict[str, bool]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {"cuda": cuda, "bf16_supported": bool(cuda and torch.cuda.is_bf16_supported())}
+
+
+def run_precision(cfg: ExperimentConfig, facts: Optional[dict[str, bool]] = None) -> str:
+    return resolve_precision(cfg.launch.mixed_precision, cpu=cfg.launch.cpu, **(facts or device_facts()))
+
+
+def run_device(cfg: ExperimentConfig, cuda: Optional[bool] = None, local_rank: Optional[int] = None):
+    """The device this process computes on: what accelerate picks for the trainer (its
+    LOCAL_RANK's GPU, or the CPU with launch.cpu or without CUDA), and where evaluation
+    puts the model."""
+    import torch
+
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if cfg.launch.cpu or not cuda:
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank)
+
+
+def enable_tf32(device) -> None:
+    """fp32 matmuls and convolutions on TensorFlow-32 cores (Ampere and later): the parts
+    that stay fp32 under autocast (and whole fp32 runs) at several times the speed."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def autocast_for(device, precision: str):
+    """The autocast context of `precision` on `device` (evaluation under the run's precision)."""
+    import torch
+
+    kind = getattr(device, "type", str(device))
+    if precision == "bf16" or (precision == "fp16" and kind == "cuda"):
+        return torch.autocast(kind, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return nullcontext()
+
+
+def memory_budget(cfg: ExperimentConfig, device) -> Optional[int]:
+    """Bytes a process may plan for: launch.memory_budget_gb, else the GPU's memory; a CPU
+    run without a budget is not planned (lifecycle.estimate.memory_budget, the same rule)."""
+    if cfg.launch.memory_budget_gb:
+        return int(cfg.launch.memory_budget_gb * 2 ** 30)
+    if getattr(device, "type", str(device)) != "cuda":
+        return None
+    import torch
+
+    return int(torch.cuda.get_device_properties(device).total_memory)
+
+
+def plan_memory(cfg: ExperimentConfig, model, device):
+    """The micro-batch plan of this run's config for `model` on `device` (minimind.memory_plan)."""
+    from minimind.memory_plan import plan_micro_batch
+
+    bank = getattr(model, "memory_bank", None)
+    mc = model.config
+    return plan_micro_batch(cfg.train.batch_size, cfg.train.accumulation_steps, mc.max_seq_len,
+                            memory_budget(cfg, device), n_params=sum(p.numel() for p in model.parameters()),
+                            bank_bytes=0 if bank is None else bank.numel() * bank.element_size(), dim=mc.dim,
+                            n_layers=mc.n_layers, vocab_size=mc.vocab_size, precision=run_precision(cfg))
+
+
+def planned_config(cfg: ExperimentConfig, plan) -> ExperimentConfig:
+    """The config the trainer trains with: the plan's micro-batch and accumulation."""
+    import dataclasses
+
+    if not plan.split:
+        return cfg
+    train = dataclasses.replace(cfg.train, batch_size=plan.batch_size, accumulation_steps=plan.accumulation_steps)
+    return dataclasses.replace(cfg, train=train)
+
+
 # --- DeepSpeed ------------------------------------------------------------------------
 
 def _single_process_group() -> None:
@@ -72,7 +167,7 @@ def _single_process_group() -> None:
 # Keys of a DeepSpeed config that the run's own config decides: a user's JSON may leave
 # them out or "auto" (filled in), or repeat the run's value; anything else is refused.
 def _run_values(cfg: ExperimentConfig) -> dict[str, Any]:
-    mp = cfg.launch.mixed_precision
+    mp = run_precision(cfg)
     return {"train_micro_batch_size_per_gpu": cfg.train.batch_size,
             "gradient_accumulation_steps": cfg.train.accumulation_steps,
             "gradient_clipping": float(cfg.train.grad_clip),
