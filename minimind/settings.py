@@ -115,6 +115,9 @@ class LaunchConfig:
         choices=["auto", "no", "fp16", "bf16"])
     deepspeed: Optional[str] = field(None, help="DeepSpeed: null, 'zero2' (config generated from the run) or a JSON config path (ZeRO stage <= 2)")
     cpu: bool = field(False, help="force CPU training even when a GPU is present")
+    compile: bool = field(False, help="torch.compile the model for training (batches padded to multiples of "
+                                      "64 tokens so shapes rarely recompile)")
+    compile_backend: str = field("inductor", help="torch.compile backend (inductor; aot_eager or eager to debug)")
     memory_budget_gb: float = field(0.0, help="device memory a process may plan for, in GiB (0 = the GPU's own; "
                                               "a CPU run is not planned): a micro-batch that does not fit is split "
                                               "into more accumulation steps, same effective batch", min=0.0, max=1e6)

@@ -98,8 +98,10 @@ def _tokens_of(doc):
     return doc[0] if isinstance(doc, tuple) else doc
 
 
-def collate(docs: Sequence, max_seq_len: int):
-    """(input_ids, targets, loss_mask) LongTensors/FloatTensor, padded to the longest doc.
+def collate(docs: Sequence, max_seq_len: int, pad_multiple: int = 0):
+    """(input_ids, targets, loss_mask) LongTensors/FloatTensor, padded to the longest doc,
+    or with `pad_multiple` up to a multiple of it (at most max_seq_len): a compiled model
+    then sees a few fixed lengths instead of a new shape nearly every step.
 
     A pretraining document is learned everywhere; a conversation (tokens, flags) only where
     the predicted token is flagged (the assistant's replies, corpus/sft.py)."""
@@ -107,6 +109,8 @@ def collate(docs: Sequence, max_seq_len: int):
 
     samples = [sample_tokens(d, max_seq_len) for d in docs]
     width = max(2, max(len(s) for s in samples))
+    if pad_multiple:  # width counts the shifted target too: inputs are width - 1 long
+        width = min(max_seq_len, -(-(width - 1) // pad_multiple) * pad_multiple) + 1
     tokens = np.full((len(samples), width), PAD_ID, dtype=np.int64)
     mask = np.zeros((len(samples), width - 1), dtype=np.float32)
     for row, (doc, sample) in enumerate(zip(docs, samples)):

@@ -65,6 +65,21 @@ class Progress:
                 "guardrails": self.guardrails}
 
 
+# Sequence lengths a compiled model is padded to multiples of: at most max_seq_len / 64
+# shapes (8 at 512), each compiled once.
+COMPILE_PAD_MULTIPLE = 64
+
+
+def compiled(model, backend: str):
+    """torch.compile of the (prepared) model for the training forward; the module itself,
+    its state dict and the evaluations stay eager. Shapes are static per length bucket;
+    the recompile cache is raised above the bucket count so none falls back to eager."""
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    return torch.compile(model, backend=backend, dynamic=False)
+
+
 def _aux(out) -> torch.Tensor | float:
     aux = getattr(out, "aux_loss", None)
     return 0.0 if aux is None else aux
@@ -135,6 +150,9 @@ class Trainer:
             ignore_integer_buffers(self.model)
         self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
         self.unwrapped = self.acc.unwrap_model(self.model)
+        self.forward, self.pad_multiple = self.model, 0
+        if cfg.launch.compile:
+            self.forward, self.pad_multiple = compiled(self.model, cfg.launch.compile_backend), COMPILE_PAD_MULTIPLE
         if restored is not None:
             self._restore_prepared(restored)
         self.progress.step, self.progress.total_steps = self.step, self.total
@@ -234,11 +252,11 @@ class Trainer:
             micro = self.step * t.accumulation_steps + k
             self.epoch_pos = (micro + 1) / self.stream.batches_per_epoch  # epochs done after this batch
             _, doc_idx = self.stream.batch(micro)
-            inputs, targets, mask = collate(self.corpus.docs(doc_idx), self.max_seq_len)
+            inputs, targets, mask = collate(self.corpus.docs(doc_idx), self.max_seq_len, self.pad_multiple)
             tokens += int(mask.sum())  # on the host: counted before the batch moves to the device
             inputs, targets, mask = (x.to(self.acc.device, non_blocking=True) for x in (inputs, targets, mask))
             with self.acc.accumulate(self.model):
-                out = self.model(inputs)
+                out = self.forward(inputs)
                 ce = masked_ce(out.logits, targets, mask)
                 aux = _aux(out)
                 self.acc.backward(ce + aux)  # accelerate divides by the accumulation (DeepSpeed by itself)
