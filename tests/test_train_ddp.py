@@ -112,3 +112,46 @@ def test_memory_statistics_and_ema_are_global(tmp_path):
     for key, value in one["stats"].items():  # global counts: the statistics of one process on the whole batch
         assert r0["stats"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
         assert r1["stats"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+def test_two_node_run_on_localhost_trains_and_finishes(lab):
+    """Two accelerate launchers, machine_rank 0 and 1, one process each (gloo), rendezvous
+    on 127.0.0.1: the commands lifecycle.launch generates for a 2-machine config."""
+    import os
+    import socket
+    import subprocess
+
+    import yaml
+
+    from lifecycle.launch import accelerate_config, run_env, train_command
+    from minimind.config import load_config
+    from minimind.lab import Lab
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run_dir = h.write_config(lab, "0.9.0", train={"max_steps": 4, "eval_interval": 0, "save_interval": 4},
+                             launch={"num_processes": 2, "num_machines": 2, "main_process_ip": "127.0.0.1",
+                                     "main_process_port": port})
+    cfg = load_config(run_dir / "config.yaml")
+    (run_dir / "accelerate_config.yaml").write_text(yaml.safe_dump(accelerate_config(cfg)))
+    env = {**h.env(), **run_env(Lab(lab), cfg)}
+    env.pop("PYTHONSAFEPATH", None)  # the tests run the worktree's code from the repository
+    procs = []
+    for rank in (0, 1):
+        argv = train_command(Lab(lab), cfg, run_dir, machine_rank=rank)
+        assert ("--machine_rank", str(rank)) == tuple(argv[argv.index("--machine_rank"):][:2])
+        log = open(run_dir / f"node{rank}.log", "w")
+        procs.append(subprocess.Popen(argv, cwd=h.REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True))
+    try:
+        codes = [p.wait(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, 9)
+    assert codes == [0, 0], h.tail(run_dir / "node0.log") + "\n---\n" + h.tail(run_dir / "node1.log")
+    assert [r["step"] for r in h.train_rows(run_dir)] == [2, 4]
+    log = (run_dir / "node0.log").read_text()
+    assert "processes: 2" in log and log.count("training finished: 4 steps") == 1
+    assert (run_dir / "checkpoints" / "rank1.step4.pth").exists()  # machine 1's rank saved its part
