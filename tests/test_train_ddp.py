@@ -135,8 +135,7 @@ def test_two_node_run_on_localhost_trains_and_finishes(lab):
                                      "main_process_port": port})
     cfg = load_config(run_dir / "config.yaml")
     (run_dir / "accelerate_config.yaml").write_text(yaml.safe_dump(accelerate_config(cfg)))
-    env = {**h.env(), **run_env(Lab(lab), cfg)}
-    env.pop("PYTHONSAFEPATH", None)  # the tests run the worktree's code from the repository
+    env = {**h.env(), **run_env(Lab(lab), cfg)}  # the run script's environment, PYTHONPATH kept
     procs = []
     for rank in (0, 1):
         argv = train_command(Lab(lab), cfg, run_dir, machine_rank=rank)
