@@ -120,6 +120,7 @@ class CommitContext:
     model_diff: str = ""                  # models/model.py hunks, bounded
     plan: dict[str, Any] = field(default_factory=dict)   # thinking, expected, risks, changes with their why
     facts: dict[str, Any] = field(default_factory=dict)  # the numbers prose may quote (comparison, eval)
+    changed_symbols: list[str] = field(default_factory=list)  # functions/classes the model diff touches
 
 
 COMMIT_PROSE = ("title", "improvements", "core_changes", "next_steps")

@@ -8,11 +8,189 @@ change with the setting's own documentation and the guardrails it touches.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Optional
 
 from agent.base import (Analysis, AnalysisContext, CommitContext, CommitDraft, Plan, PlanContext)
 from minimind.config import parse_value
-from minimind.guardrails import EVAL_GUARDRAILS, danger_text, rule_from, rule_text
+from minimind.guardrails import EVAL_GUARDRAILS, danger_text, rule_from
+
+# Every sentence the offline agent writes, per record language: one table, one logic, so a
+# zh record gets no English sentence from this agent. Numbers are formatted by the code.
+_T: dict[str, dict[str, str]] = {
+    "en": {
+        "start": "Starting point: {base} — preset `{preset}`, dim {dim}, {layers} layers, batch {batch}, learning rate {lr}{steps}.",
+        "steps": ", max_steps {n}",
+        "base_exp": "experiment {v}", "base_default": "the lab's default settings",
+        "changes": "Changes for this experiment: {listed}. Everything else is inherited unchanged, so any difference "
+                   "in the results is attributable to these settings and to the model code diff.",
+        "no_change": "No configuration change was named, so this run isolates the effect of the code in "
+                     "`models/model.py` (see the git change record) against the same settings.",
+        "diff": "`models/model.py` differs from {against} by {n} changed line(s) (see the git change record); the "
+                "snapshot keeps this exact code for later evaluation.",
+        "against_base": "the base snapshot models/model_{v}.py", "against_head": "git HEAD",
+        "to_beat": "The base measured val loss {val} and inference loss {inf}; these are the numbers to beat.",
+        "q_passed": "The preflight check verified that the memory layer reads the bank with the attention output h_attn "
+                    "as the query (the 1.4.3 lesson: x + h_attn froze selection, train loss 0.006 vs inference loss 29.34).",
+        "q_failed": "The preflight check memory_query FAILED: {detail}. This is the architecture the 1.4.3 lesson forbids "
+                    "(train loss 0.006 vs inference loss 29.34); expect frozen memory selection.",
+        "q_unknown": "Whether the memory layer's query is the attention output h_attn (the 1.4.3 lesson) was not "
+                     "verified{detail}; check the diff by hand.",
+        "guard": "Guardrails {parts}.", "guard_join": "; they ",
+        "act_stop": "stop the run on", "act_flag": "flag", "act_none": "only report",
+        "when_eval": "at each evaluation", "when_log": "at every log step",
+        "rule": "{meaning} {side} {value} ({when})", "below": "below", "above": "above",
+        "base_guard": "The base's guardrails: {items}.",
+        "base_guard_item": "{meaning} {value} ({level}; danger {side} {danger})",
+        "risk_close": "the base's {meaning} was already {level} at {value} (danger {side} {danger}): this run starts "
+                      "{ratio} of the way from the safe threshold {safe} to danger",
+        "risk_default": "memorisation of the small corpus: the train/inference loss ratio and repetition rate are the checks",
+        "named": "named in the goal/hypothesis; {help}",
+        "expected_hyp": "as the hypothesis states: {h}",
+        "detectable": "Detectable: on the base, {m} = {v} with a {conf} interval [{lo}, {hi}] (n={n}), so a change "
+                      "smaller than about ±{half} cannot be told from noise.",
+        "training": "Training ran {steps} optimizer steps in {dur}; loss went from {first} to {last} (lowest {low}, "
+                    "smoothed {smooth}) at about {tps} tokens/s.",
+        "stopped": " The run was stopped by a guardrail: {reason}. The checkpoint at the stop was evaluated.",
+        "inference": "Teacher-forced validation loss {val}; inference loss through the KV-cached decode path {inf}, a "
+                     "train/inference ratio of {ratio}. Greedy continuations repeat {rep} of their 4-grams (distinct-2 {d2}).",
+        "recall": " Factual recall: {parts}.", "recall_item": "{split} P@1 {p} (n={n})",
+        "no_base": "There is no evaluated base to compare with, so these numbers are the reference for the next experiment.",
+        "better": "Better than the base beyond noise: {items}.", "worse": "Worse than the base beyond noise: {items}.",
+        "noise": "Within noise (the interval of the difference includes zero): {items}.",
+        "no_items": "The base has no per-item data, so no change can be told from noise.",
+        "control": "Chance control: {text}.",
+        "gap": "Facts only in the memory bank: P@1 {mem} against {held} for held-out facts seen nowhere (the chance "
+               "control), a difference of {gap}.",
+        "bank": "Bank reads, the direct measure of whether the memory is used: {text}.",
+        "degenerate": "Degenerate continuations: {items}.",
+        "degenerate_item": "sample {i} \"{text}\" repeats (seq-rep-4 {rep}, above {limit})",
+        "history": "Guardrail history: {items}.",
+        "history_item": "{name} {frm} → {to} at step {step} ({value})", "unset": "unset",
+        "dangers": "Guardrails in danger: {items}. These are the signs of the 1.4.3 failure mode and outrank any loss improvement.",
+        "no_danger": "No guardrail is in danger.",
+        "against": "Against {base}: {items}.",
+        "reference": "This run sets the reference numbers for the experiments built on it.",
+        "m_supported": "The change did what the hypothesis predicted at this scale; keep it as the new base.",
+        "m_refuted": "The change did not deliver the predicted effect at this scale; the negative result is kept on record.",
+        "m_inconclusive": "The numbers do not decide the hypothesis either way.",
+        "resolve": "Guardrail(s) in danger ({names}) must be resolved before building on it.",
+        "s_rollback": "Roll back the latest architecture change and check that the memory query is h_attn.",
+        "s_diversity": "Increase query diversity (more candidates or a diversity loss) before training longer.",
+        "s_bank": "Make the query find the asked fact's entry (its hit@C is no better than a random fact's): inspect it "
+                  "with minimind memory show on a probe prompt before changing anything else.",
+        "s_eval": "Check the evaluation: held-out recall moved beyond noise, which a model change should not do.",
+        "s_seed": "Repeat with another seed to confirm the effect is larger than run-to-run noise.",
+        "s_revert": "Revert this change, or test a smaller step of it against the same base.",
+        "s_more": "Evaluate on more samples (eval.num_samples; {m} had n={n}) or train longer, so the difference can "
+                  "exceed its interval.",
+        "s_rebase": "Evaluate the base again with this minimind so both sides have per-item data and intervals.",
+        "s_stop": "Investigate the guardrail stop before building on this checkpoint.",
+        "title": "Experiment {v}: {goal}",
+        "tested": "Tested: {h}", "config": "Config: {changes}", "no_config": "no config change",
+        "c_record": "experiment record: verdict {verdict} ({reason})",
+        "c_script": "launch script: train, evaluate, analyse (unchanged template)",
+        "c_config": "`{k}` {a} → {b}: {why}", "c_config_none": "resolved config, no value differs from the base",
+        "c_human": "set by the human with --set",
+        "c_snapshot": "exact copy of models/model.py as trained, so this run can be evaluated later",
+        "c_model": "{n} changed line(s) in {where}: {why}", "c_model_same": "unchanged against the base (model code as run)",
+        "c_toplevel": "module level", "c_eval": "evaluation: {items}", "c_plan": "the plan: thinking, changes and their reasons",
+        "c_diff": "the models/model.py diff against the base", "c_plot": "training loss plot",
+        "c_other": "written by this run",
+        "why_plan": "{why}",
+    },
+    "zh": {
+        "start": "起点:{base}——预设 `{preset}`,dim {dim},{layers} 层,batch {batch},学习率 {lr}{steps}。",
+        "steps": ",max_steps {n}",
+        "base_exp": "实验 {v}", "base_default": "实验室默认设置",
+        "changes": "本实验的改动:{listed}。其余设置全部继承不变,因此结果的差异只能归因于这些设置和模型代码的改动。",
+        "no_change": "没有指定配置改动,因此本次运行在相同设置下单独检验 `models/model.py` 代码(见 Git 变更记录)的效果。",
+        "diff": "`models/model.py` 相对 {against} 有 {n} 行改动(见 Git 变更记录);快照保存了这份代码,供以后评估。",
+        "against_base": "基线快照 models/model_{v}.py", "against_head": "git HEAD",
+        "to_beat": "基线的验证损失为 {val},推理损失为 {inf};这是要超越的数字。",
+        "q_passed": "预检已验证记忆层以注意力输出 h_attn 作为查询读取记忆库(1.4.3 的教训:x + h_attn 使选择冻结,"
+                    "训练损失 0.006,推理损失 29.34)。",
+        "q_failed": "预检 memory_query 未通过:{detail}。这正是 1.4.3 教训所禁止的结构(训练损失 0.006,推理损失 29.34);"
+                    "预计记忆选择会冻结。",
+        "q_unknown": "记忆层的查询是否为注意力输出 h_attn(1.4.3 的教训)未经验证{detail};请人工检查代码改动。",
+        "guard": "护栏:{parts}。", "guard_join": ";",
+        "act_stop": "以下情况停止运行:", "act_flag": "以下情况标记:", "act_none": "以下情况只报告:",
+        "when_eval": "每次评估时", "when_log": "每个日志步",
+        "rule": "{meaning}{side} {value}({when})", "below": "低于", "above": "高于",
+        "base_guard": "基线的护栏:{items}。",
+        "base_guard_item": "{meaning} {value}({level};危险线:{side} {danger})",
+        "risk_close": "基线的{meaning}已处于{level},数值 {value}(危险线:{side} {danger}):本次运行起点已从安全线 {safe} "
+                      "向危险线走了 {ratio}",
+        "risk_default": "小语料上的记忆化:以训练/推理损失比和重复率检查",
+        "named": "在目标或假设中指定",
+        "expected_hyp": "如假设所述:{h}",
+        "detectable": "可检测性:基线上 {m} = {v},{conf} 区间 [{lo}, {hi}](n={n}),小于约 ±{half} 的变化无法与噪声区分。",
+        "training": "训练进行了 {steps} 个优化步,用时 {dur};损失从 {first} 降到 {last}(最低 {low},平滑后 {smooth}),"
+                    "吞吐约 {tps} tokens/s。",
+        "stopped": "运行被护栏停止:{reason}。评估的是停止时的检查点。",
+        "inference": "教师强制验证损失 {val};经 KV 缓存解码路径的推理损失 {inf},训练/推理比 {ratio}。"
+                     "贪心续写的 4-gram 重复占 {rep}(distinct-2 {d2})。",
+        "recall": "事实召回:{parts}。", "recall_item": "{split} P@1 {p}(n={n})",
+        "no_base": "没有已评估的基线可比,这些数字是下一个实验的参照。",
+        "better": "超出噪声地优于基线:{items}。", "worse": "超出噪声地差于基线:{items}。",
+        "noise": "在噪声范围内(差值区间包含零):{items}。",
+        "no_items": "基线没有逐项数据,无法把任何变化与噪声区分。",
+        "control": "随机对照:{text}。",
+        "gap": "只在记忆库中的事实:P@1 {mem},而从未见过的留出事实(随机对照)为 {held},差值 {gap}。",
+        "bank": "记忆库读取(记忆是否被使用的直接度量):{text}。",
+        "degenerate": "退化的续写:{items}。",
+        "degenerate_item": "样本 {i} \"{text}\" 重复(seq-rep-4 {rep},高于 {limit})",
+        "history": "护栏历史:{items}。",
+        "history_item": "{name} {frm} → {to},第 {step} 步({value})", "unset": "未设",
+        "dangers": "处于危险的护栏:{items}。这是 1.4.3 失败模式的征兆,比任何损失改善都重要。",
+        "no_danger": "没有护栏处于危险。",
+        "against": "相对 {base}:{items}。",
+        "reference": "本次运行为在其上构建的实验提供参照数字。",
+        "m_supported": "在这个规模上,改动达到了假设预测的效果;将其作为新的基线。",
+        "m_refuted": "在这个规模上,改动没有带来预测的效果;这一负面结果保留在记录中。",
+        "m_inconclusive": "这些数字在任一方向上都无法判定假设。",
+        "resolve": "处于危险的护栏({names})必须先解决,才能在此基础上继续。",
+        "s_rollback": "回退最近的结构改动,并检查记忆查询是否为 h_attn。",
+        "s_diversity": "在延长训练之前提高查询多样性(更多候选或多样性损失)。",
+        "s_bank": "让查询找到被问事实的条目(其 hit@C 不比随机事实好):先用 minimind memory show 在探针提示上检查,再做其他改动。",
+        "s_eval": "检查评估流程:留出召回的变化超出了噪声,模型改动不应造成这种变化。",
+        "s_seed": "换一个随机种子重复,确认效果大于运行间噪声。",
+        "s_revert": "回退这个改动,或在同一基线上测试更小的一步。",
+        "s_more": "在更多样本上评估(eval.num_samples;{m} 的 n={n})或训练更久,使差值能超出其区间。",
+        "s_rebase": "用当前版本的 minimind 重新评估基线,使双方都有逐项数据和区间。",
+        "s_stop": "在此检查点上继续之前,先调查护栏停止的原因。",
+        "title": "实验 {v}:{goal}",
+        "tested": "检验:{h}", "config": "配置:{changes}", "no_config": "无配置改动",
+        "c_record": "实验记录:判定 {verdict}({reason})",
+        "c_script": "启动脚本:训练、评估、分析(模板未改)",
+        "c_config": "`{k}` {a} → {b}:{why}", "c_config_none": "解析后的配置,与基线没有不同的值",
+        "c_human": "由人通过 --set 设置",
+        "c_snapshot": "训练时 models/model.py 的精确副本,便于以后评估本次运行",
+        "c_model": "{where} 中 {n} 行改动:{why}", "c_model_same": "相对基线未改(运行时的模型代码)",
+        "c_toplevel": "模块顶层", "c_eval": "评估:{items}", "c_plan": "计划:思考、改动及其理由",
+        "c_diff": "models/model.py 相对基线的改动", "c_plot": "训练损失曲线图",
+        "c_other": "本次运行写出",
+        "why_plan": "{why}",
+    },
+}
+_LEVEL = {"en": {"safe": "safe", "watch": "at watch", "danger": "in danger", "n/a": "n/a"},
+          "zh": {"safe": "安全", "watch": "观察", "danger": "危险", "n/a": "不适用"}}
+_MEANING_ZH = {"train_loss": "平滑训练损失", "train_inference_ratio": "推理/训练损失比",
+               "repetition_rate": "重复率(seq-rep-4)", "memory_entropy": "记忆选择熵"}
+
+
+def _t(lang: str, key: str, **values: Any) -> str:
+    return _T.get(lang, _T["en"])[key].format(**values)
+
+
+def _meaning(name: str, lang: str) -> str:
+    from minimind.guardrails import MEANINGS
+
+    return _MEANING_ZH.get(name, name) if lang == "zh" else MEANINGS.get(name, name)
+
+
+def _join(lang: str, items: list[str]) -> str:
+    return ("、" if lang == "zh" else ", ").join(items)
+
 
 # `name=value` in free text; values end at whitespace or , ; ) so prose around them is left out.
 _PAIR = re.compile(r"(?<![\w.])([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*){0,2})\s*=\s*([^\s,;)]+)")
@@ -34,36 +212,96 @@ _RISKS = {
     "knowledge_length": "longer entries dilute each entry's mean embedding",
     "knowledge_dim": "the product-key dimension sets how finely queries can tell entries apart",
 }
+_RISKS_ZH = {
+    "preset": "预设改动会改变整个模块;训练/推理比显示训练路径是否仍与解码一致",
+    "knowledge_num": "记忆库大小会改变覆盖率和选择熵;关注记忆选择熵(危险线:{memory_entropy})",
+    "num_candidates": "候选更少会降低熵的上限(num_candidates 的对数);关注记忆选择熵",
+    "freeze_ratio": "冻结的条目无法适应;冻结太少会让 EMA 覆盖真实事实",
+    "ema_decay": "EMA 更快会让条目向训练批次移动;关注重复率和训练/推理比",
+    "ema_update_freq": "EMA 的节奏决定条目偏离原文的速度",
+    "learning_rate": "更高的学习率可能使训练损失塌缩(危险线:{train_loss})或发散",
+    "max_steps": "在小数据上训练更多步会导致记忆化;关注平滑训练损失(危险线:{train_loss})",
+    "epochs": "对同一批文档多轮训练会导致记忆化;关注训练/推理比(危险线:{train_inference_ratio})",
+    "dim": "宽度改变容量;比较推理损失,而不只是训练损失",
+    "n_layers": "深度改变容量,也改变每个 token 的记忆读取次数",
+    "knowledge_length": "更长的条目会稀释每个条目的平均嵌入",
+    "knowledge_dim": "product-key 的维度决定查询区分条目的精细程度",
+}
 
 
-def _dangers(guardrails: dict[str, dict]) -> dict[str, str]:
-    """{name: 'below 0.1'} from the lab's rules, for the placeholders above."""
-    return {name: danger_text(name, rule_from(spec)) for name, spec in guardrails.items()}
+def _side(name: str, spec: dict, lang: str) -> tuple[str, str]:
+    """('below'/'低于', '0.1') of a guardrail's danger side, from the lab's settings."""
+    from minimind.guardrails import UNITS, low_is_bad
+
+    rule = rule_from(spec)
+    value = rule.danger
+    shown = f"{100 * value:g}%" if UNITS.get(name) == "%" else f"{value:g}{UNITS.get(name, '')}"
+    return _t(lang, "below" if low_is_bad(rule) else "above"), shown
 
 
-def _guardrail_sentence(guardrails: dict[str, dict]) -> str:
+def _dangers(guardrails: dict[str, dict], lang: str = "en") -> dict[str, str]:
+    """{name: 'below 0.1'} from the lab's rules, for the placeholders of the risks."""
+    if lang != "zh":
+        return {name: danger_text(name, rule_from(spec)) for name, spec in guardrails.items()}
+    return {name: " ".join(_side(name, spec, lang)) for name, spec in guardrails.items()}
+
+
+def _guardrail_sentence(guardrails: dict[str, dict], lang: str = "en") -> str:
     """What the guardrails will do, stated from the lab's settings."""
     by_action: dict[str, list[str]] = {}
     for name, spec in guardrails.items():
-        when = "at each evaluation" if name in EVAL_GUARDRAILS else "at every log step"
-        by_action.setdefault(spec.get("action", "flag"), []).append(f"{rule_text(name, rule_from(spec)).rsplit(' (', 1)[0]} ({when})")
-    words = {"stop": "stop the run on", "flag": "flag", "none": "only report"}
-    parts = [f"{words[action]} {', '.join(items)}" for action, items in by_action.items()]
-    return "Guardrails " + "; they ".join(parts) + "."
+        side, value = _side(name, spec, lang)
+        when = _t(lang, "when_eval" if name in EVAL_GUARDRAILS else "when_log")
+        by_action.setdefault(spec.get("action", "flag"), []).append(
+            _t(lang, "rule", meaning=_meaning(name, lang), side=side, value=value, when=when))
+    parts = [f"{_t(lang, 'act_' + action)} {_join(lang, items)}" for action, items in by_action.items()
+             if action in ("stop", "flag", "none")]
+    return _t(lang, "guard", parts=_t(lang, "guard_join").join(parts))
 
 
-def _memory_query_sentence(checks: list[dict[str, Any]]) -> str:
+def _memory_query_sentence(checks: list[dict[str, Any]], lang: str = "en") -> str:
     """What the preflight check verified about the memory query, never more (the 1.4.3 lesson)."""
     result = next((c for c in checks if c.get("id") == "memory_query"), None)
     if result is not None and result.get("status") == "passed":
-        return ("The preflight check verified that the memory layer reads the bank with the attention output h_attn "
-                "as the query (the 1.4.3 lesson: x + h_attn froze selection, train loss 0.006 vs inference loss 29.34).")
+        return _t(lang, "q_passed")
     if result is not None and result.get("status") == "failed":
-        return (f"The preflight check memory_query FAILED: {result.get('detail')}. This is the architecture the 1.4.3 "
-                "lesson forbids (train loss 0.006 vs inference loss 29.34); expect frozen memory selection.")
+        return _t(lang, "q_failed", detail=result.get("detail"))
     detail = f" ({result.get('detail')})" if result else ""
-    return ("Whether the memory layer's query is the attention output h_attn (the 1.4.3 lesson) was not verified"
-            f"{detail}; check the diff by hand.")
+    return _t(lang, "q_unknown", detail=detail)
+
+
+def _base_guardrails(base_eval: Optional[dict], guardrails: dict[str, dict], lang: str) -> tuple[Optional[str], list[str]]:
+    """(a sentence of the base's guardrail values and levels, risks for those already past
+    their safe threshold): how close the base came to danger, from the lab's thresholds."""
+    items, risks = [], []
+    for name, info in ((base_eval or {}).get("guardrails") or {}).items():
+        value, level, spec = info.get("value"), info.get("level"), guardrails.get(name)
+        if not isinstance(value, (int, float)) or spec is None or level not in ("safe", "watch", "danger"):
+            continue
+        side, danger = _side(name, spec, lang)
+        items.append(_t(lang, "base_guard_item", meaning=_meaning(name, lang), value=_n(value),
+                        level=_LEVEL[lang if lang in _LEVEL else "en"][level], side=side, danger=danger))
+        safe, bad = spec.get("safe"), spec.get("danger")
+        if level != "safe" and isinstance(safe, (int, float)) and isinstance(bad, (int, float)) and bad != safe:
+            ratio = min(max((value - safe) / (bad - safe), 0.0), 1.0)
+            risks.append(_t(lang, "risk_close", meaning=_meaning(name, lang), level=_LEVEL.get(lang, _LEVEL["en"])[level],
+                            value=_n(value), side=side, danger=danger, safe=f"{safe:g}", ratio=f"{ratio:.0%}"))
+    return (_t(lang, "base_guard", items=_join(lang, items)) if items else None), risks
+
+
+def _detectable(ctx: PlanContext, lang: str) -> Optional[str]:
+    """How large a change of the key metric the base's own interval lets us see."""
+    from minimind.verdict import DEFAULT_METRIC, implied_criteria, metric_value, parse_criteria, value_interval
+
+    if not ctx.base_eval:
+        return None
+    criteria = parse_criteria(ctx.expect) or implied_criteria(f"{ctx.hypothesis} {ctx.expect or ''}")
+    metric = criteria[0].metric if criteria else DEFAULT_METRIC
+    value, ci = metric_value(ctx.base_eval, metric), value_interval(ctx.base_eval, metric)
+    if value is None or ci is None:
+        return None
+    return _t(lang, "detectable", m=metric, v=_n(value), conf=f"{ci['confidence']:.0%}", lo=_n(ci["low"]),
+              hi=_n(ci["high"]), n=ci["n"], half=f"{(ci['high'] - ci['low']) / 2:.3g}")
 
 
 def pairs_in_text(text: str) -> list[tuple[str, Any]]:
@@ -92,6 +330,7 @@ class OfflineAgent:
     name = "offline"
 
     def plan(self, ctx: PlanContext) -> Plan:
+        lang = ctx.lang
         changes: dict[str, Any] = {}
         for key, value in pairs_in_text(f"{ctx.goal}\n{ctx.hypothesis}"):
             full = _schema_key(key, ctx.config_schema)
@@ -100,111 +339,111 @@ class OfflineAgent:
         rationale = {}
         for key in changes:
             spec = ctx.config_schema[key]
-            rationale[key] = f"named in the goal/hypothesis; {spec.get('help', '').rstrip('.')}"
+            rationale[key] = _t(lang, "named", help=spec.get("help", "").rstrip("."))
         model = ctx.base_config.get("model", {})
         train = ctx.base_config.get("train", {})
-        base_text = f"experiment {ctx.base}" if ctx.base else "the lab's default settings"
-        lines = [
-            f"Starting point: {base_text} — preset `{model.get('preset')}`, dim {model.get('dim')}, "
-            f"{model.get('n_layers')} layers, batch {train.get('batch_size')}, learning rate {train.get('learning_rate')}"
-            + (f", max_steps {train.get('max_steps')}." if train.get("max_steps") else "."),
-        ]
+        base_text = _t(lang, "base_exp", v=ctx.base) if ctx.base else _t(lang, "base_default")
+        steps = _t(lang, "steps", n=train.get("max_steps")) if train.get("max_steps") else ""
+        lines = [_t(lang, "start", base=base_text, preset=model.get("preset"), dim=model.get("dim"),
+                    layers=model.get("n_layers"), batch=train.get("batch_size"), lr=train.get("learning_rate"),
+                    steps=steps)]
         human = [(_schema_key(k, ctx.config_schema) or k, v) for k, v in ctx.sets]
         all_changes = [(k, v) for k, v in changes.items() if k not in dict(human)] + human
         # a value equal to the base's is not a change
         all_changes = [(k, v) for k, v in all_changes if _flat_get(ctx.base_config, k) != v]
         if all_changes:
             listed = ", ".join(f"`{k}` {_flat_get(ctx.base_config, k)!r} → {v!r}" for k, v in all_changes)
-            lines.append(f"Changes for this experiment: {listed}. Everything else is inherited unchanged, "
-                         "so any difference in the results is attributable to these settings and to the model code diff.")
+            lines.append(_t(lang, "changes", listed=listed))
         else:
-            lines.append("No configuration change was named, so this run isolates the effect of the code in "
-                         "`models/model.py` (see the git change record) against the same settings.")
+            lines.append(_t(lang, "no_change"))
         if ctx.model_diff.strip():
             changed = sum(1 for line in ctx.model_diff.splitlines() if line.startswith(("+", "-"))
                           and not line.startswith(("+++", "---")))
-            against = f"the base snapshot models/model_{ctx.base.replace('.', '_')}.py" if ctx.base else "git HEAD"
-            lines.append(f"`models/model.py` differs from {against} by {changed} changed line(s) (see the git change "
-                         "record); the snapshot keeps this exact code for later evaluation.")
+            against = _t(lang, "against_base", v=ctx.base.replace(".", "_")) if ctx.base else _t(lang, "against_head")
+            lines.append(_t(lang, "diff", against=against, n=changed))
         if ctx.base_eval:
             inf, val = ctx.base_eval.get("inference_loss"), ctx.base_eval.get("val_loss")
             if isinstance(inf, (int, float)) and isinstance(val, (int, float)):
-                lines.append(f"The base measured val loss {val:.4g} and inference loss {inf:.4g}; these are the numbers to beat.")
+                lines.append(_t(lang, "to_beat", val=_n(val), inf=_n(inf)))
+        guard_line, close = _base_guardrails(ctx.base_eval, ctx.guardrails, lang)
+        if guard_line:
+            lines.append(guard_line)
         preset = _flat_get(ctx.base_config, "model.preset")
         for key, value in all_changes:
             if key.endswith("preset"):
                 preset = value
         if preset in ("memory", "hybrid"):
-            lines.append(_memory_query_sentence(ctx.checks))
-        lines.append(_guardrail_sentence(ctx.guardrails))
-        dangers = _dangers(ctx.guardrails)
-        risks = [f"`{key}`: {_RISKS[key.split('.')[-1]].format(**dangers)}" for key, _ in all_changes
-                 if key.split(".")[-1] in _RISKS]
+            lines.append(_memory_query_sentence(ctx.checks, lang))
+        lines.append(_guardrail_sentence(ctx.guardrails, lang))
+        dangers = _dangers(ctx.guardrails, lang)
+        table = _RISKS_ZH if lang == "zh" else _RISKS
+        risks = [f"`{key}`: {table[key.split('.')[-1]].format(**dangers)}" for key, _ in all_changes
+                 if key.split(".")[-1] in table] + close
         if not risks:
-            risks = ["memorisation of the small corpus: the train/inference loss ratio and repetition rate are the checks"]
-        expected = (ctx.expect or f"as the hypothesis states: {ctx.hypothesis}").strip()
+            risks = [_t(lang, "risk_default")]
+        expected = (ctx.expect or _t(lang, "expected_hyp", h=ctx.hypothesis)).strip()
+        detectable = _detectable(ctx, lang)
+        if detectable:
+            expected = f"{expected}{'' if expected.endswith(('.', '。')) else ('。' if lang == 'zh' else '.')} {detectable}"
         return Plan(thinking="\n\n".join(lines), changes=changes, rationale=rationale, expected=expected,
                     risks=risks, backend=self.name)
 
     def analyse(self, ctx: AnalysisContext) -> Analysis:
+        lang = ctx.lang
         m, ev = ctx.metrics_summary, ctx.eval
-        training = (f"Training ran {m.get('steps', 0)} optimizer steps in {m.get('duration', '—')}; loss went from "
-                    f"{_n(m.get('first_loss'))} to {_n(m.get('last_loss'))} (lowest {_n(m.get('min_loss'))}, smoothed "
-                    f"{_n(m.get('smoothed_loss'))}) at about {_n(m.get('tokens_per_s'))} tokens/s.")
+        training = _t(lang, "training", steps=m.get("steps", 0), dur=m.get("duration", "—"), first=_n(m.get("first_loss")),
+                      last=_n(m.get("last_loss")), low=_n(m.get("min_loss")), smooth=_n(m.get("smoothed_loss")),
+                      tps=_n(m.get("tokens_per_s")))
         if ctx.state == "guardrail_stopped":
-            training += f" The run was stopped by a guardrail: {ctx.stop_reason}. The checkpoint at the stop was evaluated."
-        inference = (f"Teacher-forced validation loss {_n(ev.get('val_loss'))}; inference loss through the KV-cached "
-                     f"decode path {_n(ev.get('inference_loss'))}, a train/inference ratio of "
-                     f"{_n(ev.get('train_inference_ratio'))}. Greedy continuations repeat {_pct(ev.get('repetition_rate'))} "
-                     f"of their 4-grams (distinct-2 {_n(ev.get('distinct_2'))}).")
+            training += _t(lang, "stopped", reason=ctx.stop_reason)
+        inference = _t(lang, "inference", val=_n(ev.get("val_loss")), inf=_n(ev.get("inference_loss")),
+                       ratio=_n(ev.get("train_inference_ratio")), rep=_pct(ev.get("repetition_rate")),
+                       d2=_n(ev.get("distinct_2")))
         recall = ev.get("recall") or {}
         if recall:
-            parts = [f"{split} P@1 {_n(r.get('p_at_1'))} (n={r.get('n')})" for split, r in recall.items()]
-            inference += " Factual recall: " + ", ".join(parts) + "."
+            parts = [_t(lang, "recall_item", split=split, p=_n(r.get("p_at_1")), n=r.get("n")) for split, r in recall.items()]
+            inference += _t(lang, "recall", parts=_join(lang, parts))
         deep = []
         better = [r for r in ctx.comparison if r.get("mark") == "✅"]
         worse = [r for r in ctx.comparison if r.get("mark") == "❌"]
         noise = [r for r in ctx.comparison if r.get("mark") == "≈"]
         if ctx.base_eval is None:
-            deep.append("There is no evaluated base to compare with, so these numbers are the reference for the next experiment.")
+            deep.append(_t(lang, "no_base"))
         else:
             if better:
-                deep.append("Better than the base beyond noise: " + ", ".join(_moved(r) for r in better) + ".")
+                deep.append(_t(lang, "better", items=_join(lang, [_moved(r) for r in better])))
             if worse:
-                deep.append("Worse than the base beyond noise: " + ", ".join(_moved(r) for r in worse) + ".")
+                deep.append(_t(lang, "worse", items=_join(lang, [_moved(r) for r in worse])))
             if noise:
-                deep.append("Within noise (the interval of the difference includes zero): "
-                            + ", ".join(r["metric"] for r in noise) + ".")
+                deep.append(_t(lang, "noise", items=_join(lang, [r["metric"] for r in noise])))
             if not better and not worse and not noise:
-                deep.append("The base has no per-item data, so no change can be told from noise.")
+                deep.append(_t(lang, "no_items"))
         control = (ctx.intervals or {}).get("held_out_control")
         if control and control.get("base") is not None:
-            deep.append("Chance control: " + control["text"] + ".")
+            deep.append(_t(lang, "control", text=control["text"]))
         held, mem = recall.get("held_out", {}), recall.get("mem_only", {})
         preset = (ctx.model_config or {}).get("preset")
         if preset in ("memory", "hybrid") and held.get("p_at_1") is not None and mem.get("p_at_1") is not None:
             gap = mem["p_at_1"] - held["p_at_1"]
-            deep.append(f"Facts only in the memory bank: P@1 {_n(mem['p_at_1'])} against {_n(held['p_at_1'])} for held-out "
-                        f"facts seen nowhere (the chance control), a difference of {gap:+.3f}.")
+            deep.append(_t(lang, "gap", mem=_n(mem["p_at_1"]), held=_n(held["p_at_1"]), gap=f"{gap:+.3f}"))
         reading = (ctx.intervals or {}).get("bank_reading")
         if reading:  # only memory presets have retrieval diagnostics
-            deep.append("Bank reads, the direct measure of whether the memory is used: " + reading["text"] + ".")
+            deep.append(_t(lang, "bank", text=reading["text"]))
         degenerate = self._degenerate(ctx)
         if degenerate:
-            deep.append("Degenerate continuations: " + "; ".join(degenerate) + ".")
+            deep.append(_t(lang, "degenerate", items="; ".join(degenerate)))
         history = [h for h in ctx.guardrail_history if h.get("to") in ("watch", "danger")]
         if history:
-            deep.append("Guardrail history: " + ", ".join(
-                f"{h['name']} {h.get('from') or 'unset'} → {h['to']} at step {h.get('step')} ({_n(h.get('value'))})"
-                for h in history[:6]) + ".")
+            deep.append(_t(lang, "history", items=_join(lang, [
+                _t(lang, "history_item", name=h["name"], frm=h.get("from") or _t(lang, "unset"), to=h["to"],
+                   step=h.get("step"), value=_n(h.get("value"))) for h in history[:6]])))
         dangers = {n: g for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger"}
         if dangers:
-            deep.append("Guardrails in danger: " + ", ".join(
-                f"{n} = {_n(g.get('value'))}" + (f" ({danger_text(n, rule_from(ctx.guardrails[n]))})" if n in ctx.guardrails else "")
-                for n, g in dangers.items())
-                        + ". These are the signs of the 1.4.3 failure mode and outrank any loss improvement.")
+            deep.append(_t(lang, "dangers", items=_join(lang, [
+                f"{n} = {_n(g.get('value'))}" + (f" ({' '.join(_side(n, ctx.guardrails[n], lang))})" if n in ctx.guardrails else "")
+                for n, g in dangers.items()])))
         else:
-            deep.append("No guardrail is in danger.")
+            deep.append(_t(lang, "no_danger"))
         conclusion = self._conclusion(ctx, dangers)
         next_steps = self._next_steps(ctx, dangers)
         return Analysis(training_results=training, inference_evaluation=inference, deep_analysis="\n\n".join(deep),
@@ -221,75 +460,97 @@ class OfflineAgent:
         for i, sample in enumerate(ctx.samples, 1):
             rep = sample.get("repetition")
             if isinstance(rep, (int, float)) and rep > limit:
-                out.append(f"sample {i} \"{_first_line(str(sample.get('generated', '')), 60)}\" repeats "
-                           f"(seq-rep-4 {rep:.3g}, above {limit:g})")
+                out.append(_t(ctx.lang, "degenerate_item", i=i, text=_first_line(str(sample.get("generated", "")), 60),
+                              rep=f"{rep:.3g}", limit=f"{limit:g}"))
         return out
 
     @staticmethod
     def _conclusion(ctx: AnalysisContext, dangers: dict) -> str:
+        lang = ctx.lang
         rows = {r["metric"]: r for r in ctx.comparison}
         moved = [_moved(rows[name]) for name in ("inference_loss", "val_loss")
                  if name in rows and rows[name].get("base") is not None]
-        parts = [f"Against {ctx.base}: " + ", ".join(moved) + "." if moved and ctx.base else
-                 "This run sets the reference numbers for the experiments built on it."]
-        meaning = {
-            "supported": "The change did what the hypothesis predicted at this scale; keep it as the new base.",
-            "refuted": "The change did not deliver the predicted effect at this scale; the negative result is kept on record.",
-            "inconclusive": "The numbers do not decide the hypothesis either way.",
-        }[ctx.verdict]
-        parts.append(meaning)
+        parts = [_t(lang, "against", base=ctx.base, items=_join(lang, moved)) if moved and ctx.base else
+                 _t(lang, "reference")]
+        parts.append(_t(lang, f"m_{ctx.verdict}"))
         if dangers:
-            parts.append("Guardrail(s) in danger (" + ", ".join(sorted(dangers)) + ") must be resolved before building on it.")
-        return " ".join(parts)
+            parts.append(_t(lang, "resolve", names=", ".join(sorted(dangers))))
+        return ("" if lang == "zh" else " ").join(parts)
 
     @staticmethod
     def _next_steps(ctx: AnalysisContext, dangers: dict) -> list[str]:
+        lang = ctx.lang
         steps = []
         if "train_inference_ratio" in dangers or "repetition_rate" in dangers:
-            steps.append("Roll back the latest architecture change and check that the memory query is h_attn.")
+            steps.append(_t(lang, "s_rollback"))
         if "memory_entropy" in dangers:
-            steps.append("Increase query diversity (more candidates or a diversity loss) before training longer.")
+            steps.append(_t(lang, "s_diversity"))
         reading = (ctx.intervals or {}).get("bank_reading")
         if reading and not reading["above_chance"]:
-            steps.append("Make the query find the asked fact's entry (its hit@C is no better than a random fact's): "
-                         "inspect it with minimind memory show on a probe prompt before changing anything else.")
+            steps.append(_t(lang, "s_bank"))
         control = (ctx.intervals or {}).get("held_out_control") or {}
         if control.get("suspicious"):
-            steps.append("Check the evaluation: held-out recall moved beyond noise, which a model change should not do.")
+            steps.append(_t(lang, "s_eval"))
         if ctx.verdict == "supported":
-            steps.append("Repeat with another seed to confirm the effect is larger than run-to-run noise.")
+            steps.append(_t(lang, "s_seed"))
         elif ctx.verdict == "refuted":
-            steps.append("Revert this change, or test a smaller step of it against the same base.")
+            steps.append(_t(lang, "s_revert"))
         else:
             wide = [r for r in ctx.comparison if r.get("mark") == "≈" and r.get("ci")]
             if wide:
                 r = min(wide, key=lambda r: r["ci"]["n"])
-                steps.append(f"Evaluate on more samples (eval.num_samples; {r['metric']} had n={r['ci']['n']}) or train "
-                             "longer, so the difference can exceed its interval.")
+                steps.append(_t(lang, "s_more", m=r["metric"], n=r["ci"]["n"]))
             else:
-                steps.append("Evaluate the base again with this minimind so both sides have per-item data and intervals.")
+                steps.append(_t(lang, "s_rebase"))
         if ctx.state == "guardrail_stopped":
-            steps.append("Investigate the guardrail stop before building on this checkpoint.")
+            steps.append(_t(lang, "s_stop"))
         return steps
 
     def draft_commit(self, ctx: CommitContext) -> CommitDraft:
-        changes = ", ".join(f"{k}: {_short(a)} → {_short(b)}" for k, a, b in ctx.config_changes[:6]) or "no config change"
-        title = f"Experiment {ctx.version}: {_first_line(ctx.goal, 60)}"  # code appends the verdict
-        improvements = [f"Tested: {_first_line(ctx.hypothesis, 160)}", f"Config: {changes}"]
+        """Every line from the run: the config changes with the plan's reasons, the model
+        diff's changed functions, the computed verdict."""
+        lang = ctx.lang
+        changes = ", ".join(f"{k}: {_short(a)} → {_short(b)}" for k, a, b in ctx.config_changes[:6]) or _t(lang, "no_config")
+        title = _t(lang, "title", v=ctx.version, goal=_first_line(ctx.goal, 60))  # code appends the verdict
+        improvements = [_t(lang, "tested", h=_first_line(ctx.hypothesis, 160)), _t(lang, "config", changes=changes)]
+        reasons = (ctx.plan or {}).get("rationale") or {}
+        for change in (ctx.plan or {}).get("changes") or []:  # plan.json rows: {key, base, new, why}
+            if isinstance(change, dict) and change.get("key") and change.get("why"):
+                reasons.setdefault(change["key"], change["why"])
+        why_model = _first_line(str((ctx.plan or {}).get("thinking") or ctx.hypothesis), 160)
+        symbols = ctx.changed_symbols
         core: dict[str, list[str]] = {}
         for path in ctx.files:
+            name = path.rsplit("/", 1)[-1]
             if path.startswith("experiment/"):
-                core[path] = ["experiment record: thinking, configuration, execution, results, analysis, conclusion"]
-            elif path.endswith("run.sh"):
-                core[path] = ["launch script: train, evaluate, analyse"]
-            elif path.endswith("config.yaml"):
-                core[path] = [f"resolved config ({changes})"]
+                core[path] = [_t(lang, "c_record", verdict=ctx.verdict, reason=_first_line(ctx.verdict_reason, 160))]
+            elif name == "run.sh":
+                core[path] = [_t(lang, "c_script")]
+            elif name == "config.yaml":
+                core[path] = [_t(lang, "c_config", k=k, a=_short(a), b=_short(b),
+                                 why=_first_line(str(reasons.get(k) or _t(lang, "c_human")), 120))
+                              for k, a, b in ctx.config_changes] or [_t(lang, "c_config_none")]
             elif path.startswith("models/model_"):
-                core[path] = ["snapshot of models/model.py as trained"]
+                core[path] = [_t(lang, "c_snapshot")]
             elif path == "models/model.py":
-                core[path] = ["model code changed for this experiment"] if ctx.model_changed else ["model code as run"]
+                lines = _diff_lines(ctx.model_diff)
+                where = _join(lang, symbols) if symbols else _t(lang, "c_toplevel")
+                core[path] = ([_t(lang, "c_model", n=lines, where=where, why=why_model)] if ctx.model_changed and lines
+                              else [_t(lang, "c_model_same")])
+            elif name == "eval.json":
+                core[path] = [_t(lang, "c_eval", items=_first_line("; ".join(ctx.result_lines[1:4]), 200))]
+            elif name == "plan.json":
+                core[path] = [_t(lang, "c_plan")]
+            elif name == "model.diff":
+                core[path] = [_t(lang, "c_diff")]
+            elif name.endswith(".png"):
+                core[path] = [_t(lang, "c_plot")]
         return CommitDraft(title=title, improvements=improvements, core_changes=core, results=list(ctx.result_lines),
                            next_steps=list(ctx.next_steps), backend=self.name)
+
+
+def _diff_lines(diff: str) -> int:
+    return sum(1 for line in diff.splitlines() if line.startswith(("+", "-")) and not line.startswith(("+++", "---")))
 
 
 def _n(value: Any) -> str:

@@ -65,7 +65,7 @@ _FAMILIES: list[tuple[str, tuple[str, ...]]] = [
     (r"inference[ _-]loss|推理\s*(?:损失|loss)", ("inference_loss",)),
     (r"val(?:idation)?[ _-]loss|验证\s*(?:损失|loss)", ("val_loss",)),
     (r"train(?:ing)?[ _-]loss|训练\s*(?:损失|loss)", ("train_loss", "loss")),
-    (r"train[/_ ]inference[ _-]ratio|ratio|比值|比率", ("ratio",)),
+    (r"train[/_ ]inference[ _-]ratio|ratio|比值|比率|(?:训练/)?推理比|推理/训练损失比", ("ratio",)),
     (r"repetition(?:[ _]rate)?|seq-rep-4|重复率?", ("repetition",)),
     (r"distinct[-_ ]?2?", ("distinct",)),
     (r"entropy|熵", ("entropy",)),
@@ -79,6 +79,7 @@ _FAMILY_RE = re.compile("|".join(f"({words})" for words, _ in _FAMILIES), re.I)
 _NUMBER = re.compile(r"(?<![\w.])[-+−]?\d+\.\d+%?|(?<![\w.])[-+−]?\d+%")
 _DELTA_WORDS = re.compile(r"\b(by|change[sd]?|differ\w*|delta|interval|CI|rose|fell|drop\w*|gain\w*)\b|Δ|±|差|变化|区间|下降|上升", re.I)
 _DELTA_PATH = re.compile(r"\.(delta|rel|low|high)$|\.ci\.|_ci$|_ci\.")
+_LEVEL_AFTER = re.compile(r"\s*(?:CI\b|confidence|interval|置信区间|区间)", re.I)
 WINDOW = 28  # characters between a metric's name and the number quoted for it
 # eval.json keys that are not facts to quote: per-item raw data would let any number match.
 NOT_FACTS = ("per_item", "model_config", "time", "checkpoint")
@@ -130,6 +131,8 @@ def unknown_numbers(text: str, values: list[tuple[str, float]]) -> list[str]:
     """Metric values quoted in `text` that are not in `values` (within rounding)."""
     bad = []
     for number in _NUMBER.finditer(text):
+        if _LEVEL_AFTER.match(text, number.end()):
+            continue  # "95% CI", "95% 置信区间": the interval's level, not a metric's value
         before = text[max(0, number.start() - WINDOW): number.start()]
         if re.search(r"[.;。；\n](\s|$)", before):  # the metric's name must be in the same sentence
             before = re.split(r"[.;。；\n](?:\s|$)", before)[-1]

@@ -67,6 +67,50 @@ def guardrail_history(rows: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
+_HUNK = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+_DEF = re.compile(r"^(\s*)(?:async\s+)?(def|class)\s+([A-Za-z_]\w*)")
+
+
+def _enclosing(lines: list[str], index: int) -> Optional[str]:
+    """'MemoryLayer.forward' for line `index` (0-based) of a Python source, None at module level."""
+    names, indent = [], None
+    for line in reversed(lines[: index + 1]):
+        m = _DEF.match(line)
+        if m and (indent is None or len(m.group(1)) < indent):
+            names.append(m.group(3))
+            indent = len(m.group(1))
+            if indent == 0:
+                break
+    return ".".join(reversed(names)) or None
+
+
+def changed_symbols(diff_text: str, old_source: str, new_source: str) -> list[str]:
+    """The functions and classes a unified diff of models/model.py changes, in file order:
+    removed lines are looked up in the old source, added ones in the new."""
+    old_lines, new_lines = old_source.splitlines(), new_source.splitlines()
+    found: list[str] = []
+    old_no = new_no = 0
+    for line in diff_text.splitlines():
+        m = _HUNK.match(line)
+        if m:
+            old_no, new_no = int(m.group(1)) - 1, int(m.group(3)) - 1
+            continue
+        if line.startswith(("+++", "---")):
+            continue
+        name = None
+        if line.startswith("-"):
+            name = _enclosing(old_lines, old_no)
+            old_no += 1
+        elif line.startswith("+"):
+            name = _enclosing(new_lines, new_no)
+            new_no += 1
+        else:
+            old_no, new_no = old_no + 1, new_no + 1
+        if name and name not in found:
+            found.append(name)
+    return found
+
+
 def real_changes(base_cfg: Optional[dict], new_cfg: dict) -> list[tuple[str, Any, Any]]:
     """(key, base, new) for values that differ from the base (equal values are not a change)."""
     if not base_cfg:
@@ -104,12 +148,12 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     state = read_state(run_dir)
     confidence = cfg.eval.confidence
     rows = compare_rows(ev, base_ev, confidence, cfg.eval.min_effect)
-    control = held_out_control(ev, base_ev, confidence)
     lang = plan.get("lang", "en")
+    control = held_out_control(ev, base_ev, confidence, lang)
     reading = bank_reading(ev, confidence, lang)
     levels = {n: g.get("level") for n, g in (ev.get("guardrails") or {}).items()}
     verdict, reason = decide(plan.get("hypothesis", ""), plan.get("expect"), ev, base_ev, levels, confidence,
-                             cfg.eval.min_effect)
+                             cfg.eval.min_effect, lang)
     changes = real_changes(base_cfg, cfg.to_dict())
     requested = agent or plan.get("agent_requested", settings.agent.backend)
     log_dir = run_dir / AGENT_DIR
@@ -163,6 +207,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                                verdict_reason=reason, files=files, config_changes=changes, result_lines=lines,
                                next_steps=list(analysis.next_steps), model_changed=bool(diff_text.strip()), lang=lang,
                                model_diff=bounded_diff, plan=plan_view,
+                               changed_symbols=_diff_symbols(lab, cfg.base, version, diff_text),
                                facts={"comparison": rows, "eval": ctx.eval, "base_eval": ctx.base_eval,
                                       "metrics": summary, "held_out_control": control,
                                       "bank_reading": reading})
@@ -223,6 +268,23 @@ def analyse_experiment(lab: Lab, version: str, agent: Optional[str] = None) -> s
     where = (f"record {record}" if path == lab.record_path(version)
              else f"the record was edited by hand and could not be merged safely; the new render is {record}")
     return f"Analysed {version}: hypothesis {verdict}; {where}; commit message runs/{version}/{COMMIT_MSG_FILE}"
+
+
+def _diff_symbols(lab: Lab, base: Optional[str], version: str, diff_text: str) -> list[str]:
+    """changed_symbols of this run's model.diff, against the sources it was made from (the
+    base snapshot, or git HEAD for a first experiment) and this run's snapshot."""
+    if not diff_text.strip():
+        return []
+    new_path = lab.snapshot_path(version)
+    old_path = lab.snapshot_path(base) if base else None
+    new_source = new_path.read_text(encoding="utf-8") if new_path.exists() else ""
+    if old_path is not None and old_path.exists():
+        old_source = old_path.read_text(encoding="utf-8")
+    else:
+        from lifecycle import gitops
+
+        old_source = gitops.file_at_head(lab.root, "models/model.py") or ""
+    return changed_symbols(diff_text, old_source, new_source)
 
 
 def _eval_view(ev: Optional[dict]) -> Optional[dict]:

@@ -91,7 +91,7 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
 
     confidence = cfg.eval.confidence
     comparison = (analysis or {}).get("comparison") or (compare_rows(ev, base_ev, confidence, cfg.eval.min_effect) if ev else [])
-    control = (analysis or {}).get("held_out_control") or (held_out_control(ev, base_ev, confidence) if ev else None)
+    control = (analysis or {}).get("held_out_control") or (held_out_control(ev, base_ev, confidence, lang_of(plan)) if ev else None)
     has_items = bool(ev and ev.get("per_item")) and bool(base_ev is None or base_ev.get("per_item"))
     intervals_note = (f"Changes are marked by a paired bootstrap {confidence:.0%} interval of the difference on the "
                       "same documents and probes: ✅ better and ❌ worse only when the interval excludes zero, "

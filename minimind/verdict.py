@@ -208,10 +208,11 @@ def value_interval(ev: Optional[dict], metric: str, confidence: float = CONFIDEN
     return {"low": _percentile(values, tail), "high": _percentile(values, 1 - tail), "n": n, "confidence": confidence}
 
 
-def interval_text(ci: Optional[dict]) -> str:
+def interval_text(ci: Optional[dict], lang: str = "en") -> str:
+    w = _w(lang)
     if not ci:
-        return "no interval"
-    return f"{ci['confidence']:.0%} CI [{ci['low']:+.4g}, {ci['high']:+.4g}], n={ci['n']}"
+        return w["no_ci"]
+    return w["ci"].format(conf=f"{ci['confidence']:.0%}", lo=f"{ci['low']:+.4g}", hi=f"{ci['high']:+.4g}", n=ci["n"])
 
 
 def _mark(ci: Optional[dict], higher_better: bool, rel: Optional[float] = None,
@@ -253,24 +254,19 @@ def compare_rows(new: Optional[dict], base: Optional[dict], confidence: float = 
     return rows
 
 
-def held_out_control(new: Optional[dict], base: Optional[dict], confidence: float = CONFIDENCE) -> Optional[dict[str, Any]]:
+def held_out_control(new: Optional[dict], base: Optional[dict], confidence: float = CONFIDENCE,
+                     lang: str = "en") -> Optional[dict[str, Any]]:
     """The chance control: held_out P@1 base → new with its interval; `suspicious` when the
     interval excludes zero (facts seen nowhere should not move)."""
+    w = _w(lang)
     metric = f"recall.{CONTROL_SPLIT}.p_at_1"
     a, b = metric_value(base, metric), metric_value(new, metric)
     if b is None:
         return None
     ci = paired_interval(new, base, metric, confidence) if a is not None else None
     suspicious = bool(ci and (ci["low"] > 0 or ci["high"] < 0))
-    if a is None:
-        text = f"held_out P@1 (chance control) {b:.4g}; no base to compare with"
-    elif ci is None:
-        text = f"held_out P@1 (chance control) {a:.4g} → {b:.4g}, no interval: treated as noise"
-    elif suspicious:
-        text = (f"held_out P@1 (chance control) {a:.4g} → {b:.4g}, {interval_text(ci)} excludes zero: "
-                "suspicious, facts seen nowhere should not move")
-    else:
-        text = f"held_out P@1 (chance control) {a:.4g} → {b:.4g}, {interval_text(ci)}: noise, as expected"
+    key = "ctl_nobase" if a is None else "ctl_noci" if ci is None else "ctl_sus" if suspicious else "ctl_ok"
+    text = w[key].format(a="—" if a is None else f"{a:.4g}", b=f"{b:.4g}", ci=interval_text(ci, lang))
     return {"base": a, "new": b, "ci": ci, "suspicious": suspicious, "text": text}
 
 
@@ -304,7 +300,7 @@ def bank_reading(ev: Optional[dict], confidence: float = CONFIDENCE, lang: str =
         if zh:
             word = "高于随机" if above else ("无区间" if ci is None else "与随机无异")
             parts.append(f"{split}: 事实自身条目在 {c} 个候选中被读到 (hit@C) {r['hit_at_c']:.4g},随机其他事实的条目 "
-                         f"{shown} ({interval_text(ci)}): {word}")
+                         f"{shown} ({interval_text(ci, lang)}): {word}")
         else:
             word = "above chance" if above else ("no interval" if ci is None else "at chance")
             parts.append(f"{split}: the fact's own entry is among the {c} candidates read (hit@C) {r['hit_at_c']:.4g} "
@@ -394,54 +390,105 @@ def implied_criteria(text: str) -> list[Criterion]:
     return list(unique.values())
 
 
+# The sentences code writes about a verdict and its controls, per record language: one
+# table, one logic (a zh record has no English sentence from code).
+_W = {
+    "en": {
+        "not_measured": "{m} was not measured",
+        "no_base": "{m} = {v} but there is no base value to compare with",
+        "head_base": "{m} base {a} → {v}",
+        "no_pair": "{head}: no paired interval (per-item data missing on one side, or fewer than {k} shared items); "
+                   "the change cannot be told from noise",
+        "floor": "{head}, {ci}: within noise (a change below the run-to-run floor of {floor})",
+        "head_target": "{m} = {v} against {op} {t}",
+        "no_items": "{head}: {ok} it (no per-item data, no interval)", "meets": "meets", "misses": "misses",
+        "met": "{head}, {ci}: met", "missed": "{head}, {ci}: missed", "noise": "{head}, {ci}: within noise",
+        "not_evaluated": "the run was not evaluated",
+        "source": " (criteria from the {src})",
+        "src": {"expected result": "expected result", "hypothesis": "hypothesis", "default": "default"},
+        "danger": ", but guardrail {names} is in danger",
+        "ci": "{conf} CI [{lo}, {hi}], n={n}", "no_ci": "no interval",
+        "ctl_nobase": "held_out P@1 (chance control) {b}; no base to compare with",
+        "ctl_noci": "held_out P@1 (chance control) {a} → {b}, no interval: treated as noise",
+        "ctl_sus": "held_out P@1 (chance control) {a} → {b}, {ci} excludes zero: suspicious, facts seen nowhere should not move",
+        "ctl_ok": "held_out P@1 (chance control) {a} → {b}, {ci}: noise, as expected",
+    },
+    "zh": {
+        "not_measured": "{m} 未测量",
+        "no_base": "{m} = {v},但没有基线数值可比",
+        "head_base": "{m} 基线 {a} → {v}",
+        "no_pair": "{head}:没有配对区间(一方缺少逐项数据,或共同项少于 {k} 个),无法与噪声区分",
+        "floor": "{head},{ci}:在噪声范围内(变化小于 {floor} 的运行间噪声下限)",
+        "head_target": "{m} = {v},标准 {op} {t}",
+        "no_items": "{head}:{ok}(无逐项数据,无区间)", "meets": "达到", "misses": "未达到",
+        "met": "{head},{ci}:达到", "missed": "{head},{ci}:未达到", "noise": "{head},{ci}:在噪声范围内",
+        "not_evaluated": "该运行尚未评估",
+        "source": "(标准来自{src})",
+        "src": {"expected result": "预期结果", "hypothesis": "假设", "default": "默认规则"},
+        "danger": ",但护栏 {names} 处于危险",
+        "ci": "{conf} 置信区间 [{lo}, {hi}],n={n}", "no_ci": "无区间",
+        "ctl_nobase": "held_out P@1(随机对照){b};没有基线可比",
+        "ctl_noci": "held_out P@1(随机对照){a} → {b},无区间:视为噪声",
+        "ctl_sus": "held_out P@1(随机对照){a} → {b},{ci} 不含零:可疑,从未见过的事实不应变化",
+        "ctl_ok": "held_out P@1(随机对照){a} → {b},{ci}:噪声,符合预期",
+    },
+}
+
+
+def _w(lang: str) -> dict[str, Any]:
+    return _W.get(lang, _W["en"])
+
+
 def _check(c: Criterion, new: Optional[dict], base: Optional[dict], confidence: float,
-           min_effect: float = MIN_EFFECT) -> tuple[Optional[bool], str]:
+           min_effect: float = MIN_EFFECT, lang: str = "en") -> tuple[Optional[bool], str]:
     """(True met / False missed / None within noise or not measurable, the reason with its interval)."""
+    w = _w(lang)
     value = metric_value(new, c.metric)
     if value is None:
-        return None, f"{c.metric} was not measured"
+        return None, w["not_measured"].format(m=c.metric)
     wants_lower = c.op in ("<", "<=")
     if c.target is None:
         target = metric_value(base, c.metric)
         if target is None:
-            return None, f"{c.metric} = {value:.4g} but there is no base value to compare with"
+            return None, w["no_base"].format(m=c.metric, v=f"{value:.4g}")
         ci = paired_interval(new, base, c.metric, confidence)
-        head = f"{c.metric} base {target:.4g} → {value:.4g}"
+        head = w["head_base"].format(m=c.metric, a=f"{target:.4g}", v=f"{value:.4g}")
         if ci is None:
-            return None, (f"{head}: no paired interval (per-item data missing on one side, or fewer than "
-                          f"{MIN_ITEMS} shared items); the change cannot be told from noise")
+            return None, w["no_pair"].format(head=head, k=MIN_ITEMS)
         low, high = ci["low"], ci["high"]
         if target != 0 and abs(value - target) / abs(target) < min_effect:
-            return None, (f"{head}, {interval_text(ci)}: within noise (a change below the run-to-run floor "
-                          f"of {min_effect:.0%})")
+            return None, w["floor"].format(head=head, ci=interval_text(ci, lang), floor=f"{min_effect:.0%}")
     else:
         target = c.target
         ci = value_interval(new, c.metric, confidence)
-        head = f"{c.metric} = {value:.4g} against {c.op} {target:.4g}"
+        head = w["head_target"].format(m=c.metric, v=f"{value:.4g}", op=c.op, t=f"{target:.4g}")
         if ci is None:
             ok = {"<": value < target, "<=": value <= target, ">": value > target, ">=": value >= target}[c.op]
-            return ok, f"{head}: {'meets' if ok else 'misses'} it (no per-item data, no interval)"
+            return ok, w["no_items"].format(head=head, ok=w["meets"] if ok else w["misses"])
         low, high = ci["low"] - target, ci["high"] - target
         ci = {**ci, "low": low, "high": high}
+    text = interval_text(ci, lang)
     if (wants_lower and high < 0) or (not wants_lower and low > 0):
-        return True, f"{head}, {interval_text(ci)}: met"
+        return True, w["met"].format(head=head, ci=text)
     if (wants_lower and low > 0) or (not wants_lower and high < 0):
-        return False, f"{head}, {interval_text(ci)}: missed"
-    return None, f"{head}, {interval_text(ci)}: within noise"
+        return False, w["missed"].format(head=head, ci=text)
+    return None, w["noise"].format(head=head, ci=text)
 
 
 def decide(hypothesis: str, expect: Optional[str], new: Optional[dict], base: Optional[dict],
            guardrail_levels: Optional[dict[str, str]] = None, confidence: float = CONFIDENCE,
-           min_effect: float = MIN_EFFECT) -> tuple[str, str]:
-    """(verdict, reason): supported / refuted / inconclusive, computed from the numbers and their intervals."""
+           min_effect: float = MIN_EFFECT, lang: str = "en") -> tuple[str, str]:
+    """(verdict, reason): supported / refuted / inconclusive, computed from the numbers and
+    their intervals; the reason is written in the record's language."""
+    w = _w(lang)
     criteria = parse_criteria(expect) or implied_criteria(f"{hypothesis} {expect or ''}")
     source = "expected result" if parse_criteria(expect) else ("hypothesis" if criteria else "default")
     if not criteria:
         criteria = [Criterion(DEFAULT_METRIC, "<", None)]
     if not new:
-        return "inconclusive", "the run was not evaluated"
-    results = [_check(c, new, base, confidence, min_effect) for c in criteria]
-    reasons = "; ".join(r for _, r in results)
+        return "inconclusive", w["not_evaluated"]
+    results = [_check(c, new, base, confidence, min_effect, lang) for c in criteria]
+    reasons = ("; " if lang != "zh" else ";").join(r for _, r in results)
     dangers = sorted(n for n, level in (guardrail_levels or {}).items() if level == "danger")
     if any(ok is False for ok, _ in results):
         verdict = "refuted"
@@ -449,14 +496,16 @@ def decide(hypothesis: str, expect: Optional[str], new: Optional[dict], base: Op
         verdict = "supported"
     else:
         verdict = "inconclusive"
+    tail = w["source"].format(src=w["src"][source])
     if verdict == "supported" and dangers:
-        return "inconclusive", f"{reasons} (criteria from the {source}), but guardrail {', '.join(dangers)} is in danger"
-    return verdict, f"{reasons} (criteria from the {source})"
+        return "inconclusive", reasons + tail + w["danger"].format(names=", ".join(dangers))
+    return verdict, reasons + tail
 
 
 VERDICT_ZH = {"supported": "支持", "refuted": "否定", "inconclusive": "无法判定"}
 VERDICT_MARK = {"supported": "✅", "refuted": "❌", "inconclusive": "≈"}
 GUARDRAIL_MARK = {"safe": "✅", "watch": "🟡", "danger": "❌"}
+LEVEL_ZH = {"safe": "安全", "watch": "观察", "danger": "危险"}
 
 RESULT_KEYS = ("val_loss", "inference_loss", "train_inference_ratio", "repetition_rate",
                "recall.mem_only.p_at_1", "recall.both.p_at_1", "retrieval.mem_only.hit_at_c", "sft_loss",
@@ -481,7 +530,7 @@ def result_lines(rows: list[dict], guardrails: dict[str, dict], verdict: str, re
             lines.append(f"ℹ️ {row['metric']}: {row['base']:.4g} → {row['new']:.4g} "
                          f"({'无逐项数据，无法判断是否超出噪声' if zh else 'no interval: not marked'})")
         else:
-            lines.append(f"{row['mark']} {row['metric']}: {row['base']:.4g} → {row['new']:.4g} ({interval_text(row['ci'])})")
+            lines.append(f"{row['mark']} {row['metric']}: {row['base']:.4g} → {row['new']:.4g} ({interval_text(row['ci'], lang)})")
     if control is not None and control.get("base") is not None:
         mark = "⚠️" if control["suspicious"] else "≈"
         lines.append(f"{mark} {control['text']}")
@@ -492,5 +541,8 @@ def result_lines(rows: list[dict], guardrails: dict[str, dict], verdict: str, re
         if level in GUARDRAIL_MARK:
             value = info.get("value")
             shown = f"{value:.4g}" if isinstance(value, (int, float)) else "—"
-            lines.append(f"{GUARDRAIL_MARK[level]} guardrail {name}: {shown} ({level})")
+            if zh:
+                lines.append(f"{GUARDRAIL_MARK[level]} 护栏 {name}: {shown}({LEVEL_ZH[level]})")
+            else:
+                lines.append(f"{GUARDRAIL_MARK[level]} guardrail {name}: {shown} ({level})")
     return lines

@@ -169,7 +169,27 @@ def test_full_loop_then_compare_and_memory(lab):
     assert wait_state(lab, "0.1.1") in ("finished", "guardrail_stopped")
     record = lab.record_path("0.1.1").read_text()
     assert "🧠 AI思考过程" in record and "🎯 实验结论" in record and "假设判定" in record
-    assert "## 主要改进" in (lab.run_dir("0.1.1") / "commit_message.md").read_text()
+    message = (lab.run_dir("0.1.1") / "commit_message.md").read_text()
+    assert "## 主要改进" in message
+    # Every sentence the offline agent and the verdict code write is Chinese in a zh experiment:
+    # no static fragment (3+ words) of their English templates appears in the record or the commit.
+    import re
+
+    from agent.offline import _T
+    from minimind.verdict import _W
+
+    english = {frag.strip(" .,:;()") for table in (_T["en"], {k: v for k, v in _W["en"].items() if isinstance(v, str)})
+               for template in table.values() for frag in re.split(r"\{[^}]*\}", template)}
+    english = {f for f in english if len(f.split()) >= 3}
+    assert len(english) > 60
+    # (the preflight checks' own detail column is lifecycle/checks.py's text, not these templates')
+    prose = "\n".join(line for line in record.splitlines() if not line.startswith("| `"))
+    leaked = sorted(f for f in english if f in prose or f in message)
+    assert leaked == [], leaked
+    assert "实验 0.1.1" in message and "Experiment 0.1.1" not in message
+    assert "## 核心变更\n### " in message and "`model.preset` original → memory" in message
+    analysis = json.loads((lab.run_dir("0.1.1") / "analysis.json").read_text())
+    assert analysis["notes"] == [] and analysis["commit_notes"] == []  # its own zh text passes the prose checks
     plot = lab.root / "cmp.png"
     result = invoke(lab, "compare", "0.1.0", "0.1.1", "--plot", str(plot))
     assert result.exit_code == 0, result.output

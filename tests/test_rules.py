@@ -246,3 +246,34 @@ def test_a_record_edited_during_training_gets_its_results_merged():
                         previous, rendered, "en") is None
     # a run made before the last render was kept: only placeholders are replaced
     assert "| numbers |" in merge_record(edited, None, rendered, "en")
+
+
+@pytest.mark.parametrize("verdict", ["supported", "refuted", "inconclusive"])
+def test_the_prose_checker_accepts_the_chinese_verdict_words_code_writes(verdict):
+    from agent.offline import _t
+    from agent.prose import known_values, problems, verdict_sentence
+    from lifecycle.commit import commit_title
+
+    _, reason = decide("降低推理损失", "inference_loss < base", shifted(-1.0), BASE, lang="zh")
+    texts = {"line": result_lines([], {}, verdict, reason, lang="zh")[0],
+             "sentence": verdict_sentence(verdict, reason, "zh"), "meaning": _t("zh", f"m_{verdict}"),
+             "title": commit_title("实验 0.1.1:记忆层", "0.1.1", verdict, "zh")}
+    assert problems(texts, verdict, known_values({"eval": shifted(-1.0), "base_eval": BASE})) == {}
+    assert "criteria" not in reason and "标准来自预期结果" in reason and "置信区间" in reason
+    # what the offline agent writes in zh passes the number check: a ratio is not an inference loss,
+    # and "95% 置信区间" is the interval's level
+    zh = {"inference": _t("zh", "inference", val="4.2", inf="3.15", ratio="0.95", rep="30.0%", d2="—"),
+          "interval": f"val_loss: 4.2 → 3.2 ({'95% 置信区间 [-1.2, -0.8]'})"}
+    assert problems(zh, verdict, known_values({"eval": {**shifted(-1.0), "train_inference_ratio": 0.95},
+                                               "base_eval": BASE})) == {}
+
+
+def test_changed_symbols_name_the_functions_a_diff_touches():
+    import difflib
+
+    from lifecycle.analyse import changed_symbols
+
+    old = "import x\n\nclass Memory:\n    def read(self):\n        return 1\n\n    def write(self):\n        pass\n\n\ndef helper():\n    return 2\n"
+    new = old.replace("return 1", "return 3").replace("return 2", "return 4").replace("import x", "import y")
+    diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), "a", "b", n=1))
+    assert changed_symbols(diff, old, new) == ["Memory.read", "helper"]  # the import is module level
