@@ -32,7 +32,11 @@ DEFAULT_THRESHOLD = re.compile(r"(?<![\d.])0\.10*(?!\.?\d)")
 # A threshold stated for the train-loss guardrail, in the forms minimind writes
 # ("smoothed train loss below 0.2", "(danger below 0.2)", "train_loss 0.15 < 0.2 (danger)").
 TRAIN_LOSS_THRESHOLD = re.compile(
-    r"train[ _]loss(?: \(danger| [\d.eE+-]+)?\s*(?:below|above|<|>)\s*(\d+(?:\.\d+)?(?:e-?\d+)?)")
+    r"(?:train[ _]loss(?: \(danger| [\d.eE+-]+)?|训练损失(?:[^\n(]{0,30}\(危险线:)?)\s*(?:below|above|<|>|低于|高于)\s*"
+    r"(\d+(?:\.\d+)?(?:e-?\d+)?)")
+# The same thresholds as the zh record writes them ("平滑训练损失低于 0.2", "(危险线:低于 0.2)").
+STATED = {"en": ("smoothed train loss below 0.2", "train loss", "(danger below 0.2)"),
+          "zh": ("平滑训练损失低于 0.2", "训练损失", "(危险线:低于 0.2)")}
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +72,8 @@ def assert_states_only_the_lab_threshold(text: str, where: str, required: bool =
 
 
 def test_the_patterns_tell_the_thresholds_apart():
+    assert TRAIN_LOSS_THRESHOLD.findall("护栏:以下情况停止运行: 平滑训练损失低于 0.2(每个日志步)") == ["0.2"]
+    assert TRAIN_LOSS_THRESHOLD.findall("更高的学习率可能使训练损失塌缩(危险线:低于 0.2)或发散") == ["0.2"]
     assert TRAIN_LOSS_THRESHOLD.findall("Guardrails stop the run on smoothed train loss below 0.1 (at every") == ["0.1"]
     assert TRAIN_LOSS_THRESHOLD.findall("a collapsing train loss (danger below 0.2) or") == ["0.2"]
     assert TRAIN_LOSS_THRESHOLD.findall("stopped by a guardrail: train_loss 0.15 < 0.2 (danger).") == ["0.2"]
@@ -118,16 +124,17 @@ def test_plan_and_record_state_the_labs_threshold(lab, monkeypatch, lang):
 
     # what the plan says (plan.json) and what the record shows
     plan = read_json(run_dir / PLAN_FILE)
-    assert "smoothed train loss below 0.2" in plan["thinking"]
-    train_loss_risks = [r for r in plan["risks"] if "train loss" in r]
-    assert len(train_loss_risks) == 2 and all("(danger below 0.2)" in r for r in train_loss_risks), plan["risks"]
+    threshold, name, danger = STATED[lang]
+    assert threshold in plan["thinking"]
+    train_loss_risks = [r for r in plan["risks"] if name in r]
+    assert len(train_loss_risks) == 2 and all(danger in r for r in train_loss_risks), plan["risks"]
     prose = "\n".join([plan["thinking"], plan["expected"], *plan["risks"]])
     assert_states_only_the_lab_threshold(prose, "plan.json")
     assert_states_only_the_lab_threshold(json.dumps(plan, ensure_ascii=False), "plan.json", required=False)
 
     record = lab.record_path("0.1.0").read_text(encoding="utf-8")
-    assert "smoothed train loss below 0.2" in record
-    assert sum("(danger below 0.2)" in line for line in record.splitlines()) == 2
+    assert threshold in record
+    assert sum(danger in line for line in record.splitlines()) == 2
     assert_states_only_the_lab_threshold(record, "experiment/experiment_0.1.0.md")
 
 
