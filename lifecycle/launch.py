@@ -121,7 +121,7 @@ def write_launch_files(lab: Lab, cfg: ExperimentConfig, folder: Path, final_run_
     for several machines, the other nodes' commands; returns what to tell the user."""
     import yaml
 
-    from minimind.atomic import write_json, write_text
+    from minimind.atomic import write_text
     from training.runtime import user_deepspeed_json
 
     user_deepspeed_json(cfg, lab.root)  # refuses ZeRO-3 and values that contradict the run
@@ -169,27 +169,30 @@ def upgrade_legacy_template(lab: Lab) -> list[str]:
             "environment lines you added)."]
 
 
+def script_context(lab: Lab, cfg: ExperimentConfig, final_run_dir: Path) -> dict:
+    """What every run-script template (run.sh, run.sbatch) is rendered with."""
+    return {"version": cfg.version, "run_dir": str(final_run_dir), "lab_root": str(lab.root),
+            "python": sys.executable, "env": run_env(lab, cfg)}
+
+
+def write_checked_script(script: Path, text: str) -> None:
+    """Write an executable script atomically; a template bug (bash -n) must not launch."""
+    from minimind.atomic import write_text
+
+    write_text(script, text)
+    os.chmod(script, 0o755)
+    check_syntax(script)
+
+
 def render_run_script(lab: Lab, cfg: ExperimentConfig, final_run_dir: Path) -> str:
     """The run script text; paths point at the final run directory, not the staging one."""
     from lifecycle.render import render
 
-    context = {
-        "version": cfg.version,
-        "run_dir": str(final_run_dir),
-        "lab_root": str(lab.root),
-        "python": sys.executable,
-        "env": run_env(lab, cfg),
-    }
-    return render(RUN_TEMPLATE, context, lab.templates_dir)
+    return render(RUN_TEMPLATE, script_context(lab, cfg, final_run_dir), lab.templates_dir)
 
 
 def write_run_script(lab: Lab, cfg: ExperimentConfig, folder: Path, final_run_dir: Path) -> None:
-    script = folder / RUN_SCRIPT
-    from minimind.atomic import write_text
-
-    write_text(script, render_run_script(lab, cfg, final_run_dir))
-    os.chmod(script, 0o755)
-    check_syntax(script)
+    write_checked_script(folder / RUN_SCRIPT, render_run_script(lab, cfg, final_run_dir))
     if cfg.launch.backend == "slurm":
         from lifecycle.slurm import write_sbatch
 

@@ -21,7 +21,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -47,22 +46,17 @@ def check_request(lab: Lab, cfg: ExperimentConfig) -> None:
 
 
 def render_sbatch(lab: Lab, cfg: ExperimentConfig, final_run_dir: Path) -> str:
-    from lifecycle.launch import run_env
+    from lifecycle.launch import script_context
     from lifecycle.render import render
 
-    context = {"version": cfg.version, "run_dir": str(final_run_dir), "lab_root": str(lab.root),
-               "python": sys.executable, "env": run_env(lab, cfg), "slurm": lab.settings().slurm}
+    context = {**script_context(lab, cfg, final_run_dir), "slurm": lab.settings().slurm}
     return render(SBATCH_TEMPLATE, context, lab.templates_dir)
 
 
 def write_sbatch(lab: Lab, cfg: ExperimentConfig, folder: Path, final_run_dir: Path) -> None:
-    from lifecycle.launch import check_syntax
-    from minimind.atomic import write_text
+    from lifecycle.launch import write_checked_script
 
-    script = folder / SBATCH_FILE
-    write_text(script, render_sbatch(lab, cfg, final_run_dir))
-    os.chmod(script, 0o755)
-    check_syntax(script)
+    write_checked_script(folder / SBATCH_FILE, render_sbatch(lab, cfg, final_run_dir))
 
 
 def _call(argv: list[str], what: str, env: Optional[dict] = None) -> str:

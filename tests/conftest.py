@@ -32,3 +32,18 @@ def fake():
     server = FakeAnthropic().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def bundled(tmp_path_factory):
+    """The bundled small data, built once per session (the build is deterministic); labs copy from it."""
+    from corpus.build import build
+
+    out = tmp_path_factory.mktemp("bundled")
+    build(out, "small", progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def bundled_data(bundled):
+    return bundled

@@ -46,15 +46,6 @@ PLAN = {"thinking": "Repeat the baseline with another seed to see the run-to-run
 
 
 @pytest.fixture(scope="module")
-def bundled(tmp_path_factory):
-    from corpus.build import build
-
-    out = tmp_path_factory.mktemp("bundled")
-    build(out, "small", progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def server():
     fake = FakeAnthropic().start()
     yield fake

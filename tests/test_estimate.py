@@ -13,15 +13,6 @@ HOSTILE = ["dim=8192", "n_layers=128", "knowledge_num=67108864", "knowledge_leng
 NEW = ["--goal", "scale up", "--hypothesis", "a much larger model lowers inference loss"]
 
 
-@pytest.fixture(scope="module")
-def bundled(tmp_path_factory):
-    from corpus.build import build
-
-    out = tmp_path_factory.mktemp("bundled")
-    build(out, "small", progress=False)
-    return out
-
-
 @pytest.fixture
 def lab(tmp_path, bundled):
     return make_lab(tmp_path / "lab", bundled)

@@ -39,15 +39,6 @@ STATED = {"en": ("smoothed train loss below 0.2", "train loss", "(danger below 0
           "zh": ("平滑训练损失低于 0.2", "训练损失", "(危险线:低于 0.2)")}
 
 
-@pytest.fixture(scope="module")
-def bundled_data(tmp_path_factory):
-    from corpus.build import build
-
-    out = tmp_path_factory.mktemp("bundled")
-    build(out, "small", progress=False)
-    return out
-
-
 def make_threshold_lab(root: Path, data_dir: Path):
     """tests/lab_helpers.make_lab with the guardrail section added to the lab's minimind.yaml."""
     from lifecycle.init import init_lab

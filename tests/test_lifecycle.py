@@ -18,15 +18,6 @@ from lab_helpers import invoke, make_lab, metrics_steps, tree, wait_state
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def bundled_data(tmp_path_factory):
-    from corpus.build import build
-
-    out = tmp_path_factory.mktemp("bundled")
-    build(out, "small", progress=False)
-    return out
-
-
 @pytest.fixture
 def lab(tmp_path, bundled_data):
     return make_lab(tmp_path / "lab", bundled_data)

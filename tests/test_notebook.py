@@ -16,15 +16,6 @@ PLAN = {"thinking": "Following the lab's lessons, this run repeats the base with
 
 
 @pytest.fixture(scope="module")
-def bundled(tmp_path_factory):
-    from corpus.build import build
-
-    out = tmp_path_factory.mktemp("bundled")
-    build(out, "small", progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def refuted(tmp_path_factory, bundled):
     """A lab whose first experiment ran and was refuted (it expects an inference loss no 12-step model reaches)."""
     lab = make_lab(tmp_path_factory.mktemp("notebook") / "lab", bundled)

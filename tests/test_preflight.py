@@ -9,7 +9,6 @@ the CLI cases show that `new` refuses with exit 3 and writes nothing, or launche
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -75,15 +74,6 @@ def test_a_layout_the_check_cannot_find_is_never_a_pass(tmp_path):
     results = results_for(tmp_path, RENAMED_MEMORY)
     assert results["memory_query"]["status"] == "could_not_check"
     assert "NOT verified" in results["memory_query"]["detail"]
-
-
-@pytest.fixture(scope="module")
-def bundled(tmp_path_factory):
-    from corpus.build import build
-
-    out = tmp_path_factory.mktemp("bundled")
-    build(out, "small", progress=False)
-    return out
 
 
 @pytest.fixture

@@ -37,15 +37,6 @@ HYP = {"en": "A dense model lowers inference loss below uniform", "zh": "稠密�
 STEPS = 12
 
 
-@pytest.fixture(scope="module")
-def bundled_data(tmp_path_factory):
-    from corpus.build import build
-
-    out = tmp_path_factory.mktemp("bundled")
-    build(out, "small", progress=False)
-    return out
-
-
 def _dead_pid() -> int:
     """The pid of a process that has exited (and been reaped)."""
     proc = subprocess.Popen(["true"])

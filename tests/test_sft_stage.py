@@ -17,15 +17,6 @@ TINY_CHAT = ["--set", "eval.chat_probes=6", "--set", "eval.chat_max_new_tokens=1
 
 
 @pytest.fixture(scope="module")
-def bundled_data(tmp_path_factory):
-    from corpus.build import build
-
-    out = tmp_path_factory.mktemp("bundled")
-    build(out, "small", progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def lab(tmp_path_factory, bundled_data):
     """A lab with a finished memory-model pretrain experiment 0.1.0 (its EMA moves the bank)."""
     lab = make_lab(tmp_path_factory.mktemp("sft") / "lab", bundled_data, steps=10, sft=True)

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from lab_helpers import invoke, make_lab, wait_state
-from test_lifecycle import GOAL, HYP, bundled_data  # noqa: F401 - the session fixture
+from test_lifecycle import GOAL, HYP
 
 from minimind.rundir import current, read_state
 
