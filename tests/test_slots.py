@@ -24,9 +24,10 @@ def slot_lab(tmp_path, bundled_data):  # noqa: F811
     return lab
 
 
-def _new(lab, version, steps):
+def _new(lab, version, steps, epochs=1):
+    # max_steps is only a cap: the runs that must outlive the test's waits also get the epochs to reach it.
     result = invoke(lab, "new", version, "--goal", GOAL, "--hypothesis", HYP, "--set", f"max_steps={steps}",
-                    "--set", "save_interval=5")
+                    "--set", f"epochs={epochs}", "--set", "save_interval=5")
     assert result.exit_code == 0, result.output
     return result
 
@@ -38,8 +39,8 @@ def _running_with_slot(lab, version, timeout=60.0):
 
 def test_three_runs_two_slots_queue_in_order(slot_lab):
     lab = slot_lab
-    _new(lab, "1.0.0", 5000)
-    _new(lab, "1.0.1", 5000)
+    _new(lab, "1.0.0", 5000, epochs=100)
+    _new(lab, "1.0.1", 5000, epochs=100)
     result = _new(lab, "1.0.2", 12)
     _running_with_slot(lab, "1.0.0")
     _running_with_slot(lab, "1.0.1")
