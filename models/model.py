@@ -208,9 +208,22 @@ class MemoryLayer(nn.Module):
         # Usage counts of the current statistics window: updated in place (index_add_), read and
         # reset only by memory_stats(). Not saved: a window, not model state.
         self.register_buffer("usage", torch.zeros(config.knowledge_num, dtype=torch.int32), persistent=False)
-        self.entropy_sum, self.token_count = 0.0, 0  # tensors once a forward has run
-        # EMA: per selected entry, the sum and count of the query inputs that picked it first
-        self.pending = []  # per training forward: (best entry ids, query inputs, counts), merged when large
+        # The rest of the window and the EMA store are plain tensors, updated in place, with
+        # fixed shapes: Python numbers or a growing list would be torch.compile guards (a
+        # recompile every micro-batch) and host reads. Not buffers: a module-wide cast
+        # (DeepSpeed's bf16) would round the sums, and DDP would overwrite them with rank 0's.
+        # _apply moves them with the module, keeping their dtypes. One element, not 0-dim:
+        # torch.compile (2.13, aot_eager) drops the in-place add to a 0-dim float64 attribute.
+        self.entropy_sum = torch.zeros(1, dtype=torch.float64)
+        self.token_count = torch.zeros(1, dtype=torch.int64)
+        # EMA store: per selected entry, the sum and count of the query inputs that picked it
+        # first; `capacity` slots (free: id knowledge_num, sums 0, count 0) and one last
+        # slot that takes what does not fit (reset by every update of the store).
+        self.capacity = min(EMA_MAX_PENDING, config.knowledge_num)
+        self.free_id = config.knowledge_num
+        self.ema_ids = torch.full((self.capacity + 1,), self.free_id, dtype=torch.long)
+        self.ema_sums = torch.zeros(self.capacity + 1, config.dim)
+        self.ema_counts = torch.zeros(self.capacity + 1, dtype=torch.long)
         self.capture = None  # a list while inspect_memory() records selections
         self._table, self._table_key = None, None
 
@@ -292,30 +305,104 @@ class MemoryLayer(nn.Module):
             self.capture.append((entries, weights))
             return
         entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1)  # (N,) nats
-        self.entropy_sum = entropy.double().sum() + self.entropy_sum
-        self.token_count = self.token_count + entries.shape[0]
+        self.entropy_sum.add_(entropy.double().sum())
+        self.token_count.add_(entries.shape[0])
         self.usage.index_add_(0, entries.flatten(), torch.ones(entries.numel(), dtype=self.usage.dtype, device=entries.device))
         if self.training:  # the token's best entry is the one it "selected"
-            self.pending.append((entries[:, 0], x.detach().float(), torch.ones_like(entries[:, 0])))
-            if sum(len(ids) for ids, _, _ in self.pending) > 2 * EMA_MAX_PENDING:
-                self.pending = [self.merged_pending()]
+            best = entries[:, 0]
+            self.remember(best, x.detach().float(), torch.ones_like(best))
 
-    def merged_pending(self):
-        """(entry ids (U,), query-input sums (U, dim), counts (U,)) since the last EMA update, one row
-        per entry; at most EMA_MAX_PENDING entries, the most selected: a memory bound, not a goal."""
-        ids, x, counts = (torch.cat(parts) for parts in zip(*self.pending))
-        unique, inverse = torch.unique(ids, return_inverse=True)
-        sums = x.new_zeros(len(unique), x.shape[1]).index_add_(0, inverse, x)
-        counts = counts.new_zeros(len(unique)).index_add_(0, inverse, counts)
-        if len(unique) > EMA_MAX_PENDING:
-            keep = counts.topk(EMA_MAX_PENDING).indices
-            unique, sums, counts = unique[keep], sums[keep], counts[keep]
-        return unique, sums, counts
+    _STORE = ("entropy_sum", "token_count", "ema_ids", "ema_sums", "ema_counts")
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        device = self.query.weight.device  # the store follows the module's device, never its dtype
+        for name in self._STORE:
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    @torch.no_grad()
+    def remember(self, ids, sums, counts):
+        """Add (entry ids (n,), query-input sums (n, dim), counts (n,)) to the EMA store, in place.
+
+        Each entry's sum continues in row order, so the store holds exactly the sums a single
+        index_add over all rows since the last update would give. When more than `capacity`
+        entries are pending, the most selected (by count) keep their slots: a memory bound,
+        not a goal. Fixed shapes throughout (no unique(), no nonzero()): under torch.compile
+        one graph serves every micro-batch of a shape, and nothing waits for the host.
+        """
+        K, free = self.capacity, self.free_id
+        held = self.ema_ids[:K]
+        every = torch.cat([held, ids])  # (M,) M = K + n: the store's slots, then the new rows
+        order = every.argsort(stable=True)
+        ordered = every[order]
+        starts = torch.ones_like(ordered, dtype=torch.bool)
+        starts[1:] = ordered[1:] != ordered[:-1]
+        segment_sorted = starts.cumsum(0) - 1  # one segment per distinct id, in id order (free last)
+        segment = torch.empty_like(segment_sorted).scatter_(0, order, segment_sorted)  # (M,) of each row
+        seg_count = torch.zeros_like(every).index_add_(0, segment, torch.cat([self.ema_counts[:K], counts.long()]))
+        seg_id = torch.full_like(every, free).scatter_(0, segment_sorted, ordered)
+        # the K most selected segments stay or enter (among equal counts, topk's order decides)
+        keep = torch.zeros_like(every, dtype=torch.bool).scatter_(0, seg_count.topk(K).indices, True) & (seg_count > 0)
+        M = every.shape[0]
+        held_segment = segment[:K]
+        stays = keep[held_segment] & (held != free)  # (K,) slots whose entry is kept
+        slot_of = torch.full((M + 1,), K, dtype=torch.long, device=every.device)  # K: the overflow slot
+        slot_of.scatter_(0, torch.where(stays, held_segment, M), torch.arange(K, device=every.device))
+        slot_of = slot_of[:M]
+        entering = keep & (slot_of == K)  # kept entries without a slot yet
+        freed = ~stays
+        # the i-th entering entry (in id order) takes the i-th freed slot
+        freed_rank = torch.where(freed, freed.cumsum(0) - 1, K)
+        slot_by_rank = torch.full((K + 1,), K, dtype=torch.long, device=every.device).scatter_(
+            0, freed_rank, torch.arange(K, device=every.device))
+        slot_of = torch.where(entering, slot_by_rank[(entering.cumsum(0) - 1).clamp(0, K)], slot_of)
+        self.ema_sums[:K].masked_fill_(freed[:, None], 0.0)
+        self.ema_counts[:K].masked_fill_(freed, 0)
+        self.ema_ids[:K].masked_fill_(freed, free)
+        self.ema_ids.scatter_(0, torch.where(entering, slot_of, K), seg_id)
+        new_slot = slot_of[segment[K:]]  # (n,)
+        self.ema_sums.index_add_(0, new_slot, sums.to(self.ema_sums.dtype))
+        self.ema_counts.index_add_(0, new_slot, counts.long())
+        self.ema_ids[K] = free
+        self.ema_sums[K].zero_()
+        self.ema_counts[K].zero_()
 
     def take_pending(self):
-        pending = self.merged_pending() if self.pending else None
-        self.pending = []
-        return pending
+        """(entry ids (U,) ascending, query-input sums (U, dim), counts (U,)) since the last EMA
+        update, or None; empties the store. Reads one number from the device (U)."""
+        taken = self._held(int((self.ema_ids[:self.capacity] != self.free_id).sum()))
+        self._clear()
+        return taken
+
+    def _held(self, used: int):
+        if not used:
+            return None
+        rows = self.ema_ids[:self.capacity].argsort()[:used]  # free slots sort last
+        return self.ema_ids[rows], self.ema_sums[rows], self.ema_counts[rows]
+
+    def _clear(self):
+        self.ema_ids.fill_(self.free_id)
+        self.ema_sums.zero_()
+        self.ema_counts.zero_()
+
+    @property
+    def pending(self) -> list:
+        """The EMA store as the list of (entry ids, sums, counts) this attribute once was:
+        checkpoints save it (`memory_pending`), tools and older code read and assign it."""
+        held = self._held(int((self.ema_ids[:self.capacity] != self.free_id).sum()))
+        return [] if held is None else [held]
+
+    @pending.setter
+    def pending(self, parts) -> None:
+        """Replace the store by parts of (entry ids, sums, counts), raw rows or merged ones,
+        as older checkpoints and `pending` give them; merged in the order given."""
+        self._clear()
+        parts = [part for part in parts if len(part[0])]
+        if parts:
+            device = self.ema_ids.device
+            ids, sums, counts = (torch.cat([p[i].to(device) for p in parts]) for i in range(3))
+            self.remember(ids.long(), sums.float(), counts.long())
 
     def stats(self, reset: bool) -> dict:
         """Window statistics; O(knowledge_num), so only at report time."""
@@ -329,7 +416,8 @@ class MemoryLayer(nn.Module):
             out["kl_uniform"] = (p * (p * usage.numel()).log()).sum().item()
         if reset:
             self.usage.zero_()
-            self.entropy_sum, self.token_count = 0.0, 0
+            self.entropy_sum.zero_()
+            self.token_count.zero_()
         return out
 
 
@@ -510,18 +598,35 @@ class MiniMindLM(nn.Module):
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> dict:
-        """Every ema_update_freq steps: EMA-update the unfrozen entries selected since the last update."""
+        """Every ema_update_freq steps: EMA-update the unfrozen entries selected since the last update.
+
+        Returns {"updated": entries updated, "changed": entries whose text changed, a 0-dim
+        tensor}. Two numbers are read from the device (how many entries each layer holds,
+        how many may change): the rest stays there, so a GPU never waits on the update."""
         if not self.config.has_memory or step % self.config.ema_update_freq:
             return {}
-        pending = [p for _, layer in self.memory_layers() if (p := layer.take_pending()) is not None]
-        updated = changed = 0
+        layers = [layer for _, layer in self.memory_layers()]
+        held = torch.stack([(layer.ema_ids[:layer.capacity] != layer.free_id).sum() for layer in layers]).tolist()
+        pending = [p for layer, used in zip(layers, held) if (p := layer._held(used)) is not None]
+        for layer in layers:
+            layer._clear()
+        updated, changed = 0, torch.zeros((), dtype=torch.long, device=self.memory_bank.device)
         if pending:
-            ids, sums, counts = (torch.cat(parts) for parts in zip(*pending))  # layers share the bank
-            unique, inverse = torch.unique(ids, return_inverse=True)
-            sums = sums.new_zeros(len(unique), sums.shape[1]).index_add_(0, inverse, sums)
-            keep = ~self.memory_frozen[unique]  # frozen entries never change
-            unique, sums = unique[keep], sums[keep]
-            updated = len(unique)
+            ids, sums, _ = (torch.cat(parts) for parts in zip(*pending))  # layers share the bank
+            # distinct ids in ascending order and their summed rows, in row order (as unique() would)
+            order = ids.argsort(stable=True)
+            ordered = ids[order]
+            starts = torch.ones_like(ordered, dtype=torch.bool)
+            starts[1:] = ordered[1:] != ordered[:-1]
+            segment_sorted = starts.cumsum(0) - 1
+            segment = torch.empty_like(segment_sorted).scatter_(0, order, segment_sorted)
+            unique = torch.zeros_like(ids).scatter_(0, segment_sorted, ordered)
+            sums = torch.zeros_like(sums).index_add_(0, segment, sums)
+            distinct = torch.arange(len(ids), device=ids.device) < starts.sum()
+            keep = distinct & ~self.memory_frozen[unique]  # frozen entries never change
+            rows = (~keep).to(torch.uint8).argsort(stable=True)  # the kept ones first, in id order
+            updated = int(keep.sum())
+            unique, sums = unique[rows[:updated]], sums[rows[:updated]]
             changed = ema_update(self.memory_bank, unique, sums, self.tok_embeddings.weight, self.config.ema_decay)
         self.last_ema_updated = updated
         return {"updated": updated, "changed": changed}
@@ -607,11 +712,11 @@ def ema_update(bank, entry_ids, targets, embedding_weight, decay: float, chunk: 
     the 8 tokens nearest to t (exact when decay is 0; a cheap, close approximation otherwise),
     so an update costs O(entries * (V + L) * dim), never O(knowledge_num). Padding stays
     padding and nothing becomes padding, so every entry stays readable text.
-    Returns the number of entries whose text changed.
+    Returns the number of entries whose text changed, as a 0-dim tensor (no host read).
     """
     E = embedding_weight.float()  # (V, dim)
     E_sq = E.pow(2).sum(-1)  # (V,)
-    changed = 0
+    changed = torch.zeros((), dtype=torch.long, device=bank.device)
     for start in range(0, len(entry_ids), chunk):
         ids, target = entry_ids[start:start + chunk], targets[start:start + chunk]  # (u,), (u, dim)
         old = bank[ids].long()  # (u, L)
@@ -630,7 +735,7 @@ def ema_update(bank, entry_ids, targets, embedding_weight, decay: float, chunk: 
         old_dist = E_sq[old] - 2 * old_dot
         best_dist, best = cand_dist.min(dim=1)  # (u, L)
         new = torch.where((best_dist < old_dist) & real, cand.gather(1, best), old)
-        changed += int((new != old).any(-1).sum())
+        changed += (new != old).any(-1).sum()
         bank[ids] = new.to(bank.dtype)
     return changed
 

@@ -97,7 +97,18 @@ def reduce_memory_window(model) -> None:
     for _, layer in layers():
         device = layer.usage.device
         dist.all_reduce(layer.usage)
-        window = torch.stack([torch.as_tensor(layer.entropy_sum, dtype=torch.float64, device=device),
-                              torch.as_tensor(layer.token_count, dtype=torch.float64, device=device)])
+        window = torch.stack([torch.as_tensor(layer.entropy_sum, dtype=torch.float64, device=device).reshape(()),
+                              torch.as_tensor(layer.token_count, dtype=torch.float64, device=device).reshape(())])
         dist.all_reduce(window)
-        layer.entropy_sum, layer.token_count = window[0], window[1]
+        _set_window(layer, "entropy_sum", window[0])
+        _set_window(layer, "token_count", window[1])
+
+
+def _set_window(layer, name: str, value: torch.Tensor) -> None:
+    """A model that keeps the number in a tensor keeps that tensor (a compiled graph reads it
+    in place); older model files hold Python numbers there and get the reduced tensor."""
+    current = getattr(layer, name)
+    if torch.is_tensor(current):
+        current.copy_(value.reshape(current.shape))
+    else:
+        setattr(layer, name, value)
