@@ -247,14 +247,14 @@ class Trainer:
     def train_step(self) -> dict[str, Any]:
         t = self.cfg.train
         zero = torch.zeros((), device=self.acc.device)
-        ce_sum, aux_sum, tokens, grad_norm = zero, zero, 0, None
+        ce_sum, aux_sum, tokens, grad_norm = zero, zero, zero.long(), None
         for k in range(t.accumulation_steps):
             micro = self.step * t.accumulation_steps + k
             self.epoch_pos = (micro + 1) / self.stream.batches_per_epoch  # epochs done after this batch
             _, doc_idx = self.stream.batch(micro)
             inputs, targets, mask = collate(self.corpus.docs(doc_idx), self.max_seq_len, self.pad_multiple)
-            tokens += int(mask.sum())  # on the host: counted before the batch moves to the device
             inputs, targets, mask = (x.to(self.acc.device, non_blocking=True) for x in (inputs, targets, mask))
+            tokens = tokens + mask.sum(dtype=torch.int64)  # a device count: read at the log step only
             with self.acc.accumulate(self.model):
                 out = self.forward(inputs)
                 ce = masked_ce(out.logits, targets, mask)
@@ -288,7 +288,7 @@ class Trainer:
     def log_step(self, stats: dict[str, float]) -> Optional[str]:
         """Write the metrics row and check train guardrails; returns a stop reason."""
         window = torch.stack([stats["ce"], stats["aux"],
-                              torch.tensor(float(self.tokens_since_log), device=self.acc.device)])
+                              torch.as_tensor(self.tokens_since_log, device=self.acc.device).float()])
         if self.acc.num_processes > 1:
             window = self.acc.reduce(window, "sum")
             window[:2] /= self.acc.num_processes
@@ -418,7 +418,7 @@ class Trainer:
             self.setup()
             t = self.cfg.train
             self.start_step, self.start_time = self.step, time.time()
-            self.last_log_time, self.tokens_since_log = self.start_time, 0.0
+            self.last_log_time, self.tokens_since_log = self.start_time, 0
             if self.main:
                 self.start_outputs()
             try:
@@ -438,7 +438,7 @@ class Trainer:
             guard = None
             if self.step % t.log_interval == 0 or self.step == self.total:
                 guard = self.log_step(stats)
-                self.tokens_since_log = 0.0
+                self.tokens_since_log = 0
             paused = time.time()
             if self.main and t.eval_interval and self.step % t.eval_interval == 0 and self.step < self.total:
                 guard = self.eval_step() or guard
