@@ -46,6 +46,13 @@ def make_accelerator(cfg: ExperimentConfig, run_dir: Path, n_params: int):
 
         if "WORLD_SIZE" not in os.environ:
             _single_process_group()
+        elif cfg.launch.cpu:
+            # Without CUDA accelerate finds no backend for DeepSpeed's processes and reports
+            # 1 process on every rank (each then read all the data and wrote every file),
+            # while DeepSpeed itself ran with all of them. Named, it counts them.
+            from accelerate.utils import InitProcessGroupKwargs
+
+            kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
 
         from minimind.atomic import write_json
 
