@@ -21,7 +21,7 @@ from minimind.config import diff, flatten, load_config
 from minimind.errors import MinimindError
 from minimind.guardrails import rules_of
 from minimind.lab import Lab
-from minimind.rundir import (AGENT_DIR, ANALYSIS_FILE, COMMIT_MSG_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE,
+from minimind.rundir import (AGENT_DIR, ANALYSIS_ERROR_LOG, ANALYSIS_FILE, COMMIT_MSG_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE,
                              METRICS_FILE, PLAN_FILE, read_json, read_metrics, read_state, update_state)
 
 CURVE_POINTS = 16        # points per curve shown to the agent
@@ -225,17 +225,44 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     return write_record(lab, version, lang)
 
 
+def _failure_reason(run_dir: Path, exc: Exception) -> str:
+    """The one-line reason of a failed analysis. A MinimindError's message is the reason;
+    any other exception is a bug somewhere below (the agent, a validator, the analysis
+    code): its traceback is appended to runs/V/analysis_error.log and the reason points there."""
+    if isinstance(exc, MinimindError):
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    import traceback
+
+    log = Path(run_dir) / ANALYSIS_ERROR_LOG
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"--- analysis failed {stamp}\n{text}\n")
+    except OSError:
+        pass  # the reason is still recorded in state.json
+    first = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return (f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
+            + f" (traceback in runs/{Path(run_dir).name}/{ANALYSIS_ERROR_LOG})")
+
+
 def run_analysis(run_dir: Path, agent: Optional[str] = None) -> tuple[bool, str]:
     """`analyse`, with a failure recorded as `analysis_failed` (training's state untouched).
 
+    Any exception counts, not only MinimindError: training's result is on disk and nothing
+    the analysis does may turn a trained run into a failed one.
     Returns (ok, message): where the record went, or why the analysis failed."""
     from lifecycle.record import write_record
 
     run_dir = Path(run_dir).resolve()
     try:
         path = analyse(run_dir, agent)
-    except MinimindError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 -- see the docstring
+        reason = _failure_reason(run_dir, exc)
+        if not isinstance(exc, MinimindError):
+            import traceback
+
+            traceback.print_exc()  # the pipeline's stderr is train.log
         update_state(run_dir, analysis_failed=True, analysis_error=reason, phase="done")
         try:
             plan = read_json(run_dir / PLAN_FILE) or {}
@@ -261,8 +288,12 @@ def analyse_experiment(lab: Lab, version: str, agent: Optional[str] = None) -> s
     try:
         path = analyse(run_dir, agent)
     except MinimindError as exc:
-        update_state(run_dir, analysis_failed=True, analysis_error=str(exc).splitlines()[0])
+        update_state(run_dir, analysis_failed=True, analysis_error=_failure_reason(run_dir, exc))
         raise
+    except Exception as exc:  # noqa: BLE001 -- a bug below: one line here, the traceback in the log
+        reason = _failure_reason(run_dir, exc)
+        update_state(run_dir, analysis_failed=True, analysis_error=reason)
+        raise MinimindError(f"the analysis of {version} failed: {reason}") from exc
     record = path.relative_to(lab.root)
     verdict = ((read_json(run_dir / ANALYSIS_FILE) or {}).get("verdict_info") or {}).get("verdict", "?")
     where = (f"record {record}" if path == lab.record_path(version)

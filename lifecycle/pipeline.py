@@ -12,7 +12,8 @@ every lab and every run script already written. In order:
            in state.json and its exit code (`accelerate launch` reports any worker's
            failure as 1).
 3. evaluate `python -m training.evaluate` (a child: torch's memory is freed when it ends).
-4. analyse verdict, the agent's prose, the commit draft, the record. An agent failure here
+4. analyse verdict, the agent's prose, the commit draft, the record. Any failure here (an API
+           error, or an unexpected exception: its traceback goes to runs/V/analysis_error.log)
            leaves the training state and sets `analysis_failed` (`minimind analyse V` redoes it).
 
 Before training, a lab with GPU slots (`launch.gpus`) has this process take its slots or

@@ -36,6 +36,7 @@ PLAN_FILE = "plan.json"              # the agent's plan and the human's request
 ANALYSIS_FILE = "analysis.json"      # the agent's analysis and the computed verdict
 DIFF_FILE = "model.diff"             # models/model.py against the base snapshot (or git HEAD)
 COMMIT_MSG_FILE = "commit_message.md"
+ANALYSIS_ERROR_LOG = "analysis_error.log"  # tracebacks of analyses that failed unexpectedly after training
 REVIEW_FILE = "review.json"          # the human's approval
 LESSON_FILE = "lesson.json"          # a lesson proposed after a refuted or dangerous run, and the human's decision
 NEXT_FILE = "next.json"              # the analysis's structured proposal for the next experiment

@@ -175,3 +175,37 @@ def test_offline_analyse_redoes_only_the_analysis(trained):
     assert (lab.run_dir("0.1.1") / "eval.json").read_bytes() == eval_before
     assert "record experiment/experiment_0.1.1.md" in result.output
     assert invoke(lab, "analyse", "9.9.9").exit_code == 1
+
+
+@pytest.mark.parametrize("error", [RuntimeError("the agent broke"), KeyError("verdict")], ids=["RuntimeError", "KeyError"])
+def test_an_unexpected_exception_in_analysis_leaves_the_trained_run_finished(trained, monkeypatch, error):
+    """Not only MinimindError: any exception after training is analysis_failed, with the traceback
+    in runs/V/analysis_error.log, and `minimind analyse V` redoes it."""
+    from agent.offline import OfflineAgent
+    from lifecycle import pipeline
+
+    lab, _ = trained
+    run = lab.run_dir("0.1.1")
+    (run / "analysis_error.log").unlink(missing_ok=True)
+
+    def broken(self, ctx):
+        raise error
+
+    with monkeypatch.context() as patch:
+        patch.setattr(OfflineAgent, "analyse", broken)
+        assert pipeline._analyse(run) == 0  # the pipeline's analysis step, as the run calls it
+        state = json.loads((run / "state.json").read_text())
+        assert state["train_outcome"] == "finished" and state["analysis_failed"] and type(error).__name__ in state["analysis_error"]
+        assert "runs/0.1.1/analysis_error.log" in state["analysis_error"]
+        log = (run / "analysis_error.log").read_text()
+        assert "Traceback (most recent call last)" in log and "def broken" not in log and "in broken" in log
+        (status,) = [s for s in json.loads(invoke(lab, "status", "--json").output) if s["version"] == "0.1.1"]
+        assert status["state"] == "finished" and status["analysis_failed"]
+        # the verb itself: one line, exit 1, the flag and the log
+        result = invoke(lab, "analyse", "0.1.1", "--agent", "offline")
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+        assert "analysis_error.log" in result.output
+    result = invoke(lab, "analyse", "0.1.1", "--agent", "offline")
+    assert result.exit_code == 0, result.output
+    (status,) = [s for s in json.loads(invoke(lab, "status", "--json").output) if s["version"] == "0.1.1"]
+    assert status["state"] == "finished" and status["analysed"] and not status["analysis_failed"]
