@@ -18,9 +18,19 @@ def code_owned(default_factory=list, help: str = ""):
     return field(default_factory=default_factory, metadata={"code": True, "help": help})
 
 
+def model_optional(help: str = ""):
+    """A result field the model may write or leave out (null): a tool property that is not required."""
+    return field(default=None, metadata={"optional": True, "help": help})
+
+
 def model_fields(cls: type) -> list[str]:
     """The fields of a result dataclass that the model writes (the tool's properties)."""
     return [f.name for f in dataclasses.fields(cls) if f.name != "backend" and not f.metadata.get("code")]
+
+
+def required_fields(cls: type) -> list[str]:
+    """The model-written fields the model must write (the tool's required properties)."""
+    return [f.name for f in dataclasses.fields(cls) if f.name in model_fields(cls) and not f.metadata.get("optional")]
 
 
 @dataclass(kw_only=True)
@@ -84,6 +94,9 @@ class AnalysisContext:
     model_config: dict[str, Any] = field(default_factory=dict)    # the run's model section (preset, sizes)
     notebook: str = ""                    # the lab notebook: compact trace of every experiment, reviewer notes
     lessons: str = ""                     # the lab's lessons (experiment/LESSONS.md)
+    # What a proposed next experiment is validated against (agent/tools.py validate_analysis):
+    config_schema: dict[str, dict] = field(default_factory=dict)  # dotted key -> {type, min, max, choices, ...}
+    versions: list[str] = field(default_factory=list)             # the lab's experiments (a proposal's base)
 
 
 # The prose fields of an analysis: checked against the verdict and the data (agent/prose.py).
@@ -101,7 +114,19 @@ class Analysis:
     conclusion: str
     next_steps: list[str]
     backend: str
+    # Proposals the model may make (validated in agent/tools.py; when absent or refused the
+    # lifecycle's rules propose: lifecycle/lessons.py, lifecycle/proposal.py).
+    lesson: Optional[dict[str, Any]] = model_optional(
+        help="after a refuted verdict or a guardrail in danger: {text, evidence: [...]}")
+    next_experiment: Optional[dict[str, Any]] = model_optional(
+        help="{goal, hypothesis, sets: {dotted key: value}, expect, why, base}")
     notes: list[str] = code_owned(help="fields replaced because they contradicted the numbers, with the reasons")
+
+
+def lesson_due(verdict: str, eval_data: Optional[dict[str, Any]]) -> bool:
+    """A lesson is proposed after a refuted verdict or a guardrail that reached danger."""
+    guardrails = (eval_data or {}).get("guardrails") or {}
+    return verdict == "refuted" or any(isinstance(g, dict) and g.get("level") == "danger" for g in guardrails.values())
 
 
 @dataclass(kw_only=True)

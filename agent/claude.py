@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from agent import calllog, tools
 from agent.base import (AgentError, Analysis, AnalysisContext, CommitContext, CommitDraft, Plan,
-                        PlanContext)
+                        PlanContext, lesson_due)
 from minimind.config import flatten
 from minimind.settings import AgentSettings
 
@@ -289,7 +289,11 @@ def analysis_prompt(ctx: AnalysisContext) -> str:
         f"## Task\nCall write_analysis. Explain what the numbers above show and why. The conclusion must "
         f"agree with the computed verdict ({ctx.verdict}); you explain it, you do not decide it. Call a change "
         "within its interval noise. Use only numbers that appear above; a text that asserts another verdict or "
-        "quotes a number not in the data is refused.",
+        "quotes a number not in the data is refused. "
+        + ("The verdict is refuted or a guardrail reached danger: propose the `lesson` this teaches the lab, "
+           "its evidence being numbers from above. " if lesson_due(ctx.verdict, ctx.eval) else "Give `lesson` null. ")
+        + "Propose the `next_experiment` (goal, hypothesis, `sets` with keys of the tool's schema and values "
+        "against this experiment's config, an `--expect` criterion, why), or give null to leave it to minimind's rules.",
     ]
     return "\n\n".join(parts)
 

@@ -262,6 +262,8 @@ def _guardrail_sentence(guardrails: dict[str, dict], lang: str = "en") -> str:
 def _memory_query_sentence(checks: list[dict[str, Any]], lang: str = "en") -> str:
     """What the preflight check verified about the memory query, never more (the 1.4.3 lesson)."""
     result = next((c for c in checks if c.get("id") == "memory_query"), None)
+    if result is not None and lang == "zh":
+        result = {**result, **(result.get("zh") or {})}  # the check's own zh detail (lifecycle/checks.py)
     if result is not None and result.get("status") == "passed":
         return _t(lang, "q_passed")
     if result is not None and result.get("status") == "failed":

@@ -151,6 +151,39 @@ def unknown_numbers(text: str, values: list[tuple[str, float]]) -> list[str]:
     return bad
 
 
+_VERSION_LIKE = re.compile(r"\d+\.\d+\.\d+")
+
+
+def numbers_not_in_data(text: str, values: list[tuple[str, float]]) -> list[str]:
+    """Every decimal or percentage in `text` that is no value of the data (within rounding),
+    whatever word precedes it: evidence must be the run's numbers. Versions (1.4.3) and an
+    interval's level ("95% CI") are not values."""
+    versions = [m.span() for m in _VERSION_LIKE.finditer(text)]
+    candidates = [v for _, v in values]
+    bad = []
+    for number in _NUMBER.finditer(text):
+        if any(s <= number.start() < e for s, e in versions) or _LEVEL_AFTER.match(text, number.end()):
+            continue
+        if not _matches(number.group(), candidates):
+            bad.append(number.group())
+    return bad
+
+
+def has_number(text: str) -> bool:
+    return bool(_NUMBER.search(text))
+
+
+def proposal_note(backend: str, fields: list[str], lang: str = "en") -> str:
+    """Said when a model's proposal (lesson, next experiment) was refused after one repair."""
+    names = {"lesson": ("lesson", "经验"), "next_experiment": ("next experiment", "下一个实验")}
+    if lang == "zh":
+        shown = "、".join(names.get(f, (f, f))[1] for f in fields)
+        return f"{backend} 代理建议的{shown}经一次修正后仍未通过校验,已不采用;改由 minimind 的规则给出建议。"
+    shown = " and ".join(names.get(f, (f, f))[0] for f in fields)
+    return (f"The {backend} agent's proposed {shown} did not validate after one repair and was not used; "
+            "minimind's rules propose instead.")
+
+
 def problems(fields: dict[str, str], verdict: str, values: list[tuple[str, float]]) -> dict[str, list[str]]:
     """{field: [reasons]} for every text field that contradicts the verdict or the data."""
     out: dict[str, list[str]] = {}

@@ -22,8 +22,9 @@ import re
 from typing import Any, get_args, get_origin, get_type_hints
 
 from agent import prose
+from minimind.errors import UsageError
 from agent.base import (ANALYSIS_PROSE, COMMIT_PROSE, Analysis, AnalysisContext, CommitContext, CommitDraft, Plan,
-                        PlanContext, model_fields)
+                        PlanContext, lesson_due, model_fields, required_fields)
 
 MAX_TEXT = 8000          # characters of one prose field
 MAX_LINE = 500           # characters of one bullet
@@ -62,6 +63,11 @@ _FIELD_HELP = {
     "title": "One-line commit title (no trailing period).",
     "improvements": "Main improvements of this experiment, one per item.",
     "core_changes": "Per file of the commit: bullet lines describing its change.",
+    "lesson": "Only when the computed verdict is refuted or a guardrail reached danger (else null): the lesson "
+              "this experiment teaches the lab, and its evidence, quoting only numbers given to you.",
+    "next_experiment": "The next experiment you propose (or null to leave it to minimind's rules): goal, hypothesis, "
+                       "the config changes against this experiment (dotted key -> value, only the keys listed), an "
+                       "--expect criterion such as 'inference_loss < base', why, and optionally the base version.",
 }
 
 
@@ -152,7 +158,7 @@ def _tool(name: str, description: str, cls: type, overrides: dict[str, dict]) ->
         "name": name,
         "description": description,
         "input_schema": {"type": "object", "properties": properties,
-                         "required": list(properties), "additionalProperties": False},
+                         "required": [f for f in required_fields(cls) if f in properties], "additionalProperties": False},
     }
 
 
@@ -167,8 +173,18 @@ def plan_tool(ctx: PlanContext) -> dict[str, Any]:
 
 
 def analysis_tool(ctx: AnalysisContext) -> dict[str, Any]:
+    keys = allowed_config_keys(ctx.config_schema)
+    line = {"type": "string", "maxLength": MAX_LINE}
+    lesson = {"type": ["object", "null"], "additionalProperties": False, "required": ["text", "evidence"],
+              "properties": {"text": line, "evidence": {"type": "array", "items": line, "maxItems": MAX_ITEMS}}}
+    sets = {"type": "object", "additionalProperties": False,
+            "properties": {k: _value_schema(ctx.config_schema[k]) for k in keys}}
+    nxt = {"type": ["object", "null"], "additionalProperties": False, "required": ["goal", "hypothesis", "sets", "why"],
+           "properties": {"goal": line, "hypothesis": line, "sets": sets, "expect": line, "why": line,
+                          "base": {"type": "string", "maxLength": 32}}}
     return _tool(TOOL_NAMES["analyse"], "Write the record's result sections: explain the computed numbers "
-                 "and verdict, do not change them.", Analysis, {})
+                 "and verdict, do not change them; propose a lesson and the next experiment.", Analysis,
+                 {"lesson": lesson, "next_experiment": nxt})
 
 
 def commit_tool(ctx: CommitContext) -> dict[str, Any]:
@@ -216,7 +232,7 @@ def _check_keys(data: Any, cls: type, problems: list[str]) -> dict[str, Any]:
         problems.append(f"the tool input must be an object, got {type(data).__name__}")
         return {}
     expected = model_fields(cls)
-    for name in expected:
+    for name in required_fields(cls):
         if name not in data:
             problems.append(f"{name}: missing")
     for name in sorted(set(data) - set(expected)):
@@ -380,11 +396,118 @@ def validate_analysis(tool_input: Any, ctx: AnalysisContext, backend: str = "cla
         next_steps=_lines(data.get("next_steps", []), "next_steps", problems),
         backend=backend,
     )
+    facts = analysis_facts(ctx)
+    proposals, refused = {}, []
+    for name, check in (("lesson", _lesson), ("next_experiment", _next_experiment)):
+        found: list[str] = []
+        value = check(data.get(name), ctx, facts, found)
+        if found:
+            refused += found
+        elif value is not None:
+            proposals[name] = value
+    if refused and not final:
+        problems += refused  # the repair round, like prose
     analysis = _enforce(analysis, lambda: OfflineAgent().analyse(ctx), ANALYSIS_PROSE, ctx.verdict,
-                        analysis_facts(ctx), problems, final, ctx.lang)
+                        facts, problems, final, ctx.lang)
     if problems:
         raise ToolInputError(problems)
+    analysis = dataclasses.replace(analysis, **proposals)
+    if refused:  # the final answer: a refused proposal is dropped, minimind's rules propose instead
+        analysis = dataclasses.replace(analysis, notes=list(analysis.notes) + [
+            prose.proposal_note(backend, sorted({r.split(":", 1)[0].split(".", 1)[0] for r in refused}), ctx.lang)]
+            + refused)
     return analysis
+
+
+def _proposal_text(value: Any, where: str, facts: Any, verdict: str, found: list[str]) -> str:
+    """One line of a proposal: clean, and no verdict or number that the data contradicts."""
+    text = _text(value, where, found, limit=MAX_LINE, one_line=True)
+    found += prose.flat_problems(prose.problems({where: text}, verdict, prose.known_values(facts))) if text else []
+    return text
+
+
+def _lesson(raw: Any, ctx: AnalysisContext, facts: Any, found: list[str]) -> dict[str, Any] | None:
+    """The model's lesson: {text, evidence: [lines]}; refused on a run that teaches none by the rule
+    (neither refuted nor in danger), and when its numbers are not in the data."""
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        found.append(f"lesson: expected an object or null, got {type(raw).__name__}")
+        return None
+    if not lesson_due(ctx.verdict, ctx.eval):
+        found.append(f"lesson: a lesson is proposed only after a refuted verdict or a guardrail in danger "
+                     f"(the verdict is {ctx.verdict}, no guardrail reached danger); give null")
+        return None
+    for key in sorted(set(raw) - {"text", "evidence"}):
+        found.append(f"lesson.{key}: unknown key (allowed: text, evidence)")
+    text = _proposal_text(raw.get("text", ""), "lesson.text", facts, ctx.verdict, found)
+    evidence_raw = raw.get("evidence", [])
+    if isinstance(evidence_raw, str):
+        evidence_raw = [evidence_raw]
+    evidence = [_proposal_text(e, f"lesson.evidence[{i}]", facts, ctx.verdict, found)
+                for i, e in enumerate(evidence_raw[:MAX_ITEMS] if isinstance(evidence_raw, list) else [])]
+    if not isinstance(evidence_raw, list) or not [e for e in evidence if e]:
+        found.append("lesson.evidence: at least one line of evidence (numbers from the data) is needed")
+    elif not any(prose.has_number(e) for e in evidence):
+        found.append("lesson.evidence: quotes no number; the evidence is the run's numbers")
+    values = prose.known_values(facts)
+    for i, line in enumerate(evidence):
+        bad = prose.numbers_not_in_data(line, values)
+        if bad:
+            found.append(f"lesson.evidence[{i}]: {', '.join(bad)} is not a number of this run's data (within rounding)")
+    return {"text": text, "evidence": [e for e in evidence if e]} if not found else None
+
+
+def _next_experiment(raw: Any, ctx: AnalysisContext, facts: Any, found: list[str]) -> dict[str, Any] | None:
+    """The model's next experiment: goal, hypothesis, sets (schema keys and values the human
+    could type as --set), expect (criteria the verdict code reads), why, base (an experiment
+    of the lab). Cross-field validation of the config it yields is the lifecycle's
+    (lifecycle/proposal.py), which falls back to its rules when that fails."""
+    from minimind.verdict import parse_criteria
+    from minimind.versions import parse as parse_version
+
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        found.append(f"next_experiment: expected an object or null, got {type(raw).__name__}")
+        return None
+    allowed = ("goal", "hypothesis", "sets", "expect", "why", "base")
+    for key in sorted(set(raw) - set(allowed)):
+        found.append(f"next_experiment.{key}: unknown key (allowed: {', '.join(allowed)})")
+    out: dict[str, Any] = {name: _proposal_text(raw.get(name, ""), f"next_experiment.{name}", facts, ctx.verdict, found)
+                           for name in ("goal", "hypothesis", "why")}
+    sets = raw.get("sets", {})
+    if not isinstance(sets, dict):
+        found.append(f"next_experiment.sets: expected an object (dotted key -> value), got {type(sets).__name__}")
+        sets = {}
+    clean: dict[str, Any] = {}
+    for key, value in sets.items():
+        key = str(key)
+        reason = _forbidden_reason(key) or (None if key in ctx.config_schema else f"{key}: unknown config key")
+        reason = reason or check_config_value(key, value, ctx.config_schema[key])
+        if reason:
+            found.append(f"next_experiment.sets.{reason}")
+        else:
+            clean[key] = value
+    out["sets"] = clean
+    expect = raw.get("expect")
+    if expect is not None and expect != "":
+        expect = _text(expect, "next_experiment.expect", found, limit=MAX_LINE, one_line=True)
+        if expect and not parse_criteria(expect):
+            found.append(f"next_experiment.expect: {expect!r} has no criterion minimind can check "
+                         "(write e.g. 'inference_loss < base')")
+        out["expect"] = expect
+    base = raw.get("base")
+    if base is not None and base != "":
+        try:
+            parse_version(str(base))
+        except UsageError as exc:
+            found.append(f"next_experiment.base: {str(exc).splitlines()[0]}")
+        else:
+            if str(base) != ctx.version and str(base) not in ctx.versions:
+                found.append(f"next_experiment.base: {base} is not an experiment of this lab")
+        out["base"] = str(base)
+    return out if not found else None
 
 
 def validate_commit(tool_input: Any, ctx: CommitContext, backend: str = "claude", final: bool = False) -> CommitDraft:

@@ -180,7 +180,8 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                                      "retrieval": ev.get("retrieval"), "bank_reading": reading},
                           fixed_settings=fixed_settings(cfg.to_dict()), model_config=dict(cfg.model),
                           notebook=history.trace(lab, exclude=version),
-                          lessons=lessons_text(rules_of(cfg.guardrails), lessons.lines(lab, lang)))
+                          lessons=lessons_text(rules_of(cfg.guardrails), lessons.lines(lab, lang)),
+                          config_schema=_next_schema(lab), versions=lab.versions())
     analysis, note = backends.call(requested, settings.agent, log_dir, "analyse", ctx, prior)
     record = {
         "training_results": analysis.training_results, "inference_evaluation": analysis.inference_evaluation,
@@ -198,7 +199,8 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
 
     for fld in dataclasses.fields(analysis):
         record.setdefault(fld.name, getattr(analysis, fld.name))
-    _remember(lab, run_dir, version, cfg.to_dict(), plan, ev, verdict, reason, changes)
+    record["notes"] += _remember(lab, run_dir, version, cfg.to_dict(), plan, ev, verdict, reason, changes, analysis,
+                                 lang)
 
     files = experiment_files(lab, version)
     lines = result_lines(rows, ev.get("guardrails") or {}, verdict, reason, control=control, lang=lang,
@@ -326,14 +328,43 @@ def _eval_view(ev: Optional[dict]) -> Optional[dict]:
     return {k: v for k, v in ev.items() if k not in ("per_item", "model_config", "checkpoint", "time", "samples")}
 
 
+def _next_schema(lab: Lab) -> dict[str, dict]:
+    """The keys a proposed next experiment may set: the living model's and the trainer's
+    (what `new --from-proposal` will validate them against)."""
+    from lifecycle.new import agent_schema, model_schema
+
+    try:
+        return agent_schema(model_schema(lab)[1])
+    except MinimindError:
+        return {}  # no living model file: a model's proposal is refused, the rules still propose
+
+
 def _remember(lab: Lab, run_dir: Path, version: str, cfg: dict, plan: dict, ev: dict, verdict: str, reason: str,
-              changes: list) -> None:
-    """What the lab keeps from this analysis: a proposed lesson and the next experiment."""
+              changes: list, analysis: Any = None, lang: str = "en") -> list[str]:
+    """What the lab keeps from this analysis: a proposed lesson and the next experiment.
+
+    The agent's proposals (validated by agent/tools.py) are used when it made them; the
+    rules propose otherwise, and when the agent's next experiment does not validate as a
+    whole config. Returns notes for the record (why an agent's proposal was not used)."""
     from lifecycle import lessons, proposal
 
-    lessons.write_proposal(run_dir, lessons.propose(version, plan, ev, verdict, reason, changes))
+    backend = getattr(analysis, "backend", None)
+    rule_lesson = lessons.propose(version, plan, ev, verdict, reason, changes, lang)
+    model_lesson = getattr(analysis, "lesson", None)
+    if model_lesson and rule_lesson is not None:
+        rule_lesson = {**rule_lesson, "text": model_lesson["text"], "evidence": "; ".join(model_lesson["evidence"]),
+                       "proposed_by": backend}
+    lessons.write_proposal(run_dir, rule_lesson)
     dangers = sorted(n for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger")
-    proposal.write(run_dir, proposal.build(lab, version, cfg, verdict, dangers, changes))
+    nxt = proposal.build(lab, version, cfg, verdict, dangers, changes, lang,
+                         suggested=getattr(analysis, "next_experiment", None), backend=backend)
+    proposal.write(run_dir, nxt)
+    if nxt.get("fallback_reason"):
+        import sys
+
+        print(f"warning: {nxt['fallback_reason']}", file=sys.stderr, flush=True)  # train.log under the pipeline
+        return [nxt["fallback_reason"]]
+    return []
 
 
 def _read_yaml(path: Path) -> Optional[dict]:

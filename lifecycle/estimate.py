@@ -90,8 +90,8 @@ def flops_per_token(m: dict, seq: Optional[int] = None) -> int:
 
 
 def _training_documents(lab, cfg: dict) -> Optional[int]:
-    """Documents the trainer will see per epoch (lines of its data file minus the validation share)."""
-    path = lab.resolve(cfg["data"]["sft"] if cfg.get("stage") == "sft" else cfg["data"]["pretrain"])
+    """Pretraining documents the trainer will see per epoch (lines of its data file minus the validation share)."""
+    path = lab.resolve(cfg["data"]["pretrain"])
     try:
         with open(path, "rb") as handle:
             lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
@@ -100,22 +100,90 @@ def _training_documents(lab, cfg: dict) -> Optional[int]:
     return max(1, int(lines * (1 - cfg["data"]["val_fraction"])))
 
 
-def training_tokens(lab, cfg: dict) -> tuple[Optional[int], int, str]:
-    """(tokens at most, optimizer steps, how it was counted): every sequence counted at max_seq_len."""
+def sft_tokens(lab, cfg: dict) -> Optional[dict[str, int]]:
+    """What one epoch of stage sft trains on, from the prepared conversation cache (prepared
+    here when it is not yet, as the launch would): {docs, tokens, target_tokens} of the
+    training split (training/sft.py splits as pretraining does), each conversation cut at
+    max_seq_len + 1 tokens as the collate cuts it. `tokens` is every input token (prompt and
+    assistant: the forward pass runs over all of them), `target_tokens` the assistant tokens
+    the loss is on. None when there is no conversation file to count."""
+    import numpy as np
+
+    from corpus.sft import prepare_sft
+    from minimind.errors import MinimindError
+    from training.data import split_documents
+
+    data = cfg["data"]
+    path = lab.resolve(data["sft"])
+    if not path.is_file():
+        return None
+    template = lab.resolve(data["chat_template"]) if data.get("chat_template") else None
+    try:
+        cache = prepare_sft(path, lab.resolve(data["tokenizer"]), lab.cache_dir, tokenizer_config=template,
+                            max_bad_share=data["max_bad_share"], progress=False)
+    except (MinimindError, OSError):
+        return None  # a broken file is the launch's error to report, with its line numbers
+    if cache.num_docs < 2:
+        return None
+    train_idx, _ = split_documents(cache.num_docs, data["val_fraction"], cfg["train"]["seed"])
+    offsets = np.asarray(cache.offsets, dtype=np.int64)
+    starts, lengths = offsets[train_idx], np.diff(offsets)[train_idx]
+    kept = np.minimum(lengths, cfg["model"]["max_seq_len"] + 1)  # training.data.sample_tokens
+    flags = np.concatenate([[0], np.cumsum(np.asarray(cache.targets, dtype=np.int64))])
+    # position j predicts token j + 1: the targets are the flagged tokens 1 .. kept - 1 of each conversation
+    targets = flags[starts + kept] - flags[starts + 1]
+    return {"docs": int(len(train_idx)), "tokens": int(np.maximum(kept - 1, 0).sum()),
+            "target_tokens": int(targets.sum())}
+
+
+def training_tokens(lab, cfg: dict) -> tuple[Optional[int], int, dict[str, Any]]:
+    """(tokens at most, optimizer steps, how they were counted as data for `counted_text`).
+
+    Pretraining counts every sequence at max_seq_len; stage sft counts the conversation
+    set's own tokens (prompt and assistant) from its prepared cache."""
     t, seq, procs = cfg["train"], cfg["model"]["max_seq_len"], cfg["launch"]["num_processes"]
     per_step = t["batch_size"] * t["accumulation_steps"] * procs
-    docs = _training_documents(lab, cfg)
+    sft = sft_tokens(lab, cfg) if cfg.get("stage") == "sft" else None
+    docs = sft["docs"] if sft else (None if cfg.get("stage") == "sft" else _training_documents(lab, cfg))
     if docs is not None:
         batches = -(-(docs // procs) // t["batch_size"])
-        steps = max(1, -(-(batches * t["epochs"]) // t["accumulation_steps"]))
-        if t["max_steps"]:
-            steps = min(steps, t["max_steps"])
-        how = f"{docs:,} training documents × {t['epochs']} epoch(s)" + (f", capped at max_steps {t['max_steps']}" if t["max_steps"] and steps == t["max_steps"] else "")
-    elif t["max_steps"]:
-        steps, how = t["max_steps"], f"max_steps {t['max_steps']} (the pretraining file is not there to count)"
-    else:
-        return None, 0, "unknown: no pretraining file to count and no max_steps"
-    return steps * per_step * seq, steps, how
+        full = max(1, -(-(batches * t["epochs"]) // t["accumulation_steps"]))
+        steps = min(full, t["max_steps"]) if t["max_steps"] else full
+        how = {"kind": "sft" if sft else "docs", "docs": docs, "epochs": t["epochs"],
+               "capped": bool(t["max_steps"] and steps == t["max_steps"]), "max_steps": t["max_steps"]}
+        if sft:
+            share = steps / full  # max_steps stops part-way: that share of the epochs' tokens
+            how.update(target_tokens=int(sft["target_tokens"] * t["epochs"] * share))
+            return int(sft["tokens"] * t["epochs"] * share), steps, how
+        return steps * per_step * seq, steps, how
+    if t["max_steps"]:
+        return t["max_steps"] * per_step * seq, t["max_steps"], {"kind": "max_steps", "max_steps": t["max_steps"],
+                                                                 "stage": cfg.get("stage") or "pretrain"}
+    return None, 0, {"kind": "unknown", "stage": cfg.get("stage") or "pretrain"}
+
+
+def counted_text(how: Any, lang: str = "en") -> str:
+    """How the training tokens were counted, in words (older plan.json files hold the words already)."""
+    if isinstance(how, str):
+        return how
+    zh = lang == "zh"
+    kind = how.get("kind")
+    if kind in ("docs", "sft"):
+        if zh:
+            what = f"{how['docs']:,} 条训练{'对话' if kind == 'sft' else '文档'} × {how['epochs']} 轮"
+            if kind == "sft":
+                what += f",按对话自身的 token 计(其中助手 token {_size(how['target_tokens'])},即损失所在)"
+            return what + (f",受 max_steps {how['max_steps']} 限制" if how["capped"] else "")
+        what = f"{how['docs']:,} training {'conversations' if kind == 'sft' else 'documents'} × {how['epochs']} epoch(s)"
+        if kind == "sft":
+            what += (f", the conversations' own tokens (prompt and assistant; {_size(how['target_tokens'])} "
+                     "assistant tokens carry the loss)")
+        return what + (f", capped at max_steps {how['max_steps']}" if how["capped"] else "")
+    data = "SFT conversation file" if how.get("stage") == "sft" else "pretraining file"
+    if kind == "max_steps":
+        return (f"max_steps {how['max_steps']}({'SFT 对话文件' if how.get('stage') == 'sft' else '预训练文件'}不在,无法计数)"
+                if zh else f"max_steps {how['max_steps']} (the {data} is not there to count)")
+    return "未知:没有可计数的数据文件,也没有 max_steps" if zh else f"unknown: no {data} to count and no max_steps"
 
 
 def device_of(cfg: dict) -> str:
@@ -196,7 +264,7 @@ def estimate(lab, cfg: dict, exclude: Optional[str] = None) -> dict[str, Any]:
     calib = _calibration(lab, device, fpt, exclude)
     wall = tokens / calib["scaled_tokens_per_s"] if calib and tokens else None
     return {"params": params, "bank_bytes": bank_bytes(m), "flops_per_token": fpt, "train_tokens": tokens,
-            "train_steps": steps, "tokens_counted": how, "train_flops": train_flops, "device": device,
+            "train_steps": steps, "tokens_counted": counted_text(how), "tokens_counted_how": how, "train_flops": train_flops, "device": device,
             "device_memory_bytes": needed, "device_memory_available": device_memory(device), "memory_plan": plan,
             "wall_s": wall, "calibration": calib}
 
@@ -210,32 +278,49 @@ def _size(n: Optional[float], unit: str = "") -> str:
     return f"{n:.3g}{unit}"
 
 
-def _duration(seconds: float) -> str:
+def _duration(seconds: float, lang: str = "en") -> str:
+    days, hours, minutes, secs = ("天", "小时", "分钟", "秒") if lang == "zh" else (" days", " h", " min", " s")
     if seconds >= 86400:
-        return f"{seconds / 86400:.1f} days"
+        return f"{seconds / 86400:.1f}{days}"
     if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+        return f"{seconds / 3600:.1f}{hours}"
+    return f"{seconds / 60:.1f}{minutes}" if seconds >= 60 else f"{seconds:.0f}{secs}"
 
 
-def summary_lines(est: dict[str, Any]) -> list[str]:
-    """The estimate as the lines `new` prints and the record shows."""
+def summary_lines(est: dict[str, Any], lang: str = "en") -> list[str]:
+    """The estimate as the lines `new` prints and the record shows (en or zh, the record's language)."""
     p = est["params"]
+    avail = est.get("device_memory_available")
+    plan = est.get("memory_plan")
+    how = counted_text(est.get("tokens_counted_how") or est["tokens_counted"], lang)
+    split = plan and plan["split"]
+    if lang == "zh":
+        wall = (f"未校准:本实验室在 {est['device']} 上没有同一规模的早期运行测得 tokens/s" if est["wall_s"] is None else
+                f"{_duration(est['wall_s'], 'zh')}(来自运行 {est['calibration']['run']}:实测 "
+                f"{est['calibration']['tokens_per_s']:.0f} tokens/s,按每 token FLOPs 换算)")
+        return [
+            f"参数:{_size(p['dense'])} 稠密 + {_size(p['memory'])} 记忆 = {_size(p['total'])};"
+            f"记忆库 {_size(est['bank_bytes'], 'B')}",
+            f"每 token FLOPs(前向):{_size(est['flops_per_token'])};训练 token 至多 {_size(est['train_tokens'])},"
+            f"共 {est['train_steps']:,} 步({how});训练 FLOPs {_size(est['train_flops'])}",
+            f"设备:{est['device']},约需内存 {_size(est['device_memory_bytes'], 'B')}"
+            + (f"(共 {_size(avail, 'B')})" if avail else "")
+            + (f";为放下而拆成微批 {plan['batch_size']} × 累积 {plan['accumulation_steps']}" if split else ""),
+            f"耗时:{wall}",
+        ]
     wall = ("uncalibrated: no earlier run of this lab on " + est["device"] + " in this size class measured tokens/s"
             if est["wall_s"] is None else
             f"{_duration(est['wall_s'])} (from run {est['calibration']['run']}: "
             f"{est['calibration']['tokens_per_s']:.0f} tokens/s measured, scaled by FLOPs/token)")
-    avail = est.get("device_memory_available")
-    plan = est.get("memory_plan")
     return [
         f"parameters: {_size(p['dense'])} dense + {_size(p['memory'])} memory = {_size(p['total'])}; "
         f"bank {_size(est['bank_bytes'], 'B')}",
         f"FLOPs/token (forward): {_size(est['flops_per_token'])}; training tokens at most {_size(est['train_tokens'])} "
-        f"in {est['train_steps']:,} steps ({est['tokens_counted']}); training FLOPs {_size(est['train_flops'])}",
+        f"in {est['train_steps']:,} steps ({how}); training FLOPs {_size(est['train_flops'])}",
         f"device: {est['device']}, memory needed about {_size(est['device_memory_bytes'], 'B')}"
         + (f" of {_size(avail, 'B')}" if avail else "")
         + (f"; split into micro-batch {plan['batch_size']} x accumulation {plan['accumulation_steps']} to fit"
-           if plan and plan["split"] else ""),
+           if split else ""),
         f"wall time: {wall}",
     ]
 
@@ -294,8 +379,10 @@ def check_positions(model_module, model_cfg: dict) -> Optional[str]:
     return None
 
 
-def gate(lab, cfg: dict, est: dict[str, Any], base: Optional[str], factor: float, yes: bool, launch: bool) -> Optional[str]:
-    """A GateRefused unless compute grows by at most `factor` over the base, or --yes / --no-launch; returns a note."""
+def gate(lab, cfg: dict, est: dict[str, Any], base: Optional[str], factor: float, yes: bool, launch: bool,
+         lang: str = "en") -> Optional[str]:
+    """A GateRefused unless compute grows by at most `factor` over the base, or --yes / --no-launch; returns a note
+    (in the record's language; the refusal is the CLI's, in English)."""
     if base is None or est["train_flops"] is None:
         return None
     base_cfg = _base_config(lab, base)
@@ -310,6 +397,9 @@ def gate(lab, cfg: dict, est: dict[str, Any], base: Optional[str], factor: float
     note = (f"training FLOPs {_size(est['train_flops'])} are {ratio:.1f}× the base {base}'s "
             f"{_size(base_est['train_flops'])} (limit {factor:g}× in minimind.yaml preflight.compute_factor)")
     if yes or not launch:
+        if lang == "zh":
+            return (f"训练 FLOPs {_size(est['train_flops'])} 是基线 {base} 的 {_size(base_est['train_flops'])} 的 "
+                    f"{ratio:.1f} 倍(上限为 minimind.yaml preflight.compute_factor 的 {factor:g} 倍)")
         return note
     raise GateRefused(note + "; estimate: " + "; ".join(summary_lines(est)) + ". Launch it with --yes, or draft it with --no-launch")
 

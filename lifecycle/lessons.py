@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from minimind.atomic import write_json, write_text
 from minimind.rundir import LESSON_FILE, read_json
+from minimind.verdict import VERDICT_ZH
 
 LESSONS_FILE = "LESSONS.md"
 
@@ -119,24 +120,36 @@ def _n(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
 
 
-def propose(version: str, plan: dict, ev: dict, verdict: str, reason: str, changes: list) -> Optional[dict[str, Any]]:
-    """A lesson from a refuted verdict or a guardrail in danger, with its numbers; None otherwise."""
+def propose(version: str, plan: dict, ev: dict, verdict: str, reason: str, changes: list,
+            lang: str = "en") -> Optional[dict[str, Any]]:
+    """A lesson from a refuted verdict or a guardrail in danger, with its numbers; None otherwise.
+    Its sentences follow the record's language (`reason` comes in that language already)."""
     dangers = {n: g for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger"}
     if verdict != "refuted" and not dangers:
         return None
-    changed = ", ".join(f"{k} {a!r} → {b!r}" for k, a, b in changes[:4]) or f"the configuration of {version} as run"
+    zh = lang == "zh"
+    hypothesis = " ".join(plan.get("hypothesis", "").split())[:160]
+    changed = (("、" if zh else ", ").join(f"{k} {a!r} → {b!r}" for k, a, b in changes[:4])
+               or (f"实验 {version} 所用的配置" if zh else f"the configuration of {version} as run"))
     if dangers:
         names = ", ".join(sorted(dangers))
-        text = (f"{changed} drove guardrail(s) {names} into danger at this scale; treat that change as a cause of "
+        text = (f"{changed} 在此规模下使护栏 {names} 进入危险区;在有实验证明相反之前,视该改动为过拟合迹象的原因。" if zh else
+                f"{changed} drove guardrail(s) {names} into danger at this scale; treat that change as a cause of "
                 "the overfitting signs until a run shows otherwise.")
     else:
-        text = (f"{changed} did not deliver what experiment {version} expected "
-                f"(\"{' '.join(plan.get('hypothesis', '').split())[:160]}\"); do not repeat it unchanged at this scale.")
-    evidence = [f"verdict {verdict}: {reason}"]
-    evidence += [f"{n} = {_n(g.get('value'))} ({g.get('level')})" for n, g in sorted(dangers.items())]
-    evidence.append(f"inference loss {_n(ev.get('inference_loss'))}, val loss {_n(ev.get('val_loss'))}")
-    return {"experiment": version, "text": text, "evidence": "; ".join(evidence), "status": "proposed",
-            "proposed_at": time.time()}
+        text = (f"{changed} 没有达到实验 {version} 的预期(\u201c{hypothesis}\u201d);不要在此规模下原样重复。" if zh else
+                f"{changed} did not deliver what experiment {version} expected "
+                f"(\"{hypothesis}\"); do not repeat it unchanged at this scale.")
+    levels = {"danger": "危险", "watch": "警戒", "safe": "安全"} if zh else {}
+    evidence = [f"判定 {VERDICT_ZH.get(verdict, verdict)}:{reason}" if zh else f"verdict {verdict}: {reason}"]
+    evidence += [f"{n} = {_n(g.get('value'))} ({levels.get(g.get('level'), g.get('level'))})"
+                 for n, g in sorted(dangers.items())]
+    evidence.append(f"推理损失 {_n(ev.get('inference_loss'))},验证损失 {_n(ev.get('val_loss'))}" if zh else
+                    f"inference loss {_n(ev.get('inference_loss'))}, val loss {_n(ev.get('val_loss'))}")
+    return {"experiment": version, "text": text, "evidence": ("；" if zh else "; ").join(evidence), "status": "proposed",
+            "proposed_at": time.time(), "proposed_by": "rules"}
+
+
 
 
 def write_proposal(run_dir: Path, proposal: Optional[dict[str, Any]]) -> None:

@@ -187,7 +187,7 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     # Before the agent is asked anything: can the human's config run at all, and does the code pass the lessons?
     human_config = apply_sets(start, sets, model_fields)
     human_config["model"] = validate_model(model_cls, human_config["model"])
-    preflight = _preflight(lab, settings, req, human_config, model_cls)
+    preflight = _preflight(lab, settings, req, human_config, model_cls, lang)
 
     lock = lab.runs_dir / f".{req.version}.lock"
     lab.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +209,7 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
         cfg, plan_record = _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging,
                                  preflight["checks"])
         if cfg.model != human_config["model"]:  # the agent changed the model: its config is what runs
-            preflight = _preflight(lab, settings, req, cfg.to_dict(), model_cls)
+            preflight = _preflight(lab, settings, req, cfg.to_dict(), model_cls, lang)
         if cfg.stage == "sft":  # the base's weights must load strictly into what this experiment builds
             from training.sft import check_init_fits
 
@@ -276,8 +276,10 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     return NewResult(req.version, info.state, messages)
 
 
-def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, model_cls) -> dict[str, Any]:
-    """The compute estimate and the checks of a resolved config; refuses what cannot or may not launch."""
+def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, model_cls,
+               lang: str = "en") -> dict[str, Any]:
+    """The compute estimate and the checks of a resolved config; refuses what cannot or may not launch.
+    What the record keeps is in the record's language (`lang`); what the CLI prints is English."""
     from lifecycle import check, estimate
     from models.registry import load_module
 
@@ -289,14 +291,16 @@ def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, m
         raise GateRefused(f"this config cannot run: {problem}")
     base = req.base or default_base(req.version, lab.versions())
     compute_note = estimate.gate(lab, cfg, est, base, settings.preflight.compute_factor, req.yes, req.launch)
+    record_note = (estimate.gate(lab, cfg, est, base, settings.preflight.compute_factor, req.yes, req.launch, lang)
+                   if compute_note and lang != "en" else compute_note)
     results = check.run_preflight(lab, "model", cfg["model"])
     refused = check.refusal(results)
     if refused and not req.force:
         raise GateRefused(refused)
     record = {"checks": results, "forced": bool(refused and req.force),
-              "reason": (req.reason or "no reason given") if refused and req.force else None,
-              "compute_note": compute_note, "compute_accepted": bool(compute_note and req.yes)}
-    return {"checks": results, "record": record, "estimate": {**est, "lines": estimate.summary_lines(est)},
+              "reason": (req.reason or ("未给出理由" if lang == "zh" else "no reason given")) if refused and req.force else None,
+              "compute_note": record_note, "compute_accepted": bool(compute_note and req.yes)}
+    return {"checks": results, "record": record, "estimate": {**est, "lines": estimate.summary_lines(est, lang)},
             "lines": check.lines(results), "estimate_lines": estimate.summary_lines(est)
             + ([f"note: {compute_note}" + (" (accepted with --yes)" if req.yes else " (drafted, not launched)")]
                if compute_note else [])}

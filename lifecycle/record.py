@@ -151,13 +151,21 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
         "eval_prompt_tokens": cfg.eval.prompt_tokens,
         "analysis": {"available": analysis is not None, "notes": [], **(analysis or {}),
                      "notes": list((analysis or {}).get("notes") or []) + list((analysis or {}).get("commit_notes") or [])},
-        "preflight": {"checks": [], "forced": False, "reason": None, "compute_note": None, "compute_accepted": False,
-                      **(plan.get("preflight") or {})},
+        "preflight": _preflight_view(plan.get("preflight") or {}, lang_of(plan)),
         "estimate_lines": (plan.get("estimate") or {}).get("lines", []),
         "next": read_json(run_dir / NEXT_FILE),
         "lesson": read_json(run_dir / LESSON_FILE),
         "verdict": (analysis or {}).get("verdict_info", {"verdict": "", "reason": "", "verdict_zh": ""}),
     }}
+
+
+def _preflight_view(preflight: dict, lang: str) -> dict:
+    """plan.json's preflight section with the checks' text in the record's language."""
+    from lifecycle.checks import localized
+
+    view = {"checks": [], "forced": False, "reason": None, "compute_note": None, "compute_accepted": False, **preflight}
+    view["checks"] = localized(list(view["checks"] or []), lang)
+    return view
 
 
 def _ci_text(ci: Any) -> str:

@@ -169,15 +169,27 @@ def test_full_loop_then_compare_and_memory(lab):
     from agent.offline import _T
     from minimind.verdict import _W
 
-    english = {frag.strip(" .,:;()") for table in (_T["en"], {k: v for k, v in _W["en"].items() if isinstance(v, str)})
+    from lifecycle import proposal as proposal_module
+    from lifecycle.checks import CHECKS
+
+    english = {frag.strip(" .,:;()") for table in (_T["en"], {k: v for k, v in _W["en"].items() if isinstance(v, str)},
+                                                   proposal_module._T["en"])
                for template in table.values() for frag in re.split(r"\{[^}]*\}", template)}
+    english |= {c.lesson for c in CHECKS} | {c.source for c in CHECKS}
     english = {f for f in english if len(f.split()) >= 3}
-    assert len(english) > 60
-    # (table rows are left out: the preflight checks' detail column and the next-experiment
-    # proposal are other modules' text, lifecycle/checks.py and lifecycle/proposal.py)
-    prose = "\n".join(line for line in record.splitlines() if not line.startswith("|"))
-    leaked = sorted(f for f in english if f in prose or f in message)
+    assert len(english) > 80
+    leaked = sorted(f for f in english if f in record or f in message)
     assert leaked == [], leaked
+    # The preflight table, the compute estimate and the next-experiment proposal (lifecycle/checks.py,
+    # estimate.py, proposal.py) are Chinese too: no run of four English words outside code spans.
+    preflight = record.split("**启动前检查**", 1)[1].split("## ", 1)[0]
+    nxt = record.split("**建议的下一个实验**", 1)[1]
+    plan = json.loads((lab.run_dir("0.1.1") / "plan.json").read_text())
+    assert all(c["zh"]["detail"] in preflight and c["detail"] not in preflight for c in plan["preflight"]["checks"])
+    for section in (preflight, nxt):
+        words = re.findall(r"[A-Za-z]+(?:[ ,;]+[A-Za-z]+){3,}", re.sub(r"`[^`]*`", "", section))
+        assert words == [], words
+    assert "参数:" in preflight and "每 token FLOPs" in preflight
     assert "实验 0.1.1" in message and "Experiment 0.1.1" not in message
     assert "## 核心变更\n### " in message and "`model.preset` original → memory" in message
     analysis = json.loads((lab.run_dir("0.1.1") / "analysis.json").read_text())
