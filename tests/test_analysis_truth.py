@@ -141,6 +141,85 @@ def test_analyse_replaces_prose_that_contradicts_a_refuted_verdict(trained, serv
     assert state["analysed"] and not state["analysis_failed"] and state["state"] != "failed"
 
 
+def _commit_reply(server) -> None:
+    server.reply_tool("draft_commit", {"title": "Another seed", "improvements": ["seed 9"], "core_changes": {},
+                                       "next_steps": ["Keep the base."]})
+
+
+def test_the_models_next_experiment_and_lesson_land_in_the_lab(trained, server):
+    """Under claude the analysis proposes the lesson and the next experiment (issue 12); code validates
+    them, next.json carries the model's, and `new --from-proposal` uses it."""
+    lab, env = trained
+    ev = json.loads((lab.run_dir("0.1.2") / "eval.json").read_text())
+    inference = f"{ev['inference_loss']:.4g}"
+    before = len(server.requests)
+    server.reply_tool("write_analysis", {**GOOD_ANALYSIS, "lesson": {
+        "text": "A second seed is not a result: do not claim a win from one run.",
+        "evidence": [f"inference loss {inference}, far from the expected 1000"]},
+        "next_experiment": {"goal": "Lower the learning rate", "hypothesis": "A lower learning rate lowers inference loss",
+                            "sets": {"train.learning_rate": 0.0003, "model.dropout": 0.1},
+                            "expect": "inference_loss < base", "why": "the seed alone changed nothing"}})
+    _commit_reply(server)
+    result = invoke(lab, "analyse", "0.1.2", env=env)
+    assert result.exit_code == 0, result.output
+    tool = server.requests[before]["body"]["tools"][0]["input_schema"]
+    assert {"lesson", "next_experiment"} <= set(tool["properties"]) and "next_experiment" not in tool["required"]
+    assert "train.learning_rate" in tool["properties"]["next_experiment"]["properties"]["sets"]["properties"]
+    nxt = json.loads((lab.run_dir("0.1.2") / "next.json").read_text())
+    assert nxt["proposed_by"] == "claude" and nxt["goal"] == "Lower the learning rate" and "fallback_reason" not in nxt
+    assert nxt["sets"] == ["train.learning_rate=0.0003", "model.dropout=0.1"] and nxt["estimate"]["lines"]
+    lesson = json.loads((lab.run_dir("0.1.2") / "lesson.json").read_text())
+    assert lesson["proposed_by"] == "claude" and inference in lesson["evidence"]
+    record = lab.record_path("0.1.2").read_text()
+    assert "Lower the learning rate" in record and "A second seed is not a result" in record
+    result = invoke(lab, "new", "0.1.3", "--from-proposal", "0.1.2", "--no-launch")
+    assert result.exit_code == 0, result.output
+    cfg = (lab.run_dir("0.1.3") / "config.yaml").read_text()
+    assert "learning_rate: 0.0003" in cfg and "dropout: 0.1" in cfg
+    plan = json.loads((lab.run_dir("0.1.3") / "plan.json").read_text())
+    assert plan["goal"] == "Lower the learning rate" and plan["expect"] == "inference_loss < base"
+
+
+def test_an_invalid_model_proposal_falls_back_to_the_rules(trained, server):
+    """An unknown key in the next experiment, an invented number in the lesson: refused, repaired once,
+    then dropped; the rules propose, and the reason is in the call log and the record."""
+    lab, env = trained
+    bad = {**GOOD_ANALYSIS, "lesson": {"text": "Seeds matter.", "evidence": ["inference loss 0.0123"]},
+           "next_experiment": {"goal": "Bogus", "hypothesis": "A bogus knob lowers inference loss",
+                               "sets": {"model.bogus_knob": 3}, "why": "because"}}
+    server.reply_tool("write_analysis", bad)
+    server.reply_tool("write_analysis", bad)
+    _commit_reply(server)
+    result = invoke(lab, "analyse", "0.1.2", env=env)
+    assert result.exit_code == 0, result.output
+    nxt = json.loads((lab.run_dir("0.1.2") / "next.json").read_text())
+    assert nxt["proposed_by"] == "rules" and nxt["goal"] != "Bogus" and all("bogus" not in s for s in nxt["sets"])
+    lesson = json.loads((lab.run_dir("0.1.2") / "lesson.json").read_text())
+    assert lesson["proposed_by"] == "rules" and "0.0123" not in lesson["evidence"]
+    calls = [c for c in calllog.read_calls(lab.run_dir("0.1.2") / "agent") if c["step"] == "analyse"][-2:]
+    assert any("model.bogus_knob: unknown config key" in e for e in calls[0]["validation_errors"])
+    assert any("0.0123" in e for e in calls[0]["validation_errors"])
+    assert any("model.bogus_knob: unknown config key" in n for n in calls[1]["notes"])
+    analysis = json.loads((lab.run_dir("0.1.2") / "analysis.json").read_text())
+    assert any("rules propose instead" in n for n in analysis["notes"])
+    assert "rules propose instead" in lab.record_path("0.1.2").read_text()
+
+
+def test_a_proposal_that_fails_whole_config_validation_falls_back(trained, server):
+    """Each value passes alone, the config they make does not (dim not divisible by n_heads): rules, reason kept."""
+    lab, env = trained
+    server.reply_tool("write_analysis", {**GOOD_ANALYSIS, "next_experiment": {
+        "goal": "Odd width", "hypothesis": "An odd width lowers inference loss", "sets": {"model.dim": 33},
+        "why": "to see"}})
+    _commit_reply(server)
+    result = invoke(lab, "analyse", "0.1.2", env=env)
+    assert result.exit_code == 0, result.output
+    nxt = json.loads((lab.run_dir("0.1.2") / "next.json").read_text())
+    assert nxt["proposed_by"] == "rules" and "claude agent's next experiment was not used" in nxt["fallback_reason"]
+    analysis = json.loads((lab.run_dir("0.1.2") / "analysis.json").read_text())
+    assert nxt["fallback_reason"] in analysis["notes"]
+
+
 def test_after_analyse_review_and_commit_work(trained, server):
     lab, env = trained
     server.reply_tool("write_analysis", GOOD_ANALYSIS)

@@ -65,3 +65,48 @@ def test_the_estimate_counts_the_models_real_parameters():
         assert count_params(cfg.to_dict())["total"] == real
         if cfg.has_memory:
             assert bank_bytes(cfg.to_dict()) == model.memory_bank.numel() * model.memory_bank.element_size() + 64
+
+
+def test_an_sft_estimate_counts_the_conversations_tokens(tmp_path, bundled):
+    """Stage sft trains on the conversation set: the estimate counts its own tokens (prompt and
+    assistant, cut at max_seq_len as the collate cuts them), not documents of max_seq_len."""
+    import numpy as np
+    import yaml
+
+    from corpus.sft import prepare_sft
+    from lifecycle import estimate
+    from training.data import split_documents
+
+    lab = make_lab(tmp_path / "lab", bundled, sft=True)
+    assert invoke(lab, "new", "0.1.0", *NEW, "--no-launch").exit_code == 0
+    cfg = yaml.safe_load((lab.run_dir("0.1.0") / "config.yaml").read_text())
+    cfg["train"]["max_steps"], cfg["train"]["epochs"] = 0, 2
+    pretrain = estimate.estimate(lab, cfg)
+    sft_cfg = {**cfg, "stage": "sft"}
+    est = estimate.estimate(lab, sft_cfg)
+
+    cache = prepare_sft(lab.resolve(cfg["data"]["sft"]), lab.resolve(cfg["data"]["tokenizer"]), lab.cache_dir,
+                        progress=False)
+    train_idx, _ = split_documents(cache.num_docs, cfg["data"]["val_fraction"], cfg["train"]["seed"])
+    seq = cfg["model"]["max_seq_len"]
+    lengths = np.diff(np.asarray(cache.offsets, dtype=np.int64))[train_idx]
+    expected = 2 * int((np.minimum(lengths, seq + 1) - 1).sum())
+    assert est["train_tokens"] == expected
+    assert est["train_flops"] == 3 * est["flops_per_token"] * expected
+    per_step = cfg["train"]["batch_size"] * cfg["train"]["accumulation_steps"]
+    assert est["train_tokens"] < est["train_steps"] * per_step * seq  # conversations are shorter than max_seq_len
+    assert est["train_tokens"] != pretrain["train_tokens"]
+    assert 0 < est["tokens_counted_how"]["target_tokens"] < expected
+    line = estimate.summary_lines(est)[1]
+    assert f"{len(train_idx):,} training conversations × 2 epoch(s)" in line and "assistant tokens" in line
+    assert "训练对话" in estimate.summary_lines(est, "zh")[1]
+    # max_steps stops part-way: that share of the epochs' tokens
+    sft_cfg["train"] = {**cfg["train"], "max_steps": max(1, est["train_steps"] // 2)}
+    capped = estimate.estimate(lab, sft_cfg)
+    assert capped["train_tokens"] == int(expected * capped["train_steps"] / est["train_steps"])
+    # the gate reads the same count: a base with the same compute passes, a factor below the ratio refuses
+    base_cfg = yaml.safe_load((lab.run_dir("0.1.0") / "config.yaml").read_text())
+    ratio = est["train_flops"] / estimate.estimate(lab, base_cfg, exclude="0.1.0")["train_flops"]
+    assert estimate.gate(lab, {**cfg, "stage": "sft"}, est, "0.1.0", ratio * 1.01, False, True) is None
+    with pytest.raises(Exception, match="× the base 0.1.0"):
+        estimate.gate(lab, {**cfg, "stage": "sft"}, est, "0.1.0", ratio * 0.5, False, True)
