@@ -215,6 +215,49 @@ def _tokenise(path: Path, tokenizer, render: Render, out_dir: Path, advance, chu
     return tally
 
 
+def _cache_key(source: Path, tokenizer_path: str | Path, tokenizer_config: Optional[str | Path]) -> str:
+    _, template_source = load_template(tokenizer_config)
+    return content_key("sft", str(SFT_FORMAT_VERSION), file_sha256(source), file_sha256(tokenizer_path),
+                       content_key(template_source))
+
+
+def find_sft_cache(jsonl_path: str | Path, tokenizer_path: str | Path, cache_root: str | Path,
+                   tokenizer_config: Optional[str | Path] = None) -> Optional[SftCache]:
+    """The prepared cache of this file, tokenizer and template, or None (nothing is built)."""
+    final = Path(cache_root) / _cache_key(Path(jsonl_path), tokenizer_path, tokenizer_config)
+    return SftCache(final) if (final / "meta.json").is_file() else None
+
+
+def sample_conversations(jsonl_path: str | Path, tokenizer_path: str | Path, tokenizer_config: Optional[str | Path] = None,
+                         max_bytes: int = 16 << 20) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+    """(token ids, target flags) of the valid conversations in the first `max_bytes` of the
+    file, tokenised as prepare_sft tokenises them, in memory (nothing is written), and the
+    share of the file's bytes they come from (1.0: the whole file, so the list is what the
+    cache would hold, in its order)."""
+    source = Path(jsonl_path)
+    size = source.stat().st_size
+    render, _ = load_template(tokenizer_config)
+    encode = batch_encoder(load_tokenizer(tokenizer_path), dtype=np.int64)
+    with open(source, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    whole = len(data) <= max_bytes
+    lines = data.split(b"\n")
+    if not whole:
+        lines.pop()  # a line cut by the sample's end
+    read = sum(len(line) + 1 for line in lines)
+    convs = []
+    for raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            turns, _ = conversation(json.loads(raw))
+        except ValueError:
+            continue
+        if turns is not None:
+            convs.append(turns)
+    return encode_conversations(encode, render, convs), 1.0 if whole else min(1.0, read / max(size, 1))
+
+
 def prepare_sft(jsonl_path: str | Path, tokenizer_path: str | Path, cache_root: str | Path,
                 tokenizer_config: Optional[str | Path] = None, max_bad_share: float = 0.01, progress: bool = True,
                 chunk_bytes: int = CHUNK_BYTES) -> SftCache:

@@ -100,16 +100,21 @@ def _training_documents(lab, cfg: dict) -> Optional[int]:
     return max(1, int(lines * (1 - cfg["data"]["val_fraction"])))
 
 
-def sft_tokens(lab, cfg: dict) -> Optional[dict[str, int]]:
-    """What one epoch of stage sft trains on, from the prepared conversation cache (prepared
-    here when it is not yet, as the launch would): {docs, tokens, target_tokens} of the
+SFT_SAMPLE_BYTES = 16 << 20  # an unprepared conversation file is counted from at most this much of it
+
+
+def sft_tokens(lab, cfg: dict) -> Optional[dict[str, Any]]:
+    """What one epoch of stage sft trains on: {docs, tokens, target_tokens, sampled} of the
     training split (training/sft.py splits as pretraining does), each conversation cut at
     max_seq_len + 1 tokens as the collate cuts it. `tokens` is every input token (prompt and
     assistant: the forward pass runs over all of them), `target_tokens` the assistant tokens
-    the loss is on. None when there is no conversation file to count."""
+    the loss is on. From the prepared conversation cache when there is one (exact); else the
+    file is tokenised here in memory, nothing written (`new` may still refuse), whole when it
+    is at most SFT_SAMPLE_BYTES (exact again) or from its first SFT_SAMPLE_BYTES, scaled to its
+    size (`sampled`: the share read). None when there is no conversation file to count."""
     import numpy as np
 
-    from corpus.sft import prepare_sft
+    from corpus.sft import find_sft_cache, sample_conversations
     from minimind.errors import MinimindError
     from training.data import split_documents
 
@@ -118,22 +123,33 @@ def sft_tokens(lab, cfg: dict) -> Optional[dict[str, int]]:
     if not path.is_file():
         return None
     template = lab.resolve(data["chat_template"]) if data.get("chat_template") else None
+    tokenizer = lab.resolve(data["tokenizer"])
+    seq = cfg["model"]["max_seq_len"]
     try:
-        cache = prepare_sft(path, lab.resolve(data["tokenizer"]), lab.cache_dir, tokenizer_config=template,
-                            max_bad_share=data["max_bad_share"], progress=False)
-    except (MinimindError, OSError):
+        cache = find_sft_cache(path, tokenizer, lab.cache_dir, template)
+        if cache is not None:
+            offsets = np.asarray(cache.offsets, dtype=np.int64)
+            starts, lengths = offsets[:-1], np.diff(offsets)
+            kept = np.minimum(lengths, seq + 1)  # training.data.sample_tokens
+            flags = np.concatenate([[0], np.cumsum(np.asarray(cache.targets, dtype=np.int64))])
+            # position j predicts token j + 1: the targets are the flagged tokens 1 .. kept - 1 of each conversation
+            inputs, targets, share = np.maximum(kept - 1, 0), flags[starts + kept] - flags[starts + np.minimum(1, kept)], 1.0
+        else:
+            docs, share = sample_conversations(path, tokenizer, template, SFT_SAMPLE_BYTES)
+            inputs = np.array([max(min(len(ids), seq + 1) - 1, 0) for ids, _ in docs], dtype=np.int64)
+            targets = np.array([int(f[1:seq + 1].sum()) for _, f in docs], dtype=np.int64)
+    except (MinimindError, OSError, ValueError):
         return None  # a broken file is the launch's error to report, with its line numbers
-    if cache.num_docs < 2:
+    count = round(len(inputs) / share) if share < 1 else len(inputs)
+    if count < 2:
         return None
-    train_idx, _ = split_documents(cache.num_docs, data["val_fraction"], cfg["train"]["seed"])
-    offsets = np.asarray(cache.offsets, dtype=np.int64)
-    starts, lengths = offsets[train_idx], np.diff(offsets)[train_idx]
-    kept = np.minimum(lengths, cfg["model"]["max_seq_len"] + 1)  # training.data.sample_tokens
-    flags = np.concatenate([[0], np.cumsum(np.asarray(cache.targets, dtype=np.int64))])
-    # position j predicts token j + 1: the targets are the flagged tokens 1 .. kept - 1 of each conversation
-    targets = flags[starts + kept] - flags[starts + 1]
-    return {"docs": int(len(train_idx)), "tokens": int(np.maximum(kept - 1, 0).sum()),
-            "target_tokens": int(targets.sum())}
+    train_idx, _ = split_documents(count, data["val_fraction"], cfg["train"]["seed"])
+    if share >= 1:
+        tokens, target_tokens = int(inputs[train_idx].sum()), int(targets[train_idx].sum())
+    else:  # the sample's mean, over the training split of the whole file
+        tokens, target_tokens = int(inputs.mean() * len(train_idx)), int(targets.mean() * len(train_idx))
+    return {"docs": int(len(train_idx)), "tokens": tokens, "target_tokens": target_tokens,
+            "sampled": None if share >= 1 else share}
 
 
 def training_tokens(lab, cfg: dict) -> tuple[Optional[int], int, dict[str, Any]]:
@@ -153,7 +169,7 @@ def training_tokens(lab, cfg: dict) -> tuple[Optional[int], int, dict[str, Any]]
                "capped": bool(t["max_steps"] and steps == t["max_steps"]), "max_steps": t["max_steps"]}
         if sft:
             share = steps / full  # max_steps stops part-way: that share of the epochs' tokens
-            how.update(target_tokens=int(sft["target_tokens"] * t["epochs"] * share))
+            how.update(target_tokens=int(sft["target_tokens"] * t["epochs"] * share), sampled=sft["sampled"])
             return int(sft["tokens"] * t["epochs"] * share), steps, how
         return steps * per_step * seq, steps, how
     if t["max_steps"]:
@@ -173,11 +189,15 @@ def counted_text(how: Any, lang: str = "en") -> str:
             what = f"{how['docs']:,} 条训练{'对话' if kind == 'sft' else '文档'} × {how['epochs']} 轮"
             if kind == "sft":
                 what += f",按对话自身的 token 计(其中助手 token {_size(how['target_tokens'])},即损失所在)"
+                if how.get("sampled"):
+                    what += f",由文件前 {how['sampled']:.0%} 推算"
             return what + (f",受 max_steps {how['max_steps']} 限制" if how["capped"] else "")
         what = f"{how['docs']:,} training {'conversations' if kind == 'sft' else 'documents'} × {how['epochs']} epoch(s)"
         if kind == "sft":
             what += (f", the conversations' own tokens (prompt and assistant; {_size(how['target_tokens'])} "
                      "assistant tokens carry the loss)")
+            if how.get("sampled"):
+                what += f", estimated from the first {how['sampled']:.0%} of the file"
         return what + (f", capped at max_steps {how['max_steps']}" if how["capped"] else "")
     data = "SFT conversation file" if how.get("stage") == "sft" else "pretraining file"
     if kind == "max_steps":

@@ -67,7 +67,7 @@ def test_the_estimate_counts_the_models_real_parameters():
             assert bank_bytes(cfg.to_dict()) == model.memory_bank.numel() * model.memory_bank.element_size() + 64
 
 
-def test_an_sft_estimate_counts_the_conversations_tokens(tmp_path, bundled):
+def test_an_sft_estimate_counts_the_conversations_tokens(tmp_path, bundled, monkeypatch):
     """Stage sft trains on the conversation set: the estimate counts its own tokens (prompt and
     assistant, cut at max_seq_len as the collate cuts them), not documents of max_seq_len."""
     import numpy as np
@@ -83,7 +83,12 @@ def test_an_sft_estimate_counts_the_conversations_tokens(tmp_path, bundled):
     cfg["train"]["max_steps"], cfg["train"]["epochs"] = 0, 2
     pretrain = estimate.estimate(lab, cfg)
     sft_cfg = {**cfg, "stage": "sft"}
-    est = estimate.estimate(lab, sft_cfg)
+    before = tree(lab.root)
+    est = estimate.estimate(lab, sft_cfg)  # no cache yet: counted in memory, nothing written (new may still refuse)
+    assert tree(lab.root) == before and est["tokens_counted_how"]["sampled"] is None
+    with monkeypatch.context() as patch:
+        patch.setattr(estimate, "SFT_SAMPLE_BYTES", lab.resolve(cfg["data"]["sft"]).stat().st_size // 3)
+        sampled = estimate.sft_tokens(lab, sft_cfg)
 
     cache = prepare_sft(lab.resolve(cfg["data"]["sft"]), lab.resolve(cfg["data"]["tokenizer"]), lab.cache_dir,
                         progress=False)
@@ -100,9 +105,13 @@ def test_an_sft_estimate_counts_the_conversations_tokens(tmp_path, bundled):
     line = estimate.summary_lines(est)[1]
     assert f"{len(train_idx):,} training conversations × 2 epoch(s)" in line and "assistant tokens" in line
     assert "训练对话" in estimate.summary_lines(est, "zh")[1]
+    # a file larger than the sample is counted from its first part, scaled to its size, and says so
+    share = sampled["sampled"]
+    assert 0.2 < share < 0.45 and abs(2 * sampled["tokens"] - expected) < 0.3 * expected
+    assert "estimated from the first" in estimate.counted_text({**est["tokens_counted_how"], "sampled": share})
     # max_steps stops part-way: that share of the epochs' tokens
     sft_cfg["train"] = {**cfg["train"], "max_steps": max(1, est["train_steps"] // 2)}
-    capped = estimate.estimate(lab, sft_cfg)
+    capped = estimate.estimate(lab, sft_cfg)  # now from the prepared cache: the same count
     assert capped["train_tokens"] == int(expected * capped["train_steps"] / est["train_steps"])
     # the gate reads the same count: a base with the same compute passes, a factor below the ratio refuses
     base_cfg = yaml.safe_load((lab.run_dir("0.1.0") / "config.yaml").read_text())
