@@ -23,7 +23,7 @@ MEMORY_READS_H = [("self.memory(h_attn, bank, embedding_weight)", "self.memory(h
 SEES_FUTURE = [(".tril(S - T)", ".tril(S - T + 1)"), ("is_causal = T == S and T > 1", "is_causal = False")]
 CACHE_OFFSET = [("start = past_key_values[0][0].shape[1] if past_key_values else 0",
                  "start = past_key_values[0][0].shape[1] - 1 if past_key_values else 0")]
-FROZEN_LEAK = [("keep = ~self.memory_frozen[unique]", "keep = torch.ones_like(unique, dtype=torch.bool)")]
+FROZEN_LEAK = [("keep = distinct & ~self.memory_frozen[unique]", "keep = distinct")]
 BANK_SHAPE = [("shape = (config.knowledge_num, config.knowledge_length)",
                "shape = (config.knowledge_num, config.knowledge_length + 1)")]
 RENAMED_MEMORY = [("class MemoryLayer(", "class KnowledgeReader("), ("MemoryLayer(config)", "KnowledgeReader(config)"),
