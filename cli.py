@@ -422,8 +422,9 @@ def memory_show(version: str, text: str, top: int) -> None:
 
 @main.command()
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--steps", default=None, type=int, help="Training steps per experiment (default: sized for a few minutes).")
-def demo(directory: Path | None, steps: int | None) -> None:
+@click.option("--steps", default=None, type=int, help="Training steps per pretraining experiment (default: sized for a few minutes).")
+@click.option("--sft-steps", default=None, type=int, help="Training steps per SFT experiment (default: half of --steps).")
+def demo(directory: Path | None, steps: int | None, sft_steps: int | None) -> None:
     """The whole loop on the bundled data in a fresh lab, on CPU, in minutes.
 
     \b
@@ -432,7 +433,7 @@ def demo(directory: Path | None, steps: int | None) -> None:
     """
     from lifecycle.demo import run_demo
 
-    run_demo(directory, steps)
+    run_demo(directory, steps, sft_steps)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """`minimind demo`: the whole loop in a fresh lab on the bundled data, on CPU, in minutes.
 
-It does exactly what a researcher would type — init, data build, two experiments (a dense
-baseline and the memory layer on top of it), wait, review, commit, status, compare —
+It does exactly what a researcher would type — init, data build, two pretraining experiments
+(a dense baseline and the memory layer on top of it), an SFT experiment on each of them, wait,
+review, commit, status, compare —
 through the same library calls the commands use, with a model small enough for a
 2-core machine.
 """
@@ -43,6 +44,7 @@ eval:
   num_samples: 12
   max_new_tokens: 32
   max_val_batches: 10
+  chat_probes: 40
 swanlab:
   mode: disabled
 agent:
@@ -56,6 +58,16 @@ EXPERIMENTS = [
     ("0.1.1", ["preset=memory"], "Replace the feed-forward layer by the human-readable memory bank",
      "Reading facts from the memory bank through product keys lowers inference loss against the dense baseline.",
      "inference_loss < base"),
+]
+# Step three: SFT on the bundled conversations from each pretrain base, so the lab's open question
+# (the memory model's SFT effect against the dense baseline's) is measured in the compare table.
+SFT_EXPERIMENTS = [
+    ("0.1.2", "0.1.1", "SFT of the memory model on the bundled question-and-answer conversations",
+     "SFT teaches the memory model to answer in chat format: chat QA accuracy on the taught facts rises above its "
+     "pretrain base.", "chat_qa.taught.accuracy > base"),
+    ("0.1.3", "0.1.0", "SFT of the dense baseline on the same conversations, for comparison",
+     "SFT teaches the dense baseline to answer in chat format: chat QA accuracy on the taught facts rises above its "
+     "pretrain base.", "chat_qa.taught.accuracy > base"),
 ]
 
 
@@ -79,7 +91,7 @@ def _wait(lab, version: str, console) -> str:
             time.sleep(1.0)
 
 
-def run_demo(directory: Optional[Path], steps: Optional[int]) -> None:
+def run_demo(directory: Optional[Path], steps: Optional[int], sft_steps: Optional[int] = None) -> None:
     from rich.console import Console
 
     from lifecycle.commit import commit_experiment
@@ -94,20 +106,26 @@ def run_demo(directory: Optional[Path], steps: Optional[int]) -> None:
     started = time.time()
     target = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="minimind-demo-"))
     steps = steps or 240
-    if steps < 20:
-        raise MinimindError("--steps must be at least 20")
+    sft_steps = sft_steps or max(steps // 2, 20)
+    if steps < 20 or sft_steps < 20:
+        raise MinimindError("--steps and --sft-steps must be at least 20")
     console.rule("1. a fresh lab")
     lab = init_lab(target, DEMO_SETTINGS.format(steps=steps, eval_interval=max(steps // 3, 10)))
     console.print(f"$ minimind init {lab.root}")
     console.rule("2. the bundled data")
     console.print("$ minimind data build --size small")
     print_summary(build(lab.data_dir, "small", progress=False), console)
-    for number, (version, sets, goal, hypothesis, expect) in enumerate(EXPERIMENTS, start=3):
-        console.rule(f"{number}. experiment {version}")
-        console.print(f"$ minimind new {version} --goal {goal!r} --hypothesis {hypothesis!r} "
+    sft_sets = [f"max_steps={sft_steps}"]
+    plan = [(v, sets, goal, hyp, expect, None) for v, sets, goal, hyp, expect in EXPERIMENTS]
+    plan += [(v, sft_sets, goal, hyp, expect, base) for v, base, goal, hyp, expect in SFT_EXPERIMENTS]
+    for number, (version, sets, goal, hypothesis, expect, sft_base) in enumerate(plan, start=3):
+        console.rule(f"{number}. experiment {version}" + (f" (SFT of {sft_base})" if sft_base else ""))
+        console.print(f"$ minimind new {version} " + (f"--stage sft --base {sft_base} " if sft_base else "")
+                      + f"--goal {goal!r} --hypothesis {hypothesis!r} "
                       + " ".join(f"--set {s}" for s in sets) + (f" --expect {expect!r}" if expect else ""))
         result = create_experiment(lab, NewRequest(version=version, goal=goal, hypothesis=hypothesis, expect=expect,
-                                                   sets=list(sets)))
+                                                   sets=list(sets), base=sft_base,
+                                                   stage="sft" if sft_base else "pretrain"))
         for line in result.messages:
             console.print(line)
         final = _wait(lab, version, console)
@@ -117,8 +135,9 @@ def run_demo(directory: Optional[Path], steps: Optional[int]) -> None:
             console.print("\n".join(tail), markup=False)
             raise MinimindError(f"demo experiment {version} ended {final}; see {log}")
         console.print(f"{version}: {final}")
-    console.rule(f"{len(EXPERIMENTS) + 3}. review and commit")
-    for version, *_ in EXPERIMENTS:
+    versions = [v for v, *_ in plan]
+    console.rule(f"{len(plan) + 3}. review and commit")
+    for version in versions:
         console.print(f"$ minimind review {version} --approve")
         review_experiment(lab, version, approve=True, edit=False, show=False)  # the record is long; verdicts follow
         console.print(f"$ minimind commit {version}")
@@ -131,8 +150,8 @@ def run_demo(directory: Optional[Path], steps: Optional[int]) -> None:
 
     show_history(lab, as_json=False)
     console.rule("compare")
-    compare_experiments(lab, [v for v, *_ in EXPERIMENTS], None)
-    for version, *_ in EXPERIMENTS:
+    compare_experiments(lab, versions, None)
+    for version in versions:
         verdict = (read_json(lab.run_dir(version) / ANALYSIS_FILE) or {}).get("verdict_info", {})
         console.print(f"{version}: hypothesis {verdict.get('verdict')} — {verdict.get('reason')}")
     console.print(f"\nDemo lab: {lab.root}  (records in experiment/, git log for the commits) — "

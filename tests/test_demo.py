@@ -1,4 +1,5 @@
-"""`minimind demo` (the README's main command) runs the whole loop and commits both experiments."""
+"""`minimind demo` (the README's main command) runs the whole loop and commits its four experiments
+(two pretraining, an SFT of each)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ def test_demo_runs_the_whole_loop(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import cli, sys; sys.exit(cli.main())", "demo", str(target), "--steps", "20"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    for text in ("0.1.0: finished", "0.1.1: finished", "Committed experiment 0.1.0", "Committed experiment 0.1.1",
-                 "Config differences", "model.preset", "hypothesis"):
+    for text in ("0.1.0: finished", "0.1.1: finished", "0.1.2: finished", "0.1.3: finished",
+                 "Committed experiment 0.1.0", "Committed experiment 0.1.1", "Committed experiment 0.1.2",
+                 "Committed experiment 0.1.3", "Config differences", "model.preset", "hypothesis",
+                 "0.1.2: sft, pretrain base 0.1.1", "0.1.3: sft, pretrain base 0.1.0", "chat_qa.taught.accuracy"):
         assert text in out.stdout, text
     log = subprocess.run(["git", "log", "--format=%s"], cwd=target, capture_output=True, text=True).stdout
-    assert log.splitlines()[0].startswith("Experiment 0.1.1") and log.splitlines()[1].startswith("Experiment 0.1.0")
+    for line, version in zip(log.splitlines(), ["0.1.3", "0.1.2", "0.1.1", "0.1.0"]):
+        assert line.startswith(f"Experiment {version}"), log
     assert (target / "runs" / "0.1.1" / "plots" / "loss.png").exists()
     # the notebook: both experiments with verdicts and intervals, committed with each experiment
     history = subprocess.run([sys.executable, "-c", "import cli, sys; sys.exit(cli.main())", "history", "--json"],

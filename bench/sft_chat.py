@@ -1,0 +1,93 @@
+"""SFT chat QA of the memory and original presets at equal width, on the bundled data (CPU).
+
+Runs `minimind demo` (two pretraining experiments, an SFT of each, at the demo's width) in a
+lab folder, then reads the four eval.json files and prints one JSON: chat QA accuracy per
+group with its bootstrap interval, the SFT loss, and paired intervals for
+
+  - each SFT model against its own pretrain base (does SFT teach the taught facts?), and
+  - the memory SFT model against the original one (the lab's open question).
+
+The numbers in docs/RESULTS.md's SFT section come from this script:
+
+    python bench/sft_chat.py --steps 600 --sft-steps 900 [--lab /tmp/sft-bench]
+
+It takes tens of minutes on a 2-core CPU at those sizes; `--steps 20 --sft-steps 20` runs
+the same path in a few minutes (the numbers then mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from minimind.verdict import CHAT_QA_GROUPS, paired_interval, value_interval  # noqa: E402
+
+# version -> (preset, stage, the experiment it starts from); the demo's plan, read back from each config.
+PAIRS = {"sft_vs_pretrain.memory": ("0.1.2", "0.1.1"), "sft_vs_pretrain.original": ("0.1.3", "0.1.0"),
+         "memory_vs_original.sft": ("0.1.2", "0.1.3"), "memory_vs_original.pretrain": ("0.1.1", "0.1.0")}
+
+
+def _interval(ci):
+    return None if ci is None else {k: ci[k] for k in ("low", "high", "n", "confidence") if k in ci} | (
+        {"delta": ci["delta"]} if "delta" in ci else {})
+
+
+def summarise(lab: Path) -> dict:
+    import yaml
+
+    runs: dict[str, dict] = {}
+    evals: dict[str, dict] = {}
+    for version in ("0.1.0", "0.1.1", "0.1.2", "0.1.3"):
+        run = lab / "runs" / version
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        ev = json.loads((run / "eval.json").read_text())
+        evals[version] = ev
+        runs[version] = {
+            "preset": cfg["model"]["preset"], "stage": cfg.get("stage", "pretrain"), "dim": cfg["model"]["dim"],
+            "steps": cfg["train"]["max_steps"], "base": (cfg.get("init") or {}).get("version"),
+            "sft_loss": ev.get("sft_loss"), "inference_loss": ev.get("inference_loss"),
+            "chat_qa": {g: {"accuracy": q["accuracy"], "n": q["n"],
+                            "interval": _interval(value_interval(ev, f"chat_qa.{g}.accuracy"))}
+                        for g, q in (ev.get("chat_qa") or {}).items()},
+        }
+    pairs = {}
+    for name, (new, base) in PAIRS.items():
+        pairs[name] = {"new": new, "base": base,
+                       **{g: _interval(paired_interval(evals[new], evals[base], f"chat_qa.{g}.accuracy"))
+                          for g in CHAT_QA_GROUPS}}
+    return {"runs": runs, "pairs": pairs}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=600, help="pretraining steps per experiment")
+    ap.add_argument("--sft-steps", type=int, default=900, help="SFT steps per experiment")
+    ap.add_argument("--lab", type=Path, default=None, help="lab folder (default: a new temporary one)")
+    ap.add_argument("--summarise-only", action="store_true", help="read an existing --lab, run nothing")
+    args = ap.parse_args(argv)
+    lab = args.lab or Path(tempfile.mkdtemp(prefix="minimind-sft-bench-")) / "lab"
+    started = time.time()
+    if not args.summarise_only:
+        # The demo's own command, so the bench measures exactly what `make demo` runs.
+        out = subprocess.run([sys.executable, "-c", "import cli, sys; sys.exit(cli.main())", "demo", str(lab),
+                              "--steps", str(args.steps), "--sft-steps", str(args.sft_steps)],
+                             cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr)
+        if out.returncode != 0:
+            print(json.dumps({"error": f"minimind demo exited {out.returncode}", "lab": str(lab)}))
+            return 1
+    result = {"lab": str(lab), "steps": args.steps, "sft_steps": args.sft_steps,
+              "wall_s": round(time.time() - started, 1), **summarise(lab)}
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
