@@ -13,6 +13,19 @@ if str(ROOT) not in sys.path:  # tests import the packages from the checkout
     sys.path.insert(0, str(ROOT))
 
 
+# The suite runs on two pytest-xdist workers (`make test`, --dist loadgroup). Tests of these
+# modules share one thing outside their temp dirs, the localhost Slurm cluster (one node, so
+# two of its tests side by side would queue behind each other), and run on one worker.
+SERIAL_GROUPS = {"test_slurm": "slurm", "test_slurm_states": "slurm"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = SERIAL_GROUPS.get(item.module.__name__.rsplit(".", 1)[-1])
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
     """No test sees the developer's API key, lab or git identity."""

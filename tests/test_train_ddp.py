@@ -9,6 +9,14 @@ import pytest
 import helpers_train as h
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:  # a fixed port would collide with a test running beside this one
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Path:
     return h.make_lab(tmp_path_factory.mktemp("lab"), h.shared_data(tmp_path_factory))
@@ -17,7 +25,7 @@ def lab(tmp_path_factory) -> Path:
 def test_two_process_run_completes_and_writes_metrics_once(lab):
     run_dir = h.write_config(lab, launch={"num_processes": 2}, train={"max_steps": 12, "eval_interval": 6})
     launcher = [h.PY, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--main_process_port", "29517"]
+                "--num_machines", "1", "--mixed_precision", "no", "--main_process_port", str(_free_port())]
     rc = h.run_train(run_dir, launcher=launcher, timeout=180)
     assert rc == 0, h.tail(run_dir / "train.log")
     steps = [r["step"] for r in h.train_rows(run_dir)]
