@@ -13,17 +13,18 @@ if str(ROOT) not in sys.path:  # tests import the packages from the checkout
     sys.path.insert(0, str(ROOT))
 
 
-# The suite runs on two pytest-xdist workers (`make test`, --dist loadgroup). Tests of these
-# modules share one thing outside their temp dirs, the localhost Slurm cluster (one node, so
-# two of its tests side by side would queue behind each other), and run on one worker.
-SERIAL_GROUPS = {"test_slurm": "slurm", "test_slurm_states": "slurm"}
+# The suite runs on two pytest-xdist workers (`make test`, --dist loadgroup). Each module's
+# tests stay together on one worker, so its module-scoped fixtures (a trained lab, say) are
+# built once, and a test may build on the one before it. The Slurm modules share one more
+# thing, the localhost cluster (one node: two of its tests side by side would queue behind
+# each other), so they form one group.
+SHARED_GROUPS = {"test_slurm": "slurm", "test_slurm_states": "slurm"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        group = SERIAL_GROUPS.get(item.module.__name__.rsplit(".", 1)[-1])
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(module, module)))
 
 
 @pytest.fixture(autouse=True)

@@ -30,11 +30,11 @@ def test_demo_runs_the_whole_loop(tmp_path):
     history = subprocess.run([sys.executable, "-c", "import cli, sys; sys.exit(cli.main())", "history", "--json"],
                              cwd=ROOT, capture_output=True, text=True, env={**os.environ, "MINIMIND_LAB": str(target)})
     rows = {r["version"]: r for r in json.loads(history.stdout)}
-    assert set(rows) == {"0.1.0", "0.1.1"}
+    assert set(rows) == {"0.1.0", "0.1.1", "0.1.2", "0.1.3"}
     assert all(r["verdict"] in ("supported", "refuted", "inconclusive") and r["interval"] for r in rows.values()), rows
     assert "$ minimind history" in out.stdout and "lab notebook" in out.stdout
     index = subprocess.run(["git", "show", "HEAD:experiment/INDEX.md"], cwd=target, capture_output=True, text=True).stdout
-    assert "[0.1.0](experiment_0.1.0.md)" in index and "[0.1.1](experiment_0.1.1.md)" in index
+    assert all(f"[{v}](experiment_{v}.md)" in index for v in rows), index
     first = subprocess.run(["git", "show", "--name-only", "--format=", "HEAD~1"], cwd=target, capture_output=True,
                            text=True).stdout.split()
     assert "experiment/INDEX.md" in first
