@@ -12,6 +12,11 @@ What the model may set: `model.*` and `train.*` keys only (`ALLOWED_SECTIONS`); 
 data paths, guardrail thresholds, evaluation, launch or SwanLab settings, and no string
 value outside a small safe alphabet. Text fields are plain data: stripped, control characters removed,
 length-limited; single-line fields (titles, bullets) have newlines folded.
+
+The analysis may also propose the lab's lesson and the next experiment (`lesson`,
+`next_experiment`, optional): their keys, values, `expect`, base version and numbers are
+checked here; a refused one is repaired once, then dropped with a note, and the
+lifecycle's rules propose instead (lifecycle/lessons.py, lifecycle/proposal.py).
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import re
 from typing import Any, get_args, get_origin, get_type_hints
 
 from agent import prose
-from minimind.errors import UsageError
 from agent.base import (ANALYSIS_PROSE, COMMIT_PROSE, Analysis, AnalysisContext, CommitContext, CommitDraft, Plan,
                         PlanContext, lesson_due, model_fields, required_fields)
+from minimind.errors import UsageError
 
 MAX_TEXT = 8000          # characters of one prose field
 MAX_LINE = 500           # characters of one bullet

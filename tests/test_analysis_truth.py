@@ -253,6 +253,7 @@ def test_offline_analyse_redoes_only_the_analysis(trained):
     assert result.exit_code == 0, result.output
     assert (lab.run_dir("0.1.1") / "eval.json").read_bytes() == eval_before
     assert "record experiment/experiment_0.1.1.md" in result.output
+    assert json.loads((lab.run_dir("0.1.1") / "next.json").read_text())["proposed_by"] == "rules"  # offline: the rules
     assert invoke(lab, "analyse", "9.9.9").exit_code == 1
 
 
