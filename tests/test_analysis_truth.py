@@ -278,7 +278,7 @@ def test_an_unexpected_exception_in_analysis_leaves_the_trained_run_finished(tra
         assert state["train_outcome"] == "finished" and state["analysis_failed"] and type(error).__name__ in state["analysis_error"]
         assert "runs/0.1.1/analysis_error.log" in state["analysis_error"]
         log = (run / "analysis_error.log").read_text()
-        assert "Traceback (most recent call last)" in log and "def broken" not in log and "in broken" in log
+        assert "Traceback (most recent call last)" in log and "in broken" in log and f"{type(error).__name__}: " in log
         (status,) = [s for s in json.loads(invoke(lab, "status", "--json").output) if s["version"] == "0.1.1"]
         assert status["state"] == "finished" and status["analysis_failed"]
         # the verb itself: one line, exit 1, the flag and the log
