@@ -50,11 +50,17 @@ def _change(plan: dict) -> str:
 
 
 def _interval(analysis: dict, ev: dict) -> str:
-    """The verdict's interval: the analysis's own when it has one, else the key metric's from eval.json."""
+    """The verdict's interval: the analysis's own when it has one, else the one its reason states,
+    else the key metric's from eval.json."""
     info = analysis.get("verdict_info") or {}
     for key in ("interval", "ci"):
         if isinstance(info.get(key), (list, str)):
             return info[key] if isinstance(info[key], str) else _ci(info[key]).strip()
+    # The verdict's reason names the metric it was decided on with its interval (for an SFT run
+    # that is chat QA, not inference loss): shown as it is, so the row cannot cite another metric.
+    reason = (info.get("reason") or "").split(" (criteria")[0]
+    if "CI [" in reason:
+        return f"({reason})"
     for metric in ("inference_loss", "val_loss"):
         ci = ev.get(f"{metric}_ci")
         if ci:

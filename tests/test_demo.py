@@ -35,6 +35,9 @@ def test_demo_runs_the_whole_loop(tmp_path):
     assert "$ minimind history" in out.stdout and "lab notebook" in out.stdout
     index = subprocess.run(["git", "show", "HEAD:experiment/INDEX.md"], cwd=target, capture_output=True, text=True).stdout
     assert all(f"[{v}](experiment_{v}.md)" in index for v in rows), index
-    first = subprocess.run(["git", "show", "--name-only", "--format=", "HEAD~1"], cwd=target, capture_output=True,
-                           text=True).stdout.split()
+    # the first experiment's commit brings the notebook (later commits only when a row changed)
+    first = subprocess.run(["git", "show", "--name-only", "--format=", f"HEAD~{len(rows) - 1}"], cwd=target,
+                           capture_output=True, text=True).stdout.split()
     assert "experiment/INDEX.md" in first
+    # an SFT row cites the metric its verdict was decided on, with that metric's interval
+    assert "chat_qa.taught.accuracy" in rows["0.1.2"]["interval"] and "CI [" in rows["0.1.2"]["interval"], rows["0.1.2"]
