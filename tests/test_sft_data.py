@@ -11,7 +11,7 @@ import pytest
 from corpus.sft import SftCache, prepare_sft, render_minimind2
 from corpus.tokenizer import decode, load_tokenizer, train_tokenizer
 from minimind.errors import MinimindError
-from training.data import collate
+from training.data import collate, input_tokens
 
 CONV = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Capital of France?"},
         {"role": "assistant", "content": "Paris."}, {"role": "user", "content": "And of Japan?"},
@@ -105,6 +105,16 @@ def test_malformed_turns_are_named(tmp_path, tokenizer_path):
 def test_pretraining_documents_still_collate_everywhere():
     inputs, targets, mask = collate([np.array([1, 5, 6, 2], dtype=np.uint16), np.array([1, 7, 2], dtype=np.uint16)], 16)
     assert mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+
+
+def test_throughput_counts_every_real_input_token_not_only_the_loss_carrying_ones():
+    # the compute estimate counts a conversation's prompt and reply tokens, so tokens/s must too
+    docs = [(np.array([1, 5, 6, 7, 8, 2], dtype=np.uint16), np.array([0, 0, 0, 1, 1, 1], dtype=np.uint8)),
+            np.array([1, 7, 2], dtype=np.uint16), np.arange(40, dtype=np.uint16)]
+    inputs, targets, mask = collate(docs, 16, pad_multiple=8)
+    assert input_tokens(docs, 16) == 5 + 2 + 16  # the long document is cut at max_seq_len
+    assert mask.sum() == 3 + 2 + 16  # the loss sees only the reply of the conversation
+    assert input_tokens(docs, 16) < inputs.numel()  # padding is not counted
 
 
 def test_data_prepare_sft_command_reports_bad_and_blank_lines(tmp_path, tokenizer_path):

@@ -98,6 +98,14 @@ def _tokens_of(doc):
     return doc[0] if isinstance(doc, tuple) else doc
 
 
+def input_tokens(docs: Sequence, max_seq_len: int) -> int:
+    """The input positions `collate` fills with real tokens (padding left out): what a step
+    processes, prompt tokens of a conversation included. Throughput (tokens/s, which the
+    compute estimate calibrates against) counts these, not the loss-carrying ones, so an SFT
+    run's speed means the same as a pretraining run's. A host-side int: no device sync."""
+    return sum(max(0, min(len(_tokens_of(d)), max_seq_len + 1) - 1) for d in docs)
+
+
 def collate(docs: Sequence, max_seq_len: int, pad_multiple: int = 0):
     """(input_ids, targets, loss_mask) LongTensors/FloatTensor, padded to the longest doc,
     or with `pad_multiple` up to a multiple of it (at most max_seq_len): a compiled model

@@ -35,7 +35,7 @@ from models import registry
 from training import checkpoint as ckpt
 from training import runlog
 from training.ddp import gather_pending, ignore_integer_buffers, reduce_memory_window, sync_bank_rows
-from training.data import Stream, collate, split_digest, total_steps
+from training.data import Stream, collate, input_tokens, split_digest, total_steps
 from training.measures import masked_ce, periodic_eval
 from training.metrics import MetricsWriter, truncate_after
 from training.runtime import (enable_tf32, load_bank_into, load_data, make_accelerator, plan_memory, planned_config,
@@ -252,9 +252,10 @@ class Trainer:
             micro = self.step * t.accumulation_steps + k
             self.epoch_pos = (micro + 1) / self.stream.batches_per_epoch  # epochs done after this batch
             _, doc_idx = self.stream.batch(micro)
-            inputs, targets, mask = collate(self.corpus.docs(doc_idx), self.max_seq_len, self.pad_multiple)
+            docs = self.corpus.docs(doc_idx)
+            inputs, targets, mask = collate(docs, self.max_seq_len, self.pad_multiple)
             inputs, targets, mask = (x.to(self.acc.device, non_blocking=True) for x in (inputs, targets, mask))
-            tokens = tokens + mask.sum(dtype=torch.int64)  # a device count: read at the log step only
+            tokens = tokens + input_tokens(docs, self.max_seq_len)  # counted on the host: no device sync
             with self.acc.accumulate(self.model):
                 out = self.forward(inputs)
                 ce = masked_ce(out.logits, targets, mask)
