@@ -50,8 +50,13 @@ def evaluate(lab: Lab, version: Optional[str], num_samples: Optional[int], model
     if result.returncode != 0:
         raise MinimindError(f"evaluation failed (exit {result.returncode}); see the messages above")
     if version and model_path is None:
-        from lifecycle.analyse import analyse
+        from lifecycle.analyse import run_analysis
 
-        record = analyse(lab.run_dir(version))
-        return f"Evaluated and analysed {version}: runs/{version}/eval.json, {record.relative_to(lab.root)}"
+        # The same guard as the run's own pipeline: a failing analysis (any exception) is
+        # recorded as analysis_failed beside the new eval.json, never a changed training state.
+        ok, where = run_analysis(lab.run_dir(version))
+        if not ok:
+            raise MinimindError(f"evaluated {version} (runs/{version}/eval.json written), but the analysis failed: "
+                                f"{where}; redo it with: minimind analyse {version}")
+        return f"Evaluated and analysed {version}: runs/{version}/eval.json, {where}"
     return "Evaluation written."

@@ -285,6 +285,13 @@ def test_an_unexpected_exception_in_analysis_leaves_the_trained_run_finished(tra
         result = invoke(lab, "analyse", "0.1.1", "--agent", "offline")
         assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
         assert "analysis_error.log" in result.output
+        # eval re-analyses too, behind the same guard: eval.json is kept, the run stays finished
+        (run / "analysis_error.log").unlink()
+        result = invoke(lab, "eval", "0.1.1")
+        assert result.exit_code == 1 and "but the analysis failed" in result.output, result.output
+        assert "minimind analyse 0.1.1" in result.output and (run / "analysis_error.log").exists()
+        state = json.loads((run / "state.json").read_text())
+        assert state["train_outcome"] == "finished" and state["analysis_failed"]
     result = invoke(lab, "analyse", "0.1.1", "--agent", "offline")
     assert result.exit_code == 0, result.output
     (status,) = [s for s in json.loads(invoke(lab, "status", "--json").output) if s["version"] == "0.1.1"]
