@@ -22,10 +22,11 @@ install: $(BIN)/.installed
 
 # pytest exits 5 when it collects nothing: that is not a failure; any other non-zero is.
 # Two workers: most tests wait on a detached run or a launcher, so two side by side use
-# the 2-core machine's CPU that one alone leaves idle (conftest.py keeps Slurm's on one).
+# the 2-core machine's CPU that one alone leaves idle. loadfile keeps each module on one
+# worker (its module fixtures built once, tests/conftest.py).
 TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup --durations=25 $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/python -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 demo: install
 	$(BIN)/minimind demo $(DEMO_ARGS)

@@ -13,18 +13,10 @@ if str(ROOT) not in sys.path:  # tests import the packages from the checkout
     sys.path.insert(0, str(ROOT))
 
 
-# The suite runs on two pytest-xdist workers (`make test`, --dist loadgroup). Each module's
-# tests stay together on one worker, so its module-scoped fixtures (a trained lab, say) are
-# built once, and a test may build on the one before it. The Slurm modules share one more
-# thing, the localhost cluster (one node: two of its tests side by side would queue behind
-# each other), so they form one group.
-SHARED_GROUPS = {"test_slurm": "slurm", "test_slurm_states": "slurm"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(module, module)))
+# The suite runs on two pytest-xdist workers with --dist loadfile (`make test`): each
+# module's tests stay together on one worker, so its module-scoped fixtures (a trained lab,
+# say) are built once and a test may build on the one before it. Only tests/test_slurm.py
+# uses the localhost Slurm cluster, so no two of its tests run side by side.
 
 
 @pytest.fixture(autouse=True)
