@@ -7,9 +7,10 @@ group with its bootstrap interval, the SFT loss, and paired intervals for
   - each SFT model against its own pretrain base (does SFT teach the taught facts?), and
   - the memory SFT model against the original one (the lab's open question).
 
-The numbers in docs/RESULTS.md's SFT section come from this script:
+The numbers in docs/RESULTS.md's SFT section come from this script (pretraining is capped
+at the demo's 4 epochs, 228 steps of the small corpus, whatever --steps says above that):
 
-    python bench/sft_chat.py --steps 600 --sft-steps 900 [--lab /tmp/sft-bench]
+    python bench/sft_chat.py --steps 240 --sft-steps 900 [--lab /tmp/sft-bench]
 
 It takes tens of minutes on a 2-core CPU at those sizes; `--steps 20 --sft-steps 20` runs
 the same path in a few minutes (the numbers then mean nothing).
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from minimind.verdict import CHAT_QA_GROUPS, paired_interval, value_interval  # noqa: E402
 
-# version -> (preset, stage, the experiment it starts from); the demo's plan, read back from each config.
+# comparison -> (new, base): the demo's versions (0.1.0 original, 0.1.1 memory, 0.1.2 SFT of 0.1.1, 0.1.3 SFT of 0.1.0).
 PAIRS = {"sft_vs_pretrain.memory": ("0.1.2", "0.1.1"), "sft_vs_pretrain.original": ("0.1.3", "0.1.0"),
          "memory_vs_original.sft": ("0.1.2", "0.1.3"), "memory_vs_original.pretrain": ("0.1.1", "0.1.0")}
 
