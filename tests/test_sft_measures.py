@@ -18,6 +18,20 @@ def test_reply_hit_needs_the_answer_and_no_distractor():
     assert reply_hit("it uses the euro", "Euro", ["Dollar"])
 
 
+def test_reply_hit_does_not_count_the_subject():
+    from training.sft import reply_hit
+
+    # the answer sentence repeats the subject, which may be one of the distractors
+    assert reply_hit("Spain borders France.", "France", ["Spain", "Mali"], subject="Spain")
+    assert not reply_hit("Spain borders France.", "France", ["Spain", "Mali"])  # without the subject it is a miss
+    assert not reply_hit("Spain borders Mali.", "France", ["Spain", "Mali"], subject="Spain")
+    # a subject that contains the answer does not answer by itself
+    assert not reply_hit("Kuwait City is in Asia.", "Kuwait", ["Iraq"], subject="Kuwait City")
+    assert reply_hit("Kuwait City is in Kuwait.", "Kuwait", ["Iraq"], subject="Kuwait City")
+    # only its first mention goes: a city named like its country is still answered
+    assert reply_hit("Singapore is in Singapore.", "Singapore", ["Malaysia"], subject="Singapore")
+
+
 def test_a_conversation_splits_at_its_first_reply():
     from training.measures import split_prompt
 

@@ -112,11 +112,18 @@ def _word(text: str):
     return re.compile(r"(?<!\w)" + re.escape(text.lower()) + r"(?!\w)")
 
 
-def reply_hit(reply: str, answer: str, distractors) -> bool:
+def reply_hit(reply: str, answer: str, distractors, subject: str = "") -> bool:
     """The answer appears in the reply as a word and no same-relation distractor does
     (a reply naming every country is not an answer); the answer is removed before the
-    distractors are looked for, so 'Guinea' does not count inside 'Guinea-Bissau'."""
+    distractors are looked for, so 'Guinea' does not count inside 'Guinea-Bissau'.
+
+    The reply's first mention of the subject is removed before anything is looked for:
+    the answer sentence repeats it ("Spain borders France."), and a subject may be another
+    probe's distractor (Spain for France's neighbours) or contain the answer ("Kuwait City
+    is in Asia." names no country). Only the first, so "Singapore is in Singapore." is a hit."""
     text = reply.lower()
+    if subject:
+        text = _word(subject).sub(" ", text, count=1)
     pattern = _word(answer)
     if not pattern.search(text):
         return False
@@ -213,7 +220,8 @@ def sft_measures(model, tokenizer, lab: Lab, cfg: ExperimentConfig, probes: Opti
                     continue
                 tokens, stopped = chat_reply(model, prompt, cfg.eval.chat_max_new_tokens)
                 reply = tokenizer.decode(tokens, skip_special_tokens=True)
-                hit = 1.0 if reply_hit(reply, probe["answer"], probe.get("distractors") or []) else 0.0
+                hit = 1.0 if reply_hit(reply, probe["answer"], probe.get("distractors") or [],
+                                          probe.get("subject") or "") else 0.0
                 for group in (split, roles.get(probe.get("id"))):
                     if group:
                         hits.setdefault(group, []).append(hit)
