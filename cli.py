@@ -424,16 +424,22 @@ def memory_show(version: str, text: str, top: int) -> None:
 @click.argument("directory", required=False, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--steps", default=None, type=int, help="Training steps per pretraining experiment (default: sized for a few minutes).")
 @click.option("--sft-steps", default=None, type=int, help="Training steps per SFT experiment (default: half of --steps).")
-def demo(directory: Path | None, steps: int | None, sft_steps: int | None) -> None:
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Config change for every experiment, e.g. --set dim=256 (the SFT experiments take their base's model).")
+@click.option("--sft-set", "sft_sets", multiple=True, metavar="KEY=VALUE",
+              help="Config change for the SFT experiments only, e.g. --sft-set epochs=20.")
+def demo(directory: Path | None, steps: int | None, sft_steps: int | None, sets: tuple[str, ...],
+         sft_sets: tuple[str, ...]) -> None:
     """The whole loop on the bundled data in a fresh lab, on CPU, in minutes.
 
     \b
     Example:
       minimind demo /tmp/minimind-demo
+      minimind demo /tmp/wider --set dim=256 --sft-steps 2000 --sft-set epochs=20
     """
     from lifecycle.demo import run_demo
 
-    run_demo(directory, steps, sft_steps)
+    run_demo(directory, steps, sft_steps, sets, sft_sets)
 
 
 if __name__ == "__main__":

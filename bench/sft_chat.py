@@ -41,6 +41,15 @@ def _interval(ci):
         {"delta": ci["delta"]} if "delta" in ci else {})
 
 
+def by_relation(ev: dict, group: str) -> dict:
+    """{relation: {accuracy, n}} of one chat QA group, from eval.json's per-probe hits (ids are relation:hash)."""
+    block = ((ev.get("per_item") or {}).get("chat_qa") or {}).get(group) or {}
+    hits: dict[str, list[float]] = {}
+    for key, hit in zip(block.get("keys", []), block.get("hit", [])):
+        hits.setdefault(key.split(":", 1)[0], []).append(hit)
+    return {r: {"accuracy": round(sum(h) / len(h), 3), "n": len(h)} for r, h in sorted(hits.items())}
+
+
 def summarise(lab: Path) -> dict:
     import yaml
 
@@ -58,6 +67,8 @@ def summarise(lab: Path) -> dict:
             "chat_qa": {g: {"accuracy": q["accuracy"], "n": q["n"],
                             "interval": _interval(value_interval(ev, f"chat_qa.{g}.accuracy"))}
                         for g, q in (ev.get("chat_qa") or {}).items()},
+            "chat_qa_by_relation": {g: by_relation(ev, g) for g in ("taught", "held_out")},
+            "chat": ev.get("chat"),
         }
     pairs = {}
     for name, (new, base) in PAIRS.items():
@@ -71,6 +82,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=600, help="pretraining steps per experiment")
     ap.add_argument("--sft-steps", type=int, default=900, help="SFT steps per experiment")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="minimind demo --set: for every experiment, e.g. dim=256 or eval.chat_probes=200")
+    ap.add_argument("--sft-set", dest="sft_sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="minimind demo --sft-set: for the SFT experiments only, e.g. epochs=20")
     ap.add_argument("--lab", type=Path, default=None, help="lab folder (default: a new temporary one)")
     ap.add_argument("--summarise-only", action="store_true", help="read an existing --lab, run nothing")
     args = ap.parse_args(argv)
@@ -79,13 +94,16 @@ def main(argv=None) -> int:
     if not args.summarise_only:
         # The demo's own command, so the bench measures exactly what `make demo` runs.
         out = subprocess.run([sys.executable, "-c", "import cli, sys; sys.exit(cli.main())", "demo", str(lab),
-                              "--steps", str(args.steps), "--sft-steps", str(args.sft_steps)],
+                              "--steps", str(args.steps), "--sft-steps", str(args.sft_steps),
+                              *(f"--set={x}" for x in args.sets), *(f"--sft-set={x}" for x in args.sft_sets)],
                              cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr)
         if out.returncode != 0:
             print(json.dumps({"error": f"minimind demo exited {out.returncode}", "lab": str(lab)}))
             return 1
-    result = {"lab": str(lab), "steps": args.steps, "sft_steps": args.sft_steps,
-              "wall_s": round(time.time() - started, 1), **summarise(lab)}
+    # what was asked, when this call ran the demo (a --summarise-only read has the runs' own steps)
+    asked = {} if args.summarise_only else {"steps": args.steps, "sft_steps": args.sft_steps, "sets": args.sets,
+                                            "sft_sets": args.sft_sets, "wall_s": round(time.time() - started, 1)}
+    result = {"lab": str(lab), **asked, **summarise(lab)}
     print(json.dumps(result, indent=1))
     return 0
 

@@ -91,12 +91,15 @@ def _wait(lab, version: str, console) -> str:
             time.sleep(1.0)
 
 
-def run_demo(directory: Optional[Path], steps: Optional[int], sft_steps: Optional[int] = None) -> None:
+def run_demo(directory: Optional[Path], steps: Optional[int], sft_steps: Optional[int] = None,
+             sets: tuple[str, ...] = (), sft_sets: tuple[str, ...] = ()) -> None:
+    """sets: --set items for every experiment (a pretraining experiment's model is the SFT's);
+    sft_sets: for the SFT experiments only (their learning rate, epochs, chat probes)."""
     from rich.console import Console
 
     from lifecycle.commit import commit_experiment
     from lifecycle.compare import compare_experiments
-    from lifecycle.new import NewRequest, create_experiment
+    from lifecycle.new import NewRequest, check_sets, create_experiment
     from lifecycle.review import review_experiment
     from corpus.build import build, print_summary
     from lifecycle.init import init_lab
@@ -112,12 +115,15 @@ def run_demo(directory: Optional[Path], steps: Optional[int], sft_steps: Optiona
     console.rule("1. a fresh lab")
     lab = init_lab(target, DEMO_SETTINGS.format(steps=steps, eval_interval=max(steps // 3, 10)))
     console.print(f"$ minimind init {lab.root}")
+    check_sets(lab, [*sets, *sft_sets])  # a typo is refused now, not after the data build and the first run
     console.rule("2. the bundled data")
     console.print("$ minimind data build --size small")
     print_summary(build(lab.data_dir, "small", progress=False), console)
-    sft_sets = [f"max_steps={sft_steps}"]
-    plan = [(v, sets, goal, hyp, expect, None) for v, sets, goal, hyp, expect in EXPERIMENTS]
-    plan += [(v, sft_sets, goal, hyp, expect, base) for v, base, goal, hyp, expect in SFT_EXPERIMENTS]
+    # The human's --set come after the demo's own, so they win (as on `new`); an SFT experiment
+    # takes its model from its base, so only the SFT-only items are given to it.
+    plan = [(v, [*own, *sets], goal, hyp, expect, None) for v, own, goal, hyp, expect in EXPERIMENTS]
+    plan += [(v, [f"max_steps={sft_steps}", *sft_sets], goal, hyp, expect, base)
+             for v, base, goal, hyp, expect in SFT_EXPERIMENTS]
     for number, (version, sets, goal, hypothesis, expect, sft_base) in enumerate(plan, start=3):
         console.rule(f"{number}. experiment {version}" + (f" (SFT of {sft_base})" if sft_base else ""))
         console.print(f"$ minimind new {version} " + (f"--stage sft --base {sft_base} " if sft_base else "")

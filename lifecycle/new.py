@@ -129,6 +129,17 @@ def _parse_sets(items: list[str]) -> list[tuple[str, Any]]:
     return [(key, parse_value(value)) for key, value in (parse_assignment(i) for i in items)]
 
 
+def check_sets(lab: Lab, items: list[str]) -> list[tuple[str, Any]]:
+    """--set items parsed, their keys resolved and their values type-checked against the lab's
+    own settings: for a caller (the demo) that should refuse a typo before it trains anything."""
+    sets = _parse_sets(items)
+    model_cls, model_fields = model_schema(lab)
+    for key, _ in sets:
+        resolve_key(key, model_fields)
+    apply_sets(base_config(lab, lab.settings(), None, model_cls), sets, model_fields)
+    return sets
+
+
 def _check_existing(lab: Lab, version: str) -> None:
     if lab.run_dir(version).exists() or lab.record_path(version).exists():
         raise UsageError(f"experiment {version} already exists")

@@ -14,9 +14,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_demo_runs_the_whole_loop(tmp_path):
     target = tmp_path / "demo"
-    out = subprocess.run([sys.executable, "-c", "import cli, sys; sys.exit(cli.main())", "demo", str(target), "--steps", "20"],
+    out = subprocess.run([sys.executable, "-c", "import cli, sys; sys.exit(cli.main())", "demo", str(target), "--steps", "20",
+                          "--set", "eval.chat_probes=12", "--sft-set", "learning_rate=0.001"],
                          cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    import yaml
+
+    configs = {v: yaml.safe_load((target / "runs" / v / "config.yaml").read_text()) for v in ("0.1.0", "0.1.2")}
+    # --set reaches every experiment (the SFT one through its base), --sft-set only the SFT ones
+    assert configs["0.1.0"]["eval"]["chat_probes"] == configs["0.1.2"]["eval"]["chat_probes"] == 12
+    assert configs["0.1.0"]["train"]["learning_rate"] == 0.002 and configs["0.1.2"]["train"]["learning_rate"] == 0.001
     for text in ("0.1.0: finished", "0.1.1: finished", "0.1.2: finished", "0.1.3: finished",
                  "Committed experiment 0.1.0", "Committed experiment 0.1.1", "Committed experiment 0.1.2",
                  "Committed experiment 0.1.3", "Config differences", "model.preset", "hypothesis",
@@ -41,3 +48,12 @@ def test_demo_runs_the_whole_loop(tmp_path):
     assert "experiment/INDEX.md" in first
     # an SFT row cites the metric its verdict was decided on, with that metric's interval
     assert "chat_qa.taught.accuracy" in rows["0.1.2"]["interval"] and "CI [" in rows["0.1.2"]["interval"], rows["0.1.2"]
+
+
+def test_demo_refuses_a_bad_set_before_it_builds_or_trains(tmp_path):
+    target = tmp_path / "demo"
+    out = subprocess.run([sys.executable, "-c", "import cli, sys; sys.exit(cli.main())", "demo", str(target),
+                          "--sft-set", "learning_rate=fast"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.strip().splitlines()[-1] == "Error: train.learning_rate: expected a number, got 'fast'"
+    assert not (target / "data" / "pretrain.jsonl").exists() and not [p for p in (target / "runs").iterdir() if p.name != ".gitkeep"]
