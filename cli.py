@@ -428,18 +428,19 @@ def memory_show(version: str, text: str, top: int) -> None:
               help="Config change for every experiment, e.g. --set dim=256 (the SFT experiments take their base's model).")
 @click.option("--sft-set", "sft_sets", multiple=True, metavar="KEY=VALUE",
               help="Config change for the SFT experiments only, e.g. --sft-set epochs=20.")
+@click.option("--yes", is_flag=True, help="As on new: accept sizes whose compute grows past preflight.compute_factor × the base.")
 def demo(directory: Path | None, steps: int | None, sft_steps: int | None, sets: tuple[str, ...],
-         sft_sets: tuple[str, ...]) -> None:
+         sft_sets: tuple[str, ...], yes: bool) -> None:
     """The whole loop on the bundled data in a fresh lab, on CPU, in minutes.
 
     \b
     Example:
       minimind demo /tmp/minimind-demo
-      minimind demo /tmp/wider --set dim=256 --sft-steps 2000 --sft-set epochs=20
+      minimind demo /tmp/longer-sft --sft-steps 4000 --sft-set epochs=20 --yes
     """
     from lifecycle.demo import run_demo
 
-    run_demo(directory, steps, sft_steps, sets, sft_sets)
+    run_demo(directory, steps, sft_steps, sets, sft_sets, yes)
 
 
 if __name__ == "__main__":

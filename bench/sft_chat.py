@@ -95,7 +95,9 @@ def main(argv=None) -> int:
         # The demo's own command, so the bench measures exactly what `make demo` runs.
         out = subprocess.run([sys.executable, "-c", "import cli, sys; sys.exit(cli.main())", "demo", str(lab),
                               "--steps", str(args.steps), "--sft-steps", str(args.sft_steps),
-                              *(f"--set={x}" for x in args.sets), *(f"--sft-set={x}" for x in args.sft_sets)],
+                              *(f"--set={x}" for x in args.sets), *(f"--sft-set={x}" for x in args.sft_sets),
+                              # the sizes are this command's: long SFT is what it is for (new's compute gate)
+                              "--yes"],
                              cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr)
         if out.returncode != 0:
             print(json.dumps({"error": f"minimind demo exited {out.returncode}", "lab": str(lab)}))

@@ -92,9 +92,10 @@ def _wait(lab, version: str, console) -> str:
 
 
 def run_demo(directory: Optional[Path], steps: Optional[int], sft_steps: Optional[int] = None,
-             sets: tuple[str, ...] = (), sft_sets: tuple[str, ...] = ()) -> None:
+             sets: tuple[str, ...] = (), sft_sets: tuple[str, ...] = (), yes: bool = False) -> None:
     """sets: --set items for every experiment (a pretraining experiment's model is the SFT's);
-    sft_sets: for the SFT experiments only (their learning rate, epochs, chat probes)."""
+    sft_sets: for the SFT experiments only (their learning rate, epochs, chat probes);
+    yes: `new --yes` for each, when the sizes asked for grow compute past preflight.compute_factor."""
     from rich.console import Console
 
     from lifecycle.commit import commit_experiment
@@ -128,10 +129,11 @@ def run_demo(directory: Optional[Path], steps: Optional[int], sft_steps: Optiona
         console.rule(f"{number}. experiment {version}" + (f" (SFT of {sft_base})" if sft_base else ""))
         console.print(f"$ minimind new {version} " + (f"--stage sft --base {sft_base} " if sft_base else "")
                       + f"--goal {goal!r} --hypothesis {hypothesis!r} "
-                      + " ".join(f"--set {s}" for s in sets) + (f" --expect {expect!r}" if expect else ""))
+                      + " ".join(f"--set {s}" for s in sets) + (f" --expect {expect!r}" if expect else "")
+                      + (" --yes" if yes else ""))
         result = create_experiment(lab, NewRequest(version=version, goal=goal, hypothesis=hypothesis, expect=expect,
                                                    sets=list(sets), base=sft_base,
-                                                   stage="sft" if sft_base else "pretrain"))
+                                                   stage="sft" if sft_base else "pretrain", yes=yes))
         for line in result.messages:
             console.print(line)
         final = _wait(lab, version, console)
