@@ -120,10 +120,12 @@ def run_demo(directory: Optional[Path], steps: Optional[int], sft_steps: Optiona
     console.rule("2. the bundled data")
     console.print("$ minimind data build --size small")
     print_summary(build(lab.data_dir, "small", progress=False), console)
-    # The human's --set come after the demo's own, so they win (as on `new`); an SFT experiment
-    # takes its model from its base, so only the SFT-only items are given to it.
+    # The human's --set come after the demo's own, so they win (as on `new`). The SFT experiments
+    # get them too: model, train and data come from the base anyway, but eval, guardrails and
+    # launch are the lab's policy (lifecycle.new.base_config), and an SFT evaluated on other
+    # chat probes than its base would have no paired interval. --sft-set comes last.
     plan = [(v, [*own, *sets], goal, hyp, expect, None) for v, own, goal, hyp, expect in EXPERIMENTS]
-    plan += [(v, [f"max_steps={sft_steps}", *sft_sets], goal, hyp, expect, base)
+    plan += [(v, [f"max_steps={sft_steps}", *sets, *sft_sets], goal, hyp, expect, base)
              for v, base, goal, hyp, expect in SFT_EXPERIMENTS]
     for number, (version, sets, goal, hypothesis, expect, sft_base) in enumerate(plan, start=3):
         console.rule(f"{number}. experiment {version}" + (f" (SFT of {sft_base})" if sft_base else ""))
