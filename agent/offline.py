@@ -13,6 +13,7 @@ from typing import Any, Optional
 from agent.base import (Analysis, AnalysisContext, CommitContext, CommitDraft, Plan, PlanContext)
 from minimind.config import parse_value
 from minimind.guardrails import EVAL_GUARDRAILS, danger_text, rule_from
+from minimind.verdict import implied_criteria, parse_criteria
 
 # Every sentence the offline agent writes, per record language: one table, one logic, so a
 # zh record gets no English sentence from this agent. Numbers are formatted by the code.
@@ -470,8 +471,13 @@ class OfflineAgent:
     def _conclusion(ctx: AnalysisContext, dangers: dict) -> str:
         lang = ctx.lang
         rows = {r["metric"]: r for r in ctx.comparison}
-        moved = [_moved(rows[name]) for name in ("inference_loss", "val_loss")
-                 if name in rows and rows[name].get("base") is not None]
+        # The metrics the verdict was decided on come first (an SFT run's chat QA), then the
+        # language-model losses: a conclusion citing only a loss the change was not about
+        # reads as if the verdict had been decided on it.
+        decided = [c.metric for c in (parse_criteria(ctx.expect)
+                                      or implied_criteria(f"{ctx.hypothesis} {ctx.expect or ''}"))]
+        names = list(dict.fromkeys([*decided, "inference_loss", "val_loss"]))
+        moved = [_moved(rows[name]) for name in names if name in rows and rows[name].get("base") is not None]
         parts = [_t(lang, "against", base=ctx.base, items=_join(lang, moved)) if moved and ctx.base else
                  _t(lang, "reference")]
         parts.append(_t(lang, f"m_{ctx.verdict}"))

@@ -277,3 +277,22 @@ def test_changed_symbols_name_the_functions_a_diff_touches():
     new = old.replace("return 1", "return 3").replace("return 2", "return 4").replace("import x", "import y")
     diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), "a", "b", n=1))
     assert changed_symbols(diff, old, new) == ["Memory.read", "helper"]  # the import is module level
+
+
+def test_offline_conclusion_cites_the_metric_the_verdict_was_decided_on_first():
+    """An SFT run is decided on chat QA; its conclusion named only the inference loss SFT raised."""
+    from agent.base import AnalysisContext
+    from agent.offline import OfflineAgent
+
+    ci = {"low": 0.33, "high": 0.48, "n": 500, "confidence": 0.95}
+    rows = [{"metric": "inference_loss", "base": 1.77, "new": 7.51, "delta": 5.74, "better": False,
+             "ci": {"low": 5.3, "high": 6.1, "n": 12, "confidence": 0.95}},
+            {"metric": "chat_qa.taught.accuracy", "base": 0.1, "new": 0.508, "delta": 0.408, "better": True, "ci": ci}]
+    ctx = AnalysisContext(version="0.1.2", base="0.1.1", goal="g", hypothesis="SFT teaches the facts",
+                          expect="chat_qa.taught.accuracy > base", state="finished", stop_reason=None,
+                          config_changes=[], metrics_summary={"steps": 10, "first_loss": 8.7, "last_loss": 0.5},
+                          eval={}, base_eval={}, comparison=rows, verdict="supported",
+                          verdict_reason="chat_qa.taught.accuracy base 0.1 → 0.508: met", guardrails={})
+    conclusion = OfflineAgent().analyse(ctx).conclusion
+    assert conclusion.startswith("Against 0.1.1: chat_qa.taught.accuracy 0.1 → 0.508 (Δ 95% CI [+0.33, +0.48])"), conclusion
+    assert conclusion.index("chat_qa.taught.accuracy") < conclusion.index("inference_loss")
