@@ -61,3 +61,16 @@ def test_paired_ratio_measures_the_slower_one_as_slower(monkeypatch):
     result = bench.paired_ratio(takes(0.03), takes(0.01), repeats=5)
     assert result["ratio"] == pytest.approx(3.0) and result["a_s"] == pytest.approx(0.03)
     assert result["b_s"] == pytest.approx(0.01)
+
+
+def test_sft_chat_bench_counts_chat_qa_per_relation():
+    """bench/sft_chat.py's per-relation table comes from eval.json's per-probe hits (ids are relation:hash)."""
+    spec = importlib.util.spec_from_file_location("bench_sft_chat_under_test", ROOT / "bench" / "sft_chat.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ev = {"per_item": {"chat_qa": {"taught": {"keys": ["capital:01", "capital:02", "borders:03", "city_population:04"],
+                                              "hit": [1.0, 0.0, 1.0, 1.0]}}}}
+    assert module.by_relation(ev, "taught") == {"borders": {"accuracy": 1.0, "n": 1},
+                                                "capital": {"accuracy": 0.5, "n": 2},
+                                                "city_population": {"accuracy": 1.0, "n": 1}}
+    assert module.by_relation(ev, "held_out") == {} and module.by_relation({}, "taught") == {}
