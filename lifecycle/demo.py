@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from minimind.errors import MinimindError
+from minimind.errors import GateRefused, MinimindError
 from minimind.rundir import ANALYSIS_FILE, TRAIN_LOG, read_json
 
 DEMO_SETTINGS = """\
@@ -100,6 +100,7 @@ def run_demo(directory: Optional[Path], steps: Optional[int], sft_steps: Optiona
 
     from lifecycle.commit import commit_experiment
     from lifecycle.compare import compare_experiments
+    from lifecycle.estimate import GATE_ADVICE
     from lifecycle.new import NewRequest, check_sets, create_experiment
     from lifecycle.review import review_experiment
     from corpus.build import build, print_summary
@@ -127,15 +128,19 @@ def run_demo(directory: Optional[Path], steps: Optional[int], sft_steps: Optiona
     plan = [(v, [*own, *sets], goal, hyp, expect, None) for v, own, goal, hyp, expect in EXPERIMENTS]
     plan += [(v, [f"max_steps={sft_steps}", *sets, *sft_sets], goal, hyp, expect, base)
              for v, base, goal, hyp, expect in SFT_EXPERIMENTS]
-    for number, (version, sets, goal, hypothesis, expect, sft_base) in enumerate(plan, start=3):
+    for number, (version, items, goal, hypothesis, expect, sft_base) in enumerate(plan, start=3):
         console.rule(f"{number}. experiment {version}" + (f" (SFT of {sft_base})" if sft_base else ""))
         console.print(f"$ minimind new {version} " + (f"--stage sft --base {sft_base} " if sft_base else "")
                       + f"--goal {goal!r} --hypothesis {hypothesis!r} "
-                      + " ".join(f"--set {s}" for s in sets) + (f" --expect {expect!r}" if expect else "")
+                      + " ".join(f"--set {s}" for s in items) + (f" --expect {expect!r}" if expect else "")
                       + (" --yes" if yes else ""))
-        result = create_experiment(lab, NewRequest(version=version, goal=goal, hypothesis=hypothesis, expect=expect,
-                                                   sets=list(sets), base=sft_base,
-                                                   stage="sft" if sft_base else "pretrain", yes=yes))
+        try:
+            result = create_experiment(lab, NewRequest(version=version, goal=goal, hypothesis=hypothesis, expect=expect,
+                                                       sets=list(items), base=sft_base,
+                                                       stage="sft" if sft_base else "pretrain", yes=yes))
+        except GateRefused as exc:  # the demo has no --no-launch: say what the demo's own user can do
+            raise GateRefused(str(exc).replace(GATE_ADVICE, f"Run the demo again with --yes (the lab {lab.root} "
+                                               "keeps what finished)")) from None
         for line in result.messages:
             console.print(line)
         final = _wait(lab, version, console)

@@ -399,6 +399,10 @@ def check_positions(model_module, model_cfg: dict) -> Optional[str]:
     return None
 
 
+# What the refusal tells `new`'s user; the demo, which has no --no-launch, says its own (lifecycle/demo.py).
+GATE_ADVICE = "Launch it with --yes, or draft it with --no-launch"
+
+
 def gate(lab, cfg: dict, est: dict[str, Any], base: Optional[str], factor: float, yes: bool, launch: bool,
          lang: str = "en") -> Optional[str]:
     """A GateRefused unless compute grows by at most `factor` over the base, or --yes / --no-launch; returns a note
@@ -421,7 +425,7 @@ def gate(lab, cfg: dict, est: dict[str, Any], base: Optional[str], factor: float
             return (f"训练 FLOPs {_size(est['train_flops'])} 是基线 {base} 的 {_size(base_est['train_flops'])} 的 "
                     f"{ratio:.1f} 倍(上限为 minimind.yaml preflight.compute_factor 的 {factor:g} 倍)")
         return note
-    raise GateRefused(note + "; estimate: " + "; ".join(summary_lines(est)) + ". Launch it with --yes, or draft it with --no-launch")
+    raise GateRefused(note + "; estimate: " + "; ".join(summary_lines(est)) + ". " + GATE_ADVICE)
 
 
 def _base_config(lab, base: str) -> Optional[dict]:

@@ -21,7 +21,7 @@ def test_demo_runs_the_whole_loop(tmp_path):
     import yaml
 
     configs = {v: yaml.safe_load((target / "runs" / v / "config.yaml").read_text()) for v in ("0.1.0", "0.1.2")}
-    # --set reaches every experiment (the SFT one through its base), --sft-set only the SFT ones
+    # --set reaches every experiment (eval is lab policy, not inherited from the base), --sft-set only the SFT ones
     assert configs["0.1.0"]["eval"]["chat_probes"] == configs["0.1.2"]["eval"]["chat_probes"] == 12
     assert configs["0.1.0"]["train"]["learning_rate"] == 0.002 and configs["0.1.2"]["train"]["learning_rate"] == 0.001
     for text in ("0.1.0: finished", "0.1.1: finished", "0.1.2: finished", "0.1.3: finished",
@@ -57,3 +57,17 @@ def test_demo_refuses_a_bad_set_before_it_builds_or_trains(tmp_path):
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr.strip().splitlines()[-1] == "Error: train.learning_rate: expected a number, got 'fast'"
     assert not (target / "data" / "pretrain.jsonl").exists() and not [p for p in (target / "runs").iterdir() if p.name != ".gitkeep"]
+
+
+def test_demo_compute_gate_names_the_demos_own_flag_and_keeps_the_lab(tmp_path):
+    """SFT 20× longer than its 20-step base passes preflight.compute_factor: refused with the demo's advice (exit 3)."""
+    target = tmp_path / "demo"
+    out = subprocess.run([sys.executable, "-c", "import cli, sys; sys.exit(cli.main())", "demo", str(target),
+                          "--steps", "20", "--sft-steps", "400"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 3, out.stdout[-2000:] + out.stderr[-2000:]
+    error = out.stderr.strip().splitlines()[-1]
+    assert error.startswith("Error: training FLOPs") and "preflight.compute_factor" in error, error
+    assert error.endswith(f"Run the demo again with --yes (the lab {target} keeps what finished)"), error
+    assert "--no-launch" not in error
+    # the pretraining experiments that finished are kept; the refused SFT left nothing behind
+    assert (target / "runs" / "0.1.1" / "eval.json").exists() and not (target / "runs" / "0.1.2").exists()
