@@ -115,6 +115,11 @@ def test_kill_9_then_resume_finishes_with_each_step_once(lab, finished_run):
     for mine, ref in zip(h.train_rows(run_dir), h.train_rows(finished_run)):
         assert mine["loss_ce"] == pytest.approx(ref["loss_ce"], rel=1e-4, abs=1e-5), mine["step"]
         assert mine["lr"] == pytest.approx(ref["lr"])
+    # the resumed run knows the guardrail levels it had (an H200 run logged every eval
+    # guardrail again as "was unset" after its resume)
+    def changes(rd):
+        return [(r["step"], sorted(r["guardrail_changes"])) for r in h.metrics(rd) if r.get("guardrail_changes")]
+    assert changes(run_dir) == changes(finished_run)
 
 
 def test_resume_without_checkpoint_starts_from_zero(lab):

@@ -215,8 +215,14 @@ class Trainer:
             truncate_after(metrics_path, self.step)
         else:
             metrics_path.unlink(missing_ok=True)
-        self.history = [r for r in read_metrics(metrics_path) if "loss_ce" in r]
+        rows = read_metrics(metrics_path)
+        self.history = [r for r in rows if "loss_ce" in r]
         self.guard_results = rules.check_train(self.history, self.cfg.guardrails) if self.history else {}
+        evals = [r for r in rows if "eval/val_loss" in r]
+        if evals:  # a resumed run knows its eval guardrails' levels too: no "was unset" again
+            last = evals[-1]
+            self.guard_results.update(rules.check_eval({name: last.get(f"eval/{name}") for name in rules.EVAL_GUARDRAILS},
+                                                       self.cfg.guardrails))
         self.metrics = MetricsWriter(metrics_path)
         module_path = self.lab.models_dir / f"{self.cfg.model_module}.py"
         runlog.header(self.lab.root, module_path, (self.run_dir / CONFIG_FILE).read_text(encoding="utf-8"),
