@@ -1,0 +1,73 @@
+"""What training keeps for backward, measured (training/saved_memory.py): the memory layer
+keeps no full sub-key score tensor and its bag ids in the bank's dtype, with the gradients
+of the path that did."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.model import MiniMindLM, ModelConfig, WeightedBagSum, topk_by_groups
+from training.saved_memory import measure
+
+
+def full_score_lookup(memory, query):
+    """main 05bce92's lookup: autograd through topk_by_groups, which keeps the whole
+    (2, N, sqrt(knowledge_num)) fp32 sub-key score tensor (gather's backward keeps its input)."""
+    N, C = query.shape[0], memory.num_candidates
+    halves = query.view(N, 2, -1).transpose(0, 1).float()
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        sub_scores = torch.bmm(halves, memory.keys.float().transpose(1, 2))
+    s, i = topk_by_groups(sub_scores.flatten(0, 1), C)
+    (s1, s2), (i1, i2) = s.view(2, N, C), i.view(2, N, C)
+    pair = s1[:, memory.pair_rows] + s2[:, memory.pair_cols]
+    scores, best = pair.topk(C, dim=-1)
+    entries = i1.gather(1, memory.pair_rows[best]) * memory.side + i2.gather(1, memory.pair_cols[best])
+    return scores, entries
+
+
+def loss_and_grads(model, ids, autocast: bool):
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = model(ids)
+        loss = F.cross_entropy(out.logits.float().flatten(0, 1), ids.flatten()) + out.aux_loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_losses_and_gradients_equal_the_full_score_path(autocast, monkeypatch):
+    # side 128 > 16 * num_candidates: topk_by_groups takes its grouped path (gather), as at MiniMind2 size
+    config = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, max_seq_len=32, knowledge_num=128 ** 2,
+                  knowledge_length=6, knowledge_dim=32, num_candidates=4, similarity_loss_weight=0.1)
+    ids = torch.randint(1, 300, (3, 32), generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    model = MiniMindLM(ModelConfig(**config))
+    loss, grads = loss_and_grads(model, ids, autocast)
+    for _, memory in model.memory_layers():
+        monkeypatch.setattr(memory, "lookup", lambda query, memory=memory: full_score_lookup(memory, query))
+    reference_loss, reference_grads = loss_and_grads(model, ids, autocast)
+    assert torch.equal(loss, reference_loss)
+    assert grads.keys() == reference_grads.keys() and "layers.0.memory.keys" in grads
+    for name, grad in grads.items():  # the same products, summed in another order by bmm
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_bag_ids_are_kept_in_the_banks_dtype():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 40, (50, 12), generator=g, dtype=torch.int16)
+    weight = torch.rand(50, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(40, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t.dtype) or t, lambda t: t):
+        out = WeightedBagSum.apply(ids, weight, table)
+    assert torch.int16 in kept and torch.int32 not in kept and torch.int64 not in kept
+    assert torch.equal(out, F.embedding_bag(ids.long(), table, mode="sum", per_sample_weights=weight))
+    assert torch.autograd.gradcheck(lambda w, t: WeightedBagSum.apply(ids, w, t), (weight, table))
+
+
+def test_the_memory_preset_keeps_at_most_28_kib_per_token_per_layer():
+    # main 05bce92: 36,264 B (35.4 KiB) under bf16 autocast; now 22,952 B (22.4 KiB)
+    measured = measure({"preset": "memory"}, "bf16", seq=512)
+    assert measured["layer_bytes_per_token"] <= 28 * 1024, measured
