@@ -1,6 +1,6 @@
 """What training keeps for backward, measured (training/saved_memory.py): the memory layer
 keeps no full sub-key score tensor and its bag ids in the bank's dtype, with the gradients
-of the path that did."""
+of the path that did; the trainer's forward gives bf16 logits under bf16 autocast."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import helpers_train as h
 from models.model import MiniMindLM, ModelConfig, WeightedBagSum, topk_by_groups
 from training.saved_memory import measure
 
@@ -65,6 +66,23 @@ def test_bag_ids_are_kept_in_the_banks_dtype():
     assert torch.int16 in kept and torch.int32 not in kept and torch.int64 not in kept
     assert torch.equal(out, F.embedding_bag(ids.long(), table, mode="sum", per_sample_weights=weight))
     assert torch.autograd.gradcheck(lambda w, t: WeightedBagSum.apply(ids, w, t), (weight, table))
+
+
+def test_the_trainers_forward_returns_bf16_logits_under_bf16_autocast(tmp_path, bundled_data, monkeypatch):
+    from training.loop import Trainer
+    from training.signals import StopFlag
+
+    monkeypatch.setattr(StopFlag, "install", lambda self: None)  # pytest keeps its own signal handlers
+    lab = h.make_lab(tmp_path / "lab", bundled_data)
+    run_dir = h.write_config(lab, train={"max_steps": 2, "eval_interval": 0}, launch={"mixed_precision": "bf16"})
+    trainer = Trainer(run_dir)
+    trainer.setup()
+    assert trainer.precision == "bf16"
+    ids = torch.randint(3, trainer.unwrapped.config.vocab_size, (2, 16))
+    out = trainer.forward(ids)
+    assert out.logits.dtype == torch.bfloat16  # accelerate's convert_outputs_to_fp32 made them float32
+    assert out.logits.requires_grad
+    trainer.train_step()  # the chunked loss takes them as they are
 
 
 def test_the_memory_preset_keeps_at_most_28_kib_per_token_per_layer():
