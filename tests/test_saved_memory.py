@@ -1,6 +1,7 @@
 """What training keeps for backward, measured (training/saved_memory.py): the memory layer
 keeps no full sub-key score tensor and its bag ids in the bank's dtype, with the gradients
-of the path that did; the trainer's forward gives bf16 logits under bf16 autocast."""
+of the path that did; the trainer's forward gives bf16 logits under bf16 autocast; and the
+memory plan's per-token counts (minimind/memory_plan.py) match the measurement per preset."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import torch
 import torch.nn.functional as F
 
 import helpers_train as h
+from minimind.memory_plan import head_bytes_per_token, layer_bytes_per_token
 from models.model import MiniMindLM, ModelConfig, WeightedBagSum, topk_by_groups
 from training.saved_memory import measure
+
+TOLERANCE = 0.15  # the plan within 15% of the measurement
 
 
 def full_score_lookup(memory, query):
@@ -83,6 +87,24 @@ def test_the_trainers_forward_returns_bf16_logits_under_bf16_autocast(tmp_path, 
     assert out.logits.dtype == torch.bfloat16  # accelerate's convert_outputs_to_fp32 made them float32
     assert out.logits.requires_grad
     trainer.train_step()  # the chunked loss takes them as they are
+
+
+PRESETS = ["memory", "original", "hybrid", "no_feed"]
+
+
+@pytest.mark.parametrize("preset, precision, moe", [(p, "bf16", False) for p in PRESETS]
+                         + [("memory", "no", False), ("original", "bf16", True)])
+def test_the_plan_counts_what_a_training_forward_keeps(preset, precision, moe):
+    """MiniMind2 size (ModelConfig defaults: dim 512, 1,048,576 entries x 32 tokens, 32
+    candidates), seq 512; scaled down only in layers (1 and 2) and batch (1 and 2)."""
+    measured = measure({"preset": preset, "use_moe": moe}, precision, seq=512)
+    m = ModelConfig(preset=preset, max_seq_len=512, use_moe=moe).to_dict()
+    layer, head = layer_bytes_per_token(m, precision), head_bytes_per_token(m, precision)
+    assert layer == pytest.approx(measured["layer_bytes_per_token"], rel=TOLERANCE), measured
+    assert head == pytest.approx(measured["head_bytes_per_token"], rel=TOLERANCE), measured
+    # the lab's recipe of 8 layers, as a whole
+    assert 8 * layer + head == pytest.approx(8 * measured["layer_bytes_per_token"] + measured["head_bytes_per_token"],
+                                             rel=TOLERANCE)
 
 
 def test_the_memory_preset_keeps_at_most_28_kib_per_token_per_layer():

@@ -158,12 +158,8 @@ def plan_memory(cfg: ExperimentConfig, model, device):
     """The micro-batch plan of this run's config for `model` on `device` (minimind.memory_plan)."""
     from minimind.memory_plan import plan_micro_batch
 
-    bank = getattr(model, "memory_bank", None)
-    mc = model.config
-    return plan_micro_batch(cfg.train.batch_size, cfg.train.accumulation_steps, mc.max_seq_len,
-                            memory_budget(cfg, device), n_params=sum(p.numel() for p in model.parameters()),
-                            bank_bytes=0 if bank is None else bank.numel() * bank.element_size(), dim=mc.dim,
-                            n_layers=mc.n_layers, vocab_size=mc.vocab_size, precision=run_precision(cfg))
+    return plan_micro_batch(cfg.train.batch_size, cfg.train.accumulation_steps, memory_budget(cfg, device),
+                            model.config.to_dict(), sum(p.numel() for p in model.parameters()), run_precision(cfg))
 
 
 def planned_config(cfg: ExperimentConfig, plan) -> ExperimentConfig:
