@@ -26,6 +26,11 @@ MEMORY_HEADROOM = 0.9
 # holds between updates (tests/test_memory_plan.py checks the two agree).
 EMA_MAX_PENDING = 32768
 
+# training.measures.CE_CHUNK_ELEMENTS: fp32 logits per chunk of the loss, whose forward holds
+# about four such fp32 tensors at once (the chunk, its exp, that times the weights, a cast):
+# a fixed workspace, the 0.28 GiB a card measured beside the plan (docs/PERFORMANCE.md).
+LOSS_CHUNK_ELEMENTS = 1 << 24
+
 PRESET_SPECS = {  # models/model.py PRESETS: (feed_forward, memory)
     "original": (True, False), "memory": (False, True), "hybrid": (True, True), "no_feed": (False, False),
     "model_original": (True, False), "model_memory": (False, True), "model": (True, True), "model_no_feed": (False, False),
@@ -120,7 +125,8 @@ def train_memory(m: dict, n_params: int, batch_tokens: int, precision: str = "no
     forward and never holds a whole batch's fp32 logits). `transient` is the largest tensor
     beside them at the peak: the logits themselves (or, in backward, their gradient times
     the loss's), or the (2, N, sqrt(knowledge_num)) fp32 gradient a memory layer's sub-key
-    scoring builds in its backward, whichever is larger."""
+    scoring builds in its backward, whichever is larger; on an H200 the step's peak came in
+    the loss's forward, at this plan plus the loss's fixed fp32 workspace, within 1%."""
     w, cast = activation_bytes(precision), precision in ("bf16", "fp16")
     per_token = m["n_layers"] * layer_bytes_per_token(m, precision) + head_bytes_per_token(m, precision)
     sub_key_grad = 8 * math.isqrt(m["knowledge_num"]) if PRESET_SPECS[m["preset"]][1] else 0
@@ -131,6 +137,7 @@ def train_memory(m: dict, n_params: int, batch_tokens: int, precision: str = "no
         "memory_state": memory_state_bytes(m),
         "activations": per_token * batch_tokens,
         "transient": max(w * m["vocab_size"], sub_key_grad) * batch_tokens,
+        "loss_workspace": 4 * 4 * min(LOSS_CHUNK_ELEMENTS, batch_tokens * m["vocab_size"]),
     }
     parts["total"] = sum(parts.values())
     return parts
