@@ -28,6 +28,7 @@ Budget: under 8 minutes on one GPU with the defaults.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -397,7 +398,10 @@ def main(argv=None) -> int:
                     "model": "tiny (smoke)" if args.cpu_smoke else f"MiniMind2 size (ModelConfig defaults), seq {args.seq}"}
     result["train"] = {preset: throughput(preset, args, device, autocast, peak) for preset in ("memory", "original")}
     search = largest_batch if device.type == "cuda" else planned_largest_batch
-    result["largest_batch"] = search("memory", args, device)
+    # the trainer's accelerator imports DeepSpeed, whose logger writes to stdout: the one
+    # JSON line must stay alone there
+    with contextlib.redirect_stdout(sys.stderr):
+        result["largest_batch"] = search("memory", args, device)
     result["decode"] = decode(args, device, autocast)
     result["eval"] = evaluation(args, device, autocast)
     result["backends"] = backends(args)
