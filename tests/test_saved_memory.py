@@ -89,6 +89,32 @@ def test_the_trainers_forward_returns_bf16_logits_under_bf16_autocast(tmp_path, 
     trainer.train_step()  # the chunked loss takes them as they are
 
 
+def test_bf16_logits_give_the_loss_and_gradients_of_their_fp32_copy():
+    """What dropping accelerate's convert_outputs_to_fp32 changes: the chunked loss works
+    in fp32 on either, so the loss is the same, and the logits' gradient is rounded to bf16
+    once either way (in the loss, or on its way back from the fp32 copy): the same bits
+    when the accumulation scale is a power of two."""
+    from training.measures import masked_ce
+
+    torch.manual_seed(0)
+    model = MiniMindLM(ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=300, max_seq_len=32,
+                                   knowledge_num=1024, knowledge_length=6, knowledge_dim=32, num_candidates=4))
+    ids = torch.randint(1, 300, (3, 33), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 32)
+    results = []
+    for as_fp32 in (True, False):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(ids[:, :-1]).logits
+            loss = masked_ce(logits.float() if as_fp32 else logits, ids[:, 1:], mask)
+        (loss / 8).backward()  # accelerate divides by the accumulation steps
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (fp32_loss, fp32_grads), (loss, grads) = results
+    assert torch.equal(loss, fp32_loss)
+    for name, grad in grads.items():
+        assert torch.equal(grad, fp32_grads[name]), name
+
+
 PRESETS = ["memory", "original", "hybrid", "no_feed"]
 
 
