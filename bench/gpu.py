@@ -10,7 +10,9 @@ under the run's default precision on CUDA (bf16 autocast, TF32 for what stays fp
   memory and original presets, AdamW and the trainer's chunked loss, one micro-batch;
 - memory: peak allocated GPU memory of that step, the memory plan's estimate of it
   (minimind.memory_plan), and the largest micro-batch whose step stays within --budget-gb
-  (24 GB, an RTX 4090), found by doubling then bisection on max_memory_allocated;
+  (24 GB, an RTX 4090), found by doubling then bisection on max_memory_allocated, each
+  step taken through the trainer's own path (make_accelerator, prepare_for_training:
+  accelerate's autocast with bf16 logits, the chunked loss), beside the plan's answer;
 - decode: greedy tokens/s with the KV cache, batch 1;
 - eval: wall time of a small evaluation (teacher-forced validation loss and token-by-token
   inference loss, training.measures) on the GPU and on the CPU;
@@ -26,6 +28,7 @@ Budget: under 8 minutes on one GPU with the defaults.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -124,10 +127,7 @@ def throughput(preset: str, args, device, autocast, peak) -> dict:
     seconds = time.perf_counter() - started
     n_params = sum(p.numel() for p in model.parameters())
     tok_s = args.batch * seq * args.steps / seconds
-    bank = getattr(model, "memory_bank", None)
-    estimate = train_memory(n_params, 0 if bank is None else bank.numel() * bank.element_size(), model.config.dim,
-                            model.config.n_layers, model.config.vocab_size, args.batch * seq,
-                            "bf16" if args.precision == "bf16" else "no")["total"]
+    estimate = train_memory(model.config.to_dict(), n_params, args.batch * seq, args.precision)["total"]
     out = {"params": n_params, "micro_batch": args.batch, "seq": seq, "steps": args.steps, "tokens_per_s": tok_s,
            "mfu": 6 * n_params * tok_s / (peak * 1e12) if peak else None, "final_loss": loss,
            "estimated_bytes": estimate}
@@ -150,14 +150,56 @@ def search_largest(fits, upper: int) -> int:
     return low
 
 
-def largest_batch(preset: str, args, device, autocast) -> dict:
-    """The largest micro-batch whose training step stays within the budget (max_memory_allocated)."""
+def trainer_path(preset: str, args, kind: str = "plain"):
+    """(accelerator, model, optimizer, seq) built as training.loop builds them: the run's own
+    accelerator (training.runtime.make_accelerator, DeepSpeed for kind "zero2") and
+    prepare_for_training, which keeps accelerate's autocast and the logits' bf16."""
+    import torch
+
+    from minimind.config import from_dict
+    from training.runtime import make_accelerator, prepare_for_training
+
+    cfg = from_dict({"version": "0.0.0", "model_module": "model", "model": model_config(preset, args.cpu_smoke, args.seq),
+                     "train": {"batch_size": args.batch, "accumulation_steps": 1, "grad_clip": 1.0},
+                     "launch": {"deepspeed": "zero2" if kind == "zero2" else None, "cpu": args.cpu_smoke,
+                                "mixed_precision": args.precision}})
+    model = build(preset, args.cpu_smoke, args.seq, torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "runs" / "0.0.0"
+        run_dir.mkdir(parents=True)
+        acc = make_accelerator(cfg, run_dir, sum(p.numel() for p in model.parameters()))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model, optimizer = prepare_for_training(acc, model, optimizer)
+    return acc, model, optimizer, cfg.model.get("max_seq_len", args.seq)
+
+
+def trainer_step(acc, model, optimizer, data, deepspeed: bool = False):
+    """One optimizer step as training.loop.Trainer.train_step takes it: the chunked loss,
+    accelerate's backward, clipping (DeepSpeed clips in its step), the step; the logits are
+    dropped before backward, as there."""
+    from training.measures import masked_ce
+
+    inputs, targets, mask = data
+    with acc.accumulate(model):
+        out = model(inputs)
+        loss = masked_ce(out.logits, targets, mask) + out.aux_loss
+        del out
+        acc.backward(loss)
+        if acc.sync_gradients and not deepspeed:
+            acc.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def largest_batch(preset: str, args, device) -> dict:
+    """The largest micro-batch whose training step, through the trainer's own path
+    (trainer_path, trainer_step), stays within the budget (max_memory_allocated)."""
     import torch
 
     budget = int(args.budget_gb * 2 ** 30)
-    model = build(preset, args.cpu_smoke, args.seq, device)
-    seq = model.config.max_seq_len
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    acc, model, optimizer, seq = trainer_path(preset, args)
+    unwrapped = acc.unwrap_model(model)
     probes: dict[int, int | None] = {}
 
     def peak_of(size: int) -> int | None:
@@ -166,7 +208,7 @@ def largest_batch(preset: str, args, device, autocast) -> dict:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         try:
-            train_step(model, optimizer, batch(model, size, seq, device), autocast)
+            trainer_step(acc, model, optimizer, batch(unwrapped, size, seq, acc.device))
             sync(device)
             probes[size] = int(torch.cuda.max_memory_allocated(device))
         except torch.cuda.OutOfMemoryError:
@@ -179,8 +221,34 @@ def largest_batch(preset: str, args, device, autocast) -> dict:
         return peak is not None and peak <= budget
 
     low = search_largest(fits, args.max_batch)
-    return {"budget_bytes": budget, "largest_micro_batch": low, "capped_at": args.max_batch if low == args.max_batch else None,
-            "peak_bytes_at_largest": probes.get(low), "probes": {str(k): v for k, v in sorted(probes.items())}}
+    out = {"budget_bytes": budget, "largest_micro_batch": low,
+           "capped_at": args.max_batch if low == args.max_batch else None,
+           "peak_bytes_at_largest": probes.get(low), "probes": {str(k): v for k, v in sorted(probes.items())},
+           "planned_largest_micro_batch": planned_largest(unwrapped, seq, args, budget),
+           "path": "trainer (make_accelerator, prepare_for_training, masked_ce)"}
+    del acc, model, optimizer
+    return out
+
+
+def planned_largest(model, seq: int, args, budget: int) -> int:
+    """The largest micro-batch whose step the memory plan (minimind.memory_plan) puts within `budget`."""
+    from minimind.memory_plan import train_memory
+
+    m, n_params = model.config.to_dict(), sum(p.numel() for p in model.parameters())
+    return search_largest(lambda b: train_memory(m, n_params, b * seq, args.precision)["total"] <= budget,
+                          args.max_batch)
+
+
+def planned_largest_batch(preset: str, args, device) -> dict:
+    """The CPU smoke's stand-in: one step through the trainer's path (the code path proven),
+    then the search over the memory plan's estimate (the CPU has no max_memory_allocated)."""
+    acc, model, optimizer, seq = trainer_path(preset, args)
+    unwrapped = acc.unwrap_model(model)
+    loss = float(trainer_step(acc, model, optimizer, batch(unwrapped, 1, seq, acc.device)))
+    budget = int(args.budget_gb * 2 ** 30)
+    return {"budget_bytes": budget, "largest_micro_batch": planned_largest(unwrapped, seq, args, budget),
+            "measured": False, "trainer_step_loss": loss,
+            "note": "CPU: the search over the memory plan's estimate (no max_memory_allocated)"}
 
 
 def decode(args, device, autocast) -> dict:
@@ -233,37 +301,15 @@ def backend_worker(kind: str, args) -> dict:
     """One process: tokens/s through the trainer's own accelerator (training.runtime.make_accelerator)."""
     import torch
 
-    from minimind.config import from_dict
-    from training.measures import masked_ce
-    from training.runtime import make_accelerator
-
-    cfg = from_dict({"version": "0.0.0", "model_module": "model", "model": model_config("memory", args.cpu_smoke, args.seq),
-                     "train": {"batch_size": args.batch, "accumulation_steps": 1, "grad_clip": 1.0},
-                     "launch": {"deepspeed": "zero2" if kind == "zero2" else None, "cpu": args.cpu_smoke,
-                                "mixed_precision": args.precision}})
     device = torch.device("cpu") if args.cpu_smoke else torch.device("cuda", 0)
-    model = build("memory", args.cpu_smoke, args.seq, torch.device("cpu"))
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp) / "runs" / "0.0.0"
-        run_dir.mkdir(parents=True)
-        acc = make_accelerator(cfg, run_dir, sum(p.numel() for p in model.parameters()))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model, optimizer = acc.prepare(model, optimizer)
-    seq = cfg.model.get("max_seq_len", args.seq)
-    inputs, targets, mask = batch(acc.unwrap_model(model), args.batch, seq, acc.device)
-
-    def step():
-        with acc.accumulate(model):
-            out = model(inputs)
-            acc.backward(masked_ce(out.logits, targets, mask))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-    step()
+    acc, model, optimizer, seq = trainer_path("memory", args, kind)
+    data = batch(acc.unwrap_model(model), args.batch, seq, acc.device)
+    deepspeed = acc.distributed_type.name == "DEEPSPEED"
+    trainer_step(acc, model, optimizer, data, deepspeed)
     sync(device)
     started = time.perf_counter()
     for _ in range(args.steps):
-        step()
+        trainer_step(acc, model, optimizer, data, deepspeed)
     sync(device)
     seconds = time.perf_counter() - started
     return {"backend": kind, "distributed_type": acc.distributed_type.name, "mixed_precision": acc.mixed_precision,
@@ -351,20 +397,11 @@ def main(argv=None) -> int:
                     "precision": args.precision, "peak_tflops": peak, "peak_source": peak_source,
                     "model": "tiny (smoke)" if args.cpu_smoke else f"MiniMind2 size (ModelConfig defaults), seq {args.seq}"}
     result["train"] = {preset: throughput(preset, args, device, autocast, peak) for preset in ("memory", "original")}
-    if device.type == "cuda":
-        result["largest_batch"] = largest_batch("memory", args, device, autocast)
-    else:
-        # the search itself, on the memory plan's estimate instead of a measured peak
-        from minimind.memory_plan import train_memory
-
-        model = build("memory", True, args.seq, device)
-        fixed = dict(n_params=sum(p.numel() for p in model.parameters()), bank_bytes=0, dim=model.config.dim,
-                     n_layers=model.config.n_layers, vocab_size=model.config.vocab_size)
-        budget = int(args.budget_gb * 2 ** 30)
-        low = search_largest(lambda b: train_memory(batch_tokens=b * model.config.max_seq_len, **fixed)["total"]
-                             <= budget, args.max_batch)
-        result["largest_batch"] = {"budget_bytes": budget, "largest_micro_batch": low, "measured": False,
-                                   "note": "CPU: the search over the memory plan's estimate (no max_memory_allocated)"}
+    search = largest_batch if device.type == "cuda" else planned_largest_batch
+    # the trainer's accelerator imports DeepSpeed, whose logger writes to stdout: the one
+    # JSON line must stay alone there
+    with contextlib.redirect_stdout(sys.stderr):
+        result["largest_batch"] = search("memory", args, device)
     result["decode"] = decode(args, device, autocast)
     result["eval"] = evaluation(args, device, autocast)
     result["backends"] = backends(args)

@@ -29,21 +29,10 @@ from minimind.errors import GateRefused
 from minimind.rundir import CONFIG_FILE, METRICS_FILE, PLAN_FILE, read_json, read_metrics
 
 # The memory formula and its constants have one owner, shared with the trainer's plan.
-from minimind.memory_plan import MEMORY_HEADROOM, plan_micro_batch, train_memory
+from minimind.memory_plan import MEMORY_HEADROOM, PRESET_SPECS, bank_bytes, plan_micro_batch, train_memory
+from minimind.memory_plan import ffn_hidden as _ffn_hidden
 # A calibration run counts as the same size class when its FLOPs per token are within this factor.
 SIZE_CLASS_FACTOR = 4.0
-
-PRESET_SPECS = {  # models/model.py PRESETS: (feed_forward, memory)
-    "original": (True, False), "memory": (False, True), "hybrid": (True, True), "no_feed": (False, False),
-    "model_original": (True, False), "model_memory": (False, True), "model": (True, True), "model_no_feed": (False, False),
-}
-
-
-def _ffn_hidden(m: dict) -> int:
-    if m.get("hidden_dim") is not None:
-        return int(m["hidden_dim"])
-    hidden, multiple = int(2 * 4 * m["dim"] / 3), m.get("multiple_of", 64)
-    return multiple * ((hidden + multiple - 1) // multiple)
 
 
 def count_params(m: dict) -> dict[str, int]:
@@ -67,14 +56,6 @@ def count_params(m: dict) -> dict[str, int]:
         mem = dim + 4 * dim * kd + kd * kd + side * kd
     dense = m["vocab_size"] * dim + layers * (attention + ffn) + dim  # embeddings (tied), blocks, final norm
     return {"dense": dense, "memory": layers * mem, "total": dense + layers * mem}
-
-
-def bank_bytes(m: dict) -> int:
-    """The bank (token ids, int16 when the vocabulary fits) and its freeze mask; 0 without memory."""
-    if not PRESET_SPECS[m["preset"]][1]:
-        return 0
-    width = 2 if m["vocab_size"] <= 32767 else 4
-    return m["knowledge_num"] * (m["knowledge_length"] * width + 1)
 
 
 def flops_per_token(m: dict, seq: Optional[int] = None) -> int:
@@ -272,15 +253,12 @@ def estimate(lab, cfg: dict, exclude: Optional[str] = None) -> dict[str, Any]:
     train_flops = 3 * fpt * tokens if tokens is not None else None
     device = device_of(cfg)
     batch_tokens = cfg["train"]["batch_size"] * m["max_seq_len"]
-    needed = train_memory(params["total"], bank_bytes(m), m["dim"], m["n_layers"], m["vocab_size"], batch_tokens,
-                          _precision(cfg, device))["total"]
+    needed = train_memory(m, params["total"], batch_tokens, _precision(cfg, device))["total"]
     budget = memory_budget(cfg, device)
     plan = None
     if budget is not None:  # the trainer's own plan: a micro-batch too big for the GPU is split
-        plan = plan_micro_batch(cfg["train"]["batch_size"], cfg["train"]["accumulation_steps"], m["max_seq_len"],
-                                budget, n_params=params["total"], bank_bytes=bank_bytes(m), dim=m["dim"],
-                                n_layers=m["n_layers"], vocab_size=m["vocab_size"],
-                                precision=_precision(cfg, device)).as_dict()
+        plan = plan_micro_batch(cfg["train"]["batch_size"], cfg["train"]["accumulation_steps"], budget, m,
+                                params["total"], _precision(cfg, device)).as_dict()
     calib = _calibration(lab, device, fpt, exclude)
     wall = tokens / calib["scaled_tokens_per_s"] if calib and tokens else None
     return {"params": params, "bank_bytes": bank_bytes(m), "flops_per_token": fpt, "train_tokens": tokens,

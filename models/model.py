@@ -234,11 +234,16 @@ class MemoryLayer(nn.Module):
         would decide which entries a token reads.
         """
         N, C = query.shape[0], self.num_candidates
-        halves = query.view(N, 2, -1).transpose(0, 1).float()  # (2, N, kd/2)
-        with torch.autocast(device_type=query.device.type, enabled=False):
-            sub_scores = torch.bmm(halves, self.keys.float().transpose(1, 2))  # (2, N, sqrt(N)): each half vs its sub-keys
-        s, i = topk_by_groups(sub_scores.flatten(0, 1), C)  # (2N, C), sorted: best sub-keys per half
-        (s1, s2), (i1, i2) = s.view(2, N, C), i.view(2, N, C)
+        halves = query.view(N, 2, -1).transpose(0, 1)  # (2, N, kd/2)
+        keys = self.keys.float()
+        # Selected without a graph: autograd through topk_by_groups would keep the whole
+        # (2, N, sqrt(N)) fp32 score tensor for backward; SubKeyScores gives the chosen
+        # scores their gradient from the query and the sub-keys alone.
+        with torch.no_grad(), torch.autocast(device_type=query.device.type, enabled=False):
+            sub_scores = torch.bmm(halves.float(), keys.transpose(1, 2))  # (2, N, sqrt(N)): each half vs its sub-keys
+            s, i = topk_by_groups(sub_scores.flatten(0, 1), C)  # (2N, C), sorted: best sub-keys per half
+        (i1, i2) = i.view(2, N, C)
+        s1, s2 = SubKeyScores.apply(s.view(2, N, C), halves, keys, i.view(2, N, C))
         pair = s1[:, self.pair_rows] + s2[:, self.pair_cols]  # (N, P): the pairings that can win
         scores, best = pair.topk(C, dim=-1)  # (N, C), best first
         entries = i1.gather(1, self.pair_rows[best]) * self.side + i2.gather(1, self.pair_cols[best])
@@ -272,7 +277,7 @@ class MemoryLayer(nn.Module):
         per_token = (weights / lengths)[..., None].expand(tokens.shape).reshape(N, -1)  # (N, C*L)
         # One bag of C*L tokens per query. Padding is handled by the zero row, not padding_idx,
         # which would leave embedding_bag's fast (fbgemm) kernel: 5x slower on CPU.
-        return WeightedBagSum.apply(tokens.view(N, -1).int(), per_token.to(table.dtype), table)
+        return WeightedBagSum.apply(tokens.view(N, -1), per_token.to(table.dtype), table)
 
     def forward(self, h_attn, bank, embedding_weight):
         B, T, dim = h_attn.shape
@@ -916,11 +921,40 @@ def bag_chunk_elements(device: torch.device) -> int:
     return 2**26 if device.type == "cuda" else 2**24
 
 
+class SubKeyScores(torch.autograd.Function):
+    """The chosen sub-key scores with their gradient: (2, N, C) `scores` (computed without a
+    graph), (2, N, kd/2) query halves, (2, sqrt(N), kd/2) sub-keys, (2, N, C) chosen indices.
+
+    Reference: `torch.bmm(halves.float(), keys.transpose(1, 2)).gather(2, indices)`, whose
+    values `scores` are and whose gradients for halves and keys these are. Autograd through
+    the reference keeps the whole fp32 score tensor for backward (gather keeps its input):
+    8 KiB per token per layer at MiniMind2 size. Here backward scatters the (2, N, C)
+    gradient into that shape for the two products, which exist only while it runs; what is
+    kept is the halves in the query's own dtype and the indices as int32.
+    """
+
+    @staticmethod
+    def forward(ctx, scores, halves, keys, indices):
+        ctx.save_for_backward(halves, keys, indices.int())
+        return scores.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        halves, keys, indices = ctx.saved_tensors
+        dense = torch.zeros(*grad.shape[:2], keys.shape[1], dtype=torch.float32, device=grad.device)
+        dense.scatter_(2, indices.long(), grad.float())  # (2, N, sqrt(N)), zero where not chosen
+        grad_halves = torch.bmm(dense, keys.float()).to(halves.dtype) if ctx.needs_input_grad[1] else None
+        grad_keys = torch.bmm(dense.transpose(1, 2), halves.float()).to(keys.dtype) if ctx.needs_input_grad[2] else None
+        return None, grad_halves, grad_keys, None
+
+
 class WeightedBagSum(torch.autograd.Function):
     """out[n] = sum_k weight[n, k] * table[ids[n, k]]: (N, K) ids and weights, (V, d) table -> (N, d).
 
     Reference: `F.embedding_bag(ids, table, mode="sum", per_sample_weights=weight)`, whose
-    forward this is, with the same gradients for weight and table (ids get none).
+    forward this is, with the same gradients for weight and table (ids get none). The ids
+    may be any integer dtype (the bank's own, int16 for MiniMind2's vocabulary): they are
+    kept for backward in that dtype and widened only where a kernel needs it.
 
     The forward is embedding_bag's fused kernel. Its own backward sorts all N*K ids, which
     on CPU costs 10x the forward; here the backward builds the (rows, V) matrix of summed
@@ -933,7 +967,8 @@ class WeightedBagSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ids, weight, table):
         ctx.save_for_backward(ids, weight, table)
-        return F.embedding_bag(ids, table, per_sample_weights=weight, mode="sum")
+        wide = ids if ids.dtype in (torch.int32, torch.int64) else ids.int()  # embedding_bag's index dtypes
+        return F.embedding_bag(wide, table, per_sample_weights=weight, mode="sum")
 
     @staticmethod
     def backward(ctx, grad):

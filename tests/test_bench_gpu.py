@@ -46,6 +46,7 @@ def test_cpu_smoke_runs_every_measurement():
         train = out["train"][preset]
         assert train["tokens_per_s"] > 0 and train["params"] > 0 and train["estimated_bytes"] > 0
     assert out["largest_batch"]["largest_micro_batch"] >= 1
+    assert out["largest_batch"]["trainer_step_loss"] > 0  # one step through the trainer's own path
     assert out["decode"]["new_tokens"] > 0 and out["decode"]["tokens_per_s"] > 0
     assert out["eval"]["device_s"] > 0 and out["eval"]["cpu_s"] > 0
     assert out["eval"]["device_val_loss"] == pytest.approx(out["eval"]["cpu_val_loss"], rel=1e-5)

@@ -39,7 +39,7 @@ from training.data import Stream, collate, input_tokens, split_digest, total_ste
 from training.measures import masked_ce, periodic_eval
 from training.metrics import MetricsWriter, truncate_after
 from training.runtime import (enable_tf32, load_bank_into, load_data, make_accelerator, plan_memory, planned_config,
-                              run_device)
+                              prepare_for_training, run_device)
 from training.schedule import make_optimizer, make_scheduler
 from training.signals import Heartbeat, StopFlag
 from training.swan import SwanMirror
@@ -148,7 +148,7 @@ class Trainer:
             self._restore(restored)
         if self.acc.num_processes > 1:
             ignore_integer_buffers(self.model)
-        self.model, self.optimizer = self.acc.prepare(self.model, self.optimizer)
+        self.model, self.optimizer = prepare_for_training(self.acc, self.model, self.optimizer)
         self.unwrapped = self.acc.unwrap_model(self.model)
         self.forward, self.pad_multiple = self.model, 0
         if cfg.launch.compile:
@@ -266,6 +266,7 @@ class Trainer:
                 out = self.forward(inputs)
                 ce = masked_ce(out.logits, targets, mask)
                 aux = _aux(out)
+                del out  # the loss keeps what backward needs; the logits need not outlive it
                 self.acc.backward(ce + aux)  # accelerate divides by the accumulation (DeepSpeed by itself)
                 if self.acc.sync_gradients:
                     if t.grad_clip > 0 and not self.deepspeed:  # DeepSpeed clips in its step (gradient_clipping)

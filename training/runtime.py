@@ -63,6 +63,26 @@ def make_accelerator(cfg: ExperimentConfig, run_dir: Path, n_params: int):
     return Accelerator(**kwargs)
 
 
+def prepare_for_training(acc, model, optimizer):
+    """`acc.prepare(model, optimizer)`, the model's outputs left in the dtype autocast gives them.
+
+    Under native AMP accelerate wraps the forward in `convert_outputs_to_fp32`, so a bf16
+    run's logits came back as an fp32 copy, and the chunked loss then kept an fp32 gradient
+    of them (training.measures.masked_ce is built for bf16 logits and does its fp32 work a
+    chunk at a time): at 128 x 512 x 6400 about 5 GB instead of the 1.6 GiB the memory
+    plan counts. The forward keeps accelerate's autocast and drops only that conversion.
+    DeepSpeed and fp32 runs have no native AMP wrapper: nothing to drop."""
+    model, optimizer = acc.prepare(model, optimizer)
+    inner = acc.unwrap_model(model)
+    original = inner.__dict__.get("_original_forward")
+    if acc.native_amp and original is not None:
+        from accelerate.utils import get_mixed_precision_context_manager
+
+        # functools.wraps keeps `__wrapped__ = original`: accelerate's unwrapping still finds it
+        inner.forward = get_mixed_precision_context_manager(acc.native_amp, acc.autocast_handler)(original)
+    return model, optimizer
+
+
 # --- device and precision (the trainer and the evaluator resolve them alike) ------------
 
 PRECISIONS = ("no", "fp16", "bf16")
@@ -138,12 +158,8 @@ def plan_memory(cfg: ExperimentConfig, model, device):
     """The micro-batch plan of this run's config for `model` on `device` (minimind.memory_plan)."""
     from minimind.memory_plan import plan_micro_batch
 
-    bank = getattr(model, "memory_bank", None)
-    mc = model.config
-    return plan_micro_batch(cfg.train.batch_size, cfg.train.accumulation_steps, mc.max_seq_len,
-                            memory_budget(cfg, device), n_params=sum(p.numel() for p in model.parameters()),
-                            bank_bytes=0 if bank is None else bank.numel() * bank.element_size(), dim=mc.dim,
-                            n_layers=mc.n_layers, vocab_size=mc.vocab_size, precision=run_precision(cfg))
+    return plan_micro_batch(cfg.train.batch_size, cfg.train.accumulation_steps, memory_budget(cfg, device),
+                            model.config.to_dict(), sum(p.numel() for p in model.parameters()), run_precision(cfg))
 
 
 def planned_config(cfg: ExperimentConfig, plan) -> ExperimentConfig:
