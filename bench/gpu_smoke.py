@@ -66,22 +66,10 @@ def tail(text: str, n: int = 6) -> list[str]:
 # --- 1. peak memory through the trainer's path --------------------------------------------
 
 def plan_bytes(model, batch_tokens: int, precision: str) -> dict:
-    """The memory plan's figure for this step, whatever arguments this version's plan takes."""
-    import inspect
+    """The memory plan's figure for this step (minimind.memory_plan, the one the trainer uses)."""
+    from minimind.memory_plan import train_memory
 
-    from minimind import memory_plan
-
-    bank = getattr(model, "memory_bank", None)
-    kwargs = dict(n_params=sum(p.numel() for p in model.parameters()),
-                  bank_bytes=0 if bank is None else bank.numel() * bank.element_size(), dim=model.config.dim,
-                  n_layers=model.config.n_layers, vocab_size=model.config.vocab_size, batch_tokens=batch_tokens,
-                  precision=precision)
-    accepted = inspect.signature(memory_plan.train_memory).parameters
-    for name, value in (("preset", model.config.preset), ("config", model.config),
-                        ("knowledge_num", model.config.knowledge_num)):
-        if name in accepted:
-            kwargs[name] = value
-    return memory_plan.train_memory(**{k: v for k, v in kwargs.items() if k in accepted})
+    return train_memory(model.config.to_dict(), sum(p.numel() for p in model.parameters()), batch_tokens, precision)
 
 
 def peak_worker(kind: str, micro_batch: int, seq: int, cpu: bool) -> dict:
@@ -91,7 +79,7 @@ def peak_worker(kind: str, micro_batch: int, seq: int, cpu: bool) -> dict:
     from minimind.config import from_dict
     from models.model import MiniMindLM, ModelConfig
     from training.measures import masked_ce
-    from training.runtime import enable_tf32, make_accelerator
+    from training.runtime import enable_tf32, make_accelerator, prepare_for_training
 
     model_cfg = {"preset": "memory", **(TINY_MODEL if cpu else {"max_seq_len": seq})}
     precision = "no" if cpu else "bf16"
@@ -109,7 +97,7 @@ def peak_worker(kind: str, micro_batch: int, seq: int, cpu: bool) -> dict:
     enable_tf32(acc.device)
     plan = plan_bytes(model, micro_batch * seq, precision)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model, optimizer = acc.prepare(model, optimizer)
+    model, optimizer = prepare_for_training(acc, model, optimizer)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 6400 if not cpu else 512, (micro_batch, seq + 1), generator=g)
     inputs, targets = ids[:, :-1].to(acc.device), ids[:, 1:].to(acc.device)
@@ -122,6 +110,7 @@ def peak_worker(kind: str, micro_batch: int, seq: int, cpu: bool) -> dict:
             out = model(inputs)
             dtypes.append(str(out.logits.dtype).replace("torch.", ""))
             loss = masked_ce(out.logits, targets, mask)
+            del out  # as the trainer does: the logits need not live through backward
             acc.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

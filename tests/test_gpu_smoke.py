@@ -33,7 +33,7 @@ def test_run_without_wheels_says_to_prepare(tmp_path):
 def test_peak_worker_trains_through_the_trainer_path_and_reports_the_plan():
     out = gpu_smoke.peak_worker("plain", 2, 64, cpu=True)
     assert "failed" not in out, out
-    assert out["distributed_type"] == "NO" and out["logits_dtype"] == "float32"
+    assert out["distributed_type"] == "NO" and out["logits_dtype"] == "float32"  # fp32 run: no autocast
     assert out["plan_bytes"]["total"] > 0 and out["tokens_per_s"] > 0
     assert out["loss"] == out["loss"]  # finite, not NaN
 
