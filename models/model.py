@@ -226,6 +226,7 @@ class MemoryLayer(nn.Module):
         self.ema_counts = torch.zeros(self.capacity + 1, dtype=torch.long)
         self.capture = None  # a list while inspect_memory() records selections
         self._table, self._table_key = None, None
+        self.weight_updates = 0  # the model's count of weight updates (MiniMindLM.weights_updated): the cache key
 
     def lookup(self, query):
         """(scores, entries) of the best num_candidates entries per query (N, kd), best first.
@@ -247,12 +248,16 @@ class MemoryLayer(nn.Module):
     def value_table(self, embedding_weight):
         """The token embedding table projected to knowledge_dim, padding row zeroed: (V, kd).
 
-        Recomputed whenever gradients are on; during inference it is cached until either
-        weight changes (their version counters move on every in-place update).
+        Recomputed whenever gradients are on; during inference it is cached until the model
+        counts a weight update (`MiniMindLM.weights_updated`: every optimizer step, every state
+        load). The tensors' version counters alone do not tell: ZeRO-2 writes its updated
+        weights through `.data` copies, which move neither the version nor the address. They
+        stay in the key for in-place edits by hand between two steps.
         """
         if torch.is_grad_enabled():
             return self._project(embedding_weight)
-        key = tuple((w.data_ptr(), w._version, w.dtype) for w in (embedding_weight, self.value.weight))
+        key = (self.weight_updates,
+               *((w.data_ptr(), w._version, w.dtype) for w in (embedding_weight, self.value.weight)))
         if key != self._table_key:
             self._table, self._table_key = self._project(embedding_weight), key
         return self._table
@@ -486,6 +491,8 @@ class MiniMindLM(nn.Module):
                                                               dtype=bank_dtype(config.vocab_size)))
             self.register_buffer("memory_frozen", self._random_freeze(g))
         self.last_ema_updated = 0
+        self.weight_updates = 0  # optimizer steps and state loads seen: what cached projections are keyed on
+        self.register_load_state_dict_post_hook(MiniMindLM._state_loaded)
 
     @staticmethod
     def _init_weights(module):
@@ -596,13 +603,26 @@ class MiniMindLM(nn.Module):
         for _, layer in self.memory_layers():
             layer.pending = []
 
+    @staticmethod
+    def _state_loaded(module, incompatible_keys) -> None:
+        module.weights_updated()
+
+    def weights_updated(self) -> None:
+        """Count a weight update the tensors may not show (an optimizer step, a state load):
+        the memory layers' cached value tables are then projected again."""
+        self.weight_updates += 1
+        for _, layer in self.memory_layers():
+            layer.weight_updates = self.weight_updates
+
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> dict:
         """Every ema_update_freq steps: EMA-update the unfrozen entries selected since the last update.
 
+        Every step, first counts the optimizer's weight update (weights_updated).
         Returns {"updated": entries updated, "changed": entries whose text changed, a 0-dim
         tensor}. Two numbers are read from the device (how many entries each layer holds,
         how many may change): the rest stays there, so a GPU never waits on the update."""
+        self.weights_updated()
         if not self.config.has_memory or step % self.config.ema_update_freq:
             return {}
         layers = [layer for _, layer in self.memory_layers()]
