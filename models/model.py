@@ -21,6 +21,7 @@ Shapes in comments: B batch, T new tokens, S keys (cache + new), H heads, D head
 N tokens in the batch (B*T), C candidates, L knowledge_length, V vocab.
 """
 
+import contextlib
 import dataclasses
 import math
 import typing
@@ -231,12 +232,13 @@ class MemoryLayer(nn.Module):
     def lookup(self, query):
         """(scores, entries) of the best num_candidates entries per query (N, kd), best first.
 
-        Scored in fp32 even under autocast: bf16 sub-key scores tie often, and the ties
-        would decide which entries a token reads.
+        Scored in fp32 even under autocast, and with TF32 off (exact_fp32_matmul): bf16 or
+        TF32 sub-key scores tie often, and the ties would decide which entries a token reads
+        (then training, evaluation and the CPU would read different entries).
         """
         N, C = query.shape[0], self.num_candidates
         halves = query.view(N, 2, -1).transpose(0, 1).float()  # (2, N, kd/2)
-        with torch.autocast(device_type=query.device.type, enabled=False):
+        with torch.autocast(device_type=query.device.type, enabled=False), exact_fp32_matmul():
             sub_scores = torch.bmm(halves, self.keys.float().transpose(1, 2))  # (2, N, sqrt(N)): each half vs its sub-keys
         s, i = topk_by_groups(sub_scores.flatten(0, 1), C)  # (2N, C), sorted: best sub-keys per half
         (s1, s2), (i1, i2) = s.view(2, N, C), i.view(2, N, C)
@@ -927,6 +929,20 @@ def topk_by_groups(scores, k: int, block: int = 4):
     inside = groups.gather(2, top[:, None, :].expand(M, block, k)).flatten(1)  # (M, block*k)
     values, position = inside.topk(k, dim=-1)  # position = member * k + slot
     return values, top.gather(1, position % k) + (position // k) * n_groups
+
+
+@contextlib.contextmanager
+def exact_fp32_matmul():
+    """fp32 matmuls inside run in full fp32, not TF32 (10-bit mantissas on Ampere and
+    later), whatever the caller enabled; the caller's setting is restored after. For the
+    sub-key scores only: about 2 * N * sqrt(knowledge_num) * knowledge_dim flops, which costs
+    nothing measurable next to the rest of the step."""
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
 
 
 def bag_chunk_elements(device: torch.device) -> int:

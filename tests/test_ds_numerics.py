@@ -94,3 +94,50 @@ def test_periodic_evaluation_equals_a_fresh_evaluation_of_the_checkpoint(ds_run,
 
     assert read_checkpoint(run_dir / "checkpoints" / "last.pth")["step"] == 20
     assert evals[20] == pytest.approx(fresh["val_loss"], abs=1e-5), (evals, fresh["val_loss"])
+
+
+# --- exact selection: TF32 off for the sub-key scores, on elsewhere ------------------------
+
+
+def test_sub_key_scoring_turns_tf32_off_and_restores_it(monkeypatch):
+    """On any device: inside lookup's scoring matmul TF32 is off, around it the caller's
+    setting holds (the trainer turns TF32 on for everything else)."""
+    import torch
+
+    from models.model import MiniMindLM, ModelConfig
+
+    seen = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a, **k: (seen.append(torch.backends.cuda.matmul.allow_tf32), bmm(*a, **k))[1])
+    model = MiniMindLM(ModelConfig(**TINY)).eval()
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with torch.no_grad():
+            model(torch.randint(1, 300, (2, 12)))
+        assert torch.backends.cuda.matmul.allow_tf32 is True  # restored: the rest of the step keeps TF32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    assert seen == [False] * TINY["n_layers"]  # one scoring matmul per memory layer, each without TF32
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="TF32 exists only on CUDA")
+def test_candidates_with_tf32_enabled_equal_fp32_on_cuda():
+    import torch
+
+    from models.model import MiniMindLM, ModelConfig
+
+    torch.manual_seed(0)
+    model = MiniMindLM(ModelConfig(**{**TINY, "knowledge_num": 1024 ** 2, "knowledge_dim": 128,
+                                      "num_candidates": 32})).cuda().eval()
+    layer = model.memory_layers()[0][1]
+    query = torch.randn(4096, 128, device="cuda")
+    previous = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        _, exact = layer.lookup(query)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        _, with_tf32 = layer.lookup(query)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
+    assert torch.equal(exact, with_tf32)
