@@ -3,7 +3,7 @@
 Order within an optimizer step (it matters for exact resume): micro-batches and backward
 inside accelerate's `accumulate()` (it decides the boundary, so one loop step is one
 optimizer update under DDP and DeepSpeed alike), clip, optimizer and scheduler step,
-`after_optimizer_step` (memory EMA, from every rank's gathered selections), then on log
+`after_optimizer_step` (memory EMA, from every rank's summed selections), then on log
 steps a metrics row and the train guardrails, then a periodic eval, then checkpoints,
 then the stop decision (signal, stop file or guardrail) agreed by all processes.
 
@@ -34,7 +34,7 @@ from minimind.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, EXIT_FINISHED, EXIT_G
 from models import registry
 from training import checkpoint as ckpt
 from training import runlog
-from training.ddp import gather_pending, ignore_integer_buffers, reduce_memory_window, sync_bank_rows
+from training.ddp import ignore_integer_buffers, reduce_memory_window, reduce_pending, sync_bank_rows
 from training.data import Stream, collate, input_tokens, split_digest, total_steps
 from training.measures import masked_ce, periodic_eval
 from training.metrics import MetricsWriter, truncate_after
@@ -278,7 +278,7 @@ class Trainer:
             rows = None
             freq = getattr(getattr(self.unwrapped, "config", None), "ema_update_freq", None)
             if self.acc.num_processes > 1 and freq and self.step % freq == 0:
-                rows = gather_pending(self.unwrapped)  # the EMA moves by the whole batch's selections
+                rows = reduce_pending(self.unwrapped)  # the EMA moves by the whole batch's selections
             hook(self.step)
             sync_bank_rows(self.unwrapped, rows)
         n = t.accumulation_steps
