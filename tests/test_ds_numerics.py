@@ -331,3 +331,21 @@ def test_compile_under_deepspeed_compiles_the_module_inside_the_engine(tmp_path)
     seen = torch.load(tmp_path / "compiled.pt", weights_only=True)
     assert seen["engine_is_forward"] and seen["module_compiled"]
     assert seen["frames"] == 1 and seen["breaks"] == 0, seen  # one graph of the model, none of the engine's hooks
+
+
+def test_a_users_deepspeed_json_gets_fp32_accumulation_and_cannot_ask_for_bf16(tmp_path):
+    from minimind.config import from_dict
+    from minimind.errors import MinimindError
+    from training.runtime import deepspeed_config, user_deepspeed_json
+
+    def cfg_with(spec):
+        return from_dict({"version": "0.1.0", "base": None, "model_module": "model_0_1_0", "model": TINY,
+                          "launch": {"deepspeed": spec, "mixed_precision": "bf16"}})
+
+    (tmp_path / "plain.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    cfg = cfg_with("plain.json")
+    assert deepspeed_config(cfg, 10**6, user_deepspeed_json(cfg, tmp_path))["data_types"]["grad_accum_dtype"] == "fp32"
+    (tmp_path / "bf16acc.json").write_text(json.dumps({"zero_optimization": {"stage": 2},
+                                                       "data_types": {"grad_accum_dtype": "bf16"}}))
+    with pytest.raises(MinimindError, match="grad_accum_dtype = 'bf16'.*fp32"):
+        user_deepspeed_json(cfg_with("bf16acc.json"), tmp_path)
