@@ -87,6 +87,17 @@ def compiled(model, backend: str, deepspeed: bool = False):
     return torch.compile(model, backend=backend, dynamic=False)
 
 
+def micro_batch_forward(forward, inputs, full_rows: int, compiling: bool):
+    """The training forward of one micro-batch. Under compile, a micro-batch with fewer rows
+    than the configured micro-batch (the last of an epoch) runs eagerly instead of compiling
+    a graph of its own per length bucket. It is not padded to full size: the memory layer
+    records every row it reads (statistics, EMA store), so empty rows would count."""
+    if compiling and inputs.shape[0] < full_rows:
+        with torch.compiler.set_stance("force_eager"):
+            return forward(inputs)
+    return forward(inputs)
+
+
 def _aux(out) -> torch.Tensor | float:
     aux = getattr(out, "aux_loss", None)
     return 0.0 if aux is None else aux
@@ -269,7 +280,7 @@ class Trainer:
             inputs, targets, mask = (x.to(self.acc.device, non_blocking=True) for x in (inputs, targets, mask))
             tokens = tokens + input_tokens(docs, self.max_seq_len)  # counted on the host: no device sync
             with self.acc.accumulate(self.model):
-                out = self.forward(inputs)
+                out = micro_batch_forward(self.forward, inputs, t.batch_size, bool(self.pad_multiple))
                 ce = masked_ce(out.logits, targets, mask)
                 aux = _aux(out)
                 self.acc.backward(ce + aux)  # accelerate divides by the accumulation (DeepSpeed by itself)
