@@ -122,8 +122,9 @@ def write_launch_files(lab: Lab, cfg: ExperimentConfig, folder: Path, final_run_
     import yaml
 
     from minimind.atomic import write_text
-    from training.runtime import user_deepspeed_json
+    from training.runtime import require_deepspeed, user_deepspeed_json
 
+    require_deepspeed(cfg)  # refuses a DeepSpeed that casts buffers
     user_deepspeed_json(cfg, lab.root)  # refuses ZeRO-3 and values that contradict the run
     if not distributed(cfg):
         return []

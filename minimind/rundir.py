@@ -100,6 +100,7 @@ class RunState:
     error: Optional[str] = None
     resources: Optional[str] = None
     memory_plan: dict[str, Any] = field(default_factory=dict)  # the trainer's micro-batch plan (minimind.memory_plan)
+    deterministic: Optional[bool] = None  # torch deterministic algorithms were on (launch.deterministic); None: not recorded
     snapshot: dict[str, Any] = field(default_factory=dict)  # {module, sha256}
     stage: Optional[str] = None       # pretrain / sft (None: written before stages existed = pretrain)
     init: dict[str, Any] = field(default_factory=dict)      # stage sft: {version, checkpoint, sha256, step}

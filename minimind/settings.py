@@ -122,6 +122,10 @@ class LaunchConfig:
                                               "a CPU run is not planned): a micro-batch that does not fit is split "
                                               "into more accumulation steps, same effective batch", min=0.0, max=1e6)
     threads: int = field(0, help="torch CPU threads per process (0 = as the machine gives)", min=0, max=1024)
+    deterministic: bool = field(False, help="torch deterministic algorithms where torch has them: on CUDA, sorted "
+                                            "kernels instead of float atomics (index_add_, scatter_add_) and a fixed "
+                                            "cuBLAS workspace, so a GPU run repeats bitwise; slower on a GPU, free on CPU "
+                                            "(CPU runs repeat anyway). state.json records it")
     backend: Literal["local", "slurm"] = field("local", help="where runs execute: this machine, or Slurm jobs (see slurm:)",
                                                 choices=["local", "slurm"])
     gpus: Union[Literal["all"], list[int]] = field(

@@ -21,6 +21,7 @@ Shapes in comments: B batch, T new tokens, S keys (cache + new), H heads, D head
 N tokens in the batch (B*T), C candidates, L knowledge_length, V vocab.
 """
 
+import contextlib
 import dataclasses
 import math
 import typing
@@ -226,12 +227,14 @@ class MemoryLayer(nn.Module):
         self.ema_counts = torch.zeros(self.capacity + 1, dtype=torch.long)
         self.capture = None  # a list while inspect_memory() records selections
         self._table, self._table_key = None, None
+        self.weight_updates = 0  # the model's count of weight updates (MiniMindLM.weights_updated): the cache key
 
     def lookup(self, query):
         """(scores, entries) of the best num_candidates entries per query (N, kd), best first.
 
-        Scored in fp32 even under autocast: bf16 sub-key scores tie often, and the ties
-        would decide which entries a token reads.
+        Scored in fp32 even under autocast, and with TF32 off (exact_fp32_matmul): bf16 or
+        TF32 sub-key scores tie often, and the ties would decide which entries a token reads
+        (then training, evaluation and the CPU would read different entries).
         """
         N, C = query.shape[0], self.num_candidates
         halves = query.view(N, 2, -1).transpose(0, 1)  # (2, N, kd/2)
@@ -239,7 +242,7 @@ class MemoryLayer(nn.Module):
         # Selected without a graph: autograd through topk_by_groups would keep the whole
         # (2, N, sqrt(N)) fp32 score tensor for backward; SubKeyScores gives the chosen
         # scores their gradient from the query and the sub-keys alone.
-        with torch.no_grad(), torch.autocast(device_type=query.device.type, enabled=False):
+        with torch.no_grad(), torch.autocast(device_type=query.device.type, enabled=False), exact_fp32_matmul():
             sub_scores = torch.bmm(halves.float(), keys.transpose(1, 2))  # (2, N, sqrt(N)): each half vs its sub-keys
             s, i = topk_by_groups(sub_scores.flatten(0, 1), C)  # (2N, C), sorted: best sub-keys per half
         (i1, i2) = i.view(2, N, C)
@@ -252,12 +255,16 @@ class MemoryLayer(nn.Module):
     def value_table(self, embedding_weight):
         """The token embedding table projected to knowledge_dim, padding row zeroed: (V, kd).
 
-        Recomputed whenever gradients are on; during inference it is cached until either
-        weight changes (their version counters move on every in-place update).
+        Recomputed whenever gradients are on; during inference it is cached until the model
+        counts a weight update (`MiniMindLM.weights_updated`: every optimizer step, every state
+        load). The tensors' version counters alone do not tell: ZeRO-2 writes its updated
+        weights through `.data` copies, which move neither the version nor the address. They
+        stay in the key for in-place edits by hand between two steps.
         """
         if torch.is_grad_enabled():
             return self._project(embedding_weight)
-        key = tuple((w.data_ptr(), w._version, w.dtype) for w in (embedding_weight, self.value.weight))
+        key = (self.weight_updates,
+               *((w.data_ptr(), w._version, w.dtype) for w in (embedding_weight, self.value.weight)))
         if key != self._table_key:
             self._table, self._table_key = self._project(embedding_weight), key
         return self._table
@@ -491,6 +498,8 @@ class MiniMindLM(nn.Module):
                                                               dtype=bank_dtype(config.vocab_size)))
             self.register_buffer("memory_frozen", self._random_freeze(g))
         self.last_ema_updated = 0
+        self.weight_updates = 0  # optimizer steps and state loads seen: what cached projections are keyed on
+        self.register_load_state_dict_post_hook(MiniMindLM._state_loaded)
 
     @staticmethod
     def _init_weights(module):
@@ -601,13 +610,26 @@ class MiniMindLM(nn.Module):
         for _, layer in self.memory_layers():
             layer.pending = []
 
+    @staticmethod
+    def _state_loaded(module, incompatible_keys) -> None:
+        module.weights_updated()
+
+    def weights_updated(self) -> None:
+        """Count a weight update the tensors may not show (an optimizer step, a state load):
+        the memory layers' cached value tables are then projected again."""
+        self.weight_updates += 1
+        for _, layer in self.memory_layers():
+            layer.weight_updates = self.weight_updates
+
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> dict:
         """Every ema_update_freq steps: EMA-update the unfrozen entries selected since the last update.
 
+        Every step, first counts the optimizer's weight update (weights_updated).
         Returns {"updated": entries updated, "changed": entries whose text changed, a 0-dim
         tensor}. Two numbers are read from the device (how many entries each layer holds,
         how many may change): the rest stays there, so a GPU never waits on the update."""
+        self.weights_updated()
         if not self.config.has_memory or step % self.config.ema_update_freq:
             return {}
         layers = [layer for _, layer in self.memory_layers()]
@@ -912,6 +934,20 @@ def topk_by_groups(scores, k: int, block: int = 4):
     inside = groups.gather(2, top[:, None, :].expand(M, block, k)).flatten(1)  # (M, block*k)
     values, position = inside.topk(k, dim=-1)  # position = member * k + slot
     return values, top.gather(1, position % k) + (position // k) * n_groups
+
+
+@contextlib.contextmanager
+def exact_fp32_matmul():
+    """fp32 matmuls inside run in full fp32, not TF32 (10-bit mantissas on Ampere and
+    later), whatever the caller enabled; the caller's setting is restored after. For the
+    sub-key scores only: about 2 * N * sqrt(knowledge_num) * knowledge_dim flops, which costs
+    nothing measurable next to the rest of the step."""
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
 
 
 def bag_chunk_elements(device: torch.device) -> int:

@@ -103,3 +103,30 @@ def test_compiled_steps_of_one_bucket_compile_once_with_no_graph_break():
         assert compiled_stats[name] == pytest.approx(stats[name], rel=1e-5, abs=1e-9), name
     for a, b in zip(compiled_weights, weights):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_a_short_last_micro_batch_runs_eagerly_instead_of_compiling_again():
+    """The last micro-batch of an epoch has fewer rows: the trainer's forward runs it eagerly
+    (same loss as eager), so a length bucket keeps one graph."""
+    from torch._dynamo.utils import counters
+
+    from training.loop import micro_batch_forward
+
+    config = dict(TINY, preset="memory", dim=32, knowledge_dim=16, knowledge_num=64, n_heads=2, n_kv_heads=1)
+    model = build_tiny(config).train()  # as the trainer runs it: gradients on
+    rng = np.random.default_rng(3)
+    full = _micro_batches(rng, (40, 23, 31))[0]
+    short = _micro_batches(rng, (50, 20))[0]  # same 64-token bucket, 2 rows of 3
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        forward = compiled(model, "aot_eager")
+        micro_batch_forward(forward, full, 3, compiling=True)
+        assert counters["stats"]["unique_graphs"] == 1
+        logits = micro_batch_forward(forward, short, 3, compiling=True).logits
+        assert counters["stats"]["unique_graphs"] == 1  # no second graph for the short batch
+        torch.testing.assert_close(logits, model(short).logits)
+        micro_batch_forward(forward, full, 3, compiling=True)  # the full batch's graph still serves
+        assert counters["stats"]["unique_graphs"] == 1
+    finally:
+        torch._dynamo.reset()

@@ -67,30 +67,59 @@ MEM = dict(preset="memory", dim=32, n_layers=2, n_heads=2, n_kv_heads=1, vocab_s
            knowledge_num=64, knowledge_length=6, knowledge_dim=16, num_candidates=4, ema_update_freq=1, ema_decay=0.0)
 
 
+def _counting(dist, counter: list) -> None:
+    """Count the bytes every collective of this process receives (a reduction's result, each
+    gathered part, a broadcast tensor): what the exchange costs a rank."""
+    def wrap(name, size):
+        real = getattr(dist, name)
+
+        def counted(*args, **kwargs):
+            counter.append(size(args[0]))
+            return real(*args, **kwargs)
+        setattr(dist, name, counted)
+
+    one = lambda t: t.numel() * t.element_size()
+    wrap("all_reduce", one)
+    wrap("broadcast", one)
+    wrap("all_gather", lambda parts: sum(one(t) for t in parts))
+    wrap("all_gather_into_tensor", one)
+
+
 def _memory_round(rank: int, world: int, port: int, out_dir: str) -> None:
-    """One training forward on this rank's half of a fixed batch, then what the trainer does at
-    an EMA log step: gather selections, EMA, sync rows, global statistics. Saves the results."""
+    """One training forward on this rank's share of a fixed batch, then what the trainer does at
+    an EMA log step: reduce selections, EMA, sync rows, global statistics. Saves the results
+    and the bytes this rank received while the selections were exchanged."""
     import torch
     import torch.distributed as dist
 
     from models.model import MiniMindLM, ModelConfig
-    from training.ddp import gather_pending, reduce_memory_window, sync_bank_rows
+    from training.ddp import reduce_memory_window, reduce_pending, sync_bank_rows
 
     torch.set_num_threads(1)
     if world > 1:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = MiniMindLM(ModelConfig(**MEM))
-    batch = torch.randint(1, 300, (4, 24), generator=torch.Generator().manual_seed(1))
+    batch = torch.randint(1, 300, (32, 24), generator=torch.Generator().manual_seed(1))
     mine = batch.chunk(world)[rank]
     model.train()
     model(mine)
-    rows = gather_pending(model)
+    layers = [layer for _, layer in model.memory_layers()]
+    store_bytes = sum(t.numel() * t.element_size() for layer in layers
+                      for t in (layer.ema_ids, layer.ema_sums, layer.ema_counts)) // len(layers)
+    held = [int((layer.ema_ids != layer.free_id).sum()) for layer in layers]
+    received: list = []
+    if world > 1:
+        _counting(dist, received)
+    rows = reduce_pending(model)
+    exchange = sum(received)
     model.after_optimizer_step(1)
     sync_bank_rows(model, rows)
     reduce_memory_window(model)
     stats = model.memory_stats(reset=True)
-    torch.save({"bank": model.memory_bank.clone(), "stats": stats}, f"{out_dir}/rank{rank}_of{world}.pt")
+    torch.save({"bank": model.memory_bank.clone(), "stats": stats, "exchange": exchange,
+                "store_bytes": store_bytes, "held": held, "layers": len(layers)},
+               f"{out_dir}/rank{rank}_of{world}.pt")
     if world > 1:
         dist.destroy_process_group()
 
@@ -120,6 +149,13 @@ def test_memory_statistics_and_ema_are_global(tmp_path):
     for key, value in one["stats"].items():  # global counts: the statistics of one process on the whole batch
         assert r0["stats"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
         assert r1["stats"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    # The exchange is a reduction: each rank receives at most one store's size per memory layer,
+    # where gathering every rank's store would bring W stores' worth of held rows.
+    for r in (r0, r1):
+        assert 0 < r["exchange"] <= r["layers"] * r["store_bytes"], (r["exchange"], r["store_bytes"])
+    row_bytes = r0["store_bytes"] // (MEM["knowledge_num"] + 1)
+    gathered = 2 * sum(max(a, b) for a, b in zip(r0["held"], r1["held"])) * row_bytes
+    assert gathered > r0["layers"] * r0["store_bytes"]  # this batch would overflow the bound with an all-gather
 
 
 def test_two_node_run_on_localhost_trains_and_finishes(lab):

@@ -20,6 +20,9 @@ complete sets; older tags are removed after it):
   checkpoints/rank{r}.{tag}.pth     rank r >= 1: its rng and memory_pending
   checkpoints/deepspeed/{tag}/      DeepSpeed's own checkpoint: the fp32 masters and every
                                     rank's ZeRO optimizer shard (engine.save_checkpoint)
+Under DeepSpeed the `model` weights of both payloads are the optimizer's fp32 masters
+(`master_state_dict`), not the bf16 copies the engine computes with: evaluation reads them,
+and a resume starts from them before DeepSpeed restores its own state.
 Old single-process checkpoints have no num_processes, tag or companions: they resume with
 one process, as they were written.
 Only tensors and plain data, so it loads with torch.load(weights_only=True).
@@ -38,10 +41,28 @@ import numpy as np
 def model_part(module: str, model, state_dict: dict[str, Any] | None = None) -> dict[str, Any]:
     """module, model_config and model: what every checkpoint holds.
 
-    state_dict is given when the engine must gather it (DeepSpeed shards the weights).
+    state_dict is given when the engine must gather it (DeepSpeed: `master_state_dict`).
     """
     return {"module": module, "model_config": model.config.to_dict(),
             "model": model.state_dict() if state_dict is None else state_dict}
+
+
+def master_state_dict(module) -> dict[str, Any]:
+    """Under DeepSpeed: the module's state dict with every parameter as the optimizer's fp32
+    master (DeepSpeed computes with bf16 copies; evaluation and resume want what the
+    optimizer holds, not the copies rounded to bf16). ZeRO-1/2 keep the masters partitioned,
+    so assembling them is a collective: every rank calls this, in the same order."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    masters = {}
+    for param in module.parameters():  # shared (tied) parameters once
+        full = safe_get_full_fp32_param(param)
+        masters[id(param)] = param.detach() if full is None else full.detach().view_as(param)
+    state = module.state_dict()
+    for name, param in module.named_parameters(remove_duplicate=False):
+        if name in state:
+            state[name] = masters[id(param)].float().cpu()
+    return state
 
 
 def best_payload(base: dict[str, Any], step: int, best: dict[str, Any]) -> dict[str, Any]:

@@ -5,8 +5,9 @@ gloo nor NCCL can broadcast int16 or bool tensors, which is what the memory bank
 freeze mask are, and re-sending a 1M-entry bank every forward would be waste anyway. So
 integer and bool buffers are excluded from DDP. Every rank builds the same initial bank
 and freeze mask (same file, same seed) or loads them from the same checkpoint, so they
-start identical; at each EMA step every rank applies the same update from the gathered
-selections of all ranks (`gather_pending`), and rank 0's values of the rows that update
+start identical; at each EMA step every rank applies the same update from the summed
+selections of all ranks (`reduce_pending`: a reduction that costs about one store per rank,
+whatever the number of ranks), and rank 0's values of the rows that update
 could touch are broadcast (`sync_bank_rows`, widened to int32 for the transport).
 Memory statistics are summed over the ranks before they are read (`reduce_memory_window`).
 """
@@ -34,48 +35,56 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
 
 
-def _all_gather_rows(tensor: torch.Tensor) -> list[torch.Tensor]:
-    """Every rank's tensor (same trailing shape, any number of rows), in rank order."""
-    dist = _dist()
-    count = torch.tensor([tensor.shape[0]], device=tensor.device)
-    counts = [torch.zeros_like(count) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, count)
-    most = int(max(int(c) for c in counts))
-    padded = tensor.new_zeros((most, *tensor.shape[1:]))
-    padded[:tensor.shape[0]] = tensor
-    parts = [torch.zeros_like(padded) for _ in counts]
-    dist.all_gather(parts, padded)
-    return [part[:int(c)] for part, c in zip(parts, counts)]
-
-
-def gather_pending(model) -> Optional[torch.Tensor]:
+def reduce_pending(model) -> Optional[torch.Tensor]:
     """Before an EMA update: every memory layer's pending selections become the whole batch's.
 
-    Each rank merges its own (entry ids, query sums, counts), all ranks exchange them, and
-    every layer's `pending` becomes the same rank-ordered list on every rank, so the EMA
-    moves the bank by the global batch's selections. Returns the selected entry ids (the
-    only rows an update may change), or None outside multi-process runs."""
+    A reduction, not an all-gather, so a rank receives at most about one store's worth
+    whatever the number of processes: per layer, the selection counts over the bank
+    (knowledge_num int32, summed over ranks) say which entries any rank selected; the
+    `capacity` most selected of them (all of them, unless the stores overflowed) get one
+    row each in a (U, dim) fp32 table that every rank fills with its own query sums and
+    that is summed over ranks. Every layer's store then holds the same global (ids, sums,
+    counts) on every rank, so the EMA moves the bank by the global batch's selections.
+    Returns the selected entry ids (the only rows an update may change), or None outside
+    multi-process runs."""
     dist = _dist()
     layers = getattr(model, "memory_layers", None)
     if dist is None or layers is None:
         return None
     touched = []
     for _, layer in layers():
-        mine = layer.take_pending()
-        device = model.memory_bank.device
-        if mine is None:
-            dim = layer.norm.weight.shape[0]
-            mine = (torch.zeros(0, dtype=torch.long, device=device), torch.zeros(0, dim, device=device),
-                    torch.zeros(0, dtype=torch.long, device=device))
-        ids, sums, counts = mine
-        gathered = [_all_gather_rows(ids.long()), _all_gather_rows(sums.float()), _all_gather_rows(counts.long())]
-        layer.pending = [part for part in zip(*gathered) if len(part[0])]
-        touched.extend(part[0] for part in layer.pending)
-    return torch.unique(torch.cat(touched)) if touched else torch.zeros(0, dtype=torch.long)
+        ids, sums, counts = _reduced_store(dist, layer, model.config.knowledge_num, model.memory_bank.device)
+        layer.pending = [(ids, sums, counts)] if len(ids) else []
+        touched.append(ids)
+    return torch.unique(torch.cat(touched))
+
+
+def _reduced_store(dist, layer, entries: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(entry ids ascending, summed query inputs, summed counts) of one layer over all ranks;
+    empties this rank's store. Reads one number from the device (how many entries)."""
+    mine = layer.take_pending()
+    capacity = getattr(layer, "capacity", entries)
+    selected = torch.zeros(entries, dtype=torch.int32, device=device)
+    if mine is not None:
+        selected.index_add_(0, mine[0].to(device), mine[2].to(device=device, dtype=torch.int32))
+    dist.all_reduce(selected)
+    held = int((selected > 0).sum())
+    if held > capacity:  # more than a store holds: the most selected keep their place, as in one store
+        ids = selected.long().topk(capacity).indices.sort().values
+    else:
+        ids = selected.nonzero().squeeze(1)
+    table = torch.zeros(len(ids), layer.norm.weight.shape[0], dtype=torch.float32, device=device)
+    if mine is not None and len(ids):
+        mine_ids, mine_sums = mine[0].to(device), mine[1].to(device=device, dtype=torch.float32)
+        row = torch.searchsorted(ids, mine_ids).clamp(max=len(ids) - 1)
+        kept = ids[row] == mine_ids  # entries dropped for capacity add nothing
+        table.index_add_(0, row[kept], mine_sums[kept])
+    dist.all_reduce(table)
+    return ids, table, selected[ids].long()
 
 
 def sync_bank_rows(model, rows: Optional[torch.Tensor]) -> None:
-    """After an EMA update from gathered selections: rank 0's values of the rows it could
+    """After an EMA update from the summed selections: rank 0's values of the rows it could
     change, so every rank holds the same bank even where float sums differ in the last bit."""
     dist = _dist()
     bank = getattr(model, "memory_bank", None)

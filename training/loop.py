@@ -3,7 +3,7 @@
 Order within an optimizer step (it matters for exact resume): micro-batches and backward
 inside accelerate's `accumulate()` (it decides the boundary, so one loop step is one
 optimizer update under DDP and DeepSpeed alike), clip, optimizer and scheduler step,
-`after_optimizer_step` (memory EMA, from every rank's gathered selections), then on log
+`after_optimizer_step` (memory EMA, from every rank's summed selections), then on log
 steps a metrics row and the train guardrails, then a periodic eval, then checkpoints,
 then the stop decision (signal, stop file or guardrail) agreed by all processes.
 
@@ -34,12 +34,12 @@ from minimind.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, EXIT_FINISHED, EXIT_G
 from models import registry
 from training import checkpoint as ckpt
 from training import runlog
-from training.ddp import gather_pending, ignore_integer_buffers, reduce_memory_window, sync_bank_rows
+from training.ddp import ignore_integer_buffers, reduce_memory_window, reduce_pending, sync_bank_rows
 from training.data import Stream, collate, input_tokens, split_digest, total_steps
 from training.measures import masked_ce, periodic_eval
 from training.metrics import MetricsWriter, truncate_after
 from training.runtime import (enable_tf32, load_bank_into, load_data, make_accelerator, plan_memory, planned_config,
-                              prepare_for_training, run_device)
+                              prepare_for_training, run_device, set_deterministic)
 from training.schedule import make_optimizer, make_scheduler
 from training.signals import Heartbeat, StopFlag
 from training.swan import SwanMirror
@@ -70,14 +70,32 @@ class Progress:
 COMPILE_PAD_MULTIPLE = 64
 
 
-def compiled(model, backend: str):
-    """torch.compile of the (prepared) model for the training forward; the module itself,
-    its state dict and the evaluations stay eager. Shapes are static per length bucket;
-    the recompile cache is raised above the bucket count so none falls back to eager."""
+def compiled(model, backend: str, deepspeed: bool = False):
+    """The training forward of the (prepared) model under launch.compile; the module's state
+    dict and the evaluations stay eager. Shapes are static per length bucket; the recompile
+    cache is raised above the bucket count so none falls back to eager.
+
+    Under DeepSpeed the module inside the engine is compiled (`engine.compile`) and the
+    engine stays the forward: compiling the engine object itself would trace its hooks
+    and break the graph there."""
     import torch._dynamo
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    if deepspeed:
+        model.compile(backend=backend, compile_kwargs={"dynamic": False})
+        return model
     return torch.compile(model, backend=backend, dynamic=False)
+
+
+def micro_batch_forward(forward, inputs, full_rows: int, compiling: bool):
+    """The training forward of one micro-batch. Under compile, a micro-batch with fewer rows
+    than the configured micro-batch (the last of an epoch) runs eagerly instead of compiling
+    a graph of its own per length bucket. It is not padded to full size: the memory layer
+    records every row it reads (statistics, EMA store), so empty rows would count."""
+    if compiling and inputs.shape[0] < full_rows:
+        with torch.compiler.set_stance("force_eager"):
+            return forward(inputs)
+    return forward(inputs)
 
 
 def _aux(out) -> torch.Tensor | float:
@@ -113,6 +131,7 @@ class Trainer:
         if self.cfg.launch.threads:
             torch.set_num_threads(self.cfg.launch.threads)
         random.seed(t.seed), np.random.seed(t.seed), torch.manual_seed(t.seed)
+        self.deterministic_note = set_deterministic(cfg.launch.deterministic)
         self.model = registry.build_model(self.lab.models_dir, cfg.model_module, cfg.model)
         # A micro-batch too big for the device is split before anything depends on it
         # (accelerator, data stream, schedule); the effective batch stays as configured.
@@ -152,7 +171,8 @@ class Trainer:
         self.unwrapped = self.acc.unwrap_model(self.model)
         self.forward, self.pad_multiple = self.model, 0
         if cfg.launch.compile:
-            self.forward, self.pad_multiple = compiled(self.model, cfg.launch.compile_backend), COMPILE_PAD_MULTIPLE
+            self.forward = compiled(self.model, cfg.launch.compile_backend, self.deepspeed)
+            self.pad_multiple = COMPILE_PAD_MULTIPLE
         if restored is not None:
             self._restore_prepared(restored)
         self.progress.step, self.progress.total_steps = self.step, self.total
@@ -233,12 +253,15 @@ class Trainer:
         if self.bank_note:
             runlog.say(self.bank_note)
         runlog.say(self.memory_plan.note())
+        if self.deterministic_note:
+            runlog.say(self.deterministic_note)
         self.swan = SwanMirror(self.cfg.swanlab.mode, self.cfg.swanlab.project, self.run_dir,
                                self.cfg.version, self.configured.to_dict(), runlog.warn)
         self.progress.phase = "train"
         update_state(self.run_dir, state="running", stop_reason=None, trainer_pid=os.getpid(),
                      heartbeat=time.time(), resources=self.resources(),
-                     memory_plan=self.memory_plan.as_dict(), **self.progress.as_state())
+                     memory_plan=self.memory_plan.as_dict(), deterministic=self.cfg.launch.deterministic,
+                     **self.progress.as_state())
 
     def resources(self) -> str:
         """What the run computes on, in words (state.json `resources`, shown by the record)."""
@@ -263,7 +286,7 @@ class Trainer:
             inputs, targets, mask = (x.to(self.acc.device, non_blocking=True) for x in (inputs, targets, mask))
             tokens = tokens + input_tokens(docs, self.max_seq_len)  # counted on the host: no device sync
             with self.acc.accumulate(self.model):
-                out = self.forward(inputs)
+                out = micro_batch_forward(self.forward, inputs, t.batch_size, bool(self.pad_multiple))
                 ce = masked_ce(out.logits, targets, mask)
                 aux = _aux(out)
                 del out  # the loss keeps what backward needs; the logits need not outlive it
@@ -285,7 +308,7 @@ class Trainer:
             rows = None
             freq = getattr(getattr(self.unwrapped, "config", None), "ema_update_freq", None)
             if self.acc.num_processes > 1 and freq and self.step % freq == 0:
-                rows = gather_pending(self.unwrapped)  # the EMA moves by the whole batch's selections
+                rows = reduce_pending(self.unwrapped)  # the EMA moves by the whole batch's selections
             hook(self.step)
             sync_bank_rows(self.unwrapped, rows)
         n = t.accumulation_steps
@@ -345,8 +368,9 @@ class Trainer:
                 runlog.say(f"guardrail {rules.describe(name, results[name])} (was {change['from'] or 'unset'})")
         return rules.should_stop(results)
 
-    def eval_step(self) -> Optional[str]:
-        """Rank 0: periodic eval row, eval guardrails, best checkpoint; returns a stop reason."""
+    def eval_step(self, masters: Optional[dict[str, Any]] = None) -> Optional[str]:
+        """Rank 0: periodic eval row, eval guardrails, best checkpoint; returns a stop reason.
+        `masters`: the weights a best checkpoint keeps under DeepSpeed (`_masters`)."""
         self.evaluated_once = True
         train_loss = rules.smoothed_train_loss([r["loss_ce"] for r in self.history], self.cfg.guardrails.smoothing_window)
         vals = periodic_eval(self.unwrapped, self.corpus.docs(self.corpus.val_idx), self.configured, train_loss)
@@ -361,23 +385,27 @@ class Trainer:
                          (vals["eval/val_loss"], vals["eval/inference_loss"], vals["eval/train_inference_ratio"],
                           vals["eval/repetition_rate"]))))
         if vals["eval/val_loss"] is not None:
-            self._maybe_best("val_loss", vals["eval/val_loss"])
+            self._maybe_best("val_loss", vals["eval/val_loss"], masters)
         return reason
 
-    def _maybe_best(self, metric: str, value: Optional[float]) -> None:
+    def _maybe_best(self, metric: str, value: Optional[float], masters: Optional[dict[str, Any]] = None) -> None:
         if value is None or not math.isfinite(value):
             return
         if self.best and self.best["metric"] == metric and self.best["value"] <= value:
             return
         self.best = {"metric": metric, "value": value, "step": self.step}
         name = best_checkpoint(self.unwrapped.config.dim, self.cfg.stage)
-        registry.save_checkpoint(self.ckpt_dir / name, ckpt.best_payload(self._model_part(), self.step, self.best))
+        registry.save_checkpoint(self.ckpt_dir / name, ckpt.best_payload(self._model_part(masters), self.step, self.best))
         runlog.say(f"best {metric} {value:.4f} at step {self.step}: saved {name}")
 
-    def _model_part(self) -> dict[str, Any]:
-        gathered = self.acc.get_state_dict(self.model) if self.deepspeed else None
+    def _masters(self) -> Optional[dict[str, Any]]:
+        """Every rank, before rank 0 may save: under DeepSpeed the state dict with the fp32
+        master weights (a collective); None otherwise (the module's own state dict is fp32)."""
+        return ckpt.master_state_dict(self.unwrapped) if self.deepspeed else None
+
+    def _model_part(self, masters: Optional[dict[str, Any]]) -> dict[str, Any]:
         meta = self.corpus.cache.meta  # the tokenizer travels with the weights: eval refuses another one
-        return {**ckpt.model_part(self.cfg.model_module, self.unwrapped, gathered),
+        return {**ckpt.model_part(self.cfg.model_module, self.unwrapped, masters),
                 "tokenizer": {"path": meta["tokenizer"], "sha256": meta["tokenizer_sha256"]}}
 
     def save_last(self) -> None:
@@ -390,12 +418,13 @@ class Trainer:
         if self.deepspeed:  # a collective: every rank writes its ZeRO shard
             self.model.save_checkpoint(str(self.ckpt_dir / ckpt.DEEPSPEED_DIR), tag=tag, save_latest=False)
         self.acc.wait_for_everyone()
+        masters = self._masters()
         if self.main:
             if not self.evaluated_once:   # no validation yet: keep the best by smoothed train loss
                 self._maybe_best("train_loss_smoothed", rules.smoothed_train_loss(
-                    [r["loss_ce"] for r in self.history], self.cfg.guardrails.smoothing_window))
+                    [r["loss_ce"] for r in self.history], self.cfg.guardrails.smoothing_window), masters)
             registry.save_checkpoint(self.ckpt_dir / LAST_CHECKPOINT, ckpt.last_payload(
-                self._model_part(), self.unwrapped, None if self.deepspeed else self.optimizer, self.scheduler,
+                self._model_part(masters), self.unwrapped, None if self.deepspeed else self.optimizer, self.scheduler,
                 step=self.step, accumulation_steps=self.cfg.train.accumulation_steps,
                 batches_per_epoch=self.stream.batches_per_epoch, total_steps=self.total, best=self.best,
                 config=self.configured.to_dict(), split=split_digest(self.corpus.train_idx, self.corpus.val_idx),
@@ -448,8 +477,10 @@ class Trainer:
                 guard = self.log_step(stats)
                 self.tokens_since_log = 0
             paused = time.time()
-            if self.main and t.eval_interval and self.step % t.eval_interval == 0 and self.step < self.total:
-                guard = self.eval_step() or guard
+            if t.eval_interval and self.step % t.eval_interval == 0 and self.step < self.total:
+                masters = self._masters()  # every rank: a collective under DeepSpeed
+                if self.main:
+                    guard = self.eval_step(masters) or guard
             if self.step % t.save_interval == 0 and self.step < self.total:
                 self.save_last()
             self.last_log_time += time.time() - paused  # tokens/s counts training time only
@@ -481,10 +512,11 @@ class Trainer:
 
     def _finish(self) -> int:
         guard = None
+        masters = self._masters()  # every rank: a collective under DeepSpeed
         if self.main:
             last_eval = [r for r in read_metrics(self.run_dir / METRICS_FILE) if "eval/val_loss" in r]
             if not last_eval or last_eval[-1]["step"] != self.step:
-                guard = self.eval_step()
+                guard = self.eval_step(masters)
         self.save_last()
         _, by_guard = self.agree(guard)
         if by_guard:

@@ -44,6 +44,8 @@ def make_accelerator(cfg: ExperimentConfig, run_dir: Path, n_params: int):
     if cfg.launch.deepspeed:
         from accelerate import DeepSpeedPlugin
 
+        require_deepspeed(cfg)
+
         if "WORLD_SIZE" not in os.environ:
             _single_process_group()
         elif cfg.launch.cpu:
@@ -132,6 +134,24 @@ def enable_tf32(device) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
+def set_deterministic(on: bool) -> Optional[str]:
+    """launch.deterministic: torch's deterministic algorithms, where it has them. On CUDA,
+    index_add_ and scatter_add_ (the memory statistics, the EMA store, the bag backward) then
+    use sorted kernels instead of float atomics, and cuBLAS a fixed workspace; an op with no
+    deterministic kernel warns rather than stops the run (warn_only). Returns the log line
+    saying what it costs, or None when off. Called before any CUDA work (the workspace
+    setting is read when cuBLAS starts)."""
+    if not on:
+        return None
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    return ("deterministic algorithms on (launch.deterministic): on a GPU, sorted kernels instead of float atomics "
+            "and a fixed cuBLAS workspace, so steps are slower; ops without a deterministic kernel warn below")
+
+
 def autocast_for(device, precision: str):
     """The autocast context of `precision` on `device` (evaluation under the run's precision)."""
     import torch
@@ -187,6 +207,41 @@ def _single_process_group() -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
+# DeepSpeed before 0.19.2 cast every floating buffer with the module (module.bfloat16()):
+# the rotary tables then lose their fp32 angles. 0.19.2 (PR #8066) keeps buffers in their dtype.
+DEEPSPEED_MIN_VERSION = (0, 19, 2)
+
+
+def deepspeed_version_refusal(version: Optional[str]) -> Optional[str]:
+    """Why this DeepSpeed version (None: not installed) cannot train a run, or None (pure)."""
+    need = ".".join(map(str, DEEPSPEED_MIN_VERSION))
+    if version is None:
+        return f"launch.deepspeed needs DeepSpeed >= {need}, which is not installed (pip install -e '.[gpu]')"
+    parts = []
+    for piece in version.split("+")[0].split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
+        parts.append(int(digits) if digits else 0)
+    if tuple(parts) < DEEPSPEED_MIN_VERSION:
+        return (f"launch.deepspeed needs DeepSpeed >= {need}, found {version}: older versions cast the model's "
+                "buffers (its fp32 rotary tables) to bf16 with the weights (upgrade DeepSpeed)")
+    return None
+
+
+def require_deepspeed(cfg: ExperimentConfig) -> None:
+    """Refuse a DeepSpeed run with an installed DeepSpeed that would compute it differently."""
+    if not cfg.launch.deepspeed:
+        return
+    from importlib import metadata
+
+    try:
+        version: Optional[str] = metadata.version("deepspeed")
+    except metadata.PackageNotFoundError:
+        version = None
+    refusal = deepspeed_version_refusal(version)
+    if refusal:
+        raise MinimindError(refusal)
+
+
 # Keys of a DeepSpeed config that the run's own config decides: a user's JSON may leave
 # them out or "auto" (filled in), or repeat the run's value; anything else is refused.
 def _run_values(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -194,7 +249,10 @@ def _run_values(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"train_micro_batch_size_per_gpu": cfg.train.batch_size,
             "gradient_accumulation_steps": cfg.train.accumulation_steps,
             "gradient_clipping": float(cfg.train.grad_clip),
-            "bf16.enabled": mp == "bf16", "fp16.enabled": mp == "fp16"}
+            "bf16.enabled": mp == "bf16", "fp16.enabled": mp == "fp16",
+            # Left unset, DeepSpeed accumulates the micro-batches' gradients in the parameters'
+            # dtype: bf16 sums of 8 micro-batches drop what the default path's fp32 grads keep.
+            "data_types.grad_accum_dtype": "fp32"}
 
 
 def bucket_elements(n_params: int) -> int:
@@ -260,7 +318,9 @@ def user_deepspeed_json(cfg: ExperimentConfig, lab_root: Path) -> Optional[dict[
         if given != value and not (isinstance(value, float) and isinstance(given, (int, float)) and float(given) == value):
             origin = {"train_micro_batch_size_per_gpu": "train.batch_size",
                       "gradient_accumulation_steps": "train.accumulation_steps",
-                      "gradient_clipping": "train.grad_clip"}.get(key, "launch.mixed_precision")
+                      "gradient_clipping": "train.grad_clip",
+                      "data_types.grad_accum_dtype": "numerics (gradients accumulate in fp32)"}.get(
+                          key, "launch.mixed_precision")
             raise MinimindError(f"launch.deepspeed: {spec} sets {key} = {given!r} but the run's {origin} "
                                 f"means {value!r} (set it to \"auto\" or to the run's value)")
     return data
