@@ -30,6 +30,19 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """A test that builds a Trainer in this process leaves accelerate's process-wide state
+    behind (its precision included); the next test's Accelerator would refuse another
+    precision. Tests of one module share a worker process, so each starts clean."""
+    yield
+    if "accelerate.state" in sys.modules:
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+
 @pytest.fixture
 def fake():
     """A fake Anthropic Messages API on 127.0.0.1 (tests/fake_anthropic.py), stopped after the test."""
