@@ -393,7 +393,8 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     for key in sorted({k for k, _ in agent_changes} | {k for k, _ in human}):
         if before.get(key) == after.get(key):
             continue  # a value equal to the base's is not a change
-        source = "set by the human (--set)" if key in dict(human) else why.get(key, "proposed by the agent")
+        source = (("由人类用 --set 设定" if lang == "zh" else "set by the human (--set)") if key in dict(human)
+                  else why.get(key, "由代理提议" if lang == "zh" else "proposed by the agent"))
         changes.append({"key": key, "base": before.get(key), "new": after.get(key), "why": source})
     from lifecycle import gitops
 
