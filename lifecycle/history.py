@@ -162,10 +162,11 @@ def show_history(lab, as_json: bool) -> None:
     table = Table(title="lab notebook")
     for name in ("version", "base", "goal", "change", "state", "verdict", "inference", "val", "recall P@1",
                  "dangers", "next step"):
-        table.add_column(name, overflow="fold")
+        whole = name in ("version", "base")  # what a reader looks a row up by stays on one line
+        table.add_column(name, overflow="fold", no_wrap=whole, min_width=8 if whole else None)
     for r in rows(lab):
         verdict = f"{r['verdict']}{' ' + r['interval'] if r['interval'] else ''}" if r["verdict"] else "—"
         table.add_row(r["version"], r["base"] or "—", _cell(r["goal"], 60), _cell(r["change"], 50), r["state"], verdict,
                       _n(r["inference_loss"]), _n(r["val_loss"]), _recall(r), ", ".join(r["dangers"]) or "none",
                       _cell(r["next_step"], 60))
-    Console(width=200).print(table)
+    Console().print(table)  # the terminal's width (COLUMNS when not a terminal); long cells fold
