@@ -9,6 +9,7 @@ rendered is never overwritten: the new render goes beside it as `runs/V/record.r
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -48,6 +49,22 @@ LEVELS_ZH = {"safe": "安全", "watch": "观察", "danger": "危险", "n/a": "�
 
 def has_memory(model: dict) -> bool:
     return model.get("preset") in MEMORY_PRESETS
+
+
+# The trainer's words for what a run computes on (training/loop.py resources), for a zh record.
+_RESOURCES = re.compile(r"^(\d+) process\(es\)(?: on (\w+))?, mixed precision (\w+)"
+                        r"(?:, micro-batch (\d+) x accumulation (\d+))?( \(split by the memory plan\))?(, DeepSpeed)?$")
+
+
+def resources_zh(text: str) -> str:
+    """state.json `resources` in Chinese; a sentence of another form is shown as written."""
+    m = _RESOURCES.match(text)
+    if not m:
+        return text
+    procs, device, precision, batch, accumulation, split, deepspeed = m.groups()
+    return (f"{procs} 个进程" + (f",设备 {device}" if device else "") + f",混合精度 {precision}"
+            + (f",微批 {batch} × 累积 {accumulation}" if batch else "") + ("(按内存计划拆分)" if split else "")
+            + (",DeepSpeed" if deepspeed else ""))
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -139,6 +156,8 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
     started, ended = state.started_at, state.ended_at
     eta = state.eta_s if derived == "running" else None
     resources = state.resources or f"{cfg.launch.num_processes} process(es), mixed precision {cfg.launch.mixed_precision}"
+    if lang_of(plan) == "zh":
+        resources = resources_zh(resources)
     return {"r": {
         "version": version, "base": cfg.base, "state": derived, "config_hash": plan.get("config_hash", ""),
         "stage": cfg.stage, "init": to_dict(cfg.init) if cfg.init else None,

@@ -97,6 +97,18 @@ def test_zh_record_has_no_english_fragments(lab):
     assert "由人类用 --set 设定" in text and "无区间" in text and "🟢 安全" in text and "🔴 危险" in text
 
 
+def test_zh_resources():
+    from lifecycle.record import resources_zh
+
+    assert resources_zh("1 process(es) on cpu, mixed precision no, micro-batch 4 x accumulation 1") == \
+        "1 个进程,设备 cpu,混合精度 no,微批 4 × 累积 1"
+    assert resources_zh("8 process(es) on cuda, mixed precision bf16, micro-batch 16 x accumulation 64 "
+                        "(split by the memory plan), DeepSpeed") == \
+        "8 个进程,设备 cuda,混合精度 bf16,微批 16 × 累积 64(按内存计划拆分),DeepSpeed"
+    assert resources_zh("1 process(es), mixed precision auto") == "1 个进程,混合精度 auto"
+    assert resources_zh("something else") == "something else"
+
+
 def test_zh_plot_labels(tmp_path, monkeypatch):
     from training import plots
 
