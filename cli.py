@@ -71,7 +71,9 @@ def init(directory: Path) -> None:
 
     lab = init_lab(directory)
     click.echo(f"Created lab {lab.root}")
-    click.echo(f"Next: cd {lab.root} && minimind data build --size small")
+    import shlex
+
+    click.echo(f"Next: cd {shlex.quote(str(lab.root))} && minimind data build --size small")
 
 
 @main.group()

@@ -181,6 +181,11 @@ class ClaudeAgent:
         tries = tries or self.settings.max_retries + 1
         if isinstance(exc, anthropic.APITimeoutError):
             return f"the Anthropic API did not answer within {self.settings.timeout_s:g}s ({tries} attempts)"
+        if isinstance(exc, anthropic.APIConnectionError) and _unresolved(exc):
+            from urllib.parse import urlparse
+
+            host = urlparse(str(self._base_url or "https://api.anthropic.com")).hostname
+            return f"could not resolve {host} (no network?): use --agent offline"
         if isinstance(exc, anthropic.APIConnectionError):
             return f"could not reach the Anthropic API ({tries} attempts): {_one_line(str(exc), 200)}"
         if isinstance(exc, anthropic.APIStatusError):
@@ -327,7 +332,21 @@ def _say(message: str) -> None:
     print(f"[agent] {message}", file=sys.stderr, flush=True)
 
 
+def _unresolved(exc: BaseException) -> bool:
+    """The connection failed on the host's name (no network, no DNS): trying again cannot help."""
+    import socket
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, socket.gaierror) or "name resolution" in str(exc) or "Name or service not known" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def _retryable(exc: Exception, anthropic: Any) -> bool:
+    if isinstance(exc, anthropic.APIConnectionError) and _unresolved(exc):
+        return False
     if isinstance(exc, (anthropic.APITimeoutError, anthropic.APIConnectionError)):
         return True
     if isinstance(exc, anthropic.APIStatusError):

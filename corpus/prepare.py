@@ -176,6 +176,15 @@ def pretrain_key(jsonl_sha256: str, tokenizer_sha256: str) -> str:
     return content_key("pretrain", str(FORMAT_VERSION), jsonl_sha256, tokenizer_sha256)
 
 
+def find_pretrain_cache(jsonl_path: str | Path, tokenizer_path: str | Path, cache_root: str | Path) -> TokenCache | None:
+    """The prepared token cache of this file and tokenizer, or None (nothing is built)."""
+    source = Path(jsonl_path)
+    if not source.is_file() or not Path(tokenizer_path).is_file():
+        return None
+    final = Path(cache_root) / pretrain_key(file_sha256(source), file_sha256(tokenizer_path))
+    return TokenCache(final) if (final / "meta.json").is_file() else None
+
+
 def prepare_pretrain(jsonl_path: str | Path, tokenizer_path: str | Path, cache_root: str | Path,
                      max_bad_share: float = 0.01, progress: bool = True,
                      chunk_bytes: int = CHUNK_BYTES) -> TokenCache:

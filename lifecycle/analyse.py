@@ -111,10 +111,11 @@ def changed_symbols(diff_text: str, old_source: str, new_source: str) -> list[st
     return found
 
 
-def real_changes(base_cfg: Optional[dict], new_cfg: dict) -> list[tuple[str, Any, Any]]:
-    """(key, base, new) for values that differ from the base (equal values are not a change)."""
+def real_changes(base_cfg: Optional[dict], new_cfg: dict, plan: Optional[dict] = None) -> list[tuple[str, Any, Any]]:
+    """(key, base, new) for values that differ from the base (equal values are not a change);
+    a first run (no base) changed what its plan changed from the lab defaults."""
     if not base_cfg:
-        return []
+        return [(c["key"], c.get("base"), c.get("new")) for c in (plan or {}).get("changes") or []]
     return [(k, a, b) for k, a, b in diff(base_cfg, new_cfg) if a != b]
 
 
@@ -154,7 +155,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     levels = {n: g.get("level") for n, g in (ev.get("guardrails") or {}).items()}
     verdict, reason = decide(plan.get("hypothesis", ""), plan.get("expect"), ev, base_ev, levels, confidence,
                              cfg.eval.min_effect, lang)
-    changes = real_changes(base_cfg, cfg.to_dict())
+    changes = real_changes(base_cfg, cfg.to_dict(), plan)
     requested = agent or plan.get("agent_requested", settings.agent.backend)
     log_dir = run_dir / AGENT_DIR
     from agent.base import lessons_text

@@ -76,8 +76,16 @@ def commit_experiment(lab: Lab, version: str, yes: bool) -> str:
         message = f"Experiment {version}\n\nNo drafted message: the experiment was not analysed (state: {derived}).\n"
     from lifecycle.history import write_index
 
-    write_index(lab)  # the notebook as of this commit goes into it
+    # The committed notebook lists what the history holds: the experiments committed before and
+    # this one; the working tree's lists every experiment again afterwards.
+    committed = [v for v in lab.versions() if v == version or current(lab.run_dir(v))[1].committed]
+    write_index(lab, committed)
     files = experiment_files(lab, version)
-    sha = gitops.commit_paths(lab.root, files, message)
+    try:
+        sha = gitops.commit_paths(lab.root, files, message)
+    finally:
+        write_index(lab)
     update_state(run_dir, committed=True, commit=sha)
-    return f"Committed experiment {version} as {sha[:12]} ({len(files)} of its files staged, unchanged ones included)"
+    note = gitops.identity_note(lab.root)
+    return (f"Committed experiment {version} as {sha[:12]} ({len(files)} of its files staged, unchanged ones included)"
+            + (f"\nNote: {note}" if note else ""))

@@ -36,26 +36,42 @@ def prepare(lab: Lab, pretrain: Optional[Path], knowledge: Optional[Path], token
     if not Path(tok).exists():
         raise MinimindError(f"tokenizer {tok} not found: pass --tokenizer (MiniMind's tokenizer.json works) or run 'minimind data build'")
     console = Console()
+    from lifecycle.new import model_schema
+
+    _, fields = model_schema(lab)
+    max_seq_len = settings.model.get("max_seq_len", fields["max_seq_len"]["default"])
     if pretrain is not None:
         cache = prepare_pretrain(pretrain, tok, lab.cache_dir, max_bad_share=settings.data.max_bad_share)
         console.print(f"pretraining: {cache.num_docs:,} documents, {cache.num_tokens:,} tokens → {cache.path}")
         _report_lines(console, cache)
+        _report_truncation(console, cache, max_seq_len)
     if sft is not None:
         cache = prepare_sft(sft, tok, lab.cache_dir, tokenizer_config=chat_template,
                             max_bad_share=settings.data.max_bad_share)
         console.print(f"conversations: {cache.num_docs:,}, {cache.num_tokens:,} tokens of which "
                       f"{cache.meta['target_tokens']:,} assistant tokens (the loss) → {cache.path}")
         _report_lines(console, cache)
+        _report_truncation(console, cache, max_seq_len)
     if knowledge is not None:
-        from lifecycle.new import model_schema
-
-        _, fields = model_schema(lab)
         num = knowledge_num or settings.model.get("knowledge_num", fields["knowledge_num"]["default"])
         length = knowledge_length or settings.model.get("knowledge_length", fields["knowledge_length"]["default"])
         folder = prepare_knowledge(knowledge, tok, num, length, lab.cache_dir, max_bad_share=settings.data.max_bad_share)
         console.print(f"knowledge: {num:,} entries × {length} tokens → {folder}")
     console.print("Use it in an experiment with --set data.pretrain=PATH (and data.knowledge, data.tokenizer); "
                   "the trainer finds this cache by content.")
+
+
+def _report_truncation(console, cache, max_seq_len: int) -> None:
+    """Training cuts each document at max_seq_len + 1 tokens: say what that leaves untrained."""
+    import numpy as np
+
+    from training.data import untrained_tokens
+
+    docs, tokens = untrained_tokens(np.diff(np.asarray(cache.offsets, dtype=np.int64)), max_seq_len)
+    if docs:
+        console.print(f"[yellow]{docs:,} of {cache.num_docs:,} documents are longer than max_seq_len {max_seq_len} "
+                      f"(minimind.yaml model.max_seq_len; --set max_seq_len=N per experiment): {tokens:,} of their "
+                      f"tokens ({tokens / max(1, cache.num_tokens):.1%} of all) are cut off and never trained on[/]")
 
 
 def _report_lines(console, cache) -> None:

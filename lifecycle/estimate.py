@@ -133,29 +133,58 @@ def sft_tokens(lab, cfg: dict) -> Optional[dict[str, Any]]:
             "sampled": None if share >= 1 else share}
 
 
-def training_tokens(lab, cfg: dict) -> tuple[Optional[int], int, dict[str, Any]]:
-    """(tokens at most, optimizer steps, how they were counted as data for `counted_text`).
+def pretrain_tokens(lab, cfg: dict) -> Optional[dict[str, int]]:
+    """What one epoch of pretraining trains on, from the prepared token cache (exact): {docs,
+    tokens} of the training split, each document cut at max_seq_len + 1 tokens as the collate
+    cuts it. None before the cache exists (the first run, or `data prepare`, builds it)."""
+    import numpy as np
 
-    Pretraining counts every sequence at max_seq_len; stage sft counts the conversation
-    set's own tokens (prompt and assistant) from its prepared cache."""
+    from corpus.prepare import find_pretrain_cache
+    from minimind.errors import MinimindError
+    from training.data import split_documents
+
+    data, seq = cfg["data"], cfg["model"]["max_seq_len"]
+    try:
+        cache = find_pretrain_cache(lab.resolve(data["pretrain"]), lab.resolve(data["tokenizer"]), lab.cache_dir)
+        if cache is None or cache.num_docs < 2:
+            return None
+        lengths = np.diff(np.asarray(cache.offsets, dtype=np.int64))
+    except (MinimindError, OSError, ValueError):
+        return None
+    seed = data.get("split_seed")
+    train_idx, _ = split_documents(cache.num_docs, data["val_fraction"], cfg["train"]["seed"] if seed is None else seed)
+    inputs = np.maximum(np.minimum(lengths[train_idx], seq + 1) - 1, 0)  # training.data.input_tokens
+    return {"docs": int(len(train_idx)), "tokens": int(inputs.sum())}
+
+
+def training_tokens(lab, cfg: dict) -> tuple[Optional[int], int, dict[str, Any]]:
+    """(tokens, optimizer steps, how they were counted as data for `counted_text`).
+
+    Pretraining counts the documents' own tokens from the prepared token cache; without one,
+    every sequence at max_seq_len, an upper bound (`bound`) that short documents make several
+    times too high. Stage sft counts the conversation set's own tokens (prompt and assistant)."""
     t, seq, procs = cfg["train"], cfg["model"]["max_seq_len"], cfg["launch"]["num_processes"]
     per_step = t["batch_size"] * t["accumulation_steps"] * procs
     sft = sft_tokens(lab, cfg) if cfg.get("stage") == "sft" else None
-    docs = sft["docs"] if sft else (None if cfg.get("stage") == "sft" else _training_documents(lab, cfg))
+    real = None if cfg.get("stage") == "sft" else pretrain_tokens(lab, cfg)
+    docs = sft["docs"] if sft else (None if cfg.get("stage") == "sft" else
+                                    real["docs"] if real else _training_documents(lab, cfg))
     if docs is not None:
         batches = -(-(docs // procs) // t["batch_size"])
         full = max(1, -(-(batches * t["epochs"]) // t["accumulation_steps"]))
         steps = min(full, t["max_steps"]) if t["max_steps"] else full
         how = {"kind": "sft" if sft else "docs", "docs": docs, "epochs": t["epochs"],
                "capped": bool(t["max_steps"] and steps == t["max_steps"]), "max_steps": t["max_steps"]}
+        share = steps / full  # max_steps stops part-way: that share of the epochs' tokens
         if sft:
-            share = steps / full  # max_steps stops part-way: that share of the epochs' tokens
             how.update(target_tokens=int(sft["target_tokens"] * t["epochs"] * share), sampled=sft["sampled"])
             return int(sft["tokens"] * t["epochs"] * share), steps, how
-        return steps * per_step * seq, steps, how
+        if real:
+            return int(real["tokens"] * t["epochs"] * share), steps, {**how, "real": True}
+        return steps * per_step * seq, steps, {**how, "bound": True}
     if t["max_steps"]:
         return t["max_steps"] * per_step * seq, t["max_steps"], {"kind": "max_steps", "max_steps": t["max_steps"],
-                                                                 "stage": cfg.get("stage") or "pretrain"}
+                                                                 "stage": cfg.get("stage") or "pretrain", "bound": True}
     return None, 0, {"kind": "unknown", "stage": cfg.get("stage") or "pretrain"}
 
 
@@ -172,6 +201,10 @@ def counted_text(how: Any, lang: str = "en") -> str:
                 what += f",按对话自身的 token 计(其中助手 token {_size(how['target_tokens'])},即损失所在)"
                 if how.get("sampled"):
                     what += f",由文件前 {how['sampled']:.0%} 推算"
+            if how.get("real"):
+                what += ",按文档自身的 token 计"
+            elif how.get("bound"):
+                what += ",每条序列按 max_seq_len 计:是上限(运行 minimind data prepare 后按真实 token 计)"
             return what + (f",受 max_steps {how['max_steps']} 限制" if how["capped"] else "")
         what = f"{how['docs']:,} training {'conversations' if kind == 'sft' else 'documents'} × {how['epochs']} epoch(s)"
         if kind == "sft":
@@ -179,11 +212,18 @@ def counted_text(how: Any, lang: str = "en") -> str:
                      "assistant tokens carry the loss)")
             if how.get("sampled"):
                 what += f", estimated from the first {how['sampled']:.0%} of the file"
+        if how.get("real"):
+            what += ", the documents' own tokens"
+        elif how.get("bound"):
+            what += (", every sequence counted at max_seq_len: an upper bound (the real count once the data "
+                     "is prepared: minimind data prepare, or the first run)")
         return what + (f", capped at max_steps {how['max_steps']}" if how["capped"] else "")
     data = "SFT conversation file" if how.get("stage") == "sft" else "pretraining file"
     if kind == "max_steps":
-        return (f"max_steps {how['max_steps']}({'SFT 对话文件' if how.get('stage') == 'sft' else '预训练文件'}不在,无法计数)"
-                if zh else f"max_steps {how['max_steps']} (the {data} is not there to count)")
+        return (f"max_steps {how['max_steps']}({'SFT 对话文件' if how.get('stage') == 'sft' else '预训练文件'}不在,无法计数;"
+                "每条序列按 max_seq_len 计:是上限)"
+                if zh else f"max_steps {how['max_steps']} (the {data} is not there to count; every sequence counted at "
+                "max_seq_len: an upper bound)")
     return "未知:没有可计数的数据文件,也没有 max_steps" if zh else f"unknown: no {data} to count and no max_steps"
 
 
@@ -292,14 +332,16 @@ def summary_lines(est: dict[str, Any], lang: str = "en") -> list[str]:
     plan = est.get("memory_plan")
     how = counted_text(est.get("tokens_counted_how") or est["tokens_counted"], lang)
     split = plan and plan["split"]
+    bound = isinstance(est.get("tokens_counted_how"), dict) and est["tokens_counted_how"].get("bound")
     if lang == "zh":
         wall = (f"未校准:本实验室在 {est['device']} 上没有同一规模的早期运行测得 tokens/s" if est["wall_s"] is None else
-                f"{_duration(est['wall_s'], 'zh')}(来自运行 {est['calibration']['run']}:实测 "
+                ("至多 " if bound else "") + f"{_duration(est['wall_s'], 'zh')}(来自运行 {est['calibration']['run']}:实测 "
                 f"{est['calibration']['tokens_per_s']:.0f} tokens/s,按每 token FLOPs 换算)")
         return [
             f"参数:{_size(p['dense'])} 稠密 + {_size(p['memory'])} 记忆 = {_size(p['total'])};"
             f"记忆库 {_size(est['bank_bytes'], 'B')}",
-            f"每 token FLOPs(前向):{_size(est['flops_per_token'])};训练 token 至多 {_size(est['train_tokens'])},"
+            f"每 token FLOPs(前向):{_size(est['flops_per_token'])};训练 token {'至多 ' if bound else ''}"
+            f"{_size(est['train_tokens'])},"
             f"共 {est['train_steps']:,} 步({how});训练 FLOPs {_size(est['train_flops'])}",
             f"设备:{est['device']},约需内存 {_size(est['device_memory_bytes'], 'B')}"
             + (f"(共 {_size(avail, 'B')})" if avail else "")
@@ -308,12 +350,13 @@ def summary_lines(est: dict[str, Any], lang: str = "en") -> list[str]:
         ]
     wall = ("uncalibrated: no earlier run of this lab on " + est["device"] + " in this size class measured tokens/s"
             if est["wall_s"] is None else
-            f"{_duration(est['wall_s'])} (from run {est['calibration']['run']}: "
+            ("at most " if bound else "") + f"{_duration(est['wall_s'])} (from run {est['calibration']['run']}: "
             f"{est['calibration']['tokens_per_s']:.0f} tokens/s measured, scaled by FLOPs/token)")
     return [
         f"parameters: {_size(p['dense'])} dense + {_size(p['memory'])} memory = {_size(p['total'])}; "
         f"bank {_size(est['bank_bytes'], 'B')}",
-        f"FLOPs/token (forward): {_size(est['flops_per_token'])}; training tokens at most {_size(est['train_tokens'])} "
+        f"FLOPs/token (forward): {_size(est['flops_per_token'])}; training tokens {'at most ' if bound else ''}"
+        f"{_size(est['train_tokens'])} "
         f"in {est['train_steps']:,} steps ({how}); training FLOPs {_size(est['train_flops'])}",
         f"device: {est['device']}, memory needed about {_size(est['device_memory_bytes'], 'B')}"
         + (f" of {_size(avail, 'B')}" if avail else "")

@@ -23,7 +23,10 @@ SECRET_PATTERNS = [
     re.compile(r"sk-[A-Za-z0-9]{20,}"),
     re.compile(r"AKIA[0-9A-Z]{16}"),
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-    re.compile(r"(?i)(api[_-]?key|secret|token|password)\s*[:=]\s*['\"]?[A-Za-z0-9_\-]{16,}"),
+    # api_key = ..., aws_secret_access_key = ..., "github_token": "..." (a name ending in the word:
+    # `tokenizer: data/...` is no secret)
+    re.compile(r"(?i)(api[_-]?key|secret(_access)?[_-]?key|secret|token|password|access[_-]?key)['\"]?\s*[:=]\s*"
+               r"['\"]?[A-Za-z0-9_\-/+=]{16,}"),
     re.compile(r"ghp_[A-Za-z0-9]{30,}"),
 ]
 
@@ -43,20 +46,53 @@ def git_errors():
     return git.exc
 
 
-def actor():
-    """The identity for commits: git config user, else env, else a fixed minimind identity."""
+def identity(root: Optional[Path] = None) -> tuple[Optional[str], Optional[str]]:
+    """(name, email) as git knows them: env, then the lab repository's config (local, global and
+    system, as `git config` reads them), then the global file alone; None where git has none."""
     import git
 
     name = os.environ.get("GIT_AUTHOR_NAME")
     email = os.environ.get("GIT_AUTHOR_EMAIL")
-    if not (name and email):
+    repo = _repo(root) if root is not None else None
+    readers = []
+    try:
+        readers.append(repo.config_reader() if repo is not None
+                       else git.GitConfigParser(git.config.get_config_path("global"), read_only=True))
+    except (OSError, configparser.Error):
+        pass
+    for reader in readers:
         try:
-            reader = git.GitConfigParser(git.config.get_config_path("global"), read_only=True)
-            name = name or reader.get_value("user", "name", DEFAULT_NAME)
-            email = email or reader.get_value("user", "email", DEFAULT_EMAIL)
+            name = name or reader.get_value("user", "name", "") or None
+            email = email or reader.get_value("user", "email", "") or None
         except (OSError, configparser.Error):
-            name, email = name or DEFAULT_NAME, email or DEFAULT_EMAIL
-    return git.Actor(str(name), str(email))
+            continue
+    return (str(name) if name else None), (str(email) if email else None)
+
+
+def actor(root: Optional[Path] = None):
+    """The identity for commits: git's own (see `identity`), else a fixed minimind identity."""
+    import git
+
+    name, email = identity(root)
+    return git.Actor(name or DEFAULT_NAME, email or DEFAULT_EMAIL)
+
+
+def reviewer(root: Path) -> str:
+    """Who reviews, for review.json and LESSONS.md: git's user, else the login name."""
+    name, email = identity(root)
+    if name:
+        return f"{name} <{email}>" if email else name
+    return os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+
+
+def identity_note(root: Path) -> Optional[str]:
+    """A sentence when the commit falls back to minimind's own identity, else None."""
+    name, email = identity(root)
+    if name and email:
+        return None
+    who = actor(root)
+    return (f"no git identity: committed as {who.name} <{who.email}>; set git config user.name and "
+            "git config user.email to commit as yourself")
 
 
 def init_repo(root: Path) -> None:
@@ -92,8 +128,8 @@ def file_at_head(root: Path, rel: str) -> Optional[str]:
         return None
 
 
-def find_secrets(paths: Iterable[Path]) -> list[str]:
-    """Files (and the pattern) whose text looks like a credential."""
+def find_secrets(paths: Iterable[Path], root: Optional[Path] = None) -> list[str]:
+    """'file line N (what)' for each file whose text looks like a credential: its first such line."""
     hits = []
     api_key = os.environ.get("ANTHROPIC_API_KEY")
     for path in paths:
@@ -101,12 +137,14 @@ def find_secrets(paths: Iterable[Path]) -> list[str]:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
-        if api_key and len(api_key) >= 8 and api_key in text:
-            hits.append(f"{path.name} (contains ANTHROPIC_API_KEY)")
-            continue
-        for pattern in SECRET_PATTERNS:
-            if pattern.search(text):
-                hits.append(f"{path.name} (matches {pattern.pattern[:24]}...)")
+        name = path.relative_to(root) if root is not None and path.is_relative_to(root) else path.name
+        for number, line in enumerate(text.splitlines(), 1):
+            if api_key and len(api_key) >= 8 and api_key in line:
+                hits.append(f"{name} line {number} (contains ANTHROPIC_API_KEY)")
+                break
+            pattern = next((p for p in SECRET_PATTERNS if p.search(line)), None)
+            if pattern is not None:
+                hits.append(f"{name} line {number} (matches {pattern.pattern[:24]}...)")
                 break
     return hits
 
@@ -119,13 +157,13 @@ def commit_paths(root: Path, rel_paths: list[str], message: str) -> str:
     if repo is None:
         raise MinimindError(f"{root} is not a git repository")
     existing = [p for p in rel_paths if (root / p).exists()]
-    secrets = find_secrets(root / p for p in existing)
+    secrets = find_secrets((root / p for p in existing), root)
     if secrets:
         raise GateRefused(f"refusing to commit: {secrets[0]} looks like a secret")
     try:
         # Stage only these paths; anything else already staged stays out of this commit.
         repo.git.add("--", *existing)
-        who = actor()
+        who = actor(root)
         repo.git.commit("-m", message, "--only", "--", *existing,
                         author=f"{who.name} <{who.email}>",
                         env={"GIT_COMMITTER_NAME": who.name, "GIT_COMMITTER_EMAIL": who.email})

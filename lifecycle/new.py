@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from minimind.atomic import write_json, write_text
 from minimind.config import (STAGES, ExperimentConfig, apply_sets, config_hash, dump_config, from_dict, load_config,
-                             parse_assignment, parse_value, resolve_key)
+                             parse_assignment, parse_set, resolve_key)
 from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.lab import Lab
 from minimind.schema import describe, to_dict
@@ -125,15 +125,15 @@ def model_diff(lab: Lab, base: Optional[str]) -> tuple[str, str]:
     return "".join(diff), against
 
 
-def _parse_sets(items: list[str]) -> list[tuple[str, Any]]:
-    return [(key, parse_value(value)) for key, value in (parse_assignment(i) for i in items)]
+def _parse_sets(items: list[str], model_fields: dict[str, dict]) -> list[tuple[str, Any]]:
+    return [parse_set(item, model_fields) for item in items]
 
 
 def check_sets(lab: Lab, items: list[str]) -> list[tuple[str, Any]]:
     """--set items parsed, their keys resolved and their values type-checked against the lab's
     own settings: for a caller (the demo) that should refuse a typo before it trains anything."""
-    sets = _parse_sets(items)
     model_cls, model_fields = model_schema(lab)
+    sets = _parse_sets(items, model_fields)
     for key, _ in sets:
         resolve_key(key, model_fields)
     apply_sets(base_config(lab, lab.settings(), None, model_cls), sets, model_fields)
@@ -160,6 +160,9 @@ def _from_proposal(lab: Lab, req: NewRequest) -> NewRequest:
 
 def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     parse(req.version)
+    if req.force and not (req.reason or "").strip():
+        raise UsageError("--force needs --reason: say why launching over a failed check is right here "
+                         "(the record keeps it)")
     settings = lab.settings()
     _check_existing(lab, req.version)
     if req.from_proposal:
@@ -180,8 +183,8 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     else:
         base = default_base(req.version, existing)
     init = sft_start(lab, base) if req.stage == "sft" else None
-    sets = _parse_sets(req.sets)
     model_cls, model_fields = model_schema(lab)
+    sets = _parse_sets(req.sets, model_fields)
     for key, _ in sets:  # unknown keys fail now, before the agent is asked anything
         resolve_key(key, model_fields)
     start = {"stage": req.stage, **({"init": init} if init else {}),
@@ -231,7 +234,7 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
         notes = upgrade_legacy_template(lab)
         notes += _stage_files(lab, cfg, plan_record, staging)
         if req.launch:
-            _require_data(lab, cfg)
+            _require_data(lab, cfg, model_cls.from_dict(cfg.model).has_memory)
             from lifecycle.launch import check_launch
 
             check_launch(lab, cfg)
@@ -294,7 +297,9 @@ def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, m
     from lifecycle import check, estimate
     from models.registry import load_module
 
-    cfg = from_dict({"version": req.version, "base": None, "model_module": "model", **config}, where="resolved config").to_dict()
+    resolved = from_dict({"version": req.version, "base": None, "model_module": "model", **config}, where="resolved config")
+    _refuse_unrunnable(lab, req, resolved, model_cls)
+    cfg = resolved.to_dict()
     est = estimate.estimate(lab, cfg)
     estimate.refuse_if_cannot_run(lab, cfg, est)
     problem = estimate.check_positions(load_module(lab.models_dir, "model"), cfg["model"])
@@ -309,7 +314,7 @@ def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, m
     if refused and not req.force:
         raise GateRefused(refused)
     record = {"checks": results, "forced": bool(refused and req.force),
-              "reason": (req.reason or ("未给出理由" if lang == "zh" else "no reason given")) if refused and req.force else None,
+              "reason": req.reason if refused and req.force else None,
               "compute_note": record_note, "compute_accepted": bool(compute_note and req.yes)}
     return {"checks": results, "record": record, "estimate": {**est, "lines": estimate.summary_lines(est, lang)},
             "lines": check.lines(results), "estimate_lines": estimate.summary_lines(est)
@@ -388,7 +393,8 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     for key in sorted({k for k, _ in agent_changes} | {k for k, _ in human}):
         if before.get(key) == after.get(key):
             continue  # a value equal to the base's is not a change
-        source = "set by the human (--set)" if key in dict(human) else why.get(key, "proposed by the agent")
+        source = (("由人类用 --set 设定" if lang == "zh" else "set by the human (--set)") if key in dict(human)
+                  else why.get(key, "由代理提议" if lang == "zh" else "proposed by the agent"))
         changes.append({"key": key, "base": before.get(key), "new": after.get(key), "why": source})
     from lifecycle import gitops
 
@@ -460,10 +466,37 @@ def sft_start(lab: Lab, base: str) -> dict[str, Any]:
             "step": step if isinstance(step, int) else None}
 
 
-def _require_data(lab: Lab, cfg: ExperimentConfig) -> None:
-    needed = [("pretraining data", cfg.data.pretrain), ("tokenizer", cfg.data.tokenizer)]
-    if cfg.stage == "sft":
-        needed.append(("SFT conversations", cfg.data.sft))
-    for label, rel in needed:
+def _refuse_unrunnable(lab: Lab, req: NewRequest, cfg: ExperimentConfig, model_cls) -> None:
+    """What cannot run, refused before anything is written: guardrails turned around, GPUs that
+    are not there, a data path the human set that does not exist, and, for a launch, any data
+    file the run would read (a path every later experiment would otherwise inherit)."""
+    from lifecycle.slots import check_devices
+    from minimind.guardrails import flipped
+
+    problems = flipped(cfg.guardrails)
+    if problems:
+        raise UsageError(problems[0])
+    check_devices(cfg)
+    model_fields = model_cls.fields_schema()
+    typed = {resolve_key(key, model_fields) for key, _ in (parse_assignment(item) for item in req.sets)}
+    for name in DATA_PATHS:
+        rel = getattr(cfg.data, name)
+        if ("data", name) in typed and rel is not None and not lab.resolve(rel).exists():
+            raise UsageError(f"data.{name} {rel} does not exist (set with --set)")
+    if req.launch:
+        _require_data(lab, cfg, model_cls.from_dict(cfg.model).has_memory)
+
+
+# The data files a run reads, by config key; the others (probes, sft_eval, sft_split) are
+# skipped when missing, by design, so a lab without SFT data still trains.
+DATA_PATHS = ("pretrain", "tokenizer", "knowledge", "probes", "sft", "sft_eval", "sft_split", "chat_template")
+
+
+def _require_data(lab: Lab, cfg: ExperimentConfig, has_memory: bool) -> None:
+    needed = ["pretrain", "tokenizer"] + (["sft"] if cfg.stage == "sft" else [])
+    needed += ["knowledge"] * bool(has_memory and cfg.data.knowledge) + ["chat_template"] * bool(cfg.data.chat_template)
+    for name in needed:
+        rel = getattr(cfg.data, name)
         if not lab.resolve(rel).exists():
-            raise MinimindError(f"{label} {rel} not found: run 'minimind data build' (or 'data prepare'), or use --no-launch")
+            raise MinimindError(f"data.{name} {rel} does not exist: run 'minimind data build' (or 'data prepare'), "
+                                "or use --no-launch")

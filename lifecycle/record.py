@@ -9,6 +9,7 @@ rendered is never overwritten: the new render goes beside it as `runs/V/record.r
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -37,6 +38,33 @@ KEY_PARAMS = ("model.preset", "model.dim", "model.n_layers", "model.n_heads", "m
               "model.num_candidates", "model.freeze_ratio", "model.freeze_policy", "model.ema_decay",
               "model.ema_update_freq", "train.epochs", "train.batch_size", "train.accumulation_steps",
               "train.learning_rate", "train.max_steps", "train.seed", "launch.num_processes", "launch.mixed_precision")
+# Settings only a model with a memory layer reads: a dense run's table leaves them out.
+MEMORY_PARAMS = ("model.knowledge_num", "model.knowledge_length", "model.knowledge_dim", "model.num_candidates",
+                 "model.freeze_ratio", "model.freeze_policy", "model.ema_decay", "model.ema_update_freq")
+# Presets with a memory layer (models/model.py PRESETS, with the seed lab's aliases), named here
+# so that rendering a record imports no torch; tests/test_record_text.py checks them against PRESETS.
+MEMORY_PRESETS = ("memory", "hybrid", "model_memory", "model")
+LEVELS_ZH = {"safe": "安全", "watch": "观察", "danger": "危险", "n/a": "无数据"}
+
+
+def has_memory(model: dict) -> bool:
+    return model.get("preset") in MEMORY_PRESETS
+
+
+# The trainer's words for what a run computes on (training/loop.py resources), for a zh record.
+_RESOURCES = re.compile(r"^(\d+) process\(es\)(?: on (\w+))?, mixed precision (\w+)"
+                        r"(?:, micro-batch (\d+) x accumulation (\d+))?( \(split by the memory plan\))?(, DeepSpeed)?$")
+
+
+def resources_zh(text: str) -> str:
+    """state.json `resources` in Chinese; a sentence of another form is shown as written."""
+    m = _RESOURCES.match(text)
+    if not m:
+        return text
+    procs, device, precision, batch, accumulation, split, deepspeed = m.groups()
+    return (f"{procs} 个进程" + (f",设备 {device}" if device else "") + f",混合精度 {precision}"
+            + (f",微批 {batch} × 累积 {accumulation}" if batch else "") + ("(按内存计划拆分)" if split else "")
+            + (",DeepSpeed" if deepspeed else ""))
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -59,6 +87,9 @@ def metrics_summary(rows: list[dict], window: int = 50) -> dict[str, Any]:
         return {"steps": 0}
     tps = [r["tokens_per_s"] for r in train_rows if isinstance(r.get("tokens_per_s"), (int, float))]
     ce = [r.get("loss_ce", r["loss"]) for r in train_rows]
+    # The trainer's own clock (elapsed_s, kept across resumes) counts from the first step; the
+    # rows' wall times start at the first log, a whole log interval later. Older rows lack it.
+    elapsed = [r["elapsed_s"] for r in train_rows if isinstance(r.get("elapsed_s"), (int, float))]
     start = train_rows[0].get("time")
     end = train_rows[-1].get("time")
     return {
@@ -66,7 +97,7 @@ def metrics_summary(rows: list[dict], window: int = 50) -> dict[str, Any]:
         "first_loss": losses[0], "last_loss": losses[-1], "min_loss": min(losses),
         "smoothed_loss": sum(ce[-window:]) / len(ce[-window:]),
         "tokens_per_s": sum(tps[-10:]) / len(tps[-10:]) if tps else None,
-        "duration": _duration(end - start) if start and end else "—",
+        "duration": _duration(max(elapsed)) if elapsed else (_duration(end - start) if start and end else "—"),
     }
 
 
@@ -102,7 +133,13 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
         intervals_note = (f"变化按同一批文档与探针上差值的配对 bootstrap {confidence:.0%} 置信区间标注:区间不含零时才标 ✅(更好)"
                           "或 ❌(更差),否则为 ≈(噪声范围内)。" if has_items else
                           "有一方没有逐项数据(较早的 eval.json):变化只列出,不标注。")
-    guardrails = [{"name": n, "value": g.get("value"), "level": g.get("level", "n/a"),
+    zh = lang_of(plan) == "zh"
+    if zh:
+        from minimind.verdict import delta_text
+
+        comparison = [{**row, "delta_text": delta_text(row, "zh")} for row in comparison]
+    guardrails = [{"name": n, "value": g.get("value"),
+                   "level": (LEVELS_ZH.get(g.get("level", "n/a"), g.get("level")) if zh else g.get("level", "n/a")),
                    "light": LIGHTS.get(g.get("level"), "⚪")} for n, g in ((ev or {}).get("guardrails") or {}).items()]
     recall = []
     for split, r in ((ev or {}).get("recall") or {}).items():
@@ -119,6 +156,8 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
     started, ended = state.started_at, state.ended_at
     eta = state.eta_s if derived == "running" else None
     resources = state.resources or f"{cfg.launch.num_processes} process(es), mixed precision {cfg.launch.mixed_precision}"
+    if lang_of(plan) == "zh":
+        resources = resources_zh(resources)
     return {"r": {
         "version": version, "base": cfg.base, "state": derived, "config_hash": plan.get("config_hash", ""),
         "stage": cfg.stage, "init": to_dict(cfg.init) if cfg.init else None,
@@ -132,7 +171,9 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
                 "diff": diff_text[:DIFF_LIMIT].rstrip("\n"), "diff_truncated": len(diff_text) > DIFF_LIMIT,
                 "model_changed": bool(diff_text.strip()), "against": plan.get("diff_against", "the base snapshot")},
         "model": cfg.model, "train": cfg.train,
-        "config_rows": [(k, flat[k]) for k in KEY_PARAMS if k in flat],
+        "config_rows": [(k, flat[k]) for k in KEY_PARAMS
+                        if k in flat and (k not in MEMORY_PARAMS or has_memory(cfg.model))],
+        "has_memory": has_memory(cfg.model),
         "execution": {"launched": bool(state.pid), "pid": state.pid, "pgid": state.pgid,
                       "started_at": _iso(started), "ended_at": _iso(ended),
                       "duration": _duration(ended - started) if started and ended else None,

@@ -8,6 +8,7 @@ reaches the run script.
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 from typing import Any, Optional
@@ -53,6 +54,35 @@ def _md_cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+_FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,}|#{1,6}(?=\s|$))", re.MULTILINE)
+_FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
+
+
+def _human(value: Any, inline: bool = False) -> str:
+    """The human's text, kept inside its own paragraph: a line that would open a code fence
+    (``` or ~~~, closed or not) or a heading has those characters escaped, so it cannot swallow
+    or split the sections after it; `inline` text (one line of the record) also loses its line
+    breaks."""
+    text = _FENCE.sub(lambda m: m.group(1) + "".join("\\" + c for c in m.group(2)), str(value))
+    return " ".join(text.split("\n")) if inline else text
+
+
+def _closed(value: Any) -> str:
+    """Prose (the agent's, which may quote the human) with any code fence it leaves open closed
+    at its end, so a fence never runs on into the record's later sections."""
+    text, fence = str(value), None
+    for line in text.split("\n"):
+        m = _FENCE_LINE.match(line)
+        if not m:
+            continue
+        if fence is None:
+            if not (m.group(1)[0] == "`" and "`" in m.group(2)):  # a backtick fence's info has no backtick
+                fence = m.group(1)
+        elif m.group(1)[0] == fence[0] and len(m.group(1)) >= len(fence) and not m.group(2).strip():
+            fence = None
+    return text if fence is None else f"{text}\n{fence}"
+
+
 def environment(lab_templates: Optional[Path] = None):
     import jinja2
 
@@ -65,7 +95,7 @@ def environment(lab_templates: Optional[Path] = None):
         lstrip_blocks=True,
         autoescape=False,
     )
-    env.filters.update(sh=shell_quote, fmt=_fmt, pct=_pct, cell=_md_cell)
+    env.filters.update(sh=shell_quote, fmt=_fmt, pct=_pct, cell=_md_cell, human=_human, closed=_closed)
     return env
 
 

@@ -136,7 +136,9 @@ def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: b
     if proposed:
         console.print(f"[bold]Proposed lesson[/] (from {version}): {proposed['text']}\n  evidence: {proposed['evidence']}\n"
                       "  --approve adds it to experiment/LESSONS.md; --reject-lesson drops it.", markup=True)
-    reviewer = os.environ.get("USER", "unknown")
+    from lifecycle.gitops import reviewer as git_reviewer
+
+    reviewer = git_reviewer(lab.root)
     if reject_lesson and lessons.reject(run_dir, reviewer):
         console.print("Lesson rejected: experiment/LESSONS.md is unchanged.")
     if approve:

@@ -66,8 +66,21 @@ def slot_dir(lab: Lab, cfg: ExperimentConfig) -> Path:
     return lab.resolve(cfg.launch.slot_dir) if cfg.launch.slot_dir else lab.runs_dir / SLOTS_DIR
 
 
+def check_devices(cfg: ExperimentConfig) -> None:
+    """Refuse GPU indices this machine does not have (the run would train on no device it named).
+    A machine with no GPU at all keeps the list as plain numbered slots (see the module's docstring)."""
+    if cfg.launch.backend != "local" or cfg.launch.gpus == "all":
+        return
+    found = detect_gpus()
+    missing = [g for g in cfg.launch.gpus if g not in found]
+    if found and missing:
+        raise UsageError(f"launch.gpus names GPU {', '.join(map(str, missing))}, which this machine does not have "
+                         f"(this machine has GPU {', '.join(map(str, found))})")
+
+
 def check_request(cfg: ExperimentConfig) -> None:
     """Refuse at `new` a run that could never get its slots (it would wait forever)."""
+    check_devices(cfg)
     ids = slot_ids(cfg)
     if ids is not None and cfg.launch.num_processes > len(ids):
         raise UsageError(f"launch.num_processes is {cfg.launch.num_processes} but launch.gpus gives "

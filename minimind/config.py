@@ -161,6 +161,36 @@ def resolve_key(key: str, model_fields: dict[str, dict]) -> tuple[str, ...]:
     return owners[0] + (key,)
 
 
+def _takes_words(tp: Any) -> bool:
+    """A type that takes text and no number or boolean: a plain string or a choice of strings."""
+    import types
+    import typing
+
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    words = any(o is str or (typing.get_origin(o) is Literal and all(isinstance(a, str) for a in typing.get_args(o)))
+                for o in options)
+    return words and not any(o in (bool, int, float) for o in options)
+
+
+def parse_set(item: str, model_fields: dict[str, dict]) -> tuple[str, Any]:
+    """One --set item -> (key as typed, value). YAML reads a bare `no`, `off`, `yes` or `on` as a
+    boolean; a setting that only takes words (mixed_precision, a path) gets the word as typed."""
+    key, text = parse_assignment(item)
+    value = parse_value(text)
+    if not isinstance(value, (bool, int, float)):
+        return key, value  # text, null, or a list or mapping typed as such
+    path = resolve_key(key, model_fields)
+    if path[0] == "model":
+        words = model_fields[path[1]].get("type") == "str"
+    elif path[0] in SECTIONS:
+        from typing import get_type_hints
+
+        words = _takes_words(get_type_hints(SECTIONS[path[0]])[path[1]])
+    else:
+        words = path[-1] == "action"  # guardrails.<name>.action: stop | flag | none
+    return key, (text if words else value)
+
+
 def apply_sets(config: dict[str, Any], assignments: list[tuple[str, Any]],
                model_fields: dict[str, dict]) -> dict[str, Any]:
     """Return a copy of `config` (plain dict) with each (key, value) applied at its path.

@@ -178,3 +178,24 @@ def rules_of(cfg: GuardrailsConfig) -> dict[str, dict[str, Any]]:
 
 def rule_from(spec: Mapping[str, Any]) -> GuardrailRule:
     return GuardrailRule(safe=spec["safe"], danger=spec["danger"], action=spec.get("action", "flag"))
+
+
+def flipped(cfg: GuardrailsConfig) -> list[str]:
+    """One sentence per guardrail whose thresholds point the other way from what it measures.
+
+    Direction comes from the thresholds, so a `safe` set past `danger` silently turns a
+    guardrail around (high repetition "safe"); what each measures is bad in the direction
+    of the settings' own defaults, which therefore decide it.
+    """
+    defaults = GuardrailsConfig()
+    problems = []
+    for name in NAMES:
+        rule, default = getattr(cfg, name), getattr(defaults, name)
+        if low_is_bad(rule) == low_is_bad(default):
+            continue
+        side = "below" if rule.safe < rule.danger else "above"
+        bad = "low" if low_is_bad(default) else "high"
+        problems.append(f"guardrails.{name}: safe {rule.safe:g} is {side} danger {rule.danger:g}, but for the "
+                        f"{MEANINGS.get(name, name)} {bad} values are bad (safe must be "
+                        f"{'above' if low_is_bad(default) else 'below'} danger)")
+    return problems

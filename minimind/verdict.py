@@ -243,15 +243,22 @@ def compare_rows(new: Optional[dict], base: Optional[dict], confidence: float = 
         ci = paired_interval(new, base, name, confidence) if delta is not None else None
         mark = _mark(ci, higher_is_better(name), rel, min_effect)
         better = {MARK_GOOD: True, MARK_BAD: False}.get(mark) if mark else None
-        if delta is None:
-            text = "—"
-        else:
-            pct = f" ({rel:+.1%})" if rel is not None else ""
-            noise = f" {ci['confidence']:.0%} CI [{ci['low']:+.3g}, {ci['high']:+.3g}]" if ci else " (no interval)"
-            text = f"{delta:+.4g}{pct}{noise}" + (f" {mark}" if mark else "")
-        rows.append({"metric": name, "base": a, "new": b, "delta": delta, "rel": rel, "ci": ci, "mark": mark,
-                     "better": better, "delta_text": text})
+        row = {"metric": name, "base": a, "new": b, "delta": delta, "rel": rel, "ci": ci, "mark": mark, "better": better}
+        rows.append({**row, "delta_text": delta_text(row)})
     return rows
+
+
+def delta_text(row: dict[str, Any], lang: str = "en") -> str:
+    """'-0.5 (-8.3%) 95% CI [...] ✅' for a compare_rows row, in the record's language."""
+    delta, rel, ci, mark = row.get("delta"), row.get("rel"), row.get("ci"), row.get("mark")
+    if delta is None:
+        return "—"
+    pct = f" ({rel:+.1%})" if rel is not None else ""
+    if ci:
+        noise = f" {ci['confidence']:.0%} {'置信区间' if lang == 'zh' else 'CI'} [{ci['low']:+.3g}, {ci['high']:+.3g}]"
+    else:
+        noise = "(无区间)" if lang == "zh" else " (no interval)"
+    return f"{delta:+.4g}{pct}{noise}" + (f" {mark}" if mark else "")
 
 
 def held_out_control(new: Optional[dict], base: Optional[dict], confidence: float = CONFIDENCE,

@@ -134,7 +134,7 @@ def _record_context(lang: str) -> dict:
         "plan": {"thinking": "The base froze a fifth of the bank; a wider model tests whether capacity was the limit.", "changes": [{"key": "model.dim", "base": 32, "new": 64, "why": "w|x"}], "expected": "e",
                  "risks": ["r"], "backend": "offline", "note": ""},
         "git": {"commit": "abc", "dirty": True, "diff": "+x", "diff_truncated": False, "model_changed": True, "against": "HEAD"},
-        "model": model, "train": TrainConfig(), "config_rows": [("model.dim", 64)],
+        "model": model, "train": TrainConfig(), "config_rows": [("model.dim", 64)], "has_memory": True,
         "execution": {"launched": True, "pid": 1, "pgid": 1, "started_at": "s", "ended_at": "e", "duration": "1s", "step": 10,
                       "total_steps": 10, "eta": None, "stop_reason": None, "resources": "1 process"},
         "training": {"available": True, "steps": 10, "first_loss": 5.0, "last_loss": 3.0, "min_loss": 2.9, "smoothed_loss": 3.1,

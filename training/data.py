@@ -93,6 +93,13 @@ def sample_tokens(doc, max_seq_len: int) -> np.ndarray:
     return np.asarray(_tokens_of(doc)[: max_seq_len + 1], dtype=np.int64)
 
 
+def untrained_tokens(lengths: np.ndarray, max_seq_len: int) -> tuple[int, int]:
+    """(documents longer than a sample, their tokens past it): what `sample_tokens` cuts off and
+    no step ever trains on. `lengths` are the documents' token counts, <s> and </s> included."""
+    over = np.asarray(lengths, dtype=np.int64) - (max_seq_len + 1)
+    return int((over > 0).sum()), int(over[over > 0].sum())
+
+
 def _tokens_of(doc):
     """A document is a token array (pretraining) or (tokens, target flags) (a conversation)."""
     return doc[0] if isinstance(doc, tuple) else doc

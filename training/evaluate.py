@@ -49,8 +49,8 @@ from typing import Any, Optional
 from minimind.config import ExperimentConfig
 from minimind.errors import MinimindError, UsageError
 from minimind.lab import Lab
-from minimind.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, EVAL_FILE, LAST_CHECKPOINT, METRICS_FILE, PLOTS_DIR,
-                             best_checkpoint, read_metrics, update_state)
+from minimind.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, EVAL_FILE, LAST_CHECKPOINT, METRICS_FILE, PLAN_FILE, PLOTS_DIR,
+                             best_checkpoint, read_json, read_metrics, update_state)
 
 SIZE_OPTIONS = ("dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "knowledge_num", "knowledge_length",
                 "knowledge_dim")
@@ -420,7 +420,8 @@ def _finish_run(run_dir: Path, result: dict[str, Any]) -> None:
 
     rows = read_metrics(run_dir / METRICS_FILE)
     if rows:
-        plot_run(rows, run_dir / PLOTS_DIR / "loss.png", f"{run_dir.name}: training loss")
+        lang = (read_json(run_dir / PLAN_FILE) or {}).get("lang", "en")  # the record's language
+        plot_run(rows, run_dir / PLOTS_DIR / "loss.png", run_dir.name, lang=lang)
     update_state(run_dir, evaluated=True, eval_time=result["time"], eval_guardrails=result["guardrails"])
 
 

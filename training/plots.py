@@ -38,11 +38,41 @@ def _save(fig, out_png: Path) -> None:
         fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
 
 
+# The picture's words in the record's language.
+LABELS = {
+    "en": {"x": "step", "y": "loss", "raw": "train (raw)", "mean": "train (mean of {n})", "val": "validation",
+           "title": "{v}: training loss"},
+    "zh": {"x": "步数", "y": "损失", "raw": "训练(原始)", "mean": "训练(最近 {n} 步均值)", "val": "验证",
+           "title": "{v}:训练损失"},
+}
+# Fonts with Chinese glyphs, tried in order; matplotlib's default has none and would draw boxes.
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+             "SimHei", "Microsoft YaHei", "PingFang SC", "Heiti SC", "AR PL UMing CN")
+
+
+def _cjk_fonts() -> list[str]:
+    from matplotlib import font_manager
+
+    have = {f.name for f in font_manager.fontManager.ttflist}
+    return [name for name in CJK_FONTS if name in have]
+
+
 def plot_loss_curves(series: dict[str, list[tuple[int, float]]], out_png: Path, title: str,
                      points: Optional[dict[str, list[tuple[int, float]]]] = None,
-                     smooth_window: int = 0) -> Path:
+                     smooth_window: int = 0, lang: str = "en") -> Path:
     """One line per label (step, loss); optional markers per label (e.g. eval points)."""
     plt = _pyplot()
+    fonts = _cjk_fonts() if lang == "zh" else []
+    with plt.rc_context({"font.sans-serif": [*fonts, *plt.rcParams["font.sans-serif"]]} if fonts else {}):
+        return _draw(plt, series, out_png, title, points, smooth_window, LABELS[_drawn_lang(lang)])
+
+
+def _drawn_lang(lang: str) -> str:
+    """zh when a font can draw it; without one, English words rather than boxes."""
+    return "zh" if lang == "zh" and _cjk_fonts() else "en"
+
+
+def _draw(plt, series, out_png, title, points, smooth_window, words) -> Path:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     try:
         for label, pairs in series.items():
@@ -56,8 +86,8 @@ def plot_loss_curves(series: dict[str, list[tuple[int, float]]], out_png: Path, 
         for label, pairs in (points or {}).items():
             if pairs:
                 ax.plot([s for s, _ in pairs], [v for _, v in pairs], "o", label=label, markersize=5)
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
+        ax.set_xlabel(words["x"])
+        ax.set_ylabel(words["y"])
         ax.set_title(title)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
@@ -68,10 +98,11 @@ def plot_loss_curves(series: dict[str, list[tuple[int, float]]], out_png: Path, 
     return Path(out_png)
 
 
-def plot_run(rows: list[dict], out_png: Path, title: str, window: int = 20) -> Path:
-    """Training CE (raw, faint; smoothed) and validation loss points from metrics rows."""
+def plot_run(rows: list[dict], out_png: Path, version: str, window: int = 20, lang: str = "en") -> Path:
+    """Training CE (raw, faint; smoothed) and validation loss points from metrics rows, labelled in `lang`."""
+    words = LABELS[_drawn_lang(lang)]
     train = [(r["step"], r["loss_ce"]) for r in rows if isinstance(r.get("loss_ce"), (int, float))]
     evals = [(r["step"], r["eval/val_loss"]) for r in rows if isinstance(r.get("eval/val_loss"), (int, float))]
     smoothed = list(zip([s for s, _ in train], smooth([v for _, v in train], window))) if train else []
-    return plot_loss_curves({"train (raw)": train, f"train (mean of {window})": smoothed}, out_png, title,
-                            points={"validation": evals})
+    return plot_loss_curves({words["raw"]: train, words["mean"].format(n=window): smoothed}, out_png,
+                            words["title"].format(v=version), points={words["val"]: evals}, lang=lang)
