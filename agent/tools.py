@@ -28,7 +28,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from agent import prose
 from agent.base import (ANALYSIS_PROSE, COMMIT_PROSE, Analysis, AnalysisContext, CommitContext, CommitDraft, Plan,
-                        PlanContext, lesson_due, model_fields, required_fields)
+                        PlanContext, cause_words, lesson_due, model_fields, required_fields)
 from minimind.errors import UsageError
 
 MAX_TEXT = 8000          # characters of one prose field
@@ -68,8 +68,8 @@ _FIELD_HELP = {
     "title": "One-line commit title (no trailing period).",
     "improvements": "Main improvements of this experiment, one per item.",
     "core_changes": "Per file of the commit: bullet lines describing its change.",
-    "lesson": "Only when the computed verdict is refuted or a guardrail reached danger (else null): the lesson "
-              "this experiment teaches the lab, and its evidence, quoting only numbers given to you.",
+    "lesson": "Only when the task names a cause the data supports (else null): the lesson this experiment "
+              "teaches the lab, naming that cause, and its evidence, quoting only numbers given to you.",
     "next_experiment": "The next experiment you propose (or null to leave it to minimind's rules): goal, hypothesis, "
                        "the config changes against this experiment (dotted key -> value, only the keys listed), an "
                        "--expect criterion such as 'inference_loss < base', why, and optionally the base version.",
@@ -439,9 +439,9 @@ def _lesson(raw: Any, ctx: AnalysisContext, facts: Any, found: list[str]) -> dic
     if not isinstance(raw, dict):
         found.append(f"lesson: expected an object or null, got {type(raw).__name__}")
         return None
-    if not lesson_due(ctx.verdict, ctx.eval):
-        found.append(f"lesson: a lesson is proposed only after a refuted verdict or a guardrail in danger "
-                     f"(the verdict is {ctx.verdict}, no guardrail reached danger); give null")
+    if not lesson_due(ctx.causes):
+        found.append("lesson: the data supports no cause of this result (no forced failed check, no guardrail "
+                     "moved into danger from the base, not under-trained); give null")
         return None
     for key in sorted(set(raw) - {"text", "evidence"}):
         found.append(f"lesson.{key}: unknown key (allowed: text, evidence)")
@@ -455,6 +455,9 @@ def _lesson(raw: Any, ctx: AnalysisContext, facts: Any, found: list[str]) -> dic
         found.append("lesson.evidence: at least one line of evidence (numbers from the data) is needed")
     elif not any(prose.has_number(e) for e in evidence):
         found.append("lesson.evidence: quotes no number; the evidence is the run's numbers")
+    words = cause_words(ctx.causes[0])
+    if text and not any(w.lower() in text.lower() for w in words):
+        found.append(f"lesson.text: does not name the cause the data supports ({', '.join(words[:3])})")
     values = prose.known_values(facts)
     for i, line in enumerate(evidence):
         bad = prose.numbers_not_in_data(line, values)
