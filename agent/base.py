@@ -54,6 +54,10 @@ class PlanContext:
     notebook: str = ""                    # the lab notebook: compact trace of every experiment, reviewer notes
 
 
+# The prose fields of a plan: checked like an analysis's, with no verdict to claim (agent/prose.py).
+PLAN_PROSE = ("thinking", "expected", "risks")
+
+
 @dataclass(kw_only=True)
 class Plan:
     thinking: str                         # the record's "AI thinking process"
@@ -63,6 +67,8 @@ class Plan:
     risks: list[str]
     backend: str
     notes: list[str] = code_owned(help="what code changed in the answer (a key the human set, dropped)")
+    replaced: list[str] = code_owned(help="prose fields replaced because they claimed a verdict or quoted a number "
+                                          "not in the data, with the reasons (never the replaced text)")
 
 
 @dataclass(kw_only=True)

@@ -129,7 +129,7 @@ class ClaudeAgent:
                     result = validate(block.input, attempt == 2)
                 except tools.ToolInputError as exc:
                     problems = exc.problems
-            notes = list(getattr(result, "notes", []) or [])
+            notes = list(getattr(result, "notes", []) or []) + list(getattr(result, "replaced", []) or [])
             self._log(step, attempt, request, latency, message=message, problems=problems, notes=notes)
             if result is not None:
                 return result
@@ -267,7 +267,8 @@ def analysis_prompt(ctx: AnalysisContext) -> str:
                     f"| {interval} | {r.get('mark') or '—'} |")
     stop = f", stop reason: {ctx.stop_reason}" if ctx.stop_reason else ""
     parts = [
-        f"# Analyse experiment {ctx.version} (base: {ctx.base or 'none'}), final state: {ctx.state}{stop}",
+        f"# Analyse experiment {ctx.version} (stage {ctx.stage}, preset {(ctx.model_config or {}).get('preset')}, "
+        f"base: {ctx.base or 'none'}), final state: {ctx.state}{stop}",
         _language_line(ctx.lang),
         _human_block(goal=ctx.goal, hypothesis=ctx.hypothesis, expect=ctx.expect),
         "## The plan (thinking, expectation, risks, changes)\n" + _block("plan", _json(_round(_trim(ctx.plan)))),

@@ -214,7 +214,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                                changed_symbols=_diff_symbols(lab, cfg.base, version, diff_text),
                                facts={"comparison": rows, "eval": ctx.eval, "base_eval": ctx.base_eval,
                                       "metrics": summary, "held_out_control": control,
-                                      "bank_reading": reading})
+                                      "bank_reading": reading, "causes": found})
     draft, commit_note = backends.call(requested, settings.agent, log_dir, "draft_commit", commit_ctx, prior)
     record["commit_notes"] = list(draft.notes)
     if commit_note:
