@@ -7,10 +7,12 @@ with bullet fields; `**Check:**` names the preflight check that enforces it
 (`agent.base.lessons_text`); guardrail thresholds are never written into it — they come
 from the lab's settings when the lessons are stated.
 
-After an analysis whose verdict is refuted, or whose guardrail reached danger, a lesson
-is proposed (`runs/V/lesson.json`: text, evidence numbers, experiment). `review` shows
-it; `review --approve` accepts it into the file, `--reject-lesson` drops it. Nothing is
-added without the human.
+After an analysis whose data supports a cause (minimind/causes.py: a forced failed
+preflight check, a guardrail the change moved into danger, under-training) a lesson naming
+that cause is proposed (`runs/V/lesson.json`: text, evidence numbers, cause, experiment);
+no cause, no lesson. `review` shows it; `review --approve --accept-lesson` (or the prompt
+at a terminal) accepts it into the file, `--reject-lesson` drops it. Approving the record
+alone never accepts it: nothing is added without the human's explicit act.
 """
 
 from __future__ import annotations

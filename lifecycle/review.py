@@ -162,8 +162,10 @@ def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: b
             import click
 
             accept_lesson = click.confirm("Accept the proposed lesson into experiment/LESSONS.md?", default=False)
-        if accept_lesson and lessons.accept(lab, run_dir, reviewer):
-            console.print("Lesson accepted into experiment/LESSONS.md: the next plans are told it.")
+        if accept_lesson:
+            console.print("Lesson accepted into experiment/LESSONS.md: the next plans are told it."
+                          if lessons.accept(lab, run_dir, reviewer) else
+                          f"{version} has no proposed lesson to accept: experiment/LESSONS.md is unchanged.")
         elif proposed and not reject_lesson:
             console.print(f"The proposed lesson stays proposed (experiment/LESSONS.md unchanged): accept it with "
                           f"minimind review {version} --approve --accept-lesson, or drop it with --reject-lesson.")

@@ -362,3 +362,24 @@ def test_approving_never_accepts_the_lesson_on_the_side(lab):
     assert result.exit_code == 0 and "Lesson accepted" in result.output, result.output
     lesson = read_json(run / LESSON_FILE)
     assert lesson["status"] == "accepted" and lesson["text"] in lessons_file.read_text()
+
+
+def test_at_a_terminal_approving_asks_about_the_lesson(lab, monkeypatch):
+    """The prompt is the other explicit act: its default is no; "y" accepts."""
+    from click.testing import CliRunner
+
+    import cli
+    from lifecycle import review
+    from lifecycle.analyse import analyse
+
+    run = draft(lab, "0.1.0", "--goal", "Dense baseline", "--hypothesis", "A dense model learns the facts")
+    finish(run, loss=8.27, inference_loss=8.5)
+    analyse(run)
+    monkeypatch.setattr(review, "_interactive", lambda: True)
+    env = {"MINIMIND_LAB": str(lab.root)}
+    result = CliRunner().invoke(cli.main, ["review", "0.1.0", "--approve"], input="\n", env=env)
+    assert result.exit_code == 0 and "Accept the proposed lesson" in result.output, result.output
+    assert read_json(run / LESSON_FILE)["status"] == "proposed"
+    result = CliRunner().invoke(cli.main, ["review", "0.1.0", "--approve"], input="y\n", env=env)
+    assert result.exit_code == 0 and "Lesson accepted" in result.output, result.output
+    assert read_json(run / LESSON_FILE)["status"] == "accepted"
