@@ -144,7 +144,8 @@ def cause_words(cause: dict[str, Any]) -> list[str]:
     under-training in either language)."""
     if cause.get("kind") == "under_trained":
         return ["under-train", "undertrain", "under train", "训练不足", "欠训练"]
-    return [str(n) for n in cause.get("names") or []]
+    names = [str(n) for n in cause.get("names") or []]
+    return names + [n.replace("_", " ") for n in names if "_" in n]  # "repetition rate" names repetition_rate too
 
 
 @dataclass(kw_only=True)

@@ -125,3 +125,30 @@ def test_the_record_carries_neither_the_refused_plan_nor_the_refused_analysis(fa
     record = lab.record_path("0.1.0").read_text()
     assert "strongly supported" not in record and "0.0123" not in record
     assert "asserts a verdict other than the computed one (refuted)" in record
+
+
+def test_the_models_lesson_must_name_the_cause_the_data_supports(fake, agent_for):  # noqa: F811
+    """Under-trained run: a lesson blaming something else is refused, repaired once, then dropped."""
+    good = {"training_results": "Training finished.", "inference_evaluation": "Evaluated.",
+            "deep_analysis": "See the table.", "conclusion": "Refuted, see the verdict.", "next_steps": ["Train longer."]}
+    blame = good | {"lesson": {"text": "eval.chat_probes caused the failure.", "evidence": ["inference loss 2.139"]}}
+    fake.reply_tool("write_analysis", blame)
+    fake.reply_tool("write_analysis", good | {"lesson": {"text": "The run is under-trained at 10 steps.",
+                                                         "evidence": ["inference loss 2.139"]}})
+    analysis = agent_for().analyse(refuted_context(causes=UNDER))
+    repair = json.dumps(fake.requests[1]["body"]["messages"][-1], ensure_ascii=False)
+    assert "does not name the cause the data supports" in repair
+    assert analysis.lesson == {"text": "The run is under-trained at 10 steps.", "evidence": ["inference loss 2.139"]}
+    prompt = fake.requests[0]["body"]["messages"][0]["content"]
+    assert "the run is under-trained (train loss 8.27" in prompt
+
+
+def test_no_cause_no_lesson_from_the_model(fake, agent_for):  # noqa: F811
+    good = {"training_results": "Training finished.", "inference_evaluation": "Evaluated.",
+            "deep_analysis": "See the table.", "conclusion": "Refuted, see the verdict.", "next_steps": ["Revert."]}
+    fake.reply_tool("write_analysis", good | {"lesson": {"text": "Seeds matter.", "evidence": ["inference loss 2.139"]}})
+    fake.reply_tool("write_analysis", good | {"lesson": None})
+    analysis = agent_for().analyse(refuted_context())
+    assert "give `lesson` null" in fake.requests[0]["body"]["messages"][0]["content"]
+    assert "supports no cause" in json.dumps(fake.requests[1]["body"]["messages"][-1])
+    assert analysis.lesson is None and analysis.notes == []

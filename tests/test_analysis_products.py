@@ -383,3 +383,17 @@ def test_at_a_terminal_approving_asks_about_the_lesson(lab, monkeypatch):
     result = CliRunner().invoke(cli.main, ["review", "0.1.0", "--approve"], input="y\n", env=env)
     assert result.exit_code == 0 and "Lesson accepted" in result.output, result.output
     assert read_json(run / LESSON_FILE)["status"] == "accepted"
+
+
+def test_a_zh_record_gets_its_lesson_next_steps_and_proposal_in_chinese(lab):
+    import re
+
+    from lifecycle.analyse import analyse
+
+    run = draft(lab, "0.2.0", "--goal", "稠密基线", "--hypothesis", "稠密模型学会事实", "--lang", "zh")
+    finish(run, loss=8.27, inference_loss=8.5, repetition=0.98)
+    analyse(run)
+    analysis, lesson, nxt = _products(run)
+    assert "训练不足" in lesson["text"] and "训练不足" in " ".join(analysis["next_steps"]) and "训练不足" in nxt["goal"]
+    for text in (lesson["text"], *analysis["next_steps"], nxt["goal"], nxt["hypothesis"], nxt["why"]):
+        assert not re.findall(r"[A-Za-z]+(?:[ ,;]+[A-Za-z]+){3,}", re.sub(r"`[^`]*`", "", text)), text
