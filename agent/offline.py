@@ -533,13 +533,14 @@ class OfflineAgent:
         control = (ctx.intervals or {}).get("held_out_control") or {}
         if control.get("suspicious"):
             steps.append(_t(lang, "s_eval"))
-        if ctx.verdict == "supported":
+        if under:
+            pass  # an under-trained run judges no change: training longer comes first
+        elif ctx.verdict == "supported":
             steps.append(_t(lang, "s_seed"))
         elif ctx.verdict == "refuted":
             steps.append(_t(lang, "s_revert" if changed and ctx.base else "s_seed_refuted"))
         elif ctx.base is None or ctx.base_eval is None:
-            if not under:
-                steps.append(_t(lang, "s_first"))
+            steps.append(_t(lang, "s_first"))
         else:
             wide = [r for r in ctx.comparison if r.get("mark") == "≈" and r.get("ci")]
             if wide:

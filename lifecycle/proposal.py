@@ -57,6 +57,9 @@ _T = {
         "longer_goal": "Train the supported configuration longer",
         "longer_hyp": "Longer training of the supported configuration lowers inference loss further",
         "longer_why": "the hypothesis was supported; more training tells whether the gain grows or was early noise",
+        "first_goal": "Train the reference configuration longer",
+        "first_hyp": "Longer training of the reference configuration lowers inference loss",
+        "first_why": "{version} is the lab's first reference (no base to compare with): more training shows how far this configuration goes",
         "noise_goal": "Train longer so the difference exceeds noise",
         "noise_hyp": "More training separates the change's effect from noise and lowers inference loss",
         "noise_why": "the result was inconclusive",
@@ -85,6 +88,9 @@ _T = {
         "longer_goal": "延长已获支持的配置的训练",
         "longer_hyp": "延长已获支持的配置的训练,推理损失进一步下降",
         "longer_why": "假设得到支持;更长的训练能说明收益是在增长还是早期噪声",
+        "first_goal": "延长参照配置的训练",
+        "first_hyp": "延长参照配置的训练,推理损失进一步下降",
+        "first_why": "{version} 是实验室的第一个参照(没有可比的基线):更多训练能说明这一配置能走多远",
         "noise_goal": "延长训练,使差异超出噪声",
         "noise_hyp": "更多的训练能把改动的效果与噪声分开,并降低推理损失",
         "noise_why": "结果无法判定",
@@ -223,6 +229,8 @@ def _rules(validator: _Validator, version: str, cfg: dict, verdict: str, dangers
         return ([("train.seed", (t["seed"] + 1) % 2**31)], *said("seed"))
     if verdict == "supported":
         return (longer, *said("longer"))
+    if not cfg.get("base"):
+        return (longer, *said("first"))  # no base: there is no difference to separate from noise
     return (longer, *said("noise"))
 
 

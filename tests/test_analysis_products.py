@@ -341,7 +341,8 @@ def test_an_inconclusive_first_run_gets_no_refuted_wording(lab):
     assert analysis["verdict_info"]["verdict"] != "refuted"
     text = json.dumps([analysis["next_steps"], nxt], ensure_ascii=False)
     assert "refuted" not in text and "Roll back" not in text and "h_attn" not in text
-    assert "Evaluate the base again" not in text  # there is no base
+    assert "Evaluate the base again" not in text and "exceeds noise" not in text  # there is no base
+    assert nxt["goal"] == "Train the reference configuration longer"
     assert lesson is None
 
 
