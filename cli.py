@@ -342,17 +342,22 @@ def analyse(version: str, agent: str | None) -> None:
 @click.argument("version")
 @click.option("--approve", is_flag=True, help="Record approval (refused while a required section is missing).")
 @click.option("--edit", is_flag=True, help="Open the record in $EDITOR first.")
+@click.option("--accept-lesson", "accept_lesson", is_flag=True,
+              help="With --approve: also add the lesson this experiment proposed to experiment/LESSONS.md.")
 @click.option("--reject-lesson", "reject_lesson", is_flag=True, help="Drop the lesson this experiment proposed.")
-def review(version: str, approve: bool, edit: bool, reject_lesson: bool) -> None:
+def review(version: str, approve: bool, edit: bool, accept_lesson: bool, reject_lesson: bool) -> None:
     """Show the record, check it against the lab's quality standard, approve it.
+
+    Approving never accepts the proposed lesson: --accept-lesson does (or the prompt, at a terminal).
 
     \b
     Example:
       minimind review 1.4.8 --approve
+      minimind review 1.4.8 --approve --accept-lesson
     """
     from lifecycle.review import review_experiment
 
-    review_experiment(_lab(), version, approve, edit, reject_lesson=reject_lesson)
+    review_experiment(_lab(), version, approve, edit, reject_lesson=reject_lesson, accept_lesson=accept_lesson)
 
 
 @main.command()

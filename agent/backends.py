@@ -80,7 +80,7 @@ def checked_offline(step: str, ctx, result):
         changes[top] = sentence if isinstance(value, str) else ([sentence] if isinstance(value, list) else {})
     fields = sorted(changes)
     return dataclasses.replace(result, **changes, notes=list(result.notes) + [
-        prose.replacement_note("offline", fields, ctx.lang)] + prose.flat_problems(found))
+        prose.replacement_note("offline", fields, ctx.lang)] + [prose.refusal_note(r) for r in prose.flat_problems(found)])
 
 
 def _offline_call(settings: AgentSettings, log_dir: Path, step: str, ctx, note: str):

@@ -54,6 +54,10 @@ class PlanContext:
     notebook: str = ""                    # the lab notebook: compact trace of every experiment, reviewer notes
 
 
+# The prose fields of a plan: checked like an analysis's, with no verdict to claim (agent/prose.py).
+PLAN_PROSE = ("thinking", "expected", "risks")
+
+
 @dataclass(kw_only=True)
 class Plan:
     thinking: str                         # the record's "AI thinking process"
@@ -63,6 +67,8 @@ class Plan:
     risks: list[str]
     backend: str
     notes: list[str] = code_owned(help="what code changed in the answer (a key the human set, dropped)")
+    replaced: list[str] = code_owned(help="prose fields replaced because they claimed a verdict or quoted a number "
+                                          "not in the data, with the reasons (never the replaced text)")
 
 
 @dataclass(kw_only=True)
@@ -97,6 +103,10 @@ class AnalysisContext:
     # What a proposed next experiment is validated against (agent/tools.py validate_analysis):
     config_schema: dict[str, dict] = field(default_factory=dict)  # dotted key -> {type, min, max, choices, ...}
     versions: list[str] = field(default_factory=list)             # the lab's experiments (a proposal's base)
+    # What the data supports as the cause of the result (minimind/causes.py), most direct first:
+    # the only causes a lesson or a next step may name.
+    causes: list[dict[str, Any]] = field(default_factory=list)
+    stage: str = "pretrain"               # pretrain / sft: next steps fit the stage
 
 
 # The prose fields of an analysis: checked against the verdict and the data (agent/prose.py).
@@ -117,16 +127,25 @@ class Analysis:
     # Proposals the model may make (validated in agent/tools.py; when absent or refused the
     # lifecycle's rules propose: lifecycle/lessons.py, lifecycle/proposal.py).
     lesson: Optional[dict[str, Any]] = model_optional(
-        help="after a refuted verdict or a guardrail in danger: {text, evidence: [...]}")
+        help="only when code found a cause (AnalysisContext.causes), naming it: {text, evidence: [...]}")
     next_experiment: Optional[dict[str, Any]] = model_optional(
         help="{goal, hypothesis, sets: {dotted key: value}, expect, why, base}")
     notes: list[str] = code_owned(help="fields replaced because they contradicted the numbers, with the reasons")
 
 
-def lesson_due(verdict: str, eval_data: Optional[dict[str, Any]]) -> bool:
-    """A lesson is proposed after a refuted verdict or a guardrail that reached danger."""
-    guardrails = (eval_data or {}).get("guardrails") or {}
-    return verdict == "refuted" or any(isinstance(g, dict) and g.get("level") == "danger" for g in guardrails.values())
+def lesson_due(causes: Optional[list[dict[str, Any]]]) -> bool:
+    """A lesson is proposed only when the data supports a cause (minimind/causes.py): a
+    refuted verdict or a danger the base already had teaches nothing certain."""
+    return bool(causes)
+
+
+def cause_words(cause: dict[str, Any]) -> list[str]:
+    """Words of which a lesson naming `cause` contains one (its check ids, guardrail names, or
+    under-training in either language)."""
+    if cause.get("kind") == "under_trained":
+        return ["under-train", "undertrain", "under train", "训练不足", "欠训练"]
+    names = [str(n) for n in cause.get("names") or []]
+    return names + [n.replace("_", " ") for n in names if "_" in n]  # "repetition rate" names repetition_rate too
 
 
 @dataclass(kw_only=True)

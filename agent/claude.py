@@ -129,7 +129,7 @@ class ClaudeAgent:
                     result = validate(block.input, attempt == 2)
                 except tools.ToolInputError as exc:
                     problems = exc.problems
-            notes = list(getattr(result, "notes", []) or [])
+            notes = list(getattr(result, "notes", []) or []) + list(getattr(result, "replaced", []) or [])
             self._log(step, attempt, request, latency, message=message, problems=problems, notes=notes)
             if result is not None:
                 return result
@@ -272,7 +272,8 @@ def analysis_prompt(ctx: AnalysisContext) -> str:
                     f"| {interval} | {r.get('mark') or '—'} |")
     stop = f", stop reason: {ctx.stop_reason}" if ctx.stop_reason else ""
     parts = [
-        f"# Analyse experiment {ctx.version} (base: {ctx.base or 'none'}), final state: {ctx.state}{stop}",
+        f"# Analyse experiment {ctx.version} (stage {ctx.stage}, preset {(ctx.model_config or {}).get('preset')}, "
+        f"base: {ctx.base or 'none'}), final state: {ctx.state}{stop}",
         _language_line(ctx.lang),
         _human_block(goal=ctx.goal, hypothesis=ctx.hypothesis, expect=ctx.expect),
         "## The plan (thinking, expectation, risks, changes)\n" + _block("plan", _json(_round(_trim(ctx.plan)))),
@@ -295,12 +296,24 @@ def analysis_prompt(ctx: AnalysisContext) -> str:
         f"agree with the computed verdict ({ctx.verdict}); you explain it, you do not decide it. Call a change "
         "within its interval noise. Use only numbers that appear above; a text that asserts another verdict or "
         "quotes a number not in the data is refused. "
-        + ("The verdict is refuted or a guardrail reached danger: propose the `lesson` this teaches the lab, "
-           "its evidence being numbers from above. " if lesson_due(ctx.verdict, ctx.eval) else "Give `lesson` null. ")
+        + (f"The data supports this cause of the result: {_cause_line(ctx.causes[0])}. Propose the `lesson` it "
+           "teaches the lab, naming that cause and no other, its evidence being numbers from above. "
+           if lesson_due(ctx.causes) else "No cause of the result is supported by the data: give `lesson` null. ")
         + "Propose the `next_experiment` (goal, hypothesis, `sets` with keys of the tool's schema and values "
         "against this experiment's config, an `--expect` criterion, why), or give null to leave it to minimind's rules.",
     ]
     return "\n\n".join(parts)
+
+
+def _cause_line(cause: dict) -> str:
+    """A cause (minimind/causes.py) as the prompt states it."""
+    names = ", ".join(str(n) for n in cause.get("names") or [])
+    if cause.get("kind") == "forced_check":
+        return f"the run was launched with --force over the failed preflight check(s) {names}"
+    if cause.get("kind") == "guardrail_moved":
+        return f"this run's change moved guardrail(s) {names} into danger from a base that was safe or at watch"
+    return (f"the run is under-trained (train loss {_num(cause.get('train_loss'))}, uniform loss "
+            f"{_num(cause.get('uniform_loss'))}, no overfitting sign)")
 
 
 def commit_prompt(ctx: CommitContext) -> str:

@@ -75,7 +75,16 @@ _T: dict[str, dict[str, str]] = {
         "m_refuted": "The change did not deliver the predicted effect at this scale; the negative result is kept on record.",
         "m_inconclusive": "The numbers do not decide the hypothesis either way.",
         "resolve": "Guardrail(s) in danger ({names}) must be resolved before building on it.",
-        "s_rollback": "Roll back the latest architecture change and check that the memory query is h_attn.",
+        "s_forced": "Fix models/model.py so the preflight check {checks} passes, then repeat this experiment: it was "
+                    "launched with --force over that failure, so its results are that code's first.",
+        "s_rollback": "Roll back the latest architecture change ({names} moved into danger against the base).",
+        "s_rollback_query": "Roll back the latest architecture change ({names} moved into danger against the base) and "
+                            "check that the memory query is h_attn.",
+        "s_step_back": "Step back the config change ({keys}): {names} moved into danger against the base.",
+        "s_under": "Train longer (more train.max_steps) before judging any change: the train loss {loss} is still near "
+                   "the uniform loss {uniform} with no sign of overfitting, so the run is under-trained.",
+        "s_seed_refuted": "Repeat with another seed to tell whether the miss is run-to-run noise.",
+        "s_first": "Build on this reference: the next experiment changes one thing against it.",
         "s_diversity": "Increase query diversity (more candidates or a diversity loss) before training longer.",
         "s_bank": "Make the query find the asked fact's entry (its hit@C is no better than a random fact's): inspect it "
                   "with minimind memory show on a probe prompt before changing anything else.",
@@ -150,7 +159,15 @@ _T: dict[str, dict[str, str]] = {
         "m_refuted": "在这个规模上,改动没有带来预测的效果;这一负面结果保留在记录中。",
         "m_inconclusive": "这些数字在任一方向上都无法判定假设。",
         "resolve": "处于危险的护栏({names})必须先解决,才能在此基础上继续。",
-        "s_rollback": "回退最近的结构改动,并检查记忆查询是否为 h_attn。",
+        "s_forced": "修正 models/model.py 使预检 {checks} 通过,再重复本实验:它是在该检查未通过时用 --force 启动的,"
+                    "其结果首先归因于这段代码。",
+        "s_rollback": "回退最近的结构改动({names} 相对基线进入危险区)。",
+        "s_rollback_query": "回退最近的结构改动({names} 相对基线进入危险区),并检查记忆查询是否为 h_attn。",
+        "s_step_back": "回退配置改动({keys}):{names} 相对基线进入危险区。",
+        "s_under": "在判断任何改动之前延长训练(增加 train.max_steps):训练损失 {loss} 仍接近均匀分布的损失 {uniform},"
+                   "且没有过拟合迹象,运行训练不足。",
+        "s_seed_refuted": "换一个随机种子重复,判断未达预期是否为运行间噪声。",
+        "s_first": "以此为参照:下一个实验只相对它改动一处。",
         "s_diversity": "在延长训练之前提高查询多样性(更多候选或多样性损失)。",
         "s_bank": "让查询找到被问事实的条目(其 hit@C 不比随机事实好):先用 minimind memory show 在探针提示上检查,再做其他改动。",
         "s_eval": "检查评估流程:留出召回的变化超出了噪声,模型改动不应造成这种变化。",
@@ -487,22 +504,43 @@ class OfflineAgent:
 
     @staticmethod
     def _next_steps(ctx: AnalysisContext, dangers: dict) -> list[str]:
+        """Steps that fit the run: its causes (AnalysisContext.causes), preset, stage and verdict.
+        Nothing is rolled back that the run did not change, and a danger the base already had
+        is not blamed on this run."""
         lang = ctx.lang
+        causes = {c.get("kind"): c for c in ctx.causes}
+        memory = (ctx.model_config or {}).get("preset") in ("memory", "hybrid")
+        changed = bool(ctx.config_changes or ctx.model_diff.strip())
         steps = []
-        if "train_inference_ratio" in dangers or "repetition_rate" in dangers:
-            steps.append(_t(lang, "s_rollback"))
-        if "memory_entropy" in dangers:
+        if "forced_check" in causes:
+            steps.append(_t(lang, "s_forced", checks=", ".join(causes["forced_check"]["names"])))
+        moved = causes.get("guardrail_moved")
+        if moved:
+            names = ", ".join(moved["names"])
+            if ctx.model_diff.strip():
+                steps.append(_t(lang, "s_rollback_query" if memory else "s_rollback", names=names))
+            elif ctx.config_changes:
+                steps.append(_t(lang, "s_step_back", names=names,
+                                keys=", ".join(k for k, _, _ in ctx.config_changes[:4])))
+        if "memory_entropy" in dangers and memory:
             steps.append(_t(lang, "s_diversity"))
+        under = causes.get("under_trained")
+        if under:
+            steps.append(_t(lang, "s_under", loss=_n(under.get("train_loss")), uniform=_n(under.get("uniform_loss"))))
         reading = (ctx.intervals or {}).get("bank_reading")
         if reading and not reading["above_chance"]:
             steps.append(_t(lang, "s_bank"))
         control = (ctx.intervals or {}).get("held_out_control") or {}
         if control.get("suspicious"):
             steps.append(_t(lang, "s_eval"))
-        if ctx.verdict == "supported":
+        if under:
+            pass  # an under-trained run judges no change: training longer comes first
+        elif ctx.verdict == "supported":
             steps.append(_t(lang, "s_seed"))
         elif ctx.verdict == "refuted":
-            steps.append(_t(lang, "s_revert"))
+            steps.append(_t(lang, "s_revert" if changed and ctx.base else "s_seed_refuted"))
+        elif ctx.base is None or ctx.base_eval is None:
+            steps.append(_t(lang, "s_first"))
         else:
             wide = [r for r in ctx.comparison if r.get("mark") == "≈" and r.get("ci")]
             if wide:

@@ -9,9 +9,13 @@ whichever backend wrote it:
   value of that metric somewhere in the data the agent was given, within the rounding of
   the quoted digits (2.14 matches 2.1389; 27.3% matches 0.2733).
 
+A plan (written before training) is checked the same way with no verdict to claim: any
+verdict claim outside a conditional sentence, and any ✅/❌, is refused.
+
 `problems` lists every contradiction; the claude backend sends them back for one repair,
 and `enforce` replaces what still contradicts by the computed text (the offline
-backend's sentence for that field) and says so.
+backend's sentence for that field) and says so. What the record says of a refused field
+(`refusal_note`) names the field and the reason, never the refused text.
 """
 
 from __future__ import annotations
@@ -19,7 +23,46 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
+
+# --- refusals ------------------------------------------------------------------------------
+
+class Refusal(str):
+    """A problem with a field: its full text goes back to the model in the repair round
+    (it may quote what was wrong), its `note` is what the record keeps (the field and the
+    reason, never the refused text)."""
+
+    note: str
+
+    def __new__(cls, text: str, note: str) -> "Refusal":
+        obj = super().__new__(cls, text)
+        obj.note = note
+        return obj
+
+    def __reduce__(self):  # copies and pickles keep the note
+        return (Refusal, (str(self), self.note))
+
+
+_SAFE_FIELD = re.compile(r"[A-Za-z_][\w.\[\]]{0,80}")
+_GOT = re.compile(r"[,;]?\s*got\b.*$", re.S)
+_QUOTED = re.compile(r"['\"“”‘’`✅❌]")
+
+
+def refusal_note(problem: str) -> str:
+    """What the record says of a refused field: its name and the reason, without quoting
+    what was refused. A `Refusal` says it itself; for a plain problem the part after "got"
+    (the refused value) is cut, and a reason that still quotes anything, or a field name
+    the model made up, is reduced to the field (or "a field") and "does not validate"."""
+    if isinstance(problem, Refusal):
+        return problem.note
+    field, _, reason = problem.partition(": ")
+    if not _SAFE_FIELD.fullmatch(field):
+        field = "a field"
+    reason = _GOT.sub("", reason).strip()
+    if not reason or _QUOTED.search(reason) or verdict_claims(reason):
+        reason = "does not validate"
+    return f"{field}: {reason}"
+
 
 # --- verdict claims -----------------------------------------------------------------------
 
@@ -44,8 +87,18 @@ _CONFLICTS = {
 }
 
 
-def verdict_claims(text: str) -> set[str]:
-    """The verdicts a text asserts (supported / refuted / inconclusive / not_supported)."""
+# A sentence that states a condition ("if the hypothesis holds, ...") asserts no verdict.
+_CONDITIONAL = re.compile(r"\b(?:if|whether|unless|would|should|could|expect\w*)\b|如果|若|是否|假如|预计", re.I)
+_SENTENCE = re.compile(r"[^.;!?。；！？\n]+[.;!?。；！？\n]?")
+
+
+def verdict_claims(text: str, conditional_ok: bool = False) -> set[str]:
+    """The verdicts a text asserts (supported / refuted / inconclusive / not_supported).
+    `conditional_ok`: sentences with a condition or an expectation assert nothing (a plan's
+    "if the hypothesis holds" is not a claim)."""
+    if conditional_ok:
+        return set().union(*(verdict_claims(m.group()) for m in _SENTENCE.finditer(text)
+                             if not _CONDITIONAL.search(m.group())))
     found: set[str] = set()
     spans: list[tuple[int, int]] = []
     for kind, pattern in _CLAIMS:
@@ -127,8 +180,10 @@ def _matches(quoted: str, candidates: Iterable[float]) -> bool:
     return False
 
 
-def unknown_numbers(text: str, values: list[tuple[str, float]]) -> list[str]:
-    """Metric values quoted in `text` that are not in `values` (within rounding)."""
+def unknown_numbers(text: str, values: list[tuple[str, float]], by_family: bool = True) -> list[str]:
+    """Metric values quoted in `text` that are not in `values` (within rounding). `by_family`
+    False: any value of the data will do (a plan quotes numbers from prose it was given, the
+    lessons and the notebook, where no path names the metric)."""
     bad = []
     for number in _NUMBER.finditer(text):
         if _LEVEL_AFTER.match(text, number.end()):
@@ -141,14 +196,25 @@ def unknown_numbers(text: str, values: list[tuple[str, float]]) -> list[str]:
             continue
         name = names[-1]
         tokens = next(paths for i, (_, paths) in enumerate(_FAMILIES) if name.group(i + 1))
-        family = [(path, v) for path, v in values if any(t in path for t in tokens)] or values
-        if not _DELTA_WORDS.search(before):
+        family = ([(path, v) for path, v in values if any(t in path for t in tokens)] or values) if by_family else values
+        if by_family and not _DELTA_WORDS.search(before):
             # a value, not a change: deltas and interval bounds do not count as the metric's value
             family = [(path, v) for path, v in family if not _DELTA_PATH.search(path)] or family
         candidates = [v for _, v in family]
         if not _matches(number.group(), candidates):
             bad.append(f"{name.group().strip()} {number.group()}")
     return bad
+
+
+def text_values(texts: Iterable[str], label: str = "text") -> list[tuple[str, float]]:
+    """(label, value) for every number written in prose the agent was given (lessons, notebook)."""
+    out = []
+    for text in texts:
+        for number in _NUMBER.finditer(text or ""):
+            raw = number.group().replace("−", "-").lstrip("+")
+            value = float(raw.rstrip("%"))
+            out.append((label, value / 100 if raw.endswith("%") else value))
+    return out
 
 
 _VERSION_LIKE = re.compile(r"\d+\.\d+\.\d+")
@@ -184,18 +250,36 @@ def proposal_note(backend: str, fields: list[str], lang: str = "en") -> str:
             "minimind's rules propose instead.")
 
 
-def problems(fields: dict[str, str], verdict: str, values: list[tuple[str, float]]) -> dict[str, list[str]]:
-    """{field: [reasons]} for every text field that contradicts the verdict or the data."""
+_MARKS = re.compile("[✅❌]")
+
+
+def problems(fields: dict[str, str], verdict: Optional[str], values: list[tuple[str, float]]) -> dict[str, list[str]]:
+    """{field: [reasons]} for every text field that contradicts the verdict or the data.
+    `verdict` None: a plan, written before training, when there is no verdict to claim (any
+    claim and any ✅/❌ is refused; a conditional "if the hypothesis holds" is not a claim)."""
     out: dict[str, list[str]] = {}
     for name, text in fields.items():
         reasons = []
-        claims = sorted(k for k in verdict_claims(text) if _CONFLICTS[k](verdict))
-        if claims:
-            said = ", ".join(c.replace("_", " ") for c in claims)
-            reasons.append(f"{name}: asserts the hypothesis is {said}, but the computed verdict is {verdict}")
-        bad = unknown_numbers(text, values)
+        if verdict is None:
+            claims = sorted(verdict_claims(text, conditional_ok=True))
+            if claims:
+                said = ", ".join(c.replace("_", " ") for c in claims)
+                reasons.append(Refusal(f"{name}: asserts the hypothesis is {said} before training; there is no "
+                                       "verdict yet, describe what you expect instead",
+                                       f"{name}: asserts a verdict before training"))
+            if _MARKS.search(text):
+                reasons.append(Refusal(f"{name}: uses a result mark (✅/❌) before training; there are no results yet",
+                                       f"{name}: uses a result mark before training"))
+        else:
+            claims = sorted(k for k in verdict_claims(text) if _CONFLICTS[k](verdict))
+            if claims:
+                said = ", ".join(c.replace("_", " ") for c in claims)
+                reasons.append(Refusal(f"{name}: asserts the hypothesis is {said}, but the computed verdict is {verdict}",
+                                       f"{name}: asserts a verdict other than the computed one ({verdict})"))
+        bad = unknown_numbers(text, values, by_family=verdict is not None)
         if bad:
-            reasons.append(f"{name}: quotes {', '.join(bad)}, which is not in the data given (within rounding)")
+            reasons.append(Refusal(f"{name}: quotes {', '.join(bad)}, which is not in the data given (within rounding)",
+                                   f"{name}: quotes a number that is not in the data given"))
         if reasons:
             out[name] = reasons
     return out
@@ -228,8 +312,16 @@ def replace_fields(result: Any, computed: Any, bad: dict[str, list[str]], lang: 
     for key in bad:
         top = re.split(r"[\[.]", key, maxsplit=1)[0]
         changes[top] = getattr(computed, top)
-    notes = [f"{key}: {'; '.join(r.split(': ', 1)[-1] for r in reasons)}" for key, reasons in bad.items()]
+    notes = [refusal_note(r) for reasons in bad.values() for r in reasons]
     return dataclasses.replace(result, **changes), notes
+
+
+def notes_line(notes: list[str]) -> str:
+    """A replacement note and its reasons as one line of the record: "<note> <field: reason>; ..."."""
+    if not notes:
+        return ""
+    rest = "; ".join(notes[1:])
+    return notes[0] + (f" ({rest})." if rest else "")
 
 
 def verdict_sentence(verdict: str, reason: str, lang: str = "en") -> str:
@@ -240,7 +332,13 @@ def verdict_sentence(verdict: str, reason: str, lang: str = "en") -> str:
     return f"By the computed numbers the hypothesis is {verdict} ({reason})."
 
 
-def replacement_note(backend: str, fields: list[str], lang: str = "en") -> str:
+def replacement_note(backend: str, fields: list[str], lang: str = "en", plan: bool = False) -> str:
+    if plan:
+        if lang == "zh":
+            return (f"{backend} 代理撰写的 {', '.join(fields)} 在训练前声称了判定或引用了数据中没有的数字,经一次修正后"
+                    "仍未改正,已替换为 minimind 根据数据写出的文字。")
+        return (f"The {backend} agent's {', '.join(fields)} claimed a verdict before training or quoted a number not "
+                "in the data after one repair, and was replaced by minimind's text from the data.")
     if lang == "zh":
         return (f"{backend} 代理撰写的 {', '.join(fields)} 与计算结果矛盾，经一次修正后仍不一致，"
                 "已替换为根据数据计算出的文字。")
@@ -248,7 +346,8 @@ def replacement_note(backend: str, fields: list[str], lang: str = "en") -> str:
             "repair and was replaced by the computed text.")
 
 
-def check_result(result: Any, names: Iterable[str], verdict: str, data: Any) -> dict[str, list[str]]:
-    return problems(text_fields(result, names), verdict, known_values(data))
+def check_result(result: Any, names: Iterable[str], verdict: Optional[str], data: Any,
+                 extra_values: Iterable[tuple[str, float]] = ()) -> dict[str, list[str]]:
+    return problems(text_fields(result, names), verdict, known_values(data) + list(extra_values))
 
 

@@ -27,8 +27,8 @@ import re
 from typing import Any, get_args, get_origin, get_type_hints
 
 from agent import prose
-from agent.base import (ANALYSIS_PROSE, COMMIT_PROSE, Analysis, AnalysisContext, CommitContext, CommitDraft, Plan,
-                        PlanContext, lesson_due, model_fields, required_fields)
+from agent.base import (ANALYSIS_PROSE, COMMIT_PROSE, PLAN_PROSE, Analysis, AnalysisContext, CommitContext, CommitDraft, Plan,
+                        PlanContext, cause_words, lesson_due, model_fields, required_fields)
 from minimind.errors import UsageError
 
 MAX_TEXT = 8000          # characters of one prose field
@@ -68,8 +68,8 @@ _FIELD_HELP = {
     "title": "One-line commit title (no trailing period).",
     "improvements": "Main improvements of this experiment, one per item.",
     "core_changes": "Per file of the commit: bullet lines describing its change.",
-    "lesson": "Only when the computed verdict is refuted or a guardrail reached danger (else null): the lesson "
-              "this experiment teaches the lab, and its evidence, quoting only numbers given to you.",
+    "lesson": "Only when the task names a cause the data supports (else null): the lesson this experiment "
+              "teaches the lab, naming that cause, and its evidence, quoting only numbers given to you.",
     "next_experiment": "The next experiment you propose (or null to leave it to minimind's rules): goal, hypothesis, "
                        "the config changes against this experiment (dotted key -> value, only the keys listed), an "
                        "--expect criterion such as 'inference_loss < base', why, and optionally the base version.",
@@ -358,16 +358,30 @@ def validate_plan(tool_input: Any, ctx: PlanContext, backend: str = "claude", fi
         backend=backend,
         notes=dropped,
     )
+    # The plan's prose gets the analysis's checks and its one repair: no verdict before
+    # training, and a metric's number only from the data the plan was given.
+    facts, said = plan_facts(ctx)
+    said += [("changes", float(v)) for v in changes.values()  # the plan may quote the values it proposes
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    plan = _enforce(plan, lambda: _offline_plan(ctx), PLAN_PROSE, None, facts, problems, final, ctx.lang, said)
+    plan = dataclasses.replace(plan, notes=dropped, replaced=plan.notes[len(dropped):])
     if problems:
         raise ToolInputError(problems)
     return plan
 
 
-def _enforce(result: Any, computed: Any, names: tuple[str, ...], verdict: str, data: Any,
-             problems: list[str], final: bool, lang: str) -> Any:
+def _offline_plan(ctx: PlanContext) -> Plan:
+    from agent.offline import OfflineAgent
+
+    return OfflineAgent().plan(ctx)
+
+
+def _enforce(result: Any, computed: Any, names: tuple[str, ...], verdict: str | None, data: Any,
+             problems: list[str], final: bool, lang: str, extra_values: list[tuple[str, float]] | None = None) -> Any:
     """Prose that contradicts the verdict or the data: a problem (repair round), or on the
-    final answer the field replaced by the computed text and a note saying so."""
-    found = prose.check_result(result, names, verdict, data)
+    final answer the field replaced by the computed text and a note saying so (the field and
+    the reason, never the refused text). `verdict` None: a plan, before training."""
+    found = prose.check_result(result, names, verdict, data, extra_values or [])
     if not found:
         return result
     if not final or problems:
@@ -375,8 +389,22 @@ def _enforce(result: Any, computed: Any, names: tuple[str, ...], verdict: str, d
         return result
     result, reasons = prose.replace_fields(result, computed(), found, lang)
     fields = sorted({re.split(r"[\[.]", k, maxsplit=1)[0] for k in found})
-    return dataclasses.replace(result, notes=list(result.notes) + [prose.replacement_note(result.backend, fields, lang)]
-                               + reasons)
+    note = prose.replacement_note(result.backend, fields, lang, plan=verdict is None)
+    return dataclasses.replace(result, notes=list(result.notes) + [note] + reasons)
+
+
+def plan_facts(ctx: PlanContext) -> tuple[dict[str, Any], list[tuple[str, float]]]:
+    """The numbers a plan may quote: the data it was given (base eval without per-item data,
+    configs, schema, guardrails, checks) and the numbers written in the prose it was given
+    (the human's goal and hypothesis, the base record, the lessons, the notebook)."""
+    data = dataclasses.asdict(ctx)
+    for key in ("lessons", "notebook", "base_record_summary", "goal", "hypothesis", "expect", "model_diff"):
+        data.pop(key, None)
+    if isinstance(data.get("base_eval"), dict):
+        data["base_eval"] = {k: v for k, v in data["base_eval"].items() if k not in prose.NOT_FACTS}
+    texts = prose.text_values([ctx.goal, ctx.hypothesis, ctx.expect or "", ctx.base_record_summary, ctx.lessons,
+                               ctx.notebook])
+    return data, texts
 
 
 def analysis_facts(ctx: AnalysisContext) -> dict[str, Any]:
@@ -420,7 +448,7 @@ def validate_analysis(tool_input: Any, ctx: AnalysisContext, backend: str = "cla
     if refused:  # the final answer: a refused proposal is dropped, minimind's rules propose instead
         analysis = dataclasses.replace(analysis, notes=list(analysis.notes) + [
             prose.proposal_note(backend, sorted({r.split(":", 1)[0].split(".", 1)[0] for r in refused}), ctx.lang)]
-            + refused)
+            + list(dict.fromkeys(prose.refusal_note(r) for r in refused)))
     return analysis
 
 
@@ -439,9 +467,9 @@ def _lesson(raw: Any, ctx: AnalysisContext, facts: Any, found: list[str]) -> dic
     if not isinstance(raw, dict):
         found.append(f"lesson: expected an object or null, got {type(raw).__name__}")
         return None
-    if not lesson_due(ctx.verdict, ctx.eval):
-        found.append(f"lesson: a lesson is proposed only after a refuted verdict or a guardrail in danger "
-                     f"(the verdict is {ctx.verdict}, no guardrail reached danger); give null")
+    if not lesson_due(ctx.causes):
+        found.append("lesson: the data supports no cause of this result (no forced failed check, no guardrail "
+                     "moved into danger from the base, not under-trained); give null")
         return None
     for key in sorted(set(raw) - {"text", "evidence"}):
         found.append(f"lesson.{key}: unknown key (allowed: text, evidence)")
@@ -455,11 +483,16 @@ def _lesson(raw: Any, ctx: AnalysisContext, facts: Any, found: list[str]) -> dic
         found.append("lesson.evidence: at least one line of evidence (numbers from the data) is needed")
     elif not any(prose.has_number(e) for e in evidence):
         found.append("lesson.evidence: quotes no number; the evidence is the run's numbers")
+    words = cause_words(ctx.causes[0])
+    if text and not any(w.lower() in text.lower() for w in words):
+        found.append(f"lesson.text: does not name the cause the data supports ({', '.join(words[:3])})")
     values = prose.known_values(facts)
     for i, line in enumerate(evidence):
         bad = prose.numbers_not_in_data(line, values)
         if bad:
-            found.append(f"lesson.evidence[{i}]: {', '.join(bad)} is not a number of this run's data (within rounding)")
+            found.append(prose.Refusal(
+                f"lesson.evidence[{i}]: {', '.join(bad)} is not a number of this run's data (within rounding)",
+                f"lesson.evidence[{i}]: quotes a number that is not in this run's data"))
     return {"text": text, "evidence": [e for e in evidence if e]} if not found else None
 
 

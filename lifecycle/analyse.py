@@ -22,7 +22,7 @@ from minimind.errors import MinimindError
 from minimind.guardrails import rules_of
 from minimind.lab import Lab
 from minimind.rundir import (AGENT_DIR, ANALYSIS_ERROR_LOG, ANALYSIS_FILE, COMMIT_MSG_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE,
-                             METRICS_FILE, PLAN_FILE, read_json, read_metrics, read_state, update_state)
+                             METRICS_FILE, NEXT_FILE, PLAN_FILE, read_json, read_metrics, read_state, update_state)
 
 CURVE_POINTS = 16        # points per curve shown to the agent
 DIFF_LIMIT = 8000        # characters of model.diff shown to the agent
@@ -170,6 +170,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     samples = [{k: s.get(k) for k in ("prompt", "reference", "generated", "repetition")}
                for s in (ev.get("samples") or [])[:SAMPLES]]
     plan_view = {k: plan.get(k) for k in ("thinking", "expected", "risks", "changes")}
+    found = run_causes(plan, cfg.to_dict(), ev, base_ev, changes, diff_text)
     ctx = AnalysisContext(version=version, base=cfg.base, goal=plan.get("goal", ""), hypothesis=plan.get("hypothesis", ""),
                           expect=plan.get("expect"), state=state.train_outcome or state.state,
                           stop_reason=state.stop_reason, config_changes=changes, metrics_summary=summary,
@@ -182,7 +183,8 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                           fixed_settings=fixed_settings(cfg.to_dict()), model_config=dict(cfg.model),
                           notebook=history.trace(lab, exclude=version),
                           lessons=lessons_text(rules_of(cfg.guardrails), lessons.lines(lab, lang)),
-                          config_schema=_next_schema(lab), versions=lab.versions())
+                          config_schema=_next_schema(lab), versions=lab.versions(), causes=found,
+                          stage=cfg.stage)
     analysis, note = backends.call(requested, settings.agent, log_dir, "analyse", ctx, prior)
     record = {
         "training_results": analysis.training_results, "inference_evaluation": analysis.inference_evaluation,
@@ -201,7 +203,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     for fld in dataclasses.fields(analysis):
         record.setdefault(fld.name, getattr(analysis, fld.name))
     record["notes"] += _remember(lab, run_dir, version, cfg.to_dict(), plan, ev, verdict, reason, changes, analysis,
-                                 lang)
+                                 lang, found)
 
     files = experiment_files(lab, version)
     lines = result_lines(rows, ev.get("guardrails") or {}, verdict, reason, control=control, lang=lang,
@@ -213,7 +215,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                                changed_symbols=_diff_symbols(lab, cfg.base, version, diff_text),
                                facts={"comparison": rows, "eval": ctx.eval, "base_eval": ctx.base_eval,
                                       "metrics": summary, "held_out_control": control,
-                                      "bank_reading": reading})
+                                      "bank_reading": reading, "causes": found})
     draft, commit_note = backends.call(requested, settings.agent, log_dir, "draft_commit", commit_ctx, prior)
     record["commit_notes"] = list(draft.notes)
     if commit_note:
@@ -340,32 +342,71 @@ def _next_schema(lab: Lab) -> dict[str, dict]:
         return {}  # no living model file: a model's proposal is refused, the rules still propose
 
 
+def run_causes(plan: dict, cfg: dict, ev: dict, base_ev: Optional[dict], changes: list, diff_text: str) -> list[dict]:
+    """The causes of this run's result that its data supports (minimind/causes.py)."""
+    from minimind import causes
+
+    base_levels = (base_ev.get("guardrails") or {}) if base_ev else None
+    return causes.find(preflight=plan.get("preflight"), levels=ev.get("guardrails") or {}, base_levels=base_levels,
+                       changed=bool(changes or diff_text.strip()), train_loss=ev.get("train_loss"),
+                       vocab_size=(cfg.get("model") or {}).get("vocab_size"))
+
+
+# What the record says when an optional product is dropped, per language.
+_DROPPED = {
+    "en": {"lesson": "The proposed lesson was dropped: {reason}.",
+           "next": "The proposed next experiment was dropped: {reason}."},
+    "zh": {"lesson": "建议的经验已放弃:{reason}。", "next": "建议的下一个实验已放弃:{reason}。"},
+}
+
+
+def _dropped(lang: str, product: str, exc: Exception) -> str:
+    reason = (str(exc).splitlines()[0] if str(exc) else "") or type(exc).__name__
+    if not isinstance(exc, MinimindError):
+        reason = f"{type(exc).__name__}: {reason}"
+    return _DROPPED.get(lang, _DROPPED["en"])[product].format(reason=reason.rstrip("."))
+
+
 def _remember(lab: Lab, run_dir: Path, version: str, cfg: dict, plan: dict, ev: dict, verdict: str, reason: str,
-              changes: list, analysis: Any = None, lang: str = "en") -> list[str]:
+              changes: list, analysis: Any = None, lang: str = "en", causes: Optional[list] = None) -> list[str]:
     """What the lab keeps from this analysis: a proposed lesson and the next experiment.
 
     The agent's proposals (validated by agent/tools.py) are used when it made them; the
     rules propose otherwise, and when the agent's next experiment does not validate as a
-    whole config. Returns notes for the record (why an agent's proposal was not used)."""
+    whole config. Both are optional products: one that cannot be made or does not validate
+    is dropped (its file removed) and the reason returned as a note for the record; it
+    never fails the analysis. Returns the notes (why an agent's proposal was not used, what
+    was dropped)."""
+    import sys
+
     from lifecycle import lessons, proposal
 
     backend = getattr(analysis, "backend", None)
-    rule_lesson = lessons.propose(version, plan, ev, verdict, reason, changes, lang)
-    model_lesson = getattr(analysis, "lesson", None)
-    if model_lesson and rule_lesson is not None:
-        rule_lesson = {**rule_lesson, "text": model_lesson["text"], "evidence": "; ".join(model_lesson["evidence"]),
-                       "proposed_by": backend}
-    lessons.write_proposal(run_dir, rule_lesson)
+    notes: list[str] = []
+    try:
+        rule_lesson = lessons.propose(version, plan, ev, verdict, reason, changes, lang, causes)
+        model_lesson = getattr(analysis, "lesson", None)
+        if model_lesson and rule_lesson is not None:
+            rule_lesson = {**rule_lesson, "text": model_lesson["text"],
+                           "evidence": "; ".join(model_lesson["evidence"]), "proposed_by": backend}
+        lessons.write_proposal(run_dir, rule_lesson)
+    except Exception as exc:  # noqa: BLE001 -- optional by contract: dropped, the reason recorded
+        lessons.write_proposal(run_dir, None)
+        notes.append(_dropped(lang, "lesson", exc))
     dangers = sorted(n for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger")
-    nxt = proposal.build(lab, version, cfg, verdict, dangers, changes, lang,
-                         suggested=getattr(analysis, "next_experiment", None), backend=backend)
-    proposal.write(run_dir, nxt)
-    if nxt.get("fallback_reason"):
-        import sys
-
-        print(f"warning: {nxt['fallback_reason']}", file=sys.stderr, flush=True)  # train.log under the pipeline
-        return [nxt["fallback_reason"]]
-    return []
+    try:
+        nxt = proposal.build(lab, version, cfg, verdict, dangers, changes, lang,
+                             suggested=getattr(analysis, "next_experiment", None), backend=backend, causes=causes)
+    except Exception as exc:  # noqa: BLE001 -- optional by contract: dropped, the reason recorded
+        (run_dir / NEXT_FILE).unlink(missing_ok=True)  # a proposal from an earlier analysis is not this one's
+        notes.append(_dropped(lang, "next", exc))
+    else:
+        proposal.write(run_dir, nxt)
+        if nxt.get("fallback_reason"):
+            notes.append(nxt["fallback_reason"])
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr, flush=True)  # train.log under the pipeline
+    return notes
 
 
 def _read_yaml(path: Path) -> Optional[dict]:

@@ -7,10 +7,12 @@ with bullet fields; `**Check:**` names the preflight check that enforces it
 (`agent.base.lessons_text`); guardrail thresholds are never written into it — they come
 from the lab's settings when the lessons are stated.
 
-After an analysis whose verdict is refuted, or whose guardrail reached danger, a lesson
-is proposed (`runs/V/lesson.json`: text, evidence numbers, experiment). `review` shows
-it; `review --approve` accepts it into the file, `--reject-lesson` drops it. Nothing is
-added without the human.
+After an analysis whose data supports a cause (minimind/causes.py: a forced failed
+preflight check, a guardrail the change moved into danger, under-training) a lesson naming
+that cause is proposed (`runs/V/lesson.json`: text, evidence numbers, cause, experiment);
+no cause, no lesson. `review` shows it; `review --approve --accept-lesson` (or the prompt
+at a terminal) accepts it into the file, `--reject-lesson` drops it. Approving the record
+alone never accepts it: nothing is added without the human's explicit act.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from minimind import causes as causes_rules
 from minimind.atomic import write_json, write_text
 from minimind.rundir import LESSON_FILE, read_json
 from minimind.verdict import VERDICT_ZH
@@ -121,35 +124,46 @@ def _n(value: Any) -> str:
 
 
 def propose(version: str, plan: dict, ev: dict, verdict: str, reason: str, changes: list,
-            lang: str = "en") -> Optional[dict[str, Any]]:
-    """A lesson from a refuted verdict or a guardrail in danger, with its numbers; None otherwise.
+            lang: str = "en", causes: Optional[list[dict[str, Any]]] = None) -> Optional[dict[str, Any]]:
+    """A lesson naming the first cause the data supports (minimind/causes.py), with its
+    numbers; None when no cause fits (a refuted verdict alone teaches nothing certain).
     Its sentences follow the record's language (`reason` comes in that language already)."""
-    dangers = {n: g for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger"}
-    if verdict != "refuted" and not dangers:
+    if not causes:
         return None
+    cause = causes[0]
     zh = lang == "zh"
-    hypothesis = " ".join(plan.get("hypothesis", "").split())[:160]
     changed = (("、" if zh else ", ").join(f"{k} {a!r} → {b!r}" for k, a, b in changes[:4])
-               or (f"实验 {version} 所用的配置" if zh else f"the configuration of {version} as run"))
-    if dangers:
-        names = ", ".join(sorted(dangers))
-        text = (f"{changed} 在此规模下使护栏 {names} 进入危险区;在有实验证明相反之前,视该改动为过拟合迹象的原因。" if zh else
-                f"{changed} drove guardrail(s) {names} into danger at this scale; treat that change as a cause of "
-                "the overfitting signs until a run shows otherwise.")
-    else:
-        text = (f"{changed} 没有达到实验 {version} 的预期(\u201c{hypothesis}\u201d);不要在此规模下原样重复。" if zh else
-                f"{changed} did not deliver what experiment {version} expected "
-                f"(\"{hypothesis}\"); do not repeat it unchanged at this scale.")
+               or (f"实验 {version} 的代码改动" if zh else f"the code change of {version}"))
     levels = {"danger": "危险", "watch": "警戒", "safe": "安全"} if zh else {}
-    evidence = [f"判定 {VERDICT_ZH.get(verdict, verdict)}:{reason}" if zh else f"verdict {verdict}: {reason}"]
+    evidence: list[str] = []
+    if cause["kind"] == causes_rules.FORCED_CHECK:
+        ids = ", ".join(cause["names"])
+        text = (f"实验 {version} 在预检 {ids} 未通过的情况下用 --force 启动;其结果首先归因于这段代码:"
+                f"不要在 {ids} 未通过时启动。" if zh else
+                f"Experiment {version} was launched with --force over the failed preflight check {ids}; its results "
+                f"are attributed to that code first: do not launch while {ids} fails.")
+        evidence += [f"{i}: {d}" for i, d in zip(cause["names"], cause["details"]) if d]
+    elif cause["kind"] == causes_rules.GUARDRAIL_MOVED:
+        moves = ("、" if zh else ", ").join(
+            f"{m['name']} {levels.get(m['from'], m['from'])} {_n(m['base_value'])} → "
+            f"{levels.get('danger', 'danger')} {_n(m['value'])}" for m in cause["moves"])
+        text = (f"{changed} 使护栏从基线的安全/警戒进入危险区({moves});在有实验证明相反之前,视该改动为其原因。" if zh else
+                f"{changed} moved guardrail(s) into danger against a base that was not there ({moves}); treat that "
+                "change as their cause until a run shows otherwise.")
+    else:
+        text = (f"实验 {version} 训练不足:训练损失 {_n(cause['train_loss'])} 仍接近均匀分布的损失 "
+                f"{_n(cause['uniform_loss'])},且没有过拟合迹象;在更长的训练之前,不要据此判断改动。" if zh else
+                f"Experiment {version} is under-trained: its train loss {_n(cause['train_loss'])} is still near the "
+                f"uniform loss {_n(cause['uniform_loss'])} with no sign of overfitting; train longer before judging "
+                "a change by it.")
+    evidence.insert(0, f"判定 {VERDICT_ZH.get(verdict, verdict)}:{reason}" if zh else f"verdict {verdict}: {reason}")
+    dangers = {n: g for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger"}
     evidence += [f"{n} = {_n(g.get('value'))} ({levels.get(g.get('level'), g.get('level'))})"
                  for n, g in sorted(dangers.items())]
     evidence.append(f"推理损失 {_n(ev.get('inference_loss'))},验证损失 {_n(ev.get('val_loss'))}" if zh else
                     f"inference loss {_n(ev.get('inference_loss'))}, val loss {_n(ev.get('val_loss'))}")
     return {"experiment": version, "text": text, "evidence": ("；" if zh else "; ").join(evidence), "status": "proposed",
-            "proposed_at": time.time(), "proposed_by": "rules"}
-
-
+            "cause": cause["kind"], "proposed_at": time.time(), "proposed_by": "rules"}
 
 
 def write_proposal(run_dir: Path, proposal: Optional[dict[str, Any]]) -> None:

@@ -342,6 +342,7 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     """Ask the agent, apply its changes then the human's, validate; returns (config, plan record)."""
     from agent import backends
     from agent.base import PlanContext, lessons_text
+    from agent.prose import notes_line
     from lifecycle import history, lessons
     from minimind.config import flatten
     from minimind.rundir import read_json
@@ -402,7 +403,8 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     plan_record = {
         "version": req.version, "base": base, "goal": req.goal, "hypothesis": req.hypothesis, "expect": req.expect,
         "sets": [[k, v] for k, v in sets], "agent_requested": requested, "backend": plan.backend,
-        "note": " ".join(p for p in [note, *(_dropped_note(d, lang) for d in dropped)] if p), "dropped": dropped,
+        "note": " ".join(p for p in [note, *(_dropped_note(d, lang) for d in dropped), notes_line(plan.replaced)] if p),
+        "dropped": dropped,
         "lang": lang, "thinking": plan.thinking, "expected": plan.expected, "risks": plan.risks, "changes": changes,
         "config_hash": config_hash(cfg), "diff_against": against, "model_changed": bool(diff_text.strip()),
         "git_commit": head["commit"], "git_dirty": head["dirty"], "created_at": time.time(),

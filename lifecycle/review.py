@@ -14,7 +14,7 @@ import subprocess
 import time
 
 from minimind.atomic import write_json
-from minimind.errors import GateRefused, MinimindError
+from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.lab import Lab
 from minimind.rundir import PLAN_FILE, RENDERED_RECORD_FILE, REVIEW_FILE, current, read_json, update_state
 
@@ -98,11 +98,22 @@ def quality_problems(text: str, derived_state: str, stop_reason: str | None, lan
     return problems
 
 
+def _interactive() -> bool:
+    """Whether a person is at the terminal to answer a prompt (never in scripts and pipes)."""
+    import sys
+
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: bool = True,
-                      reject_lesson: bool = False) -> None:
+                      reject_lesson: bool = False, accept_lesson: bool = False) -> None:
     from rich.console import Console
     from rich.markdown import Markdown
 
+    if accept_lesson and not approve:
+        raise UsageError("--accept-lesson goes with --approve: a lesson is accepted with the record it comes from")
+    if accept_lesson and reject_lesson:
+        raise UsageError("--accept-lesson and --reject-lesson exclude each other")
     run_dir = lab.require_run(version)
     path = lab.record_path(version)
     if not path.exists():
@@ -135,7 +146,8 @@ def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: b
     proposed = lessons.pending(run_dir)
     if proposed:
         console.print(f"[bold]Proposed lesson[/] (from {version}): {proposed['text']}\n  evidence: {proposed['evidence']}\n"
-                      "  --approve adds it to experiment/LESSONS.md; --reject-lesson drops it.", markup=True)
+                      "  --approve --accept-lesson adds it to experiment/LESSONS.md; --reject-lesson drops it.",
+                      markup=True)
     from lifecycle.gitops import reviewer as git_reviewer
 
     reviewer = git_reviewer(lab.root)
@@ -146,10 +158,21 @@ def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: b
             raise GateRefused(f"not approved: {problems[0]} ({len(problems)} problem(s))")
         write_json(run_dir / REVIEW_FILE, {"approved": True, "at": time.time(), "reviewer": reviewer})
         update_state(run_dir, reviewed=True)
-        if lessons.accept(lab, run_dir, reviewer):
-            console.print("Lesson accepted into experiment/LESSONS.md: the next plans are told it.")
+        # Accepting a lesson is its own act: every later plan is told it, so approving the
+        # record never accepts it on the side.
+        if proposed and not reject_lesson and not accept_lesson and _interactive():
+            import click
+
+            accept_lesson = click.confirm("Accept the proposed lesson into experiment/LESSONS.md?", default=False)
+        if accept_lesson:
+            console.print("Lesson accepted into experiment/LESSONS.md: the next plans are told it."
+                          if lessons.accept(lab, run_dir, reviewer) else
+                          f"{version} has no proposed lesson to accept: experiment/LESSONS.md is unchanged.")
+        elif proposed and not reject_lesson:
+            console.print(f"The proposed lesson stays proposed (experiment/LESSONS.md unchanged): accept it with "
+                          f"minimind review {version} --approve --accept-lesson, or drop it with --reject-lesson.")
         console.print(f"Approved. Next: minimind commit {version}")
-    if (approve and proposed) or reject_lesson:
+    if (approve and proposed and accept_lesson) or reject_lesson:
         from lifecycle.record import write_record
 
         write_record(lab, version, lang)  # the record shows the lesson's new status

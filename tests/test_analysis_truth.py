@@ -154,7 +154,7 @@ def test_the_models_next_experiment_and_lesson_land_in_the_lab(trained, server):
     inference = f"{ev['inference_loss']:.4g}"
     before = len(server.requests)
     server.reply_tool("write_analysis", {**GOOD_ANALYSIS, "lesson": {
-        "text": "A second seed is not a result: do not claim a win from one run.",
+        "text": "Under-trained at 12 steps, a second seed is not a result: do not claim a win from one run.",
         "evidence": [f"inference loss {inference}, far from the expected 1000"]},
         "next_experiment": {"goal": "Lower the learning rate", "hypothesis": "A lower learning rate lowers inference loss",
                             "sets": {"train.learning_rate": 0.0003, "model.dropout": 0.1},
@@ -171,7 +171,7 @@ def test_the_models_next_experiment_and_lesson_land_in_the_lab(trained, server):
     lesson = json.loads((lab.run_dir("0.1.2") / "lesson.json").read_text())
     assert lesson["proposed_by"] == "claude" and inference in lesson["evidence"]
     record = lab.record_path("0.1.2").read_text()
-    assert "Lower the learning rate" in record and "A second seed is not a result" in record
+    assert "Lower the learning rate" in record and "a second seed is not a result" in record
     result = invoke(lab, "new", "0.1.3", "--from-proposal", "0.1.2", "--no-launch")
     assert result.exit_code == 0, result.output
     cfg = (lab.run_dir("0.1.3") / "config.yaml").read_text()

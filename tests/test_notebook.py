@@ -1,4 +1,5 @@
-"""The lab remembers: lessons proposed after a refuted run and approved into LESSONS.md, the
+"""The lab remembers: lessons proposed after a run whose data supports a cause (this 12-step run is
+under-trained) and accepted into LESSONS.md with `review --approve --accept-lesson`, the
 notebook (INDEX.md, history), reviewer notes kept across re-renders, next-experiment proposals."""
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def test_a_refuted_run_proposes_a_lesson_that_review_approves_into_the_file(refu
     assert "**Proposed lesson** (proposed" in record and lesson["text"] in record
     lessons_before = (lab.experiment_dir / "LESSONS.md").read_text()
     assert "h_attn" in lessons_before and lesson["text"] not in lessons_before
-    result = invoke(lab, "review", "0.1.0", "--approve")
+    result = invoke(lab, "review", "0.1.0", "--approve")  # approving alone never accepts the lesson
+    assert result.exit_code == 0 and "stays proposed" in result.output, result.output
+    assert (lab.experiment_dir / "LESSONS.md").read_text() == lessons_before
+    result = invoke(lab, "review", "0.1.0", "--approve", "--accept-lesson")
     assert result.exit_code == 0 and "Lesson accepted" in result.output, result.output
     assert lesson["text"] in (lab.experiment_dir / "LESSONS.md").read_text()
     assert json.loads((lab.run_dir("0.1.0") / "lesson.json").read_text())["status"] == "accepted"
@@ -93,8 +97,11 @@ def test_reject_lesson_leaves_the_file_alone(tmp_path, bundled):
     lab = make_lab(tmp_path / "lab", bundled)
     run_dir = lab.run_dir("9.9.9")
     run_dir.mkdir(parents=True)
+    moved = [{"kind": "guardrail_moved", "names": ["train_loss"],
+              "moves": [{"name": "train_loss", "from": "safe", "base_value": 1.2, "value": 0.01}]}]
     proposal = lessons.propose("9.9.9", {"hypothesis": "h"}, {"guardrails": {"train_loss": {"value": 0.01, "level": "danger"}}},
-                               "inconclusive", "guardrail train_loss is in danger", [("train.learning_rate", 0.001, 0.01)])
+                               "inconclusive", "guardrail train_loss is in danger", [("train.learning_rate", 0.001, 0.01)],
+                               causes=moved)
     assert "train_loss" in proposal["text"] and "train_loss = 0.01 (danger)" in proposal["evidence"]
     lessons.write_proposal(run_dir, proposal)
     before = (lab.experiment_dir / "LESSONS.md").read_text()
@@ -103,3 +110,4 @@ def test_reject_lesson_leaves_the_file_alone(tmp_path, bundled):
     assert (lab.experiment_dir / "LESSONS.md").read_text() == before
     assert os.path.exists(run_dir / "lesson.json")
     assert lessons.propose("9.9.9", {}, {"guardrails": {}}, "supported", "ok", []) is None
+    assert lessons.propose("9.9.9", {}, {"guardrails": {}}, "refuted", "missed", [("train.seed", 1, 2)], causes=[]) is None
