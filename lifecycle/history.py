@@ -159,14 +159,24 @@ def show_history(lab, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="lab notebook")
-    for name in ("version", "base", "goal", "change", "state", "verdict", "inference", "val", "recall P@1",
-                 "dangers", "next step"):
-        whole = name in ("version", "base")  # what a reader looks a row up by stays on one line
-        table.add_column(name, overflow="fold", no_wrap=whole, min_width=8 if whole else None)
+    console = Console()  # the terminal's width (COLUMNS when not a terminal)
+    # Eleven columns fold into slivers on a narrow terminal ('refuted' became 'refu/ted' at
+    # 80): there the table keeps what a row is looked up and judged by, whole, and says
+    # where the rest is.
+    wide = console.width >= 140
+    names = ("version", "base", "goal", "change", "state", "verdict", "inference", "val", "recall P@1", "dangers",
+             "next step") if wide else ("version", "base", "goal", "state", "verdict", "inference", "dangers")
+    table = Table(title="lab notebook", caption=None if wide else
+                  "change, recall and next step: a terminal of 140 columns, `history --json` or experiment/INDEX.md")
+    for name in names:
+        whole = name in ("version", "base", "state")  # what a reader looks a row up by stays on one line
+        table.add_column(name, overflow="fold", no_wrap=whole, min_width=12 if name == "verdict" else
+                         (8 if whole else None))
     for r in rows(lab):
         verdict = f"{r['verdict']}{' ' + r['interval'] if r['interval'] else ''}" if r["verdict"] else "—"
-        table.add_row(r["version"], r["base"] or "—", _cell(r["goal"], 60), _cell(r["change"], 50), r["state"], verdict,
-                      _n(r["inference_loss"]), _n(r["val_loss"]), _recall(r), ", ".join(r["dangers"]) or "none",
-                      _cell(r["next_step"], 60))
-    Console().print(table)  # the terminal's width (COLUMNS when not a terminal); long cells fold
+        cells = {"version": r["version"], "base": r["base"] or "—", "goal": _cell(r["goal"], 60),
+                 "change": _cell(r["change"], 50), "state": r["state"], "verdict": verdict,
+                 "inference": _n(r["inference_loss"]), "val": _n(r["val_loss"]), "recall P@1": _recall(r),
+                 "dangers": ", ".join(r["dangers"]) or "none", "next step": _cell(r["next_step"], 60)}
+        table.add_row(*(cells[name] for name in names))
+    console.print(table)  # long cells fold

@@ -31,3 +31,4 @@ def test_history_fits_the_terminal(tmp_path, bundled_data):
         assert result.exit_code == 0, result.output
         assert "0.1.0" in result.output
         assert max(len(line) for line in result.output.splitlines()) <= width, result.output
+        assert "drafted" in result.output  # the state stays whole, not folded into slivers
