@@ -342,11 +342,11 @@ class MemoryLayer(nn.Module):
             return
         chosen = chosen.view(B, T)[:, :n * W].reshape(B * n, W)  # (B*n, W)
         full = real[:, :n * W].reshape(B * n, W).all(-1)  # (B*n,) windows without padding
-        count = (chosen[:, :, None] == chosen[:, None, :]).sum(-1).float()  # (B*n, W): c_t
+        count = (chosen[:, :, None] == chosen[:, None, :]).sum(-1).double()  # (B*n, W): c_t; float64 so one entry reads 0
         entropy = math.log(W) - count.log().mean(-1)  # (B*n,) nats
         distinct = count.reciprocal().sum(-1) / W  # (B*n,) in (0, 1]
         window = torch.stack([entropy, distinct, torch.ones_like(entropy)])  # (3, B*n)
-        self.selection_sums.add_((window * full).double().sum(-1))
+        self.selection_sums.add_((window * full).sum(-1))
 
     _STORE = ("entropy_sum", "token_count", "selection_sums", "ema_ids", "ema_sums", "ema_counts")
 

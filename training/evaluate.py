@@ -376,6 +376,8 @@ def _measure(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model, data: dic
         "distinct_2": measures.distinct_n(greedy, 2),
         "memory_entropy": memory.get("selection_entropy"),  # the guardrail's measure: the worst layer's
         "memory_selection_distinct": memory.get("selection_distinct"),
+        # positions per window of the selection measure, as the model file defines it (older files: none)
+        "memory_selection_window": type(model).__init__.__globals__.get("SELECTION_WINDOW") if memory else None,
         "memory_candidate_entropy": rules.candidate_entropy_of(memory, ""),
         "memory_coverage": memory.get("coverage"),
         "memory": {k: float(v) for k, v in memory.items()},
