@@ -159,7 +159,7 @@ EMA_MAX_PENDING = 32768  # entries per layer whose query sums are kept between E
 HOT_FACTOR = 10.0  # an entry is "hot" when used this many times more than the mean used entry
 # Selection diversity is measured over windows of this many consecutive real (non-padding)
 # positions of one sequence: the entropy of the entries they chose ranges over [0, ln 64 =
-# 4.16] nats, so the lab's thresholds (3.0 safe, 2.0 danger) mean e^3 = 20 and e^2 = 7.4
+# 4.16] nats, so the lab's default thresholds (3.0 safe, 2.0 danger) mean e^3 = 20 and e^2 = 7.4
 # effective entries per 64 positions. Natural text's own tokens give about 3.3 at 64 (2.9
 # at 32): a model that reads one entry per distinct token in the window is safe, a layer
 # whose positions share a handful of entries (the 1.4.3 failure) is in danger.
