@@ -130,9 +130,12 @@ def _matches(quoted: str, candidates: Iterable[float]) -> bool:
 def unknown_numbers(text: str, values: list[tuple[str, float]]) -> list[str]:
     """Metric values quoted in `text` that are not in `values` (within rounding)."""
     bad = []
+    versions = [m.span() for m in _VERSION_LIKE.finditer(text)]
     for number in _NUMBER.finditer(text):
         if _LEVEL_AFTER.match(text, number.end()):
             continue  # "95% CI", "95% 置信区间": the interval's level, not a metric's value
+        if any(s <= number.start() < e for s, e in versions):
+            continue  # "the 1.4.3 failure" names an experiment, not a value of the metric before it
         before = text[max(0, number.start() - WINDOW): number.start()]
         if re.search(r"[.;。；\n](\s|$)", before):  # the metric's name must be in the same sentence
             before = re.split(r"[.;。；\n](?:\s|$)", before)[-1]

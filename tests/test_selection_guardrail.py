@@ -147,3 +147,12 @@ def test_record_and_compare_show_the_selection_beside_the_candidates(fixed_run, 
     rows = {line.split("│")[1].strip(): line for line in out.output.splitlines() if line.count("│") >= 3}
     assert "3.45" in rows["memory_candidate_entropy"]  # the old number compared as what it was
     assert "3.45" not in rows["memory_entropy"] and "0" in rows["memory_entropy"]
+
+
+def test_a_version_after_the_entropy_guardrail_is_not_quoted_as_its_value():
+    # the offline analysis names the 1.4.3 failure right after a memory_entropy danger
+    from agent.prose import unknown_numbers
+
+    text = "处于危险的护栏:memory_entropy = 0 (低于 2 nats)。这是 1.4.3 失败模式的征兆。"
+    assert unknown_numbers(text, [("eval.memory_entropy", 0.0)]) == []
+    assert unknown_numbers("memory_entropy = 1.4 here", [("eval.memory_entropy", 0.0)]) == ["entropy 1.4"]
