@@ -218,7 +218,7 @@ _PAIR = re.compile(r"(?<![\w.])([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*){0,2})\s*=
 _RISKS = {
     "preset": "a preset change alters the whole block; train/inference ratio shows whether the training path still matches decoding",
     "knowledge_num": "bank size changes coverage and selection entropy; watch memory entropy (danger {memory_entropy})",
-    "num_candidates": "fewer candidates lower the entropy ceiling (ln of num_candidates); watch memory entropy",
+    "num_candidates": "fewer candidates give fewer entries a gradient and a read per token; watch memory selection entropy and coverage",
     "freeze_ratio": "frozen entries cannot adapt; too few frozen lets EMA overwrite real facts",
     "ema_decay": "faster EMA moves entries toward training batches; watch repetition and train/inference ratio",
     "ema_update_freq": "EMA cadence changes how quickly entries drift from their source text",
@@ -233,7 +233,7 @@ _RISKS = {
 _RISKS_ZH = {
     "preset": "预设改动会改变整个模块;训练/推理比显示训练路径是否仍与解码一致",
     "knowledge_num": "记忆库大小会改变覆盖率和选择熵;关注记忆选择熵(危险线:{memory_entropy})",
-    "num_candidates": "候选更少会降低熵的上限(num_candidates 的对数);关注记忆选择熵",
+    "num_candidates": "候选更少意味着每个 token 读取并更新的条目更少;关注记忆选择熵和覆盖率",
     "freeze_ratio": "冻结的条目无法适应;冻结太少会让 EMA 覆盖真实事实",
     "ema_decay": "EMA 更快会让条目向训练批次移动;关注重复率和训练/推理比",
     "ema_update_freq": "EMA 的节奏决定条目偏离原文的速度",

@@ -185,9 +185,12 @@ def unknown_numbers(text: str, values: list[tuple[str, float]], by_family: bool 
     False: any value of the data will do (a plan quotes numbers from prose it was given, the
     lessons and the notebook, where no path names the metric)."""
     bad = []
+    versions = [m.span() for m in _VERSION_LIKE.finditer(text)]
     for number in _NUMBER.finditer(text):
         if _LEVEL_AFTER.match(text, number.end()):
             continue  # "95% CI", "95% 置信区间": the interval's level, not a metric's value
+        if any(s <= number.start() < e for s, e in versions):
+            continue  # "the 1.4.3 failure" names an experiment, not a value of the metric before it
         before = text[max(0, number.start() - WINDOW): number.start()]
         if re.search(r"[.;。；\n](\s|$)", before):  # the metric's name must be in the same sentence
             before = re.split(r"[.;。；\n](?:\s|$)", before)[-1]

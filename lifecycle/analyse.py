@@ -19,7 +19,7 @@ from typing import Any, Optional
 from minimind.atomic import write_json, write_text
 from minimind.config import diff, flatten, load_config
 from minimind.errors import MinimindError
-from minimind.guardrails import rules_of
+from minimind.guardrails import rules_of, upgrade_eval
 from minimind.lab import Lab
 from minimind.rundir import (AGENT_DIR, ANALYSIS_ERROR_LOG, ANALYSIS_FILE, COMMIT_MSG_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE,
                              METRICS_FILE, NEXT_FILE, PLAN_FILE, read_json, read_metrics, read_state, update_state)
@@ -28,7 +28,7 @@ CURVE_POINTS = 16        # points per curve shown to the agent
 DIFF_LIMIT = 8000        # characters of model.diff shown to the agent
 SAMPLES = 5              # samples shown to the agent
 FIXED_SECTIONS = ("data", "eval", "guardrails", "launch")  # the human's and the lab's, never the agent's
-_CURVE_KEY = re.compile(r"^(loss|loss_ce|eval/.+|memory/(l\d+/)?(entropy|coverage|dead))$")
+_CURVE_KEY = re.compile(r"^(loss|loss_ce|eval/.+|memory/(l\d+/)?(selection_entropy|selection_distinct|candidate_entropy|entropy|coverage|dead))$")
 
 
 def lab_of(run_dir: Path) -> Lab:
@@ -141,10 +141,10 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     cfg = load_config(run_dir / CONFIG_FILE)
     version = cfg.version
     plan = read_json(run_dir / PLAN_FILE) or {}
-    ev = read_json(run_dir / EVAL_FILE)
+    ev = upgrade_eval(read_json(run_dir / EVAL_FILE))
     if ev is None:
         raise MinimindError(f"{run_dir / EVAL_FILE} is missing: evaluate first (minimind eval {version})")
-    base_ev = read_json(lab.run_dir(cfg.base) / EVAL_FILE) if cfg.base else None
+    base_ev = upgrade_eval(read_json(lab.run_dir(cfg.base) / EVAL_FILE)) if cfg.base else None
     base_cfg = _read_yaml(lab.run_dir(cfg.base) / CONFIG_FILE) if cfg.base else None
     state = read_state(run_dir)
     confidence = cfg.eval.confidence

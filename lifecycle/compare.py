@@ -7,6 +7,7 @@ from typing import Optional
 
 from minimind.config import diff, flatten, load_config
 from minimind.errors import UsageError
+from minimind.guardrails import upgrade_eval
 from minimind.lab import Lab
 from minimind.rundir import CONFIG_FILE, EVAL_FILE, METRICS_FILE, read_json, read_metrics
 
@@ -27,7 +28,7 @@ def compare_experiments(lab: Lab, versions: list[str], plot: Optional[Path]) -> 
         raise UsageError("compare needs at least two versions")
     run_dirs = {v: lab.require_run(v) for v in versions}
     configs = {v: load_config(run_dirs[v] / CONFIG_FILE).to_dict() for v in versions}
-    evals = {v: read_json(run_dirs[v] / EVAL_FILE) for v in versions}
+    evals = {v: upgrade_eval(read_json(run_dirs[v] / EVAL_FILE)) for v in versions}  # older: candidate entropy only
     console = Console()
     first = versions[0]
     for v in versions:  # an SFT experiment is read against the pretraining it started from

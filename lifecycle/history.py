@@ -15,6 +15,7 @@ import json
 from typing import Any, Optional
 
 from minimind.atomic import write_text
+from minimind.guardrails import upgrade_eval
 from minimind.rundir import ANALYSIS_FILE, EVAL_FILE, NEXT_FILE, PLAN_FILE, current, read_json
 
 INDEX_FILE = "INDEX.md"
@@ -80,7 +81,7 @@ def row(lab, version: str) -> dict[str, Any]:
     run_dir = lab.run_dir(version)
     plan = read_json(run_dir / PLAN_FILE) or {}
     analysis = read_json(run_dir / ANALYSIS_FILE) or {}
-    ev = read_json(run_dir / EVAL_FILE) or {}
+    ev = upgrade_eval(read_json(run_dir / EVAL_FILE)) or {}
     proposal = read_json(run_dir / NEXT_FILE) or {}
     derived, state = current(run_dir)
     verdict = (analysis.get("verdict_info") or {}).get("verdict")

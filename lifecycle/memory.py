@@ -1,11 +1,16 @@
-"""`minimind memory show`: which memory entries each token reads, decoded, with weights."""
+"""`minimind memory show`: which memory entries each token reads, decoded, with weights,
+and how spread the chosen entries are (the memory-entropy guardrail's measure)."""
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+
 from minimind.config import load_config
 from minimind.errors import MinimindError, UsageError
+from minimind.guardrails import LIGHTS, upgrade_eval
 from minimind.lab import Lab
-from minimind.rundir import CHECKPOINTS_DIR, CONFIG_FILE, LAST_CHECKPOINT, best_checkpoint
+from minimind.rundir import CHECKPOINTS_DIR, CONFIG_FILE, EVAL_FILE, LAST_CHECKPOINT, best_checkpoint, read_json
 
 
 def show_memory(lab: Lab, version: str, text: str, top: int) -> None:
@@ -34,7 +39,7 @@ def show_memory(lab: Lab, version: str, text: str, top: int) -> None:
     if not ids:
         raise UsageError("--text produced no tokens")
     with torch.no_grad():
-        reads = model.inspect_memory(torch.tensor([ids]), top=top)
+        reads = model.inspect_memory(torch.tensor([ids]), top=model.config.num_candidates)
     table = Table(title=f"Memory reads of {version} ({path.name})", show_lines=True)
     table.add_column("token")
     table.add_column("layer")
@@ -44,13 +49,47 @@ def show_memory(lab: Lab, version: str, text: str, top: int) -> None:
     for position, token_id in enumerate(ids):
         token = tokenizer.decode([token_id])
         for layer, entries in enumerate(reads[position]):
-            for entry, weight in entries:
+            for entry, weight in entries[:top]:
                 entry_text = tokenizer.decode([t for t in model.memory_entry(entry) if t != 0])
                 table.add_row(repr(token), str(layer), f"{weight:.3f}", str(entry), " ".join(entry_text.split())[:80])
     console = Console()
     console.print(table)
+    for line in selection_lines(reads, read_json(run_dir / EVAL_FILE)):
+        console.print(line, markup=False, highlight=False)
     for line in probe_lines(lab, cfg, model, tokenizer, text):
         console.print(line, markup=False, highlight=False)
+
+
+def spread(chosen: list[int]) -> tuple[float, int]:
+    """(entropy in nats, distinct count) of the entries chosen by a run of positions."""
+    counts = Counter(chosen).values()
+    n = len(chosen)
+    return sum(c / n * math.log(n / c) for c in counts), len(counts)
+
+
+def selection_lines(reads: list, ev) -> list[str]:
+    """Per layer: how many distinct entries this text's positions chose (each position's best
+    candidate) and their entropy, beside the mean candidate-softmax entropy; then what the
+    run's evaluation measured, both measures where it has them."""
+    lines = []
+    n = len(reads)
+    for layer in range(len(reads[0]) if reads else 0):
+        entropy, distinct = spread([reads[t][layer][0][0] for t in range(n)])
+        candidate = sum(-sum(w * math.log(w) for _, w in reads[t][layer] if w > 0) for t in range(n)) / n
+        lines.append(f"Layer {layer}: the {n} positions chose {distinct} distinct entries (selection entropy "
+                     f"{entropy:.3f} nats over this text, at most ln {n} = {math.log(n):.3f}); candidate-softmax "
+                     f"entropy {candidate:.3f} nats (how evenly each token weighs its candidates).")
+    ev = upgrade_eval(ev)
+    if ev is not None and (ev.get("memory_entropy") is not None or ev.get("memory_candidate_entropy") is not None):
+        guard = (ev.get("guardrails") or {}).get("memory_entropy") or {}
+        fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+        window = ev.get("memory_selection_window")
+        selection = (f"memory_entropy (selection entropy of the worst layer over {window}-position windows) "
+                     f"{fmt(ev.get('memory_entropy'))} {LIGHTS.get(guard.get('level'), '⚪')} {guard.get('level', 'n/a')}"
+                     if window else "memory_entropy not measured (this evaluation predates the selection measure)")
+        lines.append(f"The run's evaluation: {selection}; candidate-softmax entropy "
+                     f"{fmt(ev.get('memory_candidate_entropy'))} nats (not judged).")
+    return lines
 
 
 def matching_probes(probes: dict, text: str) -> list[tuple[str, dict]]:

@@ -20,6 +20,7 @@ from minimind.atomic import write_json, write_text
 from minimind.config import (STAGES, ExperimentConfig, apply_sets, config_hash, dump_config, from_dict, load_config,
                              parse_assignment, parse_set, resolve_key)
 from minimind.errors import GateRefused, MinimindError, UsageError
+from minimind.guardrails import upgrade_eval
 from minimind.lab import Lab
 from minimind.schema import describe, to_dict
 from minimind.settings import SPLIT_SEED, LabSettings
@@ -360,7 +361,7 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     guardrails = {k: v for k, v in apply_sets(start, sets, model_fields)["guardrails"].items() if isinstance(v, dict)}
     ctx = PlanContext(version=req.version, base=base, goal=req.goal, hypothesis=req.hypothesis, expect=req.expect,
                       sets=sets, base_config=start, base_record_summary=base_record,
-                      base_eval=read_json(lab.run_dir(base) / EVAL_FILE) if base else None,
+                      base_eval=upgrade_eval(read_json(lab.run_dir(base) / EVAL_FILE)) if base else None,
                       model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=lessons_text(guardrails, lessons.lines(lab, lang)),
                       lang=lang, checks=list(checks), notebook=history.trace(lab))
     from agent.calllog import failed_attempt_logs

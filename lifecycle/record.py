@@ -9,6 +9,7 @@ rendered is never overwritten: the new render goes beside it as `runs/V/record.r
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Optional
 from minimind.atomic import write_text
 from minimind.config import flatten, load_config
 from minimind.lab import Lab
-from minimind.guardrails import LIGHTS
+from minimind.guardrails import LIGHTS, upgrade_eval
 from minimind.schema import to_dict
 from minimind.rundir import (ANALYSIS_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, LESSON_FILE, METRICS_FILE, NEXT_FILE,
                              PLAN_FILE,
@@ -111,8 +112,8 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
         derived = state.train_outcome
     plan = read_json(run_dir / PLAN_FILE) or {}
     analysis = read_json(run_dir / ANALYSIS_FILE)
-    ev = read_json(run_dir / EVAL_FILE)
-    base_ev = read_json(lab.run_dir(cfg.base) / EVAL_FILE) if cfg.base else None
+    ev = upgrade_eval(read_json(run_dir / EVAL_FILE))  # an older eval.json's entropy was the candidates'
+    base_ev = upgrade_eval(read_json(lab.run_dir(cfg.base) / EVAL_FILE)) if cfg.base else None
     rows = read_metrics(run_dir / METRICS_FILE)
     summary = metrics_summary(rows, cfg.guardrails.smoothing_window)
     diff_text = (run_dir / DIFF_FILE).read_text(encoding="utf-8") if (run_dir / DIFF_FILE).exists() else ""
@@ -186,7 +187,7 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
                        "intervals_note": intervals_note, "chat_qa": chat_qa,
                        "chat": (ev or {}).get("chat") or {}, "sft_loss": (ev or {}).get("sft_loss"),
                        "chat_samples": ((ev or {}).get("chat_samples") or [])[:6],
-                       "retrieval": retrieval, "bank_reading": reading},
+                       "retrieval": retrieval, "bank_reading": reading, "selection": selection_view(ev)},
         "analysis_failed": bool(state.analysis_failed) and analysis is None,
         "analysis_error": state.analysis_error or "",
         "eval_prompt_tokens": cfg.eval.prompt_tokens,
@@ -198,6 +199,23 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
         "lesson": read_json(run_dir / LESSON_FILE),
         "verdict": (analysis or {}).get("verdict_info", {"verdict": "", "reason": "", "verdict_zh": ""}),
     }}
+
+
+def selection_view(ev: Optional[dict]) -> Optional[dict[str, Any]]:
+    """The memory-entropy guardrail's measure per layer beside the candidate-softmax entropy,
+    for the record: {worst, distinct, candidate, window, max (ln window), layers: [{layer,
+    selection, distinct, candidate}]}. None without memory statistics (a model without memory)."""
+    memory = (ev or {}).get("memory") or {}
+    candidate = (ev or {}).get("memory_candidate_entropy")
+    if not memory and candidate is None:
+        return None
+    layers = sorted({int(k[1:].split("/")[0]) for k in memory if k.startswith("l") and "/" in k})
+    window = ev.get("memory_selection_window")
+    return {"worst": ev.get("memory_entropy"), "distinct": ev.get("memory_selection_distinct"), "candidate": candidate,
+            "window": window, "max": math.log(window) if window else None,
+            "layers": [{"layer": i, "selection": memory.get(f"l{i}/selection_entropy"),
+                        "distinct": memory.get(f"l{i}/selection_distinct"),
+                        "candidate": memory.get(f"l{i}/candidate_entropy")} for i in layers]}
 
 
 def _preflight_view(preflight: dict, lang: str) -> dict:

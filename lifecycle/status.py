@@ -12,7 +12,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from minimind.guardrails import LIGHTS, NAMES as GUARDRAILS
+from minimind.guardrails import LIGHTS, NAMES as GUARDRAILS, upgrade_eval, upgrade_results
 from minimind.lab import Lab
 from minimind.rundir import AGENT_DIR, EVAL_FILE, FLAGS, TRAIN_LOG, current, is_stale, read_json
 
@@ -31,8 +31,8 @@ def _num(value: Any) -> str:
 def summary(lab: Lab, version: str) -> dict[str, Any]:
     run_dir = lab.run_dir(version)
     derived, state = current(run_dir)
-    guardrails = dict(state.guardrails)
-    ev = read_json(run_dir / EVAL_FILE) if (run_dir / EVAL_FILE).exists() else None
+    guardrails = upgrade_results(state.guardrails)  # a run from before selection diversity: its entropy was the candidates'
+    ev = upgrade_eval(read_json(run_dir / EVAL_FILE)) if (run_dir / EVAL_FILE).exists() else None
     if ev:
         guardrails.update(ev.get("guardrails") or {})
     return {
@@ -97,7 +97,7 @@ def _table(rows: list[dict]) -> None:
         table.add_row(row["version"], row["stage"], row["base"] or "", f"[{colours.get(row['state'], 'white')}]{state}[/]",
                       step, loss, _eta(row["eta_s"]), lights, flags)
     console.print(table)
-    console.print("guardrails: train loss · train/inference ratio · repetition · memory entropy   "
+    console.print("guardrails: train loss · train/inference ratio · repetition · memory selection entropy   "
                   "(🟢 safe 🟡 watch 🔴 danger ⚪ not measured)   flags: evaluated analysed reviewed committed "
                   "(✗ analysis failed: minimind analyse VERSION)")
 
@@ -157,7 +157,10 @@ def _detail(lab: Lab, version: str, as_json: bool) -> None:
                   f" · loss {_num(info['loss'])} · ETA {_eta(info['eta_s']) or '—'} · phase {info['phase'] or '—'}")
     for name in GUARDRAILS:
         g = info["guardrails"][name]
-        console.print(f"  {LIGHTS.get(g.get('level'), '⚪')} {name}: {_num(g.get('value'))} ({g.get('level', 'not measured')})")
+        candidates = (f" · candidate-softmax entropy {_num(g['candidate_entropy'])} (not judged)"
+                      if g.get("candidate_entropy") is not None else "")
+        console.print(f"  {LIGHTS.get(g.get('level'), '⚪')} {name}: {_num(g.get('value'))} ({g.get('level', 'not measured')})"
+                      + candidates)
     console.print("flags: " + ", ".join(f"{f} {'yes' if info[f] else 'no'}" for f in FLAGS))
     if info["analysis_failed"]:
         console.print(f"[yellow]analysis failed: {info['analysis_error']}[/] — training is {info['state']}; "

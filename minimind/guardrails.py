@@ -6,6 +6,13 @@ explains these results, it never computes or changes them. The guardrails' names
 the rule fields of `GuardrailsConfig` (the lab's settings), and every threshold anyone
 shows or writes is read from those settings, never restated.
 
+The memory-entropy guardrail reads the selection diversity of the worst memory layer: the
+entropy of the entries that windows of 64 consecutive positions chose (models/model.py
+`SELECTION_WINDOW`, docs/LAB_MEMORY.md). Until this version it read the entropy of each
+token's softmax over its candidates, which stays near ln 32 whichever entries are chosen;
+that number is still reported, as `candidate_entropy`, and results stored by older
+versions are read through `upgrade_results` / `upgrade_eval`.
+
 Direction comes from the thresholds themselves: a rule with safe > danger (train loss,
 memory entropy) means low values are bad; safe < danger (ratio, repetition) means high
 values are bad. Values strictly beyond `safe` are safe, strictly beyond `danger` are
@@ -34,6 +41,11 @@ MEANINGS = {
     "memory_entropy": "memory selection entropy",
 }
 UNITS = {"repetition_rate": "%", "memory_entropy": " nats"}
+# Guardrails whose measure changed: name -> (the measure a current result names, the key the
+# older measure's value is shown under). A stored result with a value and without this
+# `measure` was computed by an older version from the older measure.
+MEASURES = {"memory_entropy": ("selection_entropy", "candidate_entropy")}
+COMPACT_EXTRAS = ("measure", "candidate_entropy")  # kept by levels_only besides value and level
 
 
 def _finite(value: Any) -> bool:
@@ -67,13 +79,16 @@ def smoothed_train_loss(losses: Iterable[float], window: int) -> Optional[float]
 
 
 def _result(name: str, value: Optional[float], rule: GuardrailRule) -> dict[str, Any]:
-    return {
+    out = {
         "value": float(value) if _finite(value) else None,
         "level": level(value, rule),
         "action": rule.action,
         "safe": rule.safe,
         "danger": rule.danger,
     }
+    if name in MEASURES and _finite(value):
+        out["measure"] = MEASURES[name][0]
+    return out
 
 
 def evaluate(values: Mapping[str, Optional[float]], cfg: GuardrailsConfig) -> dict[str, dict[str, Any]]:
@@ -89,19 +104,36 @@ def _last(metrics_history: list[Mapping[str, Any]], key: str) -> Optional[float]
     return None
 
 
+def candidate_entropy_of(row: Mapping[str, Any], prefix: str = "memory/") -> Optional[float]:
+    """The candidate-softmax entropy of a metrics row or memory-stats dict: `candidate_entropy`,
+    or `entropy` as model files before selection diversity named it."""
+    for key in ("candidate_entropy", "entropy"):
+        if _finite(row.get(prefix + key)):
+            return float(row[prefix + key])
+    return None
+
+
 def check_train(metrics_history: list[Mapping[str, Any]], cfg: GuardrailsConfig) -> dict[str, dict[str, Any]]:
     """Train-loss (smoothed CE) and memory-entropy guardrails from the logged rows so far.
 
     Rows are metrics.jsonl objects; train rows carry `loss_ce` (or `loss`), memory
-    models also `memory/entropy`. Eval rows (no `loss_ce`) are ignored for smoothing.
+    models also `memory/selection_entropy` (the guardrail's measure) and
+    `memory/candidate_entropy` (shown beside it). Eval rows (no `loss_ce`) are ignored
+    for smoothing.
     """
     losses = [row.get("loss_ce", row.get("loss")) for row in metrics_history if "step" in row
               and ("loss_ce" in row or "loss" in row)]
     values = {
         "train_loss": smoothed_train_loss(losses, cfg.smoothing_window),
-        "memory_entropy": _last(metrics_history, "memory/entropy"),
+        "memory_entropy": _last(metrics_history, "memory/selection_entropy"),
     }
-    return evaluate(values, cfg)
+    results = evaluate(values, cfg)
+    for row in reversed(metrics_history):
+        candidate = candidate_entropy_of(row)
+        if candidate is not None:
+            results["memory_entropy"]["candidate_entropy"] = candidate
+            break
+    return results
 
 
 def check_eval(eval_summary: Mapping[str, Any], cfg: GuardrailsConfig) -> dict[str, dict[str, Any]]:
@@ -150,8 +182,42 @@ def level_changes(old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mappin
 
 
 def levels_only(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """{name: {value, level}}: the compact form stored in state.json and eval.json."""
-    return {name: {"value": r.get("value"), "level": r.get("level")} for name, r in results.items()}
+    """{name: {value, level}}: the compact form stored in state.json and eval.json (plus the
+    measure and the candidate entropy of the memory-entropy guardrail, where known)."""
+    return {name: {"value": r.get("value"), "level": r.get("level"),
+                   **{k: r[k] for k in COMPACT_EXTRAS if r.get(k) is not None}} for name, r in results.items()}
+
+
+def upgrade_results(results: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stored guardrail results as this version reads them. An older version's memory-entropy
+    value was the candidate entropy, blind to fixation: it becomes `candidate_entropy`, and the
+    guardrail itself was not measured (n/a). Current results come back unchanged."""
+    out = dict(results or {})
+    for name, (measure, older) in MEASURES.items():
+        result = out.get(name)
+        if isinstance(result, Mapping) and result.get("value") is not None and result.get("measure") != measure:
+            out[name] = {"value": None, "level": UNAVAILABLE, older: result["value"]}
+    return out
+
+
+def upgrade_eval(ev: Optional[Mapping[str, Any]]) -> Optional[dict[str, Any]]:
+    """An eval.json as this version reads it. Before selection diversity, `memory_entropy` held
+    the candidate entropy: it moves to `memory_candidate_entropy` and the selection measures
+    read as absent (None), so no comparison ever sets one measure against the other."""
+    if ev is None:
+        return None
+    out = dict(ev)
+    if "memory_candidate_entropy" not in out:
+        out["memory_candidate_entropy"] = out.get("memory_entropy")
+        out["memory_entropy"] = out["memory_selection_distinct"] = None
+        if isinstance(out.get("memory"), Mapping):
+            memory = dict(out["memory"])
+            for key in [k for k in memory if k == "entropy" or k.endswith("/entropy")]:
+                memory[key[:-len("entropy")] + "candidate_entropy"] = memory.pop(key)
+            out["memory"] = memory
+    if isinstance(out.get("guardrails"), Mapping):
+        out["guardrails"] = upgrade_results(out["guardrails"])
+    return out
 
 
 def _show(name: str, value: float) -> str:

@@ -55,7 +55,9 @@ METRICS: dict[str, Optional[bool]] = {
     "train_inference_ratio": False,
     "repetition_rate": False,
     "distinct_2": True,
-    "memory_entropy": True,
+    "memory_entropy": True,             # the worst layer's selection entropy (the guardrail's measure)
+    "memory_selection_distinct": True,
+    "memory_candidate_entropy": None,   # how evenly a token weighs its candidates: shown, no direction
     "memory_coverage": True,
     # SFT (every stage where the conversation data exists; training/sft.py)
     "sft_loss": False,

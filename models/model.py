@@ -158,6 +158,14 @@ class ModelConfig:
 
 EMA_MAX_PENDING = 32768  # entries per layer whose query sums are kept between EMA updates (memory bound)
 HOT_FACTOR = 10.0  # an entry is "hot" when used this many times more than the mean used entry
+# Selection diversity is measured over windows of this many consecutive real (non-padding)
+# positions of one sequence: the entropy of the entries they chose ranges over [0, ln 64 =
+# 4.16] nats, so the lab's default thresholds (3.0 safe, 2.0 danger) mean e^3 = 20 and e^2 = 7.4
+# effective entries per 64 positions. Natural text's own tokens give about 3.3 at 64 (2.9
+# at 32): a model that reads one entry per distinct token in the window is safe, a layer
+# whose positions share a handful of entries (the 1.4.3 failure) is in danger.
+SELECTION_WINDOW = 64
+WORST_LAYER = ("selection_entropy", "selection_distinct")  # memory_stats reports these as the minimum over layers
 
 
 def bank_dtype(vocab_size: int) -> torch.dtype:
@@ -217,6 +225,9 @@ class MemoryLayer(nn.Module):
         # torch.compile (2.13, aot_eager) drops the in-place add to a 0-dim float64 attribute.
         self.entropy_sum = torch.zeros(1, dtype=torch.float64)
         self.token_count = torch.zeros(1, dtype=torch.int64)
+        # selection diversity of the window: sums of per-window entropy and distinct share, and
+        # the number of windows (see SELECTION_WINDOW)
+        self.selection_sums = torch.zeros(3, dtype=torch.float64)
         # EMA store: per selected entry, the sum and count of the query inputs that picked it
         # first; `capacity` slots (free: id knowledge_num, sums 0, count 0) and one last
         # slot that takes what does not fit (reset by every update of the store).
@@ -286,7 +297,8 @@ class MemoryLayer(nn.Module):
         # which would leave embedding_bag's fast (fbgemm) kernel: 5x slower on CPU.
         return WeightedBagSum.apply(tokens.view(N, -1), per_token.to(table.dtype), table)
 
-    def forward(self, h_attn, bank, embedding_weight):
+    def forward(self, h_attn, bank, embedding_weight, real=None):
+        """real (B, T) bool: positions holding a token, not padding (None: all of them)."""
         B, T, dim = h_attn.shape
         x = self.norm(h_attn).reshape(B * T, dim)  # (N, dim)
         query = self.query(x)  # (N, kd)
@@ -295,7 +307,7 @@ class MemoryLayer(nn.Module):
         read = self.read(entries, weights, bank, embedding_weight)  # (N, kd)
         out = self.down(F.silu(self.gate(x)) * self.up(read.to(x.dtype)))  # (N, dim)
         aux = self.auxiliary_loss(query, entries)
-        self.record(x, entries, weights)
+        self.record(x, entries, weights, h_attn.new_ones(B, T, dtype=torch.bool) if real is None else real)
         return out.view(B, T, dim), aux
 
     def auxiliary_loss(self, query, entries):
@@ -311,20 +323,44 @@ class MemoryLayer(nn.Module):
         return aux
 
     @torch.no_grad()
-    def record(self, x, entries, weights):
+    def record(self, x, entries, weights, real):
         """Statistics for the window and, in training, the query sums the next EMA update uses."""
         if self.capture is not None:  # inspection is not traffic: it neither counts nor trains
             self.capture.append((entries, weights))
             return
-        entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1)  # (N,) nats
+        entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1)  # (N,) nats: spread of one token's candidates
         self.entropy_sum.add_(entropy.double().sum())
         self.token_count.add_(entries.shape[0])
         self.usage.index_add_(0, entries.flatten(), torch.ones(entries.numel(), dtype=self.usage.dtype, device=entries.device))
+        self.record_selection(entries[:, 0], real)
         if self.training:  # the token's best entry is the one it "selected"
             best = entries[:, 0]
             self.remember(best, x.detach().float(), torch.ones_like(best))
 
-    _STORE = ("entropy_sum", "token_count", "ema_ids", "ema_sums", "ema_counts")
+    @torch.no_grad()
+    def record_selection(self, chosen, real):
+        """Add the selection diversity of every full window of SELECTION_WINDOW real positions.
+
+        chosen (N,) is each token's best entry, real (B, T) which positions hold tokens. In a
+        window of W positions where position t's entry was chosen c_t times, the entropy of the
+        chosen entries is ln W - mean_t ln c_t and the share of distinct entries sum_t (1/c_t) / W:
+        O(N * W) work, never O(knowledge_num), and nothing read back to the host. Short
+        sequences (T < W: cached decoding, prompts) and windows with padding add nothing.
+        """
+        W = SELECTION_WINDOW
+        B, T = real.shape
+        n = T // W
+        if not n:
+            return
+        chosen = chosen.view(B, T)[:, :n * W].reshape(B * n, W)  # (B*n, W)
+        full = real[:, :n * W].reshape(B * n, W).all(-1)  # (B*n,) windows without padding
+        count = (chosen[:, :, None] == chosen[:, None, :]).sum(-1).double()  # (B*n, W): c_t; float64 so one entry reads 0
+        entropy = math.log(W) - count.log().mean(-1)  # (B*n,) nats
+        distinct = count.reciprocal().sum(-1) / W  # (B*n,) in (0, 1]
+        window = torch.stack([entropy, distinct, torch.ones_like(entropy)])  # (3, B*n)
+        self.selection_sums.add_((window * full).sum(-1))
+
+    _STORE = ("entropy_sum", "token_count", "selection_sums", "ema_ids", "ema_sums", "ema_counts")
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
@@ -424,12 +460,17 @@ class MemoryLayer(nn.Module):
                "hot": float((usage > HOT_FACTOR * total / max(used, 1)).sum()) if used else 0.0}
         if self.token_count:
             p = usage[usage > 0] / total
-            out["entropy"] = (self.entropy_sum / self.token_count).item()
+            out["candidate_entropy"] = (self.entropy_sum / self.token_count).item()
             out["kl_uniform"] = (p * (p * usage.numel()).log()).sum().item()
+        entropy_sum, distinct_sum, windows = self.selection_sums.tolist()
+        if windows:
+            out["selection_entropy"] = entropy_sum / windows
+            out["selection_distinct"] = distinct_sum / windows
         if reset:
             self.usage.zero_()
             self.entropy_sum.zero_()
             self.token_count.zero_()
+            self.selection_sums.zero_()
         return out
 
 
@@ -449,7 +490,7 @@ class Block(nn.Module):
             self.ffn_norm = self.feed_forward = None
         self.memory = MemoryLayer(config) if spec.memory else None
 
-    def forward(self, x, cos, sin, past_kv, use_cache, bank, embedding_weight):
+    def forward(self, x, cos, sin, past_kv, use_cache, bank, embedding_weight, real=None):
         h_attn, new_kv = self.attention(self.attention_norm(x), cos, sin, past_kv, use_cache)
         h = x + h_attn
         aux = x.new_zeros((), dtype=torch.float32)
@@ -461,7 +502,7 @@ class Block(nn.Module):
                 ffn = self.feed_forward(self.ffn_norm(h))
             h = h + ffn
         if self.memory is not None:
-            memory, memory_aux = self.memory(h_attn, bank, embedding_weight)
+            memory, memory_aux = self.memory(h_attn, bank, embedding_weight, real)
             h, aux = h + memory, aux + memory_aux
         return h, new_kv, aux
 
@@ -525,9 +566,10 @@ class MiniMindLM(nn.Module):
         bank = self.memory_bank if self.config.has_memory else None
         aux = h.new_zeros((), dtype=torch.float32)
         new_cache = []
+        real = input_ids != PAD_ID  # (B, T): padding positions do not count in the selection statistics
         for i, layer in enumerate(self.layers):
             past_kv = past_key_values[i] if past_key_values else None
-            h, kv, layer_aux = layer(h, cos, sin, past_kv, use_cache, bank, self.tok_embeddings.weight)
+            h, kv, layer_aux = layer(h, cos, sin, past_kv, use_cache, bank, self.tok_embeddings.weight, real)
             new_cache.append(kv)
             aux = aux + layer_aux
         logits = self.output(self.norm(h))  # (B, T, V)
@@ -662,8 +704,15 @@ class MiniMindLM(nn.Module):
     def memory_stats(self, reset: bool = True) -> dict[str, float]:
         """Flat statistics of the window since the last reset: means over memory layers, plus
         per layer `l{i}/...`; the bank's frozen count/ratio and entries the last EMA updated.
-        `entropy` (nats, mean over tokens of the candidate-weight entropy) is the guardrail's
-        memory selection entropy; it and kl_uniform are absent when no token was seen."""
+
+        `selection_entropy` (nats, over windows of SELECTION_WINDOW positions: how spread the
+        entries the positions chose are) and `selection_distinct` (the share of distinct
+        chosen entries per window) are the worst layer's, not the mean: one collapsed layer is
+        the failure the memory-entropy guardrail watches. Absent when no full window was seen.
+        `candidate_entropy` (nats, mean over tokens of the entropy of the softmax over its
+        num_candidates candidates, at most ln num_candidates) says how evenly a token weighs
+        its candidates, not which entries are chosen; it and kl_uniform are absent when no
+        token was seen."""
         layers = self.memory_layers()
         if not layers:
             return {}
@@ -673,7 +722,8 @@ class MiniMindLM(nn.Module):
             per_layer.append(stats)
             out.update({f"l{i}/{k}": v for k, v in stats.items()})
         for key in per_layer[0]:
-            out[key] = sum(s[key] for s in per_layer) / len(per_layer)
+            values = [s[key] for s in per_layer if key in s]
+            out[key] = min(values) if key in WORST_LAYER else sum(values) / len(values)
         frozen = int(self.memory_frozen.sum())
         out.update(frozen=float(frozen), frozen_ratio=frozen / self.config.knowledge_num, updated=float(self.last_ema_updated))
         return out

@@ -38,17 +38,45 @@ def test_smoothed_train_loss_is_the_mean_of_the_last_window():
     assert g.smoothed_train_loss([], window=5) is None
 
 
-def test_check_train_smooths_losses_and_reads_entropy():
+def test_check_train_smooths_losses_and_reads_selection_entropy():
     cfg = GuardrailsConfig(smoothing_window=2)
-    rows = [{"step": 1, "loss_ce": 3.0, "memory/entropy": 3.5},
+    rows = [{"step": 1, "loss_ce": 3.0, "memory/selection_entropy": 3.5, "memory/candidate_entropy": 3.46},
             {"step": 1, "eval/val_loss": 9.0},              # eval rows are not train losses
-            {"step": 2, "loss_ce": 0.08, "memory/entropy": 2.5},
-            {"step": 3, "loss_ce": 0.04, "memory/entropy": 1.5}]
+            {"step": 2, "loss_ce": 0.08, "memory/selection_entropy": 2.5, "memory/candidate_entropy": 3.45},
+            {"step": 3, "loss_ce": 0.04, "memory/selection_entropy": 1.5, "memory/candidate_entropy": 3.44}]
     out = g.check_train(rows, cfg)
     assert out["train_loss"]["value"] == pytest.approx(0.06)
     assert out["train_loss"]["level"] == "danger" and out["train_loss"]["action"] == "stop"
-    assert out["memory_entropy"] == {**out["memory_entropy"], "value": 1.5, "level": "danger", "action": "flag"}
+    # the guardrail judges the selection; the candidate entropy (near ln 32, "safe"-looking) rides along
+    assert out["memory_entropy"] == {**out["memory_entropy"], "value": 1.5, "level": "danger", "action": "flag",
+                                     "measure": "selection_entropy", "candidate_entropy": 3.44}
+    assert g.levels_only(out)["memory_entropy"] == {"value": 1.5, "level": "danger", "measure": "selection_entropy",
+                                                    "candidate_entropy": 3.44}
     assert g.should_stop(out) == "train_loss 0.06 < 0.1 (danger)"
+
+
+def test_check_train_never_judges_the_candidate_entropy_of_older_rows():
+    # metrics.jsonl from model files before selection diversity: only memory/entropy (the candidates')
+    out = g.check_train([{"step": 1, "loss_ce": 3.0, "memory/entropy": 3.45}], GuardrailsConfig())
+    assert out["memory_entropy"]["level"] == "n/a" and out["memory_entropy"]["value"] is None
+    assert out["memory_entropy"]["candidate_entropy"] == 3.45
+
+
+def test_upgrade_reads_older_results_and_eval_files_as_candidate_entropy():
+    old_ev = {"memory_entropy": 3.45, "memory_coverage": 0.021, "memory": {"entropy": 3.45, "l1/entropy": 3.44},
+              "guardrails": {"memory_entropy": {"value": 3.45, "level": "safe"},
+                             "train_loss": {"value": 4.0, "level": "safe"}}}
+    ev = g.upgrade_eval(old_ev)
+    assert ev["memory_entropy"] is None and ev["memory_candidate_entropy"] == 3.45
+    assert ev["memory"] == {"candidate_entropy": 3.45, "l1/candidate_entropy": 3.44}
+    assert ev["guardrails"]["memory_entropy"] == {"value": None, "level": "n/a", "candidate_entropy": 3.45}
+    assert ev["guardrails"]["train_loss"] == {"value": 4.0, "level": "safe"}
+    assert old_ev["memory_entropy"] == 3.45  # the file's own dict is not changed
+    current = {"memory_entropy": 1.1, "memory_candidate_entropy": 3.45, "memory_selection_distinct": 0.05,
+               "guardrails": {"memory_entropy": {"value": 1.1, "level": "danger", "measure": "selection_entropy"}}}
+    assert g.upgrade_eval(current) == current
+    dense = {"memory_entropy": None, "memory_coverage": None, "guardrails": {"memory_entropy": {"value": None, "level": "n/a"}}}
+    assert g.upgrade_eval(dense)["guardrails"] == dense["guardrails"] and g.upgrade_eval(None) is None
 
 
 def test_check_train_without_memory_marks_entropy_unavailable():

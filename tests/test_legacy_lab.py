@@ -57,8 +57,12 @@ def test_status_eval_review_commit_of_a_finished_legacy_run(legacy):
     assert result.exit_code == 0, result.output
     after = json.loads((legacy.run_dir("0.1.0") / "eval.json").read_text())
     # Its snapshot and checkpoint rebuild the same model: the same numbers to float precision.
-    for key in ("val_loss", "inference_loss", "train_loss", "memory_entropy"):
+    for key in ("val_loss", "inference_loss", "train_loss"):
         assert after[key] == pytest.approx(before[key], rel=1e-5, abs=1e-6), key
+    # its memory_entropy was the candidate entropy; its snapshot predates the selection measure
+    assert "memory_candidate_entropy" not in before and before["memory_entropy"] is not None
+    assert after["memory_candidate_entropy"] == pytest.approx(before["memory_entropy"], rel=1e-5, abs=1e-6)
+    assert after["memory_entropy"] is None and after["guardrails"]["memory_entropy"]["level"] == "n/a"
     assert after["recall"]["both"]["p_at_1"] == pytest.approx(before["recall"]["both"]["p_at_1"])
 
     assert invoke(legacy, "review", "0.1.0", "--approve").exit_code == 0

@@ -184,18 +184,110 @@ def test_importance_freezing_and_bank_loading():
 
 def test_memory_stats_window_and_keys():
     model = tiny().eval()
-    assert "entropy" not in model.memory_stats()
+    assert "candidate_entropy" not in model.memory_stats()
     with torch.no_grad():
         model(torch.randint(1, 300, (2, 16)))
     stats = model.memory_stats(reset=False)
-    for key in ("entropy", "coverage", "kl_uniform", "hot", "dead", "frozen", "frozen_ratio", "updated", "l0/entropy", "l1/coverage"):
+    for key in ("candidate_entropy", "coverage", "kl_uniform", "hot", "dead", "frozen", "frozen_ratio", "updated",
+                "l0/candidate_entropy", "l1/coverage"):
         assert key in stats, key
-    assert 0 < stats["entropy"] <= torch.log(torch.tensor(8.0)).item() + 1e-6  # at most ln(num_candidates)
+    assert 0 < stats["candidate_entropy"] <= torch.log(torch.tensor(8.0)).item() + 1e-6  # at most ln(num_candidates)
+    assert "selection_entropy" not in stats  # 16 positions: no full selection window
     assert 0 < stats["coverage"] <= 1 and stats["frozen_ratio"] == pytest.approx(0.2, abs=0.01)
     assert stats["dead"] == pytest.approx(1024 * (1 - stats["coverage"]))
-    assert model.memory_stats()["entropy"] == stats["entropy"]  # reset=True reports, then clears
-    assert "entropy" not in model.memory_stats() and model.memory_stats()["coverage"] == 0
+    assert model.memory_stats()["candidate_entropy"] == stats["candidate_entropy"]  # reset=True reports, then clears
+    assert "candidate_entropy" not in model.memory_stats() and model.memory_stats()["coverage"] == 0
     assert MiniMindLM(ModelConfig(**{**TINY, "preset": "original"})).memory_stats() == {}
+
+
+def _chosen(model, ids):
+    """Each memory layer's best entry per position, (B, T), read without counting."""
+    layers = [layer for _, layer in model.memory_layers()]
+    for layer in layers:
+        layer.capture = []
+    with torch.no_grad():
+        model(ids)
+    chosen = [layer.capture[0][0][:, 0].view(ids.shape) for layer in layers]
+    for layer in layers:
+        layer.capture = None
+    return chosen
+
+
+def _window_reference(chosen, ids, window):
+    """Entropy and distinct share of the entries chosen in each full, padding-free window, by counting."""
+    import collections
+    import math
+
+    entropies, shares = [], []
+    for row, tokens in zip(chosen.tolist(), ids.tolist()):
+        for start in range(0, len(row) - window + 1, window):
+            if 0 in tokens[start:start + window]:
+                continue
+            counts = collections.Counter(row[start:start + window]).values()
+            entropies.append(-sum(c / window * math.log(c / window) for c in counts))
+            shares.append(len(counts) / window)
+    return sum(entropies) / len(entropies), sum(shares) / len(shares)
+
+
+def test_selection_entropy_counts_the_chosen_entries_of_full_windows():
+    W = model_file.SELECTION_WINDOW
+    model = tiny(max_seq_len=2 * W + 5).eval()
+    ids = torch.randint(1, 300, (3, 2 * W + 5))
+    ids[1, W + 3:] = 0  # padding: row 1's second window does not count
+    chosen = _chosen(model, ids)
+    with torch.no_grad():
+        model(ids)
+    stats = model.memory_stats()
+    per_layer = [_window_reference(c, ids, W) for c in chosen]
+    for i, (entropy, share) in enumerate(per_layer):
+        assert stats[f"l{i}/selection_entropy"] == pytest.approx(entropy, abs=1e-5)
+        assert stats[f"l{i}/selection_distinct"] == pytest.approx(share, abs=1e-6)
+    # the guardrail's value is the worst layer's, not the mean
+    assert stats["selection_entropy"] == pytest.approx(min(e for e, _ in per_layer), abs=1e-5)
+    assert stats["selection_distinct"] == pytest.approx(min(s for _, s in per_layer), abs=1e-6)
+
+
+def test_selection_entropy_is_summed_over_calls_and_ignores_decoding():
+    model = tiny().eval()
+    W = model_file.SELECTION_WINDOW
+    a, b = torch.randint(1, 300, (1, W)), torch.randint(1, 300, (1, W))
+    (ca,), (cb,) = _chosen(model, a)[:1], _chosen(model, b)[:1]
+    with torch.no_grad():
+        model(a)
+        model(b)
+        model.generate(a[:, :8], max_new_tokens=4)  # prompts and cached steps are shorter than a window
+    expected = (_window_reference(ca, a, W)[0] + _window_reference(cb, b, W)[0]) / 2
+    assert model.memory_stats()["l0/selection_entropy"] == pytest.approx(expected, abs=1e-5)
+
+
+def _layer_guardrail(model, h_attn):
+    """Run the model's first memory layer on attention outputs h_attn; the guardrail's reading."""
+    from minimind.guardrails import level
+    from minimind.settings import GuardrailsConfig
+
+    _, layer = model.memory_layers()[0]
+    with torch.no_grad():
+        layer(h_attn, model.memory_bank, model.tok_embeddings.weight)
+    stats = layer.stats(reset=True)
+    rule = GuardrailsConfig().memory_entropy
+    return stats, level(stats["selection_entropy"], rule), level(stats["candidate_entropy"], rule)
+
+
+def test_forced_fixation_reads_danger_where_the_candidate_entropy_looked_safe():
+    model = tiny(knowledge_num=1024, num_candidates=32).eval()
+    W = model_file.SELECTION_WINDOW
+    _, layer = model.memory_layers()[0]
+    with torch.no_grad():  # every query on one line: positions can only choose the few entries it points at
+        direction, reader = torch.randn(layer.query.out_features, 1), torch.randn(1, layer.query.in_features)
+        layer.query.weight.copy_(0.01 * direction @ reader)
+    stats, selection, candidates = _layer_guardrail(model, torch.randn(4, W, model.config.dim))
+    assert stats["selection_entropy"] < 1.0 and stats["selection_distinct"] < 0.1
+    assert selection == "danger"
+    assert candidates == "safe"  # the old measure: near ln 32 whatever is chosen, blind to the fixation
+
+    healthy = tiny(knowledge_num=1024, num_candidates=32).eval()  # the same layer reading spread attention outputs
+    stats, selection, _ = _layer_guardrail(healthy, torch.randn(4, W, healthy.config.dim))
+    assert stats["selection_entropy"] > 3.0 and selection == "safe"
 
 
 def test_inspect_memory_decodes_to_the_text_of_an_entry_we_set():
@@ -212,7 +304,7 @@ def test_inspect_memory_decodes_to_the_text_of_an_entry_we_set():
     again = model.inspect_memory(prompt, top=3)
     assert again[-1][0][0][0] == entry  # the text of an entry does not move its key
     assert decode(model.memory_entry(again[-1][0][0][0])) == "paris."
-    assert "entropy" not in model.memory_stats()  # inspection is not counted as traffic
+    assert "candidate_entropy" not in model.memory_stats()  # inspection is not counted as traffic
     with pytest.raises(ValueError, match="knowledge_length"):
         model.set_memory_entry(0, list(range(1, 20)))
 

@@ -51,8 +51,9 @@ def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: flo
 def test_run_trains_and_loss_falls(finished_run):
     rows = h.train_rows(finished_run)
     assert [r["step"] for r in rows] == list(range(2, 31, 2))
-    for key in ("step", "epoch", "loss", "loss_ce", "lr", "tokens_per_s", "time", "elapsed_s", "memory/entropy",
-                "memory/coverage", "memory/frozen_ratio"):
+    for key in ("step", "epoch", "loss", "loss_ce", "lr", "tokens_per_s", "time", "elapsed_s",
+                "memory/selection_entropy", "memory/selection_distinct", "memory/candidate_entropy",
+                "memory/l1/selection_entropy", "memory/coverage", "memory/frozen_ratio"):
         assert key in rows[-1], key
     first, last = rows[0]["loss_ce"], sum(r["loss_ce"] for r in rows[-3:]) / 3
     assert last < first - 1.0, (first, last)

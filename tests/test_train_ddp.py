@@ -63,7 +63,7 @@ def h_batches(run_dir: Path) -> int:
 
 # --- global memory statistics and EMA over two gloo processes ------------------------
 
-MEM = dict(preset="memory", dim=32, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=300, max_seq_len=32,
+MEM = dict(preset="memory", dim=32, n_layers=2, n_heads=2, n_kv_heads=1, vocab_size=300, max_seq_len=80,
            knowledge_num=64, knowledge_length=6, knowledge_dim=16, num_candidates=4, ema_update_freq=1, ema_decay=0.0)
 
 
@@ -100,7 +100,8 @@ def _memory_round(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.manual_seed(0)
     model = MiniMindLM(ModelConfig(**MEM))
-    batch = torch.randint(1, 300, (32, 24), generator=torch.Generator().manual_seed(1))
+    # enough rows that an all-gather would overflow the store bound, each a selection window long
+    batch = torch.randint(1, 300, (32, 70), generator=torch.Generator().manual_seed(1))
     mine = batch.chunk(world)[rank]
     model.train()
     model(mine)
@@ -145,7 +146,7 @@ def test_memory_statistics_and_ema_are_global(tmp_path):
 
     initial = MiniMindLM(ModelConfig(**MEM)).memory_bank
     assert not torch.equal(initial, one["bank"])  # the EMA did change entries: the comparison means something
-    assert r0["stats"].keys() == one["stats"].keys()
+    assert r0["stats"].keys() == one["stats"].keys() and "selection_entropy" in one["stats"]
     for key, value in one["stats"].items():  # global counts: the statistics of one process on the whole batch
         assert r0["stats"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
         assert r1["stats"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key

@@ -97,8 +97,9 @@ def sync_bank_rows(model, rows: Optional[torch.Tensor]) -> None:
 
 
 def reduce_memory_window(model) -> None:
-    """Before memory_stats(): sum every layer's usage counts, entropy sum and token count over
-    the ranks, so the statistics (and the entropy guardrail) describe the global batch."""
+    """Before memory_stats(): sum every layer's usage counts, entropy sum, token count and
+    selection-diversity sums over the ranks, so the statistics (and the memory-entropy
+    guardrail) describe the global batch."""
     dist = _dist()
     layers = getattr(model, "memory_layers", None)
     if dist is None or layers is None:
@@ -111,6 +112,8 @@ def reduce_memory_window(model) -> None:
         dist.all_reduce(window)
         _set_window(layer, "entropy_sum", window[0])
         _set_window(layer, "token_count", window[1])
+        if torch.is_tensor(getattr(layer, "selection_sums", None)):  # model files before selection diversity lack it
+            dist.all_reduce(layer.selection_sums)
 
 
 def _set_window(layer, name: str, value: torch.Tensor) -> None:

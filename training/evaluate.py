@@ -18,7 +18,10 @@ given on the command line override its config fields.
 
 eval.json keys (all numbers finite; null where a value does not exist for this model):
   val_loss, inference_loss, train_loss (+ train_loss_source), train_inference_ratio,
-  repetition_rate (seq-rep-4 of greedy continuations), distinct_2, memory_entropy,
+  repetition_rate (seq-rep-4 of greedy continuations), distinct_2, memory_entropy (the
+  worst memory layer's selection entropy: the guardrail's measure), memory_selection_distinct,
+  memory_candidate_entropy (the candidate-softmax entropy; eval.json files written before it
+  existed held that number in memory_entropy: minimind.guardrails.upgrade_eval reads them),
   memory_coverage, memory {all memory stats of the validation pass}, recall {split:
   {p_at_1, mrr, n, p_at_1_ci, mrr_ci, chance_p_at_1}}, retrieval (memory presets, else
   null: {num_candidates, memory_layers, knowledge_num, mem_only/both: {n, in_bank, hit_at_1,
@@ -149,7 +152,7 @@ def summary_line(r: dict[str, Any]) -> str:
     recall = " ".join(f"{k}:{f(v.get('p_at_1'))}" for k, v in (r.get("recall") or {}).items())
     return (f"val_loss {f(r['val_loss'])} inference_loss {f(r['inference_loss'])} train_loss {f(r['train_loss'])} "
             f"ratio {f(r['train_inference_ratio'])} repetition {f(r['repetition_rate'])} "
-            f"entropy {f(r['memory_entropy'])} recall P@1 {recall or 'n/a'}"
+            f"selection entropy {f(r['memory_entropy'])} (candidates {f(r.get('memory_candidate_entropy'))}) recall P@1 {recall or 'n/a'}"
             + (f" chat QA {chat}" if (chat := " ".join(f"{k}:{f(v.get('accuracy'))}" for k, v in (r.get("chat_qa") or {}).items())) else "")
             + f" (at {time.strftime('%H:%M:%S')})")
 
@@ -371,7 +374,11 @@ def _measure(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model, data: dic
         "sft_inference_loss": sft_inference,
         "repetition_rate": measures.repetition_rate(greedy, 4),
         "distinct_2": measures.distinct_n(greedy, 2),
-        "memory_entropy": memory.get("entropy"),
+        "memory_entropy": memory.get("selection_entropy"),  # the guardrail's measure: the worst layer's
+        "memory_selection_distinct": memory.get("selection_distinct"),
+        # positions per window of the selection measure, as the model file defines it (older files: none)
+        "memory_selection_window": type(model).__init__.__globals__.get("SELECTION_WINDOW") if memory else None,
+        "memory_candidate_entropy": rules.candidate_entropy_of(memory, ""),
         "memory_coverage": memory.get("coverage"),
         "memory": {k: float(v) for k, v in memory.items()},
         "recall": recall,
@@ -382,7 +389,10 @@ def _measure(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model, data: dic
         **sft,
     }
     values = {name: result[name] for name in rules.NAMES}
-    result["guardrails"] = rules.levels_only(rules.evaluate(values, cfg.guardrails))
+    guards = rules.evaluate(values, cfg.guardrails)
+    if result["memory_candidate_entropy"] is not None:  # shown beside the guardrail, never judged
+        guards["memory_entropy"]["candidate_entropy"] = result["memory_candidate_entropy"]
+    result["guardrails"] = rules.levels_only(guards)
     result.update({
         "stage": cfg.stage, "init": to_dict(cfg.init) if cfg.init else None,
         "checkpoint": str(checkpoint), "module": module, "step": data.get("step"),

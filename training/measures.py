@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from minimind import guardrails as rules
 from minimind.config import ExperimentConfig
 from training.data import BOS_ID, EOS_ID, collate
 
@@ -376,7 +377,8 @@ def eval_pairs(docs, cfg: ExperimentConfig, max_seq_len: int) -> list[tuple[list
 
 def periodic_eval(model, val_docs, cfg: ExperimentConfig, train_loss: Optional[float]) -> dict[str, Any]:
     """{"eval/val_loss", "eval/inference_loss", "eval/train_inference_ratio",
-    "eval/repetition_rate", "eval/memory_entropy"} (None where unavailable).
+    "eval/repetition_rate", "eval/memory_entropy" (the worst layer's selection entropy, the
+    guardrail's measure), "eval/memory_candidate_entropy"} (None where unavailable).
 
     Run on rank 0 with the unwrapped model. It uses no random numbers, so running it
     never changes what the resumed run would compute.
@@ -396,5 +398,6 @@ def periodic_eval(model, val_docs, cfg: ExperimentConfig, train_loss: Optional[f
         "eval/inference_loss": inference,
         "eval/train_inference_ratio": ratio,
         "eval/repetition_rate": repetition_rate(greedy, 4),
-        "eval/memory_entropy": memory.get("entropy") if memory else None,
+        "eval/memory_entropy": memory.get("selection_entropy") if memory else None,
+        "eval/memory_candidate_entropy": rules.candidate_entropy_of(memory, "") if memory else None,
     }
