@@ -97,6 +97,29 @@ def test_default_base_is_the_highest_finished(lab, monkeypatch):
     assert json.loads((lab.run_dir("0.2.0") / "plan.json").read_text())["base"] == "0.1.0"
 
 
+@pytest.mark.parametrize("derived, code", [("finished", 0), ("stopped", 10), ("failed", 1), ("drafted", None)])
+def test_the_committed_state_has_no_processes_and_a_clone_carries_it_on(tmp_path, derived, code):
+    from minimind.atomic import write_json
+    from minimind.rundir import (COMMITTED_STATE_FILE, RunState, committed_state, current, has_state, read_exit_code,
+                                 update_state)
+
+    run = tmp_path / "0.1.0"
+    run.mkdir()
+    recorded = "running" if derived in ("finished", "failed") else derived
+    state = RunState(version="0.1.0", base="0.0.9", state=recorded, pid=os.getpid(), pgid=os.getpid(), proc_start=5,
+                     heartbeat=1.0, eta_s=3.0, gpus=[0], step=6, total_steps=6, evaluated=True, train_outcome=derived)
+    data = committed_state(derived, state, code)
+    assert all(data[k] is None for k in ("pid", "pgid", "proc_start", "heartbeat", "eta_s", "gpus", "commit"))
+    assert (data["state"], data["exit_code"], data["committed"], data["base"], data["step"]) == (derived, code, True,
+                                                                                                  "0.0.9", 6)
+    write_json(run / COMMITTED_STATE_FILE, data)
+    assert current(run)[0] == derived and not has_state(run)
+    update_state(run, reviewed=True)  # the first local write in a clone starts from the committed state
+    assert has_state(run) and read_exit_code(run) == code
+    derived_now, now = current(run)
+    assert derived_now == derived and now.reviewed and now.base == "0.0.9" and now.committed
+
+
 # --- SIGTERM during new ------------------------------------------------------------------
 
 def _new_process(lab, version: str) -> subprocess.Popen:
