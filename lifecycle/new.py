@@ -176,7 +176,6 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     req.goal, req.hypothesis = req.goal or "", req.hypothesis or ""
     if not req.goal.strip() or not req.hypothesis.strip():
         raise UsageError("--goal and --hypothesis must not be empty")
-    existing = lab.versions()
     if req.stage not in STAGES:
         raise UsageError(f"--stage must be one of {', '.join(STAGES)}, got {req.stage!r}")
     if req.stage == "sft" and req.base is None:

@@ -9,7 +9,6 @@ files are put back, these signals are held, so a second `kill` cannot cut the un
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import threading
