@@ -8,12 +8,17 @@ being reported as resumed.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from minimind.errors import GateRefused, MinimindError
 from minimind.lab import Lab
 from minimind.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, LAST_CHECKPOINT, MISSING, UNREADABLE, clear_exit_code, current,
-                             state_note, update_state)
+                             is_alive, state_note, update_state)
+
+# A stopped run's pipeline records `stopped` and then, as its last act, its exit code. A resume
+# in between would have that late exit code mark the resumed run failed: wait this long for it.
+ENDING_WAIT_S = 30.0
 
 
 def resume_run(lab: Lab, version: str, force: bool = False) -> str:
@@ -32,6 +37,13 @@ def resume_run(lab: Lab, version: str, force: bool = False) -> str:
     if derived == "guardrail_stopped" and not force:
         raise GateRefused(f"experiment {version} was stopped by a guardrail ({state.stop_reason}); "
                           "resuming would continue a run that is cheating")
+    if state.backend != "slurm" and is_alive(state.pid, state.proc_start):
+        deadline = time.time() + ENDING_WAIT_S
+        while is_alive(state.pid, state.proc_start) and time.time() < deadline:
+            time.sleep(0.2)
+        if is_alive(state.pid, state.proc_start):
+            raise MinimindError(f"experiment {version} is {derived} but its pipeline (pid {state.pid}) is still ending; "
+                                "resume it in a moment")
     has_checkpoint = (run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT).exists()
     step = check_checkpoint(lab, run_dir) if has_checkpoint else None  # before anything is written
     notes = refresh_run_script(lab, run_dir)

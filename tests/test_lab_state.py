@@ -214,6 +214,26 @@ def test_resume_refuses_a_checkpoint_it_cannot_resume(lab):
     assert tree(lab.root) == before and current(run_dir)[0] == "stopped"
 
 
+def test_resume_waits_for_the_stopped_pipeline_to_end(lab, monkeypatch):
+    """A run recorded `stopped` whose pipeline still lives (it writes its exit code last) is not relaunched."""
+    import lifecycle.resume
+    from minimind.rundir import process_start_time, update_state
+
+    assert invoke(lab, "new", "0.1.0", "--goal", GOAL, "--hypothesis", HYP, "--no-launch").exit_code == 0
+    ending = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        update_state(lab.run_dir("0.1.0"), state="stopped", pid=ending.pid, pgid=ending.pid,
+                     proc_start=process_start_time(ending.pid))
+        monkeypatch.setattr(lifecycle.resume, "ENDING_WAIT_S", 0.5)
+        before = tree(lab.root)
+        result = invoke(lab, "resume", "0.1.0")
+        assert result.exit_code == 1 and "is still ending" in result.output, result.output
+        assert tree(lab.root) == before
+    finally:
+        ending.kill()
+        ending.wait()
+
+
 # --- the trained lab: a failed review, required files, commits, a clone ---------------------
 
 def test_review_that_fails_writes_nothing_and_commit_needs_every_file(trained, monkeypatch):
