@@ -215,19 +215,16 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     # Each path is listed in `created` before it is written, so a kill mid-write is undone too.
     signals = raising_signals()
     created: list[Path] = []
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        signals.restore()
-        raise MinimindError(f"another 'minimind new {req.version}' is in progress") from None
-    except BaseException:
-        signals.restore()
-        lock.unlink(missing_ok=True)  # killed between the create and here: the lock is ours
-        raise
-    os.close(fd)
     undo = Undo()
     staging = lab.runs_dir / f".staging-{req.version}-{os.getpid()}"
+    ours = False  # the lock is this call's (never remove another `new`'s)
     try:
+        with signals_held():  # a signal between the create and `ours` would leave the lock behind
+            try:
+                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                raise MinimindError(f"another 'minimind new {req.version}' is in progress") from None
+            ours = True
         undo.keep(lab.experiment_dir / "INDEX.md", lab.experiment_dir / "LESSONS.md")
         _check_existing(lab, req.version)  # re-check under the lock
         staging.mkdir()
@@ -270,6 +267,10 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
         from lifecycle.history import write_index
 
         write_index(lab)
+        with signals_held():  # done: a signal from here on finds the experiment whole
+            lock.unlink(missing_ok=True)
+            ours = False
+            signals.restore()
     except BaseException:
         with signals_held():  # a second kill waits until the undo is done
             _keep_call_log(lab, req.version, staging)
@@ -280,11 +281,10 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
                 else:
                     path.unlink(missing_ok=True)
             undo.rollback()
-            lock.unlink(missing_ok=True)
+            if ours:
+                lock.unlink(missing_ok=True)
             signals.restore()
         raise
-    lock.unlink(missing_ok=True)
-    signals.restore()
 
     messages = [f"Created experiment {req.version} (base {base or 'none'}, agent {plan_record['backend']})",
                 f"  record:   experiment/experiment_{req.version}.md",
