@@ -14,6 +14,7 @@ import click
 
 from minimind import __version__
 from minimind.errors import MinimindError
+from minimind.undo import Terminated
 
 
 class Group(click.Group):
@@ -30,6 +31,9 @@ class Group(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
+        except Terminated as exc:  # SIGTERM/SIGHUP: the verb has undone its writes (minimind/undo.py)
+            click.echo(f"Interrupted: {exc}.", err=True)
+            ctx.exit(exc.exit_code)
 
 
 def _lab():
@@ -129,7 +133,7 @@ def data_prepare(pretrain: Path | None, sft: Path | None, chat_template: Path | 
 @click.argument("version")
 @click.option("--goal", default=None, help="What this experiment is for (stored verbatim; required unless --from-proposal).")
 @click.option("--hypothesis", default=None, help="What you expect and why (stored verbatim; required unless --from-proposal).")
-@click.option("--base", default=None, help="Base experiment (default: highest version below VERSION).")
+@click.option("--base", default=None, help="Base experiment (default: the highest finished version below VERSION).")
 @click.option("--expect", default=None, help="Expected result, e.g. 'inference_loss < base' or 'recall.mem_only.p_at_1 > 0.2'.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config change, e.g. --set dim=256 --set train.max_steps=500.")
 @click.option("--agent", "agent_name", type=click.Choice(["auto", "offline", "claude"]), default=None,
@@ -250,6 +254,22 @@ def resume(version: str, force: bool) -> None:
     from lifecycle.resume import resume_run
 
     click.echo(resume_run(_lab(), version, force))
+
+
+@main.command()
+@click.argument("version")
+def discard(version: str) -> None:
+    """Remove a drafted experiment that never ran: its run folder, record and snapshot.
+
+    Refused for anything that was launched, trained or committed.
+
+    \b
+    Example:
+      minimind discard 1.4.9
+    """
+    from lifecycle.discard import discard_experiment
+
+    click.echo(discard_experiment(_lab(), version))
 
 
 @main.command("eval")

@@ -1,18 +1,25 @@
 """`minimind commit`: exactly one experiment's files, the drafted message, explicit identity.
 
 The files are decided here, never by the agent: the record, the run script, the config,
-the plan and analysis, eval.json and metrics, the plots, the snapshot, and models/model.py
-when it still holds the code that ran.
+the plan and analysis, eval.json and metrics, the plots, the snapshot, the state as of the
+commit (state.committed.json: what a clone reads, as state.json stays local), and
+models/model.py when it still holds the code that ran. An experiment that lacks a file
+it must have (`required_files`) is refused. The commit is all or nothing: a failure puts
+the notebook and the committed state back, and signals wait until it is done.
 """
 
 from __future__ import annotations
 
-from minimind.errors import GateRefused
-from minimind.lab import Lab
-from minimind.rundir import (ANALYSIS_FILE, COMMIT_MSG_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, LESSON_FILE, METRICS_FILE,
-                             NEXT_FILE, PLAN_FILE, PLOTS_DIR, REVIEW_FILE, RUN_SCRIPT, current, read_json, update_state)
+from pathlib import Path
 
-RUN_FILES = (RUN_SCRIPT, CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, EVAL_FILE, METRICS_FILE, DIFF_FILE, LESSON_FILE, NEXT_FILE)
+from minimind.errors import GateRefused, MinimindError
+from minimind.lab import Lab
+from minimind.rundir import (ANALYSIS_FILE, COMMIT_MSG_FILE, COMMITTED_STATE_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE,
+                             LESSON_FILE, METRICS_FILE, MISSING, NEXT_FILE, PLAN_FILE, PLOTS_DIR, REVIEW_FILE, RUN_SCRIPT,
+                             UNREADABLE, RunState, committed_state, current, read_exit_code, read_json, state_note, update_state)
+
+RUN_FILES = (RUN_SCRIPT, CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, EVAL_FILE, METRICS_FILE, DIFF_FILE, LESSON_FILE, NEXT_FILE,
+             COMMITTED_STATE_FILE)
 from lifecycle.history import INDEX_FILE  # noqa: E402
 from lifecycle.lessons import LESSONS_FILE  # noqa: E402
 
@@ -34,6 +41,26 @@ def experiment_files(lab: Lab, version: str) -> list[str]:
     if snapshot.exists() and living.exists() and snapshot.read_bytes() == living.read_bytes():
         rel.append(living.relative_to(lab.root))
     return [str(p) for p in rel if (lab.root / p).exists()]
+
+
+def required_files(lab: Lab, version: str, state: RunState) -> list[Path]:
+    """What the commit of this experiment must contain: the record, run script, config, plan and
+    snapshot always; the metrics once it trained, eval.json once evaluated, analysis.json once analysed."""
+    run_dir = lab.run_dir(version)
+    needed = [lab.record_path(version), run_dir / RUN_SCRIPT, run_dir / CONFIG_FILE, run_dir / PLAN_FILE,
+              lab.snapshot_path(version)]
+    if state.step:
+        needed.append(run_dir / METRICS_FILE)
+    if state.evaluated:
+        needed.append(run_dir / EVAL_FILE)
+    if state.analysed:
+        needed.append(run_dir / ANALYSIS_FILE)
+    return needed
+
+
+def missing_files(lab: Lab, version: str, state: RunState) -> list[str]:
+    """The lab-relative paths of `required_files` that are not there."""
+    return [str(p.relative_to(lab.root)) for p in required_files(lab, version, state) if not p.is_file()]
 
 
 def commit_title(summary: str, version: str, verdict: str, lang: str) -> str:
@@ -61,11 +88,19 @@ def render_commit_message(lab: Lab, draft, ctx) -> str:
 
 def commit_experiment(lab: Lab, version: str, yes: bool) -> str:
     from lifecycle import gitops
+    from minimind.atomic import write_json
+    from minimind.undo import Undo, signals_held
 
     run_dir = lab.require_run(version)
     derived, state = current(run_dir)
     if derived == "running":
         raise GateRefused(f"experiment {version} is still running; commit after it ends")
+    if derived in (MISSING, UNREADABLE):
+        raise MinimindError(f"experiment {version} cannot be committed: {state_note(run_dir)}")
+    missing = missing_files(lab, version, state)
+    if missing:
+        raise GateRefused(f"experiment {version} lacks {', '.join(missing)}: not committed (a commit must say "
+                          "what ran; restore the file, or redo the step that writes it)")
     review = read_json(run_dir / REVIEW_FILE) or {}
     if not review.get("approved") and not yes:
         raise GateRefused(f"experiment {version} is not reviewed: run 'minimind review {version} --approve' (or commit --yes)")
@@ -74,18 +109,26 @@ def commit_experiment(lab: Lab, version: str, yes: bool) -> str:
         message = message_path.read_text(encoding="utf-8")
     else:
         message = f"Experiment {version}\n\nNo drafted message: the experiment was not analysed (state: {derived}).\n"
-    from lifecycle.history import write_index
+    from lifecycle.history import INDEX_FILE, write_index
 
     # The committed notebook lists what the history holds: the experiments committed before and
     # this one; the working tree's lists every experiment again afterwards.
     committed = [v for v in lab.versions() if v == version or current(lab.run_dir(v))[1].committed]
-    write_index(lab, committed)
-    files = experiment_files(lab, version)
-    try:
-        sha = gitops.commit_paths(lab.root, files, message)
-    finally:
+    undo = Undo()
+    undo.keep(lab.experiment_dir / INDEX_FILE, run_dir / COMMITTED_STATE_FILE)
+    # Short and local: SIGTERM/SIGINT wait until the commit and its flag are both written, so
+    # git and state.json never disagree; an error puts the notebook and committed state back.
+    with signals_held():
+        try:
+            write_index(lab, committed)
+            write_json(run_dir / COMMITTED_STATE_FILE, committed_state(derived, state, read_exit_code(run_dir)))
+            files = experiment_files(lab, version)
+            sha = gitops.commit_paths(lab.root, files, message)
+        except BaseException:
+            undo.rollback()
+            raise
+        update_state(run_dir, committed=True, commit=sha)
         write_index(lab)
-    update_state(run_dir, committed=True, commit=sha)
     note = gitops.identity_note(lab.root)
     return (f"Committed experiment {version} as {sha[:12]} ({len(files)} of its files staged, unchanged ones included)"
             + (f"\nNote: {note}" if note else ""))

@@ -25,6 +25,7 @@ from minimind.lab import Lab
 from minimind.schema import describe, to_dict
 from minimind.settings import SPLIT_SEED, LabSettings
 from minimind.rundir import AGENT_DIR, CONFIG_FILE, DIFF_FILE, EVAL_FILE, PLAN_FILE, ANALYSIS_FILE, update_state
+from minimind.undo import Undo, raising_signals, signals_held
 from minimind.versions import default_base, module_name, parse
 
 # Sections the agent may propose changes in; data paths, evaluation, guardrails, launch
@@ -141,6 +142,14 @@ def check_sets(lab: Lab, items: list[str]) -> list[tuple[str, Any]]:
     return sets
 
 
+def finished_base(lab: Lab, version: str) -> Optional[str]:
+    """The default base: the highest *finished* experiment below `version` (a draft that never ran,
+    or a run that failed, has nothing to build on)."""
+    from minimind.rundir import current
+
+    return default_base(version, [v for v in lab.versions() if current(lab.run_dir(v))[0] == "finished"])
+
+
 def _check_existing(lab: Lab, version: str) -> None:
     if lab.run_dir(version).exists() or lab.record_path(version).exists():
         raise UsageError(f"experiment {version} already exists")
@@ -171,7 +180,6 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     req.goal, req.hypothesis = req.goal or "", req.hypothesis or ""
     if not req.goal.strip() or not req.hypothesis.strip():
         raise UsageError("--goal and --hypothesis must not be empty")
-    existing = lab.versions()
     if req.stage not in STAGES:
         raise UsageError(f"--stage must be one of {', '.join(STAGES)}, got {req.stage!r}")
     if req.stage == "sft" and req.base is None:
@@ -182,7 +190,7 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
             raise UsageError(f"base experiment {req.base} does not exist")
         base = req.base
     else:
-        base = default_base(req.version, existing)
+        base = finished_base(lab, req.version)
     init = sft_start(lab, base) if req.stage == "sft" else None
     model_cls, model_fields = model_schema(lab)
     sets = _parse_sets(req.sets, model_fields)
@@ -206,14 +214,22 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
 
     lock = lab.runs_dir / f".{req.version}.lock"
     lab.runs_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        raise MinimindError(f"another 'minimind new {req.version}' is in progress") from None
-    os.close(fd)
+    # From the lock to the notebook, SIGTERM and SIGHUP raise (SIGINT already does), so the
+    # `except` below removes what this call wrote: a killed `new` leaves no half experiment.
+    # Each path is listed in `created` before it is written, so a kill mid-write is undone too.
+    signals = raising_signals()
     created: list[Path] = []
+    undo = Undo()
     staging = lab.runs_dir / f".staging-{req.version}-{os.getpid()}"
+    ours = False  # the lock is this call's (never remove another `new`'s)
     try:
+        with signals_held():  # a signal between the create and `ours` would leave the lock behind
+            try:
+                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                raise MinimindError(f"another 'minimind new {req.version}' is in progress") from None
+            ours = True
+        undo.keep(lab.experiment_dir / "INDEX.md", lab.experiment_dir / "LESSONS.md")
         _check_existing(lab, req.version)  # re-check under the lock
         staging.mkdir()
         from lifecycle import lessons
@@ -241,32 +257,38 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
             check_launch(lab, cfg)
         from models.registry import snapshot as take_snapshot
 
-        snapshot_existed = snapshot.exists()
+        if not snapshot.exists():
+            created.append(snapshot)
         path, sha = take_snapshot(lab.models_dir, req.version)
-        if not snapshot_existed:
-            created.append(path)
         update_state(staging, snapshot={"module": cfg.model_module, "sha256": sha})
         final = lab.run_dir(req.version)
+        created.append(final)  # absent before (checked under the lock)
         os.rename(staging, final)
-        created.append(final)
         from lifecycle.record import write_record
 
-        write_record(lab, req.version, lang)
         created.append(lab.record_path(req.version))
+        write_record(lab, req.version, lang)
         from lifecycle.history import write_index
 
         write_index(lab)
+        with signals_held():  # done: a signal from here on finds the experiment whole
+            lock.unlink(missing_ok=True)
+            ours = False
+            signals.restore()
     except BaseException:
-        _keep_call_log(lab, req.version, staging)
-        shutil.rmtree(staging, ignore_errors=True)
-        for path in reversed(created):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+        with signals_held():  # a second kill waits until the undo is done
+            _keep_call_log(lab, req.version, staging)
+            shutil.rmtree(staging, ignore_errors=True)
+            for path in reversed(created):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+            undo.rollback()
+            if ours:
+                lock.unlink(missing_ok=True)
+            signals.restore()
         raise
-    finally:
-        lock.unlink(missing_ok=True)
 
     messages = [f"Created experiment {req.version} (base {base or 'none'}, agent {plan_record['backend']})",
                 f"  record:   experiment/experiment_{req.version}.md",
@@ -306,7 +328,7 @@ def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, m
     problem = estimate.check_positions(load_module(lab.models_dir, "model"), cfg["model"])
     if problem:
         raise GateRefused(f"this config cannot run: {problem}")
-    base = req.base or default_base(req.version, lab.versions())
+    base = req.base or finished_base(lab, req.version)
     compute_note = estimate.gate(lab, cfg, est, base, settings.preflight.compute_factor, req.yes, req.launch)
     record_note = (estimate.gate(lab, cfg, est, base, settings.preflight.compute_factor, req.yes, req.launch, lang)
                    if compute_note and lang != "en" else compute_note)

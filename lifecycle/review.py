@@ -16,7 +16,8 @@ import time
 from minimind.atomic import write_json
 from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.lab import Lab
-from minimind.rundir import PLAN_FILE, RENDERED_RECORD_FILE, REVIEW_FILE, current, read_json, update_state
+from minimind.rundir import (LESSON_FILE, PLAN_FILE, RECORD_LAST_FILE, RECORD_MARK_FILE, RENDERED_RECORD_FILE, REVIEW_FILE,
+                             STATE_FILE, current, read_json, update_state)
 
 PENDING = re.compile(r"^(Pending|待评估|No training metrics yet|尚无训练指标|Not evaluated yet|尚未评估)", re.M)
 
@@ -105,6 +106,39 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
+def _all_or_nothing(review):
+    """A review that fails (an error, SIGTERM, Ctrl-C) leaves every file it may write as it was:
+    no approval, no accepted lesson, no re-rendered record. state.json is not put back byte for
+    byte (a running trainer writes it meanwhile): only the `reviewed` flag is reset."""
+    import functools
+    import inspect
+
+    @functools.wraps(review)
+    def wrapper(lab: Lab, version: str, *args, **kwargs):
+        from lifecycle.lessons import LESSONS_FILE
+        from minimind.rundir import has_state, read_state
+        from minimind.undo import all_or_nothing
+
+        run_dir = lab.require_run(version)
+        written = [run_dir / REVIEW_FILE, run_dir / LESSON_FILE, lab.experiment_dir / LESSONS_FILE,
+                   run_dir / RECORD_MARK_FILE, run_dir / RECORD_LAST_FILE, run_dir / RENDERED_RECORD_FILE]
+        if not inspect.signature(review).bind(lab, version, *args, **kwargs).arguments.get("edit"):
+            written.append(lab.record_path(version))  # the editor's changes are the human's: kept
+        had_state = has_state(run_dir)
+        reviewed = read_state(run_dir).reviewed
+        with all_or_nothing(written):
+            try:
+                return review(lab, version, *args, **kwargs)
+            except BaseException:
+                if not had_state:
+                    (run_dir / STATE_FILE).unlink(missing_ok=True)  # a clone's: the committed state again
+                elif read_state(run_dir).reviewed != reviewed:
+                    update_state(run_dir, reviewed=reviewed)
+                raise
+    return wrapper
+
+
+@_all_or_nothing
 def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: bool = True,
                       reject_lesson: bool = False, accept_lesson: bool = False) -> None:
     from rich.console import Console
@@ -133,6 +167,9 @@ def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: b
     rendered = str(beside.relative_to(lab.root)) if beside.exists() else None
     problems = quality_problems(text, derived, state.stop_reason, lang,
                                 state.analysis_error if state.analysis_failed else None, rendered, version)
+    from lifecycle.commit import missing_files
+
+    problems += [f"{path} is missing" for path in missing_files(lab, version, state)]
     console.rule(f"Review of {version}")
     if problems:
         console.print("[bold yellow]Missing against the lab's quality standard:[/]")

@@ -14,7 +14,8 @@ from typing import Any
 
 from minimind.guardrails import LIGHTS, NAMES as GUARDRAILS, upgrade_eval, upgrade_results
 from minimind.lab import Lab
-from minimind.rundir import AGENT_DIR, EVAL_FILE, FLAGS, TRAIN_LOG, current, is_stale, read_json
+from minimind.rundir import (AGENT_DIR, EVAL_FILE, FLAGS, MISSING, TRAIN_LOG, UNREADABLE, current, has_state, is_stale,
+                             read_json, state_note)
 
 
 def _eta(seconds: Any) -> str:
@@ -59,6 +60,10 @@ def summary(lab: Lab, version: str) -> dict[str, Any]:
         **{flag: bool(getattr(state, flag)) for flag in FLAGS},
         "analysis_failed": bool(state.analysis_failed),
         "analysis_error": state.analysis_error,
+        # Where the state comes from when it is not this machine's state.json (a clone, a lost or corrupt file).
+        "state_from": "state.json" if derived not in (MISSING, UNREADABLE) and has_state(run_dir)
+        else ("commit" if derived not in (MISSING, UNREADABLE) else None),
+        "state_note": state_note(run_dir),
     }
 
 
@@ -86,17 +91,24 @@ def _table(rows: list[dict]) -> None:
     for column in ("version", "stage", "base", "state", "step", "loss", "ETA", "guardrails", "E A R C"):
         table.add_column(column)
     colours = {"running": "cyan", "finished": "green", "failed": "red", "lost": "red", "stopped": "yellow",
-               "guardrail_stopped": "magenta", "drafted": "dim", "queued": "blue"}
+               "guardrail_stopped": "magenta", "drafted": "dim", "queued": "blue", MISSING: "red", UNREADABLE: "red"}
     for row in rows:
         step = f"{row['step'] or 0}/{row['total_steps']}" if row["total_steps"] else ""
         loss = f"{row['loss']:.4f}" if isinstance(row["loss"], (int, float)) else ""
         lights = " ".join(LIGHTS.get(row["guardrails"][n].get("level"), "⚪") for n in GUARDRAILS)
         flags = " ".join("✗" if f == "analysed" and row["analysis_failed"] else ("✓" if row[f] else "·")
                          for f in FLAGS)
-        state = row["state"] + (" (stale)" if row["stale_heartbeat"] else "") + _where(row)
+        state = (row["state"] + (" (stale)" if row["stale_heartbeat"] else "") + _where(row)
+                 + ("*" if row["state_from"] == "commit" else ""))
         table.add_row(row["version"], row["stage"], row["base"] or "", f"[{colours.get(row['state'], 'white')}]{state}[/]",
                       step, loss, _eta(row["eta_s"]), lights, flags)
     console.print(table)
+    for row in rows:  # a lost or corrupt state.json is said per experiment, never papered over
+        if row["state"] in (MISSING, UNREADABLE):
+            console.print(f"[red]{row['version']}: {row['state_note']}[/]", highlight=False)
+    if any(row["state_from"] == "commit" for row in rows):
+        console.print("* as committed: this copy has no state.json for these experiments (a clone): "
+                      "their state is the one committed with them (state.committed.json)", highlight=False)
     console.print("guardrails: train loss · train/inference ratio · repetition · memory selection entropy   "
                   "(🟢 safe 🟡 watch 🔴 danger ⚪ not measured)   flags: evaluated analysed reviewed committed "
                   "(✗ analysis failed: minimind analyse VERSION)")
@@ -144,6 +156,9 @@ def _detail(lab: Lab, version: str, as_json: bool) -> None:
     console = Console()
     console.print(f"[bold]Experiment {version}[/]  state: [bold]{info['state']}[/]"
                   + (f" ({info['stop_reason']})" if info["stop_reason"] else ""))
+    if info["state_note"]:
+        console.print(f"[{'red' if info['state'] in (MISSING, UNREADABLE) else 'yellow'}]{info['state_note']}[/]",
+                      highlight=False)
     if info["gpus"] or info["queue_position"] or info["slurm_job"]:
         console.print("where: " + _where(info).strip(" ()")
                       + (f" · Slurm jobs {', '.join(info['slurm_jobs'])}" if len(info["slurm_jobs"]) > 1 else ""),

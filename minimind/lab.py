@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from minimind.errors import MinimindError
-from minimind.rundir import has_state
+from minimind.rundir import is_experiment
 from minimind.settings import SETTINGS_FILE, LabSettings, load_settings
 from minimind.versions import module_name, parse, sorted_versions
 
@@ -70,13 +70,13 @@ class Lab:
         """Every experiment of the lab, in version order."""
         if not self.runs_dir.is_dir():
             return []
-        return sorted_versions(p.name for p in self.runs_dir.iterdir() if has_state(p))
+        return sorted_versions(p.name for p in self.runs_dir.iterdir() if is_experiment(p))
 
     def require_run(self, version: str) -> Path:
         """runs/V of an existing experiment; the one place that says "no experiment V"."""
         parse(version)
         run_dir = self.run_dir(version)
-        if not has_state(run_dir):
+        if not is_experiment(run_dir):
             raise MinimindError(f"no experiment {version} in {self.root}")
         return run_dir
 

@@ -8,6 +8,12 @@ name is a bug caught at the write. Readers derive the honest state with `derive_
 a pure function that never calls a dead run `running`: it checks the recorded pid *and*
 that pid's start time (pid reuse), the exit-code file the run pipeline writes as its last
 act, and the heartbeat (PRODUCT.md section 4).
+
+state.json is local (git ignores it: it holds pids and heartbeats of this machine), so
+`minimind commit` also commits `state.committed.json`, the state as of the commit without
+those. A clone, which has no state.json, reads that; a state.json that is missing without
+one, or that is corrupt, gives the states `missing` or `unreadable`: the experiment is
+still listed, with what its committed files say, and never shown as finished or drafted.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from minimind.atomic import write_json, write_text
 # --- file names inside runs/V/ ------------------------------------------------------
 CONFIG_FILE = "config.yaml"          # the fully resolved experiment config
 STATE_FILE = "state.json"            # RunState
+COMMITTED_STATE_FILE = "state.committed.json"  # committed: the state as of `minimind commit`, without this machine's processes
 EXIT_CODE_FILE = "exit_code"         # the pipeline's exit status: written last, absent after kill -9
 RUN_SCRIPT = "run.sh"                # rendered from templates/run.sh.j2; calls the pipeline
 SBATCH_FILE = "run.sbatch"           # the Slurm job (launch.backend: slurm), from templates/run.sbatch.j2
@@ -61,6 +68,8 @@ def best_checkpoint(dim: int, stage: str = "pretrain") -> str:
 
 # --- states -------------------------------------------------------------------------
 FINAL_BY_TRAINER = ("stopped", "guardrail_stopped")  # states the trainer records itself before exiting
+MISSING = "missing"        # no state.json and no committed state: the run's files say what they can
+UNREADABLE = "unreadable"  # state.json is not valid JSON
 FLAGS = ("evaluated", "analysed", "reviewed", "committed")
 HEARTBEAT_S = 60  # the trainer writes state.json at least this often while training
 STALE_AFTER_S = 3 * HEARTBEAT_S
@@ -157,6 +166,74 @@ def has_state(run_dir: Path) -> bool:
     return (Path(run_dir) / STATE_FILE).is_file()
 
 
+def is_experiment(run_dir: Path) -> bool:
+    """runs/V holds an experiment: its state, its committed state or its config (state.json may be lost)."""
+    run_dir = Path(run_dir)
+    return any((run_dir / name).is_file() for name in (STATE_FILE, COMMITTED_STATE_FILE, CONFIG_FILE))
+
+
+# Fields that describe this machine's processes: never committed, meaningless in a clone.
+_LOCAL_FIELDS = ("pid", "pgid", "proc_start", "trainer_pid", "heartbeat", "eta_s", "gpus", "queue_position",
+                 "waiting_for", "slurm_job")
+
+
+def committed_state(derived: str, state: RunState, exit_code: Optional[int]) -> dict[str, Any]:
+    """What `commit` writes to state.committed.json: the honest state, flags, outcome and the
+    pipeline's exit code; no processes (pure)."""
+    blank = RunState()
+    kept = dataclasses.replace(state, state=derived, exit_code=exit_code, committed=True, commit=None,
+                               **{name: getattr(blank, name) for name in _LOCAL_FIELDS})
+    return kept.to_dict()
+
+
+def _carried_on(run_dir: Path) -> RunState:
+    """The state a write starts from when there is no state.json: in a clone the committed one,
+    whose exit code goes back to its file so `derive_state` still reads a finished run as
+    finished; else nothing (a run directory being made)."""
+    committed = read_committed(run_dir)
+    if committed is None:
+        return RunState()
+    if committed.exit_code is not None and read_exit_code(run_dir) is None:
+        write_exit_code(run_dir, committed.exit_code)
+    return committed
+
+
+def read_committed(run_dir: Path) -> Optional[RunState]:
+    data = read_json(Path(run_dir) / COMMITTED_STATE_FILE)
+    return RunState.from_dict(data) if data is not None else None
+
+
+def _from_files(run_dir: Path) -> RunState:
+    """What a run without a readable state says about itself: config.yaml's version, base and stage,
+    and which results exist. Its state stays `missing`: nothing here says how training ended."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    try:
+        config = yaml.safe_load((run_dir / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        config = None
+    config = config if isinstance(config, dict) else {}
+    init = config.get("init")
+    return RunState(version=config.get("version") or run_dir.name, base=config.get("base"), state=MISSING,
+                    stage=config.get("stage"), init=init if isinstance(init, dict) else {},
+                    evaluated=(run_dir / EVAL_FILE).is_file(), analysed=(run_dir / ANALYSIS_FILE).is_file())
+
+
+def state_note(run_dir: Path) -> Optional[str]:
+    """Where the state shown comes from when it is not this machine's state.json, in words; None when it is."""
+    run_dir = Path(run_dir)
+    committed = (run_dir / COMMITTED_STATE_FILE).is_file()
+    if has_state(run_dir):
+        if not read_state(run_dir).unreadable:
+            return None
+        return (f"{STATE_FILE} is not valid JSON" + (f"; the state as committed is in {COMMITTED_STATE_FILE}: "
+                                                     f"delete {STATE_FILE} to use it" if committed else ""))
+    if committed:
+        return f"no {STATE_FILE} here (a clone?): the state as committed ({COMMITTED_STATE_FILE})"
+    return f"{STATE_FILE} is missing: base, stage and results are read from the run's files"
+
+
 @contextmanager
 def _locked(run_dir: Path) -> Iterator[None]:
     lock_path = Path(run_dir) / STATE_LOCK_FILE
@@ -179,6 +256,8 @@ def update_state(run_dir: Path, **changes: Any) -> RunState:
         state = read_state(run_dir)
         if state.unreadable:
             state = RunState()
+        elif not has_state(run_dir):
+            state = _carried_on(run_dir)
         state = dataclasses.replace(state, **changes)
         write_json(run_dir / STATE_FILE, state.to_dict())
         return state
@@ -231,6 +310,8 @@ def is_alive(pid: Optional[int], start_time: Optional[int]) -> bool:
 def derive_state(state: RunState, exit_code: Optional[int], alive: bool) -> str:
     """The honest state of a run from its record, exit-code file and liveness (pure)."""
     recorded = state.state or "drafted"
+    if recorded in (MISSING, UNREADABLE):  # never guessed from the exit code or a pid
+        return recorded
     if recorded == "drafted" and not state.pid:
         return "drafted"
     if exit_code is not None:
@@ -297,10 +378,22 @@ def is_stale(state: RunState, now: Optional[float] = None) -> bool:
 def current(run_dir: Path) -> tuple[str, RunState]:
     """(derived state, recorded state) for one run directory.
 
+    Without state.json it is the committed state (state.committed.json) or `missing`; with a
+    corrupt one, `unreadable` (`state_note` says which, in words).
+
     A Slurm run asks the scheduler (a bounded squeue/sacct call, `minimind.slurmq`); the
     reason it gives for an ended job replaces the recorded `stop_reason` in the copy returned.
     """
+    run_dir = Path(run_dir)
+    if not has_state(run_dir):
+        committed = read_committed(run_dir)
+        if committed is not None:
+            return committed.state or MISSING, committed
+        return MISSING, _from_files(run_dir)
     state = read_state(run_dir)
+    if state.unreadable:  # never guessed: the committed state or the files give base and flags only
+        known = read_committed(run_dir) or _from_files(run_dir)
+        return UNREADABLE, dataclasses.replace(known, state=UNREADABLE, error=state.error)
     exit_code = read_exit_code(run_dir)
     if state.backend == "slurm" and state.slurm_job:
         from minimind import slurmq

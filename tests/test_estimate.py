@@ -45,10 +45,10 @@ def test_new_records_the_estimate_and_gates_a_compute_jump(lab):
     est = json.loads((lab.run_dir("0.1.0") / "plan.json").read_text())["estimate"]
     assert est["params"]["total"] > 0 and est["train_flops"] == 3 * est["flops_per_token"] * est["train_tokens"]
     before = tree(lab.root)
-    result = invoke(lab, "new", "0.1.1", *NEW, "--set", "max_steps=200")
+    result = invoke(lab, "new", "0.1.1", *NEW, "--set", "max_steps=200", "--base", "0.1.0")  # a draft is no default base
     assert result.exit_code == 3 and "× the base 0.1.0" in result.output and "--yes" in result.output
     assert tree(lab.root) == before
-    result = invoke(lab, "new", "0.1.1", *NEW, "--set", "max_steps=200", "--no-launch")
+    result = invoke(lab, "new", "0.1.1", *NEW, "--set", "max_steps=200", "--base", "0.1.0", "--no-launch")
     assert result.exit_code == 0, result.output
     assert "compute_factor" in lab.record_path("0.1.1").read_text()
 
