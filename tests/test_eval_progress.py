@@ -92,3 +92,47 @@ def test_the_phase_carries_the_count_and_status_shows_it(evaluating_run, monkeyp
     assert "evaluate: recall 120/600" in out and "stale" not in out
     show_status(lab, run_dir.name, as_json=False)
     assert "phase evaluate: recall 120/600" in capsys.readouterr().out
+
+
+# --- eval --model-path of a run's checkpoint: the run's split -----------------------------
+
+def _val_keys(ev) -> list[int]:
+    return ev["per_item"]["val"]["keys"]
+
+
+def test_model_path_of_a_runs_checkpoint_uses_the_runs_split(evaluating_run, tmp_path):
+    """Reported: `eval --model-path runs/V/...` split the documents by the lab's settings (no
+    split seed) instead of the run's pinned one: 8.7244 against 8.7150 on the same weights."""
+    import shutil
+
+    import training.evaluate as evaluate
+    from minimind.config import load_config
+    from minimind.rundir import read_json
+    from minimind.settings import SPLIT_SEED
+    from training.data import split_documents
+    from training.runtime import load_corpus, split_seed
+
+    import yaml
+
+    lab, run_dir = evaluating_run
+    settings = yaml.safe_load(lab.settings_path.read_text())  # the lab's evaluation sized as the run's
+    settings["train"].update(batch_size=8)
+    settings["eval"].update(max_val_batches=2, chat_probes=4, num_samples=3, prompt_tokens=12, max_new_tokens=8)
+    lab.settings_path.write_text(yaml.safe_dump(settings))
+    ckpt = run_dir / "checkpoints" / "last.pth"
+    assert evaluate.main(["--run-dir", str(run_dir), "--max-probes", "4"]) == 0
+    by_run = read_json(run_dir / "eval.json")
+    assert evaluate.main(["--model-path", str(ckpt), "--lab", str(lab.root), "--model-type", "model_0_1_0",
+                          "--max-probes", "4"]) == 0
+    by_path = read_json(ckpt.with_name("last.eval.json"))
+    cfg = load_config(run_dir / "config.yaml")
+    assert split_seed(cfg) != lab.settings().train.seed  # the lab's own settings would split otherwise
+    assert _val_keys(by_path) == _val_keys(by_run)
+    assert by_path["val_loss"] == pytest.approx(by_run["val_loss"], rel=1e-6)
+    # a checkpoint outside any run: the split `new` pins for the lab's experiments
+    outside = tmp_path / "elsewhere.pth"
+    shutil.copyfile(ckpt, outside)
+    assert evaluate.main(["--model-path", str(outside), "--lab", str(lab.root), "--max-probes", "4"]) == 0
+    corpus = load_corpus(lab, cfg)
+    _, val_idx = split_documents(corpus.cache.num_docs, cfg.data.val_fraction, SPLIT_SEED)
+    assert _val_keys(read_json(tmp_path / "elsewhere.eval.json")) == [int(i) for i in val_idx][:len(_val_keys(by_run))]

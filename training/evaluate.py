@@ -7,8 +7,10 @@ With --run-dir the run's config.yaml gives data, eval settings and guardrails, t
 checkpoint defaults to the best one (checkpoints/pretrain_{dim}.pth, else last.pth),
 train loss is smoothed from metrics.jsonl, and state.json gets `evaluated: true`.
 With --model-path (the lab's eval_model.py usage) they come from the lab's
-minimind.yaml, train loss is measured on training documents, and eval.json is written
-next to the checkpoint unless --out says otherwise.
+minimind.yaml (but a checkpoint inside runs/V is scored on that run's data and
+validation split, and any other on the split `new` pins, data.split_seed), train loss
+is measured on training documents, and eval.json is written next to the checkpoint
+unless --out says otherwise.
 
 `--model-type` follows the lab's eval_model.py: a preset or alias of the living
 `models/model.py` (its PRESETS and PRESET_ALIASES, e.g. `original`/`model_original`,
@@ -107,8 +109,29 @@ def _target(args: argparse.Namespace):
     cfg = from_dict({"version": "0.0.0", "model_module": "model", "model": {},
                      **{k: to_dict(getattr(settings, k)) for k in ("train", "data", "eval", "guardrails", "launch")}},
                     where=str(lab.settings_path))
+    owner = owning_run(lab, args.model_path)
+    if owner is not None:  # a run's checkpoint is scored on the run's own documents and split
+        from training.runtime import split_seed
+
+        run_cfg = load_config(owner / CONFIG_FILE)
+        cfg.data = run_cfg.data
+        cfg.data.split_seed = split_seed(run_cfg)
+    elif cfg.data.split_seed is None:  # the split `new` pins for this lab's experiments
+        from minimind.settings import SPLIT_SEED
+
+        cfg.data.split_seed = SPLIT_SEED
     out = args.out or args.model_path.with_name(args.model_path.stem + ".eval.json")
     return lab, cfg, args.model_path, out, None
+
+
+def owning_run(lab: Lab, checkpoint: Path) -> Optional[Path]:
+    """runs/V when `checkpoint` lies inside that experiment's folder of this lab, else None."""
+    try:
+        parts = checkpoint.resolve().relative_to((lab.root / "runs").resolve()).parts
+    except ValueError:
+        return None
+    run_dir = lab.root / "runs" / parts[0]
+    return run_dir if len(parts) > 1 and (run_dir / CONFIG_FILE).is_file() else None
 
 
 def _default_checkpoint(lab: Lab, cfg: ExperimentConfig, run_dir: Path) -> Path:
