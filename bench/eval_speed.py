@@ -1,6 +1,6 @@
 """Evaluation speed at the demo's size: today's item-by-item measures against the batched ones.
 
-    python bench/eval_speed.py [--lab DIR] [--threads N] [--max-probes 300] [--train-steps 0]
+    python bench/eval_speed.py [--lab DIR] [--threads N] [--max-probes 300] [--train-steps 0] [--device cuda]
 
 It makes a lab from `minimind demo`'s settings (lifecycle/demo.py DEMO_SETTINGS) with the
 bundled small data, and a model of the demo's size (the memory preset, its bank loaded from
@@ -47,6 +47,23 @@ def demo_lab(root: Path):
     lab = init_lab(root, DEMO_SETTINGS.format(steps=240, eval_interval=80))
     build(lab.data_dir, "small", progress=False)
     return lab
+
+
+def prepared_lab(root: Path):
+    """(lab, config) at `root`: made there the first time (demo_lab, lab_config, written as
+    runs/bench/config.yaml), reused after, so a machine without the data build's packages
+    (a GPU box) can run the bench in a lab made elsewhere."""
+    import yaml
+
+    from minimind.config import load_config
+    from minimind.lab import Lab
+
+    path = root / "runs" / "bench" / "config.yaml"
+    if not path.is_file():
+        cfg = lab_config(demo_lab(root))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    return Lab(root), load_config(path)
 
 
 def lab_config(lab):
@@ -173,7 +190,7 @@ def compare(lab, cfg, model, tokenizer, max_probes: int = 300, parts=PARTS) -> d
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lab", type=Path, help="lab folder to make (default: a temporary one)")
+    p.add_argument("--lab", type=Path, help="lab folder to make, or to reuse once made (default: a temporary one)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
     p.add_argument("--max-probes", type=int, default=300, help="probes per recall/retrieval split (evaluate's default)")
     p.add_argument("--train-steps", type=int, default=0, help="train the model this many steps first (default: untrained)")
@@ -186,8 +203,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     root = args.lab or Path(tempfile.mkdtemp(prefix="minimind-evalspeed-")) / "lab"
-    lab = demo_lab(root)
-    cfg = lab_config(lab)
+    lab, cfg = prepared_lab(root)
     model = demo_model(lab, cfg, args.train_steps).to(args.device)
     tokenizer = load_tokenizer(lab.resolve(cfg.data.tokenizer))
     result = compare(lab, cfg, model, tokenizer, args.max_probes)
