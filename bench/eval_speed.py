@@ -165,8 +165,19 @@ def differences(old: Any, new: Any, where: str = "") -> list[str]:
     return [] if old == new and type(old) is type(new) else [f"{where}: {old!r} != {new!r}"]
 
 
+def float_gap(old: Any, new: Any) -> float:
+    """The largest relative difference between corresponding floats of two results."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return max([float_gap(old[k], new[k]) for k in old if k in new], default=0.0)
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        return max([float_gap(a, b) for a, b in zip(old, new)], default=0.0)
+    if isinstance(old, float) and isinstance(new, float) and math.isfinite(old) and math.isfinite(new):
+        return abs(old - new) / max(abs(old), abs(new), 1e-12)
+    return 0.0
+
+
 def compare(lab, cfg, model, tokenizer, max_probes: int = 300, parts=PARTS) -> dict[str, Any]:
-    """{part: {old_s, new_s, speedup, differences}} and the totals, each part run old then new."""
+    """{part: {old_s, new_s, speedup, max_relative_gap, differences}} and the totals, each part run old then new."""
     import eval_baseline
 
     calls = {"old": part_calls(eval_baseline, lab, cfg, model, tokenizer, max_probes),
@@ -180,7 +191,7 @@ def compare(lab, cfg, model, tokenizer, max_probes: int = 300, parts=PARTS) -> d
             timed[which] = (time.perf_counter() - started, result)
         (old_s, old), (new_s, new) = timed["old"], timed["new"]
         out[part] = {"old_s": round(old_s, 3), "new_s": round(new_s, 3), "speedup": round(old_s / max(new_s, 1e-9), 2),
-                     "differences": differences(old, new, part)}
+                     "max_relative_gap": float(f"{float_gap(old, new):.2e}"), "differences": differences(old, new, part)}
     old_total = sum(v["old_s"] for v in out.values())
     new_total = sum(v["new_s"] for v in out.values())
     out["total"] = {"old_s": round(old_total, 3), "new_s": round(new_total, 3),

@@ -56,6 +56,32 @@ def test_batched_evaluation_equals_todays(setup):
     assert result["recall"]["old_s"] > 0 and result["chat QA"]["old_s"] > 0
 
 
+def test_candidate_scores_through_the_prompts_cache_equal_the_full_sequences(setup):
+    from training import measures
+    from training.runtime import load_probes
+
+    lab, cfg, model, tokenizer = setup
+    probes = load_probes(lab, cfg)
+
+    def encode(text):
+        return tokenizer.encode(text, add_special_tokens=False).ids
+
+    items = [(encode(p["prompt"]), [encode(" " + o) for o in [p["answer"], *p["distractors"]]] + [[]])
+             for split in probes.values() for p in split[:6]]
+    with measures.evaluating(model):
+        for prompt, candidates in items:
+            old = eval_baseline.candidate_scores(model, prompt, candidates[:-1])  # it fails on an empty one
+            new = measures.candidate_scores(model, prompt, candidates)
+            assert new[:-1] == pytest.approx(old, rel=eval_speed.REL_TOL, abs=eval_speed.ABS_TOL)
+            assert new[-1] == 0.0  # the empty candidate
+        # many probes of one prompt length in one call give each probe's own scores
+        length = len(items[0][0])
+        same = [it for it in items if len(it[0]) == length]
+        together = measures.candidate_scores_batch(model, same).tolist()
+        alone = [s for it in same for s in measures.candidate_scores(model, *it)]
+        assert together == pytest.approx(alone, rel=eval_speed.REL_TOL, abs=eval_speed.ABS_TOL)
+
+
 def _pairs(lab, cfg, model):
     from training import measures
     from training.runtime import load_corpus

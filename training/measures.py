@@ -167,25 +167,20 @@ def _length_groups(lengths: Sequence[int], rows: int = EVAL_ROWS) -> list[list[i
 
 
 @contextmanager
-def head_at(model, select: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+def head_at(model, select: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[bool]:
     """Within: the model's output head projects only select(hidden states) (B, T, dim) to the
     vocabulary, so the logits the model returns are of those positions alone. The head is
     most of the work at a 6,400-token vocabulary, and a prompt's prefill, or a probe's prefix,
-    needs the logits of a few positions. A model without an `output` head (not ours) is left
-    alone: it returns every position, and `select` applies to its logits instead (see picked)."""
+    needs the logits of a few positions. Yields whether it selects: a model without an
+    `output` head (not ours) is left alone and returns every position."""
     head = getattr(model, "output", None)
     handle = head.register_forward_pre_hook(lambda _, args: (select(args[0]), *args[1:])) \
         if isinstance(head, torch.nn.Linear) else None
     try:
-        yield
+        yield handle is not None
     finally:
         if handle is not None:
             handle.remove()
-
-
-def picked(model, logits: torch.Tensor, select: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """The logits of the selected positions, whether head_at selected them already or not."""
-    return logits if isinstance(getattr(model, "output", None), torch.nn.Linear) else select(logits)
 
 
 def _last(h: torch.Tensor) -> torch.Tensor:
@@ -359,38 +354,44 @@ def continuations(model, prompts: Sequence[list[int]], max_new_tokens: int, temp
 
 def candidate_scores_batch(model, items: Sequence[tuple[list[int], Sequence[list[int]]]]) -> torch.Tensor:
     """Summed log-probability of each candidate's tokens after `<s> prompt`, for every
-    (prompt, candidates) item in one model call: (all candidates,) on the device, in order.
-    Rows are padded on the right, after the positions they are scored at."""
+    (prompt, candidates) item, the prompts all of one length: (all candidates,) on the
+    device, in order.
+
+    The prompts go through the model once, keeping their keys and values; every candidate
+    then continues from its own prompt's cache (the KV-cached path, which the preflight
+    holds equal to the full sequence), so a prompt is not recomputed once per candidate.
+    Candidate rows are padded on the right, after the positions they are scored at."""
     device = device_of(model)
-    rows, row_of, position, target, slot = [], [], [], [], []
-    for prompt_ids, candidates in items:
-        prefix = [BOS_ID] + prompt_ids
-        for cand in candidates:
-            r = len(rows)
-            rows.append(prefix + cand)
-            row_of += [r] * len(cand)
-            position += range(len(prefix) - 1, len(prefix) - 1 + len(cand))
-            target += cand
-            slot += range(len(cand))
-    width = max(len(r) for r in rows)
-    ids = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.tensor(row)
-    row_of_t = torch.tensor(row_of, dtype=torch.long, device=device)
-    position_t = torch.tensor(position, dtype=torch.long, device=device)
+    prefix = torch.tensor([[BOS_ID] + p for p, _ in items], device=device)  # (B, P)
+    owner, cands = [], []
+    for b, (_, candidates) in enumerate(items):
+        owner += [b] * len(candidates)
+        cands += [list(c) for c in candidates]
+    width = max(1, max(len(c) for c in cands))  # an empty candidate scores 0
+    with head_at(model, _last):  # the prompt's last position predicts every candidate's first token
+        out = model(prefix, use_cache=True)
+    owner_t = torch.tensor(owner, dtype=torch.long, device=device)
+    firsts = torch.tensor([c[0] if c else 0 for c in cands], dtype=torch.long, device=device)
+    table = torch.zeros((len(cands), width), device=device)  # (candidate, token): log-probabilities, 0 past the end
+    first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)[owner_t].gather(1, firsts[:, None]).squeeze(1)
+    table[:, 0] = torch.where(torch.tensor([bool(c) for c in cands], device=device), first, torch.zeros_like(first))
+    # token j >= 1 of a candidate is scored at its token j - 1: only those positions reach the head
+    where = [(r, j) for r, c in enumerate(cands) for j in range(1, len(c))]
+    if where:
+        rows_t = torch.tensor([r for r, _ in where], dtype=torch.long, device=device)
+        slots_t = torch.tensor([j for _, j in where], dtype=torch.long, device=device)
+        targets = torch.tensor([cands[r][j] for r, j in where], dtype=torch.long, device=device)
 
-    def scored(h: torch.Tensor) -> torch.Tensor:  # (rows, width, ...) -> (scored tokens, ...)
-        return h[row_of_t, position_t]
+        def scored(h: torch.Tensor) -> torch.Tensor:  # (candidates, width - 1, ...) -> (scored tokens, ...)
+            return h[rows_t, slots_t - 1]
 
-    with head_at(model, scored):  # the head projects the scored positions only
-        logits = picked(model, model(ids.to(device)).logits, scored)
-    target_t = torch.tensor(target, dtype=torch.long, device=device)
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(1, target_t[:, None]).squeeze(1)
-    # per candidate, its tokens' log-probabilities in a zero-padded row, then summed: no
-    # atomic adds, so the sums are the same on every run
-    table = torch.zeros((len(rows), max(1, max(slot, default=0) + 1)), device=device)
-    table[row_of_t, torch.tensor(slot, dtype=torch.long, device=device)] = logp
-    return table.sum(dim=1)
+        padded = torch.tensor([c[:-1] + [0] * (width - 1 - len(c[:-1])) for c in cands], dtype=torch.long, device=device)
+        past = [(k[owner_t], v[owner_t]) for k, v in out.past_key_values]
+        with head_at(model, scored) as selecting:
+            logits = model(padded, past_key_values=past).logits
+        logits = logits if selecting else scored(logits)
+        table[rows_t, slots_t] = torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+    return table.sum(dim=1)  # a row sum: no atomic adds, the same sums on every run
 
 
 def candidate_scores(model, prompt_ids: list[int], candidates: Sequence[list[int]]) -> list[float]:
@@ -398,16 +399,18 @@ def candidate_scores(model, prompt_ids: list[int], candidates: Sequence[list[int
     return candidate_scores_batch(model, [(prompt_ids, candidates)]).tolist()
 
 
-def _probe_batches(sizes: Sequence[int], rows: int = EVAL_ROWS * 4) -> list[range]:
-    """Consecutive probes whose candidate rows together stay within `rows` (at least one probe each)."""
-    out, start, used = [], 0, 0
-    for i, n in enumerate(sizes):
-        if i > start and used + n > rows:
-            out.append(range(start, i))
-            start, used = i, 0
-        used += n
-    if start < len(sizes):
-        out.append(range(start, len(sizes)))
+def _probe_batches(prompt_lengths: Sequence[int], sizes: Sequence[int], rows: int = EVAL_ROWS * 4) -> list[list[int]]:
+    """Probes of one prompt length whose candidate rows together stay within `rows` (at least one probe each)."""
+    out = []
+    for group in _length_groups(prompt_lengths, len(prompt_lengths) or 1):
+        batch, used = [], 0
+        for i in group:
+            if batch and used + sizes[i] > rows:
+                out.append(batch)
+                batch, used = [], 0
+            batch.append(i)
+            used += sizes[i]
+        out.append(batch)
     return out
 
 
@@ -428,16 +431,18 @@ def recall(model, tokenizer, probes: dict[str, list[dict[str, Any]]], max_per_sp
             chosen = split_probes[:max_per_split]
             encoded = [(encode(p["prompt"]), [encode(" " + o) for o in [p["answer"]] + list(p["distractors"])])
                        for p in chosen]
-            parts = []
-            for batch in _probe_batches([len(c) for _, c in encoded]):
+            batches, parts = _probe_batches([len(p) for p, _ in encoded], [len(c) for _, c in encoded]), []
+            for batch in batches:
                 parts.append(candidate_scores_batch(model, [encoded[i] for i in batch]))
                 done += len(batch)
                 _report(progress, done, total)
             flat = torch.cat(parts).tolist() if parts else []
+            scores_of, at = {}, 0
+            for i in (i for batch in batches for i in batch):
+                scores_of[i], at = flat[at:at + len(encoded[i][1])], at + len(encoded[i][1])
             hits, recips, chance, keys = [], [], [], []
-            at = 0
             for i, (probe, (_, candidates)) in enumerate(zip(chosen, encoded)):
-                scores, at = flat[at:at + len(candidates)], at + len(candidates)
+                scores = scores_of[i]
                 if not all(math.isfinite(s) for s in scores):
                     continue
                 rank = rank_of_answer(scores, 0)
