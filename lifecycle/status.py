@@ -94,6 +94,8 @@ def _table(rows: list[dict]) -> None:
                "guardrail_stopped": "magenta", "drafted": "dim", "queued": "blue", MISSING: "red", UNREADABLE: "red"}
     for row in rows:
         step = f"{row['step'] or 0}/{row['total_steps']}" if row["total_steps"] else ""
+        if row["state"] == "running" and str(row["phase"] or "").startswith("evaluate"):
+            step = row["phase"]  # training is over: which part of the evaluation, and how far (training.evaluate)
         loss = f"{row['loss']:.4f}" if isinstance(row["loss"], (int, float)) else ""
         lights = " ".join(LIGHTS.get(row["guardrails"][n].get("level"), "⚪") for n in GUARDRAILS)
         flags = " ".join("✗" if f == "analysed" and row["analysis_failed"] else ("✓" if row[f] else "·")

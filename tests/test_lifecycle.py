@@ -130,6 +130,8 @@ def test_full_loop_then_compare_and_memory(lab):
         assert heading in record
     assert "Pending" not in record
     assert (lab.run_dir("0.1.0") / "plots" / "loss.png").exists()
+    log = (lab.run_dir("0.1.0") / "train.log").read_text()  # what `log -f` showed while it evaluated
+    assert all(f"] {part} ..." in log for part in ("validation loss", "inference decoding", "samples", "recall")), log
     message = (lab.run_dir("0.1.0") / "commit_message.md").read_text()
     assert "## Main improvements" in message and "## Results" in message and "## Next steps" in message
     result = invoke(lab, "review", "0.1.0", "--approve")

@@ -7,8 +7,10 @@ With --run-dir the run's config.yaml gives data, eval settings and guardrails, t
 checkpoint defaults to the best one (checkpoints/pretrain_{dim}.pth, else last.pth),
 train loss is smoothed from metrics.jsonl, and state.json gets `evaluated: true`.
 With --model-path (the lab's eval_model.py usage) they come from the lab's
-minimind.yaml, train loss is measured on training documents, and eval.json is written
-next to the checkpoint unless --out says otherwise.
+minimind.yaml (but a checkpoint inside runs/V is scored on that run's data and
+validation split, and any other on the split `new` pins, data.split_seed), train loss
+is measured on training documents, and eval.json is written next to the checkpoint
+unless --out says otherwise.
 
 `--model-type` follows the lab's eval_model.py: a preset or alias of the living
 `models/model.py` (its PRESETS and PRESET_ALIASES, e.g. `original`/`model_original`,
@@ -53,7 +55,7 @@ from minimind.config import ExperimentConfig
 from minimind.errors import MinimindError, UsageError
 from minimind.lab import Lab
 from minimind.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, EVAL_FILE, LAST_CHECKPOINT, METRICS_FILE, PLAN_FILE, PLOTS_DIR,
-                             best_checkpoint, read_json, read_metrics, update_state)
+                             best_checkpoint, read_json, read_metrics, read_state, update_state)
 
 SIZE_OPTIONS = ("dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "knowledge_num", "knowledge_length",
                 "knowledge_dim")
@@ -110,8 +112,29 @@ def _target(args: argparse.Namespace):
     cfg = from_dict({"version": "0.0.0", "model_module": "model", "model": {},
                      **{k: to_dict(getattr(settings, k)) for k in ("train", "data", "eval", "guardrails", "launch")}},
                     where=str(lab.settings_path))
+    owner = owning_run(lab, args.model_path)
+    if owner is not None:  # a run's checkpoint is scored on the run's own documents and split
+        from training.runtime import split_seed
+
+        run_cfg = load_config(owner / CONFIG_FILE)
+        cfg.data = run_cfg.data
+        cfg.data.split_seed = split_seed(run_cfg)
+    elif cfg.data.split_seed is None:  # the split `new` pins for this lab's experiments
+        from minimind.settings import SPLIT_SEED
+
+        cfg.data.split_seed = SPLIT_SEED
     out = args.out or args.model_path.with_name(args.model_path.stem + ".eval.json")
     return lab, cfg, args.model_path, out, None
+
+
+def owning_run(lab: Lab, checkpoint: Path) -> Optional[Path]:
+    """runs/V when `checkpoint` lies inside that experiment's folder of this lab, else None."""
+    try:
+        parts = checkpoint.resolve().relative_to((lab.root / "runs").resolve()).parts
+    except ValueError:
+        return None
+    run_dir = lab.root / "runs" / parts[0]
+    return run_dir if len(parts) > 1 and (run_dir / CONFIG_FILE).is_file() else None
 
 
 def _default_checkpoint(lab: Lab, cfg: ExperimentConfig, run_dir: Path) -> Path:
@@ -140,9 +163,100 @@ def main(argv: Optional[list[str]] = None) -> int:
     except MinimindError as exc:
         print(f"Error: {exc}", file=sys.stderr, flush=True)
         return exc.exit_code
+    if args.num_samples:
+        print(samples_text(result["samples"]), flush=True)
     print(summary_line(result), flush=True)
     print(f"wrote {out}", flush=True)
     return 0
+
+
+def samples_text(samples: list[dict[str, Any]]) -> str:
+    """Each held-out prompt with the model's greedy continuation (and the sampled one, and the
+    document's own text), as the lab guide's eval_model.py shows them."""
+    lines = []
+    for i, s in enumerate(samples, 1):
+        lines += [f"[{i}/{len(samples)}] prompt:    {s['prompt']}", f"      continuation: {s['generated']}",
+                  f"      sampled:      {s['sampled']}", f"      reference:    {s['reference']}", ""]
+    return "\n".join(lines).rstrip()
+
+
+# --- progress ---------------------------------------------------------------------------
+
+PRINT_S = 10.0  # a running part prints its count at most this often
+UNITS = {"validation loss": "documents", "train loss": "documents", "SFT loss": "conversations",
+         "inference decoding": "references", "SFT inference decoding": "references", "samples": "continuations",
+         "recall": "probes", "chat QA": "questions", "retrieval": "probes"}
+
+
+class EvalProgress:
+    """Where an evaluation is, part by part (validation loss, inference decoding, samples,
+    recall, SFT loss, chat QA, retrieval).
+
+    A line on stdout when a part starts, every PRINT_S seconds while it runs, and when it
+    ends: stdout is the terminal of `minimind eval`, or train.log under the run pipeline,
+    which `minimind log -f` follows. With a run directory, state.json's phase reads
+    `evaluate: <part> <done>/<total>` and a heartbeat thread (training.signals.Heartbeat)
+    rewrites it with the time, so `status` shows the part and its count and never calls a
+    live evaluation hung. The phase the run had before is put back at the end."""
+
+    def __init__(self, run_dir: Optional[Path]):
+        self.run_dir = run_dir
+        self.part: Optional[str] = None
+        self.done = self.total = 0
+        self.started = self.part_started = self.printed = time.monotonic()
+        self.previous_phase = read_state(run_dir).phase if run_dir else None
+        self.heartbeat = None
+        if run_dir is not None:
+            from training.signals import Heartbeat
+
+            self.heartbeat = Heartbeat(run_dir, self.as_state)
+
+    def phase(self) -> str:
+        if self.part is None:
+            return "evaluate"
+        return f"evaluate: {self.part}" + (f" {self.done}/{self.total}" if self.total else "")
+
+    def as_state(self) -> dict[str, Any]:
+        return {"phase": self.phase()}
+
+    def __enter__(self) -> "EvalProgress":
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
+            self.heartbeat.start()
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        if exc_type is None:
+            self._end_part()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            update_state(self.run_dir, heartbeat=time.time(), phase=self.previous_phase)
+
+    def start(self, part: str):
+        """Begin `part`; returns its progress callback (training.measures.Progress)."""
+        self._end_part()
+        self.part, self.done, self.total = part, 0, 0
+        self.unit = UNITS.get(part, "")
+        self.part_started = time.monotonic()
+        self._say(f"{part} ...")
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
+        return self.tick
+
+    def tick(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        if time.monotonic() - self.printed >= PRINT_S and done < total:
+            self._say(f"{self.part} {done}/{total} {self.unit}".rstrip())
+
+    def _end_part(self) -> None:
+        if self.part is not None:
+            count = f"{self.done}/{self.total} {self.unit} ".replace("  ", " ") if self.total else ""
+            self._say(f"{self.part} {count}done in {time.monotonic() - self.part_started:.1f} s")
+            self.part = None
+
+    def _say(self, text: str) -> None:
+        self.printed = time.monotonic()
+        print(f"[eval {self.printed - self.started:6.1f}s] {text}", flush=True)
 
 
 def summary_line(r: dict[str, Any]) -> str:
@@ -247,7 +361,8 @@ def load_model(lab: Lab, path: Path, model_type: Optional[str], overrides: dict[
 
 # --- eval.json -------------------------------------------------------------------------
 
-def _train_loss(cfg: ExperimentConfig, run_dir: Optional[Path], model, corpus, max_seq_len: int) -> tuple[Optional[float], str]:
+def _train_loss(cfg: ExperimentConfig, run_dir: Optional[Path], model, corpus, max_seq_len: int,
+                progress: Optional[EvalProgress] = None) -> tuple[Optional[float], str]:
     """Smoothed from the run's metrics when there are any, else measured on training docs."""
     from minimind import guardrails as rules
     from training import measures
@@ -258,16 +373,21 @@ def _train_loss(cfg: ExperimentConfig, run_dir: Optional[Path], model, corpus, m
         if value is not None:
             return value, f"{METRICS_FILE} (mean of last {min(len(rows), cfg.guardrails.smoothing_window)} logged steps)"
     docs = corpus.docs(corpus.train_idx[: cfg.train.batch_size * cfg.eval.max_val_batches])
-    return measures.val_loss(model, docs, max_seq_len, cfg.train.batch_size, cfg.eval.max_val_batches), \
+    tick = progress.start("train loss") if progress else None
+    return measures.val_loss(model, docs, max_seq_len, cfg.train.batch_size, cfg.eval.max_val_batches, tick), \
         "measured on training documents (teacher-forced)"
 
 
-def _samples(model, tokenizer, pairs, cfg: ExperimentConfig) -> tuple[list[dict], list[list[int]]]:
+def _samples(model, tokenizer, pairs, cfg: ExperimentConfig, tick=None) -> tuple[list[dict], list[list[int]]]:
+    """Greedy and sampled continuations: `tick` counts both, the greedy ones first."""
     from training import measures
 
-    greedy = measures.continuations(model, [p for p, _ in pairs], cfg.eval.max_new_tokens)
+    n = len(pairs)
+    greedy = measures.continuations(model, [p for p, _ in pairs], cfg.eval.max_new_tokens,
+                                    progress=tick and (lambda done, _: tick(done, 2 * n)))
     sampled = measures.continuations(model, [p for p, _ in pairs], cfg.eval.max_new_tokens,
-                                     temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, seed=cfg.train.seed)
+                                     temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, seed=cfg.train.seed,
+                                     progress=tick and (lambda done, _: tick(n + done, 2 * n)))
     decode = (lambda ids: tokenizer.decode(ids, skip_special_tokens=True)) if tokenizer else str
     samples = [{"prompt": decode(p), "reference": decode(r), "generated": decode(g), "sampled": decode(s)}
                for (p, r), g, s in zip(pairs, greedy, sampled)]
@@ -292,14 +412,14 @@ def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Opti
     device = run_device(cfg)
     model.to(device)
     enable_tf32(device)
-    with autocast_for(device, run_precision(cfg)):
+    with autocast_for(device, run_precision(cfg)), EvalProgress(run_dir) as progress:
         return _measure(lab, cfg, checkpoint, model, data, module, model_config, out, run_dir, max_probes,
-                        explicit_tokenizer)
+                        explicit_tokenizer, progress)
 
 
 def _measure(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model, data: dict[str, Any], module: str,
              model_config: dict[str, Any], out: Path, run_dir: Optional[Path], max_probes: int,
-             explicit_tokenizer: bool) -> dict[str, Any]:
+             explicit_tokenizer: bool, progress: Optional[EvalProgress] = None) -> dict[str, Any]:
     from corpus.tokenizer import load_tokenizer
     from minimind import guardrails as rules
     from minimind.atomic import write_json
@@ -326,18 +446,20 @@ def _measure(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model, data: dic
     stats = getattr(model, "memory_stats", None)
     if stats:
         stats(reset=True)
+    progress = progress or EvalProgress(None)
     val_loss, val_ce, val_tokens = measures.val_loss_items(model, val_docs, max_seq_len, cfg.train.batch_size,
-                                                           cfg.eval.max_val_batches)
+                                                           cfg.eval.max_val_batches, progress.start("validation loss"))
     memory = (stats(reset=True) if stats else {}) or {}
     pairs = measures.eval_pairs(val_docs, cfg, max_seq_len)
-    inference_loss, inf_ce, inf_tokens = measures.inference_loss_items(model, pairs)
-    samples, greedy = _samples(model, tokenizer, pairs, cfg)
+    inference_loss, inf_ce, inf_tokens = measures.inference_loss_items(model, pairs, progress.start("inference decoding"))
+    samples, greedy = _samples(model, tokenizer, pairs, cfg, progress.start("samples"))
     probes = load_probes(lab, cfg)
     recall_items: dict[str, Any] = {}
-    recall = measures.recall(model, tokenizer, probes, max_probes, cfg.train.seed, recall_items) if probes else {}
-    sft = sft_measures(model, tokenizer, lab, cfg, probes, cfg.train.seed)
+    recall = measures.recall(model, tokenizer, probes, max_probes, cfg.train.seed, recall_items,
+                             progress.start("recall")) if probes else {}
+    sft = sft_measures(model, tokenizer, lab, cfg, probes, cfg.train.seed, progress.start)
     retrieval_items: dict[str, Any] = {}
-    retrieval, retrieval_seconds = _retrieval(lab, cfg, model, tokenizer, probes, max_probes, retrieval_items)
+    retrieval, retrieval_seconds = _retrieval(lab, cfg, model, tokenizer, probes, max_probes, retrieval_items, progress)
     # Per-item measurements keyed by document index / probe id: a comparison on the same
     # documents and probes gets a paired interval of its difference (minimind.verdict).
     doc_keys = [int(i) for i in corpus.val_idx]
@@ -358,12 +480,13 @@ def _measure(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model, data: dic
     ratio_inference, sft_inference = inference_loss, None
     if cfg.stage == "sft":  # train loss is on replies: the ratio compares it with replies through the KV cache
         conversations = load_data(lab, cfg)
-        train_loss, source = _train_loss(cfg, run_dir, model, conversations, max_seq_len)
+        train_loss, source = _train_loss(cfg, run_dir, model, conversations, max_seq_len, progress)
         sft_inference = measures.inference_loss(model, measures.eval_pairs(conversations.docs(conversations.val_idx),
-                                                                           cfg, max_seq_len))
+                                                                           cfg, max_seq_len),
+                                                progress.start("SFT inference decoding"))
         ratio_inference = sft_inference
     else:
-        train_loss, source = _train_loss(cfg, run_dir, model, corpus, max_seq_len)
+        train_loss, source = _train_loss(cfg, run_dir, model, corpus, max_seq_len, progress)
 
     result: dict[str, Any] = {
         "val_loss": val_loss,
@@ -407,7 +530,8 @@ def _measure(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model, data: dic
 
 
 def _retrieval(lab: Lab, cfg: ExperimentConfig, model, tokenizer, probes, max_probes: int,
-               items: dict[str, Any]) -> tuple[Optional[dict[str, Any]], Optional[float]]:
+               items: dict[str, Any], progress: Optional[EvalProgress] = None
+               ) -> tuple[Optional[dict[str, Any]], Optional[float]]:
     """(retrieval diagnostics, seconds they took), or (None, None) for a model without
     memory layers, without probes or without the knowledge file its bank came from."""
     from corpus.knowledge import bank_rows
@@ -420,7 +544,8 @@ def _retrieval(lab: Lab, cfg: ExperimentConfig, model, tokenizer, probes, max_pr
         return None, None
     started = time.perf_counter()
     rows = bank_rows(path, model.config.knowledge_num)
-    result = measures.retrieval(model, tokenizer, probes, rows, max_probes, cfg.train.seed, items)
+    result = measures.retrieval(model, tokenizer, probes, rows, max_probes, cfg.train.seed, items,
+                                progress.start("retrieval") if progress else None)
     return result, time.perf_counter() - started
 
 

@@ -140,22 +140,18 @@ def _sample(items: list, k: int, seed: int) -> list:
     return [items[i] for i in sorted(random.Random(seed).sample(range(len(items)), k))]
 
 
-def chat_reply(model, prompt: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
-    """(greedy reply tokens before </s>, whether it stopped at </s>) after a chat prompt."""
-    import torch
-
+def chat_replies(model, prompts: list[list[int]], max_new_tokens: int, progress=None) -> list[tuple[list[int], bool]]:
+    """(greedy reply tokens before </s>, whether it stopped at </s>) after each chat prompt,
+    decoded in batches of prompts of one length (training.measures.generated_rows)."""
     from training.data import EOS_ID
-    from training.measures import device_of
+    from training.measures import generated_rows, until_eos
 
-    out = model.generate(torch.tensor([prompt], device=device_of(model)), max_new_tokens=max_new_tokens,
-                         temperature=0.0, eos_token_id=EOS_ID, use_cache=True)
-    new = out[0, len(prompt):].tolist()
-    if EOS_ID in new:
-        return new[:new.index(EOS_ID)], True
-    return new, False
+    rows = generated_rows(model, prompts, max_new_tokens, progress=progress)
+    return [(until_eos(row), EOS_ID in row) for row in rows]
 
 
-def _sft_loss(model, lab: Lab, cfg: ExperimentConfig, max_seq_len: int) -> tuple[Optional[float], Optional[int], dict]:
+def _sft_loss(model, lab: Lab, cfg: ExperimentConfig, max_seq_len: int,
+              part=None) -> tuple[Optional[float], Optional[int], dict]:
     from corpus.sft import prepare_sft
     from training import measures
 
@@ -166,7 +162,8 @@ def _sft_loss(model, lab: Lab, cfg: ExperimentConfig, max_seq_len: int) -> tuple
                         tokenizer_config=template, max_bad_share=cfg.data.max_bad_share, progress=False)
     n = min(cache.num_docs, cfg.train.batch_size * cfg.eval.max_val_batches)
     docs = [cache.doc(i) for i in range(n)]
-    loss, ce, tokens = measures.val_loss_items(model, docs, max_seq_len, cfg.train.batch_size, cfg.eval.max_val_batches)
+    loss, ce, tokens = measures.val_loss_items(model, docs, max_seq_len, cfg.train.batch_size, cfg.eval.max_val_batches,
+                                               part("SFT loss") if part else None)
     return loss, n, {"keys": list(range(len(ce))), "ce": ce, "tokens": tokens}
 
 
@@ -186,7 +183,7 @@ def _roles(lab: Lab, cfg: ExperimentConfig) -> dict[str, str]:
 
 
 def sft_measures(model, tokenizer, lab: Lab, cfg: ExperimentConfig, probes: Optional[dict[str, list[dict]]],
-                 seed: int) -> dict[str, Any]:
+                 seed: int, part=None) -> dict[str, Any]:
     """eval.json's SFT block, for every stage (a pretrain base is what an SFT run is compared with):
       sft_loss       teacher-forced loss on the assistant tokens of data.sft_eval (held-out conversations)
       chat_qa        {split or taught/eval_only: {accuracy, n, accuracy_ci}}: the probe's question asked in
@@ -194,13 +191,15 @@ def sft_measures(model, tokenizer, lab: Lab, cfg: ExperimentConfig, probes: Opti
       chat           {stop_rate, mean_reply_tokens, repetition_rate, n} over those replies
       chat_samples   a few questions with their replies
       per_item       {"sft": {keys, ce, tokens}, "chat_qa": {group: {keys, hit}}} (merged into eval.json's per_item)
-    Keys are null (or empty) where the data is missing or eval.chat_probes is 0."""
+    Keys are null (or empty) where the data is missing or eval.chat_probes is 0.
+    `part`, when given, is called with the name of each part as it starts ("SFT loss",
+    "chat QA") and returns its progress callback (training.measures.Progress)."""
     from corpus.chat import QUESTIONS, question_text
     from corpus.sft import encode_chat, load_template
     from training import measures
 
     max_seq_len = model.config.max_seq_len
-    sft_loss, sft_docs, sft_items = _sft_loss(model, lab, cfg, max_seq_len)
+    sft_loss, sft_docs, sft_items = _sft_loss(model, lab, cfg, max_seq_len, part)
     per_group: dict[str, dict] = {}  # per group: {keys: [probe id], hit: [0/1]}, for minimind.verdict's paired intervals
     out: dict[str, Any] = {"sft_loss": sft_loss, "sft_eval_conversations": sft_docs, "chat_qa": {},
                            "chat": {"stop_rate": None, "mean_reply_tokens": None, "repetition_rate": None, "n": 0},
@@ -211,28 +210,29 @@ def sft_measures(model, tokenizer, lab: Lab, cfg: ExperimentConfig, probes: Opti
     roles = _roles(lab, cfg)
     hits: dict[str, list[float]] = {}
     replies, stops = [], []
-    with measures.evaluating(model):
-        for split, items in probes.items():
-            for probe in _sample([p for p in items if p.get("relation") in QUESTIONS], cfg.eval.chat_probes, seed):
-                question = question_text(probe["relation"], probe["subject"])
-                prompt = encode_chat(tokenizer, render, [{"role": "user", "content": question}])
-                if len(prompt) >= max_seq_len:
-                    continue
-                tokens, stopped = chat_reply(model, prompt, cfg.eval.chat_max_new_tokens)
-                reply = tokenizer.decode(tokens, skip_special_tokens=True)
-                hit = 1.0 if reply_hit(reply, probe["answer"], probe.get("distractors") or [],
-                                          probe.get("subject") or "") else 0.0
-                for group in (split, roles.get(probe.get("id"))):
-                    if group:
-                        hits.setdefault(group, []).append(hit)
-                        block = per_group.setdefault(group, {"keys": [], "hit": []})
-                        block["keys"].append(str(probe.get("id")))
-                        block["hit"].append(hit)
-                replies.append(tokens)
-                stops.append(1.0 if stopped else 0.0)
-                if sum(1 for s in out["chat_samples"] if s["split"] == split) < 2:
-                    out["chat_samples"].append({"split": split, "question": question, "answer": probe["answer"],
-                                                "reply": reply, "hit": bool(hit), "stopped": stopped})
+    asked = []  # (split, probe, question, prompt), in the order the probes are reported
+    for split, items in probes.items():
+        for probe in _sample([p for p in items if p.get("relation") in QUESTIONS], cfg.eval.chat_probes, seed):
+            question = question_text(probe["relation"], probe["subject"])
+            prompt = encode_chat(tokenizer, render, [{"role": "user", "content": question}])
+            if len(prompt) < max_seq_len:
+                asked.append((split, probe, question, prompt))
+    answers = chat_replies(model, [a[3] for a in asked], cfg.eval.chat_max_new_tokens, part("chat QA") if part else None)
+    for (split, probe, question, _), (tokens, stopped) in zip(asked, answers):
+        reply = tokenizer.decode(tokens, skip_special_tokens=True)
+        hit = 1.0 if reply_hit(reply, probe["answer"], probe.get("distractors") or [],
+                                  probe.get("subject") or "") else 0.0
+        for group in (split, roles.get(probe.get("id"))):
+            if group:
+                hits.setdefault(group, []).append(hit)
+                block = per_group.setdefault(group, {"keys": [], "hit": []})
+                block["keys"].append(str(probe.get("id")))
+                block["hit"].append(hit)
+        replies.append(tokens)
+        stops.append(1.0 if stopped else 0.0)
+        if sum(1 for s in out["chat_samples"] if s["split"] == split) < 2:
+            out["chat_samples"].append({"split": split, "question": question, "answer": probe["answer"],
+                                        "reply": reply, "hit": bool(hit), "stopped": stopped})
     order = [g for g in (*probes, *CHAT_GROUPS) if g in hits]  # the probe splits, then what SFT did with the fact
     out["chat_qa"] = {group: {"accuracy": sum(hits[group]) / len(hits[group]), "n": len(hits[group]),
                               "accuracy_ci": measures.bootstrap_ci(hits[group], seed)} for group in order}
