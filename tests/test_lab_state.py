@@ -256,7 +256,8 @@ def test_review_that_fails_writes_nothing_and_commit_needs_every_file(trained, m
     finally:
         config.write_bytes(kept)
     # A failure inside the approval itself is undone as well: after review.json is written
-    # (the flag cannot be set), and after the lesson is accepted (the record cannot be rendered).
+    # (the flag cannot be set), and after the lesson is accepted with --accept-lesson (the record cannot
+    # be rendered).
     from lifecycle import review as review_module
 
     def broken(*args, **kwargs):
@@ -269,7 +270,7 @@ def test_review_that_fails_writes_nothing_and_commit_needs_every_file(trained, m
         with monkeypatch.context() as patch:
             patch.setattr(module, name, broken)
             with pytest.raises(RuntimeError):
-                review_module.review_experiment(lab, "0.1.1", True, False, show=False)
+                review_module.review_experiment(lab, "0.1.1", True, False, show=False, accept_lesson=True)
         assert tree(lab.root) == before, name
     (run_dir / "lesson.json").unlink()
 

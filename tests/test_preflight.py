@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = (ROOT / "models" / "model.py").read_text(encoding="utf-8")
 
 # One edit per lesson: (old, new) replacements in models/model.py.
-MEMORY_READS_H = [("self.memory(h_attn, bank, embedding_weight)", "self.memory(h, bank, embedding_weight)")]
+MEMORY_READS_H = [("self.memory(h_attn, bank, embedding_weight, real)", "self.memory(h, bank, embedding_weight, real)")]
 SEES_FUTURE = [(".tril(S - T)", ".tril(S - T + 1)"), ("is_causal = T == S and T > 1", "is_causal = False")]
 CACHE_OFFSET = [("start = past_key_values[0][0].shape[1] if past_key_values else 0",
                  "start = past_key_values[0][0].shape[1] - 1 if past_key_values else 0")]
