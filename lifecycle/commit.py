@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from minimind.errors import GateRefused
 from minimind.lab import Lab
-from minimind.rundir import (ANALYSIS_FILE, COMMIT_MSG_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, LESSON_FILE, METRICS_FILE,
-                             NEXT_FILE, PLAN_FILE, PLOTS_DIR, REVIEW_FILE, RUN_SCRIPT, current, read_json, update_state)
+from minimind.rundir import (ANALYSIS_FILE, CODE_CHANGE_FILE, COMMIT_MSG_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, LESSON_FILE, METRICS_FILE,
+                             NEXT_FILE, PATCH_FILE, PLAN_FILE, PLOTS_DIR, REVIEW_FILE, RUN_SCRIPT, current, read_json,
+                             update_state)
 
-RUN_FILES = (RUN_SCRIPT, CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, EVAL_FILE, METRICS_FILE, DIFF_FILE, LESSON_FILE, NEXT_FILE)
+RUN_FILES = (RUN_SCRIPT, CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, EVAL_FILE, METRICS_FILE, DIFF_FILE, LESSON_FILE, NEXT_FILE,
+             CODE_CHANGE_FILE, PATCH_FILE)
 from lifecycle.history import INDEX_FILE  # noqa: E402
 from lifecycle.lessons import LESSONS_FILE  # noqa: E402
 

@@ -48,6 +48,9 @@ class NewRequest:
     yes: bool = False                    # accept a compute increase beyond preflight.compute_factor
     from_proposal: Optional[str] = None  # start from runs/V/next.json of this experiment
     stage: str = "pretrain"              # pretrain | sft (sft starts from --base's best checkpoint)
+    patch: Optional[str] = None          # a human's patch to models/model.py, through the code gate (codechange.py)
+    approve_code: Optional[str] = None   # a prefix of the candidate's sha256: approves exactly that code
+    confirm_code: Any = None             # (lines) -> bool: asks the human at a terminal; None never approves
 
 
 @dataclass
@@ -158,7 +161,11 @@ def _from_proposal(lab: Lab, req: NewRequest) -> NewRequest:
                                sets=[*p.get("sets", []), *req.sets])  # later --set wins: the human's come last
 
 
-def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
+def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult:
+    if req.patch and _code is None:  # a code change: gated and approved first (lifecycle/codechange.py)
+        from lifecycle.codechange import run_with_code_change
+
+        return run_with_code_change(lab, req, create_experiment)
     parse(req.version)
     settings = lab.settings()
     _check_existing(lab, req.version)
@@ -198,7 +205,7 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     # Before the agent is asked anything: can the human's config run at all, and does the code pass the lessons?
     human_config = apply_sets(start, sets, model_fields)
     human_config["model"] = validate_model(model_cls, human_config["model"])
-    preflight = _preflight(lab, settings, req, human_config, model_cls, lang)
+    preflight = _preflight(lab, settings, req, human_config, model_cls, lang, _code)
 
     lock = lab.runs_dir / f".{req.version}.lock"
     lab.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -220,7 +227,7 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
         cfg, plan_record = _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging,
                                  preflight["checks"])
         if cfg.model != human_config["model"]:  # the agent changed the model: its config is what runs
-            preflight = _preflight(lab, settings, req, cfg.to_dict(), model_cls, lang)
+            preflight = _preflight(lab, settings, req, cfg.to_dict(), model_cls, lang, _code)
         if cfg.stage == "sft":  # the base's weights must load strictly into what this experiment builds
             from training.sft import check_init_fits
 
@@ -230,6 +237,10 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
 
         notes = upgrade_legacy_template(lab)
         notes += _stage_files(lab, cfg, plan_record, staging)
+        if _code is not None:
+            from lifecycle.codechange import write_files
+
+            write_files(staging, *_code)
         if req.launch:
             _require_data(lab, cfg)
             from lifecycle.launch import check_launch
@@ -278,9 +289,11 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     if not req.launch:
         messages.append(f"State: drafted. Launch with: minimind resume {req.version}")
         return NewResult(req.version, "drafted", messages)
+    from lifecycle.codechange import verify_at_launch
     from lifecycle.launch import launched_message, start_detached
     from lifecycle.record import write_record
 
+    verify_at_launch(lab, req.version)
     info = start_detached(lab, lab.run_dir(req.version))
     write_record(lab, req.version, lang)
     messages.append(launched_message(info, req.version))
@@ -288,7 +301,7 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
 
 
 def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, model_cls,
-               lang: str = "en") -> dict[str, Any]:
+               lang: str = "en", code: Any = None) -> dict[str, Any]:
     """The compute estimate and the checks of a resolved config; refuses what cannot or may not launch.
     What the record keeps is in the record's language (`lang`); what the CLI prints is English."""
     from lifecycle import check, estimate
@@ -304,7 +317,12 @@ def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, m
     compute_note = estimate.gate(lab, cfg, est, base, settings.preflight.compute_factor, req.yes, req.launch)
     record_note = (estimate.gate(lab, cfg, est, base, settings.preflight.compute_factor, req.yes, req.launch, lang)
                    if compute_note and lang != "en" else compute_note)
-    results = check.run_preflight(lab, "model", cfg["model"])
+    if code is not None:  # a code change: its checks ran in the gate's isolated child, counting its new parameters
+        from lifecycle.codechange import gate_checks
+
+        results = gate_checks(code[0])
+    else:
+        results = check.run_preflight(lab, "model", cfg["model"])
     refused = check.refusal(results)
     if refused and not req.force:
         raise GateRefused(refused)

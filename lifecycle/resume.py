@@ -21,6 +21,9 @@ def resume_run(lab: Lab, version: str, force: bool = False) -> str:
     if derived == "guardrail_stopped" and not force:
         raise GateRefused(f"experiment {version} was stopped by a guardrail ({state.stop_reason}); "
                           "resuming would continue a run that is cheating")
+    from lifecycle.codechange import verify_at_launch
+
+    verify_at_launch(lab, version)  # a code experiment runs only the code the human approved
     notes = refresh_run_script(lab, run_dir)
     has_checkpoint = (run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT).exists()
     clear_exit_code(run_dir)
