@@ -30,7 +30,10 @@ REFUSED_CALLS = frozenset({"eval", "exec", "compile", "__import__", "open", "bre
 REFUSED_ATTRIBUTES = frozenset({"__subclasses__", "__globals__", "__builtins__", "__code__", "__closure__",
                                 "__bases__", "__mro__", "__base__", "__getattribute__", "__dict__", "__class__",
                                 "__loader__", "__spec__", "__import__", "__reduce__", "__reduce_ex__", "f_globals",
-                                "f_locals", "f_back", "gi_frame", "tb_frame", "__func__", "__self__"})
+                                "f_locals", "f_back", "gi_frame", "tb_frame", "__func__", "__self__",
+                                # standard modules that torch's namespace carries (torch.os.environ, torch.sys)
+                                "os", "sys", "subprocess", "builtins", "importlib", "ctypes", "socket", "shutil",
+                                "pickle", "marshal", "environ", "system", "popen"})
 # Attribute paths refused wherever they appear (torch's file, network and compiler doors).
 REFUSED_PATHS = ("torch.save", "torch.load", "torch.hub", "torch.utils.cpp_extension", "torch.utils.model_zoo",
                  "torch.ops.load_library", "torch.classes.load_library", "torch.package", "torch.jit.load",

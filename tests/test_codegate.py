@@ -65,6 +65,7 @@ def test_broken_causality_fails_the_check_with_its_lesson(base_model):
     'import subprocess\nsubprocess.run(["touch", "MARKER"])',
     '__import__("os").system("touch MARKER")',
     'getattr(torch, "lo" + "ad")("MARKER")',
+    'torch.os.system("touch MARKER")',
 ])
 def test_escape_attempts_are_refused_before_anything_runs(base_model, tmp_path, code):
     marker = tmp_path / "marker"
