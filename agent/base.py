@@ -63,6 +63,8 @@ class Plan:
     risks: list[str]
     backend: str
     notes: list[str] = code_owned(help="what code changed in the answer (a key the human set, dropped)")
+    # the code change the plan declares (agent/codeplan.py), implemented by the claude backend's implement step
+    code_change: Optional[dict[str, Any]] = model_optional(help="the code change the plan declares (agent/codeplan.py)")
 
 
 @dataclass(kw_only=True)

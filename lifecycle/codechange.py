@@ -250,7 +250,7 @@ def record_of(candidate: Candidate, approval: Optional[dict[str, Any]]) -> dict[
             "sha256": candidate.sha256, "base_sha256": _sha(candidate.base), "rounds": candidate.rounds,
             "hunks": candidate.report.hunks, "stages": candidate.report.stages, "touched": candidate.report.touched,
             "new_settings": candidate.report.new_settings, "isolation": candidate.report.isolation,
-            "seconds": candidate.report.seconds, "approval": approval}
+            "seconds": candidate.report.seconds, "plan_config": candidate.report.plan_config, "approval": approval}
 
 
 def write_files(run_dir: Path, candidate: Candidate, approval: dict[str, Any]) -> None:
@@ -350,3 +350,65 @@ def gate_checks(candidate: Candidate) -> list[dict[str, Any]]:
     """The preflight check results the gate's child produced on the candidate (the record's table)."""
     stage = next((s for s in candidate.report.stages if s["stage"] == "checks"), None)
     return list(stage.get("items", [])) if stage else []
+
+
+# --- the agent's code change: `new` with a plan that declares code_change -------------------
+
+def implement_step(lab: Lab, req: Any, cfg: Any, plan_record: dict[str, Any], log_dir: Path,
+                   agent_settings: Any) -> tuple[tuple[Candidate, dict[str, Any]], Any, Callable[[], None]]:
+    """Implement the plan's code change (claude), gate it, have it approved, install it.
+
+    Returns ((candidate, approval), the config with the candidate's model settings, restore).
+    With --approve-code matching the candidate kept from an earlier attempt of this version,
+    that candidate is used and the agent is not asked to write the code again."""
+    from agent.calllog import failed_attempt_logs
+    from agent.implement import ImplementContext, implement
+    from lifecycle import lessons
+    from minimind.config import from_dict
+
+    change = CodeChange.from_dict(plan_record["code_change"])
+    living = (lab.models_dir / "model.py").read_text(encoding="utf-8")
+    model_sets = {k.removeprefix("model."): v for k, v in plan_record.get("code_sets", {}).items()}
+    checks_text = committed_checks(lab)
+
+    def gate(text: str, reasons: list[tuple[int, int, str]]):
+        report = validate(living, text, change=change, reasons=reasons, base_model=cfg.model, model_sets=model_sets,
+                          lab_checks=checks_text)
+        return report.ok, report.refusal(), report
+
+    candidate = _pending_match(lab, req, living, change) if req.approve_code else None
+    if candidate is None:
+        if plan_record.get("backend") != "claude":
+            raise MinimindError("the plan declares a code change, which only the claude backend implements; "
+                                "write it as a patch and use --patch")
+        from agent.claude import ClaudeAgent
+
+        agent = ClaudeAgent(agent_settings, log_dir, prior_logs=failed_attempt_logs(lab.runs_dir, req.version))
+        print("[agent] implementing the plan's code change (text editor tool over a scratch copy)", flush=True)
+        ctx = ImplementContext(version=req.version, goal=req.goal, hypothesis=req.hypothesis,
+                               code_change=change.to_dict(), base_text=living,
+                               lessons="\n".join(lessons.lines(lab) or []))
+        result = implement(agent, ctx, gate)
+        candidate = Candidate(living, result.text, result.report, "agent", change, result.rounds, result.reasons)
+    approval = approve(candidate, req.approve_code, req.confirm_code, lab, req.version)
+    restore = install(lab, candidate)
+    cfg = from_dict({**cfg.to_dict(), "model": candidate.report.plan_config}, where="resolved config")
+    return (candidate, approval), cfg, restore
+
+
+def _pending_match(lab: Lab, req: Any, living: str, change: CodeChange) -> Optional[Candidate]:
+    """The candidate kept in runs/.pending/V when --approve-code names it and it still applies."""
+    from minimind.rundir import read_json
+
+    where = lab.runs_dir / PENDING_DIR / req.version
+    data = read_json(where / CODE_CHANGE_FILE)
+    if not data or data.get("source") != "agent" or not str(data.get("sha256", "")).startswith(req.approve_code.lower()):
+        return None
+    if data.get("base_sha256") != _sha(living):
+        raise GateRefused(f"the candidate kept in runs/{PENDING_DIR}/{req.version} was written against another "
+                          "models/model.py; run new again without --approve-code to have it rewritten")
+    report = GateReport(data["stages"], codestatic.unified_diff(living, (where / "model.py").read_text(encoding="utf-8")),
+                        data["hunks"], data["sha256"], data.get("isolation"), data.get("plan_config"),
+                        new_settings=data.get("new_settings", []), touched=data.get("touched", []))
+    return Candidate(living, (where / "model.py").read_text(encoding="utf-8"), report, "agent",
+                     CodeChange.from_dict(data["change"]) if data.get("change") else change, data.get("rounds", []))

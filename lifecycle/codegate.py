@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import shutil
 import tempfile
 import time
@@ -29,60 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from agent.codeplan import CodeChange  # noqa: F401 - the plan's declaration, re-exported for the gate's callers
 from lifecycle import codestatic
 from lifecycle.sandbox import ChildRun, Limits, known_secrets, redact, run_child
-from minimind.errors import UsageError
 
 TOOL_ROOT = Path(__file__).resolve().parent.parent  # the package whose checks the child runs
 CHILD_STAGES = ("load", "checks", "effect", "smoke")
-SYMBOL = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)?$")
-SETTING_TYPES = ("int", "float", "bool", "str")
-
-
-@dataclass(frozen=True)
-class CodeChange:
-    """What a plan declares about the code it will change (propose_plan's `code_change`)."""
-
-    summary: str
-    touches: tuple[str, ...]
-    new_settings: tuple[dict, ...] = ()   # {name, type, default, meaning}
-    changes_default: bool = False
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "code_change") -> "CodeChange":
-        if not isinstance(data, dict):
-            raise UsageError(f"{where} must be an object")
-        unknown = sorted(set(data) - {"summary", "touches", "new_settings", "changes_default"})
-        if unknown:
-            raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)}")
-        summary = data.get("summary")
-        if not isinstance(summary, str) or not summary.strip():
-            raise UsageError(f"{where}.summary must be a non-empty string")
-        touches = data.get("touches")
-        if not isinstance(touches, list) or not touches or not all(isinstance(t, str) and SYMBOL.match(t) for t in touches):
-            raise UsageError(f"{where}.touches must be a non-empty list of names like MemoryLayer.forward or ModelConfig")
-        settings = data.get("new_settings", [])
-        if not isinstance(settings, list):
-            raise UsageError(f"{where}.new_settings must be a list")
-        for i, s in enumerate(settings):
-            if not isinstance(s, dict) or set(s) != {"name", "type", "default", "meaning"}:
-                raise UsageError(f"{where}.new_settings[{i}] must have exactly name, type, default, meaning")
-            if not isinstance(s["name"], str) or not re.match(r"^[a-z_][a-z0-9_]*$", s["name"]):
-                raise UsageError(f"{where}.new_settings[{i}].name must be a snake_case identifier")
-            if s["type"] not in SETTING_TYPES:
-                raise UsageError(f"{where}.new_settings[{i}].type must be one of {', '.join(SETTING_TYPES)}")
-        changes_default = data.get("changes_default", False)
-        if not isinstance(changes_default, bool):
-            raise UsageError(f"{where}.changes_default must be true or false")
-        return cls(summary.strip(), tuple(touches), tuple(dict(s) for s in settings), changes_default)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"summary": self.summary, "touches": list(self.touches), "new_settings": [dict(s) for s in self.new_settings],
-                "changes_default": self.changes_default}
-
-    @property
-    def setting_names(self) -> list[str]:
-        return [s["name"] for s in self.new_settings]
 
 
 @dataclass

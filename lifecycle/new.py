@@ -215,6 +215,7 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
         raise MinimindError(f"another 'minimind new {req.version}' is in progress") from None
     os.close(fd)
     created: list[Path] = []
+    restore_living = None  # puts back models/model.py when an approved code change was installed and new fails
     staging = lab.runs_dir / f".staging-{req.version}-{os.getpid()}"
     try:
         _check_existing(lab, req.version)  # re-check under the lock
@@ -226,6 +227,13 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
             created.append(seeded)
         cfg, plan_record = _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging,
                                  preflight["checks"])
+        if plan_record.get("code_change") and _code is None:  # the agent's code change: implemented, gated, approved
+            from lifecycle.codechange import implement_step
+
+            _code, cfg, restore_living = implement_step(lab, req, cfg, plan_record, staging / AGENT_DIR, settings.agent)
+            plan_record["config_hash"] = config_hash(cfg)
+            plan_record["_diff"], plan_record["diff_against"] = model_diff(lab, base)
+            plan_record["model_changed"] = True
         if cfg.model != human_config["model"]:  # the agent changed the model: its config is what runs
             preflight = _preflight(lab, settings, req, cfg.to_dict(), model_cls, lang, _code)
         if cfg.stage == "sft":  # the base's weights must load strictly into what this experiment builds
@@ -264,6 +272,8 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
 
         write_index(lab)
     except BaseException:
+        if restore_living is not None:
+            restore_living()
         _keep_call_log(lab, req.version, staging)
         shutil.rmtree(staging, ignore_errors=True)
         for path in reversed(created):
@@ -383,7 +393,11 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     human = [(".".join(resolve_key(k, model_fields)), v) for k, v in sets]
     dropped = list(plan.notes)
     agent_changes = []
+    code_sets = {k: v for k, v in plan.changes.items() if plan.code_change and k.removeprefix("model.") not in model_fields
+                 and k.startswith("model.")}  # new settings of the code change: the candidate's schema checks them
     for key, value in plan.changes.items():
+        if key in code_sets:
+            continue
         full = ".".join(resolve_key(key, model_fields))
         if full.split(".")[0] not in AGENT_SECTIONS:
             raise MinimindError(f"agent proposed '{key}', which it may not change")
@@ -419,6 +433,10 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
         "config_hash": config_hash(cfg), "diff_against": against, "model_changed": bool(diff_text.strip()),
         "git_commit": head["commit"], "git_dirty": head["dirty"], "created_at": time.time(),
     }
+    if plan.code_change:
+        plan_record.update(code_change=plan.code_change, code_sets=code_sets)
+        changes += [{"key": k, "base": None, "new": v, "why": plan.rationale.get(k, "a new setting of the code change")}
+                    for k, v in sorted(code_sets.items())]
     return cfg, {**plan_record, "_diff": diff_text, "_head": head}
 
 
