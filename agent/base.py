@@ -52,6 +52,7 @@ class PlanContext:
     # preflight check results on this experiment's code: [{id, lesson, source, status, detail}]
     checks: list[dict[str, Any]] = field(default_factory=list)
     notebook: str = ""                    # the lab notebook: compact trace of every experiment, reviewer notes
+    code_change: Optional[dict[str, Any]] = None  # the code change a proposal (next.json) declared for this experiment
 
 
 @dataclass(kw_only=True)

@@ -196,6 +196,9 @@ def analysis_tool(ctx: AnalysisContext) -> dict[str, Any]:
     nxt = {"type": ["object", "null"], "additionalProperties": False, "required": ["goal", "hypothesis", "sets", "why"],
            "properties": {"goal": line, "hypothesis": line, "sets": sets, "expect": line, "why": line,
                           "base": {"type": "string", "maxLength": 32}}}
+    from agent.codeplan import SCHEMA as code_change  # the next experiment may need a change to models/model.py
+
+    nxt["properties"]["code_change"] = code_change
     return _tool(TOOL_NAMES["analyse"], "Write the record's result sections: explain the computed numbers "
                  "and verdict, do not change them; propose a lesson and the next experiment.", Analysis,
                  {"lesson": lesson, "next_experiment": nxt})
@@ -521,11 +524,14 @@ def _next_experiment(raw: Any, ctx: AnalysisContext, facts: Any, found: list[str
     if not isinstance(raw, dict):
         found.append(f"next_experiment: expected an object or null, got {type(raw).__name__}")
         return None
-    allowed = ("goal", "hypothesis", "sets", "expect", "why", "base")
+    allowed = ("goal", "hypothesis", "sets", "expect", "why", "base", "code_change")
     for key in sorted(set(raw) - set(allowed)):
         found.append(f"next_experiment.{key}: unknown key (allowed: {', '.join(allowed)})")
     out: dict[str, Any] = {name: _proposal_text(raw.get(name, ""), f"next_experiment.{name}", facts, ctx.verdict, found)
                            for name in ("goal", "hypothesis", "why")}
+    code_change, _ = _code_change(raw.get("code_change"), found)
+    if code_change:
+        out["code_change"] = code_change  # its new settings are set by the plan that implements it
     sets = raw.get("sets", {})
     if not isinstance(sets, dict):
         found.append(f"next_experiment.sets: expected an object (dotted key -> value), got {type(sets).__name__}")

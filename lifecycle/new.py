@@ -51,6 +51,7 @@ class NewRequest:
     patch: Optional[str] = None          # a human's patch to models/model.py, through the code gate (codechange.py)
     approve_code: Optional[str] = None   # a prefix of the candidate's sha256: approves exactly that code
     confirm_code: Any = None             # (lines) -> bool: asks the human at a terminal; None never approves
+    code_change: Optional[dict] = None   # a proposal's code change (next.json), for the plan to declare
 
 
 @dataclass
@@ -158,7 +159,8 @@ def _from_proposal(lab: Lab, req: NewRequest) -> NewRequest:
     p = proposal.load(lab, req.from_proposal)
     return dataclasses.replace(req, goal=req.goal or p["goal"], hypothesis=req.hypothesis or p["hypothesis"],
                                expect=req.expect or p.get("expect"), base=req.base or p.get("base"),
-                               sets=[*p.get("sets", []), *req.sets])  # later --set wins: the human's come last
+                               sets=[*p.get("sets", []), *req.sets],  # later --set wins: the human's come last
+                               code_change=p.get("code_change"))
 
 
 def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult:
@@ -384,11 +386,13 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
                       sets=sets, base_config=start, base_record_summary=base_record,
                       base_eval=read_json(lab.run_dir(base) / EVAL_FILE) if base else None,
                       model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=lessons_text(guardrails, lessons.lines(lab, lang)),
-                      lang=lang, checks=list(checks), notebook=history.trace(lab))
+                      lang=lang, checks=list(checks), notebook=history.trace(lab), code_change=req.code_change)
     from agent.calllog import failed_attempt_logs
 
     plan, note = backends.call(requested, settings.agent, staging / AGENT_DIR, "plan", ctx,
                                failed_attempt_logs(lab.runs_dir, req.version))
+    if req.code_change and not plan.code_change:  # the proposal's code change stands when the plan leaves it out
+        plan.code_change = req.code_change
 
     human = [(".".join(resolve_key(k, model_fields)), v) for k, v in sets]
     dropped = list(plan.notes)

@@ -92,3 +92,39 @@ def test_a_plan_without_code_change_behaves_as_before(lab, fake):
     fake.reply_tool("propose_plan", {k: v for k, v in PLAN.items() if k != "code_change"} | {"changes": {}, "rationale": {}})
     _new(lab, fake, launch=False)
     assert not (lab.run_dir("0.1.0") / "code_change.json").exists() and len(fake.requests) == 1
+
+
+def test_a_proposal_s_code_change_is_implemented_by_new_from_proposal(lab, fake):
+    from lifecycle.new import NewRequest, create_experiment
+    from minimind.errors import GateRefused
+
+    create_experiment(lab, NewRequest(version="0.1.0", goal="base", hypothesis="a base", agent="offline", launch=False))
+    proposal = {"base": "0.1.0", "goal": "Gate the memory read", "hypothesis": "a learnable gate helps",
+                "expect": "inference_loss < base", "sets": ["preset=memory"], "why": "the read is too strong",
+                "proposed_by": "claude", "code_change": cc.GATE_CHANGE}
+    (lab.run_dir("0.1.0") / "next.json").write_text(json.dumps(proposal), encoding="utf-8")
+    _script(fake)
+    with pytest.raises(GateRefused, match="needs your approval"):
+        create_experiment(lab, NewRequest(version="0.1.1", goal=None, hypothesis=None, agent="claude",
+                                          from_proposal="0.1.0"))
+    prompt = fake.requests[0]["body"]["messages"][0]["content"]
+    assert "## Code change proposed for this experiment" in prompt and cc.GATE_CHANGE["summary"] in prompt
+    assert fake.requests[1]["body"]["tools"][0]["type"] == "text_editor_20250728"  # the implement step ran
+    pending = json.loads((lab.runs_dir / ".pending" / "0.1.1" / "code_change.json").read_text())
+    assert pending["source"] == "agent" and pending["change"]["summary"] == cc.GATE_CHANGE["summary"]
+
+
+def test_the_analysis_tool_may_propose_a_code_change():
+    from agent import tools
+    from agent.codeplan import SCHEMA
+
+    from types import SimpleNamespace
+
+    nxt = tools.analysis_tool(SimpleNamespace(config_schema={}))["input_schema"]["properties"]["next_experiment"]
+    assert nxt["properties"]["code_change"] == SCHEMA and "code_change" not in nxt["required"]
+    problems: list[str] = []
+    change, settings = tools._code_change(cc.GATE_CHANGE, problems)
+    assert not problems and settings == {"model.memory_gate": "bool"} and change["touches"] == cc.GATE_CHANGE["touches"]
+    tools._code_change({**cc.GATE_CHANGE, "touches": ["import os"]}, problems)
+    assert problems and "touches" in problems[0]
+    assert SCHEMA["properties"]["new_settings"]["items"]["required"] == ["name", "type", "default", "meaning"]
