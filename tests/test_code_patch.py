@@ -127,3 +127,22 @@ def test_an_approved_code_experiment_trains_to_the_end(lab, tmp_path):
 
     model, _ = load_checkpoint(lab.run_dir("0.1.0") / "checkpoints" / "last.pth", lab.models_dir)
     assert model.config.memory_gate is True and model.layers[0].memory_gate is not None
+
+
+def test_at_a_terminal_new_asks_and_only_yes_approves(lab, tmp_path, monkeypatch):
+    import cli
+    from click.testing import CliRunner
+
+    monkeypatch.setattr(cli, "_interactive", lambda: True)
+    path, candidate = _patch(lab, tmp_path, cc.GATE)
+    living = (lab.models_dir / "model.py").read_bytes()
+    args = ["new", "0.1.0", *GOAL, "--patch", str(path), *SETS, "--no-launch"]
+    env = {"MINIMIND_LAB": str(lab.root)}
+    declined = CliRunner().invoke(cli.main, args, env=env, input="n\n")
+    assert declined.exit_code == 3 and "Approve this code change?" in declined.output
+    assert (lab.models_dir / "model.py").read_bytes() == living and not lab.run_dir("0.1.0").exists()
+    approved = CliRunner().invoke(cli.main, args, env=env, input="y\n")
+    assert approved.exit_code == 0, approved.output
+    assert "hunk 3" in approved.output.split("Approve this code change?")[0]
+    record = json.loads((lab.run_dir("0.1.0") / "code_change.json").read_text(encoding="utf-8"))
+    assert record["approval"]["how"] == "interactive" and record["approval"]["sha256"] == _sha(candidate)
