@@ -173,7 +173,7 @@ def _killed(run: ChildRun, stage: str, limits: Limits, secrets: tuple[str, ...])
     elif run.signal_name == "SIGXFSZ":
         why = f"wrote a file larger than {limits.file_size >> 20} MiB (RLIMIT_FSIZE) and was killed"
     elif run.signal_name:
-        why = f"was killed by {run.signal_name}"
+        why = f"was killed by {run.signal_name}" + (" (at the CPU or address-space limit)" if run.signal_name == "SIGKILL" else "")
     else:
         why = f"exited with status {run.returncode}" + (f": {tail}" if tail else "")
     if "MemoryError" in run.stderr or "Cannot allocate memory" in run.stderr:

@@ -136,10 +136,12 @@ def run_child(argv: list[str], cwd: Path, limits: Limits = Limits(), *, pythonpa
     def limit_child() -> None:  # runs in the child between fork and exec
         if cgroup is not None:
             (cgroup / "cgroup.procs").write_text(str(os.getpid()))
-        for which, value in ((resource.RLIMIT_AS, limits.address_space), (resource.RLIMIT_CPU, limits.cpu_s),
-                             (resource.RLIMIT_NPROC, limits.processes), (resource.RLIMIT_FSIZE, limits.file_size),
-                             (resource.RLIMIT_NOFILE, limits.open_files), (resource.RLIMIT_CORE, 0)):
+        for which, value in ((resource.RLIMIT_AS, limits.address_space), (resource.RLIMIT_NPROC, limits.processes),
+                             (resource.RLIMIT_FSIZE, limits.file_size), (resource.RLIMIT_NOFILE, limits.open_files),
+                             (resource.RLIMIT_CORE, 0)):
             resource.setrlimit(which, (value, value))
+        # SIGXCPU at the soft limit (reported as such), SIGKILL at the hard one a little later
+        resource.setrlimit(resource.RLIMIT_CPU, (limits.cpu_s, limits.cpu_s + 5))
 
     isolation = {
         "network": network,
