@@ -147,9 +147,14 @@ def data_prepare(pretrain: Path | None, sft: Path | None, chat_template: Path | 
               help="sft: train on data.sft's conversations, starting from --base's best checkpoint.")
 @click.option("--from-proposal", "from_proposal", default=None, metavar="VERSION",
               help="Start from VERSION's proposed next experiment (runs/VERSION/next.json); your flags win.")
+@click.option("--patch", default=None, metavar="FILE",
+              help="A code change to models/model.py (a unified diff), validated by the code gate and shown for approval.")
+@click.option("--approve-code", "approve_code", default=None, metavar="SHA",
+              help="Approve the code change whose sha256 starts with SHA (at least 8 hex digits); --yes never does.")
 def new(version: str, goal: str | None, hypothesis: str | None, base: str | None, expect: str | None,
         sets: tuple[str, ...], agent_name: str | None, lang: str | None, no_launch: bool, force: bool,
-        reason: str | None, yes: bool, stage: str, from_proposal: str | None) -> None:
+        reason: str | None, yes: bool, stage: str, from_proposal: str | None, patch: str | None,
+        approve_code: str | None) -> None:
     """Plan, check, estimate, render, snapshot and launch experiment VERSION (X.Y.Z).
 
     Before anything is written the model is built at a tiny size and the lab's lessons run
@@ -161,6 +166,8 @@ def new(version: str, goal: str | None, hypothesis: str | None, base: str | None
           --hypothesis "inference loss improves over 1.4.7" --set freeze_ratio=0.4
       minimind new 1.5.0 --stage sft --base 1.4.8 --goal "teach 1.4.8 to answer" \\
           --hypothesis "SFT raises chat QA" --expect "chat_qa.taught.accuracy > base"
+      minimind new 1.4.9 --goal "gate the memory read" --hypothesis "a learnable gate helps" \\
+          --patch gate.diff --set memory_gate=true --approve-code 3f2a9c01
     """
     from minimind.versions import parse
 
@@ -171,10 +178,39 @@ def new(version: str, goal: str | None, hypothesis: str | None, base: str | None
 
     request = NewRequest(version=version, goal=goal, hypothesis=hypothesis, base=base, expect=expect,
                          sets=list(sets), agent=agent_name, lang=lang, launch=not no_launch,
-                         force=force, reason=reason, yes=yes, stage=stage, from_proposal=from_proposal)
+                         force=force, reason=reason, yes=yes, stage=stage, from_proposal=from_proposal,
+                         patch=patch, approve_code=approve_code, confirm_code=_confirm_code if _interactive() else None)
     result = create_experiment(_lab(), request)
     for line in result.messages:
         click.echo(line)
+
+
+def _interactive() -> bool:
+    import sys
+
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def _confirm_code(lines: list[str]) -> bool:
+    for line in lines:
+        click.echo(line)
+    return click.confirm("Approve this code change? It becomes models/model.py and the experiment runs it", default=False)
+
+
+@main.command("undo-code")
+@click.argument("version")
+def undo_code(version: str) -> None:
+    """Reverse VERSION's code change in the living models/model.py (its snapshot keeps the code it ran).
+
+    Refuses, saying why, when models/model.py has since changed where the reverse patch applies.
+
+    \b
+    Example:
+      minimind undo-code 1.4.9
+    """
+    from lifecycle.codechange import undo
+
+    click.echo(undo(_lab(), version))
 
 
 @main.command()

@@ -52,6 +52,7 @@ class PlanContext:
     # preflight check results on this experiment's code: [{id, lesson, source, status, detail}]
     checks: list[dict[str, Any]] = field(default_factory=list)
     notebook: str = ""                    # the lab notebook: compact trace of every experiment, reviewer notes
+    code_change: Optional[dict[str, Any]] = None  # the code change a proposal (next.json) declared for this experiment
 
 
 # The prose fields of a plan: checked like an analysis's, with no verdict to claim (agent/prose.py).
@@ -69,6 +70,8 @@ class Plan:
     notes: list[str] = code_owned(help="what code changed in the answer (a key the human set, dropped)")
     replaced: list[str] = code_owned(help="prose fields replaced because they claimed a verdict or quoted a number "
                                           "not in the data, with the reasons (never the replaced text)")
+    # the code change the plan declares (agent/codeplan.py), implemented by the claude backend's implement step
+    code_change: Optional[dict[str, Any]] = model_optional(help="the code change the plan declares (agent/codeplan.py)")
 
 
 @dataclass(kw_only=True)

@@ -255,6 +255,9 @@ def plan_prompt(ctx: PlanContext) -> str:
         "## Lab notebook (every experiment so far, and the reviewer's notes)\n" + _block("notebook", ctx.notebook or "(empty)"),
         "## Preflight checks (run by code on this experiment's model; claim nothing they did not verify)\n"
         + ("\n".join(f"- {c.get('id')}: {c.get('status')}: {c.get('detail')}" for c in ctx.checks) or "(not run)"),
+        *(["## Code change proposed for this experiment (declare it as code_change, refined if needed, and set its "
+            "new settings in changes as model.<name>)\n" + _block("code_change", _json(ctx.code_change))]
+          if ctx.code_change else []),
         "## Task\nCall propose_plan. Change only what the goal and hypothesis call for (often nothing beyond "
         "the human's --set values: then `changes` is {}). Give a rationale for each change. Describe the "
         "expected results in words; do not invent numbers.",

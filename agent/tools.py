@@ -56,7 +56,11 @@ TOOL_NAMES = {"plan": "propose_plan", "analyse": "write_analysis", "draft_commit
 
 _FIELD_HELP = {
     "thinking": "Your reasoning for this experiment: what the base showed, what the change tests, why these values.",
-    "changes": "Config changes beyond the base config: dotted key -> value. Only keys listed here; omit keys you keep.",
+    "changes": "Config changes beyond the base config: dotted key -> value. Only keys listed here, or model.<name> of a "
+               "new setting your code_change declares; omit keys you keep.",
+    "code_change": "Only when the hypothesis needs a change to models/model.py: what it does (summary), the definitions it "
+                   "changes (touches), each new ModelConfig setting (name, type, default that keeps today's behaviour, "
+                   "meaning), and changes_default. Omit it (or null) for a config-only experiment.",
     "rationale": "Why each changed key has its new value: dotted key -> one or two sentences.",
     "expected": "What you expect the results to show if the hypothesis holds, in words (no invented numbers).",
     "risks": "What could go wrong or confound the result, one per item.",
@@ -173,8 +177,13 @@ def plan_tool(ctx: PlanContext) -> dict[str, Any]:
                "properties": {k: _value_schema(ctx.config_schema[k]) for k in keys}}
     rationale = {"type": "object", "additionalProperties": False,
                  "properties": {k: {"type": "string", "maxLength": MAX_LINE} for k in keys}}
+    from agent.codeplan import SCHEMA as code_change  # a change to models/model.py, implemented in a later step
+
+    # model.<name> of a new setting that code_change declares (validated against that declaration)
+    changes["patternProperties"] = {r"^model\.[a-z_][a-z0-9_]*$": {"type": ["boolean", "number", "string"]}}
     return _tool(TOOL_NAMES["plan"], "Propose the experiment plan: reasoning, config changes within the schema, "
-                 "expected results and risks.", Plan, {"changes": changes, "rationale": rationale})
+                 "expected results and risks.", Plan, {"changes": changes, "rationale": rationale,
+                                                       "code_change": code_change})
 
 
 def analysis_tool(ctx: AnalysisContext) -> dict[str, Any]:
@@ -187,6 +196,9 @@ def analysis_tool(ctx: AnalysisContext) -> dict[str, Any]:
     nxt = {"type": ["object", "null"], "additionalProperties": False, "required": ["goal", "hypothesis", "sets", "why"],
            "properties": {"goal": line, "hypothesis": line, "sets": sets, "expect": line, "why": line,
                           "base": {"type": "string", "maxLength": 32}}}
+    from agent.codeplan import SCHEMA as code_change  # the next experiment may need a change to models/model.py
+
+    nxt["properties"]["code_change"] = code_change
     return _tool(TOOL_NAMES["analyse"], "Write the record's result sections: explain the computed numbers "
                  "and verdict, do not change them; propose a lesson and the next experiment.", Analysis,
                  {"lesson": lesson, "next_experiment": nxt})
@@ -312,6 +324,7 @@ def validate_plan(tool_input: Any, ctx: PlanContext, backend: str = "claude", fi
     problems: list[str] = []
     dropped: list[str] = []
     data = _check_keys(tool_input, Plan, problems)
+    code_change, new_settings = _code_change(data.get("code_change"), problems)
     changes: dict[str, Any] = {}
     raw_changes = data.get("changes", {})
     if not isinstance(raw_changes, dict):
@@ -322,6 +335,12 @@ def validate_plan(tool_input: Any, ctx: PlanContext, backend: str = "claude", fi
         reason = _forbidden_reason(key)
         if reason:
             problems.append(reason)
+            continue
+        if key not in ctx.config_schema and key in new_settings:
+            if not _is_type(value, new_settings[key]):
+                problems.append(f"{key}: expected a {new_settings[key]} (code_change.new_settings), got {value!r}")
+            else:
+                changes[key] = value
             continue
         if key not in ctx.config_schema:
             problems.append(f"{key}: unknown config key")
@@ -343,6 +362,9 @@ def validate_plan(tool_input: Any, ctx: PlanContext, backend: str = "claude", fi
         problems.append(f"rationale: expected an object, got {type(raw_rationale).__name__}")
         raw_rationale = {}
     for key, why in raw_rationale.items():
+        if key in new_settings:
+            rationale[str(key)] = _text(why, f"rationale.{key}", problems, limit=MAX_LINE, one_line=True)
+            continue
         if key not in ctx.config_schema or _forbidden_reason(str(key)):
             problems.append(f"rationale.{key}: not a key the plan may change")
             continue
@@ -357,6 +379,7 @@ def validate_plan(tool_input: Any, ctx: PlanContext, backend: str = "claude", fi
         risks=_lines(data.get("risks", []), "risks", problems),
         backend=backend,
         notes=dropped,
+        code_change=code_change,
     )
     # The plan's prose gets the analysis's checks and its one repair: no verdict before
     # training, and a metric's number only from the data the plan was given.
@@ -374,6 +397,31 @@ def _offline_plan(ctx: PlanContext) -> Plan:
     from agent.offline import OfflineAgent
 
     return OfflineAgent().plan(ctx)
+
+
+def _code_change(raw: Any, problems: list[str]) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """The plan's code_change, validated (agent/codeplan.py), and {model.<new setting>: type}."""
+    if raw is None:
+        return None, {}
+    from agent.codeplan import CodeChange
+    from minimind.errors import UsageError
+
+    try:
+        change = CodeChange.from_dict(raw)
+    except UsageError as exc:
+        problems.append(str(exc))
+        return None, {}
+    return change.to_dict(), {f"model.{s['name']}": s["type"] for s in change.new_settings}
+
+
+def _is_type(value: Any, kind: str) -> bool:
+    if kind == "bool":
+        return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, str) and len(value) <= 200
 
 
 def _enforce(result: Any, computed: Any, names: tuple[str, ...], verdict: str | None, data: Any,
@@ -509,11 +557,14 @@ def _next_experiment(raw: Any, ctx: AnalysisContext, facts: Any, found: list[str
     if not isinstance(raw, dict):
         found.append(f"next_experiment: expected an object or null, got {type(raw).__name__}")
         return None
-    allowed = ("goal", "hypothesis", "sets", "expect", "why", "base")
+    allowed = ("goal", "hypothesis", "sets", "expect", "why", "base", "code_change")
     for key in sorted(set(raw) - set(allowed)):
         found.append(f"next_experiment.{key}: unknown key (allowed: {', '.join(allowed)})")
     out: dict[str, Any] = {name: _proposal_text(raw.get(name, ""), f"next_experiment.{name}", facts, ctx.verdict, found)
                            for name in ("goal", "hypothesis", "why")}
+    code_change, _ = _code_change(raw.get("code_change"), found)
+    if code_change:
+        out["code_change"] = code_change  # its new settings are set by the plan that implements it
     sets = raw.get("sets", {})
     if not isinstance(sets, dict):
         found.append(f"next_experiment.sets: expected an object (dotted key -> value), got {type(sets).__name__}")

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from minimind.errors import GateRefused, MinimindError
 from minimind.lab import Lab
-from minimind.rundir import (ANALYSIS_FILE, COMMIT_MSG_FILE, COMMITTED_STATE_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE,
-                             LESSON_FILE, METRICS_FILE, MISSING, NEXT_FILE, PLAN_FILE, PLOTS_DIR, REVIEW_FILE, RUN_SCRIPT,
+from minimind.rundir import (ANALYSIS_FILE, CODE_CHANGE_FILE, COMMIT_MSG_FILE, COMMITTED_STATE_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE,
+                             LESSON_FILE, METRICS_FILE, MISSING, NEXT_FILE, PATCH_FILE, PLAN_FILE, PLOTS_DIR, REVIEW_FILE, RUN_SCRIPT,
                              UNREADABLE, RunState, committed_state, current, read_exit_code, read_json, state_note, update_state)
 
 RUN_FILES = (RUN_SCRIPT, CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, EVAL_FILE, METRICS_FILE, DIFF_FILE, LESSON_FILE, NEXT_FILE,
-             COMMITTED_STATE_FILE)
+             COMMITTED_STATE_FILE, CODE_CHANGE_FILE, PATCH_FILE)
 from lifecycle.history import INDEX_FILE  # noqa: E402
 from lifecycle.lessons import LESSONS_FILE  # noqa: E402
 

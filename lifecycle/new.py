@@ -50,6 +50,10 @@ class NewRequest:
     yes: bool = False                    # accept a compute increase beyond preflight.compute_factor
     from_proposal: Optional[str] = None  # start from runs/V/next.json of this experiment
     stage: str = "pretrain"              # pretrain | sft (sft starts from --base's best checkpoint)
+    patch: Optional[str] = None          # a human's patch to models/model.py, through the code gate (codechange.py)
+    approve_code: Optional[str] = None   # a prefix of the candidate's sha256: approves exactly that code
+    confirm_code: Any = None             # (lines) -> bool: asks the human at a terminal; None never approves
+    code_change: Optional[dict] = None   # a proposal's code change (next.json), for the plan to declare
 
 
 @dataclass
@@ -165,10 +169,15 @@ def _from_proposal(lab: Lab, req: NewRequest) -> NewRequest:
     p = proposal.load(lab, req.from_proposal)
     return dataclasses.replace(req, goal=req.goal or p["goal"], hypothesis=req.hypothesis or p["hypothesis"],
                                expect=req.expect or p.get("expect"), base=req.base or p.get("base"),
-                               sets=[*p.get("sets", []), *req.sets])  # later --set wins: the human's come last
+                               sets=[*p.get("sets", []), *req.sets],  # later --set wins: the human's come last
+                               code_change=p.get("code_change"))
 
 
-def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
+def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult:
+    if req.patch and _code is None:  # a code change: gated and approved first (lifecycle/codechange.py)
+        from lifecycle.codechange import run_with_code_change
+
+        return run_with_code_change(lab, req, create_experiment)
     parse(req.version)
     if req.force and not (req.reason or "").strip():
         raise UsageError("--force needs --reason: say why launching over a failed check is right here "
@@ -210,7 +219,7 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     # Before the agent is asked anything: can the human's config run at all, and does the code pass the lessons?
     human_config = apply_sets(start, sets, model_fields)
     human_config["model"] = validate_model(model_cls, human_config["model"])
-    preflight = _preflight(lab, settings, req, human_config, model_cls, lang)
+    preflight = _preflight(lab, settings, req, human_config, model_cls, lang, _code)
 
     lock = lab.runs_dir / f".{req.version}.lock"
     lab.runs_dir.mkdir(parents=True, exist_ok=True)
@@ -220,6 +229,7 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     signals = raising_signals()
     created: list[Path] = []
     undo = Undo()
+    restore_living = None  # puts back models/model.py when an approved code change was installed and new fails
     staging = lab.runs_dir / f".staging-{req.version}-{os.getpid()}"
     ours = False  # the lock is this call's (never remove another `new`'s)
     try:
@@ -239,8 +249,15 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
             created.append(seeded)
         cfg, plan_record = _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging,
                                  preflight["checks"])
+        if plan_record.get("code_change") and _code is None:  # the agent's code change: implemented, gated, approved
+            from lifecycle.codechange import implement_step
+
+            _code, cfg, restore_living = implement_step(lab, req, cfg, plan_record, staging / AGENT_DIR, settings.agent)
+            plan_record["config_hash"] = config_hash(cfg)
+            plan_record["_diff"], plan_record["diff_against"] = model_diff(lab, base)
+            plan_record["model_changed"] = True
         if cfg.model != human_config["model"]:  # the agent changed the model: its config is what runs
-            preflight = _preflight(lab, settings, req, cfg.to_dict(), model_cls, lang)
+            preflight = _preflight(lab, settings, req, cfg.to_dict(), model_cls, lang, _code)
         if cfg.stage == "sft":  # the base's weights must load strictly into what this experiment builds
             from training.sft import check_init_fits
 
@@ -250,6 +267,10 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
 
         notes = upgrade_legacy_template(lab)
         notes += _stage_files(lab, cfg, plan_record, staging)
+        if _code is not None:
+            from lifecycle.codechange import write_files
+
+            write_files(staging, *_code)
         if req.launch:
             _require_data(lab, cfg, model_cls.from_dict(cfg.model).has_memory)
             from lifecycle.launch import check_launch
@@ -277,6 +298,8 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
             signals.restore()
     except BaseException:
         with signals_held():  # a second kill waits until the undo is done
+            if restore_living is not None:
+                restore_living()
             _keep_call_log(lab, req.version, staging)
             shutil.rmtree(staging, ignore_errors=True)
             for path in reversed(created):
@@ -304,9 +327,11 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
     if not req.launch:
         messages.append(f"State: drafted. Launch with: minimind resume {req.version}")
         return NewResult(req.version, "drafted", messages)
+    from lifecycle.codechange import verify_at_launch
     from lifecycle.launch import launched_message, start_detached
     from lifecycle.record import write_record
 
+    verify_at_launch(lab, req.version)
     info = start_detached(lab, lab.run_dir(req.version))
     write_record(lab, req.version, lang)
     messages.append(launched_message(info, req.version))
@@ -314,7 +339,7 @@ def create_experiment(lab: Lab, req: NewRequest) -> NewResult:
 
 
 def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, model_cls,
-               lang: str = "en") -> dict[str, Any]:
+               lang: str = "en", code: Any = None) -> dict[str, Any]:
     """The compute estimate and the checks of a resolved config; refuses what cannot or may not launch.
     What the record keeps is in the record's language (`lang`); what the CLI prints is English."""
     from lifecycle import check, estimate
@@ -332,7 +357,12 @@ def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, m
     compute_note = estimate.gate(lab, cfg, est, base, settings.preflight.compute_factor, req.yes, req.launch)
     record_note = (estimate.gate(lab, cfg, est, base, settings.preflight.compute_factor, req.yes, req.launch, lang)
                    if compute_note and lang != "en" else compute_note)
-    results = check.run_preflight(lab, "model", cfg["model"])
+    if code is not None:  # a code change: its checks ran in the gate's isolated child, counting its new parameters
+        from lifecycle.codechange import gate_checks
+
+        results = gate_checks(code[0])
+    else:
+        results = check.run_preflight(lab, "model", cfg["model"])
     refused = check.refusal(results)
     if refused and not req.force:
         raise GateRefused(refused)
@@ -385,16 +415,22 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
                       sets=sets, base_config=start, base_record_summary=base_record,
                       base_eval=upgrade_eval(read_json(lab.run_dir(base) / EVAL_FILE)) if base else None,
                       model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=lessons_text(guardrails, lessons.lines(lab, lang)),
-                      lang=lang, checks=list(checks), notebook=history.trace(lab))
+                      lang=lang, checks=list(checks), notebook=history.trace(lab), code_change=req.code_change)
     from agent.calllog import failed_attempt_logs
 
     plan, note = backends.call(requested, settings.agent, staging / AGENT_DIR, "plan", ctx,
                                failed_attempt_logs(lab.runs_dir, req.version))
+    if req.code_change and not plan.code_change:  # the proposal's code change stands when the plan leaves it out
+        plan.code_change = req.code_change
 
     human = [(".".join(resolve_key(k, model_fields)), v) for k, v in sets]
     dropped = list(plan.notes)
     agent_changes = []
+    code_sets = {k: v for k, v in plan.changes.items() if plan.code_change and k.removeprefix("model.") not in model_fields
+                 and k.startswith("model.")}  # new settings of the code change: the candidate's schema checks them
     for key, value in plan.changes.items():
+        if key in code_sets:
+            continue
         full = ".".join(resolve_key(key, model_fields))
         if full.split(".")[0] not in AGENT_SECTIONS:
             raise MinimindError(f"agent proposed '{key}', which it may not change")
@@ -432,6 +468,10 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
         "config_hash": config_hash(cfg), "diff_against": against, "model_changed": bool(diff_text.strip()),
         "git_commit": head["commit"], "git_dirty": head["dirty"], "created_at": time.time(),
     }
+    if plan.code_change:
+        plan_record.update(code_change=plan.code_change, code_sets=code_sets)
+        changes += [{"key": k, "base": None, "new": v, "why": plan.rationale.get(k, "a new setting of the code change")}
+                    for k, v in sorted(code_sets.items())]
     return cfg, {**plan_record, "_diff": diff_text, "_head": head}
 
 

@@ -279,6 +279,8 @@ def build(lab, version: str, cfg: dict, verdict: str, dangers: list[str], change
                         "lines": estimate.summary_lines(est, lang)}}
     if fallback:
         out["fallback_reason"] = fallback
+    if suggested and suggested.get("code_change"):
+        out["code_change"] = suggested["code_change"]  # `new --from-proposal` has the agent implement it
     return out
 
 

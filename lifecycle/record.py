@@ -20,7 +20,7 @@ from minimind.config import flatten, load_config
 from minimind.lab import Lab
 from minimind.guardrails import LIGHTS, upgrade_eval
 from minimind.schema import to_dict
-from minimind.rundir import (ANALYSIS_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, LESSON_FILE, METRICS_FILE, NEXT_FILE,
+from minimind.rundir import (ANALYSIS_FILE, CODE_CHANGE_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, LESSON_FILE, METRICS_FILE, NEXT_FILE,
                              PLAN_FILE,
                              RECORD_LAST_FILE, RECORD_MARK_FILE, RENDERED_RECORD_FILE, current, read_json,
                              read_metrics)
@@ -196,6 +196,7 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
         "preflight": _preflight_view(plan.get("preflight") or {}, lang_of(plan)),
         "estimate_lines": (plan.get("estimate") or {}).get("lines", []),
         "next": read_json(run_dir / NEXT_FILE),
+        "code_change": _code_change(run_dir),
         "lesson": read_json(run_dir / LESSON_FILE),
         "verdict": (analysis or {}).get("verdict_info", {"verdict": "", "reason": "", "verdict_zh": ""}),
     }}
@@ -337,3 +338,15 @@ def merge_record(edited: str, previous: Optional[str], rendered: str, lang: str)
 
 def lang_of(plan: dict) -> str:
     return plan.get("lang", "en")
+
+
+def _code_change(run_dir: Path) -> Optional[dict[str, Any]]:
+    """A code experiment's change for the record: each hunk with its reasons, the stages, the approval."""
+    data = read_json(run_dir / CODE_CHANGE_FILE)
+    if not data:
+        return None
+    return {"source": data.get("source"), "change": data.get("change"), "approval": data.get("approval") or {},
+            "hunks": [{"text": h.get("hunk", "").rstrip("\n"), "reasons": h.get("reasons", [])} for h in data.get("hunks", [])],
+            "stages": data.get("stages", []), "isolation": data.get("isolation") or {},
+            "rounds": len(data.get("rounds", [])), "new_settings": data.get("new_settings", []),
+            "touched": data.get("touched", [])}

@@ -44,6 +44,9 @@ def resume_run(lab: Lab, version: str, force: bool = False) -> str:
         if is_alive(state.pid, state.proc_start):
             raise MinimindError(f"experiment {version} is {derived} but its pipeline (pid {state.pid}) is still ending; "
                                 "resume it in a moment")
+    from lifecycle.codechange import verify_at_launch
+
+    verify_at_launch(lab, version)  # a code experiment runs only the code the human approved
     has_checkpoint = (run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT).exists()
     step = check_checkpoint(lab, run_dir) if has_checkpoint else None  # before anything is written
     notes = refresh_run_script(lab, run_dir)

@@ -58,6 +58,20 @@ class FakeAnthropic:
     def reply_tool(self, name: str, tool_input: Any, **usage: int) -> None:
         self.script.append({"status": 200, "body": tool_message(name, tool_input, **usage)})
 
+    def reply_tools(self, *calls: tuple[str, Any], text: str | None = None) -> None:
+        """One reply holding several tool_use blocks (name, input), in order, after an optional text block."""
+        body = tool_message("unused", {})
+        body["content"] = ([{"type": "text", "text": text}] if text else []) + [
+            {"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:12]}", "name": name, "input": tool_input}
+            for name, tool_input in calls]
+        self.script.append({"status": 200, "body": body})
+
+    def tool_results(self, index: int = -1) -> list[dict[str, Any]]:
+        """The tool_result blocks the client sent in request `index` (its last user turn)."""
+        messages = self.requests[index]["body"].get("messages", [])
+        last = messages[-1]["content"] if messages else []
+        return [b for b in last if isinstance(b, dict) and b.get("type") == "tool_result"] if isinstance(last, list) else []
+
     def reply_cut(self, name: str, tool_input: Any) -> None:
         """A reply cut off by max_tokens (stop_reason "max_tokens"), its tool input partial."""
         body = tool_message(name, tool_input)
