@@ -27,8 +27,8 @@ GATE = [
     ('        self.memory = MemoryLayer(config) if spec.memory else None\n',
      '        self.memory = MemoryLayer(config) if spec.memory else None\n'
      '        self.memory_gate = nn.Parameter(torch.zeros(())) if spec.memory and config.memory_gate else None\n'),
-    ('            memory, memory_aux = self.memory(h_attn, bank, embedding_weight)\n',
-     '            memory, memory_aux = self.memory(h_attn, bank, embedding_weight)\n'
+    ('            memory, memory_aux = self.memory(h_attn, bank, embedding_weight, real)\n',
+     '            memory, memory_aux = self.memory(h_attn, bank, embedding_weight, real)\n'
      '            if self.memory_gate is not None:\n'
      '                memory = memory * torch.sigmoid(self.memory_gate)\n'),
 ]

@@ -324,7 +324,10 @@ def run_with_code_change(lab: Lab, req: Any, create: Callable[..., Any]) -> Any:
     living = (lab.models_dir / "model.py").read_text(encoding="utf-8")
     text, _ = apply_patch(living, patch_path)
     model_cls, living_fields = model_schema(lab)
-    kept, model_sets = split_sets(_parse_sets(req.sets), living_fields, new_fields_of(lab, text))
+    new_fields = new_fields_of(lab, text)
+    # the candidate's own settings parse like the living ones (their types are checked in the child)
+    fields = {**{name: {} for name in new_fields}, **living_fields}
+    kept, model_sets = split_sets(_parse_sets(req.sets, fields), living_fields, new_fields)
     for key, _ in kept:
         resolve_key(key, living_fields)
     start = apply_sets(base_config(lab, settings, base, model_cls), kept, living_fields)

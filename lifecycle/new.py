@@ -272,7 +272,10 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
 
             write_files(staging, *_code)
         if req.launch:
-            _require_data(lab, cfg, model_cls.from_dict(cfg.model).has_memory)
+            # a code change's new settings are the candidate's, not the living class's: the living
+            # fields are enough to tell whether the model reads a bank
+            known = {k: v for k, v in cfg.model.items() if k in model_cls.fields_schema()}
+            _require_data(lab, cfg, model_cls.from_dict(known).has_memory)
             from lifecycle.launch import check_launch
 
             check_launch(lab, cfg)
@@ -549,7 +552,10 @@ def _refuse_unrunnable(lab: Lab, req: NewRequest, cfg: ExperimentConfig, model_c
         if ("data", name) in typed and rel is not None and not lab.resolve(rel).exists():
             raise UsageError(f"data.{name} {rel} does not exist (set with --set)")
     if req.launch:
-        _require_data(lab, cfg, model_cls.from_dict(cfg.model).has_memory)
+        # a code change's new settings are the candidate's, not the living class's: the living
+        # fields are enough to tell whether the model reads a bank
+        known = {k: v for k, v in cfg.model.items() if k in model_fields}
+        _require_data(lab, cfg, model_cls.from_dict(known).has_memory)
 
 
 # The data files a run reads, by config key; the others (probes, sft_eval, sft_split) are
