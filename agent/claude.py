@@ -136,7 +136,7 @@ class ClaudeAgent:
             if attempt == 2:
                 break
             first_problems = problems
-            messages = messages + [{"role": "assistant", "content": _assistant_content(message)},
+            messages = messages + [{"role": "assistant", "content": assistant_content(message)},
                                    {"role": "user", "content": _repair_content(block, problems, tool["name"])}]
             attempt = 2
         summary = _one_line("; ".join(first_problems), 400)
@@ -503,7 +503,7 @@ def _dump(message: Any) -> Any:
     return str(message)
 
 
-def _assistant_content(message: Any) -> list[dict[str, Any]]:
+def assistant_content(message: Any) -> list[dict[str, Any]]:
     """The assistant turn to send back in the repair round (tool_use and text blocks only)."""
     content: list[dict[str, Any]] = []
     for block in message.content:

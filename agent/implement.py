@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from agent import editor
 from agent.base import AgentError
+from agent.claude import assistant_content
 from minimind.atomic import write_json
 
 MAX_REPAIRS = 3       # repair rounds after the first submission (aider, SWE-agent: 3)
@@ -112,7 +113,7 @@ def implement(agent: Any, ctx: ImplementContext,
         message, latency = agent._create("implement", number, request)
         agent._log("implement", number, request, latency, message=message)
         uses = [b for b in message.content if getattr(b, "type", None) == "tool_use"]
-        messages = messages + [{"role": "assistant", "content": _assistant(message)}]
+        messages = messages + [{"role": "assistant", "content": assistant_content(message)}]
         if not uses:
             nudges += 1
             if nudges > MAX_NUDGES:
@@ -182,12 +183,3 @@ def _save_rounds(agent: Any, rounds: list[dict[str, Any]]) -> None:
         write_json(agent.log_dir / ROUNDS_FILE, {"rounds": rounds})
 
 
-def _assistant(message: Any) -> list[dict[str, Any]]:
-    content: list[dict[str, Any]] = []
-    for block in message.content:
-        kind = getattr(block, "type", None)
-        if kind == "tool_use":
-            content.append({"type": "tool_use", "id": block.id, "name": block.name, "input": block.input})
-        elif kind == "text" and getattr(block, "text", ""):
-            content.append({"type": "text", "text": block.text})
-    return content or [{"type": "text", "text": "(no answer)"}]
