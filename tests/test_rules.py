@@ -129,7 +129,7 @@ def _record_context(lang: str) -> dict:
     from minimind.settings import TrainConfig
 
     return {"r": {
-        "version": "1.4.8", "base": "1.4.7", "state": "finished", "config_hash": "abc", "snapshot": {"module": "model_1_4_8", "sha256": "f" * 64},
+        "version": "1.4.8", "base": "1.4.7", "state": "finished", "config_hash": "abc", "code_change": None, "snapshot": {"module": "model_1_4_8", "sha256": "f" * 64},
         "human": {"goal": "g\nline2", "hypothesis": "h", "expect": None, "base": "1.4.7"},
         "plan": {"thinking": "The base froze a fifth of the bank; a wider model tests whether capacity was the limit.", "changes": [{"key": "model.dim", "base": 32, "new": 64, "why": "w|x"}], "expected": "e",
                  "risks": ["r"], "backend": "offline", "note": ""},
@@ -200,6 +200,26 @@ def test_record_templates_render_every_section(lang):
     assert "| mem_only | 40 (90) | 0.1 [0.00, 0.20] | 0.5 [0.35, 0.65] |" in text
     assert ("above chance" if lang == "en" else "高于随机") in text
     assert quality_problems(text.replace("- n1", ""), "finished", None, lang) == ["the conclusion with next steps is missing"]
+    assert "🧩" not in text  # no code section without a code change
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_record_of_a_code_experiment_shows_its_hunks_stages_and_approval(lang):
+    from lifecycle.render import render
+    from lifecycle.review import quality_problems
+
+    context = _record_context(lang)
+    context["r"]["code_change"] = {
+        "source": "agent", "change": {"summary": "gate the memory read", "changes_default": False},
+        "approval": {"by": "ana", "how": "--approve-code", "at": "2026-12-05T03:00:00Z", "sha256": "ab" * 32},
+        "hunks": [{"text": "-x = 1\n+x = 2", "reasons": ["why one"]}],
+        "stages": [{"stage": "lint", "status": "passed", "detail": "no new a|b"}],
+        "isolation": {"network": "unshare -n"}, "rounds": 2, "new_settings": ["mem_gate"], "touched": ["MemoryLayer.forward"]}
+    text = render(f"record_{lang}.md.j2", context)
+    assert "gate the memory read" in text and "+x = 2" in text and "why one" in text
+    assert "ana" in text and "abababababababab" in text and "mem_gate" in text and "MemoryLayer.forward" in text
+    assert "no new a\\|b" in text  # table cells escaped
+    assert quality_problems(text, "finished", None, lang) == []
 
 
 def test_commit_and_run_script_templates(tmp_path):
