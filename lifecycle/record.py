@@ -348,5 +348,7 @@ def _code_change(run_dir: Path) -> Optional[dict[str, Any]]:
     return {"source": data.get("source"), "change": data.get("change"), "approval": data.get("approval") or {},
             "hunks": [{"text": h.get("hunk", "").rstrip("\n"), "reasons": h.get("reasons", [])} for h in data.get("hunks", [])],
             "stages": data.get("stages", []), "isolation": data.get("isolation") or {},
-            "rounds": len(data.get("rounds", [])), "new_settings": data.get("new_settings", []),
+            "rounds": sum(1 for r in data.get("rounds", []) if r.get("kind") != "rejection"),
+            "rejections": [r for r in data.get("rounds", []) if r.get("kind") == "rejection"],
+            "new_settings": data.get("new_settings", []),
             "touched": data.get("touched", [])}
