@@ -303,7 +303,8 @@ def resume(version: str, force: bool) -> None:
 def discard(version: str) -> None:
     """Remove a drafted experiment that never ran: its run folder, record and snapshot.
 
-    Refused for anything that was launched, trained or committed.
+    Refused for anything that was launched, trained or committed. A code change waiting for
+    approval (runs/.pending/VERSION) is removed the same way.
 
     \b
     Example:

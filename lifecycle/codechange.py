@@ -38,9 +38,7 @@ from lifecycle.codegate import CodeChange, GateReport, validate
 from minimind.atomic import write_json, write_text
 from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.lab import Lab
-from minimind.rundir import CODE_CHANGE_FILE, PATCH_FILE
-
-PENDING_DIR = ".pending"                # runs/.pending/V/: a candidate waiting for approval
+from minimind.rundir import CODE_CHANGE_FILE, PATCH_FILE, PENDING_DIR
 MIN_SHA_PREFIX = 8
 
 

@@ -62,6 +62,8 @@ def _pending(lab):
 def test_a_rejection_is_one_more_agent_round_and_waits_for_approval_again(lab, fake):
     living = (lab.models_dir / "model.py").read_bytes()
     first = _first_candidate(lab, fake)
+    status = invoke(lab, "status").output
+    assert f"0.1.0: drafted, its code change (the agent, sha256 {first['sha256'][:12]})" in status, status
 
     # what cannot reject, refused before anything is asked, the candidate kept as it was (exit 2)
     for extra, says in ((["--agent", "offline"], "the offline backend cannot revise code"),
@@ -92,6 +94,7 @@ def test_a_rejection_is_one_more_agent_round_and_waits_for_approval_again(lab, f
     assert gate_hunk["reasons"] == ["the gate parameter, only when the setting is on",
                                     "the gate starts open, as the note asks"]  # the earlier reason stays with its lines
     assert all(s["status"] == "passed" for s in second["stages"]) and second["isolation"]
+    assert "revised after 1 rejection(s)" in invoke(lab, "status").output
 
     fake.reply_tool("propose_plan", PLAN)  # approved later: the revision is used as kept, nothing rewritten
     done = invoke(lab, "new", "0.1.0", *GOAL, "--agent", "claude", "--no-launch", "--approve-code", second["sha256"][:12])
@@ -116,6 +119,9 @@ def test_a_revision_that_gives_up_keeps_the_candidate_and_the_lab(lab, fake):
     assert not lab.run_dir("0.1.0").exists()
     kept = sorted((lab.runs_dir / ".failed").glob("0.1.0-*/agent/implement_rounds.json"))  # each attempt its own
     assert sorted([r["round"] for r in json.loads(p.read_text())["rounds"]] for p in kept) == [[1], [3, 4]]
+    dropped = invoke(lab, "discard", "0.1.0")  # the human can also drop the waiting candidate
+    assert dropped.exit_code == 0 and "removed runs/.pending/0.1.0" in dropped.output, dropped.output
+    assert not (lab.runs_dir / ".pending" / "0.1.0").exists() and (lab.models_dir / "model.py").read_bytes() == living
 
 
 def test_an_implement_step_that_gives_up_is_one_line_and_keeps_its_rounds(lab, fake):
