@@ -151,10 +151,13 @@ def data_prepare(pretrain: Path | None, sft: Path | None, chat_template: Path | 
               help="A code change to models/model.py (a unified diff), validated by the code gate and shown for approval.")
 @click.option("--approve-code", "approve_code", default=None, metavar="SHA",
               help="Approve the code change whose sha256 starts with SHA (at least 8 hex digits); --yes never does.")
+@click.option("--reject-code", "reject_code", default=None, metavar="NOTE",
+              help="Reject the agent's code change waiting for approval: NOTE goes back to the agent as one more "
+                   "round, and the revision waits for approval again (claude backend).")
 def new(version: str, goal: str | None, hypothesis: str | None, base: str | None, expect: str | None,
         sets: tuple[str, ...], agent_name: str | None, lang: str | None, no_launch: bool, force: bool,
         reason: str | None, yes: bool, stage: str, from_proposal: str | None, patch: str | None,
-        approve_code: str | None) -> None:
+        approve_code: str | None, reject_code: str | None) -> None:
     """Plan, check, estimate, render, snapshot and launch experiment VERSION (X.Y.Z).
 
     Before anything is written the model is built at a tiny size and the lab's lessons run
@@ -168,6 +171,8 @@ def new(version: str, goal: str | None, hypothesis: str | None, base: str | None
           --hypothesis "SFT raises chat QA" --expect "chat_qa.taught.accuracy > base"
       minimind new 1.4.9 --goal "gate the memory read" --hypothesis "a learnable gate helps" \\
           --patch gate.diff --set memory_gate=true --approve-code 3f2a9c01
+      minimind new 1.4.9 --goal "gate the memory read" --hypothesis "a learnable gate helps" \\
+          --agent claude --reject-code "gate each memory layer separately"
     """
     from minimind.versions import parse
 
@@ -179,7 +184,8 @@ def new(version: str, goal: str | None, hypothesis: str | None, base: str | None
     request = NewRequest(version=version, goal=goal, hypothesis=hypothesis, base=base, expect=expect,
                          sets=list(sets), agent=agent_name, lang=lang, launch=not no_launch,
                          force=force, reason=reason, yes=yes, stage=stage, from_proposal=from_proposal,
-                         patch=patch, approve_code=approve_code, confirm_code=_confirm_code if _interactive() else None)
+                         patch=patch, approve_code=approve_code, reject_code=reject_code,
+                         confirm_code=_confirm_code if _interactive() else None)
     result = create_experiment(_lab(), request)
     for line in result.messages:
         click.echo(line)
@@ -297,7 +303,8 @@ def resume(version: str, force: bool) -> None:
 def discard(version: str) -> None:
     """Remove a drafted experiment that never ran: its run folder, record and snapshot.
 
-    Refused for anything that was launched, trained or committed.
+    Refused for anything that was launched, trained or committed. A code change waiting for
+    approval (runs/.pending/VERSION) is removed the same way.
 
     \b
     Example:

@@ -95,6 +95,9 @@ class AnalysisContext:
     # What the analyst sees of the experiment beyond the numbers (lifecycle/analyse.py).
     plan: dict[str, Any] = field(default_factory=dict)          # the plan's thinking, expected, risks, changes
     model_diff: str = ""                                        # models/model.py hunks, bounded
+    # A code experiment's change (runs/V/code_change.json, lifecycle/record.py code_change_brief):
+    # its summary, each hunk's line and reasons, the human's rejection notes, the approval.
+    code_change: Optional[dict[str, Any]] = None
     curves: dict[str, list] = field(default_factory=dict)       # name -> [[step, value], ...], downsampled
     guardrail_history: list[dict] = field(default_factory=list)  # [{step, name, value, level}] level changes
     samples: list[dict] = field(default_factory=list)           # prompt, reference, generated, repetition
@@ -168,6 +171,7 @@ class CommitContext:
     plan: dict[str, Any] = field(default_factory=dict)   # thinking, expected, risks, changes with their why
     facts: dict[str, Any] = field(default_factory=dict)  # the numbers prose may quote (comparison, eval)
     changed_symbols: list[str] = field(default_factory=list)  # functions/classes the model diff touches
+    code_change: Optional[dict[str, Any]] = None  # a code experiment's change with each hunk's reasons (as above)
 
 
 COMMIT_PROSE = ("title", "improvements", "core_changes", "next_steps")

@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from agent import calllog, tools
 from agent.base import (AgentError, Analysis, AnalysisContext, CommitContext, CommitDraft, Plan,
@@ -282,6 +282,7 @@ def analysis_prompt(ctx: AnalysisContext) -> str:
         "## The plan (thinking, expectation, risks, changes)\n" + _block("plan", _json(_round(_trim(ctx.plan)))),
         "## Config changes against the base\n" + changes,
         "## models/model.py diff\n" + _block("model_diff", ctx.model_diff or "(no change)"),
+        *_code_change_part(ctx.code_change),
         "## Training metrics summary\n" + _block("metrics", _json(_round(_trim(ctx.metrics_summary)))),
         "## Curves ([step, value], downsampled)\n" + _block("curves", _json(_round(ctx.curves)) if ctx.curves else "(none)"),
         "## Guardrail history (level changes)\n" + _block("guardrail_history", _json(_round(ctx.guardrail_history)) if ctx.guardrail_history else "(no change)"),
@@ -308,6 +309,14 @@ def analysis_prompt(ctx: AnalysisContext) -> str:
     return "\n\n".join(parts)
 
 
+def _code_change_part(code_change: Optional[dict]) -> list[str]:
+    """A code experiment's change: the reason of each hunk of the diff above, approved by the human."""
+    if not code_change:
+        return []
+    return ["## The code change (the reason given for each hunk of the diff; approved by the human)\n"
+            + _block("code_change", _json(code_change))]
+
+
 def _cause_line(cause: dict) -> str:
     """A cause (minimind/causes.py) as the prompt states it."""
     names = ", ".join(str(n) for n in cause.get("names") or [])
@@ -330,6 +339,7 @@ def commit_prompt(ctx: CommitContext) -> str:
         "## Config changes\n" + changes,
         "## The plan (thinking and why each key changed)\n" + _block("plan", _json(_round(_trim(ctx.plan)))),
         "## models/model.py diff\n" + _block("model_diff", ctx.model_diff or "(no change)"),
+        *_code_change_part(ctx.code_change),
         "## Result lines (computed; the commit's ## Results section is exactly these)\n"
         + _block("results", "\n".join(ctx.result_lines) or "(none)"),
         "## Next steps from the analysis\n" + _block("next_steps", "\n".join(f"- {s}" for s in ctx.next_steps) or "(none)"),

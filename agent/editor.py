@@ -31,6 +31,7 @@ class Edit:
     end: int            # its last line (start - 1 for a pure deletion)
     old: str
     new: str
+    reason: str = ""    # set for a carried range: the reason an earlier round gave for these lines
 
 
 @dataclass
@@ -39,6 +40,9 @@ class ScratchEditor:
     max_calls: int = MAX_CALLS
     calls: int = 0
     edits: list[Edit] = field(default_factory=list)
+    # The line ranges of an earlier candidate's hunks with their reasons (a revision after the
+    # human rejected it): they move with this step's edits, so the final diff's old hunks keep them.
+    carried: list[Edit] = field(default_factory=list)
 
     # --- the tool -------------------------------------------------------------------------
     def handle(self, tool_input: Any) -> tuple[str, bool]:
@@ -116,7 +120,7 @@ class ScratchEditor:
         self.text = self.text[:index] + new + self.text[index + len(old):]
         delta = new_lines - old_lines
         end = max(start, start + new_lines - (1 if new.endswith("\n") else 0)) if new else start - 1
-        for edit in self.edits:  # earlier edits below this one move with it
+        for edit in self.edits + self.carried:  # earlier edits below this one move with it
             if edit.start > start + old_lines:
                 edit.start, edit.end = edit.start + delta, edit.end + delta
             elif edit.end >= start:  # overlapped: its range grows to cover the later edit

@@ -105,6 +105,8 @@ _T: dict[str, dict[str, str]] = {
         "c_model": "{n} changed line(s) in {where}: {why}", "c_model_same": "unchanged against the base (model code as run)",
         "c_toplevel": "module level", "c_eval": "evaluation: {items}", "c_plan": "the plan: thinking, changes and their reasons",
         "c_diff": "the models/model.py diff against the base", "c_plot": "training loss plot",
+        "c_patch": "the code change to models/model.py, as git apply takes it",
+        "c_code_change": "the code change ({summary}): its rounds, each edit's reason, the gate's stages, the approval",
         "c_other": "written by this run",
         "why_plan": "{why}",
     },
@@ -186,6 +188,8 @@ _T: dict[str, dict[str, str]] = {
         "c_model": "{where} 中 {n} 行改动:{why}", "c_model_same": "相对基线未改(运行时的模型代码)",
         "c_toplevel": "模块顶层", "c_eval": "评估:{items}", "c_plan": "计划:思考、改动及其理由",
         "c_diff": "models/model.py 相对基线的改动", "c_plot": "训练损失曲线图",
+        "c_patch": "对 models/model.py 的代码变更(git apply 可用的补丁)",
+        "c_code_change": "代码变更({summary}):各轮次、每处修改的理由、验证阶段与批准记录",
         "c_other": "本次运行写出",
         "why_plan": "{why}",
     },
@@ -580,6 +584,9 @@ class OfflineAgent:
                 core[path] = [_t(lang, "c_snapshot")]
             elif path == "models/model.py":
                 lines = _diff_lines(ctx.model_diff)
+                if ctx.code_change:  # a code experiment: the reasons given for its hunks say why
+                    why_model = _first_line("; ".join(dict.fromkeys(
+                        r for h in ctx.code_change.get("hunks", []) for r in h.get("reasons", []))) or why_model, 240)
                 where = _join(lang, symbols) if symbols else _t(lang, "c_toplevel")
                 core[path] = ([_t(lang, "c_model", n=lines, where=where, why=why_model)] if ctx.model_changed and lines
                               else [_t(lang, "c_model_same")])
@@ -589,6 +596,11 @@ class OfflineAgent:
                 core[path] = [_t(lang, "c_plan")]
             elif name == "model.diff":
                 core[path] = [_t(lang, "c_diff")]
+            elif name == "model.patch":
+                core[path] = [_t(lang, "c_patch")]
+            elif name == "code_change.json":
+                core[path] = [_t(lang, "c_code_change", summary=_first_line(str((ctx.code_change or {}).get("summary")
+                                                                            or ""), 120))]
             elif name.endswith(".png"):
                 core[path] = [_t(lang, "c_plot")]
         return CommitDraft(title=title, improvements=improvements, core_changes=core, results=list(ctx.result_lines),

@@ -170,13 +170,16 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     samples = [{k: s.get(k) for k in ("prompt", "reference", "generated", "repetition")}
                for s in (ev.get("samples") or [])[:SAMPLES]]
     plan_view = {k: plan.get(k) for k in ("thinking", "expected", "risks", "changes")}
+    from lifecycle.record import code_change_brief
+
+    code_change = code_change_brief(run_dir)  # a code experiment: each hunk's reason, beside the diff
     found = run_causes(plan, cfg.to_dict(), ev, base_ev, changes, diff_text)
     ctx = AnalysisContext(version=version, base=cfg.base, goal=plan.get("goal", ""), hypothesis=plan.get("hypothesis", ""),
                           expect=plan.get("expect"), state=state.train_outcome or state.state,
                           stop_reason=state.stop_reason, config_changes=changes, metrics_summary=summary,
                           eval=_eval_view(ev), base_eval=_eval_view(base_ev) if base_ev else None, comparison=rows,
                           verdict=verdict, verdict_reason=reason, guardrails=rules_of(cfg.guardrails), lang=lang,
-                          plan=plan_view, model_diff=bounded_diff, curves=curves(metric_rows),
+                          plan=plan_view, model_diff=bounded_diff, code_change=code_change, curves=curves(metric_rows),
                           guardrail_history=guardrail_history(metric_rows), samples=samples,
                           intervals={"confidence": confidence, "held_out_control": control,
                                      "retrieval": ev.get("retrieval"), "bank_reading": reading},
@@ -212,7 +215,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                                verdict_reason=reason, files=files, config_changes=changes, result_lines=lines,
                                next_steps=list(analysis.next_steps), model_changed=bool(diff_text.strip()), lang=lang,
                                model_diff=bounded_diff, plan=plan_view,
-                               changed_symbols=_diff_symbols(lab, cfg.base, version, diff_text),
+                               changed_symbols=_diff_symbols(lab, cfg.base, version, diff_text), code_change=code_change,
                                facts={"comparison": rows, "eval": ctx.eval, "base_eval": ctx.base_eval,
                                       "metrics": summary, "held_out_control": control,
                                       "bank_reading": reading, "causes": found})

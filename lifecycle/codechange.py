@@ -13,6 +13,11 @@ implement step (lifecycle/implement.py). Either way:
 4. `runs/V/code_change.json` keeps every round, edit, reason, stage result, the isolation
    and the approval; `runs/V/model.patch` is the change as `git apply` takes it;
 5. `minimind undo-code V` reverse-applies that patch to the living file, or refuses.
+
+A candidate the agent wrote can also be rejected with a note (`new V ... --reject-code NOTE`):
+the note is one more agent round over the kept candidate (the implement step's own bounds),
+the revision passes the gate again and waits for approval again; the rejection is a round of
+its own in the candidate's `rounds`. Until approval the living file is never written.
 """
 
 from __future__ import annotations
@@ -33,9 +38,7 @@ from lifecycle.codegate import CodeChange, GateReport, validate
 from minimind.atomic import write_json, write_text
 from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.lab import Lab
-from minimind.rundir import CODE_CHANGE_FILE, PATCH_FILE
-
-PENDING_DIR = ".pending"                # runs/.pending/V/: a candidate waiting for approval
+from minimind.rundir import CODE_CHANGE_FILE, PATCH_FILE, PENDING_DIR
 MIN_SHA_PREFIX = 8
 
 
@@ -48,7 +51,7 @@ class Candidate:
     report: GateReport
     source: str                                  # "patch" or "agent"
     change: Optional[CodeChange] = None
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+    rounds: list[dict[str, Any]] = field(default_factory=list)   # agent submissions and human rejections, in order
     reasons: list[tuple[int, int, str]] = field(default_factory=list)
 
     @property
@@ -171,6 +174,10 @@ def approval_lines(candidate: Candidate) -> list[str]:
         out.append(f"  changes the default behaviour: {'yes (declared)' if candidate.change.changes_default else 'no'}")
     else:
         out.append("  new settings: " + (", ".join(report.new_settings) or "none"))
+    for row in candidate.rounds:
+        if row.get("kind") == "rejection":
+            out.append(f"  round {row['round']}: you rejected candidate {str(row.get('rejected_sha256'))[:12]} "
+                       f"with the note: {row['note']}")
     out.append("  stages:")
     for stage in report.stages:
         mark = {"passed": "✓", "failed": "✗"}.get(stage["status"], "–")
@@ -203,7 +210,9 @@ def approve(candidate: Candidate, approve_code: Optional[str], confirm: Optional
     else:
         where = keep_pending(lab, version, candidate)
         raise GateRefused("the code change needs your approval before anything launches (--yes never approves code): "
-                          f"review it and run the command again with --approve-code {sha[:12]}; the candidate is kept in "
+                          f"review it and run the command again with --approve-code {sha[:12]}"
+                          + (" (or with --reject-code NOTE: one more agent round with your note)"
+                             if candidate.source == "agent" else "") + "; the candidate is kept in "
                           f"{where.relative_to(lab.root)}\n" + "\n".join(lines))
     return {"sha256": sha, "by": _who(), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "how": how}
 
@@ -223,7 +232,7 @@ def keep_pending(lab: Lab, version: str, candidate: Candidate) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     write_text(where / "model.py", candidate.text)
     write_text(where / PATCH_FILE, candidate.report.diff)
-    write_json(where / CODE_CHANGE_FILE, record_of(candidate, None))
+    write_json(where / CODE_CHANGE_FILE, record_of(candidate, None))  # last: read_pending checks it against model.py
     return where
 
 
@@ -364,6 +373,7 @@ def implement_step(lab: Lab, req: Any, cfg: Any, plan_record: dict[str, Any], lo
     Returns ((candidate, approval), the config with the candidate's model settings, restore).
     With --approve-code matching the candidate kept from an earlier attempt of this version,
     that candidate is used and the agent is not asked to write the code again."""
+    from agent.base import AgentError
     from agent.calllog import failed_attempt_logs
     from agent.implement import ImplementContext, implement
     from lifecycle import lessons
@@ -374,7 +384,7 @@ def implement_step(lab: Lab, req: Any, cfg: Any, plan_record: dict[str, Any], lo
     model_sets = {k.removeprefix("model."): v for k, v in plan_record.get("code_sets", {}).items()}
     checks_text = committed_checks(lab)
 
-    def gate(text: str, reasons: list[tuple[int, int, str]]):
+    def gate(text: str, reasons: list[tuple[int, int, str]]):  # change and model_sets: a revision's are the kept ones
         report = validate(living, text, change=change, reasons=reasons, base_model=cfg.model, model_sets=model_sets,
                           lab_checks=checks_text)
         return report.ok, report.refusal(), report
@@ -387,31 +397,102 @@ def implement_step(lab: Lab, req: Any, cfg: Any, plan_record: dict[str, Any], lo
         from agent.claude import ClaudeAgent
 
         agent = ClaudeAgent(agent_settings, log_dir, prior_logs=failed_attempt_logs(lab.runs_dir, req.version))
-        print("[agent] implementing the plan's code change (text editor tool over a scratch copy)", flush=True)
         ctx = ImplementContext(version=req.version, goal=req.goal, hypothesis=req.hypothesis,
                                code_change=change.to_dict(), base_text=living,
                                lessons="\n".join(lessons.lines(lab) or []))
-        result = implement(agent, ctx, gate)
-        candidate = Candidate(living, result.text, result.report, "agent", change, result.rounds, result.reasons)
+        earlier: list[dict[str, Any]] = []
+        if req.reject_code is not None:  # one more round over the kept candidate, with the human's note
+            ctx, earlier, change, model_sets = _revision(lab, req, living, ctx, model_sets)
+            print(f"[agent] revising the rejected code change with your note (round {ctx.revision.first_round})",
+                  flush=True)
+        else:
+            print("[agent] implementing the plan's code change (text editor tool over a scratch copy)", flush=True)
+        try:
+            result = implement(agent, ctx, gate)
+        except AgentError as exc:  # the rounds are in the call log's folder, kept in runs/.failed/ by `new`
+            kept = (f"; the candidate kept in runs/{PENDING_DIR}/{req.version} is unchanged and still waits for "
+                    "approval" if req.reject_code is not None else "")
+            raise MinimindError(f"{exc}; models/model.py is unchanged and the rounds are kept in runs/.failed/{kept}") \
+                from None
+        candidate = Candidate(living, result.text, result.report, "agent", change, earlier + result.rounds,
+                              result.reasons)
     approval = approve(candidate, req.approve_code, req.confirm_code, lab, req.version)
     restore = install(lab, candidate)
     cfg = from_dict({**cfg.to_dict(), "model": candidate.report.plan_config}, where="resolved config")
     return (candidate, approval), cfg, restore
 
 
-def _pending_match(lab: Lab, req: Any, living: str, change: CodeChange) -> Optional[Candidate]:
-    """The candidate kept in runs/.pending/V when --approve-code names it and it still applies."""
+def read_pending(lab: Lab, version: str) -> Optional[tuple[dict[str, Any], str]]:
+    """(the record, the candidate's text) of the agent's candidate of `version` waiting for approval, or None."""
     from minimind.rundir import read_json
 
-    where = lab.runs_dir / PENDING_DIR / req.version
+    where = lab.runs_dir / PENDING_DIR / version
     data = read_json(where / CODE_CHANGE_FILE)
-    if not data or data.get("source") != "agent" or not str(data.get("sha256", "")).startswith(req.approve_code.lower()):
+    if not data or data.get("source") != "agent" or not (where / "model.py").is_file():
         return None
+    text = (where / "model.py").read_text(encoding="utf-8")
+    if _sha(text) != data.get("sha256"):  # a write cut short between the two files: the record is not of this code
+        return None
+    return data, text
+
+
+def check_rejection(lab: Lab, req: Any, requested: str) -> None:
+    """`--reject-code NOTE` before anything runs: a note, the agent's candidate waiting, claude to revise it."""
+    from agent.backends import resolve_name
+
+    where = f"runs/{PENDING_DIR}/{req.version}"
+    if req.patch:
+        raise UsageError("--reject-code sends a note to the agent that wrote the candidate; a --patch is yours: "
+                         "change the patch and run new again")
+    if req.approve_code:
+        raise UsageError("--reject-code and --approve-code cannot be combined: reject the candidate or approve it")
+    if not (req.reject_code or "").strip():
+        raise UsageError("--reject-code needs a note: what the agent should change in the candidate")
+    if read_pending(lab, req.version) is None:
+        raise UsageError(f"no code change written by the agent waits for approval for {req.version} ({where}): "
+                         "nothing to reject")
+    if resolve_name(requested) != "claude":
+        raise UsageError(f"the {resolve_name(requested)} backend cannot revise code: --reject-code needs the claude "
+                         f"backend (ANTHROPIC_API_KEY, --agent claude); the candidate in {where} is kept as it was")
+
+
+def _revision(lab: Lab, req: Any, living: str, ctx: Any, model_sets: dict[str, Any]):
+    """The implement context for one more round over the kept candidate, with the human's note;
+    (context, the earlier rounds with this rejection, the candidate's declared change, its settings)."""
+    from agent.implement import Revision
+
+    data, text = read_pending(lab, req.version) or ({}, "")
+    if not data or data.get("base_sha256") != _sha(living):
+        raise GateRefused(f"the candidate kept in runs/{PENDING_DIR}/{req.version} was written against another "
+                          "models/model.py; run new again without --reject-code to have it rewritten")
+    diff = codestatic.unified_diff(living, text)
+    kept_reasons = [(first, last, " / ".join(h.get("reasons") or []))
+                    for (first, last), h in zip(codestatic.changed_ranges(diff), data.get("hunks", []))]
+    rounds = list(data.get("rounds", []))
+    number = max([r.get("round", 0) for r in rounds] + [0]) + 1
+    note = " ".join(req.reject_code.split())
+    rounds.append({"round": number, "kind": "rejection", "note": note, "by": _who(),
+                   "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "rejected_sha256": data.get("sha256")})
+    change = CodeChange.from_dict(data["change"]) if data.get("change") else CodeChange.from_dict(ctx.code_change)
+    if not model_sets:  # the plan asked again left the new settings out: the candidate's own stand
+        plan_config = data.get("plan_config") or {}
+        model_sets = {k: plan_config[k] for k in data.get("new_settings", []) if k in plan_config}
+    ctx.code_change = change.to_dict()
+    ctx.revision = Revision(text=text, note=note, diff=diff, reasons=kept_reasons, first_round=number + 1)
+    return ctx, rounds, change, model_sets
+
+
+def _pending_match(lab: Lab, req: Any, living: str, change: CodeChange) -> Optional[Candidate]:
+    """The candidate kept in runs/.pending/V when --approve-code names it and it still applies."""
+    kept = read_pending(lab, req.version)
+    if kept is None or not str(kept[0].get("sha256", "")).startswith(req.approve_code.lower()):
+        return None
+    data, text = kept
     if data.get("base_sha256") != _sha(living):
         raise GateRefused(f"the candidate kept in runs/{PENDING_DIR}/{req.version} was written against another "
                           "models/model.py; run new again without --approve-code to have it rewritten")
-    report = GateReport(data["stages"], codestatic.unified_diff(living, (where / "model.py").read_text(encoding="utf-8")),
-                        data["hunks"], data["sha256"], data.get("isolation"), data.get("plan_config"),
-                        new_settings=data.get("new_settings", []), touched=data.get("touched", []))
-    return Candidate(living, (where / "model.py").read_text(encoding="utf-8"), report, "agent",
-                     CodeChange.from_dict(data["change"]) if data.get("change") else change, data.get("rounds", []))
+    report = GateReport(data["stages"], codestatic.unified_diff(living, text), data["hunks"], data["sha256"],
+                        data.get("isolation"), data.get("plan_config"), new_settings=data.get("new_settings", []),
+                        touched=data.get("touched", []))
+    return Candidate(living, text, report, "agent", CodeChange.from_dict(data["change"]) if data.get("change") else change,
+                     data.get("rounds", []))

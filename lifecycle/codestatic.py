@@ -151,6 +151,11 @@ def _changed_new_lines(hunk: Hunk) -> tuple[int, int]:
     return (first or hunk.new_start), (last if last is not None and last >= (first or 0) else (first or hunk.new_start) - 1)
 
 
+def changed_ranges(diff: str) -> list[tuple[int, int]]:
+    """[first, last] candidate lines each hunk of the diff changes, in order."""
+    return [_changed_new_lines(h) for h in hunks(diff)]
+
+
 def hunk_reasons(diff: str, reasons: list[tuple[int, int, str]]) -> list[dict[str, Any]]:
     """Each hunk with the reasons whose candidate line range [start, end] meets what it changes."""
     out = []

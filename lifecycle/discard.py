@@ -36,6 +36,11 @@ def ran(run_dir: Path, state: RunState) -> list[str]:
 def discard_experiment(lab: Lab, version: str) -> str:
     from minimind.undo import signals_held
 
+    from minimind.rundir import PENDING_DIR
+
+    pending = lab.runs_dir / PENDING_DIR / version
+    if not lab.run_dir(version).exists() and pending.is_dir():
+        return _discard_pending(lab, version, pending)
     run_dir = lab.require_run(version)
     derived, state = current(run_dir)
     if derived != "drafted":
@@ -73,3 +78,20 @@ def discard_experiment(lab: Lab, version: str) -> str:
             lock.unlink(missing_ok=True)
         shutil.rmtree(trash, ignore_errors=True)
     return f"Discarded drafted experiment {version}: removed {', '.join(removed)}"
+
+
+def _discard_pending(lab: Lab, version: str, pending: Path) -> str:
+    """A code change waiting for approval (runs/.pending/V) is the only thing of V: remove it,
+    so that the next `new V` starts over. The living models/model.py never held it."""
+    lock = lab.runs_dir / f".{version}.lock"
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        raise MinimindError(f"a 'minimind new {version}' is in progress") from None
+    try:
+        trash = lab.runs_dir / f".discard-{version}-{os.getpid()}"
+        os.rename(pending, trash)  # one step: the candidate is either waiting or gone
+        shutil.rmtree(trash, ignore_errors=True)
+    finally:
+        lock.unlink(missing_ok=True)
+    return f"Discarded the code change of {version} that waited for approval: removed {pending.relative_to(lab.root)}"

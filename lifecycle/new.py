@@ -52,6 +52,7 @@ class NewRequest:
     stage: str = "pretrain"              # pretrain | sft (sft starts from --base's best checkpoint)
     patch: Optional[str] = None          # a human's patch to models/model.py, through the code gate (codechange.py)
     approve_code: Optional[str] = None   # a prefix of the candidate's sha256: approves exactly that code
+    reject_code: Optional[str] = None    # the human's note on the agent's waiting candidate: one more agent round
     confirm_code: Any = None             # (lines) -> bool: asks the human at a terminal; None never approves
     code_change: Optional[dict] = None   # a proposal's code change (next.json), for the plan to declare
 
@@ -174,6 +175,11 @@ def _from_proposal(lab: Lab, req: NewRequest) -> NewRequest:
 
 
 def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult:
+    if req.reject_code is not None:  # refused before the plan: nothing is asked that cannot be used
+        from lifecycle.codechange import check_rejection
+
+        parse(req.version)
+        check_rejection(lab, req, req.agent or lab.settings().agent.backend)
     if req.patch and _code is None:  # a code change: gated and approved first (lifecycle/codechange.py)
         from lifecycle.codechange import run_with_code_change
 
@@ -186,6 +192,12 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
     _check_existing(lab, req.version)
     if req.from_proposal:
         req = _from_proposal(lab, req)
+    if (req.approve_code or req.reject_code is not None) and req.code_change is None:
+        from lifecycle.codechange import read_pending
+
+        # the plan is asked again: the change the waiting candidate was written for stands if the plan leaves it out
+        kept = read_pending(lab, req.version)
+        req.code_change = kept[0].get("change") if kept else None
     req.goal, req.hypothesis = req.goal or "", req.hypothesis or ""
     if not req.goal.strip() or not req.hypothesis.strip():
         raise UsageError("--goal and --hypothesis must not be empty")
@@ -386,7 +398,12 @@ def _keep_call_log(lab: Lab, version: str, staging: Path) -> None:
     log = staging / AGENT_DIR / CALLS_FILE
     if not log.is_file() or all(c.get("backend") == "offline" for c in read_calls(staging / AGENT_DIR)):
         return  # nothing was spent: a failed offline attempt leaves the lab as it was
-    target = lab.runs_dir / FAILED_DIR / f"{version}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}" / AGENT_DIR
+    name = f"{version}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    folder, n = lab.runs_dir / FAILED_DIR / name, 1
+    while folder.exists():  # two failed attempts in one second of one process: each keeps its own folder
+        n += 1
+        folder = lab.runs_dir / FAILED_DIR / f"{name}-{n}"
+    target = folder / AGENT_DIR
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(staging / AGENT_DIR), str(target))

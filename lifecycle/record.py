@@ -340,6 +340,20 @@ def lang_of(plan: dict) -> str:
     return plan.get("lang", "en")
 
 
+def code_change_brief(run_dir: Path) -> Optional[dict[str, Any]]:
+    """What the analysis and the commit draft see of a code experiment's change (the diff itself
+    is model.diff): the summary, each hunk's first line and reasons, the human's rejection notes."""
+    data = read_json(run_dir / CODE_CHANGE_FILE)
+    if not data:
+        return None
+    change = data.get("change") or {}
+    return {"source": data.get("source"), "summary": change.get("summary"),
+            "changes_default": bool(change.get("changes_default")), "new_settings": data.get("new_settings", []),
+            "hunks": [{"line": h.get("new_start"), "reasons": h.get("reasons", [])} for h in data.get("hunks", [])],
+            "rejection_notes": [r.get("note") for r in data.get("rounds", []) if r.get("kind") == "rejection"],
+            "approved_by": (data.get("approval") or {}).get("by")}
+
+
 def _code_change(run_dir: Path) -> Optional[dict[str, Any]]:
     """A code experiment's change for the record: each hunk with its reasons, the stages, the approval."""
     data = read_json(run_dir / CODE_CHANGE_FILE)
@@ -348,5 +362,7 @@ def _code_change(run_dir: Path) -> Optional[dict[str, Any]]:
     return {"source": data.get("source"), "change": data.get("change"), "approval": data.get("approval") or {},
             "hunks": [{"text": h.get("hunk", "").rstrip("\n"), "reasons": h.get("reasons", [])} for h in data.get("hunks", [])],
             "stages": data.get("stages", []), "isolation": data.get("isolation") or {},
-            "rounds": len(data.get("rounds", [])), "new_settings": data.get("new_settings", []),
+            "rounds": sum(1 for r in data.get("rounds", []) if r.get("kind") != "rejection"),
+            "rejections": [r for r in data.get("rounds", []) if r.get("kind") == "rejection"],
+            "new_settings": data.get("new_settings", []),
             "touched": data.get("touched", [])}

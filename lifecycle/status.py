@@ -77,6 +77,28 @@ def show_status(lab: Lab, version: str | None, as_json: bool) -> None:
         print(json.dumps(rows, indent=2))
         return
     _table(rows)
+    for line in waiting_code(lab):
+        print(line)
+
+
+def waiting_code(lab: Lab) -> list[str]:
+    """The code changes waiting for the human's approval (runs/.pending/V): such an experiment
+    has no run folder yet, so the table cannot show it."""
+    from minimind.rundir import CODE_CHANGE_FILE, PENDING_DIR
+
+    out = []
+    for folder in sorted((lab.runs_dir / PENDING_DIR).glob("*")):
+        data = read_json(folder / CODE_CHANGE_FILE)
+        if not data or (lab.run_dir(folder.name)).exists():
+            continue
+        sha = str(data.get("sha256", ""))[:12]
+        rejected = sum(1 for r in data.get("rounds", []) if r.get("kind") == "rejection")
+        agent = data.get("source") == "agent"
+        out.append(f"{folder.name}: drafted, its code change ({'the agent' if agent else 'your patch'}, sha256 {sha}"
+                   + (f", revised after {rejected} rejection(s)" if rejected else "")
+                   + f") waits for your approval in runs/{PENDING_DIR}/{folder.name}: run its new again with "
+                   f"--approve-code {sha}" + (" or --reject-code NOTE" if agent else ""))
+    return out
 
 
 def _table(rows: list[dict]) -> None:

@@ -44,6 +44,7 @@ ANALYSIS_FILE = "analysis.json"      # the agent's analysis and the computed ver
 DIFF_FILE = "model.diff"             # models/model.py against the base snapshot (or git HEAD)
 CODE_CHANGE_FILE = "code_change.json"  # a code experiment: rounds, edits, reasons, gate stages, isolation, approval
 PATCH_FILE = "model.patch"           # a code experiment's change to models/model.py, as `git apply` takes it
+PENDING_DIR = ".pending"             # runs/.pending/V/: the code change of V waiting for the human's approval
 COMMIT_MSG_FILE = "commit_message.md"
 ANALYSIS_ERROR_LOG = "analysis_error.log"  # tracebacks of analyses that failed unexpectedly after training
 REVIEW_FILE = "review.json"          # the human's approval

@@ -476,3 +476,18 @@ def test_retries_say_what_they_wait_for(fake, agent_for, capsys):
     agent_for(max_retries=2).plan(plan_context())
     err = capsys.readouterr().err
     assert "claude plan: HTTP 529 overloaded_error; waiting" in err and "try 2 of 3" in err
+
+
+def test_the_analysis_and_the_commit_prompts_carry_a_code_change_s_reasons():
+    from agent.claude import analysis_prompt, commit_prompt
+
+    change = {"source": "agent", "summary": "a learnable gate on the memory output",
+              "hunks": [{"line": 104, "reasons": ["scale the memory output by the gate"]}],
+              "rejection_notes": ["start the gate open"], "approved_by": "ana"}
+    commit = CommitContext(version="1.4.9", goal="g", hypothesis="h", verdict="refuted", verdict_reason="r",
+                           files=["models/model.py"], config_changes=[], result_lines=[], next_steps=[],
+                           model_changed=True, model_diff="+x", code_change=change)
+    for prompt in (analysis_prompt(refuted_context(code_change=change)), commit_prompt(commit)):
+        block = prompt.split("<code_change>", 1)[1].split("</code_change>", 1)[0]
+        assert "scale the memory output by the gate" in block and "start the gate open" in block
+    assert "<code_change>" not in analysis_prompt(refuted_context())  # a knob experiment: as before

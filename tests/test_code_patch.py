@@ -127,6 +127,12 @@ def test_an_approved_code_experiment_trains_to_the_end(lab, tmp_path):
 
     model, _ = load_checkpoint(lab.run_dir("0.1.0") / "checkpoints" / "last.pth", lab.models_dir)
     assert model.config.memory_gate is True and model.layers[0].memory_gate is not None
+    # the analysis and the commit draft see the change's reasons, not only its diff
+    wait_state(lab, "0.1.0", predicate=lambda derived, state: state.analysed or state.analysis_failed)
+    draft = (lab.run_dir("0.1.0") / "commit_message.md").read_text(encoding="utf-8")
+    model_part = draft.split("### models/model.py\n", 1)[1].split("###", 1)[0]
+    assert "Scale the memory output by a learnable gate." in model_part, draft
+    assert "### runs/0.1.0/model.patch" in draft and "### runs/0.1.0/code_change.json" in draft
 
 
 def test_at_a_terminal_new_asks_and_only_yes_approves(lab, tmp_path, monkeypatch):

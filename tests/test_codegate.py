@@ -186,15 +186,19 @@ def _child(candidate, base_model, limits=TIGHT):
 
 
 def _leftovers(tag: str) -> list[int]:
-    """Processes still alive whose command line carries the tag."""
+    """Processes still alive whose command line carries the tag and whose gate run is over (its
+    work folder, named in the command line, is removed). Another test's child still running in a
+    parallel worker has its folder, and is not this test's leftover."""
     found = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if tag.encode() in (proc / "cmdline").read_bytes():
-                    found.append(int(proc.name))
+                args = (proc / "cmdline").read_bytes().split(b"\0")
             except OSError:
-                pass
+                continue
+            if any(tag.encode() in a for a in args) and not any(
+                    a.endswith(b"request.json") and Path(a.decode()).exists() for a in args):
+                found.append(int(proc.name))
     return found
 
 

@@ -214,9 +214,12 @@ def test_record_of_a_code_experiment_shows_its_hunks_stages_and_approval(lang):
         "approval": {"by": "ana", "how": "--approve-code", "at": "2026-12-05T03:00:00Z", "sha256": "ab" * 32},
         "hunks": [{"text": "-x = 1\n+x = 2", "reasons": ["why one"]}],
         "stages": [{"stage": "lint", "status": "passed", "detail": "no new a|b"}],
-        "isolation": {"network": "unshare -n"}, "rounds": 2, "new_settings": ["mem_gate"], "touched": ["MemoryLayer.forward"]}
+        "isolation": {"network": "unshare -n"}, "rounds": 2, "new_settings": ["mem_gate"], "touched": ["MemoryLayer.forward"],
+        "rejections": [{"round": 2, "kind": "rejection", "note": "open the gate", "by": "ana", "at": "t1",
+                        "rejected_sha256": "cd" * 32}]}
     text = render(f"record_{lang}.md.j2", context)
     assert "gate the memory read" in text and "+x = 2" in text and "why one" in text
+    assert "open the gate" in text and "cdcdcdcdcdcd" in text  # the human's rejection round and its note
     assert "ana" in text and "abababababababab" in text and "mem_gate" in text and "MemoryLayer.forward" in text
     assert "no new a\\|b" in text  # table cells escaped
     assert quality_problems(text, "finished", None, lang) == []
