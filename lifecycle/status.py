@@ -109,9 +109,16 @@ def _table(rows: list[dict]) -> None:
     if not rows:
         console.print("No experiments yet. Start one: minimind new 0.1.0 --goal ... --hypothesis ...")
         return
+    console_width = console.width  # the terminal's (COLUMNS when not a terminal)
+    # Nine columns at 80 folded 'finished' into 'finish…' and the lights onto two lines (a walk
+    # through the README found it): a narrow terminal loses the stage column (an SFT run says
+    # so after its version) and the spaces between the lights, and keeps every cell whole.
+    wide = console_width >= 100
     table = Table(title="minimind experiments")
-    for column in ("version", "stage", "base", "state", "step", "loss", "ETA", "guardrails", "E A R C"):
-        table.add_column(column)
+    for column in (("version", "stage", "base", "state", "step", "loss", "ETA", "guardrails", "E A R C") if wide
+                   else ("version", "base", "state", "step", "loss", "ETA", "lights", "EARC")):
+        whole = column in ("version", "base", "step", "loss", "guardrails", "lights", "E A R C", "EARC")
+        table.add_column(column, no_wrap=whole, overflow="fold", min_width=8 if column == "state" else None)
     colours = {"running": "cyan", "finished": "green", "failed": "red", "lost": "red", "stopped": "yellow",
                "guardrail_stopped": "magenta", "drafted": "dim", "queued": "blue", MISSING: "red", UNREADABLE: "red"}
     for row in rows:
@@ -119,13 +126,17 @@ def _table(rows: list[dict]) -> None:
         if row["state"] == "running" and str(row["phase"] or "").startswith("evaluate"):
             step = row["phase"]  # training is over: which part of the evaluation, and how far (training.evaluate)
         loss = f"{row['loss']:.4f}" if isinstance(row["loss"], (int, float)) else ""
-        lights = " ".join(LIGHTS.get(row["guardrails"][n].get("level"), "⚪") for n in GUARDRAILS)
-        flags = " ".join("✗" if f == "analysed" and row["analysis_failed"] else ("✓" if row[f] else "·")
-                         for f in FLAGS)
+        lights = (" " if wide else "").join(LIGHTS.get(row["guardrails"][n].get("level"), "⚪") for n in GUARDRAILS)
+        flags = (" " if wide else "").join("✗" if f == "analysed" and row["analysis_failed"] else ("✓" if row[f] else "·")
+                                           for f in FLAGS)
         state = (row["state"] + (" (stale)" if row["stale_heartbeat"] else "") + _where(row)
                  + ("*" if row["state_from"] == "commit" else ""))
-        table.add_row(row["version"], row["stage"], row["base"] or "", f"[{colours.get(row['state'], 'white')}]{state}[/]",
-                      step, loss, _eta(row["eta_s"]), lights, flags)
+        cells = [row["version"], row["stage"], row["base"] or "", f"[{colours.get(row['state'], 'white')}]{state}[/]",
+                 step, loss, _eta(row["eta_s"]), lights, flags]
+        if not wide:
+            del cells[1]
+            cells[0] += f" {row['stage']}" if row["stage"] and row["stage"] != "pretrain" else ""
+        table.add_row(*cells)
     console.print(table)
     for row in rows:  # a lost or corrupt state.json is said per experiment, never papered over
         if row["state"] in (MISSING, UNREADABLE):
@@ -133,7 +144,7 @@ def _table(rows: list[dict]) -> None:
     if any(row["state_from"] == "commit" for row in rows):
         console.print("* as committed: this copy has no state.json for these experiments (a clone): "
                       "their state is the one committed with them (state.committed.json)", highlight=False)
-    console.print("guardrails: train loss · train/inference ratio · repetition · memory selection entropy   "
+    console.print("guardrail lights: train loss · train/inference ratio · repetition · memory selection entropy   "
                   "(🟢 safe 🟡 watch 🔴 danger ⚪ not measured)   flags: evaluated analysed reviewed committed "
                   "(✗ analysis failed: minimind analyse VERSION)")
 

@@ -32,3 +32,21 @@ def test_history_fits_the_terminal(tmp_path, bundled_data):
         assert "0.1.0" in result.output
         assert max(len(line) for line in result.output.splitlines()) <= width, result.output
         assert "drafted" in result.output  # the state stays whole, not folded into slivers
+
+
+def test_status_fits_the_terminal(tmp_path, bundled_data):
+    """At 80 columns the table folded its cells into 'finish…' and 'pretra…' (a walk through
+    the README found it): what a row is looked up and judged by stays whole."""
+    from minimind.rundir import update_state, write_exit_code
+
+    lab = make_lab(tmp_path / "lab", bundled_data)
+    assert invoke(lab, "new", "0.1.0", "--goal", "g", "--hypothesis", "h", "--no-launch").exit_code == 0
+    update_state(lab.run_dir("0.1.0"), state="guardrail_stopped", step=29, total_steps=29, pid=1)
+    write_exit_code(lab.run_dir("0.1.0"), 0)
+    for width in (80, 120):
+        out = invoke(lab, "status", env={"COLUMNS": str(width)}).output
+        assert max(len(line) for line in out.splitlines()) <= width, out
+        table = out.split("guardrail lights:")[0]
+        assert "…" not in table, out
+        for whole in ("0.1.0", "guardrail_stopped", "29/29", "pretrain" if width >= 100 else "0.1.0"):
+            assert whole in table, out
