@@ -461,6 +461,7 @@ def analysis_facts(ctx: AnalysisContext) -> dict[str, Any]:
     for key in ("eval", "base_eval"):
         if isinstance(data.get(key), dict):
             data[key] = {k: v for k, v in data[key].items() if k not in prose.NOT_FACTS}
+    data["config_changes"] = named_changes(ctx.config_changes)
     return data
 
 
@@ -630,4 +631,12 @@ def validate_commit(tool_input: Any, ctx: CommitContext, backend: str = "claude"
 def commit_facts(ctx: CommitContext) -> dict[str, Any]:
     data = dataclasses.asdict(ctx)
     data.pop("result_lines", None)
+    data["config_changes"] = named_changes(ctx.config_changes)
     return data
+
+
+def named_changes(changes: list) -> dict[str, Any]:
+    """{setting: {base, new}}: a changed setting's values under its own name. As bare (key,
+    base, new) rows their path named no setting, so "model.freeze_ratio 0.2 → 0.4" was checked
+    against the train/inference ratio (the word "ratio" in the name) and refused."""
+    return {str(k): {"base": a, "new": b} for k, a, b in changes}
