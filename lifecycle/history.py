@@ -121,7 +121,8 @@ def index_text(lab, versions: Optional[list[str]] = None) -> str:
              "recall P@1 | dangers | next step |", "|" + "---|" * 12]
     listed = rows(lab, versions)
     for r in listed:
-        verdict = f"{r['verdict']}{' ' + r['interval'] if r['interval'] else ''}" if r["verdict"] else "—"
+        verdict = (f"{r['verdict']}{' ' + r['interval'] if r['interval'] and wide else ''}" if r["verdict"]
+                   else "—")
         table.append("| " + " | ".join([
             f"[{r['version']}](experiment_{r['version']}.md)", r["base"] or "—", _cell(r["goal"], 80),
             _cell(r["hypothesis"], 100), _cell(r["change"], 80), r["state"], _cell(verdict),
@@ -168,13 +169,14 @@ def show_history(lab, as_json: bool) -> None:
     names = ("version", "base", "goal", "change", "state", "verdict", "inference", "val", "recall P@1", "dangers",
              "next step") if wide else ("version", "base", "goal", "state", "verdict", "inference", "dangers")
     table = Table(title="lab notebook", caption=None if wide else
-                  "change, recall and next step: a terminal of 140 columns, `history --json` or experiment/INDEX.md")
+                  "change, verdict reasons, recall and next step: a terminal of 140 columns, `history --json` or experiment/INDEX.md")
     for name in names:
-        whole = name in ("version", "base", "state")  # what a reader looks a row up by stays on one line
-        table.add_column(name, overflow="fold", no_wrap=whole, min_width=12 if name == "verdict" else
-                         (8 if whole else None))
+        # what a reader looks a row up by stays on one line; narrow, the verdict is its word alone
+        whole = name in ("version", "base", "state", "inference") or (name == "verdict" and not wide)
+        table.add_column(name, overflow="fold", no_wrap=whole, min_width={"verdict": 12, "state": 8}.get(name))
     for r in rows(lab):
-        verdict = f"{r['verdict']}{' ' + r['interval'] if r['interval'] else ''}" if r["verdict"] else "—"
+        verdict = (f"{r['verdict']}{' ' + r['interval'] if r['interval'] and wide else ''}" if r["verdict"]
+                   else "—")
         cells = {"version": r["version"], "base": r["base"] or "—", "goal": _cell(r["goal"], 60),
                  "change": _cell(r["change"], 50), "state": r["state"], "verdict": verdict,
                  "inference": _n(r["inference_loss"]), "val": _n(r["val_loss"]), "recall P@1": _recall(r),

@@ -32,6 +32,9 @@ def test_history_fits_the_terminal(tmp_path, bundled_data):
         assert "0.1.0" in result.output
         assert max(len(line) for line in result.output.splitlines()) <= width, result.output
         assert "drafted" in result.output  # the state stays whole, not folded into slivers
+        # nothing cut off at the right edge: a table wider than the terminal is cropped, not folded
+        rows = [line for line in result.output.splitlines() if line[:1] in "┏┃┡│└"]
+        assert rows and all(line.rstrip()[-1] in "┓┃┩│┘" for line in rows), result.output
 
 
 def test_status_fits_the_terminal(tmp_path, bundled_data):
