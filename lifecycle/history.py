@@ -121,8 +121,7 @@ def index_text(lab, versions: Optional[list[str]] = None) -> str:
              "recall P@1 | dangers | next step |", "|" + "---|" * 12]
     listed = rows(lab, versions)
     for r in listed:
-        verdict = (f"{r['verdict']}{' ' + r['interval'] if r['interval'] and wide else ''}" if r["verdict"]
-                   else "—")
+        verdict = f"{r['verdict']}{' ' + r['interval'] if r['interval'] else ''}" if r["verdict"] else "—"
         table.append("| " + " | ".join([
             f"[{r['version']}](experiment_{r['version']}.md)", r["base"] or "—", _cell(r["goal"], 80),
             _cell(r["hypothesis"], 100), _cell(r["change"], 80), r["state"], _cell(verdict),
