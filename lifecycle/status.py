@@ -113,23 +113,27 @@ def _table(rows: list[dict]) -> None:
     # Nine columns at 80 folded 'finished' into 'finish…' and the lights onto two lines (a walk
     # through the README found it): a narrow terminal loses the stage column (an SFT run says
     # so after its version) and the spaces between the lights, and keeps every cell whole.
-    wide = console_width >= 100
+    wide = console_width >= 110
     table = Table(title="minimind experiments")
     for column in (("version", "stage", "base", "state", "step", "loss", "ETA", "guardrails", "E A R C") if wide
                    else ("version", "base", "state", "step", "loss", "ETA", "lights", "EARC")):
-        whole = column in ("version", "base", "step", "loss", "guardrails", "lights", "E A R C", "EARC")
-        table.add_column(column, no_wrap=whole, overflow="fold", min_width=8 if column == "state" else None)
+        # only the state and the step (an evaluation's phase) may wrap: at 80 columns a whole
+        # 'evaluate: recall 188/1200' pushed the table past the edge, where it is cropped
+        table.add_column(column, no_wrap=column not in ("state", "step"), overflow="fold",
+                         min_width=9 if column == "state" else None)
     colours = {"running": "cyan", "finished": "green", "failed": "red", "lost": "red", "stopped": "yellow",
                "guardrail_stopped": "magenta", "drafted": "dim", "queued": "blue", MISSING: "red", UNREADABLE: "red"}
     for row in rows:
         step = f"{row['step'] or 0}/{row['total_steps']}" if row["total_steps"] else ""
         if row["state"] == "running" and str(row["phase"] or "").startswith("evaluate"):
             step = row["phase"]  # training is over: which part of the evaluation, and how far (training.evaluate)
+            row = {**row, "eta_s": None}  # the training's ETA (0 s) says nothing about the evaluation
         loss = f"{row['loss']:.4f}" if isinstance(row["loss"], (int, float)) else ""
         lights = (" " if wide else "").join(LIGHTS.get(row["guardrails"][n].get("level"), "⚪") for n in GUARDRAILS)
         flags = (" " if wide else "").join("✗" if f == "analysed" and row["analysis_failed"] else ("✓" if row[f] else "·")
                                            for f in FLAGS)
-        state = (row["state"] + (" (stale)" if row["stale_heartbeat"] else "") + _where(row)
+        state = ((row["state"] if wide else row["state"].replace("_", " "))  # 'guardrail stopped' wraps at its space
+                 + (" (stale)" if row["stale_heartbeat"] else "") + _where(row)
                  + ("*" if row["state_from"] == "commit" else ""))
         cells = [row["version"], row["stage"], row["base"] or "", f"[{colours.get(row['state'], 'white')}]{state}[/]",
                  step, loss, _eta(row["eta_s"]), lights, flags]

@@ -40,16 +40,28 @@ def test_history_fits_the_terminal(tmp_path, bundled_data):
 def test_status_fits_the_terminal(tmp_path, bundled_data):
     """At 80 columns the table folded its cells into 'finish…' and 'pretra…' (a walk through
     the README found it): what a row is looked up and judged by stays whole."""
-    from minimind.rundir import update_state, write_exit_code
+    import os
+    import time
+
+    from minimind.rundir import process_start_time, update_state, write_exit_code
 
     lab = make_lab(tmp_path / "lab", bundled_data)
-    assert invoke(lab, "new", "0.1.0", "--goal", "g", "--hypothesis", "h", "--no-launch").exit_code == 0
+    for v in ("0.1.0", "0.1.1"):
+        assert invoke(lab, "new", v, "--goal", "g", "--hypothesis", "h", "--no-launch").exit_code == 0
     update_state(lab.run_dir("0.1.0"), state="guardrail_stopped", step=29, total_steps=29, pid=1)
     write_exit_code(lab.run_dir("0.1.0"), 0)
-    for width in (80, 120):
+    # a run in its evaluation (this process stands in for it): the phase is the widest cell
+    update_state(lab.run_dir("0.1.1"), state="running", step=213, total_steps=213, pid=os.getpid(),
+                 proc_start=process_start_time(os.getpid()), heartbeat=time.time(),
+                 phase="evaluate: recall 188/1200")
+    for width in (80, 100, 120):
         out = invoke(lab, "status", env={"COLUMNS": str(width)}).output
         assert max(len(line) for line in out.splitlines()) <= width, out
         table = out.split("guardrail lights:")[0]
+        rows = [line for line in table.splitlines() if line[:1] in "┏┃┡│└"]
+        assert rows and all(line.rstrip()[-1] in "┓┃┩│┘" for line in rows), out  # not cropped at the edge
         assert "…" not in table, out
-        for whole in ("0.1.0", "guardrail_stopped", "29/29", "pretrain" if width >= 100 else "0.1.0"):
+        for whole in ("0.1.0", "29/29", "running", "pretrain" if width >= 110 else "0.1.0"):
             assert whole in table, out
+        assert "guardrail_stopped" in table if width >= 110 else ("guardrail" in table and "stopped" in table), out
+        assert "0m00s" not in table  # training is over: no ETA while it evaluates
