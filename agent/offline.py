@@ -392,7 +392,7 @@ class OfflineAgent:
         for key, value in all_changes:
             if key.endswith("preset"):
                 preset = value
-        if preset in ("memory", "hybrid"):
+        if preset in ctx.memory_presets:
             lines.append(_memory_query_sentence(ctx.checks, lang))
         lines.append(_guardrail_sentence(ctx.guardrails, lang))
         dangers = _dangers(ctx.guardrails, lang)
@@ -443,7 +443,7 @@ class OfflineAgent:
             deep.append(_t(lang, "control", text=control["text"]))
         held, mem = recall.get("held_out", {}), recall.get("mem_only", {})
         preset = (ctx.model_config or {}).get("preset")
-        if preset in ("memory", "hybrid") and held.get("p_at_1") is not None and mem.get("p_at_1") is not None:
+        if preset in ctx.memory_presets and held.get("p_at_1") is not None and mem.get("p_at_1") is not None:
             gap = mem["p_at_1"] - held["p_at_1"]
             deep.append(_t(lang, "gap", mem=_n(mem["p_at_1"]), held=_n(held["p_at_1"]), gap=f"{gap:+.3f}"))
         reading = (ctx.intervals or {}).get("bank_reading")
@@ -509,7 +509,7 @@ class OfflineAgent:
         is not blamed on this run."""
         lang = ctx.lang
         causes = {c.get("kind"): c for c in ctx.causes}
-        memory = (ctx.model_config or {}).get("preset") in ("memory", "hybrid")
+        memory = (ctx.model_config or {}).get("preset") in ctx.memory_presets
         changed = bool(ctx.config_changes or ctx.model_diff.strip())
         steps = []
         if "forced_check" in causes:

@@ -160,6 +160,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     log_dir = run_dir / AGENT_DIR
     from agent.base import lessons_text
     from lifecycle import history, lessons
+    from models.registry import memory_presets
 
     prior = failed_attempt_logs(lab.runs_dir, version)
     metric_rows = read_metrics(run_dir / METRICS_FILE)
@@ -175,7 +176,8 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                           expect=plan.get("expect"), state=state.train_outcome or state.state,
                           stop_reason=state.stop_reason, config_changes=changes, metrics_summary=summary,
                           eval=_eval_view(ev), base_eval=_eval_view(base_ev) if base_ev else None, comparison=rows,
-                          verdict=verdict, verdict_reason=reason, guardrails=rules_of(cfg.guardrails), lang=lang,
+                          verdict=verdict, verdict_reason=reason, guardrails=rules_of(cfg.guardrails),
+                          memory_presets=memory_presets(lab.models_dir, cfg.model_module), lang=lang,
                           plan=plan_view, model_diff=bounded_diff, curves=curves(metric_rows),
                           guardrail_history=guardrail_history(metric_rows), samples=samples,
                           intervals={"confidence": confidence, "held_out_control": control,

@@ -402,6 +402,7 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     from lifecycle import history, lessons
     from minimind.config import flatten
     from minimind.rundir import read_json
+    from models.registry import memory_presets
 
     schema = agent_schema(model_fields)
     diff_text, against = model_diff(lab, base)
@@ -418,7 +419,8 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
                       sets=sets, base_config=start, base_record_summary=base_record,
                       base_eval=upgrade_eval(read_json(lab.run_dir(base) / EVAL_FILE)) if base else None,
                       model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=lessons_text(guardrails, lessons.lines(lab, lang)),
-                      lang=lang, checks=list(checks), notebook=history.trace(lab), code_change=req.code_change)
+                      memory_presets=memory_presets(lab.models_dir), lang=lang, checks=list(checks),
+                      notebook=history.trace(lab), code_change=req.code_change)
     from agent.calllog import failed_attempt_logs
 
     plan, note = backends.call(requested, settings.agent, staging / AGENT_DIR, "plan", ctx,

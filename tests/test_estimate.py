@@ -55,16 +55,16 @@ def test_new_records_the_estimate_and_gates_a_compute_jump(lab):
 
 def test_the_estimate_counts_the_models_real_parameters():
     from lifecycle.estimate import bank_bytes, count_params
-    from models.model import MiniMindLM, ModelConfig
+    from models.model import PRESETS, MiniMindLM, ModelConfig
 
     for preset, moe in (("memory", False), ("hybrid", True), ("original", False)):
         cfg = ModelConfig(preset=preset, use_moe=moe, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64,
                           knowledge_num=64, knowledge_length=4, knowledge_dim=16, num_candidates=4)
         model = MiniMindLM(cfg)
         real = sum({id(p): p.numel() for p in model.parameters()}.values())
-        assert count_params(cfg.to_dict())["total"] == real
+        assert count_params(cfg.to_dict(), PRESETS[preset])["total"] == real
         if cfg.has_memory:
-            assert bank_bytes(cfg.to_dict()) == model.memory_bank.numel() * model.memory_bank.element_size() + 64
+            assert bank_bytes(cfg.to_dict(), PRESETS[preset]) == model.memory_bank.numel() * model.memory_bank.element_size() + 64
 
 
 def test_an_sft_estimate_counts_the_conversations_tokens(tmp_path, bundled, monkeypatch):

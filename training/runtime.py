@@ -177,9 +177,11 @@ def memory_budget(cfg: ExperimentConfig, device) -> Optional[int]:
 def plan_memory(cfg: ExperimentConfig, model, device):
     """The micro-batch plan of this run's config for `model` on `device` (minimind.memory_plan)."""
     from minimind.memory_plan import plan_micro_batch
+    from models.registry import config_spec
 
     return plan_micro_batch(cfg.train.batch_size, cfg.train.accumulation_steps, memory_budget(cfg, device),
-                            model.config.to_dict(), sum(p.numel() for p in model.parameters()), run_precision(cfg))
+                            model.config.to_dict(), config_spec(model.config), sum(p.numel() for p in model.parameters()),
+                            run_precision(cfg))
 
 
 def planned_config(cfg: ExperimentConfig, plan) -> ExperimentConfig:
