@@ -23,7 +23,7 @@ from typing import Any, Callable
 from agent import calllog, tools
 from agent.base import (AgentError, Analysis, AnalysisContext, CommitContext, CommitDraft, Plan,
                         PlanContext, lesson_due)
-from minimind.config import flatten
+from minimind.config import FIXED_SECTIONS, flatten
 from minimind.settings import AgentSettings
 
 MISSING_KEY = "ANTHROPIC_API_KEY is not set: --agent claude needs it (or use --agent offline)"
@@ -392,9 +392,6 @@ def _short_failure(exc: Exception, anthropic: Any, timeout_s: float) -> str:
         error = body.get("error") if isinstance(body.get("error"), dict) else body
         return f"HTTP {exc.status_code} {error.get('type') or ''}".strip()
     return "could not reach the Anthropic API"
-
-
-FIXED_SECTIONS = ("data", "eval", "guardrails", "launch")
 
 
 def _language_line(lang: str) -> str:

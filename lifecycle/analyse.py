@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from minimind.atomic import write_json, write_text
-from minimind.config import diff, flatten, load_config
+from minimind.config import FIXED_SECTIONS, diff, flatten, load_config
 from minimind.errors import MinimindError
 from minimind.guardrails import rules_of, upgrade_eval
 from minimind.lab import Lab
@@ -27,7 +27,6 @@ from minimind.rundir import (AGENT_DIR, ANALYSIS_ERROR_LOG, ANALYSIS_FILE, COMMI
 CURVE_POINTS = 16        # points per curve shown to the agent
 DIFF_LIMIT = 8000        # characters of model.diff shown to the agent
 SAMPLES = 5              # samples shown to the agent
-FIXED_SECTIONS = ("data", "eval", "guardrails", "launch")  # the human's and the lab's, never the agent's
 _CURVE_KEY = re.compile(r"^(loss|loss_ce|eval/.+|memory/(l\d+/)?(selection_entropy|selection_distinct|candidate_entropy|entropy|coverage|dead))$")
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from minimind.atomic import write_json, write_text
-from minimind.config import (STAGES, ExperimentConfig, apply_sets, config_hash, dump_config, from_dict, load_config,
-                             parse_assignment, parse_set, resolve_key)
+from minimind.config import (AGENT_SECTIONS, HUMAN_SECTIONS, LAB_POLICY_SECTIONS, STAGES, ExperimentConfig, apply_sets,
+                             config_hash, dump_config, from_dict, load_config, parse_assignment, parse_set, resolve_key)
 from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.guardrails import upgrade_eval
 from minimind.lab import Lab
@@ -27,12 +27,6 @@ from minimind.settings import SPLIT_SEED, LabSettings
 from minimind.rundir import AGENT_DIR, CONFIG_FILE, DIFF_FILE, EVAL_FILE, PLAN_FILE, ANALYSIS_FILE, update_state
 from minimind.undo import Undo, raising_signals, signals_held
 from minimind.versions import default_base, module_name, parse
-
-# Sections the agent may propose changes in; data paths, evaluation, guardrails, launch
-# and SwanLab are the human's (--set) or the lab's (minimind.yaml).
-AGENT_SECTIONS = ("model", "train")
-LAB_POLICY_SECTIONS = ("eval", "guardrails", "launch", "swanlab")
-
 
 @dataclass
 class NewRequest:
@@ -105,7 +99,7 @@ def base_config(lab: Lab, settings: LabSettings, base: Optional[str], model_conf
             lab_defaults["data"]["split_seed"] = SPLIT_SEED
         return lab_defaults
     inherited = load_config(lab.run_dir(base) / CONFIG_FILE).to_dict()
-    config = {k: inherited[k] for k in ("model", "train", "data")}
+    config = {k: inherited[k] for k in (*AGENT_SECTIONS, *HUMAN_SECTIONS)}  # the policy is re-read below
     if config["data"].get("split_seed") is None:
         # A base written before split_seed split its documents by train.seed: pin that
         # seed, so this run is evaluated on the base's documents whatever its own seed.

@@ -29,6 +29,7 @@ import math
 from typing import Any, Optional
 
 from minimind.atomic import write_json
+from minimind.config import AGENT_SECTIONS
 from minimind.errors import MinimindError, UsageError
 from minimind.rundir import NEXT_FILE, read_json
 
@@ -218,7 +219,7 @@ def _rules(validator: _Validator, version: str, cfg: dict, verdict: str, dangers
     if verdict == "refuted" or moved:
         halves: list[tuple[str, Any]] = []
         for key, a, b in changes:
-            if key.split(".")[0] in ("model", "train"):
+            if key.split(".")[0] in AGENT_SECTIONS:
                 value = validator.halfway(cfg, key, a, b, halves)
                 if value is not None:
                     halves.append((key, value))
