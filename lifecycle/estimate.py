@@ -40,7 +40,10 @@ def block_spec(lab, cfg: dict):
     (models/registry.py): the module owns its presets, so a preset added to model.py counts here."""
     from models.registry import LIVING, preset_spec
 
-    return preset_spec(lab.models_dir, cfg.get("model_module") or LIVING, cfg["model"]["preset"])
+    name = cfg.get("model_module") or LIVING
+    if not (lab.models_dir / f"{name}.py").is_file():
+        name = LIVING  # an experiment being created: `new` snapshots the living model for it
+    return preset_spec(lab.models_dir, name, cfg["model"]["preset"])
 
 
 def count_params(m: dict, spec) -> dict[str, int]:
