@@ -62,6 +62,11 @@ LANGUAGE = {
 }
 
 
+def unavailable() -> str | None:
+    """Why this backend cannot run here: no API key in the environment (None: it can)."""
+    return None if os.environ.get("ANTHROPIC_API_KEY") else MISSING_KEY
+
+
 class ClaudeAgent:
     """Backend `claude`: see agent/base.py for the protocol and docs/AGENT.md for the rules."""
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from agent import backends
 from minimind.atomic import write_json, write_text
 from minimind.config import (AGENT_SECTIONS, HUMAN_SECTIONS, LAB_POLICY_SECTIONS, STAGES, ExperimentConfig, apply_sets,
                              config_hash, dump_config, from_dict, load_config, parse_assignment, parse_set, resolve_key)
@@ -202,10 +203,12 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
     start = {"stage": req.stage, **({"init": init} if init else {}),
              **base_config(lab, settings, base, model_cls)}
     apply_sets(start, sets, model_fields)  # types and ranges of the human's values
-    requested = req.agent or settings.agent.backend
+    requested = backends.check_name(req.agent or settings.agent.backend, "--agent" if req.agent else
+                                    f"{lab.settings_path.name}: agent.backend")
     lang = req.lang or settings.agent.lang
-    if requested == "claude" and not os.environ.get("ANTHROPIC_API_KEY"):
-        raise MinimindError("ANTHROPIC_API_KEY is not set: --agent claude needs it (or use --agent offline)")
+    missing = backends.unavailable(requested)
+    if missing:
+        raise MinimindError(missing)
     snapshot = lab.snapshot_path(req.version)
     living = lab.models_dir / "model.py"
     if snapshot.exists() and snapshot.read_bytes() != living.read_bytes():
@@ -390,7 +393,6 @@ def _keep_call_log(lab: Lab, version: str, staging: Path) -> None:
 
 def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging, checks=()):
     """Ask the agent, apply its changes then the human's, validate; returns (config, plan record)."""
-    from agent import backends
     from agent.base import PlanContext, lessons_text
     from agent.prose import notes_line
     from lifecycle import history, lessons
