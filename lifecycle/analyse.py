@@ -30,10 +30,6 @@ SAMPLES = 5              # samples shown to the agent
 _CURVE_KEY = re.compile(r"^(loss|loss_ce|eval/.+|memory/(l\d+/)?(selection_entropy|selection_distinct|candidate_entropy|entropy|coverage|dead))$")
 
 
-def lab_of(run_dir: Path) -> Lab:
-    return Lab(Path(run_dir).resolve().parent.parent)
-
-
 def downsample(points: list[list[float]], limit: int = CURVE_POINTS) -> list[list[float]]:
     """At most `limit` points, evenly spaced, always keeping the first and the last."""
     if len(points) <= limit:
@@ -135,7 +131,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     from minimind.verdict import VERDICT_ZH, bank_reading, compare_rows, decide, held_out_control, result_lines
 
     run_dir = Path(run_dir).resolve()
-    lab = lab_of(run_dir)
+    lab = Lab.of_run(run_dir)
     settings = lab.settings()
     cfg = load_config(run_dir / CONFIG_FILE)
     version = cfg.version
@@ -272,11 +268,11 @@ def run_analysis(run_dir: Path, agent: Optional[str] = None) -> tuple[bool, str]
         update_state(run_dir, analysis_failed=True, analysis_error=reason, phase="done")
         try:
             plan = read_json(run_dir / PLAN_FILE) or {}
-            write_record(lab_of(run_dir), load_config(run_dir / CONFIG_FILE).version, plan.get("lang", "en"))
+            write_record(Lab.of_run(run_dir), load_config(run_dir / CONFIG_FILE).version, plan.get("lang", "en"))
         except (MinimindError, OSError):
             pass  # the flag and the reason are recorded; the record follows with the next render
         return False, reason
-    lab = lab_of(run_dir)
+    lab = Lab.of_run(run_dir)
     return True, str(path.relative_to(lab.root))
 
 
