@@ -24,6 +24,7 @@ from agent import calllog, tools
 from agent.base import (AgentError, Analysis, AnalysisContext, CommitContext, CommitDraft, Plan,
                         PlanContext, lesson_due)
 from minimind.config import FIXED_SECTIONS, flatten
+from minimind import formats
 from minimind.settings import AgentSettings
 
 MISSING_KEY = "ANTHROPIC_API_KEY is not set: --agent claude needs it (or use --agent offline)"
@@ -275,9 +276,10 @@ def analysis_prompt(ctx: AnalysisContext) -> str:
     rows = ["| metric | base | new | delta | interval of the delta | mark |", "|---|---|---|---|---|---|"]
     for r in ctx.comparison:
         ci = r.get("ci")
-        interval = f"[{_num(ci['low'])}, {_num(ci['high'])}] ({ci['confidence']:.0%}, n={ci['n']})" if ci else "none"
-        rows.append(f"| {r.get('metric')} | {_num(r.get('base'))} | {_num(r.get('new'))} | {_num(r.get('delta'))} "
-                    f"| {interval} | {r.get('mark') or '—'} |")
+        interval = (f"{formats.interval((ci['low'], ci['high']), '.4g')} ({ci['confidence']:.0%}, n={ci['n']})"
+                    if ci else "none")
+        rows.append(f"| {r.get('metric')} | {formats.number(r.get('base'))} | {formats.number(r.get('new'))} "
+                    f"| {formats.number(r.get('delta'))} | {interval} | {r.get('mark') or '—'} |")
     stop = f", stop reason: {ctx.stop_reason}" if ctx.stop_reason else ""
     parts = [
         f"# Analyse experiment {ctx.version} (stage {ctx.stage}, preset {(ctx.model_config or {}).get('preset')}, "
@@ -320,8 +322,8 @@ def _cause_line(cause: dict) -> str:
         return f"the run was launched with --force over the failed preflight check(s) {names}"
     if cause.get("kind") == "guardrail_moved":
         return f"this run's change moved guardrail(s) {names} into danger from a base that was safe or at watch"
-    return (f"the run is under-trained (train loss {_num(cause.get('train_loss'))}, uniform loss "
-            f"{_num(cause.get('uniform_loss'))}, no overfitting sign)")
+    return (f"the run is under-trained (train loss {formats.number(cause.get('train_loss'))}, uniform loss "
+            f"{formats.number(cause.get('uniform_loss'))}, no overfitting sign)")
 
 
 def commit_prompt(ctx: CommitContext) -> str:
@@ -413,10 +415,6 @@ def _round(obj: Any, digits: int = 4) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_round(v, digits) for v in obj]
     return obj
-
-
-def _num(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
 
 
 def _evidence(ev: Any) -> Any:
