@@ -187,8 +187,6 @@ def new(version: str, goal: str | None, hypothesis: str | None, base: str | None
 
 
 def _interactive() -> bool:
-    import sys
-
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 

@@ -32,9 +32,9 @@ def _claude(settings: AgentSettings, log_dir: Path, prior_logs: list[Path]) -> A
 
 
 def _claude_unavailable() -> Optional[str]:
-    from agent.claude import unavailable
+    from agent import claude
 
-    return unavailable()
+    return claude.unavailable()
 
 
 @dataclass(frozen=True)

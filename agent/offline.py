@@ -312,7 +312,7 @@ def _base_guardrails(base_eval: Optional[dict], guardrails: dict[str, dict], lan
 
 def _detectable(ctx: PlanContext, lang: str) -> Optional[str]:
     """How large a change of the key metric the base's own interval lets us see."""
-    from minimind.verdict import DEFAULT_METRIC, implied_criteria, metric_value, parse_criteria, value_interval
+    from minimind.verdict import DEFAULT_METRIC, metric_value, value_interval
 
     if not ctx.base_eval:
         return None

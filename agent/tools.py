@@ -398,7 +398,6 @@ def _code_change(raw: Any, problems: list[str]) -> tuple[dict[str, Any] | None, 
     if raw is None:
         return None, {}
     from agent.codeplan import CodeChange
-    from minimind.errors import UsageError
 
     try:
         change = CodeChange.from_dict(raw)

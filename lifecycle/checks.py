@@ -400,8 +400,3 @@ def localized(results: list[dict[str, Any]], lang: str) -> list[dict[str, Any]]:
 
 def failed(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in results if r["status"] == FAILED]
-
-
-def status_of(results: list[dict[str, Any]], check_id: str) -> Optional[str]:
-    return next((r["status"] for r in results if r["id"] == check_id), None)
-

@@ -92,8 +92,6 @@ def base_config(lab: Lab, settings: LabSettings, base: Optional[str], model_conf
         "train": settings.train, "data": settings.data, "eval": settings.eval,
         "guardrails": settings.guardrails, "launch": settings.launch, "swanlab": settings.swanlab,
     }
-    from minimind.schema import to_dict
-
     lab_defaults = {k: to_dict(v) for k, v in lab_defaults.items()}
     if base is None:
         if lab_defaults["data"].get("split_seed") is None:

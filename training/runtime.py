@@ -87,9 +87,6 @@ def prepare_for_training(acc, model, optimizer):
 
 # --- device and precision (the trainer and the evaluator resolve them alike) ------------
 
-PRECISIONS = ("no", "fp16", "bf16")
-
-
 def resolve_precision(requested: str, *, cuda: bool, bf16_supported: bool, cpu: bool) -> str:
     """launch.mixed_precision as accelerate takes it, from the device facts (pure).
 
