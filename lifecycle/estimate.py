@@ -25,6 +25,7 @@ import os
 import sys
 from typing import Any, Optional
 
+from minimind import devices
 from minimind.errors import GateRefused
 from minimind.rundir import CONFIG_FILE, METRICS_FILE, PLAN_FILE, read_json, read_metrics
 
@@ -239,36 +240,32 @@ def counted_text(how: Any, lang: str = "en") -> str:
     return "未知:没有可计数的数据文件,也没有 max_steps" if zh else f"unknown: no {data} to count and no max_steps"
 
 
+def machine() -> devices.DeviceFacts:
+    """This machine as the estimate sees it: torch is asked only when it is already imported."""
+    return devices.facts_of(sys.modules.get("torch"))
+
+
+# Device, precision and budget follow the trainer's rule (minimind/devices.py) on this machine.
 def device_of(cfg: dict) -> str:
     """'cuda' or 'cpu': where the run will train."""
-    if cfg["launch"].get("cpu"):
-        return "cpu"
-    torch = sys.modules.get("torch")
-    return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+    return devices.device_kind(bool(cfg["launch"].get("cpu")), machine().cuda)
 
 
 def _precision(cfg: dict, device: str) -> str:
-    """launch.mixed_precision with `auto` read as the trainer reads it on this device kind
-    (bf16 on CUDA; a card without bf16 is rare enough for an estimate)."""
-    requested = cfg["launch"].get("mixed_precision", "no")
-    return ("bf16" if device == "cuda" else "no") if requested == "auto" else requested
+    """launch.mixed_precision as the trainer resolves it (`auto`: bf16 only on a card that has it)."""
+    return devices.resolve_precision(cfg["launch"].get("mixed_precision", "no"), cuda=device == "cuda",
+                                     bf16_supported=machine().bf16_supported, cpu=bool(cfg["launch"].get("cpu")))
 
 
 def memory_budget(cfg: dict, device: str) -> Optional[int]:
-    """What the trainer plans its micro-batch against (training.runtime.memory_budget reads
-    the same rule on the training device): launch.memory_budget_gb, else a GPU's memory;
-    a CPU run without a budget is not planned."""
-    gb = cfg["launch"].get("memory_budget_gb") or 0
-    if gb:
-        return int(gb * 2 ** 30)
-    return device_memory(device) if device == "cuda" else None
+    """What the trainer plans its micro-batch against (training.runtime.memory_budget on the training device)."""
+    return devices.memory_budget(cfg["launch"].get("memory_budget_gb") or 0, device, device_memory(device))
 
 
 def device_memory(device: str) -> Optional[int]:
     """Bytes of memory on the training device (one GPU, or the machine's RAM)."""
     if device == "cuda":
-        torch = sys.modules.get("torch")
-        return int(torch.cuda.get_device_properties(0).total_memory) if torch is not None else None
+        return machine().memory
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

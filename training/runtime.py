@@ -16,6 +16,8 @@ from typing import Any, Optional
 import numpy as np
 
 from minimind.config import ExperimentConfig
+from minimind.devices import memory_budget as memory_budget_rule
+from minimind.devices import device_kind, resolve_precision
 from minimind.errors import MinimindError
 from minimind.lab import Lab
 from minimind.rundir import DS_CONFIG_FILE
@@ -87,15 +89,7 @@ def prepare_for_training(acc, model, optimizer):
 
 # --- device and precision (the trainer and the evaluator resolve them alike) ------------
 
-def resolve_precision(requested: str, *, cuda: bool, bf16_supported: bool, cpu: bool) -> str:
-    """launch.mixed_precision as accelerate takes it, from the device facts (pure).
-
-    `auto` (the default of new labs) is bf16 autocast on a CUDA device that supports bf16,
-    else fp32 ("no"); an explicit value (an older lab's 'no' included) is kept as written."""
-    if requested != "auto":
-        return requested
-    return "bf16" if cuda and not cpu and bf16_supported else "no"
-
+# The rules are minimind/devices.py's, shared with the compute estimate; this applies them here.
 
 def device_facts() -> dict[str, bool]:
     import torch
@@ -116,7 +110,7 @@ def run_device(cfg: ExperimentConfig, cuda: Optional[bool] = None, local_rank: O
 
     if cuda is None:
         cuda = torch.cuda.is_available()
-    if cfg.launch.cpu or not cuda:
+    if device_kind(cfg.launch.cpu, cuda) == "cpu":
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank)
 
@@ -160,15 +154,15 @@ def autocast_for(device, precision: str):
 
 
 def memory_budget(cfg: ExperimentConfig, device) -> Optional[int]:
-    """Bytes a process may plan for: launch.memory_budget_gb, else the GPU's memory; a CPU
-    run without a budget is not planned (lifecycle.estimate.memory_budget, the same rule)."""
-    if cfg.launch.memory_budget_gb:
-        return int(cfg.launch.memory_budget_gb * 2 ** 30)
-    if getattr(device, "type", str(device)) != "cuda":
-        return None
-    import torch
+    """Bytes this process may plan for on `device` (minimind.devices.memory_budget, the rule
+    the compute estimate applies too)."""
+    kind = getattr(device, "type", str(device))
+    gpu = None
+    if kind == "cuda" and not cfg.launch.memory_budget_gb:
+        import torch
 
-    return int(torch.cuda.get_device_properties(device).total_memory)
+        gpu = int(torch.cuda.get_device_properties(device).total_memory)
+    return memory_budget_rule(cfg.launch.memory_budget_gb, kind, gpu)
 
 
 def plan_memory(cfg: ExperimentConfig, model, device):
