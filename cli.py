@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from agent.backends import CHOICES as AGENT_CHOICES
 from minimind import __version__
 from minimind.errors import MinimindError
 from minimind.undo import Terminated
@@ -136,7 +137,7 @@ def data_prepare(pretrain: Path | None, sft: Path | None, chat_template: Path | 
 @click.option("--base", default=None, help="Base experiment (default: the highest finished version below VERSION).")
 @click.option("--expect", default=None, help="Expected result, e.g. 'inference_loss < base' or 'recall.mem_only.p_at_1 > 0.2'.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Config change, e.g. --set dim=256 --set train.max_steps=500.")
-@click.option("--agent", "agent_name", type=click.Choice(["auto", "offline", "claude"]), default=None,
+@click.option("--agent", "agent_name", type=click.Choice(AGENT_CHOICES), default=None,
               help="Who plans and writes the reasoning (default: minimind.yaml agent.backend).")
 @click.option("--lang", type=click.Choice(["en", "zh"]), default=None, help="Record language (default: minimind.yaml).")
 @click.option("--no-launch", is_flag=True, help="Render everything but do not start training (state: drafted).")
@@ -192,8 +193,6 @@ def new(version: str, goal: str | None, hypothesis: str | None, base: str | None
 
 
 def _interactive() -> bool:
-    import sys
-
     return sys.stdin.isatty() and sys.stdout.isatty()
 
 
@@ -387,7 +386,7 @@ def convert(src: Path, out: Path, n_heads: int | None, n_kv_heads: int | None, r
 
 @main.command()
 @click.argument("version")
-@click.option("--agent", type=click.Choice(["auto", "offline", "claude"]), default=None,
+@click.option("--agent", type=click.Choice(AGENT_CHOICES), default=None,
               help="Who writes the prose (default: the backend the experiment asked for).")
 def analyse(version: str, agent: str | None) -> None:
     """Redo only the analysis, the record and the commit draft from the existing eval.json.

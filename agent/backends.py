@@ -1,15 +1,18 @@
 """Which agent backend answers: a registry, and the `auto` rule.
 
-`auto` uses claude when an API key is configured, else offline. When claude fails under
-`auto`, the offline backend takes over and the record says so; under an explicit
-`--agent claude` the failure is an error and nothing is written.
+The registry is the one list of backend names: the CLI's --agent choices and the check of
+minimind.yaml `agent.backend` are read from it. Each backend says itself whether it can run
+here (the claude backend: whether an API key is set). `auto` uses the first backend other
+than offline that can run, else offline. When it fails under `auto`, the offline backend
+takes over and the record says so; under an explicit `--agent claude` the failure is an
+error and nothing is written.
 """
 
 from __future__ import annotations
 
-import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from agent.base import AgentBackend, AgentError
 from minimind.errors import MinimindError
@@ -28,12 +31,41 @@ def _claude(settings: AgentSettings, log_dir: Path, prior_logs: list[Path]) -> A
     return ClaudeAgent(settings, log_dir, prior_logs=prior_logs)
 
 
-BACKENDS: dict[str, Callable[[AgentSettings, Path, list[Path]], AgentBackend]] = {"offline": _offline, "claude": _claude}
+def _claude_unavailable() -> Optional[str]:
+    from agent import claude
+
+    return claude.unavailable()
+
+
+@dataclass(frozen=True)
+class Backend:
+    build: Callable[[AgentSettings, Path, list[Path]], AgentBackend]
+    unavailable: Callable[[], Optional[str]] = lambda: None  # why it cannot run here; None: it can
+
+
+BACKENDS: dict[str, Backend] = {"offline": Backend(_offline), "claude": Backend(_claude, _claude_unavailable)}
+AUTO = "auto"
+FALLBACK = "offline"  # runs anywhere: `auto` without another backend, and the takeover when one fails
+CHOICES = (AUTO, *BACKENDS)
+
+
+def check_name(requested: str, where: str = "--agent") -> str:
+    """`requested` when it names a backend or `auto`; MinimindError naming `where` otherwise (as
+    minimind.yaml's other settings are refused: the foundation cannot see this registry)."""
+    if requested not in CHOICES:
+        raise MinimindError(f"{where}: must be one of {', '.join(CHOICES)}; got {requested!r}")
+    return requested
+
+
+def unavailable(requested: str) -> Optional[str]:
+    """Why the requested backend cannot run here (None: it can; `auto` always can)."""
+    return None if check_name(requested) == AUTO else BACKENDS[requested].unavailable()
 
 
 def resolve_name(requested: str) -> str:
-    if requested == "auto":
-        return "claude" if os.environ.get("ANTHROPIC_API_KEY") else "offline"
+    if check_name(requested) == AUTO:
+        return next((name for name, backend in BACKENDS.items() if name != FALLBACK and backend.unavailable() is None),
+                    FALLBACK)
     return requested
 
 
@@ -45,16 +77,16 @@ def call(requested: str, settings: AgentSettings, log_dir: Path, step: str, ctx,
     """
     name = resolve_name(requested)
     try:
-        backend = BACKENDS[name](settings, log_dir, list(prior_logs or []))
+        backend = BACKENDS[name].build(settings, log_dir, list(prior_logs or []))
         result = getattr(backend, step)(ctx)
-        if name == "offline" and step in ("analyse", "draft_commit"):
+        if name == FALLBACK and step in ("analyse", "draft_commit"):
             result = checked_offline(step, ctx, result)
     except AgentError as exc:
-        if requested != "auto" or name == "offline":
+        if requested != AUTO or name == FALLBACK:
             raise MinimindError(f"agent ({name}) {step} failed: {exc}") from None
-        note = f"The claude backend failed ({str(exc).splitlines()[0][:160]}); the offline backend wrote this instead."
+        note = f"The {name} backend failed ({str(exc).splitlines()[0][:160]}); the offline backend wrote this instead."
         return _offline_call(settings, log_dir, step, ctx, note), note
-    if name == "offline":
+    if name == FALLBACK:
         _log_offline(log_dir, step, result)
     return result, ""
 
@@ -84,7 +116,7 @@ def checked_offline(step: str, ctx, result):
 
 
 def _offline_call(settings: AgentSettings, log_dir: Path, step: str, ctx, note: str):
-    result = getattr(BACKENDS["offline"](settings, log_dir, []), step)(ctx)
+    result = getattr(BACKENDS[FALLBACK].build(settings, log_dir, []), step)(ctx)
     if step in ("analyse", "draft_commit"):
         result = checked_offline(step, ctx, result)
     _log_offline(log_dir, step, result, note)

@@ -48,6 +48,9 @@ class PlanContext:
     config_schema: dict[str, dict]        # dotted key -> {type, help, min, max, choices, default}
     guardrails: dict[str, dict]           # name -> {safe, danger, action}
     lessons: str                          # the lab's architecture lessons
+    # the presets and aliases whose blocks hold a memory bank, asked of the model module
+    # (models/registry.py memory_presets): the agent layer cannot import the model itself
+    memory_presets: tuple[str, ...]
     lang: str = "en"
     # preflight check results on this experiment's code: [{id, lesson, source, status, detail}]
     checks: list[dict[str, Any]] = field(default_factory=list)
@@ -91,6 +94,7 @@ class AnalysisContext:
     verdict: str                          # supported / refuted / inconclusive (computed)
     verdict_reason: str                   # the rule and numbers that decided it
     guardrails: dict[str, dict]           # the lab's rules: name -> {safe, danger, action}
+    memory_presets: tuple[str, ...]       # as PlanContext's, of the module that built this run
     lang: str = "en"
     # What the analyst sees of the experiment beyond the numbers (lifecycle/analyse.py).
     plan: dict[str, Any] = field(default_factory=dict)          # the plan's thinking, expected, risks, changes

@@ -23,7 +23,8 @@ from typing import Any, Callable, Optional
 from agent import calllog, tools
 from agent.base import (AgentError, Analysis, AnalysisContext, CommitContext, CommitDraft, Plan,
                         PlanContext, lesson_due)
-from minimind.config import flatten
+from minimind.config import FIXED_SECTIONS, flatten
+from minimind import formats
 from minimind.settings import AgentSettings
 
 MISSING_KEY = "ANTHROPIC_API_KEY is not set: --agent claude needs it (or use --agent offline)"
@@ -60,6 +61,11 @@ LANGUAGE = {
     "en": "Write all prose in English.",
     "zh": "所有文字内容请用简体中文撰写（配置键名和取值保持原样，不要翻译）。Write all prose in Simplified Chinese.",
 }
+
+
+def unavailable() -> str | None:
+    """Why this backend cannot run here: no API key in the environment (None: it can)."""
+    return None if os.environ.get("ANTHROPIC_API_KEY") else MISSING_KEY
 
 
 class ClaudeAgent:
@@ -270,9 +276,10 @@ def analysis_prompt(ctx: AnalysisContext) -> str:
     rows = ["| metric | base | new | delta | interval of the delta | mark |", "|---|---|---|---|---|---|"]
     for r in ctx.comparison:
         ci = r.get("ci")
-        interval = f"[{_num(ci['low'])}, {_num(ci['high'])}] ({ci['confidence']:.0%}, n={ci['n']})" if ci else "none"
-        rows.append(f"| {r.get('metric')} | {_num(r.get('base'))} | {_num(r.get('new'))} | {_num(r.get('delta'))} "
-                    f"| {interval} | {r.get('mark') or '—'} |")
+        interval = (f"{formats.interval((ci['low'], ci['high']), '.4g')} ({ci['confidence']:.0%}, n={ci['n']})"
+                    if ci else "none")
+        rows.append(f"| {r.get('metric')} | {formats.number(r.get('base'))} | {formats.number(r.get('new'))} "
+                    f"| {formats.number(r.get('delta'))} | {interval} | {r.get('mark') or '—'} |")
     stop = f", stop reason: {ctx.stop_reason}" if ctx.stop_reason else ""
     parts = [
         f"# Analyse experiment {ctx.version} (stage {ctx.stage}, preset {(ctx.model_config or {}).get('preset')}, "
@@ -324,8 +331,8 @@ def _cause_line(cause: dict) -> str:
         return f"the run was launched with --force over the failed preflight check(s) {names}"
     if cause.get("kind") == "guardrail_moved":
         return f"this run's change moved guardrail(s) {names} into danger from a base that was safe or at watch"
-    return (f"the run is under-trained (train loss {_num(cause.get('train_loss'))}, uniform loss "
-            f"{_num(cause.get('uniform_loss'))}, no overfitting sign)")
+    return (f"the run is under-trained (train loss {formats.number(cause.get('train_loss'))}, uniform loss "
+            f"{formats.number(cause.get('uniform_loss'))}, no overfitting sign)")
 
 
 def commit_prompt(ctx: CommitContext) -> str:
@@ -404,9 +411,6 @@ def _short_failure(exc: Exception, anthropic: Any, timeout_s: float) -> str:
     return "could not reach the Anthropic API"
 
 
-FIXED_SECTIONS = ("data", "eval", "guardrails", "launch")
-
-
 def _language_line(lang: str) -> str:
     return {"zh": "Language of the record: Simplified Chinese (zh). Write every sentence in Chinese.",
             "en": "Language of the record: English (en)."}.get(lang, f"Language of the record: {lang}.")
@@ -421,10 +425,6 @@ def _round(obj: Any, digits: int = 4) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_round(v, digits) for v in obj]
     return obj
-
-
-def _num(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
 
 
 def _evidence(ev: Any) -> Any:

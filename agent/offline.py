@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from agent.base import (Analysis, AnalysisContext, CommitContext, CommitDraft, Plan, PlanContext)
 from minimind.config import parse_value
+from minimind.formats import interval, number
 from minimind.guardrails import EVAL_GUARDRAILS, danger_text, rule_from
 from minimind.verdict import implied_criteria, parse_criteria
 
@@ -303,19 +304,19 @@ def _base_guardrails(base_eval: Optional[dict], guardrails: dict[str, dict], lan
         if not isinstance(value, (int, float)) or spec is None or level not in ("safe", "watch", "danger"):
             continue
         side, danger = _side(name, spec, lang)
-        items.append(_t(lang, "base_guard_item", meaning=_meaning(name, lang), value=_n(value),
+        items.append(_t(lang, "base_guard_item", meaning=_meaning(name, lang), value=number(value),
                         level=_LEVEL[lang if lang in _LEVEL else "en"][level], side=side, danger=danger))
         safe, bad = spec.get("safe"), spec.get("danger")
         if level != "safe" and isinstance(safe, (int, float)) and isinstance(bad, (int, float)) and bad != safe:
             ratio = min(max((value - safe) / (bad - safe), 0.0), 1.0)
             risks.append(_t(lang, "risk_close", meaning=_meaning(name, lang), level=_LEVEL.get(lang, _LEVEL["en"])[level],
-                            value=_n(value), side=side, danger=danger, safe=f"{safe:g}", ratio=f"{ratio:.0%}"))
+                            value=number(value), side=side, danger=danger, safe=f"{safe:g}", ratio=f"{ratio:.0%}"))
     return (_t(lang, "base_guard", items=_join(lang, items)) if items else None), risks
 
 
 def _detectable(ctx: PlanContext, lang: str) -> Optional[str]:
     """How large a change of the key metric the base's own interval lets us see."""
-    from minimind.verdict import DEFAULT_METRIC, implied_criteria, metric_value, parse_criteria, value_interval
+    from minimind.verdict import DEFAULT_METRIC, metric_value, value_interval
 
     if not ctx.base_eval:
         return None
@@ -324,8 +325,8 @@ def _detectable(ctx: PlanContext, lang: str) -> Optional[str]:
     value, ci = metric_value(ctx.base_eval, metric), value_interval(ctx.base_eval, metric)
     if value is None or ci is None:
         return None
-    return _t(lang, "detectable", m=metric, v=_n(value), conf=f"{ci['confidence']:.0%}", lo=_n(ci["low"]),
-              hi=_n(ci["high"]), n=ci["n"], half=f"{(ci['high'] - ci['low']) / 2:.3g}")
+    return _t(lang, "detectable", m=metric, v=number(value), conf=f"{ci['confidence']:.0%}", lo=number(ci["low"]),
+              hi=number(ci["high"]), n=ci["n"], half=f"{(ci['high'] - ci['low']) / 2:.3g}")
 
 
 def pairs_in_text(text: str) -> list[tuple[str, Any]]:
@@ -388,7 +389,7 @@ class OfflineAgent:
         if ctx.base_eval:
             inf, val = ctx.base_eval.get("inference_loss"), ctx.base_eval.get("val_loss")
             if isinstance(inf, (int, float)) and isinstance(val, (int, float)):
-                lines.append(_t(lang, "to_beat", val=_n(val), inf=_n(inf)))
+                lines.append(_t(lang, "to_beat", val=number(val), inf=number(inf)))
         guard_line, close = _base_guardrails(ctx.base_eval, ctx.guardrails, lang)
         if guard_line:
             lines.append(guard_line)
@@ -396,7 +397,7 @@ class OfflineAgent:
         for key, value in all_changes:
             if key.endswith("preset"):
                 preset = value
-        if preset in ("memory", "hybrid"):
+        if preset in ctx.memory_presets:
             lines.append(_memory_query_sentence(ctx.checks, lang))
         lines.append(_guardrail_sentence(ctx.guardrails, lang))
         dangers = _dangers(ctx.guardrails, lang)
@@ -415,17 +416,18 @@ class OfflineAgent:
     def analyse(self, ctx: AnalysisContext) -> Analysis:
         lang = ctx.lang
         m, ev = ctx.metrics_summary, ctx.eval
-        training = _t(lang, "training", steps=m.get("steps", 0), dur=m.get("duration", "—"), first=_n(m.get("first_loss")),
-                      last=_n(m.get("last_loss")), low=_n(m.get("min_loss")), smooth=_n(m.get("smoothed_loss")),
-                      tps=_n(m.get("tokens_per_s")))
+        training = _t(lang, "training", steps=m.get("steps", 0), dur=m.get("duration", "—"),
+                      first=number(m.get("first_loss")), last=number(m.get("last_loss")), low=number(m.get("min_loss")),
+                      smooth=number(m.get("smoothed_loss")), tps=number(m.get("tokens_per_s")))
         if ctx.state == "guardrail_stopped":
             training += _t(lang, "stopped", reason=ctx.stop_reason)
-        inference = _t(lang, "inference", val=_n(ev.get("val_loss")), inf=_n(ev.get("inference_loss")),
-                       ratio=_n(ev.get("train_inference_ratio")), rep=_pct(ev.get("repetition_rate")),
-                       d2=_n(ev.get("distinct_2")))
+        inference = _t(lang, "inference", val=number(ev.get("val_loss")), inf=number(ev.get("inference_loss")),
+                       ratio=number(ev.get("train_inference_ratio")), rep=_pct(ev.get("repetition_rate")),
+                       d2=number(ev.get("distinct_2")))
         recall = ev.get("recall") or {}
         if recall:
-            parts = [_t(lang, "recall_item", split=split, p=_n(r.get("p_at_1")), n=r.get("n")) for split, r in recall.items()]
+            parts = [_t(lang, "recall_item", split=split, p=number(r.get("p_at_1")), n=r.get("n"))
+                     for split, r in recall.items()]
             inference += _t(lang, "recall", parts=_join(lang, parts))
         deep = []
         better = [r for r in ctx.comparison if r.get("mark") == "✅"]
@@ -447,9 +449,9 @@ class OfflineAgent:
             deep.append(_t(lang, "control", text=control["text"]))
         held, mem = recall.get("held_out", {}), recall.get("mem_only", {})
         preset = (ctx.model_config or {}).get("preset")
-        if preset in ("memory", "hybrid") and held.get("p_at_1") is not None and mem.get("p_at_1") is not None:
+        if preset in ctx.memory_presets and held.get("p_at_1") is not None and mem.get("p_at_1") is not None:
             gap = mem["p_at_1"] - held["p_at_1"]
-            deep.append(_t(lang, "gap", mem=_n(mem["p_at_1"]), held=_n(held["p_at_1"]), gap=f"{gap:+.3f}"))
+            deep.append(_t(lang, "gap", mem=number(mem["p_at_1"]), held=number(held["p_at_1"]), gap=f"{gap:+.3f}"))
         reading = (ctx.intervals or {}).get("bank_reading")
         if reading:  # only memory presets have retrieval diagnostics
             deep.append(_t(lang, "bank", text=reading["text"]))
@@ -460,11 +462,11 @@ class OfflineAgent:
         if history:
             deep.append(_t(lang, "history", items=_join(lang, [
                 _t(lang, "history_item", name=h["name"], frm=h.get("from") or _t(lang, "unset"), to=h["to"],
-                   step=h.get("step"), value=_n(h.get("value"))) for h in history[:6]])))
+                   step=h.get("step"), value=number(h.get("value"))) for h in history[:6]])))
         dangers = {n: g for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger"}
         if dangers:
             deep.append(_t(lang, "dangers", items=_join(lang, [
-                f"{n} = {_n(g.get('value'))}" + (f" ({' '.join(_side(n, ctx.guardrails[n], lang))})" if n in ctx.guardrails else "")
+                f"{n} = {number(g.get('value'))}" + (f" ({' '.join(_side(n, ctx.guardrails[n], lang))})" if n in ctx.guardrails else "")
                 for n, g in dangers.items()])))
         else:
             deep.append(_t(lang, "no_danger"))
@@ -513,7 +515,7 @@ class OfflineAgent:
         is not blamed on this run."""
         lang = ctx.lang
         causes = {c.get("kind"): c for c in ctx.causes}
-        memory = (ctx.model_config or {}).get("preset") in ("memory", "hybrid")
+        memory = (ctx.model_config or {}).get("preset") in ctx.memory_presets
         changed = bool(ctx.config_changes or ctx.model_diff.strip())
         steps = []
         if "forced_check" in causes:
@@ -530,7 +532,7 @@ class OfflineAgent:
             steps.append(_t(lang, "s_diversity"))
         under = causes.get("under_trained")
         if under:
-            steps.append(_t(lang, "s_under", loss=_n(under.get("train_loss")), uniform=_n(under.get("uniform_loss"))))
+            steps.append(_t(lang, "s_under", loss=number(under.get("train_loss")), uniform=number(under.get("uniform_loss"))))
         reading = (ctx.intervals or {}).get("bank_reading")
         if reading and not reading["above_chance"]:
             steps.append(_t(lang, "s_bank"))
@@ -611,16 +613,10 @@ def _diff_lines(diff: str) -> int:
     return sum(1 for line in diff.splitlines() if line.startswith(("+", "-")) and not line.startswith(("+++", "---")))
 
 
-def _n(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return "—" if value is None else str(value)
-    return f"{value:.4g}"
-
-
 def _moved(row: dict) -> str:
     ci = row.get("ci")
-    interval = f" (Δ {ci['confidence']:.0%} CI [{ci['low']:+.3g}, {ci['high']:+.3g}])" if ci else ""
-    return f"{row['metric']} {_n(row.get('base'))} → {_n(row.get('new'))}{interval}"
+    shown = f" (Δ {ci['confidence']:.0%} CI {interval((ci['low'], ci['high']), '+.3g')})" if ci else ""
+    return f"{row['metric']} {number(row.get('base'))} → {number(row.get('new'))}{shown}"
 
 
 def _pct(value: Any) -> str:

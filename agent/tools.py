@@ -8,7 +8,7 @@ the validator accepts. The validators re-check everything (a schema is a request
 guarantee) and raise `ToolInputError` listing every problem, which becomes the repair
 message of the one repair round.
 
-What the model may set: `model.*` and `train.*` keys only (`ALLOWED_SECTIONS`); never
+What the model may set: `model.*` and `train.*` keys only (minimind/config.py `AGENT_SECTIONS`); never
 data paths, guardrail thresholds, evaluation, launch or SwanLab settings, and no string
 value outside a small safe alphabet. Text fields are plain data: stripped, control characters removed,
 length-limited; single-line fields (titles, bullets) have newlines folded.
@@ -29,6 +29,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 from agent import prose
 from agent.base import (ANALYSIS_PROSE, COMMIT_PROSE, PLAN_PROSE, Analysis, AnalysisContext, CommitContext, CommitDraft, Plan,
                         PlanContext, cause_words, lesson_due, model_fields, required_fields)
+from minimind.config import AGENT_SECTIONS, FIXED_SECTIONS
 from minimind.errors import UsageError
 
 MAX_TEXT = 8000          # characters of one prose field
@@ -37,14 +38,6 @@ MAX_TITLE = 100          # characters of a commit title
 MAX_ITEMS = 12           # bullets in one list
 MAX_STRING_VALUE = 64    # characters of a string config value
 MAX_ABS_NUMBER = 1e15    # numbers beyond this are refused even where the schema sets no range
-
-# The model may change research settings only: `model.*` and `train.*` (an allowlist, so
-# a section added later is closed until someone opens it). Never paths (data),
-# thresholds (guardrails), evaluation (eval), how the run is launched (launch: process
-# counts, a DeepSpeed config path) or where results go (swanlab: cloud upload is the
-# user's call). Keys are the config schema's dotted `section.name`.
-ALLOWED_SECTIONS = ("model", "train")
-FORBIDDEN_SECTIONS = ("data", "guardrails", "eval", "launch", "swanlab")
 
 # A string config value (a preset name, a policy) needs nothing beyond these characters;
 # everything a shell, YAML or a path would read specially is outside it.
@@ -97,10 +90,11 @@ def allowed_config_keys(config_schema: dict[str, dict]) -> list[str]:
 
 def _forbidden_reason(key: str) -> str | None:
     section = key.split(".", 1)[0] if "." in key else ""
-    if section in FORBIDDEN_SECTIONS:
+    # the sections are minimind/config.py's (AGENT_SECTIONS an allowlist); keys are dotted `section.name`
+    if section in FIXED_SECTIONS:
         return f"{key}: {section}.* settings may not be changed by the agent"
-    if section not in ALLOWED_SECTIONS:
-        return f"{key}: only model.* and train.* settings may be changed by the agent"
+    if section not in AGENT_SECTIONS:
+        return f"{key}: only {' and '.join(s + '.*' for s in AGENT_SECTIONS)} settings may be changed by the agent"
     return None
 
 
@@ -404,7 +398,6 @@ def _code_change(raw: Any, problems: list[str]) -> tuple[dict[str, Any] | None, 
     if raw is None:
         return None, {}
     from agent.codeplan import CodeChange
-    from minimind.errors import UsageError
 
     try:
         change = CodeChange.from_dict(raw)

@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from minimind.config import ExperimentConfig
-from minimind.errors import MinimindError
 from minimind.lab import Lab
 from training.data import BOS_ID, EOS_ID, collate
 from training.measures import (RETRIEVAL_SPLITS, bootstrap_ci, device_of, entry_rank, evaluating, rank_of_answer)
@@ -216,11 +215,6 @@ def retrieval(model, tokenizer, probes: dict[str, list[dict[str, Any]]], rows: d
 
 def chat_reply(model, prompt: list[int], max_new_tokens: int) -> tuple[list[int], bool]:
     """(greedy reply tokens before </s>, whether it stopped at </s>) after a chat prompt."""
-    import torch
-
-    from training.data import EOS_ID
-    from training.measures import device_of
-
     out = model.generate(torch.tensor([prompt], device=device_of(model)), max_new_tokens=max_new_tokens,
                          temperature=0.0, eos_token_id=EOS_ID, use_cache=True)
     new = out[0, len(prompt):].tolist()

@@ -110,6 +110,7 @@ def throughput(preset: str, args, device, autocast, peak) -> dict:
     import torch
 
     from minimind.memory_plan import train_memory
+    from models.registry import config_spec
 
     model = build(preset, args.cpu_smoke, args.seq, device)
     seq = model.config.max_seq_len
@@ -127,7 +128,8 @@ def throughput(preset: str, args, device, autocast, peak) -> dict:
     seconds = time.perf_counter() - started
     n_params = sum(p.numel() for p in model.parameters())
     tok_s = args.batch * seq * args.steps / seconds
-    estimate = train_memory(model.config.to_dict(), n_params, args.batch * seq, args.precision)["total"]
+    estimate = train_memory(model.config.to_dict(), config_spec(model.config), n_params, args.batch * seq,
+                            args.precision)["total"]
     out = {"params": n_params, "micro_batch": args.batch, "seq": seq, "steps": args.steps, "tokens_per_s": tok_s,
            "mfu": 6 * n_params * tok_s / (peak * 1e12) if peak else None, "final_loss": loss,
            "estimated_bytes": estimate}
@@ -233,9 +235,10 @@ def largest_batch(preset: str, args, device) -> dict:
 def planned_largest(model, seq: int, args, budget: int) -> int:
     """The largest micro-batch whose step the memory plan (minimind.memory_plan) puts within `budget`."""
     from minimind.memory_plan import train_memory
+    from models.registry import config_spec
 
-    m, n_params = model.config.to_dict(), sum(p.numel() for p in model.parameters())
-    return search_largest(lambda b: train_memory(m, n_params, b * seq, args.precision)["total"] <= budget,
+    m, spec, n_params = model.config.to_dict(), config_spec(model.config), sum(p.numel() for p in model.parameters())
+    return search_largest(lambda b: train_memory(m, spec, n_params, b * seq, args.precision)["total"] <= budget,
                           args.max_batch)
 
 

@@ -68,8 +68,10 @@ def tail(text: str, n: int = 6) -> list[str]:
 def plan_bytes(model, batch_tokens: int, precision: str) -> dict:
     """The memory plan's figure for this step (minimind.memory_plan, the one the trainer uses)."""
     from minimind.memory_plan import train_memory
+    from models.registry import config_spec
 
-    return train_memory(model.config.to_dict(), sum(p.numel() for p in model.parameters()), batch_tokens, precision)
+    return train_memory(model.config.to_dict(), config_spec(model.config), sum(p.numel() for p in model.parameters()),
+                        batch_tokens, precision)
 
 
 def peak_worker(kind: str, micro_batch: int, seq: int, cpu: bool) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from minimind.atomic import write_json, write_text
-from minimind.config import diff, flatten, load_config
+from minimind.config import FIXED_SECTIONS, diff, flatten, load_config
 from minimind.errors import MinimindError
 from minimind.guardrails import rules_of, upgrade_eval
 from minimind.lab import Lab
@@ -27,12 +27,7 @@ from minimind.rundir import (AGENT_DIR, ANALYSIS_ERROR_LOG, ANALYSIS_FILE, COMMI
 CURVE_POINTS = 16        # points per curve shown to the agent
 DIFF_LIMIT = 8000        # characters of model.diff shown to the agent
 SAMPLES = 5              # samples shown to the agent
-FIXED_SECTIONS = ("data", "eval", "guardrails", "launch")  # the human's and the lab's, never the agent's
 _CURVE_KEY = re.compile(r"^(loss|loss_ce|eval/.+|memory/(l\d+/)?(selection_entropy|selection_distinct|candidate_entropy|entropy|coverage|dead))$")
-
-
-def lab_of(run_dir: Path) -> Lab:
-    return Lab(Path(run_dir).resolve().parent.parent)
 
 
 def downsample(points: list[list[float]], limit: int = CURVE_POINTS) -> list[list[float]]:
@@ -136,7 +131,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     from minimind.verdict import VERDICT_ZH, bank_reading, compare_rows, decide, held_out_control, result_lines
 
     run_dir = Path(run_dir).resolve()
-    lab = lab_of(run_dir)
+    lab = Lab.of_run(run_dir)
     settings = lab.settings()
     cfg = load_config(run_dir / CONFIG_FILE)
     version = cfg.version
@@ -160,6 +155,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     log_dir = run_dir / AGENT_DIR
     from agent.base import lessons_text
     from lifecycle import history, lessons
+    from models.registry import memory_presets
 
     prior = failed_attempt_logs(lab.runs_dir, version)
     metric_rows = read_metrics(run_dir / METRICS_FILE)
@@ -178,7 +174,8 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                           expect=plan.get("expect"), state=state.train_outcome or state.state,
                           stop_reason=state.stop_reason, config_changes=changes, metrics_summary=summary,
                           eval=_eval_view(ev), base_eval=_eval_view(base_ev) if base_ev else None, comparison=rows,
-                          verdict=verdict, verdict_reason=reason, guardrails=rules_of(cfg.guardrails), lang=lang,
+                          verdict=verdict, verdict_reason=reason, guardrails=rules_of(cfg.guardrails),
+                          memory_presets=memory_presets(lab.models_dir, cfg.model_module), lang=lang,
                           plan=plan_view, model_diff=bounded_diff, code_change=code_change, curves=curves(metric_rows),
                           guardrail_history=guardrail_history(metric_rows), samples=samples,
                           intervals={"confidence": confidence, "held_out_control": control,
@@ -274,11 +271,11 @@ def run_analysis(run_dir: Path, agent: Optional[str] = None) -> tuple[bool, str]
         update_state(run_dir, analysis_failed=True, analysis_error=reason, phase="done")
         try:
             plan = read_json(run_dir / PLAN_FILE) or {}
-            write_record(lab_of(run_dir), load_config(run_dir / CONFIG_FILE).version, plan.get("lang", "en"))
+            write_record(Lab.of_run(run_dir), load_config(run_dir / CONFIG_FILE).version, plan.get("lang", "en"))
         except (MinimindError, OSError):
             pass  # the flag and the reason are recorded; the record follows with the next render
         return False, reason
-    lab = lab_of(run_dir)
+    lab = Lab.of_run(run_dir)
     return True, str(path.relative_to(lab.root))
 
 

@@ -281,12 +281,13 @@ def frozen_entries(probe: Probe) -> Result:
 
 def param_count(probe: Probe) -> Result:
     from lifecycle.estimate import count_params
+    from models.registry import block_specs
 
     model = probe.build()
     cfg = probe.config
     unique = {id(p): p.numel() for p in model.parameters()}
     actual = sum(unique.values())
-    expected = count_params(cfg)["total"]
+    expected = count_params(cfg, block_specs(probe.module)[model.config.preset])["total"]
     problems, zh = [], []
     if actual != expected:
         problems.append(f"the model has {actual:,} parameters, the config implies {expected:,}")
@@ -399,8 +400,3 @@ def localized(results: list[dict[str, Any]], lang: str) -> list[dict[str, Any]]:
 
 def failed(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in results if r["status"] == FAILED]
-
-
-def status_of(results: list[dict[str, Any]], check_id: str) -> Optional[str]:
-    return next((r["status"] for r in results if r["id"] == check_id), None)
-

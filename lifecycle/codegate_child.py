@@ -144,6 +144,7 @@ def param_count_of_change(base, req: dict[str, Any]):
     check's own failure."""
     from lifecycle.checks import Result, param_count
     from lifecycle.estimate import count_params
+    from models.registry import block_specs
 
     def run(probe) -> Result:
         result = param_count(probe)
@@ -153,7 +154,7 @@ def param_count_of_change(base, req: dict[str, Any]):
         if result.status != "failed" or not new or ";" in result.detail:
             return result
         actual = sum({id(p): p.numel() for p in model.parameters()}.values())
-        implied = count_params(probe.config)["total"]
+        implied = count_params(probe.config, block_specs(probe.module)[model.config.preset])["total"]
         if actual - implied != sum(new.values()):
             return result
         names = ", ".join(list(new)[:4]) + (f" (+{len(new) - 4} more)" if len(new) > 4 else "")

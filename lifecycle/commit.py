@@ -109,7 +109,7 @@ def commit_experiment(lab: Lab, version: str, yes: bool) -> str:
         message = message_path.read_text(encoding="utf-8")
     else:
         message = f"Experiment {version}\n\nNo drafted message: the experiment was not analysed (state: {derived}).\n"
-    from lifecycle.history import INDEX_FILE, write_index
+    from lifecycle.history import write_index
 
     # The committed notebook lists what the history holds: the experiments committed before and
     # this one; the working tree's lists every experiment again afterwards.

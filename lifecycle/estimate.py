@@ -25,19 +25,32 @@ import os
 import sys
 from typing import Any, Optional
 
+from minimind import devices
 from minimind.errors import GateRefused
 from minimind.rundir import CONFIG_FILE, METRICS_FILE, PLAN_FILE, read_json, read_metrics
 
 # The memory formula and its constants have one owner, shared with the trainer's plan.
-from minimind.memory_plan import MEMORY_HEADROOM, PRESET_SPECS, bank_bytes, plan_micro_batch, train_memory
+from minimind.memory_plan import MEMORY_HEADROOM, bank_bytes, plan_micro_batch, train_memory
 from minimind.memory_plan import ffn_hidden as _ffn_hidden
 # A calibration run counts as the same size class when its FLOPs per token are within this factor.
 SIZE_CLASS_FACTOR = 4.0
 
 
-def count_params(m: dict) -> dict[str, int]:
-    """Trainable parameters of MiniMindLM(m): {dense, memory, total} (tied embeddings counted once)."""
-    feed_forward, memory = PRESET_SPECS[m["preset"]]
+def block_spec(lab, cfg: dict):
+    """The block layout of a resolved config's preset, asked of the model module that builds it
+    (models/registry.py): the module owns its presets, so a preset added to model.py counts here."""
+    from models.registry import LIVING, preset_spec
+
+    name = cfg.get("model_module") or LIVING
+    if not (lab.models_dir / f"{name}.py").is_file():
+        name = LIVING  # an experiment being created: `new` snapshots the living model for it
+    return preset_spec(lab.models_dir, name, cfg["model"]["preset"])
+
+
+def count_params(m: dict, spec) -> dict[str, int]:
+    """Trainable parameters of MiniMindLM(m) with block layout `spec`: {dense, memory, total}
+    (tied embeddings counted once)."""
+    feed_forward, memory = spec.feed_forward, spec.memory
     dim, layers = m["dim"], m["n_layers"]
     head = dim // m["n_heads"]
     attention = dim + 2 * dim * m["n_heads"] * head + 2 * dim * m["n_kv_heads"] * head  # norm, wq+wo, wk+wv
@@ -58,13 +71,13 @@ def count_params(m: dict) -> dict[str, int]:
     return {"dense": dense, "memory": layers * mem, "total": dense + layers * mem}
 
 
-def flops_per_token(m: dict, seq: Optional[int] = None) -> int:
+def flops_per_token(m: dict, spec, seq: Optional[int] = None) -> int:
     """Forward FLOPs per token: the matmul parameters, attention over the sequence, the memory lookup."""
     seq = seq or m["max_seq_len"]
-    p = count_params(m)
+    p = count_params(m, spec)
     matmul = p["dense"] + p["memory"]  # norms and sub-keys are a rounding error here
     flops = 2 * matmul + 2 * m["n_layers"] * seq * m["dim"]
-    if PRESET_SPECS[m["preset"]][1]:
+    if spec.memory:
         side, kd, c, length = math.isqrt(m["knowledge_num"]), m["knowledge_dim"], m["num_candidates"], m["knowledge_length"]
         flops += m["n_layers"] * (2 * side * kd + 2 * c * length * kd)  # sub-key scores, the weighted bag read
     return int(flops)
@@ -227,36 +240,32 @@ def counted_text(how: Any, lang: str = "en") -> str:
     return "未知:没有可计数的数据文件,也没有 max_steps" if zh else f"unknown: no {data} to count and no max_steps"
 
 
+def machine() -> devices.DeviceFacts:
+    """This machine as the estimate sees it: torch is asked only when it is already imported."""
+    return devices.facts_of(sys.modules.get("torch"))
+
+
+# Device, precision and budget follow the trainer's rule (minimind/devices.py) on this machine.
 def device_of(cfg: dict) -> str:
     """'cuda' or 'cpu': where the run will train."""
-    if cfg["launch"].get("cpu"):
-        return "cpu"
-    torch = sys.modules.get("torch")
-    return "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+    return devices.device_kind(bool(cfg["launch"].get("cpu")), machine().cuda)
 
 
 def _precision(cfg: dict, device: str) -> str:
-    """launch.mixed_precision with `auto` read as the trainer reads it on this device kind
-    (bf16 on CUDA; a card without bf16 is rare enough for an estimate)."""
-    requested = cfg["launch"].get("mixed_precision", "no")
-    return ("bf16" if device == "cuda" else "no") if requested == "auto" else requested
+    """launch.mixed_precision as the trainer resolves it (`auto`: bf16 only on a card that has it)."""
+    return devices.resolve_precision(cfg["launch"].get("mixed_precision", "no"), cuda=device == "cuda",
+                                     bf16_supported=machine().bf16_supported, cpu=bool(cfg["launch"].get("cpu")))
 
 
 def memory_budget(cfg: dict, device: str) -> Optional[int]:
-    """What the trainer plans its micro-batch against (training.runtime.memory_budget reads
-    the same rule on the training device): launch.memory_budget_gb, else a GPU's memory;
-    a CPU run without a budget is not planned."""
-    gb = cfg["launch"].get("memory_budget_gb") or 0
-    if gb:
-        return int(gb * 2 ** 30)
-    return device_memory(device) if device == "cuda" else None
+    """What the trainer plans its micro-batch against (training.runtime.memory_budget on the training device)."""
+    return devices.memory_budget(cfg["launch"].get("memory_budget_gb") or 0, device, device_memory(device))
 
 
 def device_memory(device: str) -> Optional[int]:
     """Bytes of memory on the training device (one GPU, or the machine's RAM)."""
     if device == "cuda":
-        torch = sys.modules.get("torch")
-        return int(torch.cuda.get_device_properties(0).total_memory) if torch is not None else None
+        return machine().memory
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -286,22 +295,22 @@ def _calibration(lab, device: str, fpt: int, exclude: Optional[str]) -> Optional
 
 def estimate(lab, cfg: dict, exclude: Optional[str] = None) -> dict[str, Any]:
     """The compute estimate of a resolved config (a plain dict, as config.yaml holds it)."""
-    m = cfg["model"]
-    params = count_params(m)
-    fpt = flops_per_token(m)
+    m, spec = cfg["model"], block_spec(lab, cfg)
+    params = count_params(m, spec)
+    fpt = flops_per_token(m, spec)
     tokens, steps, how = training_tokens(lab, cfg)
     train_flops = 3 * fpt * tokens if tokens is not None else None
     device = device_of(cfg)
     batch_tokens = cfg["train"]["batch_size"] * m["max_seq_len"]
-    needed = train_memory(m, params["total"], batch_tokens, _precision(cfg, device))["total"]
+    needed = train_memory(m, spec, params["total"], batch_tokens, _precision(cfg, device))["total"]
     budget = memory_budget(cfg, device)
     plan = None
     if budget is not None:  # the trainer's own plan: a micro-batch too big for the GPU is split
         plan = plan_micro_batch(cfg["train"]["batch_size"], cfg["train"]["accumulation_steps"], budget, m,
-                                params["total"], _precision(cfg, device)).as_dict()
+                                spec, params["total"], _precision(cfg, device)).as_dict()
     calib = _calibration(lab, device, fpt, exclude)
     wall = tokens / calib["scaled_tokens_per_s"] if calib and tokens else None
-    return {"params": params, "bank_bytes": bank_bytes(m), "flops_per_token": fpt, "train_tokens": tokens,
+    return {"params": params, "bank_bytes": bank_bytes(m, spec), "flops_per_token": fpt, "train_tokens": tokens,
             "train_steps": steps, "tokens_counted": counted_text(how), "tokens_counted_how": how, "train_flops": train_flops, "device": device,
             "device_memory_bytes": needed, "device_memory_available": device_memory(device), "memory_plan": plan,
             "wall_s": wall, "calibration": calib}

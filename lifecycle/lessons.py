@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 from minimind import causes as causes_rules
 from minimind.atomic import write_json, write_text
+from minimind.formats import number
 from minimind.rundir import LESSON_FILE, read_json
 from minimind.verdict import VERDICT_ZH
 
@@ -119,10 +120,6 @@ def lines(lab, lang: str = "en") -> Optional[list[str]]:
 
 # --- proposals --------------------------------------------------------------------------
 
-def _n(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
-
-
 def propose(version: str, plan: dict, ev: dict, verdict: str, reason: str, changes: list,
             lang: str = "en", causes: Optional[list[dict[str, Any]]] = None) -> Optional[dict[str, Any]]:
     """A lesson naming the first cause the data supports (minimind/causes.py), with its
@@ -145,23 +142,23 @@ def propose(version: str, plan: dict, ev: dict, verdict: str, reason: str, chang
         evidence += [f"{i}: {d}" for i, d in zip(cause["names"], cause["details"]) if d]
     elif cause["kind"] == causes_rules.GUARDRAIL_MOVED:
         moves = ("、" if zh else ", ").join(
-            f"{m['name']} {levels.get(m['from'], m['from'])} {_n(m['base_value'])} → "
-            f"{levels.get('danger', 'danger')} {_n(m['value'])}" for m in cause["moves"])
+            f"{m['name']} {levels.get(m['from'], m['from'])} {number(m['base_value'])} → "
+            f"{levels.get('danger', 'danger')} {number(m['value'])}" for m in cause["moves"])
         text = (f"{changed} 使护栏从基线的安全/警戒进入危险区({moves});在有实验证明相反之前,视该改动为其原因。" if zh else
                 f"{changed} moved guardrail(s) into danger against a base that was not there ({moves}); treat that "
                 "change as their cause until a run shows otherwise.")
     else:
-        text = (f"实验 {version} 训练不足:训练损失 {_n(cause['train_loss'])} 仍接近均匀分布的损失 "
-                f"{_n(cause['uniform_loss'])},且没有过拟合迹象;在更长的训练之前,不要据此判断改动。" if zh else
-                f"Experiment {version} is under-trained: its train loss {_n(cause['train_loss'])} is still near the "
-                f"uniform loss {_n(cause['uniform_loss'])} with no sign of overfitting; train longer before judging "
+        text = (f"实验 {version} 训练不足:训练损失 {number(cause['train_loss'])} 仍接近均匀分布的损失 "
+                f"{number(cause['uniform_loss'])},且没有过拟合迹象;在更长的训练之前,不要据此判断改动。" if zh else
+                f"Experiment {version} is under-trained: its train loss {number(cause['train_loss'])} is still near the "
+                f"uniform loss {number(cause['uniform_loss'])} with no sign of overfitting; train longer before judging "
                 "a change by it.")
     evidence.insert(0, f"判定 {VERDICT_ZH.get(verdict, verdict)}:{reason}" if zh else f"verdict {verdict}: {reason}")
     dangers = {n: g for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger"}
-    evidence += [f"{n} = {_n(g.get('value'))} ({levels.get(g.get('level'), g.get('level'))})"
+    evidence += [f"{n} = {number(g.get('value'))} ({levels.get(g.get('level'), g.get('level'))})"
                  for n, g in sorted(dangers.items())]
-    evidence.append(f"推理损失 {_n(ev.get('inference_loss'))},验证损失 {_n(ev.get('val_loss'))}" if zh else
-                    f"inference loss {_n(ev.get('inference_loss'))}, val loss {_n(ev.get('val_loss'))}")
+    evidence.append(f"推理损失 {number(ev.get('inference_loss'))},验证损失 {number(ev.get('val_loss'))}" if zh else
+                    f"inference loss {number(ev.get('inference_loss'))}, val loss {number(ev.get('val_loss'))}")
     return {"experiment": version, "text": text, "evidence": ("；" if zh else "; ").join(evidence), "status": "proposed",
             "cause": cause["kind"], "proposed_at": time.time(), "proposed_by": "rules"}
 

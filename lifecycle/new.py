@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from agent import backends
 from minimind.atomic import write_json, write_text
-from minimind.config import (STAGES, ExperimentConfig, apply_sets, config_hash, dump_config, from_dict, load_config,
-                             parse_assignment, parse_set, resolve_key)
+from minimind.config import (AGENT_SECTIONS, HUMAN_SECTIONS, LAB_POLICY_SECTIONS, STAGES, ExperimentConfig, apply_sets,
+                             config_hash, dump_config, from_dict, load_config, parse_assignment, parse_set, resolve_key)
 from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.guardrails import upgrade_eval
 from minimind.lab import Lab
@@ -27,12 +28,6 @@ from minimind.settings import SPLIT_SEED, LabSettings
 from minimind.rundir import AGENT_DIR, CONFIG_FILE, DIFF_FILE, EVAL_FILE, PLAN_FILE, ANALYSIS_FILE, update_state
 from minimind.undo import Undo, raising_signals, signals_held
 from minimind.versions import default_base, module_name, parse
-
-# Sections the agent may propose changes in; data paths, evaluation, guardrails, launch
-# and SwanLab are the human's (--set) or the lab's (minimind.yaml).
-AGENT_SECTIONS = ("model", "train")
-LAB_POLICY_SECTIONS = ("eval", "guardrails", "launch", "swanlab")
-
 
 @dataclass
 class NewRequest:
@@ -98,15 +93,13 @@ def base_config(lab: Lab, settings: LabSettings, base: Optional[str], model_conf
         "train": settings.train, "data": settings.data, "eval": settings.eval,
         "guardrails": settings.guardrails, "launch": settings.launch, "swanlab": settings.swanlab,
     }
-    from minimind.schema import to_dict
-
     lab_defaults = {k: to_dict(v) for k, v in lab_defaults.items()}
     if base is None:
         if lab_defaults["data"].get("split_seed") is None:
             lab_defaults["data"]["split_seed"] = SPLIT_SEED
         return lab_defaults
     inherited = load_config(lab.run_dir(base) / CONFIG_FILE).to_dict()
-    config = {k: inherited[k] for k in ("model", "train", "data")}
+    config = {k: inherited[k] for k in (*AGENT_SECTIONS, *HUMAN_SECTIONS)}  # the policy is re-read below
     if config["data"].get("split_seed") is None:
         # A base written before split_seed split its documents by train.seed: pin that
         # seed, so this run is evaluated on the base's documents whatever its own seed.
@@ -220,10 +213,12 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
     start = {"stage": req.stage, **({"init": init} if init else {}),
              **base_config(lab, settings, base, model_cls)}
     apply_sets(start, sets, model_fields)  # types and ranges of the human's values
-    requested = req.agent or settings.agent.backend
+    requested = backends.check_name(req.agent or settings.agent.backend, "--agent" if req.agent else
+                                    f"{lab.settings_path.name}: agent.backend")
     lang = req.lang or settings.agent.lang
-    if requested == "claude" and not os.environ.get("ANTHROPIC_API_KEY"):
-        raise MinimindError("ANTHROPIC_API_KEY is not set: --agent claude needs it (or use --agent offline)")
+    missing = backends.unavailable(requested)
+    if missing:
+        raise MinimindError(missing)
     snapshot = lab.snapshot_path(req.version)
     living = lab.models_dir / "model.py"
     if snapshot.exists() and snapshot.read_bytes() != living.read_bytes():
@@ -413,12 +408,12 @@ def _keep_call_log(lab: Lab, version: str, staging: Path) -> None:
 
 def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging, checks=()):
     """Ask the agent, apply its changes then the human's, validate; returns (config, plan record)."""
-    from agent import backends
     from agent.base import PlanContext, lessons_text
     from agent.prose import notes_line
     from lifecycle import history, lessons
     from minimind.config import flatten
     from minimind.rundir import read_json
+    from models.registry import memory_presets
 
     schema = agent_schema(model_fields)
     diff_text, against = model_diff(lab, base)
@@ -435,7 +430,8 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
                       sets=sets, base_config=start, base_record_summary=base_record,
                       base_eval=upgrade_eval(read_json(lab.run_dir(base) / EVAL_FILE)) if base else None,
                       model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=lessons_text(guardrails, lessons.lines(lab, lang)),
-                      lang=lang, checks=list(checks), notebook=history.trace(lab), code_change=req.code_change)
+                      memory_presets=memory_presets(lab.models_dir), lang=lang, checks=list(checks),
+                      notebook=history.trace(lab), code_change=req.code_change)
     from agent.calllog import failed_attempt_logs
 
     plan, note = backends.call(requested, settings.agent, staging / AGENT_DIR, "plan", ctx,

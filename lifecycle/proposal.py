@@ -29,6 +29,7 @@ import math
 from typing import Any, Optional
 
 from minimind.atomic import write_json
+from minimind.config import AGENT_SECTIONS
 from minimind.errors import MinimindError, UsageError
 from minimind.rundir import NEXT_FILE, read_json
 
@@ -148,9 +149,12 @@ class _Validator:
 
     def __init__(self, lab):
         from lifecycle.new import agent_schema, model_schema
+        from models.registry import memory_presets
 
         self.model_cls, self.fields = model_schema(lab)
         self.schema = agent_schema(self.fields)
+        # what the next experiment runs is the living model: its presets decide the rules
+        self.memory_presets = memory_presets(lab.models_dir)
 
     def config(self, cfg: dict, sets: list[tuple[str, Any]]) -> dict:
         from lifecycle.new import validate_model
@@ -203,7 +207,7 @@ def _rules(validator: _Validator, version: str, cfg: dict, verdict: str, dangers
     forced = rules.first(causes, rules.FORCED_CHECK)
     if forced:
         return ([], *said("forced", checks=", ".join(forced["names"])))
-    if "memory_entropy" in dangers and m.get("preset") in ("memory", "hybrid"):
+    if "memory_entropy" in dangers and m.get("preset") in validator.memory_presets:
         side = math.isqrt(m["knowledge_num"])
         more = min(side, m["num_candidates"] * 2)
         weight = validator.within("model.diversity_loss_weight", max(0.1, 2 * m.get("diversity_loss_weight", 0.0)))
@@ -215,7 +219,7 @@ def _rules(validator: _Validator, version: str, cfg: dict, verdict: str, dangers
     if verdict == "refuted" or moved:
         halves: list[tuple[str, Any]] = []
         for key, a, b in changes:
-            if key.split(".")[0] in ("model", "train"):
+            if key.split(".")[0] in AGENT_SECTIONS:
                 value = validator.halfway(cfg, key, a, b, halves)
                 if value is not None:
                     halves.append((key, value))
@@ -244,6 +248,7 @@ def build(lab, version: str, cfg: dict, verdict: str, dangers: list[str], change
     proposal says why (`fallback_reason`). Raises MinimindError when the rules' own proposal
     does not validate: the caller drops it (an optional product never fails the analysis)."""
     from lifecycle import estimate
+    from models.registry import LIVING
 
     validator = _Validator(lab)
     fallback = None
@@ -270,7 +275,8 @@ def build(lab, version: str, cfg: dict, verdict: str, dangers: list[str], change
             proposed = validator.config(cfg, sets)
         except UsageError as exc:
             raise MinimindError(f"the rules' next experiment does not validate ({exc})") from None
-    est = estimate.estimate(lab, proposed)
+    # the proposed experiment will snapshot the living model, whatever module its base ran
+    est = estimate.estimate(lab, {**proposed, "model_module": LIVING})
     base_est = estimate.estimate(lab, base_cfg)
     ratio = est["train_flops"] / base_est["train_flops"] if est["train_flops"] and base_est["train_flops"] else None
     out = {"base": base, "goal": goal, "hypothesis": hypothesis, "expect": expect,

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from minimind.atomic import write_text
 from minimind.config import flatten, load_config
+from minimind.formats import interval
 from minimind.lab import Lab
 from minimind.guardrails import LIGHTS, upgrade_eval
 from minimind.schema import to_dict
@@ -146,12 +147,12 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
     for split, r in ((ev or {}).get("recall") or {}).items():
         ci = r.get("p_at_1_ci")
         recall.append({"split": split, "n": r.get("n"), "p_at_1": r.get("p_at_1"), "mrr": r.get("mrr"),
-                       "p_ci": f"[{ci[0]:.2f}, {ci[1]:.2f}]" if isinstance(ci, list) and len(ci) == 2 and None not in ci else ""})
+                       "p_ci": interval(ci)})
     chat_qa = []
     for group, q in ((ev or {}).get("chat_qa") or {}).items():
         ci = q.get("accuracy_ci")
         chat_qa.append({"group": group, "n": q.get("n"), "accuracy": q.get("accuracy"),
-                        "ci": f"[{ci[0]:.2f}, {ci[1]:.2f}]" if isinstance(ci, list) and len(ci) == 2 and None not in ci else ""})
+                        "ci": interval(ci)})
     retrieval = _retrieval_rows(ev)
     reading = (analysis or {}).get("bank_reading") or (bank_reading(ev, confidence, lang_of(plan)) if ev else None)
     started, ended = state.started_at, state.ended_at
@@ -191,7 +192,7 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
         "analysis_failed": bool(state.analysis_failed) and analysis is None,
         "analysis_error": state.analysis_error or "",
         "eval_prompt_tokens": cfg.eval.prompt_tokens,
-        "analysis": {"available": analysis is not None, "notes": [], **(analysis or {}),
+        "analysis": {"available": analysis is not None, **(analysis or {}),
                      "notes": list((analysis or {}).get("notes") or []) + list((analysis or {}).get("commit_notes") or [])},
         "preflight": _preflight_view(plan.get("preflight") or {}, lang_of(plan)),
         "estimate_lines": (plan.get("estimate") or {}).get("lines", []),
@@ -228,10 +229,6 @@ def _preflight_view(preflight: dict, lang: str) -> dict:
     return view
 
 
-def _ci_text(ci: Any) -> str:
-    return f"[{ci[0]:.2f}, {ci[1]:.2f}]" if isinstance(ci, list) and len(ci) == 2 and None not in ci else ""
-
-
 def _retrieval_rows(ev: Optional[dict]) -> list[dict[str, Any]]:
     """The retrieval diagnostics table: per bank split, hit@1 and hit@C of the fact's own
     entry and of the shuffled control, with their intervals. Empty without memory."""
@@ -245,11 +242,11 @@ def _retrieval_rows(ev: Optional[dict]) -> list[dict[str, Any]]:
             continue
         control = r.get("control") or {}
         out.append({"split": split, "n": r.get("n"), "in_bank": r.get("in_bank"), "c": ret.get("num_candidates"),
-                    "hit_at_1": r.get("hit_at_1"), "hit_at_1_ci": _ci_text(r.get("hit_at_1_ci")),
-                    "hit_at_c": r.get("hit_at_c"), "hit_at_c_ci": _ci_text(r.get("hit_at_c_ci")),
+                    "hit_at_1": r.get("hit_at_1"), "hit_at_1_ci": interval(r.get("hit_at_1_ci")),
+                    "hit_at_c": r.get("hit_at_c"), "hit_at_c_ci": interval(r.get("hit_at_c_ci")),
                     "mean_rank": r.get("mean_rank"),
                     "control_hit_at_1": control.get("hit_at_1"), "control_hit_at_c": control.get("hit_at_c"),
-                    "control_hit_at_c_ci": _ci_text(control.get("hit_at_c_ci"))})
+                    "control_hit_at_c_ci": interval(control.get("hit_at_c_ci"))})
     return out
 
 

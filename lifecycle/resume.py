@@ -100,7 +100,6 @@ def _refresh_sbatch(lab: Lab, run_dir) -> list[str]:
     """A Slurm run is resubmitted with the lab's current slurm: settings (a raised time limit, say)."""
     from lifecycle.slurm import write_sbatch
     from minimind.config import load_config
-    from minimind.rundir import CONFIG_FILE
 
     cfg = load_config(run_dir / CONFIG_FILE)
     if cfg.launch.backend != "slurm":

@@ -12,6 +12,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from minimind.formats import number
 from minimind.guardrails import LIGHTS, NAMES as GUARDRAILS, upgrade_eval, upgrade_results
 from minimind.lab import Lab
 from minimind.rundir import (AGENT_DIR, EVAL_FILE, FLAGS, MISSING, TRAIN_LOG, UNREADABLE, current, has_state, is_stale,
@@ -23,10 +24,6 @@ def _eta(seconds: Any) -> str:
         return ""
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
-
-
-def _num(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
 
 
 def summary(lab: Lab, version: str) -> dict[str, Any]:
@@ -208,12 +205,12 @@ def _detail(lab: Lab, version: str, as_json: bool) -> None:
         console.print(f"stage sft from {info['init'].get('version')}: {info['init'].get('checkpoint')} "
                       f"(sha256 {str(info['init'].get('sha256'))[:12]})", markup=False, highlight=False)
     console.print(f"base {info['base'] or '—'} · stage {info['stage']} · pid {info['pid'] or '—'} · step {info['step'] or 0}/{info['total_steps'] or '—'}"
-                  f" · loss {_num(info['loss'])} · ETA {_eta(info['eta_s']) or '—'} · phase {info['phase'] or '—'}")
+                  f" · loss {number(info['loss'])} · ETA {_eta(info['eta_s']) or '—'} · phase {info['phase'] or '—'}")
     for name in GUARDRAILS:
         g = info["guardrails"][name]
-        candidates = (f" · candidate-softmax entropy {_num(g['candidate_entropy'])} (not judged)"
+        candidates = (f" · candidate-softmax entropy {number(g['candidate_entropy'])} (not judged)"
                       if g.get("candidate_entropy") is not None else "")
-        console.print(f"  {LIGHTS.get(g.get('level'), '⚪')} {name}: {_num(g.get('value'))} ({g.get('level', 'not measured')})"
+        console.print(f"  {LIGHTS.get(g.get('level'), '⚪')} {name}: {number(g.get('value'))} ({g.get('level', 'not measured')})"
                       + candidates)
     console.print("flags: " + ", ".join(f"{f} {'yes' if info[f] else 'no'}" for f in FLAGS))
     if info["analysis_failed"]:

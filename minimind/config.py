@@ -33,6 +33,22 @@ SECTIONS: dict[str, type] = {
 
 STAGES = ("pretrain", "sft")
 
+# Who changes each section of an experiment config: the one list that `new`, the agent's tools
+# and prompts and the analysis read. The agent proposes model.* and train.*. data paths are the
+# human's (--set) and inherited from the base; eval, guardrails, launch and swanlab are the
+# lab's policy (minimind.yaml), re-read for every new experiment. swanlab is fixed like the rest
+# of the policy, and shown to the agent with it: where results go (a cloud upload) is the user's
+# call, not a research variable, and one list of fixed sections keeps "everything but model.*
+# and train.* is fixed" true without an exception (the agent's tools refused swanlab.* while
+# its prompts left it out of the fixed settings). The agent's tools allow AGENT_SECTIONS only,
+# so a section added later is closed to the agent until someone opens it here. `init` is
+# written by `new` from --base (stage sft), by no one else.
+AGENT_SECTIONS = ("model", "train")
+HUMAN_SECTIONS = ("data",)
+LAB_POLICY_SECTIONS = ("eval", "guardrails", "launch", "swanlab")
+FIXED_SECTIONS = (*HUMAN_SECTIONS, *LAB_POLICY_SECTIONS)
+DERIVED_SECTIONS = ("init",)
+
 
 @dataclass(kw_only=True)
 class InitConfig:

@@ -232,11 +232,6 @@ def danger_text(name: str, rule: GuardrailRule) -> str:
     return f"{side} {_show(name, rule.danger)}"
 
 
-def rule_text(name: str, rule: GuardrailRule) -> str:
-    """'smoothed train loss below 0.1 (action: stop)' for prose and prompts."""
-    return f"{MEANINGS.get(name, name)} {danger_text(name, rule)} (action: {rule.action})"
-
-
 def rules_of(cfg: GuardrailsConfig) -> dict[str, dict[str, Any]]:
     """{name: {safe, danger, action}}: the lab's rules as plain data (agent contexts, prompts)."""
     return {name: dataclasses.asdict(getattr(cfg, name)) for name in NAMES}

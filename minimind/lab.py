@@ -21,6 +21,12 @@ from minimind.versions import module_name, parse, sorted_versions
 class Lab:
     root: Path
 
+    @classmethod
+    def of_run(cls, run_dir) -> "Lab":
+        """The lab a run directory belongs to: runs/V sits at the lab's root (absolute, so a
+        later change of the working directory cannot move it)."""
+        return cls(Path(run_dir).resolve().parent.parent)
+
     @property
     def settings_path(self) -> Path:
         return self.root / SETTINGS_FILE

@@ -31,10 +31,9 @@ EMA_MAX_PENDING = 32768
 # a fixed workspace, the 0.28 GiB a card measured beside the plan (docs/PERFORMANCE.md).
 LOSS_CHUNK_ELEMENTS = 1 << 24
 
-PRESET_SPECS = {  # models/model.py PRESETS: (feed_forward, memory)
-    "original": (True, False), "memory": (False, True), "hybrid": (True, True), "no_feed": (False, False),
-    "model_original": (True, False), "model_memory": (False, True), "model": (True, True), "model_no_feed": (False, False),
-}
+# `spec` below is the preset's block layout, an object with `feed_forward` and `memory` (the
+# model module's BlockSpec, from models/registry.py): the model module owns its presets, and this
+# foundation module cannot import it.
 
 
 def ffn_hidden(m: dict) -> int:
@@ -50,9 +49,9 @@ def bank_width(m: dict) -> int:
     return 2 if m["vocab_size"] <= 32767 else 4
 
 
-def bank_bytes(m: dict) -> int:
+def bank_bytes(m: dict, spec) -> int:
     """The bank (token ids) and its freeze mask; 0 without memory."""
-    if not PRESET_SPECS[m["preset"]][1]:
+    if not spec.memory:
         return 0
     return m["knowledge_num"] * (m["knowledge_length"] * bank_width(m) + 1)
 
@@ -62,12 +61,12 @@ def activation_bytes(precision: str) -> int:
     return 2 if precision in ("bf16", "fp16") else 4
 
 
-def layer_bytes_per_token(m: dict, precision: str) -> int:
+def layer_bytes_per_token(m: dict, spec, precision: str) -> int:
     """Bytes one transformer block keeps for backward per token, by its parts.
 
     Under autocast the residual stream and RMSNorm's work stay fp32 (4 bytes), each Linear
     keeps its own bf16 copy of an fp32 input, and the other activations are bf16 (`w`)."""
-    feed_forward, memory = PRESET_SPECS[m["preset"]]
+    feed_forward, memory = spec.feed_forward, spec.memory
     d, w, cast = m["dim"], activation_bytes(precision), precision in ("bf16", "fp16")
 
     def norm_of_fp32():  # RMSNorm of the fp32 residual: input, 1/rms, normalised
@@ -107,18 +106,18 @@ def head_bytes_per_token(m: dict, precision: str) -> int:
     return 8 + 8 * d + 4 + (2 * d if cast else 4 * d) + w * m["vocab_size"]
 
 
-def memory_state_bytes(m: dict) -> int:
+def memory_state_bytes(m: dict, spec) -> int:
     """What each memory layer holds besides parameters: the EMA store (ids, fp32 query sums,
     counts: capacity + 1 slots) and the statistics window's int32 usage counts."""
-    if not PRESET_SPECS[m["preset"]][1]:
+    if not spec.memory:
         return 0
     slots = min(EMA_MAX_PENDING, m["knowledge_num"]) + 1
     return m["n_layers"] * (slots * (4 * m["dim"] + 8 + 8) + 4 * m["knowledge_num"])
 
 
-def train_memory(m: dict, n_params: int, batch_tokens: int, precision: str = "no") -> dict[str, int]:
+def train_memory(m: dict, spec, n_params: int, batch_tokens: int, precision: str = "no") -> dict[str, int]:
     """Bytes a training step needs on one device, by part (and `total`), for the model
-    config dict `m` (ModelConfig's fields, as config.yaml holds them).
+    config dict `m` (ModelConfig's fields, as config.yaml holds them) of block layout `spec`.
 
     `activations` is everything autograd keeps at the end of the forward (the logits'
     gradient included: the chunked loss, training.measures.masked_ce, computes it in the
@@ -128,13 +127,13 @@ def train_memory(m: dict, n_params: int, batch_tokens: int, precision: str = "no
     scoring builds in its backward, whichever is larger; on an H200 the step's peak came in
     the loss's forward, at this plan plus the loss's fixed fp32 workspace, within 1%."""
     w, cast = activation_bytes(precision), precision in ("bf16", "fp16")
-    per_token = m["n_layers"] * layer_bytes_per_token(m, precision) + head_bytes_per_token(m, precision)
-    sub_key_grad = 8 * math.isqrt(m["knowledge_num"]) if PRESET_SPECS[m["preset"]][1] else 0
+    per_token = m["n_layers"] * layer_bytes_per_token(m, spec, precision) + head_bytes_per_token(m, precision)
+    sub_key_grad = 8 * math.isqrt(m["knowledge_num"]) if spec.memory else 0
     parts = {
         "parameters_and_optimizer": TRAIN_BYTES_PER_PARAM * n_params,
         "autocast_weight_copies": 2 * n_params if cast else 0,  # kept for backward by each Linear
-        "bank": bank_bytes(m),
-        "memory_state": memory_state_bytes(m),
+        "bank": bank_bytes(m, spec),
+        "memory_state": memory_state_bytes(m, spec),
         "activations": per_token * batch_tokens,
         "transient": max(w * m["vocab_size"], sub_key_grad) * batch_tokens,
         "loss_workspace": 4 * 4 * min(LOSS_CHUNK_ELEMENTS, batch_tokens * m["vocab_size"]),
@@ -178,14 +177,14 @@ class MicroBatchPlan:
                 "fits": self.fits}
 
 
-def plan_micro_batch(batch_size: int, accumulation_steps: int, budget_bytes: Optional[int], m: dict,
+def plan_micro_batch(batch_size: int, accumulation_steps: int, budget_bytes: Optional[int], m: dict, spec,
                      n_params: int, precision: str = "no") -> MicroBatchPlan:
     """The largest micro-batch dividing `batch_size` whose step fits MEMORY_HEADROOM of the
     budget, the accumulation multiplied to keep batch_size x accumulation_steps; sequences
     of m["max_seq_len"] tokens (what real pretraining data fills). No budget (a CPU run):
     the configuration as it is."""
     def need(b: int) -> int:
-        return train_memory(m, n_params, b * m["max_seq_len"], precision)["total"]
+        return train_memory(m, spec, n_params, b * m["max_seq_len"], precision)["total"]
 
     configured = (batch_size, accumulation_steps)
     if budget_bytes is None:

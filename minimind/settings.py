@@ -197,7 +197,10 @@ class SwanlabConfig:
 
 @dataclass(kw_only=True)
 class AgentSettings:
-    backend: Literal["auto", "offline", "claude"] = field("auto", help="who writes the reasoning", choices=["auto", "offline", "claude"])
+    # The names are agent/backends.py's registry, which this foundation cannot import: the lifecycle
+    # checks the value against it (agent.backends.check_name) before any agent is asked anything.
+    backend: str = field("auto", help="who writes the reasoning: auto (the best backend that can run here) or a "
+                         "backend by name (`minimind new --help` lists them)")
     model: str = field("claude-sonnet-4-6", help="Anthropic model name")
     max_usd: float = field(2.0, help="spending cap per experiment, US dollars", min=0.0, max=1000.0)
     max_tokens: int = field(4096, help="max output tokens per call", min=256, max=64000)

@@ -93,13 +93,37 @@ def load_module(models_dir, name: str):
     return module
 
 
-def preset_names(models_dir, name: str = LIVING) -> tuple[str, ...]:
-    """Every preset and alias the module accepts, read from its PRESETS and PRESET_ALIASES.
+def block_specs(module) -> dict[str, Any]:
+    """Every preset and alias a loaded model module accepts -> its BlockSpec (feed_forward, memory).
 
-    The module is the only list: a preset added to model.py is usable everywhere at once.
+    The module's PRESETS and PRESET_ALIASES are the only list: a preset added to model.py is
+    usable everywhere at once (the estimate, the memory plan, the agent's prose and proposals).
     """
-    module = load_module(models_dir, name)
-    return (*module.PRESETS, *module.PRESET_ALIASES)
+    return {**module.PRESETS, **{alias: module.PRESETS[target] for alias, target in module.PRESET_ALIASES.items()}}
+
+
+def preset_names(models_dir, name: str = LIVING) -> tuple[str, ...]:
+    """Every preset and alias the named module accepts, presets first."""
+    return tuple(block_specs(load_module(models_dir, name)))
+
+
+def memory_presets(models_dir, name: str = LIVING) -> tuple[str, ...]:
+    """The presets and aliases of the named module whose blocks hold a memory bank."""
+    return tuple(preset for preset, spec in block_specs(load_module(models_dir, name)).items() if spec.memory)
+
+
+def preset_spec(models_dir, name: str, preset: str):
+    """The BlockSpec of one preset (or alias) of the named module; MinimindError if it has none."""
+    specs = block_specs(load_module(models_dir, name))
+    if preset not in specs:
+        raise MinimindError(f"model module {name!r} has no preset {preset!r} (it has {', '.join(specs)})")
+    return specs[preset]
+
+
+def config_spec(config):
+    """The BlockSpec of a built ModelConfig, from the module that defined its class (the living
+    model or a snapshot loaded by load_module)."""
+    return block_specs(sys.modules[type(config).__module__])[config.preset]
 
 
 def model_config(models_dir, module: str, model_cfg: dict):

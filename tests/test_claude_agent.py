@@ -110,6 +110,7 @@ def plan_context(**overrides) -> PlanContext:
         base_eval={"val_loss": 3.0, "samples": [{"prompt": "p" * 1000, "generated": "g"}] * 10},
         model_diff="+x = 1\n" * 5000, config_schema=SCHEMA,
         guardrails={"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}}, lessons=lessons_text({"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}}),
+        memory_presets=("memory", "hybrid"),
     )
     values.update(overrides)
     return PlanContext(**values)
@@ -174,7 +175,8 @@ def test_analysis_and_commit_draft(fake, agent_for):
                           base_eval={"val_loss": 3.0}, comparison=[{"metric": "val_loss", "base": 3.0, "new": 2.9,
                                                                     "delta": -0.1, "better": True}],
                           verdict="supported", verdict_reason="val_loss fell by 0.1 (> 0.05)",
-                          guardrails={"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}}, lang="zh")
+                          guardrails={"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}},
+                          memory_presets=("memory", "hybrid"), lang="zh")
     analysis = agent.analyse(ctx)
     assert analysis.next_steps == ["try 128", "line break"]  # bullets stay one line
     body = fake.requests[-1]["body"]
@@ -412,7 +414,8 @@ def refuted_context(**over) -> AnalysisContext:
                   comparison=[{"metric": "inference_loss", "base": 1.77, "new": 2.139, "delta": 0.369, "better": False,
                                "ci": {"low": 0.2, "high": 0.5, "n": 20, "confidence": 0.95}}],
                   verdict="refuted", verdict_reason="inference_loss base 1.77 → 2.139, 95% CI [+0.2, +0.5]: missed",
-                  guardrails={"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}})
+                  guardrails={"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}},
+                  memory_presets=("memory", "hybrid"))
     values.update(over)
     return AnalysisContext(**values)
 

@@ -17,7 +17,7 @@ from minimind.settings import AgentSettings
 def _context() -> PlanContext:
     return PlanContext(version="0.1.0", base=None, goal="g", hypothesis="h", expect=None, sets=[],
                        base_config={"model": {"preset": "original"}, "train": {}}, base_record_summary="",
-                       base_eval=None, model_diff="", config_schema={}, guardrails={}, lessons="")
+                       base_eval=None, model_diff="", config_schema={}, guardrails={}, lessons="", memory_presets=())
 
 
 def test_name_resolution_failure_is_not_retried(monkeypatch, tmp_path):

@@ -55,16 +55,16 @@ def test_new_records_the_estimate_and_gates_a_compute_jump(lab):
 
 def test_the_estimate_counts_the_models_real_parameters():
     from lifecycle.estimate import bank_bytes, count_params
-    from models.model import MiniMindLM, ModelConfig
+    from models.model import PRESETS, MiniMindLM, ModelConfig
 
     for preset, moe in (("memory", False), ("hybrid", True), ("original", False)):
         cfg = ModelConfig(preset=preset, use_moe=moe, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=64,
                           knowledge_num=64, knowledge_length=4, knowledge_dim=16, num_candidates=4)
         model = MiniMindLM(cfg)
         real = sum({id(p): p.numel() for p in model.parameters()}.values())
-        assert count_params(cfg.to_dict())["total"] == real
+        assert count_params(cfg.to_dict(), PRESETS[preset])["total"] == real
         if cfg.has_memory:
-            assert bank_bytes(cfg.to_dict()) == model.memory_bank.numel() * model.memory_bank.element_size() + 64
+            assert bank_bytes(cfg.to_dict(), PRESETS[preset]) == model.memory_bank.numel() * model.memory_bank.element_size() + 64
 
 
 def test_an_sft_estimate_counts_the_conversations_tokens(tmp_path, bundled, monkeypatch):
@@ -119,3 +119,33 @@ def test_an_sft_estimate_counts_the_conversations_tokens(tmp_path, bundled, monk
     assert estimate.gate(lab, {**cfg, "stage": "sft"}, est, "0.1.0", ratio * 1.01, False, True) is None
     with pytest.raises(Exception, match="× the base 0.1.0"):
         estimate.gate(lab, {**cfg, "stage": "sft"}, est, "0.1.0", ratio * 0.5, False, True)
+
+
+def test_the_estimate_resolves_precision_as_the_trainer_does(lab, monkeypatch):
+    """`auto` is bf16 only on a card that computes in bf16 (minimind/devices.py): the estimate
+    plans a card without it in fp32, as the trainer will run it."""
+    import yaml
+
+    from lifecycle import estimate
+    from minimind.config import from_dict
+    from minimind.devices import DeviceFacts
+    from minimind.memory_plan import train_memory
+    from training import runtime
+
+    assert invoke(lab, "new", "0.1.0", *NEW, "--no-launch").exit_code == 0
+    cfg = yaml.safe_load((lab.run_dir("0.1.0") / "config.yaml").read_text())
+    assert cfg["launch"]["mixed_precision"] == "auto" and not cfg["launch"]["memory_budget_gb"]
+    batch_tokens = cfg["train"]["batch_size"] * cfg["model"]["max_seq_len"]
+    needed = {}
+    for bf16 in (True, False):
+        card = DeviceFacts(cuda=True, bf16_supported=bf16, memory=80 * 2 ** 30)
+        monkeypatch.setattr(estimate, "machine", lambda card=card: card)
+        est = estimate.estimate(lab, cfg)
+        precision = runtime.run_precision(from_dict(cfg), {"cuda": True, "bf16_supported": bf16})
+        assert precision == ("bf16" if bf16 else "no")
+        assert est["device"] == "cuda" and est["memory_plan"]["budget_bytes"] == 80 * 2 ** 30
+        spec = estimate.block_spec(lab, cfg)
+        assert est["device_memory_bytes"] == train_memory(cfg["model"], spec, est["params"]["total"], batch_tokens,
+                                                          precision)["total"]
+        needed[bf16] = est["device_memory_bytes"]
+    assert needed[False] > needed[True]  # fp32 activations (4 bytes) outweigh the bf16 weight copies it saves

@@ -83,6 +83,15 @@ def test_init_and_discovery(tmp_path, monkeypatch):
         init_lab(lab.root)
 
 
+def test_a_run_directory_knows_its_lab(tmp_path, monkeypatch):
+    from minimind.lab import Lab
+
+    lab = Lab(tmp_path.resolve())
+    assert Lab.of_run(lab.run_dir("0.1.0")) == lab
+    monkeypatch.chdir(tmp_path)
+    assert Lab.of_run(Path("runs") / "0.1.0") == lab  # a relative run directory: the lab stays absolute
+
+
 def test_set_parsing_and_resolution():
     assert parse_assignment("train.batch_size=8") == ("train.batch_size", "8")
     with pytest.raises(UsageError):

@@ -157,7 +157,8 @@ def _analysis_context(lab, state: str, stop_reason):
                                             "min_loss": DANGER_LOSS, "smoothed_loss": DANGER_LOSS,
                                             "tokens_per_s": 1000.0, "duration": "5s"},
                            eval=ev, base_eval=None, comparison=[], verdict="inconclusive",
-                           verdict_reason="no base to compare with", guardrails=rules.rules_of(cfg))
+                           verdict_reason="no base to compare with", guardrails=rules.rules_of(cfg),
+                           memory_presets=("memory", "hybrid"))
 
 
 def _analysis_text(analysis) -> str:

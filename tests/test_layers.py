@@ -110,3 +110,29 @@ def test_fast_paths_import_nothing_heavy(tmp_path, argv):
                          env={"MINIMIND_LAB": str(lab), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _bound(node) -> list[tuple[str, tuple]]:
+    """(name, (module, imported name)) for each name an import statement binds."""
+    module = node.module if isinstance(node, ast.ImportFrom) else None
+    return [(alias.asname or alias.name.split(".")[0], (module, alias.name)) for alias in node.names]
+
+
+def reimports(root: Path) -> list[str]:
+    """Imports inside functions of a name the module already imports at its top, from the same place."""
+    files = [root / "cli.py"] + [p for package in ALLOWED if (root / package).is_dir()
+                                 for p in sorted((root / package).rglob("*.py"))]
+    out = []
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        top = dict(b for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom)) for b in _bound(node))
+        for func in ast.walk(tree):
+            if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                out += [f"{path.relative_to(root)}:{node.lineno} imports {name} again"
+                        for node in ast.walk(func) if isinstance(node, (ast.Import, ast.ImportFrom))
+                        for name, source in _bound(node) if top.get(name) == source]
+    return out
+
+
+def test_no_function_imports_again_what_its_module_has():
+    assert reimports(ROOT) == []

@@ -12,26 +12,27 @@ from lifecycle.estimate import count_params
 from minimind import memory_plan
 from minimind.memory_plan import (MEMORY_HEADROOM, head_bytes_per_token, layer_bytes_per_token, memory_state_bytes,
                                   plan_micro_batch, train_memory)
-from models.model import EMA_MAX_PENDING, MiniMindLM, ModelConfig
+from models.model import EMA_MAX_PENDING, PRESETS, MiniMindLM, ModelConfig
 
 MODEL = ModelConfig(preset="memory", dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=1000, max_seq_len=128,
                     knowledge_num=1024, knowledge_length=8, knowledge_dim=32, num_candidates=8).to_dict()
+SPEC = PRESETS["memory"]
 PARAMS = 1_000_000
 RTX_4090_BYTES = 24564 * 2 ** 20  # torch.cuda.get_device_properties(...).total_memory of a 24 GB RTX 4090
 
 
 def test_train_memory_parts_and_precision():
-    fp32 = train_memory(MODEL, PARAMS, 1000)
-    bf16 = train_memory(MODEL, PARAMS, 1000, "bf16")
+    fp32 = train_memory(MODEL, SPEC, PARAMS, 1000)
+    bf16 = train_memory(MODEL, SPEC, PARAMS, 1000, "bf16")
     assert fp32["parameters_and_optimizer"] == bf16["parameters_and_optimizer"] == 16_000_000
     assert fp32["autocast_weight_copies"] == 0 and bf16["autocast_weight_copies"] == 2 * PARAMS
-    per_token = 2 * layer_bytes_per_token(MODEL, "no") + head_bytes_per_token(MODEL, "no")
+    per_token = 2 * layer_bytes_per_token(MODEL, SPEC, "no") + head_bytes_per_token(MODEL, "no")
     assert fp32["activations"] == 1000 * per_token and bf16["activations"] < fp32["activations"]
     # the largest tensor beside the kept ones: the logits in their own dtype (4 and 2 bytes)
     assert fp32["transient"] == 4 * 1000 * 1000 and bf16["transient"] == 2 * 1000 * 1000
     assert fp32["bank"] == 1024 * (8 * 2 + 1)
     assert fp32["loss_workspace"] == bf16["loss_workspace"] == 4 * 4 * 1000 * 1000  # four fp32 copies of a chunk
-    assert train_memory(MODEL, PARAMS, 10 ** 6, "bf16")["loss_workspace"] == 4 * 4 * 2 ** 24  # a chunk at most
+    assert train_memory(MODEL, SPEC, PARAMS, 10 ** 6, "bf16")["loss_workspace"] == 4 * 4 * 2 ** 24  # a chunk at most
     assert fp32["total"] == sum(v for k, v in fp32.items() if k != "total")
 
 
@@ -43,26 +44,26 @@ def test_the_ema_stores_and_usage_counts_are_counted_as_the_model_holds_them():
     model = MiniMindLM(ModelConfig(**MODEL))
     held = sum(t.numel() * t.element_size() for _, layer in model.memory_layers()
                for t in (layer.ema_ids, layer.ema_sums, layer.ema_counts, layer.usage))
-    assert memory_state_bytes(MODEL) == held
+    assert memory_state_bytes(MODEL, SPEC) == held
     # MiniMind2 size: 32,769 slots x dim fp32 per memory layer, 0.54 GB over 8 layers
     big = ModelConfig(preset="memory").to_dict()
-    assert memory_state_bytes(big) == 8 * ((32768 + 1) * (4 * 512 + 16) + 4 * 1_048_576)
-    assert memory_state_bytes({**big, "preset": "original"}) == 0
+    assert memory_state_bytes(big, SPEC) == 8 * ((32768 + 1) * (4 * 512 + 16) + 4 * 1_048_576)
+    assert memory_state_bytes({**big, "preset": "original"}, PRESETS["original"]) == 0
 
 
 def test_a_micro_batch_too_big_is_split_keeping_the_effective_batch():
     seq = MODEL["max_seq_len"]
-    fixed = train_memory(MODEL, PARAMS, 0)["total"]
-    per_seq = train_memory(MODEL, PARAMS, seq)["total"] - fixed
+    fixed = train_memory(MODEL, SPEC, PARAMS, 0)["total"]
+    per_seq = train_memory(MODEL, SPEC, PARAMS, seq)["total"] - fixed
     budget = int((fixed + 10 * per_seq) / MEMORY_HEADROOM)  # room for 10 sequences: 32 -> 8 (divides 32)
-    plan = plan_micro_batch(32, 2, budget, MODEL, PARAMS)
+    plan = plan_micro_batch(32, 2, budget, MODEL, SPEC, PARAMS)
     assert (plan.batch_size, plan.accumulation_steps) == (8, 8) and plan.split and plan.fits
     assert plan.batch_size * plan.accumulation_steps == 32 * 2
     assert "split into micro-batch 8 x accumulation 8" in plan.note()
-    roomy = plan_micro_batch(32, 2, 10 ** 12, MODEL, PARAMS)
+    roomy = plan_micro_batch(32, 2, 10 ** 12, MODEL, SPEC, PARAMS)
     assert not roomy.split and (roomy.batch_size, roomy.accumulation_steps) == (32, 2)
-    assert not plan_micro_batch(32, 2, None, MODEL, PARAMS).split        # a CPU run: not planned
-    hopeless = plan_micro_batch(32, 2, fixed, MODEL, PARAMS)
+    assert not plan_micro_batch(32, 2, None, MODEL, SPEC, PARAMS).split        # a CPU run: not planned
+    hopeless = plan_micro_batch(32, 2, fixed, MODEL, SPEC, PARAMS)
     assert not hopeless.fits and hopeless.batch_size == 1 and hopeless.accumulation_steps == 64
 
 
@@ -76,19 +77,19 @@ def test_the_lab_recipe_on_a_24_gb_card():
     (tests/test_saved_memory.py) give 14.1 GiB: 128 x 512 fits, and the plan keeps it.
     On an H200, through the trainer's path, the step's peak was 14.16 GiB (22.54 before)."""
     m = ModelConfig(preset="memory", max_seq_len=512).to_dict()
-    params = count_params(m)["total"]  # 11.8 M
-    parts = train_memory(m, params, 128 * 512, "bf16")
+    params = count_params(m, SPEC)["total"]  # 11.8 M
+    parts = train_memory(m, SPEC, params, 128 * 512, "bf16")
     gib = 2 ** 30
     assert parts["activations"] / gib == pytest.approx(12.30, abs=0.01)
     assert parts["memory_state"] / gib == pytest.approx(0.53, abs=0.01)
     assert parts["transient"] / gib == pytest.approx(0.78, abs=0.01)
-    plan = plan_micro_batch(128, 8, RTX_4090_BYTES, m, params, "bf16")
+    plan = plan_micro_batch(128, 8, RTX_4090_BYTES, m, SPEC, params, "bf16")
     assert plan.fits and not plan.split and (plan.batch_size, plan.accumulation_steps) == (128, 8)
     assert plan.needed_bytes <= MEMORY_HEADROOM * RTX_4090_BYTES
     assert plan.note() == (f"memory plan: micro-batch 128 x accumulation 8, about {plan.needed_bytes / gib:.2f} GiB "
                            "of the 23.99 GiB budget")
     # a 12 GiB card does not take it: the plan halves the micro-batch and doubles the accumulation
-    small = plan_micro_batch(128, 8, 12 * 2 ** 30, m, params, "bf16")
+    small = plan_micro_batch(128, 8, 12 * 2 ** 30, m, SPEC, params, "bf16")
     assert (small.batch_size, small.accumulation_steps) == (64, 16) and small.fits
 
 

@@ -315,7 +315,8 @@ def test_offline_conclusion_cites_the_metric_the_verdict_was_decided_on_first():
                           expect="chat_qa.taught.accuracy > base", state="finished", stop_reason=None,
                           config_changes=[], metrics_summary={"steps": 10, "first_loss": 8.7, "last_loss": 0.5},
                           eval={}, base_eval={}, comparison=rows, verdict="supported",
-                          verdict_reason="chat_qa.taught.accuracy base 0.1 → 0.508: met", guardrails={})
+                          verdict_reason="chat_qa.taught.accuracy base 0.1 → 0.508: met", guardrails={},
+                          memory_presets=("memory", "hybrid"))
     conclusion = OfflineAgent().analyse(ctx).conclusion
     assert conclusion.startswith("Against 0.1.1: chat_qa.taught.accuracy 0.1 → 0.508 (Δ 95% CI [+0.33, +0.48])"), conclusion
     assert conclusion.index("chat_qa.taught.accuracy") < conclusion.index("inference_loss")

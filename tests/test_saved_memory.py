@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import helpers_train as h
 from minimind.memory_plan import head_bytes_per_token, layer_bytes_per_token
+from models.model import PRESETS as BLOCKS
 from models.model import MiniMindLM, ModelConfig, WeightedBagSum, topk_by_groups
 from training.saved_memory import measure
 
@@ -125,7 +126,7 @@ def test_the_plan_counts_what_a_training_forward_keeps(preset, precision, moe):
     candidates), seq 512; scaled down only in layers (1 and 2) and batch (1 and 2)."""
     measured = measure({"preset": preset, "use_moe": moe}, precision, seq=512)
     m = ModelConfig(preset=preset, max_seq_len=512, use_moe=moe).to_dict()
-    layer, head = layer_bytes_per_token(m, precision), head_bytes_per_token(m, precision)
+    layer, head = layer_bytes_per_token(m, BLOCKS[preset], precision), head_bytes_per_token(m, precision)
     assert layer == pytest.approx(measured["layer_bytes_per_token"], rel=TOLERANCE), measured
     assert head == pytest.approx(measured["head_bytes_per_token"], rel=TOLERANCE), measured
     # the lab's recipe of 8 layers, as a whole

@@ -104,7 +104,7 @@ def _target(args: argparse.Namespace):
     if args.run_dir:
         run_dir = args.run_dir.resolve()
         cfg = load_config(run_dir / CONFIG_FILE)
-        lab = Lab(run_dir.parent.parent)
+        lab = Lab.of_run(run_dir)
         path = args.checkpoint or args.model_path or _default_checkpoint(lab, cfg, run_dir)
         return lab, cfg, Path(path), args.out or run_dir / EVAL_FILE, run_dir
     lab = Lab(args.lab.resolve()) if args.lab else find_lab()

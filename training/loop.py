@@ -17,7 +17,6 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -110,7 +109,7 @@ def _finite_or_none(x: Optional[float]) -> Optional[float]:
 class Trainer:
     def __init__(self, run_dir: Path, resume: bool = False):
         self.run_dir = Path(run_dir).resolve()
-        self.lab = Lab(self.run_dir.parent.parent)
+        self.lab = Lab.of_run(self.run_dir)
         self.cfg = load_config(self.run_dir / CONFIG_FILE)
         self.configured = self.cfg   # as config.yaml says; self.cfg becomes the memory plan's
         self.resume = resume

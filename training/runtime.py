@@ -16,6 +16,8 @@ from typing import Any, Optional
 import numpy as np
 
 from minimind.config import ExperimentConfig
+from minimind.devices import memory_budget as memory_budget_rule
+from minimind.devices import device_kind, resolve_precision
 from minimind.errors import MinimindError
 from minimind.lab import Lab
 from minimind.rundir import DS_CONFIG_FILE
@@ -58,7 +60,7 @@ def make_accelerator(cfg: ExperimentConfig, run_dir: Path, n_params: int):
 
         from minimind.atomic import write_json
 
-        ds = deepspeed_config(cfg, n_params, user_deepspeed_json(cfg, Path(run_dir).parent.parent))
+        ds = deepspeed_config(cfg, n_params, user_deepspeed_json(cfg, Lab.of_run(run_dir).root))
         if os.environ.get("RANK", "0") == "0":  # the config actually used, kept with the run
             write_json(Path(run_dir) / DS_CONFIG_FILE, ds)
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
@@ -87,18 +89,7 @@ def prepare_for_training(acc, model, optimizer):
 
 # --- device and precision (the trainer and the evaluator resolve them alike) ------------
 
-PRECISIONS = ("no", "fp16", "bf16")
-
-
-def resolve_precision(requested: str, *, cuda: bool, bf16_supported: bool, cpu: bool) -> str:
-    """launch.mixed_precision as accelerate takes it, from the device facts (pure).
-
-    `auto` (the default of new labs) is bf16 autocast on a CUDA device that supports bf16,
-    else fp32 ("no"); an explicit value (an older lab's 'no' included) is kept as written."""
-    if requested != "auto":
-        return requested
-    return "bf16" if cuda and not cpu and bf16_supported else "no"
-
+# The rules are minimind/devices.py's, shared with the compute estimate; this applies them here.
 
 def device_facts() -> dict[str, bool]:
     import torch
@@ -119,7 +110,7 @@ def run_device(cfg: ExperimentConfig, cuda: Optional[bool] = None, local_rank: O
 
     if cuda is None:
         cuda = torch.cuda.is_available()
-    if cfg.launch.cpu or not cuda:
+    if device_kind(cfg.launch.cpu, cuda) == "cpu":
         return torch.device("cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) if local_rank is None else local_rank)
 
@@ -163,23 +154,25 @@ def autocast_for(device, precision: str):
 
 
 def memory_budget(cfg: ExperimentConfig, device) -> Optional[int]:
-    """Bytes a process may plan for: launch.memory_budget_gb, else the GPU's memory; a CPU
-    run without a budget is not planned (lifecycle.estimate.memory_budget, the same rule)."""
-    if cfg.launch.memory_budget_gb:
-        return int(cfg.launch.memory_budget_gb * 2 ** 30)
-    if getattr(device, "type", str(device)) != "cuda":
-        return None
-    import torch
+    """Bytes this process may plan for on `device` (minimind.devices.memory_budget, the rule
+    the compute estimate applies too)."""
+    kind = getattr(device, "type", str(device))
+    gpu = None
+    if kind == "cuda" and not cfg.launch.memory_budget_gb:
+        import torch
 
-    return int(torch.cuda.get_device_properties(device).total_memory)
+        gpu = int(torch.cuda.get_device_properties(device).total_memory)
+    return memory_budget_rule(cfg.launch.memory_budget_gb, kind, gpu)
 
 
 def plan_memory(cfg: ExperimentConfig, model, device):
     """The micro-batch plan of this run's config for `model` on `device` (minimind.memory_plan)."""
     from minimind.memory_plan import plan_micro_batch
+    from models.registry import config_spec
 
     return plan_micro_batch(cfg.train.batch_size, cfg.train.accumulation_steps, memory_budget(cfg, device),
-                            model.config.to_dict(), sum(p.numel() for p in model.parameters()), run_precision(cfg))
+                            model.config.to_dict(), config_spec(model.config), sum(p.numel() for p in model.parameters()),
+                            run_precision(cfg))
 
 
 def planned_config(cfg: ExperimentConfig, plan) -> ExperimentConfig:
