@@ -84,7 +84,11 @@ def test_history_index_and_reviewer_notes(refuted):
     from lifecycle.history import trace
 
     assert "12-step budget" in trace(lab)
-    # commit carries INDEX.md and LESSONS.md
+    # commit carries INDEX.md and LESSONS.md (the lesson accepted here unless the lesson test ran
+    # first on this module's lab: the test does not depend on the order tests run in)
+    from lifecycle import lessons
+
+    lessons.accept(lab, lab.run_dir("0.1.0"), "me")
     assert invoke(lab, "commit", "0.1.0", "--yes").exit_code == 0
     files = subprocess.run(["git", "show", "--name-only", "--format=", "HEAD"], cwd=lab.root, capture_output=True,
                            text=True).stdout.split()
