@@ -317,16 +317,16 @@ def undo(lab: Lab, version: str) -> str:
 def run_with_code_change(lab: Lab, req: Any, create: Callable[..., Any]) -> Any:
     """`new` with a human's patch: gate it, have it approved, install it, then create the
     experiment as usual (`create(lab, req, _code=...)`); the living file is restored if that fails."""
-    from lifecycle.new import _check_existing, _parse_sets, base_config, model_schema, validate_model
+    from lifecycle.new import _check_existing, _parse_sets, base_config, finished_base, model_schema, validate_model
     from minimind.config import apply_sets, resolve_key
-    from minimind.versions import default_base, parse
+    from minimind.versions import parse
 
     parse(req.version)
     _check_existing(lab, req.version)
     if req.from_proposal:
         raise UsageError("--patch and --from-proposal cannot be combined")
     settings = lab.settings()
-    base = req.base or default_base(req.version, lab.versions())
+    base = req.base or finished_base(lab, req.version)  # the base `new` itself will take
     if req.base is not None and not (lab.run_dir(req.base) / "config.yaml").exists():
         raise UsageError(f"base experiment {req.base} does not exist")
     patch_path = Path(req.patch)

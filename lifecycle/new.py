@@ -141,11 +141,17 @@ def check_sets(lab: Lab, items: list[str]) -> list[tuple[str, Any]]:
 
 
 def finished_base(lab: Lab, version: str) -> Optional[str]:
-    """The default base: the highest *finished* experiment below `version` (a draft that never ran,
-    or a run that failed, has nothing to build on)."""
+    """The default base of a pretraining experiment: the highest *finished* pretraining experiment
+    below `version`. A draft that never ran, or a run that failed, has nothing to build on; an
+    SFT run is another stage, whose inference loss SFT itself raised (an SFT experiment names
+    its --base)."""
     from minimind.rundir import current
 
-    return default_base(version, [v for v in lab.versions() if current(lab.run_dir(v))[0] == "finished"])
+    def pretrained(v: str) -> bool:
+        derived, state = current(lab.run_dir(v))
+        return derived == "finished" and (state.stage or "pretrain") == "pretrain"
+
+    return default_base(version, [v for v in lab.versions() if pretrained(v)])
 
 
 def _check_existing(lab: Lab, version: str) -> None:

@@ -97,6 +97,22 @@ def test_default_base_is_the_highest_finished(lab, monkeypatch):
     assert json.loads((lab.run_dir("0.2.0") / "plan.json").read_text())["base"] == "0.1.0"
 
 
+def test_the_default_base_of_a_pretraining_run_is_a_pretraining_run(lab):
+    """A walk through the README: after the SFT 1.5.0 of 1.4.8, `new 1.5.1` (pretraining) took
+    the SFT run as its base, and would have compared its inference loss with one SFT had raised."""
+    from lifecycle.new import finished_base
+    from minimind.rundir import update_state, write_exit_code
+
+    for version in ("0.1.0", "0.1.1"):
+        assert invoke(lab, "new", version, "--goal", GOAL, "--hypothesis", HYP, "--no-launch").exit_code == 0
+        update_state(lab.run_dir(version), state="running", pid=1, proc_start=0)
+        write_exit_code(lab.run_dir(version), 0)
+    update_state(lab.run_dir("0.1.1"), stage="sft")  # 0.1.1 stands for an SFT of 0.1.0
+    assert finished_base(lab, "0.2.0") == "0.1.0"
+    result = invoke(lab, "new", "0.2.0", "--goal", GOAL, "--hypothesis", HYP, "--no-launch")
+    assert result.exit_code == 0 and "base 0.1.0" in result.output, result.output
+
+
 @pytest.mark.parametrize("derived, code", [("finished", 0), ("stopped", 10), ("failed", 1), ("drafted", None)])
 def test_the_committed_state_has_no_processes_and_a_clone_carries_it_on(tmp_path, derived, code):
     from minimind.atomic import write_json
