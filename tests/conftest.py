@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import pytest
+
+from lab_helpers import isolate
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # tests import the packages from the checkout
@@ -19,15 +20,19 @@ if str(ROOT) not in sys.path:  # tests import the packages from the checkout
 # uses the localhost Slurm cluster, so no two of its tests run side by side.
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session():
+    """Module-scoped fixtures that train a lab once run before any test's own isolation: the
+    session is isolated first, so they never see the developer's API key or git identity."""
+    with pytest.MonkeyPatch.context() as mp:
+        isolate(mp)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
-    """No test sees the developer's API key, lab or git identity."""
-    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "MINIMIND_LAB", "MINIMIND_AGENT_MODEL",
-                 "MINIMIND_AGENT_BACKEND", "MINIMIND_AGENT_MAX_USD"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("GIT_AUTHOR_NAME", "Test Researcher")
-    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "researcher@example.org")
-    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    """No test sees the developer's API key, lab or git identity (lab_helpers.isolate)."""
+    isolate(monkeypatch)
 
 
 @pytest.fixture(autouse=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -43,6 +44,17 @@ agent:
 
 
 SFT_FILES = ("sft.jsonl", "sft_eval.jsonl", "sft_split.json")
+
+
+def isolate(monkeypatch) -> None:
+    """No developer's API key, lab or git identity: every test has it (conftest), and a
+    module-scoped fixture that trains a lab once applies it with pytest.MonkeyPatch.context()."""
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "MINIMIND_LAB", "MINIMIND_AGENT_MODEL",
+                 "MINIMIND_AGENT_BACKEND", "MINIMIND_AGENT_MAX_USD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "Test Researcher")
+    monkeypatch.setenv("GIT_AUTHOR_EMAIL", "researcher@example.org")
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
 
 
 def make_lab(root: Path, data_dir: Path, steps: int = 12, sft: bool = False):

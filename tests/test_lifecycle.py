@@ -118,10 +118,28 @@ def test_concurrent_new_exactly_one_succeeds(lab):
     assert len(list(lab.experiment_dir.glob("experiment_0.4.0.md"))) == 1
 
 
-def test_full_loop_then_compare_and_memory(lab):
+@pytest.fixture(scope="module")
+def looped(tmp_path_factory, bundled):
+    """One lab through the whole loop, trained once for the tests below: 0.1.0 dense (reviewed
+    and committed), then 0.1.1 memory with a Chinese record. Each test checks one feature, so
+    the first failure does not hide the rest."""
+    lab = make_lab(tmp_path_factory.mktemp("loop") / "lab", bundled)
     result = invoke(lab, "new", "0.1.0", "--goal", GOAL, "--hypothesis", HYP)
     assert result.exit_code == 0, result.output
     assert wait_state(lab, "0.1.0") == "finished"
+    result = invoke(lab, "review", "0.1.0", "--approve")
+    assert result.exit_code == 0, result.output
+    result = invoke(lab, "commit", "0.1.0")  # as the session's researcher (conftest)
+    assert result.exit_code == 0, result.output
+    result = invoke(lab, "new", "0.1.1", "--goal", "Memory layer instead of FFN", "--hypothesis",
+                    "The memory bank lowers inference loss", "--set", "preset=memory", "--lang", "zh")
+    assert result.exit_code == 0, result.output
+    assert wait_state(lab, "0.1.1") in ("finished", "guardrail_stopped")
+    return lab
+
+
+def test_a_run_is_evaluated_analysed_and_recorded(looped):
+    lab = looped
     status = json.loads(invoke(lab, "status", "--json").output)
     assert status[0]["version"] == "0.1.0" and status[0]["state"] == "finished"
     assert status[0]["evaluated"] and status[0]["analysed"]
@@ -134,11 +152,12 @@ def test_full_loop_then_compare_and_memory(lab):
     assert all(f"] {part} ..." in log for part in ("validation loss", "inference decoding", "samples", "recall")), log
     message = (lab.run_dir("0.1.0") / "commit_message.md").read_text()
     assert "## Main improvements" in message and "## Results" in message and "## Next steps" in message
-    result = invoke(lab, "review", "0.1.0", "--approve")
-    assert result.exit_code == 0, result.output
-    result = invoke(lab, "commit", "0.1.0")
-    assert result.exit_code == 0, result.output
-    shown = subprocess.run(["git", "show", "--stat", "--format=%an <%ae>|%cn|%s", "HEAD"], cwd=lab.root,
+
+
+def test_commit_holds_exactly_the_experiments_files(looped):
+    lab = looped
+    shown = subprocess.run(["git", "show", "--stat", "--format=%an <%ae>|%cn|%s",
+                            _commit_of(lab, "0.1.0")], cwd=lab.root,
                            capture_output=True, text=True).stdout
     files = [l.split("|")[0].strip() for l in shown.splitlines()[1:] if "|" in l and "changed" not in l]
     assert files and all(f.startswith(("experiment/experiment_0.1.0.md", "runs/0.1.0/", "models/model", "experiment/INDEX.md",
@@ -146,26 +165,30 @@ def test_full_loop_then_compare_and_memory(lab):
     assert "runs/0.1.0/checkpoints" not in shown and "train.log" not in shown
     assert shown.startswith("Test Researcher <researcher@example.org>|Test Researcher|Experiment 0.1.0")
 
-    # Any checkpoint evaluates through its snapshot, like the lab's eval_model.py; a damaged one is a clear error.
+
+def _commit_of(lab, version: str) -> str:
+    return subprocess.run(["git", "log", "--format=%H", "--grep", f"^Experiment {version}"], cwd=lab.root,
+                          capture_output=True, text=True, check=True).stdout.split()[0]
+
+
+def test_any_checkpoint_evaluates_through_its_snapshot(looped):
+    """Like the lab's eval_model.py; a damaged checkpoint is a clear one-line error."""
+    lab = looped
     ckpt = lab.run_dir("0.1.0") / "checkpoints" / "last.pth"
     result = invoke(lab, "eval", "--model-path", str(ckpt), "--model-type", "model_0_1_0", "--num-samples", "2")
     assert result.exit_code == 0, result.output
     broken = lab.root / "broken.pth"
     broken.write_bytes(ckpt.read_bytes()[:5000])
-    result = invoke(lab, "eval", "--model-path", str(broken), "--model-type", "model_0_1_0")
-    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
-    broken.unlink()
+    try:
+        result = invoke(lab, "eval", "--model-path", str(broken), "--model-type", "model_0_1_0")
+        assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    finally:
+        broken.unlink()
 
-    result = invoke(lab, "new", "0.1.1", "--goal", "Memory layer instead of FFN", "--hypothesis",
-                    "The memory bank lowers inference loss", "--set", "preset=memory", "--lang", "zh")
-    assert result.exit_code == 0, result.output
-    assert wait_state(lab, "0.1.1") in ("finished", "guardrail_stopped")
-    record = lab.record_path("0.1.1").read_text()
-    assert "🧠 AI思考过程" in record and "🎯 实验结论" in record and "假设判定" in record
-    message = (lab.run_dir("0.1.1") / "commit_message.md").read_text()
-    assert "## 主要改进" in message
-    # Every sentence the offline agent and the verdict code write is Chinese in a zh experiment:
-    # no static fragment (3+ words) of their English templates appears in the record or the commit.
+
+def test_a_zh_experiment_has_no_english_sentences(looped):
+    """Every sentence the offline agent and the verdict code write is Chinese in a zh experiment:
+    no static fragment (3+ words) of their English templates appears in the record or the commit."""
     import re
 
     from agent.offline import _T
@@ -174,6 +197,11 @@ def test_full_loop_then_compare_and_memory(lab):
     from lifecycle import proposal as proposal_module
     from lifecycle.checks import CHECKS
 
+    lab = looped
+    record = lab.record_path("0.1.1").read_text()
+    assert "🧠 AI思考过程" in record and "🎯 实验结论" in record and "假设判定" in record
+    message = (lab.run_dir("0.1.1") / "commit_message.md").read_text()
+    assert "## 主要改进" in message
     english = {frag.strip(" .,:;()") for table in (_T["en"], {k: v for k, v in _W["en"].items() if isinstance(v, str)},
                                                    proposal_module._T["en"])
                for template in table.values() for frag in re.split(r"\{[^}]*\}", template)}
@@ -196,13 +224,22 @@ def test_full_loop_then_compare_and_memory(lab):
     assert "## 核心变更\n### " in message and "`model.preset` original → memory" in message
     analysis = json.loads((lab.run_dir("0.1.1") / "analysis.json").read_text())
     assert analysis["notes"] == [] and analysis["commit_notes"] == []  # its own zh text passes the prose checks
+
+
+def test_compare_shows_config_metrics_bank_reads_and_a_plot(looped):
+    lab = looped
     plot = lab.root / "cmp.png"
     result = invoke(lab, "compare", "0.1.0", "0.1.1", "--plot", str(plot))
     assert result.exit_code == 0, result.output
     assert "model.preset" in result.output and "inference_loss" in result.output and plot.stat().st_size > 1000
     assert "train.batch_size" not in result.output  # equal keys are not shown
     assert "Bank reads of 0.1.1" in result.output and "hit@C" in result.output
+    record = lab.record_path("0.1.1").read_text()
     assert "记忆库检索" in record and "hit@C" in record
+
+
+def test_memory_show_reads_the_bank_and_names_a_probes_entry(looped):
+    lab = looped
     result = invoke(lab, "memory", "show", "0.1.1", "--text", "The capital of France is")
     assert result.exit_code == 0, result.output
     assert "entry text" in result.output
