@@ -334,7 +334,8 @@ def _eval_view(ev: Optional[dict]) -> Optional[dict]:
 def _next_schema(lab: Lab) -> dict[str, dict]:
     """The keys a proposed next experiment may set: the living model's and the trainer's
     (what `new --from-proposal` will validate them against)."""
-    from lifecycle.new import agent_schema, model_schema
+    from minimind.config import agent_schema
+    from models.registry import model_schema
 
     try:
         return agent_schema(model_schema(lab)[1])

@@ -49,7 +49,7 @@ def check_command(lab: Lab, version: Optional[str], force: bool) -> list[str]:
     from minimind.rundir import CONFIG_FILE
 
     if version is None:
-        from lifecycle.new import model_schema, validate_model
+        from models.registry import model_schema, validate_model
 
         model_cls, _ = model_schema(lab)
         config = validate_model(model_cls, dict(lab.settings().model))

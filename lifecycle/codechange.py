@@ -317,7 +317,8 @@ def undo(lab: Lab, version: str) -> str:
 def run_with_code_change(lab: Lab, req: Any, create: Callable[..., Any]) -> Any:
     """`new` with a human's patch: gate it, have it approved, install it, then create the
     experiment as usual (`create(lab, req, _code=...)`); the living file is restored if that fails."""
-    from lifecycle.new import _check_existing, _parse_sets, base_config, finished_base, model_schema, validate_model
+    from lifecycle.new import _check_existing, _parse_sets, base_config, finished_base
+    from models.registry import model_schema, validate_model
     from minimind.config import apply_sets, resolve_key
     from minimind.versions import parse
 

@@ -36,7 +36,7 @@ def prepare(lab: Lab, pretrain: Optional[Path], knowledge: Optional[Path], token
     if not Path(tok).exists():
         raise MinimindError(f"tokenizer {tok} not found: pass --tokenizer (MiniMind's tokenizer.json works) or run 'minimind data build'")
     console = Console()
-    from lifecycle.new import model_schema
+    from models.registry import model_schema
 
     _, fields = model_schema(lab)
     max_seq_len = settings.model.get("max_seq_len", fields["max_seq_len"]["default"])

@@ -18,16 +18,17 @@ from typing import Any, Optional
 
 from agent import backends
 from minimind.atomic import write_json, write_text
-from minimind.config import (AGENT_SECTIONS, HUMAN_SECTIONS, LAB_POLICY_SECTIONS, STAGES, ExperimentConfig, apply_sets,
+from minimind.config import (AGENT_SECTIONS, agent_schema, HUMAN_SECTIONS, LAB_POLICY_SECTIONS, STAGES, ExperimentConfig, apply_sets,
                              config_hash, dump_config, from_dict, load_config, parse_assignment, parse_set, resolve_key)
 from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.guardrails import upgrade_eval
 from minimind.lab import Lab
-from minimind.schema import describe, to_dict
+from minimind.schema import to_dict
 from minimind.settings import SPLIT_SEED, LabSettings
 from minimind.rundir import AGENT_DIR, CONFIG_FILE, DIFF_FILE, EVAL_FILE, PLAN_FILE, ANALYSIS_FILE, update_state
 from minimind.undo import Undo, raising_signals, signals_held
 from minimind.versions import default_base, module_name, parse
+from models.registry import model_schema, validate_model
 
 @dataclass
 class NewRequest:
@@ -57,33 +58,6 @@ class NewResult:
     version: str
     state: str
     messages: list[str]
-
-
-def model_schema(lab: Lab) -> tuple[Any, dict[str, dict]]:
-    """The living model's ModelConfig class and its field schema."""
-    from models.registry import load_module
-
-    try:
-        module = load_module(lab.models_dir, "model")
-    except FileNotFoundError:
-        raise MinimindError(f"{lab.models_dir / 'model.py'} is missing") from None
-    return module.ModelConfig, module.ModelConfig.fields_schema()
-
-
-def validate_model(model_config_cls, model: dict) -> dict:
-    try:
-        return model_config_cls.from_dict(model).to_dict()
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"model: {exc}") from None
-
-
-def agent_schema(model_fields: dict[str, dict]) -> dict[str, dict]:
-    """Dotted keys the agent may change, with type, meaning and range."""
-    from minimind.settings import TrainConfig
-
-    schema = {f"model.{k}": v for k, v in model_fields.items()}
-    schema.update({f"train.{k}": v for k, v in describe(TrainConfig).items()})
-    return schema
 
 
 def base_config(lab: Lab, settings: LabSettings, base: Optional[str], model_config_cls) -> dict[str, Any]:

@@ -148,7 +148,8 @@ class _Validator:
     """`new`'s validation of a config, loaded once: types, ranges and the model's own checks."""
 
     def __init__(self, lab):
-        from lifecycle.new import agent_schema, model_schema
+        from minimind.config import agent_schema
+        from models.registry import model_schema
         from models.registry import memory_presets
 
         self.model_cls, self.fields = model_schema(lab)
@@ -157,7 +158,7 @@ class _Validator:
         self.memory_presets = memory_presets(lab.models_dir)
 
     def config(self, cfg: dict, sets: list[tuple[str, Any]]) -> dict:
-        from lifecycle.new import validate_model
+        from models.registry import validate_model
         from minimind.config import apply_sets
 
         proposed = apply_sets(cfg, sets, self.fields)  # types and ranges against the schema

@@ -303,14 +303,17 @@ def _split(text: str) -> list[tuple[str, str]]:
     return parts
 
 
+# The placeholder text the templates write into a section that has nothing yet: the record
+# owns it, review and the re-render read it.
+PENDING = re.compile(r"^(Pending|待评估|No training metrics yet|尚无训练指标|Not evaluated yet|尚未评估)", re.M)
+
+
 def merge_record(edited: str, previous: Optional[str], rendered: str, lang: str) -> Optional[str]:
     """The human's record with the owned sections taken from the new render, or None when
     that is not safe (an owned section was edited or removed). Pure.
 
     `previous` is the record as last rendered (None for runs made before it was kept:
     then only owned sections still showing their placeholder are replaced)."""
-    from lifecycle.review import PENDING
-
     owned = set(OWNED.get(lang, OWNED["en"]))
     new_parts = dict(_split(rendered))
     old_parts = dict(_split(previous)) if previous is not None else {}

@@ -19,7 +19,6 @@ from minimind.lab import Lab
 from minimind.rundir import (LESSON_FILE, PLAN_FILE, RECORD_LAST_FILE, RECORD_MARK_FILE, RENDERED_RECORD_FILE, REVIEW_FILE,
                              STATE_FILE, current, read_json, update_state)
 
-PENDING = re.compile(r"^(Pending|待评估|No training metrics yet|尚无训练指标|Not evaluated yet|尚未评估)", re.M)
 
 
 def split_sections(text: str) -> dict[str, str]:
@@ -61,7 +60,7 @@ def quality_problems(text: str, derived_state: str, stop_reason: str | None, lan
     `analysis_error`: why the agent's analysis failed after training (state.json);
     `rendered_beside`: where a render with the results went when the edited record could
     not be merged. Each turns the generic "missing" lines into the one thing to do."""
-    from lifecycle.record import SECTIONS
+    from lifecycle.record import PENDING, SECTIONS
 
     headings = SECTIONS.get(lang, SECTIONS["en"])
     sections = split_sections(text)

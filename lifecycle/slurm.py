@@ -46,7 +46,7 @@ def check_request(lab: Lab, cfg: ExperimentConfig) -> None:
 
 
 def render_sbatch(lab: Lab, cfg: ExperimentConfig, final_run_dir: Path) -> str:
-    from lifecycle.launch import script_context
+    from lifecycle.scripts import script_context
     from lifecycle.render import render
 
     context = {**script_context(lab, cfg, final_run_dir), "slurm": lab.settings().slurm}
@@ -54,7 +54,7 @@ def render_sbatch(lab: Lab, cfg: ExperimentConfig, final_run_dir: Path) -> str:
 
 
 def write_sbatch(lab: Lab, cfg: ExperimentConfig, folder: Path, final_run_dir: Path) -> None:
-    from lifecycle.launch import write_checked_script
+    from lifecycle.scripts import write_checked_script
 
     write_checked_script(folder / SBATCH_FILE, render_sbatch(lab, cfg, final_run_dir))
 

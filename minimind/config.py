@@ -284,3 +284,11 @@ def diff(a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = ("versi
     fa, fb = flatten(a), flatten(b)
     keys = sorted(set(fa) | set(fb))
     return [(k, fa.get(k), fb.get(k)) for k in keys if k not in ignore and fa.get(k) != fb.get(k)]
+
+
+def agent_schema(model_fields: dict[str, dict]) -> dict[str, dict]:
+    """Dotted keys the agent may change, with type, meaning and range: the model's own fields
+    (from its module) and the training settings."""
+    schema = {f"model.{k}": v for k, v in model_fields.items()}
+    schema.update({f"train.{k}": v for k, v in describe(TrainConfig).items()})
+    return schema

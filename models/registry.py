@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from minimind.atomic import atomic_open, write_bytes
-from minimind.errors import GateRefused, MinimindError
+from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.versions import is_module_name, module_name
 
 FORMAT = "minimind-checkpoint-1"  # unchanged since the first release: old checkpoints load as they are
@@ -245,3 +245,20 @@ def load_checkpoint(path, models_dir) -> tuple[Any, dict[str, Any]]:
     """(model, checkpoint dict) of a minimind checkpoint: read_checkpoint then model_from_checkpoint."""
     checkpoint = read_checkpoint(path)
     return model_from_checkpoint(checkpoint, models_dir, path), checkpoint
+
+
+def model_schema(lab) -> tuple[Any, dict[str, dict]]:
+    """The living model's ModelConfig class and its field schema (what `--set model.*` may name)."""
+    try:
+        module = load_module(lab.models_dir, LIVING)
+    except FileNotFoundError:
+        raise MinimindError(f"{lab.models_dir / 'model.py'} is missing") from None
+    return module.ModelConfig, module.ModelConfig.fields_schema()
+
+
+def validate_model(model_config_cls, model: dict) -> dict:
+    """A model section as the model's own config class resolves it; its complaint as a usage error."""
+    try:
+        return model_config_cls.from_dict(model).to_dict()
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"model: {exc}") from None

@@ -103,7 +103,8 @@ def test_a_changed_knowledge_num_after_a_dense_base_is_analysed(lab):
 
 def _resolved(lab, **model) -> dict:
     """The lab's resolved config for a first experiment (what `new` would start from)."""
-    from lifecycle.new import base_config, model_schema
+    from lifecycle.new import base_config
+    from models.registry import model_schema
 
     cfg = base_config(lab, lab.settings(), None, model_schema(lab)[0])
     cfg["model"].update(model)

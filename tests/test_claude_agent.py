@@ -16,7 +16,7 @@ import pytest
 from agent import calllog, tools
 from agent.base import AgentError, AnalysisContext, CommitContext, PlanContext, lessons_text
 from agent.claude import ClaudeAgent
-from lifecycle.new import agent_schema
+from minimind.config import agent_schema
 from minimind.schema import describe
 from minimind.settings import AgentSettings, DataConfig, EvalConfig, LaunchConfig
 from models.model import ModelConfig

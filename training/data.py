@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -136,3 +136,19 @@ def collate(docs: Sequence, max_seq_len: int, pad_multiple: int = 0):
             mask[row, : max(0, len(sample) - 1)] = 1.0
     tokens_t = torch.from_numpy(tokens)
     return tokens_t[:, :-1].contiguous(), tokens_t[:, 1:].contiguous(), torch.from_numpy(mask)
+
+
+@dataclass
+class Corpus:
+    """What a run trains on, pretraining documents or SFT conversations alike: a token cache
+    and the indices of its training and validation documents."""
+    cache: Any                  # corpus.prepare.TokenCache (or the SFT conversation cache)
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+
+    @property
+    def bad_lines(self) -> int:
+        return int(getattr(self.cache, "meta", {}).get("bad_line_count", 0))
+
+    def docs(self, indices) -> list[np.ndarray]:
+        return [self.cache.doc(int(i)) for i in indices]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -21,7 +20,7 @@ from minimind.devices import device_kind, resolve_precision
 from minimind.errors import MinimindError
 from minimind.lab import Lab
 from minimind.rundir import DS_CONFIG_FILE
-from training.data import split_documents
+from training.data import Corpus, split_documents
 
 
 def make_accelerator(cfg: ExperimentConfig, run_dir: Path, n_params: int):
@@ -339,20 +338,6 @@ def load_bank_into(model, lab: Lab, cfg: ExperimentConfig) -> Optional[str]:
 
 
 # --- data -------------------------------------------------------------------------
-
-@dataclass
-class Corpus:
-    cache: Any                  # corpus.prepare.TokenCache
-    train_idx: np.ndarray
-    val_idx: np.ndarray
-
-    @property
-    def bad_lines(self) -> int:
-        return int(getattr(self.cache, "meta", {}).get("bad_line_count", 0))
-
-    def docs(self, indices) -> list[np.ndarray]:
-        return [self.cache.doc(int(i)) for i in indices]
-
 
 def split_seed(cfg: ExperimentConfig) -> int:
     """The seed of the train/validation split: data.split_seed, or train.seed for configs

@@ -22,7 +22,7 @@ def load_sft_corpus(lab: Lab, cfg: ExperimentConfig):
     """The conversation cache of data.sft, split into train and validation as pretraining documents are."""
     from corpus.sft import prepare_sft
     from training.data import split_documents
-    from training.runtime import Corpus
+    from training.data import Corpus
 
     template = lab.resolve(cfg.data.chat_template) if cfg.data.chat_template else None
     cache = prepare_sft(lab.resolve(cfg.data.sft), lab.resolve(cfg.data.tokenizer), lab.cache_dir,
