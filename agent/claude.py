@@ -28,7 +28,6 @@ from minimind import formats
 from minimind.settings import AgentSettings
 
 MISSING_KEY = "ANTHROPIC_API_KEY is not set: --agent claude needs it (or use --agent offline)"
-MAX_DIFF = 20_000        # characters of the model.py diff shown to the model
 MAX_LIST = 3             # items of any list inside eval.json shown (samples are long)
 MAX_STRING = 400         # characters of any string inside eval.json / configs shown
 MAX_TOKENS_CEILING = 64_000  # a cut-off reply is asked again with twice max_tokens, at most this
@@ -252,7 +251,7 @@ def plan_prompt(ctx: PlanContext) -> str:
         "## Base record summary\n" + _block("base_record", ctx.base_record_summary or "(no base record)"),
         "## Base config (resolved, dotted keys)\n" + _block("base_config", _json(base_values)),
         "## Base eval.json (trimmed)\n" + _block("base_eval", _json(_round(_trim(_evidence(ctx.base_eval)))) if ctx.base_eval else "(none)"),
-        "## models/model.py diff against the base snapshot\n" + _block("model_diff", _truncate(ctx.model_diff or "(no change)", MAX_DIFF)),
+        "## models/model.py diff against the base snapshot\n" + _block("model_diff", formats.bounded_diff(ctx.model_diff or "(no change)")),
         "## Config keys you may change (type, range or choices, default; base value)\n" + "\n".join(schema_lines),
         "## Fixed settings (the human's and the lab's, not yours to change)\n"
         + _block("fixed", _json({k: v for k, v in base_values.items() if k.split(".")[0] in FIXED_SECTIONS}) or "(none)"),
@@ -453,12 +452,6 @@ def _human_block(**fields: Any) -> str:
 def _block(tag: str, text: str) -> str:
     safe = text.replace("</" + tag, "<\\/" + tag)  # the data cannot close its own block
     return f"<{tag}>\n{safe}\n</{tag}>"
-
-
-def _truncate(text: str, limit: int) -> str:
-    if len(text) <= limit:
-        return text
-    return text[:limit] + f"\n[... truncated: {len(text) - limit} more characters not shown ...]"
 
 
 def _trim(obj: Any) -> Any:

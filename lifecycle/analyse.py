@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 from minimind.atomic import write_json, write_text
 from minimind.config import FIXED_SECTIONS, diff, flatten, load_config
+from minimind import formats
 from minimind.errors import MinimindError
 from minimind.guardrails import rules_of, upgrade_eval
 from minimind.lab import Lab
@@ -25,7 +26,6 @@ from minimind.rundir import (AGENT_DIR, ANALYSIS_ERROR_LOG, ANALYSIS_FILE, COMMI
                              METRICS_FILE, NEXT_FILE, PLAN_FILE, read_json, read_metrics, read_state, update_state)
 
 CURVE_POINTS = 16        # points per curve shown to the agent
-DIFF_LIMIT = 8000        # characters of model.diff shown to the agent
 SAMPLES = 5              # samples shown to the agent
 _CURVE_KEY = re.compile(r"^(loss|loss_ce|eval/.+|memory/(l\d+/)?(selection_entropy|selection_distinct|candidate_entropy|entropy|coverage|dead))$")
 
@@ -161,8 +161,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     metric_rows = read_metrics(run_dir / METRICS_FILE)
     summary = metrics_summary(metric_rows, cfg.guardrails.smoothing_window)
     diff_text = (run_dir / DIFF_FILE).read_text(encoding="utf-8") if (run_dir / DIFF_FILE).exists() else ""
-    bounded_diff = diff_text if len(diff_text) <= DIFF_LIMIT else (
-        diff_text[:DIFF_LIMIT] + f"\n[... {len(diff_text) - DIFF_LIMIT} more characters of the diff not shown]")
+    bounded_diff = formats.bounded_diff(diff_text)
     samples = [{k: s.get(k) for k in ("prompt", "reference", "generated", "repetition")}
                for s in (ev.get("samples") or [])[:SAMPLES]]
     plan_view = {k: plan.get(k) for k in ("thinking", "expected", "risks", "changes")}

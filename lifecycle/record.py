@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from minimind.atomic import write_text
 from minimind.config import flatten, load_config
-from minimind.formats import interval
+from minimind.formats import MODEL_DIFF_CHARS, interval
 from minimind.lab import Lab
 from minimind.guardrails import LIGHTS, upgrade_eval
 from minimind.schema import to_dict
@@ -26,7 +26,6 @@ from minimind.rundir import (ANALYSIS_FILE, CODE_CHANGE_FILE, CONFIG_FILE, DIFF_
                              RECORD_LAST_FILE, RECORD_MARK_FILE, RENDERED_RECORD_FILE, current, read_json,
                              read_metrics)
 
-DIFF_LIMIT = 12000
 
 # The lab's record sections, in order (PRODUCT.md section 5); review checks them by these headings.
 SECTIONS = {
@@ -170,7 +169,8 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
                  "risks": plan.get("risks", []), "backend": plan.get("backend", "offline"), "note": plan.get("note", "")},
         "git": {"commit": state.git.get("commit") or plan.get("git_commit"),
                 "dirty": state.git.get("dirty", plan.get("git_dirty")),
-                "diff": diff_text[:DIFF_LIMIT].rstrip("\n"), "diff_truncated": len(diff_text) > DIFF_LIMIT,
+                "diff": diff_text[:MODEL_DIFF_CHARS].rstrip("\n"),
+                "diff_truncated": len(diff_text) > MODEL_DIFF_CHARS,
                 "model_changed": bool(diff_text.strip()), "against": plan.get("diff_against", "the base snapshot")},
         "model": cfg.model, "train": cfg.train,
         "config_rows": [(k, flat[k]) for k in KEY_PARAMS

@@ -9,6 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 MISSING = "—"  # what stands where there is no number
+# Characters of an experiment's models/model.py diff that any reader is shown: the record,
+# the analysis (either backend) and the commit draft. One limit, so the agent explains the
+# diff the human reads, and a prompt stays bounded.
+MODEL_DIFF_CHARS = 12_000
 
 
 def number(value: Any) -> str:
@@ -23,3 +27,11 @@ def interval(ci: Any, spec: str = ".2f") -> str:
         return ""
     low, high = ci
     return f"[{low:{spec}}, {high:{spec}}]"
+
+
+def bounded_diff(diff: str, limit: int = MODEL_DIFF_CHARS) -> str:
+    """The diff as the readers see it: the first `limit` characters and a line saying how many
+    more there are."""
+    if len(diff) <= limit:
+        return diff
+    return diff[:limit] + f"\n[... {len(diff) - limit} more characters of the diff not shown]"

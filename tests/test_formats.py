@@ -38,3 +38,17 @@ def test_no_module_formats_numbers_its_own_way():
             copies += [f"{rel}:{n}" for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
                        if COPIES.search(line)]
     assert copies == []
+
+
+def test_every_reader_sees_the_same_bounded_model_diff(tmp_path):
+    """The record, the analysis and the commit draft showed 12,000, 8,000 and 20,000 characters
+    of one diff: the agent explained less than the human read. One limit now."""
+    from minimind.formats import MODEL_DIFF_CHARS, bounded_diff
+
+    diff = "".join(f"+line {i}\n" for i in range(4000))
+    shown = bounded_diff(diff)
+    assert shown.startswith(diff[:MODEL_DIFF_CHARS]) and f"{len(diff) - MODEL_DIFF_CHARS} more characters" in shown
+    assert bounded_diff("+x\n") == "+x\n"
+    text = "\n".join(path.read_text(encoding="utf-8") for package in PACKAGES
+                     for path in sorted((ROOT / package).rglob("*.py")))
+    assert not re.search(r"(DIFF_LIMIT|MAX_DIFF)\s*=", text)  # no reader keeps its own limit
