@@ -98,4 +98,4 @@ def test_daily_use_dense_memory_sft_review_commit_and_a_clone(tmp_path, bundled_
     new = invoke(cloned, "new", "0.1.3", "--goal", "Next", "--hypothesis", "It builds on the committed work",
                  "--no-launch")
     assert new.exit_code == 0, new.output
-    assert "base 0.1.2" in new.output
+    assert "base 0.1.1" in new.output  # the committed pretraining run (0.1.2 is its SFT, another stage)
