@@ -22,7 +22,7 @@ from minimind.errors import MinimindError
 from minimind.guardrails import rules_of, upgrade_eval
 from minimind.lab import Lab
 from minimind.rundir import (AGENT_DIR, ANALYSIS_ERROR_LOG, ANALYSIS_FILE, COMMIT_MSG_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE,
-                             METRICS_FILE, NEXT_FILE, PLAN_FILE, read_json, read_metrics, read_state, update_state)
+                             METRICS_FILE, NEXT_FILE, PLAN_FILE, lab_root, read_json, read_metrics, read_state, update_state)
 
 CURVE_POINTS = 16        # points per curve shown to the agent
 DIFF_LIMIT = 8000        # characters of model.diff shown to the agent
@@ -32,7 +32,7 @@ _CURVE_KEY = re.compile(r"^(loss|loss_ce|eval/.+|memory/(l\d+/)?(selection_entro
 
 
 def lab_of(run_dir: Path) -> Lab:
-    return Lab(Path(run_dir).resolve().parent.parent)
+    return Lab(lab_root(run_dir))
 
 
 def downsample(points: list[list[float]], limit: int = CURVE_POINTS) -> list[list[float]]:
@@ -148,13 +148,21 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     base_cfg = _read_yaml(lab.run_dir(cfg.base) / CONFIG_FILE) if cfg.base else None
     state = read_state(run_dir)
     confidence = cfg.eval.confidence
-    rows = compare_rows(ev, base_ev, confidence, cfg.eval.min_effect)
+    # Each side is every evaluated replicate (one run for an unreplicated experiment); the lab's
+    # measured seed-to-seed floor stands in for a side's missing replicates (minimind/noise.py).
+    from lifecycle import replicates
+
+    seeds = replicates.write_summary(run_dir) if replicates.replicated(run_dir) else None
+    new_side = replicates.side(run_dir) or ev
+    base_side = replicates.side(lab.run_dir(cfg.base)) if cfg.base else None
+    floors = replicates.lab_floors(lab)
+    rows = compare_rows(new_side, base_side, confidence, cfg.eval.min_effect, floors)
     lang = plan.get("lang", "en")
     control = held_out_control(ev, base_ev, confidence, lang)
     reading = bank_reading(ev, confidence, lang)
     levels = {n: g.get("level") for n, g in (ev.get("guardrails") or {}).items()}
-    verdict, reason = decide(plan.get("hypothesis", ""), plan.get("expect"), ev, base_ev, levels, confidence,
-                             cfg.eval.min_effect, lang)
+    verdict, reason = decide(plan.get("hypothesis", ""), plan.get("expect"), new_side, base_side, levels, confidence,
+                             cfg.eval.min_effect, lang, floors, cfg.base)
     changes = real_changes(base_cfg, cfg.to_dict(), plan)
     requested = agent or plan.get("agent_requested", settings.agent.backend)
     log_dir = run_dir / AGENT_DIR
@@ -193,6 +201,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
         "notes": list(analysis.notes),
         "verdict_info": {"verdict": verdict, "reason": reason, "verdict_zh": VERDICT_ZH[verdict],
                          "confidence": confidence},
+        "noise": {"floors": {m: f.to_dict() for m, f in floors.items()}, "seeds": seeds},
         "comparison": rows,
         "held_out_control": control,
         "bank_reading": reading,

@@ -43,7 +43,7 @@ from minimind.config import load_config
 from minimind.errors import MinimindError
 from minimind.lab import Lab
 from minimind.rundir import (CONFIG_FILE, EXIT_STOPPED, FINAL_BY_TRAINER, PLAN_FILE, clear_exit_code, read_json,
-                             read_state, update_state, write_exit_code)
+                             lab_root, read_state, update_state, write_exit_code)
 
 RECORD_REFRESH_S = 120  # the record's execution section follows a long run (PRODUCT.md section 5)
 POLL_S = 2.0
@@ -54,7 +54,7 @@ def say(message: str) -> None:
 
 
 def lab_of(run_dir: Path) -> Lab:
-    return Lab(Path(run_dir).resolve().parent.parent)
+    return Lab(lab_root(run_dir))
 
 
 def record_outcome(run_dir: Path, train_rc: int) -> str:

@@ -61,6 +61,50 @@ CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pth"         # everything needed to resume
 PLOTS_DIR = "plots"
 AGENT_DIR = "agent"                  # the agent's call log
+REPLICATES_DIR = "seeds"             # runs/V/seeds/<seed>/: the experiment's other replicates (runs/V is the first)
+SEEDS_FILE = "seeds.json"            # the replicates' numbers and spread, written by the analysis
+ANALYSE_LOCK_FILE = ".analyse.lock"  # held while a replicate's pipeline decides whether to analyse the experiment
+
+
+# --- replicates ------------------------------------------------------------------------
+# An experiment is runs/V/. Its own run is its first replicate (so a single-run experiment, and
+# every experiment of an older lab, is an experiment with one replicate: nothing to migrate);
+# `--seeds N` adds runs/V/seeds/<seed>/, each a whole run directory (config, state, log,
+# checkpoints, metrics, eval.json) whose config differs from runs/V's in train.seed alone.
+
+def is_replicate_dir(run_dir: Path) -> bool:
+    """runs/V/seeds/<seed>: a replicate beside the experiment's own run."""
+    return Path(run_dir).parent.name == REPLICATES_DIR
+
+
+def experiment_dir(run_dir: Path) -> Path:
+    """runs/V for runs/V itself and for any of its replicates."""
+    run_dir = Path(run_dir)
+    return run_dir.parent.parent if is_replicate_dir(run_dir) else run_dir
+
+
+def lab_root(run_dir: Path) -> Path:
+    """The lab that holds a run directory (an experiment's or a replicate's)."""
+    return experiment_dir(Path(run_dir).resolve()).parent.parent
+
+
+def replicate_dirs(exp_dir: Path) -> list[Path]:
+    """Every run of the experiment: runs/V first, then runs/V/seeds/<seed> in seed order."""
+    exp_dir = Path(exp_dir)
+    folder = exp_dir / REPLICATES_DIR
+    extra = []
+    if folder.is_dir():
+        extra = sorted((p for p in folder.iterdir() if p.name.isdigit() and (p / CONFIG_FILE).is_file()),
+                       key=lambda p: int(p.name))
+    return [exp_dir, *extra]
+
+
+def run_label(run_dir: Path) -> str:
+    """'1.2.0' for an experiment's own run, '1.2.0 seed 43' for one of its other replicates."""
+    run_dir = Path(run_dir)
+    if is_replicate_dir(run_dir):
+        return f"{experiment_dir(run_dir).name} seed {run_dir.name}"
+    return run_dir.name
 
 
 def best_checkpoint(dim: int, stage: str = "pretrain") -> str:

@@ -30,7 +30,7 @@ from minimind.config import load_config
 from minimind.errors import MinimindError
 from minimind.lab import Lab
 from minimind.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, EXIT_FINISHED, EXIT_GUARDRAIL, EXIT_STOPPED,
-                             LAST_CHECKPOINT, METRICS_FILE, STOP_FILE, best_checkpoint, read_metrics, update_state)
+                             LAST_CHECKPOINT, METRICS_FILE, STOP_FILE, best_checkpoint, lab_root, read_metrics, update_state)
 from models import registry
 from training import checkpoint as ckpt
 from training import runlog
@@ -110,7 +110,7 @@ def _finite_or_none(x: Optional[float]) -> Optional[float]:
 class Trainer:
     def __init__(self, run_dir: Path, resume: bool = False):
         self.run_dir = Path(run_dir).resolve()
-        self.lab = Lab(self.run_dir.parent.parent)
+        self.lab = Lab(lab_root(self.run_dir))
         self.cfg = load_config(self.run_dir / CONFIG_FILE)
         self.configured = self.cfg   # as config.yaml says; self.cfg becomes the memory plan's
         self.resume = resume

@@ -18,7 +18,7 @@ import numpy as np
 from minimind.config import ExperimentConfig
 from minimind.errors import MinimindError
 from minimind.lab import Lab
-from minimind.rundir import DS_CONFIG_FILE
+from minimind.rundir import DS_CONFIG_FILE, lab_root
 from training.data import split_documents
 
 
@@ -58,7 +58,7 @@ def make_accelerator(cfg: ExperimentConfig, run_dir: Path, n_params: int):
 
         from minimind.atomic import write_json
 
-        ds = deepspeed_config(cfg, n_params, user_deepspeed_json(cfg, Path(run_dir).parent.parent))
+        ds = deepspeed_config(cfg, n_params, user_deepspeed_json(cfg, lab_root(run_dir)))
         if os.environ.get("RANK", "0") == "0":  # the config actually used, kept with the run
             write_json(Path(run_dir) / DS_CONFIG_FILE, ds)
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)

@@ -1,0 +1,110 @@
+"""Run-to-run noise as a pure rule (minimind/noise.py) and in the verdict (minimind/verdict.py):
+replicate intervals, the lab's measured floor, and the unmeasured case that keeps the 1% floor."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from minimind import noise
+from minimind.verdict import compare_rows, decide
+from tests.test_rules import NOISY, measured
+
+
+def _ev(shift: float) -> dict:
+    """One run: every document's loss moved by `shift` (a seed moves all documents alike)."""
+    return measured([v + shift for v in NOISY])
+
+
+def test_t_quantiles_match_the_tables():
+    assert noise.t_quantile(0.975, 2) == pytest.approx(4.303, abs=1e-3)
+    assert noise.t_quantile(0.975, 4) == pytest.approx(2.776, abs=1e-3)
+    assert noise.t_quantile(0.975, 1e6) == pytest.approx(1.960, abs=1e-3)
+    assert noise.t_quantile(0.025, 10) == pytest.approx(-2.228, abs=1e-3)
+
+
+def test_pooled_floor_pools_within_experiment_variance_only():
+    # two experiments far apart in level: only the spread within each counts
+    floor = noise.pooled_floor("inference_loss", {"0.1.0": [4.0, 4.2], "0.2.0": [3.0, 3.1, 3.2], "0.3.0": [9.9]})
+    assert floor.experiments == ("0.1.0", "0.2.0") and floor.df == 3
+    assert floor.sd == pytest.approx(math.sqrt((0.02 + 0.02) / 3))
+    assert noise.pooled_floor("x", {"0.1.0": [1.0]}) is None
+
+
+def test_seeds_needed_grows_as_the_effect_shrinks():
+    assert noise.seeds_needed(0.05, 0.22) == 2  # t(0.975, 2 df) · 0.05 · √(2/2) = 0.215
+    assert noise.seeds_needed(0.05, 0.2) == 3
+    few, many = noise.seeds_needed(0.05, 0.1), noise.seeds_needed(0.05, 0.04)
+    assert few < many
+    assert noise.seeds_needed(0.05, 0.0001) is None
+
+
+def test_both_sides_replicated_decide_by_the_interval_of_the_means():
+    base = [_ev(s) for s in (0.00, 0.05, -0.04)]
+    same = [_ev(s) for s in (0.03, -0.02, 0.01)]
+    verdict, reason = decide("lower inference loss", None, same, base, base_version="0.1.0")
+    assert verdict == "inconclusive"
+    assert "3 vs 3 seeds" in reason and "seed-to-seed spread of the replicates" in reason
+    row = {r["metric"]: r for r in compare_rows(same, base)}["inference_loss"]
+    assert row["ci"]["rule"] == "replicates" and row["ci"]["low"] < 0 < row["ci"]["high"]
+    better = [_ev(s) for s in (-0.50, -0.46, -0.53)]
+    verdict, reason = decide("lower inference loss", None, better, base, base_version="0.1.0")
+    assert verdict == "supported" and "3 vs 3 seeds" in reason
+    row = {r["metric"]: r for r in compare_rows(better, base)}["inference_loss"]
+    assert row["ci"]["high"] < 0 and row["mark"] == "✅"
+
+
+def test_replicates_see_a_seed_shift_the_paired_interval_alone_would_call_a_change():
+    # each side's runs differ by a whole-document shift: per run, the paired interval excludes zero
+    base = [_ev(s) for s in (0.0, 0.2)]
+    new = [_ev(s) for s in (-0.15, 0.1)]
+    single = {r["metric"]: r for r in compare_rows(new[0], base[0])}["inference_loss"]
+    assert single["ci"]["high"] < 0  # one run against one: "a change"
+    verdict, _ = decide("lower inference loss", None, new, base)
+    assert verdict == "inconclusive"
+
+
+def test_noise_floor_applied_to_a_single_run_change():
+    """Must show 3: a change the 1% rule calls supported is inconclusive within the measured spread."""
+    new, base = _ev(-0.06), _ev(0.0)  # 1.4% lower on every document
+    verdict, reason = decide("lower inference loss", None, new, base, base_version="0.1.0")
+    assert verdict == "supported"  # today's rule: beyond 1%, interval excludes zero
+    assert "run-to-run noise is unmeasured" in reason and "minimind replicate 0.1.0 --seeds 3" in reason
+    floors = noise.lab_floor({"0.1.0": {"inference_loss": [4.15, 4.22, 4.09]}})  # sd 0.065
+    verdict, reason = decide("lower inference loss", None, new, base, floors=floors, base_version="0.1.0")
+    assert verdict == "inconclusive"
+    assert "seed sd 0.065" in reason and "measured seed-to-seed spread" in reason and "0.1.0" in reason
+    row = {r["metric"]: r for r in compare_rows(new, base, floors=floors)}["inference_loss"]
+    assert row["ci"]["rule"] == "floor" and row["mark"] == "≈" and "lab seed spread" in row["delta_text"]
+    # a change well beyond the floor is still decided, with the floor named
+    verdict, reason = decide("lower inference loss", None, _ev(-0.6), base, floors=floors)
+    assert verdict == "supported" and "seed sd 0.065" in reason
+
+
+def test_floor_between_a_replicated_side_and_a_single_run():
+    # a replicated experiment against a single-run base of an older lab, and the other way round
+    floors = noise.lab_floor({"0.2.0": {"inference_loss": [4.0, 4.02, 3.98]}})
+    reps = [_ev(s) for s in (-0.30, -0.32, -0.28)]
+    for new, base in ((reps, _ev(0.0)), (_ev(0.0), reps)):
+        row = {r["metric"]: r for r in compare_rows(new, base, floors=floors)}["inference_loss"]
+        assert row["ci"]["rule"] == "floor" and (row["ci"]["n_new"], row["ci"]["n_base"]) in ((3, 1), (1, 3))
+        assert row["ci"]["low"] > 0 or row["ci"]["high"] < 0
+    # without a floor: the sample interval and the fixed floor, said as such
+    verdict, reason = decide("lower inference loss", None, reps, _ev(0.0))
+    assert verdict == "supported" and "run-to-run noise is unmeasured" in reason
+
+
+def test_unmeasured_keeps_the_fixed_floor_and_says_how_to_measure():
+    new = measured([v * 0.996 for v in NOISY])
+    verdict, reason = decide("lower inference loss", None, new, _ev(0.0), base_version="0.3.1")
+    assert verdict == "inconclusive" and "run-to-run floor of 1%" in reason
+    assert "noise: the evaluation sample only" in reason and "minimind replicate 0.3.1 --seeds 3" in reason
+
+
+def test_a_fixed_target_with_replicates_uses_their_spread():
+    reps = [measured(NOISY, recall={"mem_only": [1.0] * k + [0.0] * (40 - k)}) for k in (16, 17, 18)]
+    verdict, reason = decide("h", "recall.mem_only.p_at_1 > 0.2", reps, None)
+    assert verdict == "supported" and "over 3 seeds" in reason
+    verdict, _ = decide("h", "recall.mem_only.p_at_1 > 0.4", reps, None)
+    assert verdict == "inconclusive"
