@@ -152,7 +152,10 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     # measured seed-to-seed floor stands in for a side's missing replicates (minimind/noise.py).
     from lifecycle import replicates
 
-    seeds = replicates.write_summary(run_dir) if replicates.replicated(run_dir) else None
+    seeds = None
+    if replicates.replicated(run_dir):
+        seeds = replicates.write_summary(run_dir)
+        _plot_replicates(run_dir, version, cfg.guardrails.smoothing_window, plan.get("lang", "en"))
     new_side = replicates.side(run_dir) or ev
     base_side = replicates.side(lab.run_dir(cfg.base)) if cfg.base else None
     floors = replicates.lab_floors(lab)
@@ -237,6 +240,18 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     update_state(run_dir, analysed=True, analysis_failed=False, analysis_error=None, phase="done",
                  ended_at=state.ended_at or time.time())
     return write_record(lab, version, lang)
+
+
+def _plot_replicates(run_dir: Path, version: str, window: int, lang: str) -> None:
+    """runs/V/plots/loss.png of a replicated experiment: a curve per replicate (it replaces the
+    first replicate's own picture, which its evaluation drew)."""
+    from lifecycle.replicates import seed_of
+    from minimind.rundir import PLOTS_DIR, replicate_dirs
+    from training.plots import plot_replicates
+
+    runs = {seed_of(d): read_metrics(d / METRICS_FILE) for d in replicate_dirs(run_dir)}
+    if any(runs.values()):
+        plot_replicates(runs, run_dir / PLOTS_DIR / "loss.png", version, window, lang)
 
 
 def _failure_reason(run_dir: Path, exc: Exception) -> str:

@@ -54,6 +54,7 @@ class NewRequest:
     approve_code: Optional[str] = None   # a prefix of the candidate's sha256: approves exactly that code
     confirm_code: Any = None             # (lines) -> bool: asks the human at a terminal; None never approves
     code_change: Optional[dict] = None   # a proposal's code change (next.json), for the plan to declare
+    seeds: Optional[int] = None          # replicates differing only in train.seed (None: the lab's replicates.seeds)
 
 
 @dataclass
@@ -183,6 +184,12 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
         raise UsageError("--force needs --reason: say why launching over a failed check is right here "
                          "(the record keeps it)")
     settings = lab.settings()
+    if req.seeds is None:
+        req.seeds = settings.replicates.seeds
+    from lifecycle.replicates import MAX_SEEDS
+
+    if not 1 <= req.seeds <= MAX_SEEDS:
+        raise UsageError(f"--seeds must be between 1 and {MAX_SEEDS}, got {req.seeds}")
     _check_existing(lab, req.version)
     if req.from_proposal:
         req = _from_proposal(lab, req)
@@ -288,6 +295,10 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
         final = lab.run_dir(req.version)
         created.append(final)  # absent before (checked under the lock)
         os.rename(staging, final)
+        if req.seeds > 1:  # the other replicates: runs/V/seeds/<seed>, removed with `final` on failure
+            from lifecycle.replicates import create as create_replicates
+
+            create_replicates(lab, req.version, req.seeds)
         from lifecycle.record import write_record
 
         created.append(lab.record_path(req.version))
@@ -335,10 +346,30 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
     from lifecycle.record import write_record
 
     verify_at_launch(lab, req.version)
+    if req.seeds > 1:
+        from lifecycle.replicates import launch as launch_replicates
+        from minimind.rundir import replicate_dirs, run_label
+
+        runs = replicate_dirs(lab.run_dir(req.version))
+        infos = launch_replicates(lab, runs)
+        write_record(lab, req.version, lang)
+        messages.append(f"Replicates: {len(runs)} (seeds {', '.join(str(s) for s in _seeds(runs))}), "
+                        "analysed and committed as one experiment")
+        messages += [f"  {run_label(r)}: " + launched_message(i, run_label(r)).split(". Follow")[0]
+                     + (f" ({i.state})" if i.state == "queued" else "") for r, i in zip(runs, infos)]
+        messages.append(f"Follow: minimind status {req.version} · minimind log {req.version}@SEED -f")
+        return NewResult(req.version, "queued" if all(i.state == "queued" for i in infos) else infos[0].state,
+                         messages)
     info = start_detached(lab, lab.run_dir(req.version))
     write_record(lab, req.version, lang)
     messages.append(launched_message(info, req.version))
     return NewResult(req.version, info.state, messages)
+
+
+def _seeds(runs: list[Path]) -> list[Optional[int]]:
+    from lifecycle.replicates import seed_of
+
+    return [seed_of(r) for r in runs]
 
 
 def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, model_cls,
@@ -353,6 +384,7 @@ def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, m
     cfg = resolved.to_dict()
     est = estimate.estimate(lab, cfg)
     estimate.refuse_if_cannot_run(lab, cfg, est)
+    est = estimate.for_replicates(est, req.seeds or 1)  # the gate and the record count every replicate
     problem = estimate.check_positions(load_module(lab.models_dir, "model"), cfg["model"])
     if problem:
         raise GateRefused(f"this config cannot run: {problem}")
@@ -414,11 +446,16 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
                        f"conclusion: {analysis.get('conclusion', '')}")
     # The rules this run will have: the lab's, with any the human set for it.
     guardrails = {k: v for k, v in apply_sets(start, sets, model_fields)["guardrails"].items() if isinstance(v, dict)}
+    from lifecycle.replicates import lab_floors
+    from minimind.rundir import replicate_dirs
+
     ctx = PlanContext(version=req.version, base=base, goal=req.goal, hypothesis=req.hypothesis, expect=req.expect,
                       sets=sets, base_config=start, base_record_summary=base_record,
                       base_eval=upgrade_eval(read_json(lab.run_dir(base) / EVAL_FILE)) if base else None,
                       model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=lessons_text(guardrails, lessons.lines(lab, lang)),
-                      lang=lang, checks=list(checks), notebook=history.trace(lab), code_change=req.code_change)
+                      lang=lang, checks=list(checks), notebook=history.trace(lab), code_change=req.code_change,
+                      noise_floor={m: f.to_dict() for m, f in lab_floors(lab).items()},
+                      base_replicates=len(replicate_dirs(lab.run_dir(base))) if base else 1)
     from agent.calllog import failed_attempt_logs
 
     plan, note = backends.call(requested, settings.agent, staging / AGENT_DIR, "plan", ctx,

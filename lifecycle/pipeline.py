@@ -43,7 +43,7 @@ from minimind.config import load_config
 from minimind.errors import MinimindError
 from minimind.lab import Lab
 from minimind.rundir import (CONFIG_FILE, EXIT_STOPPED, FINAL_BY_TRAINER, PLAN_FILE, clear_exit_code, read_json,
-                             lab_root, read_state, update_state, write_exit_code)
+                             experiment_dir, lab_root, read_state, run_label, update_state, write_exit_code)
 
 RECORD_REFRESH_S = 120  # the record's execution section follows a long run (PRODUCT.md section 5)
 POLL_S = 2.0
@@ -152,13 +152,21 @@ def _evaluate(run_dir: Path) -> int:
 def _analyse(run_dir: Path) -> int:
     """The agent's step never fails a trained run: a failure is recorded as analysis_failed."""
     from lifecycle.analyse import run_analysis
+    from lifecycle.replicates import analyse_when_complete, replicated
 
-    ok, message = run_analysis(run_dir)
+    if replicated(run_dir):  # one analysis per experiment: the last replicate to finish does it
+        outcome, message = analyse_when_complete(run_dir)
+        if outcome != "failed":
+            say(f"analysed the experiment: record {message}" if outcome == "analysed" else message)
+            return 0
+        ok = False
+    else:
+        ok, message = run_analysis(run_dir)
     if ok:
         say(f"analysed: record {message}")
     else:
         say(f"analysis failed ({message}); the run keeps its training state. "
-            f"Redo it with: minimind analyse {Path(run_dir).name}")
+            f"Redo it with: minimind analyse {experiment_dir(Path(run_dir)).name}")
     return 0
 
 
@@ -167,24 +175,31 @@ STEPS_AFTER_TRAINING = (("evaluate", _evaluate), ("analyse", _analyse))
 
 def _take_slots(run_dir: Path, stop: StopRequest):
     """The run's GPU slots, waiting `queued` for them; (None, False) when stopped while queued."""
-    from lifecycle import slots
+    from lifecycle import replicates, slots
 
     cfg = load_config(run_dir / CONFIG_FILE)
     ids = slots.slot_ids(cfg)
+    folder, need = (slots.slot_dir(lab_of(run_dir), cfg), cfg.launch.num_processes) if ids is not None else (None, 0)
     if ids is None:
-        return None, True
+        # One device, several replicates: they take turns through the experiment's own one-slot queue.
+        folder, ids, need = replicates.private_queue(cfg, run_dir), [0], 1
+        if folder is None:
+            return None, True
 
     def on_wait(position: int, what: str) -> None:
         say(f"queued (position {position}): waiting for {what}")
         update_state(run_dir, state="queued", phase="queued", queue_position=position, waiting_for=what)
 
-    held = slots.acquire(slots.slot_dir(lab_of(run_dir), cfg), ids, cfg.launch.num_processes, run_dir.name,
-                         lambda: stop.requested, on_wait)
+    held = slots.acquire(folder, ids, need, run_label(run_dir), lambda: stop.requested, on_wait)
     if held is None:
         update_state(run_dir, state="stopped", phase="stopped", stop_reason="stopped while queued; it never started",
                      queue_position=None, waiting_for=None, ended_at=time.time())
         refresh_record(run_dir)
         return None, False
+    if slots.slot_ids(cfg) is None:  # the private queue: this replicate's turn on the one device
+        update_state(run_dir, state="running", phase="setup", queue_position=None, waiting_for=None)
+        say(f"replicate {run_label(run_dir)}: its turn on this device")
+        return held, True
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, held.ids))
     update_state(run_dir, state="running", phase="setup", gpus=held.ids, queue_position=None, waiting_for=None)
     say(f"GPU slot(s) {', '.join(map(str, held.ids))}: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}")
@@ -210,7 +225,7 @@ def run(run_dir: Path, resume: bool, stop: StopRequest) -> int:
     held, go = _take_slots(run_dir, stop)
     if not go:
         return EXIT_STOPPED
-    say(f"experiment {run_dir.name}: started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+    say(f"experiment {run_label(run_dir)}: started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
     train_rc = _train(run_dir, resume, stop, held.fds if held else ())
     outcome = record_outcome(run_dir, train_rc)
     refresh_record(run_dir)
@@ -234,7 +249,7 @@ def run(run_dir: Path, resume: bool, stop: StopRequest) -> int:
             return EXIT_STOPPED
         if rc != 0:
             return rc
-    say(f"experiment {run_dir.name}: done {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+    say(f"experiment {run_label(run_dir)}: done {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
     return 0
 
 

@@ -34,7 +34,7 @@ from minimind.config import ExperimentConfig, dump_config, load_config
 from minimind.errors import MinimindError, UsageError
 from minimind.lab import Lab
 from minimind.rundir import (ANALYSE_LOCK_FILE, CONFIG_FILE, EVAL_FILE, REPLICATES_DIR, SEEDS_FILE, RunState, current,
-                             experiment_dir, read_json, read_state, replicate_dirs, run_label, update_state)
+                             experiment_dir, read_json, read_state, replicate_dirs, run_label, split_label, update_state)
 
 MAX_SEEDS = 64
 QUEUE_DIR = ".queue"   # under runs/V/seeds/: the one-device queue of the experiment's replicates
@@ -138,6 +138,27 @@ def find_replicate(lab: Lab, version: str, seed: Optional[int]) -> Path:
 
 def replicated(run_dir: Path) -> bool:
     return len(replicate_dirs(experiment_dir(run_dir))) > 1
+
+
+def target(lab: Lab, name: str) -> tuple[str, list[Path], bool]:
+    """What a command names: 'V' is the experiment (every replicate), 'V@SEED' one replicate.
+    Returns (version, the run directories, whether one replicate was named)."""
+    version, seed = split_label(name)
+    if seed is None:
+        return version, replicate_dirs(lab.require_run(version)), False
+    return version, [find_replicate(lab, version, seed)], True
+
+
+def private_queue(cfg: ExperimentConfig, run_dir: Path) -> Optional[Path]:
+    """The one-slot queue that makes an experiment's replicates train one after another on a
+    machine without GPU slots; None where slots (or Slurm) already decide, or for a lone run."""
+    if cfg.launch.backend != "local" or not replicated(run_dir):
+        return None
+    from lifecycle.slots import slot_ids
+
+    if slot_ids(cfg) is not None:
+        return None
+    return one_device_queue(experiment_dir(Path(run_dir)))
 
 
 def evals(exp_dir: Path) -> list[dict]:
@@ -307,20 +328,20 @@ def complete(exp_dir: Path) -> tuple[bool, str]:
     return not waiting, ", ".join(waiting)
 
 
-def analyse_when_complete(run_dir: Path, agent: Optional[str] = None) -> tuple[bool, str]:
+def analyse_when_complete(run_dir: Path, agent: Optional[str] = None) -> tuple[str, str]:
     """Called by each replicate's pipeline after its evaluation: the last one analyses the experiment.
-    Returns (analysed now, what happened in words)."""
+    Returns (`analysed` | `failed` | `waiting` | `done before`, what happened in words)."""
     from lifecycle.analyse import run_analysis
 
     exp_dir = experiment_dir(Path(run_dir).resolve())
     with _analyse_lock(exp_dir):
         ready, waiting = complete(exp_dir)
         if not ready:
-            return False, f"waiting for the other replicates before the analysis: {waiting}"
+            return "waiting", f"waiting for the other replicates before the analysis: {waiting}"
         if read_state(exp_dir).analysed:
-            return False, "the experiment was already analysed (by another replicate's pipeline)"
+            return "done before", "the experiment was already analysed (by another replicate's pipeline)"
         ok, message = run_analysis(exp_dir, agent)
-    return ok, message
+    return ("analysed" if ok else "failed"), message
 
 
 def one_device_queue(exp_dir: Path) -> Path:

@@ -99,12 +99,27 @@ def replicate_dirs(exp_dir: Path) -> list[Path]:
     return [exp_dir, *extra]
 
 
+REPLICATE_SEP = "@"  # `minimind stop 1.2.0@43`: the replicate of 1.2.0 with train.seed 43
+
+
 def run_label(run_dir: Path) -> str:
-    """'1.2.0' for an experiment's own run, '1.2.0 seed 43' for one of its other replicates."""
+    """'1.2.0' for an experiment's own run, '1.2.0@43' for its replicate with seed 43."""
     run_dir = Path(run_dir)
     if is_replicate_dir(run_dir):
-        return f"{experiment_dir(run_dir).name} seed {run_dir.name}"
+        return f"{experiment_dir(run_dir).name}{REPLICATE_SEP}{run_dir.name}"
     return run_dir.name
+
+
+def split_label(name: str) -> tuple[str, Optional[int]]:
+    """'1.2.0@43' -> ('1.2.0', 43); '1.2.0' -> ('1.2.0', None). A bad seed is a UsageError."""
+    from minimind.errors import UsageError
+
+    version, sep, seed = name.partition(REPLICATE_SEP)
+    if not sep:
+        return name, None
+    if not seed.isdigit():
+        raise UsageError(f"'{name}': a replicate is named VERSION{REPLICATE_SEP}SEED, e.g. 1.2.0{REPLICATE_SEP}43")
+    return version, int(seed)
 
 
 def best_checkpoint(dim: int, stage: str = "pretrain") -> str:

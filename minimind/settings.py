@@ -217,6 +217,12 @@ class PreflightConfig:
 
 
 @dataclass(kw_only=True)
+class ReplicatesConfig:
+    seeds: int = field(1, help="replicates of each new experiment, differing only in train.seed (minimind new --seeds "
+                               "overrides; 2 or more measure run-to-run noise)", min=1, max=64)
+
+
+@dataclass(kw_only=True)
 class LabSettings:
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "memory"},
                                   help="model fields for the first experiment (those of models/model.py ModelConfig)")
@@ -229,6 +235,7 @@ class LabSettings:
     swanlab: SwanlabConfig = field(default_factory=SwanlabConfig, help="SwanLab mirror")
     agent: AgentSettings = field(default_factory=AgentSettings, help="the planning agent")
     preflight: PreflightConfig = field(default_factory=PreflightConfig, help="checks and the compute gate before a launch")
+    replicates: ReplicatesConfig = field(default_factory=ReplicatesConfig, help="replicates of an experiment (seeds)")
 
 
 SETTINGS_FILE = "minimind.yaml"
