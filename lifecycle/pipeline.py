@@ -185,8 +185,11 @@ def _take_slots(run_dir: Path, stop: StopRequest):
         folder, ids, need = replicates.private_queue(cfg, run_dir), [0], 1
         if folder is None:
             return None, True
+    private = slots.slot_ids(cfg) is None
 
     def on_wait(position: int, what: str) -> None:
+        if private:  # not a GPU slot: the experiment's own turn on this device
+            what = "the replicate before it to end (one device: replicates train one at a time)"
         say(f"queued (position {position}): waiting for {what}")
         update_state(run_dir, state="queued", phase="queued", queue_position=position, waiting_for=what)
 
@@ -196,7 +199,7 @@ def _take_slots(run_dir: Path, stop: StopRequest):
                      queue_position=None, waiting_for=None, ended_at=time.time())
         refresh_record(run_dir)
         return None, False
-    if slots.slot_ids(cfg) is None:  # the private queue: this replicate's turn on the one device
+    if private:  # the private queue: this replicate's turn on the one device
         update_state(run_dir, state="running", phase="setup", queue_position=None, waiting_for=None)
         say(f"replicate {run_label(run_dir)}: its turn on this device")
         return held, True

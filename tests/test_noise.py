@@ -108,3 +108,39 @@ def test_a_fixed_target_with_replicates_uses_their_spread():
     assert verdict == "supported" and "over 3 seeds" in reason
     verdict, _ = decide("h", "recall.mem_only.p_at_1 > 0.4", reps, None)
     assert verdict == "inconclusive"
+
+
+# --- the replicates' pure rules (lifecycle/replicates.py, minimind/rundir.py, lifecycle/estimate.py) ---
+
+def test_replicate_names_seeds_and_the_experiment_state():
+    from lifecycle.replicates import aggregate, next_seeds
+    from minimind.errors import UsageError
+    from minimind.rundir import split_label
+
+    assert split_label("1.2.0@43") == ("1.2.0", 43) and split_label("1.2.0") == ("1.2.0", None)
+    with pytest.raises(UsageError):
+        split_label("1.2.0@x")
+    assert next_seeds(42, [42], 3) == [43, 44] and next_seeds(42, [42, 44], 4) == [43, 45]
+    with pytest.raises(UsageError):
+        next_seeds(42, [42], 0)
+    assert aggregate(["finished"], [True]) == ("finished", None)
+    assert aggregate(["finished", "running", "queued"], [True, False, False]) == ("running", "1 of 3 done")
+    assert aggregate(["queued", "queued"], [False, False]) == ("queued", "0 of 2 done")
+    assert aggregate(["finished", "lost", "running"], [True, False, False]) == ("running", "1 of 3 done")
+    assert aggregate(["finished", "lost", "finished"], [True, False, True]) == ("lost", "1 replicate(s) lost; 2 of 3 done")
+    assert aggregate(["finished", "finished"], [True, False]) == ("running", "2 of 2 done; evaluating")
+    assert aggregate(["finished"] * 3, [True] * 3) == ("finished", "3 replicates")
+
+
+def test_the_compute_estimate_and_its_gate_count_every_replicate():
+    from lifecycle.estimate import for_replicates, replicate_gate
+    from minimind.errors import GateRefused
+
+    est = {"train_flops": 1e12, "wall_s": 60.0}
+    three = for_replicates(est, 3)
+    assert (three["train_flops"], three["wall_s"], three["run_train_flops"]) == (3e12, 180.0, 1e12)
+    assert for_replicates(est, 1) is est
+    assert replicate_gate(est, 2, 4.0, False) is None
+    with pytest.raises(GateRefused, match="5 more replicates"):
+        replicate_gate(est, 5, 4.0, False)
+    assert "accepted with --yes" in replicate_gate(est, 5, 4.0, True)

@@ -83,3 +83,24 @@ def test_two_slots_three_replicates_kill_one_and_resume_it_alone(tmp_path, bundl
     subjects = subprocess.run(["git", "log", "--format=%s", "--", "runs/0.2.0"], cwd=lab.root, capture_output=True,
                               text=True).stdout.splitlines()
     assert len(subjects) == 1
+
+
+def test_stop_of_a_replicated_experiment_stops_every_replicate(tmp_path, bundled_data):
+    """One device, no slots: the second replicate waits its turn; `stop V` ends both (the waiting one
+    leaves the queue without starting); `stop V@SEED` names one."""
+    lab = make_lab(tmp_path / "lab", bundled_data)
+    result = invoke(lab, "new", "0.3.0", "--goal", "Baseline", "--hypothesis", HYP, "--seeds", "2",
+                    "--set", "max_steps=5000", "--set", "epochs=100")
+    assert result.exit_code == 0, result.output
+    info = _until(lab, "0.3.0", lambda i: [r["state"] for r in i["replicates"]] == ["running", "queued"]
+                  and (i["replicates"][0]["step"] or 0) >= 2 and i["replicates"][1]["waiting_for"], timeout=120)
+    assert "one device: replicates train one at a time" in info["replicates"][1]["waiting_for"]
+    bad = invoke(lab, "stop", "0.3.0@99")
+    assert bad.exit_code != 0 and "no replicate with seed 99" in bad.output
+    result = invoke(lab, "stop", "0.3.0")
+    assert result.exit_code == 0, result.output
+    assert "Experiment 0.3.0@43: stopped, removed from the queue before it started" in result.output
+    assert "Experiment 0.3.0: stopped at step" in result.output
+    info = _status(lab, "0.3.0")
+    assert info["state"] == "stopped" and [r["state"] for r in info["replicates"]] == ["stopped", "stopped"]
+    assert invoke(lab, "stop", "0.3.0").exit_code != 0
