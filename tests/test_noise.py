@@ -144,3 +144,20 @@ def test_the_compute_estimate_and_its_gate_count_every_replicate():
     with pytest.raises(GateRefused, match="5 more replicates"):
         replicate_gate(est, 5, 4.0, False)
     assert "accepted with --yes" in replicate_gate(est, 5, 4.0, True)
+
+
+def test_the_noise_bench_reads_spread_single_run_intervals_and_seeds_needed():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "noise_floor.py"
+    spec = importlib.util.spec_from_file_location("noise_floor_under_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    evs = [_ev(s) for s in (0.0, 0.1, -0.05, 0.04)]
+    out = bench.preset_numbers(evs)["inference_loss"]
+    assert out["seed_sd"] == pytest.approx(noise.sample_sd([e["inference_loss"] for e in evs]))
+    # every seed shifts every document alike: the single-run paired interval is narrow and calls it a change
+    assert out["single_run_paired_half_width"] < out["seed_sd"]
+    assert out["seed_only_pairs_called_a_change"] == "3 of 3"
+    assert out["seeds_needed"]["1%"] is None or out["seeds_needed"]["1%"] > out["seeds_needed"]["10%"]
