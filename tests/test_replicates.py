@@ -162,6 +162,12 @@ def test_log_and_eval_name_one_replicate(trained):
     assert "== 0.1.1 ==" in every and "== 0.1.1@102 ==" in every
     bad = invoke(lab, "log", "0.1.1@7")
     assert bad.exit_code != 0 and "no replicate with seed 7" in bad.output
+    before = (lab.run_dir("0.1.1") / "seeds" / "101" / "eval.json").stat().st_mtime_ns
+    again = invoke(lab, "eval", "0.1.1@101")
+    assert again.exit_code == 0, again.output
+    assert "Evaluated 0.1.1@101 and analysed 0.1.1" in again.output
+    assert (lab.run_dir("0.1.1") / "seeds" / "101" / "eval.json").stat().st_mtime_ns > before
+    assert json.loads((lab.run_dir("0.1.1") / "analysis.json").read_text())["verdict_info"]["verdict"] == "inconclusive"
 
 
 def test_the_measured_floor_decides_a_single_run_experiment(trained):
