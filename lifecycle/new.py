@@ -171,7 +171,8 @@ def _from_proposal(lab: Lab, req: NewRequest) -> NewRequest:
     return dataclasses.replace(req, goal=req.goal or p["goal"], hypothesis=req.hypothesis or p["hypothesis"],
                                expect=req.expect or p.get("expect"), base=req.base or p.get("base"),
                                sets=[*p.get("sets", []), *req.sets],  # later --set wins: the human's come last
-                               code_change=p.get("code_change"))
+                               code_change=p.get("code_change"),
+                               seeds=req.seeds if req.seeds is not None else p.get("seeds"))
 
 
 def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult:
@@ -184,15 +185,15 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
         raise UsageError("--force needs --reason: say why launching over a failed check is right here "
                          "(the record keeps it)")
     settings = lab.settings()
-    if req.seeds is None:
+    _check_existing(lab, req.version)
+    if req.from_proposal:
+        req = _from_proposal(lab, req)
+    if req.seeds is None:  # --seeds, else the proposal's, else the lab's
         req.seeds = settings.replicates.seeds
     from lifecycle.replicates import MAX_SEEDS
 
     if not 1 <= req.seeds <= MAX_SEEDS:
         raise UsageError(f"--seeds must be between 1 and {MAX_SEEDS}, got {req.seeds}")
-    _check_existing(lab, req.version)
-    if req.from_proposal:
-        req = _from_proposal(lab, req)
     req.goal, req.hypothesis = req.goal or "", req.hypothesis or ""
     if not req.goal.strip() or not req.hypothesis.strip():
         raise UsageError("--goal and --hypothesis must not be empty")

@@ -293,8 +293,8 @@ def interval_text(ci: Optional[dict], lang: str = "en") -> str:
         return w["no_ci"]
     rule = ci.get("rule")
     key = {noise.REPLICATES: "ci_reps", noise.FLOOR: "ci_floor"}.get(rule, "ci")
-    if key == "ci_reps" and "n_base" not in ci:  # one side against a fixed target
-        key = "ci_reps_one"
+    if key in ("ci_reps", "ci_floor") and "n_base" not in ci:  # one side against a fixed target
+        key += "_one"
     return w[key].format(conf=f"{ci['confidence']:.0%}", lo=f"{ci['low']:+.4g}", hi=f"{ci['high']:+.4g}", n=ci.get("n"),
                          a=ci.get("n_new"), b=ci.get("n_base", 1), sd=f"{ci.get('seed_sd') or 0:.3g}")
 
@@ -509,6 +509,7 @@ _W = {
         "ci_reps": "{conf} CI [{lo}, {hi}] over {a} vs {b} seeds (seed sd {sd})",
         "ci_reps_one": "{conf} CI [{lo}, {hi}] over {a} seeds (seed sd {sd})",
         "ci_floor": "{conf} CI [{lo}, {hi}] with the lab's seed sd {sd}, {a} vs {b} run(s)",
+        "ci_floor_one": "{conf} CI [{lo}, {hi}] with the lab's seed sd {sd}, {a} run(s)",
         "noise_reps": "noise: the seed-to-seed spread of the replicates (a t interval over per-seed means) "
                       "and the evaluation sample",
         "noise_floor": "noise: the lab's measured seed-to-seed spread ({floors}) and the evaluation sample",
@@ -536,6 +537,7 @@ _W = {
         "ci_reps": "{conf} 置信区间 [{lo}, {hi}],{a} 对 {b} 个种子(种子标准差 {sd})",
         "ci_reps_one": "{conf} 置信区间 [{lo}, {hi}],{a} 个种子(种子标准差 {sd})",
         "ci_floor": "{conf} 置信区间 [{lo}, {hi}],含实验室种子标准差 {sd},{a} 对 {b} 次运行",
+        "ci_floor_one": "{conf} 置信区间 [{lo}, {hi}],含实验室种子标准差 {sd},{a} 次运行",
         "noise_reps": "噪声:各重复运行间的种子差异(按种子均值的 t 区间)与评估样本",
         "noise_floor": "噪声:实验室实测的种子间差异({floors})与评估样本",
         "noise_sample": "噪声:仅评估样本;本实验室尚未测量运行间噪声,变化小于固定的 {floor} 下限视为噪声"

@@ -108,6 +108,17 @@ def test_a_fixed_target_with_replicates_uses_their_spread():
     assert verdict == "supported" and "over 3 seeds" in reason
     verdict, _ = decide("h", "recall.mem_only.p_at_1 > 0.4", reps, None)
     assert verdict == "inconclusive"
+    floors = noise.lab_floor({"0.1.0": {"recall.mem_only.p_at_1": [0.40, 0.45, 0.42]}})
+    verdict, reason = decide("h", "recall.mem_only.p_at_1 > 0.2", reps[0], None, floors=floors)
+    assert verdict == "supported" and "with the lab's seed sd 0.0252, 1 run(s)" in reason
+
+
+def test_a_proposal_keeps_the_replicates_its_verdict_rests_on():
+    from lifecycle.proposal import proposed_seeds
+
+    assert proposed_seeds(3, "supported", True) == 3 and proposed_seeds(2, "refuted", False) == 2
+    assert proposed_seeds(1, "inconclusive", True) == 3  # one run could not tell it from the measured spread
+    assert proposed_seeds(1, "inconclusive", False) == 1 and proposed_seeds(1, "supported", True) == 1
 
 
 # --- the replicates' pure rules (lifecycle/replicates.py, minimind/rundir.py, lifecycle/estimate.py) ---

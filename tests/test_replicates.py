@@ -99,6 +99,8 @@ def test_seed_only_is_inconclusive_on_every_metric(trained):
     assert "3 vs 3 seeds" in reason and "seed-to-seed spread of the replicates" in reason
     with_ci = [r for r in analysis["comparison"] if r["ci"]]
     assert len(with_ci) >= 3
+    proposal = json.loads((lab.run_dir("0.1.1") / "next.json").read_text())
+    assert proposal["seeds"] == 3 and "3 replicates a side" in proposal["why"]
     for row in with_ci:
         assert row["ci"]["rule"] == "replicates", row
         assert row["ci"]["low"] <= 0 <= row["ci"]["high"], row

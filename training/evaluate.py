@@ -55,7 +55,7 @@ from minimind.config import ExperimentConfig
 from minimind.errors import MinimindError, UsageError
 from minimind.lab import Lab
 from minimind.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, EVAL_FILE, LAST_CHECKPOINT, METRICS_FILE, PLAN_FILE, PLOTS_DIR,
-                             best_checkpoint, lab_root, read_json, read_metrics, read_state, update_state)
+                             best_checkpoint, lab_root, read_json, read_metrics, read_state, run_label, update_state)
 
 SIZE_OPTIONS = ("dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "knowledge_num", "knowledge_length",
                 "knowledge_dim")
@@ -561,7 +561,7 @@ def _finish_run(run_dir: Path, result: dict[str, Any]) -> None:
     rows = read_metrics(run_dir / METRICS_FILE)
     if rows:
         lang = (read_json(run_dir / PLAN_FILE) or {}).get("lang", "en")  # the record's language
-        plot_run(rows, run_dir / PLOTS_DIR / "loss.png", run_dir.name, lang=lang)
+        plot_run(rows, run_dir / PLOTS_DIR / "loss.png", run_label(run_dir), lang=lang)  # 1.2.0@43 for a replicate
     update_state(run_dir, evaluated=True, eval_time=result["time"], eval_guardrails=result["guardrails"])
 
 
