@@ -11,7 +11,9 @@ presets) gets more candidates; a collapsing train loss a halved learning rate; a
 change, or one that moved a guardrail into danger, is tried at half the step; an
 under-trained run, a supported and an inconclusive one train longer; a refuted run with
 no numeric change to step back from is repeated with another seed. `fallback_reason`
-says why the model's was not used.
+says why the model's was not used. `seeds` (lifecycle/proposal.py `proposed_seeds`): the
+replicates of this experiment when it had several, 3 after an inconclusive single run in a lab
+that measured its noise floor; absent for one.
 
 A numeric value respects its setting as `new` validates it: the half step is the valid
 value nearest the midpoint, strictly between the two (a perfect square for

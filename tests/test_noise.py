@@ -172,3 +172,23 @@ def test_the_noise_bench_reads_spread_single_run_intervals_and_seeds_needed():
     assert out["single_run_paired_half_width"] < out["seed_sd"]
     assert out["seed_only_pairs_called_a_change"] == "3 of 3"
     assert out["seeds_needed"]["1%"] is None or out["seeds_needed"]["1%"] > out["seeds_needed"]["10%"]
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_the_record_shows_each_replicate_and_their_spread(lang, tmp_path):
+    from lifecycle.record import replicates_view
+    from lifecycle.render import render
+    from minimind.atomic import write_json
+    from tests.test_rules import _record_context
+
+    assert replicates_view(tmp_path) is None  # a single run: no table
+    write_json(tmp_path / "seeds.json", {
+        "seeds": [42, 43], "replicates": [{"seed": 42, "metrics": {"inference_loss": 4.1, "val_loss": 4.3}},
+                                          {"seed": 43, "metrics": {"inference_loss": 4.3, "val_loss": 4.2}}],
+        "spread": {"inference_loss": noise.spread([4.1, 4.3]).to_dict(), "val_loss": noise.spread([4.3, 4.2]).to_dict()}})
+    ctx = _record_context(lang)
+    ctx["r"]["replicates"] = replicates_view(tmp_path)
+    text = render(f"record_{lang}.md.j2", ctx)
+    assert "| 42 | 4.1 | 4.3 |" in text and "| 43 | 4.3 | 4.2 |" in text
+    assert ("| seed-to-seed sd | 0.1414 | 0.07071 |" if lang == "en" else "| 种子间标准差 | 0.1414 | 0.07071 |") in text
+    assert ("**Replicates** (2 runs" if lang == "en" else "**重复运行**(2 次运行") in text
