@@ -155,10 +155,12 @@ def data_prepare(pretrain: Path | None, sft: Path | None, chat_template: Path | 
 @click.option("--reject-code", "reject_code", default=None, metavar="NOTE",
               help="Reject the agent's code change waiting for approval: NOTE goes back to the agent as one more "
                    "round, and the revision waits for approval again (claude backend).")
+@click.option("--seeds", type=int, default=None, metavar="N",
+              help="Train N replicates differing only in their seed (default: minimind.yaml replicates.seeds, 1).")
 def new(version: str, goal: str | None, hypothesis: str | None, base: str | None, expect: str | None,
         sets: tuple[str, ...], agent_name: str | None, lang: str | None, no_launch: bool, force: bool,
         reason: str | None, yes: bool, stage: str, from_proposal: str | None, patch: str | None,
-        approve_code: str | None, reject_code: str | None) -> None:
+        approve_code: str | None, reject_code: str | None, seeds: int | None) -> None:
     """Plan, check, estimate, render, snapshot and launch experiment VERSION (X.Y.Z).
 
     Before anything is written the model is built at a tiny size and the lab's lessons run
@@ -186,7 +188,7 @@ def new(version: str, goal: str | None, hypothesis: str | None, base: str | None
                          sets=list(sets), agent=agent_name, lang=lang, launch=not no_launch,
                          force=force, reason=reason, yes=yes, stage=stage, from_proposal=from_proposal,
                          patch=patch, approve_code=approve_code, reject_code=reject_code,
-                         confirm_code=_confirm_code if _interactive() else None)
+                         confirm_code=_confirm_code if _interactive() else None, seeds=seeds)
     result = create_experiment(_lab(), request)
     for line in result.messages:
         click.echo(line)
@@ -258,9 +260,12 @@ def status(version: str | None, as_json: bool) -> None:
 def log(version: str, follow: bool, lines: int) -> None:
     """Print the run's train.log.
 
+    VERSION@SEED prints one replicate's log; VERSION of a replicated experiment prints each under a header.
+
     \b
     Example:
       minimind log 1.4.8 -f
+      minimind log 1.4.8@43 -n 20
     """
     from lifecycle.log import show_log
 
@@ -273,9 +278,12 @@ def log(version: str, follow: bool, lines: int) -> None:
 def stop(version: str, timeout: int) -> None:
     """Stop a run gracefully: it finishes its step, checkpoints and exits.
 
+    VERSION stops every replicate of a replicated experiment; VERSION@SEED only that one.
+
     \b
     Example:
       minimind stop 1.4.8
+      minimind stop 1.4.8@43
     """
     from lifecycle.stop import stop_run
 
@@ -288,13 +296,36 @@ def stop(version: str, timeout: int) -> None:
 def resume(version: str, force: bool) -> None:
     """Continue a stopped, lost or failed run from its last checkpoint.
 
+    VERSION resumes every replicate that is not done (a lost one alone); VERSION@SEED only that one.
+
     \b
     Example:
       minimind resume 1.4.8
+      minimind resume 1.4.8@43
     """
     from lifecycle.resume import resume_run
 
     click.echo(resume_run(_lab(), version, force))
+
+
+@main.command()
+@click.argument("version")
+@click.option("--seeds", type=int, required=True, metavar="N", help="Replicates the experiment has in all afterwards.")
+@click.option("--yes", is_flag=True, help="Accept more added runs than preflight.compute_factor.")
+def replicate(version: str, seeds: int, yes: bool) -> None:
+    """Add replicates to a finished experiment (usually the base), with its own snapshot and config.
+
+    The new runs differ from it only in their training seed. When they end, the experiment's
+    record and verdict are redone over every replicate, and the lab's measured noise floor
+    (the seed-to-seed spread per metric) includes them.
+
+    \b
+    Example:
+      minimind replicate 1.4.7 --seeds 3
+    """
+    from lifecycle.replicates import add
+
+    click.echo(add(_lab(), version, seeds, yes))
 
 
 @main.command()
@@ -347,9 +378,12 @@ def eval_cmd(version: str | None, num_samples: int | None, model_path: Path | No
              **sizes: int | None) -> None:
     """Evaluate an experiment's checkpoint (or any checkpoint) and write eval.json.
 
+    A replicated experiment evaluates every replicate (VERSION@SEED: one) and is analysed once.
+
     \b
     Example:
       minimind eval 1.4.8 --num-samples 10
+      minimind eval 1.4.8@43
       minimind eval --model_path out/pretrain_512.pth --model_type model_original --num_samples 5
     """
     from lifecycle.eval import evaluate

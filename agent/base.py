@@ -56,6 +56,9 @@ class PlanContext:
     checks: list[dict[str, Any]] = field(default_factory=list)
     notebook: str = ""                    # the lab notebook: compact trace of every experiment, reviewer notes
     code_change: Optional[dict[str, Any]] = None  # the code change a proposal (next.json) declared for this experiment
+    # The lab's measured run-to-run noise: metric -> {sd, df, experiments} (minimind/noise.py); {} when unmeasured.
+    noise_floor: dict[str, dict[str, Any]] = field(default_factory=dict)
+    base_replicates: int = 1                  # runs of the base (its replicates)
 
 
 # The prose fields of a plan: checked like an analysis's, with no verdict to claim (agent/prose.py).

@@ -258,6 +258,10 @@ def plan_prompt(ctx: PlanContext) -> str:
         "## Guardrails (computed by code from the metrics; you only explain them)\n" + _guardrail_table(ctx.guardrails),
         "## Lessons of this lab\n" + ctx.lessons.strip(),
         "## Lab notebook (every experiment so far, and the reviewer's notes)\n" + _block("notebook", ctx.notebook or "(empty)"),
+        "## Run-to-run noise (the seed-to-seed spread per metric the lab measured; a change smaller than about twice "
+        "it cannot be told from another seed with one run)\n"
+        + (_block("noise_floor", _json(_round(ctx.noise_floor))) if ctx.noise_floor else
+           "(unmeasured: no experiment has replicates; `minimind replicate BASE --seeds 3` measures it)"),
         "## Preflight checks (run by code on this experiment's model; claim nothing they did not verify)\n"
         + ("\n".join(f"- {c.get('id')}: {c.get('status')}: {c.get('detail')}" for c in ctx.checks) or "(not run)"),
         *(["## Code change proposed for this experiment (declare it as code_change, refined if needed, and set its "

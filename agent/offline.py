@@ -49,7 +49,11 @@ _T: dict[str, dict[str, str]] = {
         "named": "named in the goal/hypothesis; {help}",
         "expected_hyp": "as the hypothesis states: {h}",
         "detectable": "Detectable: on the base, {m} = {v} with a {conf} interval [{lo}, {hi}] (n={n}), so a change "
-                      "smaller than about ±{half} cannot be told from noise.",
+                      "smaller than about ±{half} cannot be told from noise (run-to-run noise is unmeasured in this "
+                      "lab: minimind replicate BASE --seeds 3).",
+        "detectable_floor": "Detectable: on the base ({n} run(s)), {m} = {v}; the lab's measured seed-to-seed spread of "
+                            "{m} is sd {sd} (over {exps}), so one run of this experiment cannot tell a change smaller "
+                            "than about ±{half} from another seed (3 seeds a side: about ±{half3}).",
         "training": "Training ran {steps} optimizer steps in {dur}; loss went from {first} to {last} (lowest {low}, "
                     "smoothed {smooth}) at about {tps} tokens/s.",
         "stopped": " The run was stopped by a guardrail: {reason}. The checkpoint at the stop was evaluated.",
@@ -136,7 +140,10 @@ _T: dict[str, dict[str, str]] = {
         "risk_default": "小语料上的记忆化:以训练/推理损失比和重复率检查",
         "named": "在目标或假设中指定",
         "expected_hyp": "如假设所述:{h}",
-        "detectable": "可检测性:基线上 {m} = {v},{conf} 区间 [{lo}, {hi}](n={n}),小于约 ±{half} 的变化无法与噪声区分。",
+        "detectable": "可检测性:基线上 {m} = {v},{conf} 区间 [{lo}, {hi}](n={n}),小于约 ±{half} 的变化无法与噪声区分"
+                      "(本实验室尚未测量运行间噪声:minimind replicate BASE --seeds 3)。",
+        "detectable_floor": "可检测性:基线({n} 次运行)上 {m} = {v};实验室实测的 {m} 种子间标准差为 {sd}(基于 {exps}),"
+                            "本实验单次运行无法把小于约 ±{half} 的变化与换种子区分(每边 3 个种子:约 ±{half3})。",
         "training": "训练进行了 {steps} 个优化步,用时 {dur};损失从 {first} 降到 {last}(最低 {low},平滑后 {smooth}),"
                     "吞吐约 {tps} tokens/s。",
         "stopped": "运行被护栏停止:{reason}。评估的是停止时的检查点。",
@@ -323,6 +330,16 @@ def _detectable(ctx: PlanContext, lang: str) -> Optional[str]:
     criteria = parse_criteria(ctx.expect) or implied_criteria(f"{ctx.hypothesis} {ctx.expect or ''}")
     metric = criteria[0].metric if criteria else DEFAULT_METRIC
     value, ci = metric_value(ctx.base_eval, metric), value_interval(ctx.base_eval, metric)
+    floor = (getattr(ctx, "noise_floor", None) or {}).get(metric)  # an analysis's context has none
+    if value is not None and floor:
+        # The measured seed spread: what one run of this experiment against the base can tell apart.
+        from minimind.noise import detectable
+
+        n_base = getattr(ctx, "base_replicates", 1)
+        half = detectable(floor["sd"], 1, n_base, floor["df"])
+        return _t(lang, "detectable_floor", m=metric, v=number(value), sd=f"{floor['sd']:.3g}",
+                  exps=", ".join(floor["experiments"]), n=n_base, half=f"{half:.3g}",
+                  half3=f"{detectable(floor['sd'], 3, max(n_base, 3), floor['df']):.3g}")
     if value is None or ci is None:
         return None
     return _t(lang, "detectable", m=metric, v=number(value), conf=f"{ci['confidence']:.0%}", lo=number(ci["low"]),

@@ -143,13 +143,24 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     base_cfg = _read_yaml(lab.run_dir(cfg.base) / CONFIG_FILE) if cfg.base else None
     state = read_state(run_dir)
     confidence = cfg.eval.confidence
-    rows = compare_rows(ev, base_ev, confidence, cfg.eval.min_effect)
+    # Each side is every evaluated replicate (one run for an unreplicated experiment); the lab's
+    # measured seed-to-seed floor stands in for a side's missing replicates (minimind/noise.py).
+    from lifecycle import replicates
+
+    seeds = None
+    if replicates.replicated(run_dir):
+        seeds = replicates.write_summary(run_dir)
+        _plot_replicates(run_dir, version, cfg.guardrails.smoothing_window, plan.get("lang", "en"))
+    new_side = replicates.side(run_dir) or ev
+    base_side = replicates.side(lab.run_dir(cfg.base)) if cfg.base else None
+    floors = replicates.lab_floors(lab)
+    rows = compare_rows(new_side, base_side, confidence, cfg.eval.min_effect, floors)
     lang = plan.get("lang", "en")
     control = held_out_control(ev, base_ev, confidence, lang)
     reading = bank_reading(ev, confidence, lang)
     levels = {n: g.get("level") for n, g in (ev.get("guardrails") or {}).items()}
-    verdict, reason = decide(plan.get("hypothesis", ""), plan.get("expect"), ev, base_ev, levels, confidence,
-                             cfg.eval.min_effect, lang)
+    verdict, reason = decide(plan.get("hypothesis", ""), plan.get("expect"), new_side, base_side, levels, confidence,
+                             cfg.eval.min_effect, lang, floors, cfg.base)
     changes = real_changes(base_cfg, cfg.to_dict(), plan)
     requested = agent or plan.get("agent_requested", settings.agent.backend)
     log_dir = run_dir / AGENT_DIR
@@ -192,6 +203,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
         "notes": list(analysis.notes),
         "verdict_info": {"verdict": verdict, "reason": reason, "verdict_zh": VERDICT_ZH[verdict],
                          "confidence": confidence},
+        "noise": {"floors": {m: f.to_dict() for m, f in floors.items()}, "seeds": seeds},
         "comparison": rows,
         "held_out_control": control,
         "bank_reading": reading,
@@ -227,6 +239,18 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     update_state(run_dir, analysed=True, analysis_failed=False, analysis_error=None, phase="done",
                  ended_at=state.ended_at or time.time())
     return write_record(lab, version, lang)
+
+
+def _plot_replicates(run_dir: Path, version: str, window: int, lang: str) -> None:
+    """runs/V/plots/loss.png of a replicated experiment: a curve per replicate (it replaces the
+    first replicate's own picture, which its evaluation drew)."""
+    from lifecycle.replicates import seed_of
+    from minimind.rundir import PLOTS_DIR, replicate_dirs
+    from training.plots import plot_replicates
+
+    runs = {seed_of(d): read_metrics(d / METRICS_FILE) for d in replicate_dirs(run_dir)}
+    if any(runs.values()):
+        plot_replicates(runs, run_dir / PLOTS_DIR / "loss.png", version, window, lang)
 
 
 def _failure_reason(run_dir: Path, exc: Exception) -> str:

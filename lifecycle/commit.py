@@ -16,10 +16,12 @@ from minimind.errors import GateRefused, MinimindError
 from minimind.lab import Lab
 from minimind.rundir import (ANALYSIS_FILE, CODE_CHANGE_FILE, COMMIT_MSG_FILE, COMMITTED_STATE_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE,
                              LESSON_FILE, METRICS_FILE, MISSING, NEXT_FILE, PATCH_FILE, PLAN_FILE, PLOTS_DIR, REVIEW_FILE, RUN_SCRIPT,
-                             UNREADABLE, RunState, committed_state, current, read_exit_code, read_json, state_note, update_state)
+                             SEEDS_FILE, UNREADABLE, RunState, committed_state, current, read_exit_code, read_json, replicate_dirs,
+                             state_note, update_state)
 
 RUN_FILES = (RUN_SCRIPT, CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, EVAL_FILE, METRICS_FILE, DIFF_FILE, LESSON_FILE, NEXT_FILE,
-             COMMITTED_STATE_FILE, CODE_CHANGE_FILE, PATCH_FILE)
+             COMMITTED_STATE_FILE, CODE_CHANGE_FILE, PATCH_FILE, SEEDS_FILE)
+REPLICATE_FILES = (RUN_SCRIPT, CONFIG_FILE, EVAL_FILE, METRICS_FILE, COMMITTED_STATE_FILE)
 from lifecycle.history import INDEX_FILE  # noqa: E402
 from lifecycle.lessons import LESSONS_FILE  # noqa: E402
 
@@ -32,6 +34,9 @@ def experiment_files(lab: Lab, version: str) -> list[str]:
     rel = [lab.record_path(version).relative_to(lab.root)]
     rel += [(lab.experiment_dir / name).relative_to(lab.root) for name in LAB_FILES]
     rel += [(run_dir / name).relative_to(lab.root) for name in RUN_FILES]
+    # The experiment's other replicates: each one's config, numbers and committed state (no checkpoints, no log).
+    for rep in replicate_dirs(run_dir)[1:]:
+        rel += [(rep / name).relative_to(lab.root) for name in REPLICATE_FILES]
     plots = run_dir / PLOTS_DIR
     if plots.is_dir():
         rel += sorted(p.relative_to(lab.root) for p in plots.glob("*.png"))
@@ -95,6 +100,10 @@ def commit_experiment(lab: Lab, version: str, yes: bool) -> str:
     derived, state = current(run_dir)
     if derived == "running":
         raise GateRefused(f"experiment {version} is still running; commit after it ends")
+    busy = [r.name for r in replicate_dirs(run_dir)[1:] if current(r)[0] in ("running", "queued")]
+    if busy:
+        raise GateRefused(f"experiment {version}'s replicates with seed {', '.join(busy)} are still running; "
+                          "commit after they end")
     if derived in (MISSING, UNREADABLE):
         raise MinimindError(f"experiment {version} cannot be committed: {state_note(run_dir)}")
     missing = missing_files(lab, version, state)
@@ -115,13 +124,17 @@ def commit_experiment(lab: Lab, version: str, yes: bool) -> str:
     # this one; the working tree's lists every experiment again afterwards.
     committed = [v for v in lab.versions() if v == version or current(lab.run_dir(v))[1].committed]
     undo = Undo()
-    undo.keep(lab.experiment_dir / INDEX_FILE, run_dir / COMMITTED_STATE_FILE)
+    reps = replicate_dirs(run_dir)[1:]
+    undo.keep(lab.experiment_dir / INDEX_FILE, run_dir / COMMITTED_STATE_FILE, *(r / COMMITTED_STATE_FILE for r in reps))
     # Short and local: SIGTERM/SIGINT wait until the commit and its flag are both written, so
     # git and state.json never disagree; an error puts the notebook and committed state back.
     with signals_held():
         try:
             write_index(lab, committed)
             write_json(run_dir / COMMITTED_STATE_FILE, committed_state(derived, state, read_exit_code(run_dir)))
+            for rep in reps:
+                rep_derived, rep_state = current(rep)
+                write_json(rep / COMMITTED_STATE_FILE, committed_state(rep_derived, rep_state, read_exit_code(rep)))
             files = experiment_files(lab, version)
             sha = gitops.commit_paths(lab.root, files, message)
         except BaseException:

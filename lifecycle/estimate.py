@@ -316,6 +316,29 @@ def estimate(lab, cfg: dict, exclude: Optional[str] = None) -> dict[str, Any]:
             "wall_s": wall, "calibration": calib}
 
 
+def for_replicates(est: dict[str, Any], n: int) -> dict[str, Any]:
+    """The estimate of an experiment of `n` replicates: training FLOPs and wall time count all of
+    them (one after another on one device); tokens, steps and memory stay per replicate."""
+    if n <= 1:
+        return est
+    out = dict(est, replicates=n, run_train_flops=est["train_flops"], run_wall_s=est["wall_s"])
+    out["train_flops"] = est["train_flops"] * n if est["train_flops"] is not None else None
+    out["wall_s"] = est["wall_s"] * n if est["wall_s"] is not None else None
+    return out
+
+
+def replicate_gate(est: dict[str, Any], added: int, factor: float, yes: bool) -> Optional[str]:
+    """`minimind replicate`: adding `added` runs multiplies the experiment's compute by 1 + added;
+    more than `factor` extra runs' worth needs --yes. Returns a note, or raises GateRefused."""
+    if added <= factor:
+        return None
+    note = (f"{added} more replicates train {added}× the experiment's FLOPs ({_size(est['train_flops'])} each; "
+            f"limit {factor:g}× in minimind.yaml preflight.compute_factor)")
+    if yes:
+        return note + " (accepted with --yes)"
+    raise GateRefused(note + ". " + GATE_ADVICE)
+
+
 def _size(n: Optional[float], unit: str = "") -> str:
     if n is None:
         return "unknown"
@@ -342,7 +365,10 @@ def summary_lines(est: dict[str, Any], lang: str = "en") -> list[str]:
     how = counted_text(est.get("tokens_counted_how") or est["tokens_counted"], lang)
     split = plan and plan["split"]
     bound = isinstance(est.get("tokens_counted_how"), dict) and est["tokens_counted_how"].get("bound")
+    reps = est.get("replicates") or 1
     if lang == "zh":
+        extra = [f"重复运行:{reps} 个(仅种子不同);上面的训练 FLOPs 与耗时计入全部 {reps} 个,token、步数与内存为单个运行"] \
+            if reps > 1 else []
         wall = (f"未校准:本实验室在 {est['device']} 上没有同一规模的早期运行测得 tokens/s" if est["wall_s"] is None else
                 ("至多 " if bound else "") + f"{_duration(est['wall_s'], 'zh')}(来自运行 {est['calibration']['run']}:实测 "
                 f"{est['calibration']['tokens_per_s']:.0f} tokens/s,按每 token FLOPs 换算)")
@@ -356,7 +382,7 @@ def summary_lines(est: dict[str, Any], lang: str = "en") -> list[str]:
             + (f"(共 {_size(avail, 'B')})" if avail else "")
             + (f";为放下而拆成微批 {plan['batch_size']} × 累积 {plan['accumulation_steps']}" if split else ""),
             f"耗时:{wall}",
-        ]
+        ] + extra
     wall = ("uncalibrated: no earlier run of this lab on " + est["device"] + " in this size class measured tokens/s"
             if est["wall_s"] is None else
             ("at most " if bound else "") + f"{_duration(est['wall_s'])} (from run {est['calibration']['run']}: "
@@ -372,7 +398,8 @@ def summary_lines(est: dict[str, Any], lang: str = "en") -> list[str]:
         + (f"; split into micro-batch {plan['batch_size']} x accumulation {plan['accumulation_steps']} to fit"
            if split else ""),
         f"wall time: {wall}",
-    ]
+    ] + ([f"replicates: {reps} (differing only in their seed); the training FLOPs and wall time above count all "
+          f"{reps}, one after another on one device; tokens, steps and memory are per replicate"] if reps > 1 else [])
 
 
 def _tokenizer_vocab(lab, cfg: dict) -> Optional[int]:
@@ -442,7 +469,10 @@ def gate(lab, cfg: dict, est: dict[str, Any], base: Optional[str], factor: float
     base_cfg = _base_config(lab, base)
     if base_cfg is None:
         return None
-    base_est = estimate(lab, base_cfg, exclude=base)
+    from minimind.rundir import replicate_dirs
+
+    # Both sides count every replicate: `est` is the new experiment's in all (for_replicates).
+    base_est = for_replicates(estimate(lab, base_cfg, exclude=base), len(replicate_dirs(lab.run_dir(base))))
     if not base_est["train_flops"]:
         return None
     ratio = est["train_flops"] / base_est["train_flops"]

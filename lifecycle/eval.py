@@ -36,7 +36,13 @@ def evaluate(lab: Lab, version: Optional[str], num_samples: Optional[int], model
     else:
         if not version:
             raise UsageError("give a VERSION, or --model-path with --model-type")
-        run_dir = lab.require_run(version)
+        from lifecycle.replicates import target
+
+        name = version
+        version, runs, _ = target(lab, name)
+        if len(runs) > 1 or name != version:
+            return _evaluate_replicates(lab, name, version, runs, num_samples, use_moe, files, env)
+        run_dir = runs[0]
         if current(run_dir)[0] == "running":
             raise MinimindError(f"experiment {version} is still running; it evaluates itself when training ends")
         argv = [sys.executable, "-m", "training.evaluate", "--run-dir", str(run_dir)]
@@ -60,3 +66,36 @@ def evaluate(lab: Lab, version: Optional[str], num_samples: Optional[int], model
                                 f"{where}; redo it with: minimind analyse {version}")
         return f"Evaluated and analysed {version}: runs/{version}/eval.json, {where}"
     return "Evaluation written."
+
+
+def _evaluate_replicates(lab: Lab, name: str, version: str, runs: list[Path], num_samples: Optional[int],
+                         use_moe: bool, files: Optional[dict[str, Path]], env: dict) -> str:
+    """`eval V` of a replicated experiment evaluates every replicate, `eval V@SEED` one; then the
+    experiment is analysed once, when every replicate has its eval.json."""
+    from lifecycle.replicates import analyse_when_complete
+    from minimind.rundir import run_label
+
+    busy = [run_label(r) for r in runs if current(r)[0] in ("running", "queued")]
+    if busy:
+        raise MinimindError(f"{', '.join(busy)} still running or queued; a replicate evaluates itself when its "
+                            "training ends")
+    for run_dir in runs:
+        argv = [sys.executable, "-m", "training.evaluate", "--run-dir", str(run_dir)]
+        if num_samples is not None:
+            argv += ["--num-samples", str(num_samples)]
+        if use_moe:
+            argv.append("--use-moe")
+        for opt, path in (files or {}).items():
+            argv += [f"--{opt}", str(Path(path).resolve())]
+        if subprocess.run(argv, cwd=lab.root, env=env).returncode != 0:
+            raise MinimindError(f"evaluation of {run_label(run_dir)} failed; see the messages above")
+    from minimind.rundir import update_state
+
+    update_state(lab.run_dir(version), analysed=False)  # new numbers: the experiment's analysis is redone
+    outcome, message = analyse_when_complete(runs[0])
+    done = ", ".join(run_label(r) for r in runs)
+    if outcome == "failed":
+        raise MinimindError(f"evaluated {done}, but the analysis failed: {message}; redo it with: minimind analyse {version}")
+    if outcome == "waiting":
+        return f"Evaluated {done}; the experiment is analysed once every replicate is ({message})"
+    return f"Evaluated {done} and analysed {version}: {message}"

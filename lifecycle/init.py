@@ -21,6 +21,14 @@ runs/*/checkpoints/
 runs/*/train.log
 runs/*/swanlog/
 runs/*/exit_code*
+runs/*/seeds/*/checkpoints/
+runs/*/seeds/*/train.log
+runs/*/seeds/*/swanlog/
+runs/*/seeds/*/exit_code*
+runs/*/seeds/*/state.json
+runs/*/seeds/*/.state.lock
+runs/*/seeds/.queue/
+runs/*/.analyse.lock
 runs/*/state.json
 runs/*/.state.lock
 runs/*/.record.sha256

@@ -211,7 +211,10 @@ def start_detached(lab: Lab, run_dir: Path, resume: bool = False) -> RunState:
     env[slots.QUEUED_AT_ENV] = str(time.time_ns())  # the run's place in the slot queue: launch order
     # The state is written before the start: the pipeline may take its slots (and say so) at once.
     now = time.time()
-    update_state(run_dir, state="running" if slots.slot_ids(cfg) is None else "queued", started_at=now, ended_at=None,
+    from lifecycle.replicates import private_queue
+
+    waits = slots.slot_ids(cfg) is not None or private_queue(cfg, run_dir) is not None
+    update_state(run_dir, state="queued" if waits else "running", started_at=now, ended_at=None,
                  heartbeat=now, exit_code=None, stop_reason=None, gpus=None, queue_position=None, waiting_for=None)
     read_fd, write_fd = os.pipe()
     child = os.fork()

@@ -51,6 +51,7 @@ class NewRequest:
     reject_code: Optional[str] = None    # the human's note on the agent's waiting candidate: one more agent round
     confirm_code: Any = None             # (lines) -> bool: asks the human at a terminal; None never approves
     code_change: Optional[dict] = None   # a proposal's code change (next.json), for the plan to declare
+    seeds: Optional[int] = None          # replicates differing only in train.seed (None: the lab's replicates.seeds)
 
 
 @dataclass
@@ -144,7 +145,8 @@ def _from_proposal(lab: Lab, req: NewRequest) -> NewRequest:
     return dataclasses.replace(req, goal=req.goal or p["goal"], hypothesis=req.hypothesis or p["hypothesis"],
                                expect=req.expect or p.get("expect"), base=req.base or p.get("base"),
                                sets=[*p.get("sets", []), *req.sets],  # later --set wins: the human's come last
-                               code_change=p.get("code_change"))
+                               code_change=p.get("code_change"),
+                               seeds=req.seeds if req.seeds is not None else p.get("seeds"))
 
 
 def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult:
@@ -171,6 +173,12 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
         # the plan is asked again: the change the waiting candidate was written for stands if the plan leaves it out
         kept = read_pending(lab, req.version)
         req.code_change = kept[0].get("change") if kept else None
+    if req.seeds is None:  # --seeds, else the proposal's, else the lab's
+        req.seeds = settings.replicates.seeds
+    from lifecycle.replicates import MAX_SEEDS
+
+    if not 1 <= req.seeds <= MAX_SEEDS:
+        raise UsageError(f"--seeds must be between 1 and {MAX_SEEDS}, got {req.seeds}")
     req.goal, req.hypothesis = req.goal or "", req.hypothesis or ""
     if not req.goal.strip() or not req.hypothesis.strip():
         raise UsageError("--goal and --hypothesis must not be empty")
@@ -275,6 +283,10 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
         final = lab.run_dir(req.version)
         created.append(final)  # absent before (checked under the lock)
         os.rename(staging, final)
+        if req.seeds > 1:  # the other replicates: runs/V/seeds/<seed>, removed with `final` on failure
+            from lifecycle.replicates import create as create_replicates
+
+            create_replicates(lab, req.version, req.seeds)
         from lifecycle.record import write_record
 
         created.append(lab.record_path(req.version))
@@ -322,10 +334,30 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
     from lifecycle.record import write_record
 
     verify_at_launch(lab, req.version)
+    if req.seeds > 1:
+        from lifecycle.replicates import launch as launch_replicates
+        from minimind.rundir import replicate_dirs, run_label
+
+        runs = replicate_dirs(lab.run_dir(req.version))
+        infos = launch_replicates(lab, runs)
+        write_record(lab, req.version, lang)
+        messages.append(f"Replicates: {len(runs)} (seeds {', '.join(str(s) for s in _seeds(runs))}), "
+                        "analysed and committed as one experiment")
+        messages += [f"  {run_label(r)}: " + launched_message(i, run_label(r)).split(". Follow")[0]
+                     + (f" ({i.state})" if i.state == "queued" else "") for r, i in zip(runs, infos)]
+        messages.append(f"Follow: minimind status {req.version} · minimind log {req.version}@SEED -f")
+        return NewResult(req.version, "queued" if all(i.state == "queued" for i in infos) else infos[0].state,
+                         messages)
     info = start_detached(lab, lab.run_dir(req.version))
     write_record(lab, req.version, lang)
     messages.append(launched_message(info, req.version))
     return NewResult(req.version, info.state, messages)
+
+
+def _seeds(runs: list[Path]) -> list[Optional[int]]:
+    from lifecycle.replicates import seed_of
+
+    return [seed_of(r) for r in runs]
 
 
 def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, model_cls,
@@ -340,6 +372,7 @@ def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, m
     cfg = resolved.to_dict()
     est = estimate.estimate(lab, cfg)
     estimate.refuse_if_cannot_run(lab, cfg, est)
+    est = estimate.for_replicates(est, req.seeds or 1)  # the gate and the record count every replicate
     problem = estimate.check_positions(load_module(lab.models_dir, "model"), cfg["model"])
     if problem:
         raise GateRefused(f"this config cannot run: {problem}")
@@ -406,12 +439,17 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
                        f"conclusion: {analysis.get('conclusion', '')}")
     # The rules this run will have: the lab's, with any the human set for it.
     guardrails = {k: v for k, v in apply_sets(start, sets, model_fields)["guardrails"].items() if isinstance(v, dict)}
+    from lifecycle.replicates import lab_floors
+    from minimind.rundir import replicate_dirs
+
     ctx = PlanContext(version=req.version, base=base, goal=req.goal, hypothesis=req.hypothesis, expect=req.expect,
                       sets=sets, base_config=start, base_record_summary=base_record,
                       base_eval=upgrade_eval(read_json(lab.run_dir(base) / EVAL_FILE)) if base else None,
                       model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=lessons_text(guardrails, lessons.lines(lab, lang)),
                       memory_presets=memory_presets(lab.models_dir), lang=lang, checks=list(checks),
-                      notebook=history.trace(lab), code_change=req.code_change)
+                      notebook=history.trace(lab), code_change=req.code_change,
+                      noise_floor={m: f.to_dict() for m, f in lab_floors(lab).items()},
+                      base_replicates=len(replicate_dirs(lab.run_dir(base))) if base else 1)
     from agent.calllog import failed_attempt_logs
 
     plan, note = backends.call(requested, settings.agent, staging / AGENT_DIR, "plan", ctx,

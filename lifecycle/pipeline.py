@@ -43,7 +43,7 @@ from minimind.config import load_config
 from minimind.errors import MinimindError
 from minimind.lab import Lab
 from minimind.rundir import (CONFIG_FILE, EXIT_STOPPED, FINAL_BY_TRAINER, PLAN_FILE, clear_exit_code, read_json,
-                             read_state, update_state, write_exit_code)
+                             experiment_dir, read_state, run_label, update_state, write_exit_code)
 
 RECORD_REFRESH_S = 120  # the record's execution section follows a long run (PRODUCT.md section 5)
 POLL_S = 2.0
@@ -51,10 +51,6 @@ POLL_S = 2.0
 
 def say(message: str) -> None:
     print(f"[pipeline] {message}", flush=True)
-
-
-def lab_of(run_dir: Path) -> Lab:
-    return Lab(Path(run_dir).resolve().parent.parent)
 
 
 def record_outcome(run_dir: Path, train_rc: int) -> str:
@@ -88,7 +84,7 @@ def refresh_record(run_dir: Path) -> None:
     if plan is None:
         return
     try:
-        write_record(lab_of(run_dir), load_config(Path(run_dir) / CONFIG_FILE).version, plan.get("lang", "en"))
+        write_record(Lab.of_run(run_dir), load_config(Path(run_dir) / CONFIG_FILE).version, plan.get("lang", "en"))
     except (MinimindError, OSError) as exc:
         print(f"warning: record not refreshed: {exc}", file=sys.stderr, flush=True)
 
@@ -125,7 +121,7 @@ def _train(run_dir: Path, resume: bool, stop: Optional[StopRequest] = None, keep
     from lifecycle.launch import ensure_launch_files, train_command
     from lifecycle.slurm import train_argv
 
-    lab = lab_of(run_dir)
+    lab = Lab.of_run(run_dir)
     cfg = load_config(run_dir / CONFIG_FILE)
     ensure_launch_files(lab, cfg, run_dir)
     argv = train_argv(cfg, train_command(lab, cfg, run_dir) + (["--resume"] if resume else []))
@@ -146,19 +142,27 @@ def _train(run_dir: Path, resume: bool, stop: Optional[StopRequest] = None, keep
 
 def _evaluate(run_dir: Path) -> int:
     return subprocess.call([sys.executable, "-m", "training.evaluate", "--run-dir", str(run_dir)],
-                           cwd=lab_of(run_dir).root)
+                           cwd=Lab.of_run(run_dir).root)
 
 
 def _analyse(run_dir: Path) -> int:
     """The agent's step never fails a trained run: a failure is recorded as analysis_failed."""
     from lifecycle.analyse import run_analysis
+    from lifecycle.replicates import analyse_when_complete, replicated
 
-    ok, message = run_analysis(run_dir)
+    if replicated(run_dir):  # one analysis per experiment: the last replicate to finish does it
+        outcome, message = analyse_when_complete(run_dir)
+        if outcome != "failed":
+            say(f"analysed the experiment: record {message}" if outcome == "analysed" else message)
+            return 0
+        ok = False
+    else:
+        ok, message = run_analysis(run_dir)
     if ok:
         say(f"analysed: record {message}")
     else:
         say(f"analysis failed ({message}); the run keeps its training state. "
-            f"Redo it with: minimind analyse {Path(run_dir).name}")
+            f"Redo it with: minimind analyse {experiment_dir(Path(run_dir)).name}")
     return 0
 
 
@@ -167,24 +171,34 @@ STEPS_AFTER_TRAINING = (("evaluate", _evaluate), ("analyse", _analyse))
 
 def _take_slots(run_dir: Path, stop: StopRequest):
     """The run's GPU slots, waiting `queued` for them; (None, False) when stopped while queued."""
-    from lifecycle import slots
+    from lifecycle import replicates, slots
 
     cfg = load_config(run_dir / CONFIG_FILE)
     ids = slots.slot_ids(cfg)
+    folder, need = (slots.slot_dir(Lab.of_run(run_dir), cfg), cfg.launch.num_processes) if ids is not None else (None, 0)
     if ids is None:
-        return None, True
+        # One device, several replicates: they take turns through the experiment's own one-slot queue.
+        folder, ids, need = replicates.private_queue(cfg, run_dir), [0], 1
+        if folder is None:
+            return None, True
+    private = slots.slot_ids(cfg) is None
 
     def on_wait(position: int, what: str) -> None:
+        if private:  # not a GPU slot: the experiment's own turn on this device
+            what = "the replicate before it to end (one device: replicates train one at a time)"
         say(f"queued (position {position}): waiting for {what}")
         update_state(run_dir, state="queued", phase="queued", queue_position=position, waiting_for=what)
 
-    held = slots.acquire(slots.slot_dir(lab_of(run_dir), cfg), ids, cfg.launch.num_processes, run_dir.name,
-                         lambda: stop.requested, on_wait)
+    held = slots.acquire(folder, ids, need, run_label(run_dir), lambda: stop.requested, on_wait)
     if held is None:
         update_state(run_dir, state="stopped", phase="stopped", stop_reason="stopped while queued; it never started",
                      queue_position=None, waiting_for=None, ended_at=time.time())
         refresh_record(run_dir)
         return None, False
+    if private:  # the private queue: this replicate's turn on the one device
+        update_state(run_dir, state="running", phase="setup", queue_position=None, waiting_for=None)
+        say(f"replicate {run_label(run_dir)}: its turn on this device")
+        return held, True
     os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, held.ids))
     update_state(run_dir, state="running", phase="setup", gpus=held.ids, queue_position=None, waiting_for=None)
     say(f"GPU slot(s) {', '.join(map(str, held.ids))}: CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}")
@@ -197,7 +211,7 @@ def _after_time_limit(run_dir: Path) -> None:
 
     state = read_state(run_dir)
     update_state(run_dir, stop_reason=f"Slurm time limit near: stopped at its last checkpoint (step {state.step}); resumable")
-    lab = lab_of(run_dir)
+    lab = Lab.of_run(run_dir)
     if slurm.in_job() and lab.settings().slurm.requeue:
         job = slurm.submit(lab, run_dir, resume=True, after=slurm.in_job()).slurm_job
         say(f"slurm.requeue: submitted job {job} to continue after this one")
@@ -210,7 +224,7 @@ def run(run_dir: Path, resume: bool, stop: StopRequest) -> int:
     held, go = _take_slots(run_dir, stop)
     if not go:
         return EXIT_STOPPED
-    say(f"experiment {run_dir.name}: started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+    say(f"experiment {run_label(run_dir)}: started {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
     train_rc = _train(run_dir, resume, stop, held.fds if held else ())
     outcome = record_outcome(run_dir, train_rc)
     refresh_record(run_dir)
@@ -234,7 +248,7 @@ def run(run_dir: Path, resume: bool, stop: StopRequest) -> int:
             return EXIT_STOPPED
         if rc != 0:
             return rc
-    say(f"experiment {run_dir.name}: done {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
+    say(f"experiment {run_label(run_dir)}: done {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}")
     return 0
 
 

@@ -11,7 +11,9 @@ presets) gets more candidates; a collapsing train loss a halved learning rate; a
 change, or one that moved a guardrail into danger, is tried at half the step; an
 under-trained run, a supported and an inconclusive one train longer; a refuted run with
 no numeric change to step back from is repeated with another seed. `fallback_reason`
-says why the model's was not used.
+says why the model's was not used. `seeds` (lifecycle/proposal.py `proposed_seeds`): the
+replicates of this experiment when it had several, 3 after an inconclusive single run in a lab
+that measured its noise floor; absent for one.
 
 A numeric value respects its setting as `new` validates it: the half step is the valid
 value nearest the midpoint, strictly between the two (a perfect square for
@@ -52,6 +54,7 @@ _T = {
         "under_goal": "Train longer: {version} is under-trained",
         "under_hyp": "Longer training brings the train loss well below the uniform loss and lowers inference loss",
         "under_why": "the train loss is still near the uniform loss with no sign of overfitting: the run is under-trained",
+        "seeds_why": "{n} replicates a side, so the seed-to-seed spread is in the verdict's interval",
         "seed_goal": "Repeat with another seed",
         "seed_hyp": "The refuted result repeats with another seed (inference loss does not improve)",
         "seed_why": "no config change to step back from: a second seed tells noise from effect",
@@ -83,6 +86,7 @@ _T = {
         "under_goal": "延长训练:{version} 训练不足",
         "under_hyp": "更长的训练使训练损失明显低于均匀分布的损失,并降低推理损失",
         "under_why": "训练损失仍接近均匀分布的损失且没有过拟合迹象:运行训练不足",
+        "seeds_why": "每边 {n} 个重复运行,使判定区间包含种子间差异",
         "seed_goal": "换一个随机种子重复实验",
         "seed_hyp": "换一个随机种子后被否定的结果依然重现(推理损失没有改善)",
         "seed_why": "没有可以回退的配置改动:第二个种子能区分噪声与真实效果",
@@ -284,11 +288,29 @@ def build(lab, version: str, cfg: dict, verdict: str, dangers: list[str], change
            "sets": [f"{k}={_yaml(v)}" for k, v in sets], "why": why, "proposed_by": by,
            "estimate": {"train_flops": est["train_flops"], "ratio_to_base": ratio,
                         "lines": estimate.summary_lines(est, lang)}}
+    from lifecycle.replicates import lab_floors
+    from minimind.rundir import replicate_dirs
+
+    seeds = proposed_seeds(len(replicate_dirs(lab.run_dir(version))), verdict, bool(lab_floors(lab)))
+    if seeds > 1:  # `new --from-proposal` trains that many replicates
+        out["seeds"] = seeds
+        out["why"] = f"{out['why']}{'；' if lang == 'zh' else '; '}{_t(lang, 'seeds_why', n=seeds)}"
     if fallback:
         out["fallback_reason"] = fallback
     if suggested and suggested.get("code_change"):
         out["code_change"] = suggested["code_change"]  # `new --from-proposal` has the agent implement it
     return out
+
+
+def proposed_seeds(replicates: int, verdict: str, floor_measured: bool) -> int:
+    """Replicates of the proposed experiment: as many as this one had when it had several (its
+    verdict rests on them); 3 after an inconclusive single run in a lab that measured its noise
+    floor (one run could not tell the change from another seed); else 1."""
+    if replicates >= 2:
+        return replicates
+    if verdict == "inconclusive" and floor_measured:
+        return 3
+    return 1
 
 
 def _base_config(lab, version: str) -> dict:
@@ -321,4 +343,5 @@ def load(lab, version: str) -> dict[str, Any]:
 def summary(proposal: Optional[dict[str, Any]], lang: str = "en") -> Optional[str]:
     if not proposal:
         return None
-    return f"{proposal['goal']}: " + (" ".join(f"--set {s}" for s in proposal["sets"]) or _t(lang, "no_set"))
+    seeds = f" --seeds {proposal['seeds']}" if proposal.get("seeds") else ""
+    return f"{proposal['goal']}: " + (" ".join(f"--set {s}" for s in proposal["sets"]) or _t(lang, "no_set")) + seeds

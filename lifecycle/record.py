@@ -22,7 +22,7 @@ from minimind.lab import Lab
 from minimind.guardrails import LIGHTS, upgrade_eval
 from minimind.schema import to_dict
 from minimind.rundir import (ANALYSIS_FILE, CODE_CHANGE_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, LESSON_FILE, METRICS_FILE, NEXT_FILE,
-                             PLAN_FILE,
+                             PLAN_FILE, SEEDS_FILE,
                              RECORD_LAST_FILE, RECORD_MARK_FILE, RENDERED_RECORD_FILE, current, read_json,
                              read_metrics)
 
@@ -200,7 +200,25 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
         "code_change": _code_change(run_dir),
         "lesson": read_json(run_dir / LESSON_FILE),
         "verdict": (analysis or {}).get("verdict_info", {"verdict": "", "reason": "", "verdict_zh": ""}),
+        "replicates": replicates_view(run_dir),
     }}
+
+
+REPLICATE_METRICS = ("inference_loss", "val_loss", "repetition_rate", "recall.mem_only.p_at_1")
+
+
+def replicates_view(run_dir: Path) -> Optional[dict[str, Any]]:
+    """A replicated experiment's runs/V/seeds.json for the record: each replicate's numbers, then
+    mean and seed-to-seed sd per metric; None for a single run."""
+    data = read_json(Path(run_dir) / SEEDS_FILE)
+    if not data or len(data.get("replicates") or []) < 2:
+        return None
+    spread = data.get("spread") or {}
+    metrics = [m for m in REPLICATE_METRICS if m in spread]
+    rows = [{"seed": rep.get("seed"), "values": [(rep.get("metrics") or {}).get(m) for m in metrics]}
+            for rep in data["replicates"]]
+    return {"n": len(rows), "metrics": metrics, "rows": rows,
+            "mean": [spread[m]["mean"] for m in metrics], "sd": [spread[m]["sd"] for m in metrics]}
 
 
 def selection_view(ev: Optional[dict]) -> Optional[dict[str, Any]]:

@@ -14,18 +14,36 @@ from pathlib import Path
 from minimind.errors import GateRefused, MinimindError
 from minimind.lab import Lab
 from minimind.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, LAST_CHECKPOINT, MISSING, UNREADABLE, clear_exit_code, current,
-                             is_alive, state_note, update_state)
+                             experiment_dir, is_alive, run_label, state_note, update_state)
 
 # A stopped run's pipeline records `stopped` and then, as its last act, its exit code. A resume
 # in between would have that late exit code mark the resumed run failed: wait this long for it.
 ENDING_WAIT_S = 30.0
 
 
-def resume_run(lab: Lab, version: str, force: bool = False) -> str:
+def resume_run(lab: Lab, name: str, force: bool = False) -> str:
+    """Resume `name`: one replicate (V@SEED), or of an experiment every replicate that is not done
+    (a lost replicate is continued alone; the finished ones are left as they are)."""
+    from lifecycle.replicates import DONE, target
+
+    version, runs, one = target(lab, name)
+    if one or len(runs) == 1:
+        return _resume_one(lab, runs[0], name, force)
+    states = [(r, current(r)[0]) for r in runs]
+    todo = [r for r, derived in states if derived not in DONE and derived not in ("running", "queued")]
+    if not todo:
+        busy = [run_label(r) for r, derived in states if derived in ("running", "queued")]
+        if busy:
+            raise MinimindError(f"experiment {version}: no replicate to resume ({', '.join(busy)} still running or queued)")
+        raise MinimindError(f"experiment {version} already finished (all {len(runs)} replicates); "
+                            f"add replicates with: minimind replicate {version} --seeds {len(runs) + 1}")
+    return "\n".join(_resume_one(lab, r, run_label(r), force) for r in todo)
+
+
+def _resume_one(lab: Lab, run_dir: Path, version: str, force: bool = False) -> str:
     """Relaunch the run's pipeline; it continues from checkpoints/last.pth when there is one."""
     from lifecycle.launch import refresh_run_script, start_detached
 
-    run_dir = lab.require_run(version)
     derived, state = current(run_dir)
     if derived in ("running", "queued"):
         where = f"Slurm job {state.slurm_job}" if state.backend == "slurm" else f"pid {state.pid}"
@@ -46,7 +64,7 @@ def resume_run(lab: Lab, version: str, force: bool = False) -> str:
                                 "resume it in a moment")
     from lifecycle.codechange import verify_at_launch
 
-    verify_at_launch(lab, version)  # a code experiment runs only the code the human approved
+    verify_at_launch(lab, experiment_dir(run_dir).name)  # a code experiment runs only the code the human approved
     has_checkpoint = (run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT).exists()
     step = check_checkpoint(lab, run_dir) if has_checkpoint else None  # before anything is written
     notes = refresh_run_script(lab, run_dir)

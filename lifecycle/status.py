@@ -16,7 +16,7 @@ from minimind.formats import number
 from minimind.guardrails import LIGHTS, NAMES as GUARDRAILS, upgrade_eval, upgrade_results
 from minimind.lab import Lab
 from minimind.rundir import (AGENT_DIR, EVAL_FILE, FLAGS, MISSING, TRAIN_LOG, UNREADABLE, current, has_state, is_stale,
-                             read_json, state_note)
+                             read_json, replicate_dirs, run_label, state_note)
 
 
 def _eta(seconds: Any) -> str:
@@ -27,7 +27,30 @@ def _eta(seconds: Any) -> str:
 
 
 def summary(lab: Lab, version: str) -> dict[str, Any]:
+    """The experiment's row: for a replicated one, its state over every replicate
+    (`running`, "2 of 3 done") and each replicate's own (lifecycle/replicates.py)."""
     run_dir = lab.run_dir(version)
+    out = _run_summary(lab, version, run_dir)
+    runs = replicate_dirs(run_dir)
+    out["state_words"] = None
+    out["replicates"] = None
+    if len(runs) > 1:
+        from lifecycle.replicates import aggregate, seed_of
+
+        rows = [out] + [_run_summary(lab, version, r) for r in runs[1:]]
+        for row, r in zip(rows, runs):
+            row["label"], row["seed"] = run_label(r), seed_of(r)
+        out = dict(out)
+        out["state"], out["state_words"] = aggregate([r["state"] for r in rows], [r["evaluated"] for r in rows])
+        out["replicates"] = [{k: row[k] for k in ("label", "seed", "state", "step", "total_steps", "loss", "phase",
+                                                   "gpus", "queue_position", "waiting_for", "slurm_job", "pid",
+                                                   "evaluated", "stop_reason")} for row in rows]
+        out["stale_heartbeat"] = any(row["stale_heartbeat"] for row in rows)
+        out["evaluated"] = all(row["evaluated"] for row in rows)
+    return out
+
+
+def _run_summary(lab: Lab, version: str, run_dir: Path) -> dict[str, Any]:
     derived, state = current(run_dir)
     guardrails = upgrade_results(state.guardrails)  # a run from before selection diversity: its entropy was the candidates'
     ev = upgrade_eval(read_json(run_dir / EVAL_FILE)) if (run_dir / EVAL_FILE).exists() else None
@@ -130,6 +153,7 @@ def _table(rows: list[dict]) -> None:
         flags = (" " if wide else "").join("✗" if f == "analysed" and row["analysis_failed"] else ("✓" if row[f] else "·")
                                            for f in FLAGS)
         state = ((row["state"] if wide else row["state"].replace("_", " "))  # 'guardrail stopped' wraps at its space
+                 + (f" ({row['state_words']})" if row["state_words"] else "")
                  + (" (stale)" if row["stale_heartbeat"] else "") + _where(row)
                  + ("*" if row["state_from"] == "commit" else ""))
         cells = [row["version"], row["stage"], row["base"] or "", f"[{colours.get(row['state'], 'white')}]{state}[/]",
@@ -139,6 +163,10 @@ def _table(rows: list[dict]) -> None:
             cells[0] += f" {row['stage']}" if row["stage"] and row["stage"] != "pretrain" else ""
         table.add_row(*cells)
     console.print(table)
+    for row in rows:  # each replicate of a replicated experiment that is not done, on its own line
+        for rep in row["replicates"] or []:
+            if rep["state"] != "finished":
+                console.print(f"  {_replicate_line(rep)}", markup=False, highlight=False)
     for row in rows:  # a lost or corrupt state.json is said per experiment, never papered over
         if row["state"] in (MISSING, UNREADABLE):
             console.print(f"[red]{row['version']}: {row['state_note']}[/]", highlight=False)
@@ -148,6 +176,13 @@ def _table(rows: list[dict]) -> None:
     console.print("guardrail lights: train loss · train/inference ratio · repetition · memory selection entropy   "
                   "(🟢 safe 🟡 watch 🔴 danger ⚪ not measured)   flags: evaluated analysed reviewed committed "
                   "(✗ analysis failed: minimind analyse VERSION)")
+
+
+def _replicate_line(rep: dict) -> str:
+    step = f" step {rep['step'] or 0}/{rep['total_steps']}" if rep["total_steps"] else ""
+    loss = f" loss {rep['loss']:.4f}" if isinstance(rep["loss"], (int, float)) else ""
+    why = f" ({rep['stop_reason']})" if rep["stop_reason"] and rep["state"] != "running" else ""
+    return f"{rep['label']} (seed {rep['seed']}): {rep['state']}{why}{_where(rep)}{step}{loss}"
 
 
 def _where(row: dict) -> str:
@@ -191,7 +226,13 @@ def _detail(lab: Lab, version: str, as_json: bool) -> None:
 
     console = Console()
     console.print(f"[bold]Experiment {version}[/]  state: [bold]{info['state']}[/]"
-                  + (f" ({info['stop_reason']})" if info["stop_reason"] else ""))
+                  + (f" ({info['state_words']})" if info["state_words"] else "")
+                  + (f" ({info['stop_reason']})" if info["stop_reason"] and not info["replicates"] else ""))
+    if info["replicates"]:
+        console.print(f"replicates: {len(info['replicates'])} (name one as {version}@SEED in stop, resume, log, eval)",
+                      highlight=False)
+        for rep in info["replicates"]:
+            console.print(f"  {_replicate_line(rep)}", markup=False, highlight=False)
     if info["state_note"]:
         console.print(f"[{'red' if info['state'] in (MISSING, UNREADABLE) else 'yellow'}]{info['state_note']}[/]",
                       highlight=False)

@@ -17,12 +17,26 @@ import time
 from minimind.atomic import write_text
 from minimind.errors import MinimindError
 from minimind.lab import Lab
-from minimind.rundir import STOP_FILE, current, is_alive
+from minimind.rundir import STOP_FILE, current, is_alive, run_label
 
 
-def stop_run(lab: Lab, version: str, timeout: int = 60) -> str:
+def stop_run(lab: Lab, name: str, timeout: int = 60) -> str:
+    """Stop `name`: an experiment (every replicate that runs or waits) or one replicate, V@SEED."""
+    from lifecycle.replicates import target
+
+    version, runs, one = target(lab, name)
+    if one or len(runs) == 1:
+        return _stop_one(lab, runs[0], name, timeout)
+    active = [r for r in runs if current(r)[0] in ("running", "queued")]
+    if not active:
+        raise MinimindError(f"experiment {version} is not running (no replicate runs or waits)")
+    # Queued ones first: a replicate freed by a stopped one must not start in between.
+    active.sort(key=lambda r: current(r)[0] != "queued")
+    return "\n".join(_stop_one(lab, r, run_label(r), timeout) for r in active)
+
+
+def _stop_one(lab: Lab, run_dir, version: str, timeout: int) -> str:
     """SIGTERM to the run's process group; wait until the trainer has checkpointed and exited."""
-    run_dir = lab.require_run(version)
     derived, state = current(run_dir)
     if derived not in ("running", "queued"):
         raise MinimindError(f"experiment {version} is not running (state: {derived})")

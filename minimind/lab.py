@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from minimind.errors import MinimindError
-from minimind.rundir import is_experiment
+from minimind.rundir import is_experiment, lab_root
 from minimind.settings import SETTINGS_FILE, LabSettings, load_settings
 from minimind.versions import module_name, parse, sorted_versions
 
@@ -23,9 +23,9 @@ class Lab:
 
     @classmethod
     def of_run(cls, run_dir) -> "Lab":
-        """The lab a run directory belongs to: runs/V sits at the lab's root (absolute, so a
-        later change of the working directory cannot move it)."""
-        return cls(Path(run_dir).resolve().parent.parent)
+        """The lab a run directory belongs to, an experiment's runs/V or a replicate's
+        runs/V/seeds/S (absolute, so a later change of the working directory cannot move it)."""
+        return cls(lab_root(run_dir))
 
     @property
     def settings_path(self) -> Path:

@@ -62,6 +62,65 @@ CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pth"         # everything needed to resume
 PLOTS_DIR = "plots"
 AGENT_DIR = "agent"                  # the agent's call log
+REPLICATES_DIR = "seeds"             # runs/V/seeds/<seed>/: the experiment's other replicates (runs/V is the first)
+SEEDS_FILE = "seeds.json"            # the replicates' numbers and spread, written by the analysis
+ANALYSE_LOCK_FILE = ".analyse.lock"  # held while a replicate's pipeline decides whether to analyse the experiment
+
+
+# --- replicates ------------------------------------------------------------------------
+# An experiment is runs/V/. Its own run is its first replicate (so a single-run experiment, and
+# every experiment of an older lab, is an experiment with one replicate: nothing to migrate);
+# `--seeds N` adds runs/V/seeds/<seed>/, each a whole run directory (config, state, log,
+# checkpoints, metrics, eval.json) whose config differs from runs/V's in train.seed alone.
+
+def is_replicate_dir(run_dir: Path) -> bool:
+    """runs/V/seeds/<seed>: a replicate beside the experiment's own run."""
+    return Path(run_dir).parent.name == REPLICATES_DIR
+
+
+def experiment_dir(run_dir: Path) -> Path:
+    """runs/V for runs/V itself and for any of its replicates."""
+    run_dir = Path(run_dir)
+    return run_dir.parent.parent if is_replicate_dir(run_dir) else run_dir
+
+
+def lab_root(run_dir: Path) -> Path:
+    """The lab that holds a run directory (an experiment's or a replicate's)."""
+    return experiment_dir(Path(run_dir).resolve()).parent.parent
+
+
+def replicate_dirs(exp_dir: Path) -> list[Path]:
+    """Every run of the experiment: runs/V first, then runs/V/seeds/<seed> in seed order."""
+    exp_dir = Path(exp_dir)
+    folder = exp_dir / REPLICATES_DIR
+    extra = []
+    if folder.is_dir():
+        extra = sorted((p for p in folder.iterdir() if p.name.isdigit() and (p / CONFIG_FILE).is_file()),
+                       key=lambda p: int(p.name))
+    return [exp_dir, *extra]
+
+
+REPLICATE_SEP = "@"  # `minimind stop 1.2.0@43`: the replicate of 1.2.0 with train.seed 43
+
+
+def run_label(run_dir: Path) -> str:
+    """'1.2.0' for an experiment's own run, '1.2.0@43' for its replicate with seed 43."""
+    run_dir = Path(run_dir)
+    if is_replicate_dir(run_dir):
+        return f"{experiment_dir(run_dir).name}{REPLICATE_SEP}{run_dir.name}"
+    return run_dir.name
+
+
+def split_label(name: str) -> tuple[str, Optional[int]]:
+    """'1.2.0@43' -> ('1.2.0', 43); '1.2.0' -> ('1.2.0', None). A bad seed is a UsageError."""
+    from minimind.errors import UsageError
+
+    version, sep, seed = name.partition(REPLICATE_SEP)
+    if not sep:
+        return name, None
+    if not seed.isdigit():
+        raise UsageError(f"'{name}': a replicate is named VERSION{REPLICATE_SEP}SEED, e.g. 1.2.0{REPLICATE_SEP}43")
+    return version, int(seed)
 
 
 def best_checkpoint(dim: int, stage: str = "pretrain") -> str:

@@ -70,6 +70,10 @@ class EvalConfig:
     confidence: float = field(0.95, help="level of the bootstrap intervals that tell a change from noise", min=0.5, max=0.999)
     min_effect: float = field(0.01, help="relative change below which a difference is run-to-run (seed) noise, "
                                          "whatever its interval", min=0.0, max=0.5)
+    # None = train.seed, as before this key. A replicate (runs/V/seeds/<seed>) keeps its
+    # experiment's, so every replicate is scored on the same probes and samples and they pair.
+    draw_seed: Optional[int] = field(None, help="seed of the evaluation's own draws: chat probes, sampled continuations, the "
+                                           "retrieval control (null = train.seed)", min=0, max=2**31 - 1)
     chat_probes: int = field(40, help="probes per split asked in chat format for chat_qa (0 = skip chat QA)", min=0, max=100_000)
     chat_max_new_tokens: int = field(24, help="tokens a chat reply may have before it counts as not stopping", min=1, max=4096)
 
@@ -216,6 +220,12 @@ class PreflightConfig:
 
 
 @dataclass(kw_only=True)
+class ReplicatesConfig:
+    seeds: int = field(1, help="replicates of each new experiment, differing only in train.seed (minimind new --seeds "
+                               "overrides; 2 or more measure run-to-run noise)", min=1, max=64)
+
+
+@dataclass(kw_only=True)
 class LabSettings:
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "memory"},
                                   help="model fields for the first experiment (those of models/model.py ModelConfig)")
@@ -228,6 +238,7 @@ class LabSettings:
     swanlab: SwanlabConfig = field(default_factory=SwanlabConfig, help="SwanLab mirror")
     agent: AgentSettings = field(default_factory=AgentSettings, help="the planning agent")
     preflight: PreflightConfig = field(default_factory=PreflightConfig, help="checks and the compute gate before a launch")
+    replicates: ReplicatesConfig = field(default_factory=ReplicatesConfig, help="replicates of an experiment (seeds)")
 
 
 SETTINGS_FILE = "minimind.yaml"

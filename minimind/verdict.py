@@ -16,8 +16,17 @@ MIN_ITEMS shared items, there is no interval and a change is only reported, neve
 Run-to-run noise. The paired interval sees the noise of the evaluation sample (which
 documents, which probes), not that of training: two runs that differ only in their seed
 differ on every document a little, consistently, so the interval can exclude zero for a
-difference that another seed would reverse. A relative change smaller than the lab's
-`eval.min_effect` (1% by default) is therefore within noise whatever its interval.
+difference that another seed would reverse. Replicates (`minimind new V --seeds N`,
+`minimind replicate V --seeds N`) measure it; minimind/noise.py holds the rule. A side is
+one eval.json or a list of them (one per replicate, evaluated on the same items):
+- both sides with 2 or more replicates: a t interval of the difference of the replicate
+  means, holding the seed spread and the evaluation-sample noise (rule `replicates`);
+- a side with one run, in a lab that has measured its noise floor (`floors`, the pooled
+  seed-to-seed spread per metric): that spread takes the place of the fixed floor (rule `floor`);
+- otherwise the paired interval alone, and a relative change smaller than the lab's
+  `eval.min_effect` (1% by default) is within noise whatever its interval (rule `sample`);
+  the reason then says that run-to-run noise is unmeasured and how to measure it.
+Every reason names the noise it used.
 
 Verdict rule. Criteria come from `--expect` when it states them (`METRIC OP VALUE` or
 `METRIC OP base`, joined by `and`, `,` or `;`, e.g. `inference_loss < base and
@@ -39,7 +48,9 @@ import math
 import random
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+from minimind import noise
 
 CONFIDENCE = 0.95   # default interval level (the lab's eval.confidence overrides it)
 ROUNDS = 1000       # bootstrap resamples
@@ -77,6 +88,29 @@ _IMPROVE = r"(improve[sd]?|better|beats?|outperforms?|改善|改进|优于|更�
 _WORSE = r"(worse|degrades?|hurts?|变差|恶化|下降)"
 
 MARK_GOOD, MARK_BAD, MARK_NOISE = "✅", "❌", "≈"
+
+
+Side = Union[None, dict, list]  # one eval.json, or one per replicate (minimind/noise.py)
+
+
+def replicates_of(side: Side) -> list[dict]:
+    """The eval.json of each replicate of a side: a dict is one run, a list several."""
+    if side is None:
+        return []
+    if isinstance(side, dict):
+        return [side]
+    return [ev for ev in side if isinstance(ev, dict)]
+
+
+def side_values(side: Side, name: str) -> list[float]:
+    """The metric's value in each replicate that measured it."""
+    return [v for v in (metric_value(ev, name) for ev in replicates_of(side)) if v is not None]
+
+
+def side_value(side: Side, name: str) -> Optional[float]:
+    """The metric on a side: the mean over its replicates (one run: its value)."""
+    values = side_values(side, name)
+    return noise.mean(values) if values else None
 
 
 def metric_value(ev: Optional[dict], name: str) -> Optional[float]:
@@ -158,6 +192,21 @@ def _items(ev: Optional[dict], metric: str) -> Optional[dict[str, tuple[float, f
     return None
 
 
+def _pooled_items(side: Side, metric: str) -> Optional[dict[str, tuple[float, float]]]:
+    """A side's per-item data summed over its replicates, on the items every replicate measured:
+    the ratio over any set of keys is then the replicates' mean (their token counts agree)."""
+    reps = replicates_of(side)
+    if not reps:
+        return None
+    blocks = [_items(ev, metric) for ev in reps]
+    if any(b is None for b in blocks):
+        return None
+    keys = set(blocks[0])  # type: ignore[arg-type]
+    for b in blocks[1:]:
+        keys &= set(b)  # type: ignore[arg-type]
+    return {k: (sum(b[k][0] for b in blocks), sum(b[k][1] for b in blocks)) for k in keys}  # type: ignore[index]
+
+
 def _percentile(sorted_values: list[float], q: float) -> float:
     """Linear-interpolated percentile (q in 0..1) of already sorted values."""
     pos = q * (len(sorted_values) - 1)
@@ -172,11 +221,13 @@ def _ratio(pairs: list[tuple[float, float]], idx: list[int]) -> float:
     return num / den if den else 0.0
 
 
-def paired_interval(new: Optional[dict], base: Optional[dict], metric: str, confidence: float = CONFIDENCE,
+def paired_interval(new: Side, base: Side, metric: str, confidence: float = CONFIDENCE,
                     rounds: int = ROUNDS) -> Optional[dict[str, Any]]:
-    """{low, high, n, confidence} of (new − base) by a paired bootstrap over the items both
-    measured; None when either side has no per-item data or they share no item."""
-    a, b = _items(base, metric), _items(new, metric)
+    """{low, high, n, confidence, delta, sd} of (new − base) by a paired bootstrap over the items
+    both measured (a side of replicates: their mean per item); None when either side has no
+    per-item data or they share fewer than MIN_ITEMS items. `sd` is the bootstrap's spread:
+    the evaluation-sample noise minimind/noise.py adds to the seed noise."""
+    a, b = _pooled_items(base, metric), _pooled_items(new, metric)
     if a is None or b is None:
         return None
     keys = sorted(set(a) & set(b))
@@ -193,28 +244,59 @@ def paired_interval(new: Optional[dict], base: Optional[dict], metric: str, conf
     tail = (1 - confidence) / 2
     full = list(range(n))
     return {"low": _percentile(diffs, tail), "high": _percentile(diffs, 1 - tail), "n": n, "confidence": confidence,
-            "delta": _ratio(new_pairs, full) - _ratio(base_pairs, full)}
+            "delta": _ratio(new_pairs, full) - _ratio(base_pairs, full), "sd": noise.sample_sd(diffs) or 0.0}
 
 
-def value_interval(ev: Optional[dict], metric: str, confidence: float = CONFIDENCE,
+def value_interval(ev: Side, metric: str, confidence: float = CONFIDENCE,
                    rounds: int = ROUNDS) -> Optional[dict[str, Any]]:
-    """{low, high, n, confidence} of one run's metric by a bootstrap over its items."""
-    items = _items(ev, metric)
+    """{low, high, n, confidence, sd} of one side's metric by a bootstrap over its items."""
+    items = _pooled_items(ev, metric)
     if not items or len(items) < MIN_ITEMS:
         return None
-    pairs = list(items.values())
+    pairs = [items[k] for k in sorted(items)]
     n = len(pairs)
     rng = random.Random(SEED)
     values = sorted(_ratio(pairs, [rng.randrange(n) for _ in range(n)]) for _ in range(rounds))
     tail = (1 - confidence) / 2
-    return {"low": _percentile(values, tail), "high": _percentile(values, 1 - tail), "n": n, "confidence": confidence}
+    return {"low": _percentile(values, tail), "high": _percentile(values, 1 - tail), "n": n, "confidence": confidence,
+            "sd": noise.sample_sd(values) or 0.0}
+
+
+def change_interval(new: Side, base: Side, metric: str, confidence: float = CONFIDENCE,
+                    floors: Optional[dict[str, noise.Floor]] = None) -> Optional[dict[str, Any]]:
+    """The interval of new − base with every noise the lab knows in it; its `rule` says which
+    (minimind/noise.py): `replicates`, `floor`, or `sample` (the paired interval alone)."""
+    nv, bv = side_values(new, metric), side_values(base, metric)
+    if not nv or not bv:
+        return None
+    sample = paired_interval(new, base, metric, confidence)
+    ci = noise.difference(nv, bv, confidence, sample["sd"] ** 2 if sample else 0.0, (floors or {}).get(metric))
+    if ci is not None:
+        return {**ci, "n": sample["n"] if sample else 0}
+    return {**sample, "rule": noise.SAMPLE} if sample else None
+
+
+def target_interval(new: Side, metric: str, confidence: float = CONFIDENCE,
+                    floors: Optional[dict[str, noise.Floor]] = None) -> Optional[dict[str, Any]]:
+    """The interval of one side's metric (for a fixed target), with the seed noise the lab knows."""
+    values = side_values(new, metric)
+    sample = value_interval(new, metric, confidence)
+    ci = noise.level(values, confidence, sample["sd"] ** 2 if sample else 0.0, (floors or {}).get(metric))
+    if ci is not None:
+        return {**ci, "n": sample["n"] if sample else 0}
+    return {**sample, "rule": noise.SAMPLE} if sample else None
 
 
 def interval_text(ci: Optional[dict], lang: str = "en") -> str:
     w = _w(lang)
     if not ci:
         return w["no_ci"]
-    return w["ci"].format(conf=f"{ci['confidence']:.0%}", lo=f"{ci['low']:+.4g}", hi=f"{ci['high']:+.4g}", n=ci["n"])
+    rule = ci.get("rule")
+    key = {noise.REPLICATES: "ci_reps", noise.FLOOR: "ci_floor"}.get(rule, "ci")
+    if key in ("ci_reps", "ci_floor") and "n_base" not in ci:  # one side against a fixed target
+        key += "_one"
+    return w[key].format(conf=f"{ci['confidence']:.0%}", lo=f"{ci['low']:+.4g}", hi=f"{ci['high']:+.4g}", n=ci.get("n"),
+                         a=ci.get("n_new"), b=ci.get("n_base", 1), sd=f"{ci.get('seed_sd') or 0:.3g}")
 
 
 def _mark(ci: Optional[dict], higher_better: bool, rel: Optional[float] = None,
@@ -223,26 +305,29 @@ def _mark(ci: Optional[dict], higher_better: bool, rel: Optional[float] = None,
     ≈ otherwise, None without an interval."""
     if ci is None:
         return None
-    if rel is not None and abs(rel) < min_effect:
+    # The fixed relative floor stands in for run-to-run noise only where none was measured.
+    if ci.get("rule", noise.SAMPLE) == noise.SAMPLE and rel is not None and abs(rel) < min_effect:
         return MARK_NOISE
     if ci["low"] > 0 or ci["high"] < 0:
         return MARK_GOOD if (ci["low"] > 0) == higher_better else MARK_BAD
     return MARK_NOISE
 
 
-def compare_rows(new: Optional[dict], base: Optional[dict], confidence: float = CONFIDENCE,
-                 min_effect: float = MIN_EFFECT) -> list[dict[str, Any]]:
-    """Rows {metric, base, new, delta, rel, ci, mark, better, delta_text} for every metric either has.
+def compare_rows(new: Side, base: Side, confidence: float = CONFIDENCE,
+                 min_effect: float = MIN_EFFECT, floors: Optional[dict[str, noise.Floor]] = None) -> list[dict[str, Any]]:
+    """Rows {metric, base, new, delta, rel, ci, mark, better, delta_text} for every metric either has
+    (a side of replicates: their means; the interval's `rule` says which noise it holds).
 
-    `better` is True/False only when the paired interval excludes zero; None otherwise."""
+    `better` is True/False only when the interval excludes zero; None otherwise."""
     rows = []
-    for name in all_metric_names(new):
-        a, b = metric_value(base, name), metric_value(new, name)
+    new_reps = replicates_of(new)
+    for name in all_metric_names(new_reps[0] if new_reps else None):
+        a, b = side_value(base, name), side_value(new, name)
         if a is None and b is None:
             continue
         delta = None if a is None or b is None else b - a
         rel = None if delta is None or a == 0 else delta / abs(a)
-        ci = paired_interval(new, base, name, confidence) if delta is not None else None
+        ci = change_interval(new, base, name, confidence, floors) if delta is not None else None
         mark = _mark(ci, higher_is_better(name), rel, min_effect)
         better = {MARK_GOOD: True, MARK_BAD: False}.get(mark) if mark else None
         row = {"metric": name, "base": a, "new": b, "delta": delta, "rel": rel, "ci": ci, "mark": mark, "better": better}
@@ -257,10 +342,14 @@ def delta_text(row: dict[str, Any], lang: str = "en") -> str:
         return "—"
     pct = f" ({rel:+.1%})" if rel is not None else ""
     if ci:
-        noise = f" {ci['confidence']:.0%} {'置信区间' if lang == 'zh' else 'CI'} [{ci['low']:+.3g}, {ci['high']:+.3g}]"
+        shown = f" {ci['confidence']:.0%} {'置信区间' if lang == 'zh' else 'CI'} [{ci['low']:+.3g}, {ci['high']:+.3g}]"
+        if ci.get("rule") == noise.REPLICATES:
+            shown += f" ({ci['n_new']} vs {ci['n_base']} seeds)" if lang != "zh" else f"({ci['n_new']} 对 {ci['n_base']} 个种子)"
+        elif ci.get("rule") == noise.FLOOR:
+            shown += " (lab seed spread)" if lang != "zh" else "(实验室种子噪声)"
     else:
-        noise = "(无区间)" if lang == "zh" else " (no interval)"
-    return f"{delta:+.4g}{pct}{noise}" + (f" {mark}" if mark else "")
+        shown = "(无区间)" if lang == "zh" else " (no interval)"
+    return f"{delta:+.4g}{pct}{shown}" + (f" {mark}" if mark else "")
 
 
 def held_out_control(new: Optional[dict], base: Optional[dict], confidence: float = CONFIDENCE,
@@ -269,7 +358,7 @@ def held_out_control(new: Optional[dict], base: Optional[dict], confidence: floa
     interval excludes zero (facts seen nowhere should not move)."""
     w = _w(lang)
     metric = f"recall.{CONTROL_SPLIT}.p_at_1"
-    a, b = metric_value(base, metric), metric_value(new, metric)
+    a, b = side_value(base, metric), side_value(new, metric)
     if b is None:
         return None
     ci = paired_interval(new, base, metric, confidence) if a is not None else None
@@ -417,6 +506,15 @@ _W = {
         "src": {"expected result": "expected result", "hypothesis": "hypothesis", "default": "default"},
         "danger": ", but guardrail {names} is in danger",
         "ci": "{conf} CI [{lo}, {hi}], n={n}", "no_ci": "no interval",
+        "ci_reps": "{conf} CI [{lo}, {hi}] over {a} vs {b} seeds (seed sd {sd})",
+        "ci_reps_one": "{conf} CI [{lo}, {hi}] over {a} seeds (seed sd {sd})",
+        "ci_floor": "{conf} CI [{lo}, {hi}] with the lab's seed sd {sd}, {a} vs {b} run(s)",
+        "ci_floor_one": "{conf} CI [{lo}, {hi}] with the lab's seed sd {sd}, {a} run(s)",
+        "noise_reps": "noise: the seed-to-seed spread of the replicates (a t interval over per-seed means) "
+                      "and the evaluation sample",
+        "noise_floor": "noise: the lab's measured seed-to-seed spread ({floors}) and the evaluation sample",
+        "noise_sample": "noise: the evaluation sample only; run-to-run noise is unmeasured in this lab, so a change "
+                        "under the fixed {floor} floor counts as noise (measure it: minimind replicate {base} --seeds 3)",
         "ctl_nobase": "held_out P@1 (chance control) {b}; no base to compare with",
         "ctl_noci": "held_out P@1 (chance control) {a} → {b}, no interval: treated as noise",
         "ctl_sus": "held_out P@1 (chance control) {a} → {b}, {ci} excludes zero: suspicious, facts seen nowhere should not move",
@@ -436,6 +534,14 @@ _W = {
         "src": {"expected result": "预期结果", "hypothesis": "假设", "default": "默认规则"},
         "danger": ",但护栏 {names} 处于危险",
         "ci": "{conf} 置信区间 [{lo}, {hi}],n={n}", "no_ci": "无区间",
+        "ci_reps": "{conf} 置信区间 [{lo}, {hi}],{a} 对 {b} 个种子(种子标准差 {sd})",
+        "ci_reps_one": "{conf} 置信区间 [{lo}, {hi}],{a} 个种子(种子标准差 {sd})",
+        "ci_floor": "{conf} 置信区间 [{lo}, {hi}],含实验室种子标准差 {sd},{a} 对 {b} 次运行",
+        "ci_floor_one": "{conf} 置信区间 [{lo}, {hi}],含实验室种子标准差 {sd},{a} 次运行",
+        "noise_reps": "噪声:各重复运行间的种子差异(按种子均值的 t 区间)与评估样本",
+        "noise_floor": "噪声:实验室实测的种子间差异({floors})与评估样本",
+        "noise_sample": "噪声:仅评估样本;本实验室尚未测量运行间噪声,变化小于固定的 {floor} 下限视为噪声"
+                        "(测量方法:minimind replicate {base} --seeds 3)",
         "ctl_nobase": "held_out P@1(随机对照){b};没有基线可比",
         "ctl_noci": "held_out P@1(随机对照){a} → {b},无区间:视为噪声",
         "ctl_sus": "held_out P@1(随机对照){a} → {b},{ci} 不含零:可疑,从未见过的事实不应变化",
@@ -448,64 +554,88 @@ def _w(lang: str) -> dict[str, Any]:
     return _W.get(lang, _W["en"])
 
 
-def _check(c: Criterion, new: Optional[dict], base: Optional[dict], confidence: float,
-           min_effect: float = MIN_EFFECT, lang: str = "en") -> tuple[Optional[bool], str]:
-    """(True met / False missed / None within noise or not measurable, the reason with its interval)."""
+def _check(c: Criterion, new: Side, base: Side, confidence: float,
+           min_effect: float = MIN_EFFECT, lang: str = "en",
+           floors: Optional[dict[str, noise.Floor]] = None) -> tuple[Optional[bool], str, Optional[str]]:
+    """(True met / False missed / None within noise or not measurable, the reason with its
+    interval, the noise rule the interval used or None)."""
     w = _w(lang)
-    value = metric_value(new, c.metric)
+    value = side_value(new, c.metric)
     if value is None:
-        return None, w["not_measured"].format(m=c.metric)
+        return None, w["not_measured"].format(m=c.metric), None
     wants_lower = c.op in ("<", "<=")
     if c.target is None:
-        target = metric_value(base, c.metric)
+        target = side_value(base, c.metric)
         if target is None:
-            return None, w["no_base"].format(m=c.metric, v=f"{value:.4g}")
-        ci = paired_interval(new, base, c.metric, confidence)
+            return None, w["no_base"].format(m=c.metric, v=f"{value:.4g}"), None
+        ci = change_interval(new, base, c.metric, confidence, floors)
         head = w["head_base"].format(m=c.metric, a=f"{target:.4g}", v=f"{value:.4g}")
         if ci is None:
-            return None, w["no_pair"].format(head=head, k=MIN_ITEMS)
+            return None, w["no_pair"].format(head=head, k=MIN_ITEMS), None
         low, high = ci["low"], ci["high"]
-        if target != 0 and abs(value - target) / abs(target) < min_effect:
-            return None, w["floor"].format(head=head, ci=interval_text(ci, lang), floor=f"{min_effect:.0%}")
+        if ci["rule"] == noise.SAMPLE and target != 0 and abs(value - target) / abs(target) < min_effect:
+            return None, w["floor"].format(head=head, ci=interval_text(ci, lang), floor=f"{min_effect:.0%}"), ci["rule"]
     else:
         target = c.target
-        ci = value_interval(new, c.metric, confidence)
+        ci = target_interval(new, c.metric, confidence, floors)
         head = w["head_target"].format(m=c.metric, v=f"{value:.4g}", op=c.op, t=f"{target:.4g}")
         if ci is None:
             ok = {"<": value < target, "<=": value <= target, ">": value > target, ">=": value >= target}[c.op]
-            return ok, w["no_items"].format(head=head, ok=w["meets"] if ok else w["misses"])
+            return ok, w["no_items"].format(head=head, ok=w["meets"] if ok else w["misses"]), None
         low, high = ci["low"] - target, ci["high"] - target
         ci = {**ci, "low": low, "high": high}
     text = interval_text(ci, lang)
     if (wants_lower and high < 0) or (not wants_lower and low > 0):
-        return True, w["met"].format(head=head, ci=text)
+        return True, w["met"].format(head=head, ci=text), ci["rule"]
     if (wants_lower and low > 0) or (not wants_lower and high < 0):
-        return False, w["missed"].format(head=head, ci=text)
-    return None, w["noise"].format(head=head, ci=text)
+        return False, w["missed"].format(head=head, ci=text), ci["rule"]
+    return None, w["noise"].format(head=head, ci=text), ci["rule"]
 
 
-def decide(hypothesis: str, expect: Optional[str], new: Optional[dict], base: Optional[dict],
+def noise_text(rules: list[Optional[str]], floors: Optional[dict[str, noise.Floor]], metrics: list[str],
+               min_effect: float, base: Optional[str], lang: str = "en") -> str:
+    """Which noise the verdict's intervals held, in words (every rule used, in the order above)."""
+    w = _w(lang)
+    parts = []
+    if noise.REPLICATES in rules:
+        parts.append(w["noise_reps"])
+    if noise.FLOOR in rules:
+        used = [f"{m} {floors[m].describe()}" for m in metrics if floors and m in floors]
+        parts.append(w["noise_floor"].format(floors="; ".join(used)))
+    if noise.SAMPLE in rules:
+        parts.append(w["noise_sample"].format(floor=f"{min_effect:.0%}", base=base or "BASE"))
+    return ("; " if lang != "zh" else ";").join(parts)
+
+
+def decide(hypothesis: str, expect: Optional[str], new: Side, base: Side,
            guardrail_levels: Optional[dict[str, str]] = None, confidence: float = CONFIDENCE,
-           min_effect: float = MIN_EFFECT, lang: str = "en") -> tuple[str, str]:
+           min_effect: float = MIN_EFFECT, lang: str = "en", floors: Optional[dict[str, noise.Floor]] = None,
+           base_version: Optional[str] = None) -> tuple[str, str]:
     """(verdict, reason): supported / refuted / inconclusive, computed from the numbers and
-    their intervals; the reason is written in the record's language."""
+    their intervals; the reason is written in the record's language and names the noise used.
+    `new`/`base`: one eval.json each, or one per replicate; `floors`: the lab's measured
+    seed-to-seed spread per metric (lifecycle/replicates.py), None or {} when unmeasured."""
     w = _w(lang)
     criteria = parse_criteria(expect) or implied_criteria(f"{hypothesis} {expect or ''}")
     source = "expected result" if parse_criteria(expect) else ("hypothesis" if criteria else "default")
     if not criteria:
         criteria = [Criterion(DEFAULT_METRIC, "<", None)]
-    if not new:
+    if not replicates_of(new):
         return "inconclusive", w["not_evaluated"]
-    results = [_check(c, new, base, confidence, min_effect, lang) for c in criteria]
-    reasons = ("; " if lang != "zh" else ";").join(r for _, r in results)
+    results = [_check(c, new, base, confidence, min_effect, lang, floors) for c in criteria]
+    sep = "; " if lang != "zh" else ";"
+    reasons = sep.join(r for _, r, _ in results)
     dangers = sorted(n for n, level in (guardrail_levels or {}).items() if level == "danger")
-    if any(ok is False for ok, _ in results):
+    if any(ok is False for ok, _, _ in results):
         verdict = "refuted"
-    elif all(ok is True for ok, _ in results):
+    elif all(ok is True for ok, _, _ in results):
         verdict = "supported"
     else:
         verdict = "inconclusive"
     tail = w["source"].format(src=w["src"][source])
+    said = noise_text([rule for _, _, rule in results], floors, [c.metric for c in criteria], min_effect,
+                      base_version, lang)
+    tail += (sep + said) if said else ""
     if verdict == "supported" and dangers:
         return "inconclusive", reasons + tail + w["danger"].format(names=", ".join(dangers))
     return verdict, reasons + tail

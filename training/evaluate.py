@@ -55,7 +55,7 @@ from minimind.config import ExperimentConfig
 from minimind.errors import MinimindError, UsageError
 from minimind.lab import Lab
 from minimind.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, EVAL_FILE, LAST_CHECKPOINT, METRICS_FILE, PLAN_FILE, PLOTS_DIR,
-                             best_checkpoint, read_json, read_metrics, read_state, update_state)
+                             best_checkpoint, read_json, read_metrics, read_state, run_label, update_state)
 
 SIZE_OPTIONS = ("dim", "n_layers", "n_heads", "n_kv_heads", "max_seq_len", "knowledge_num", "knowledge_length",
                 "knowledge_dim")
@@ -125,6 +125,11 @@ def _target(args: argparse.Namespace):
         cfg.data.split_seed = SPLIT_SEED
     out = args.out or args.model_path.with_name(args.model_path.stem + ".eval.json")
     return lab, cfg, args.model_path, out, None
+
+
+def eval_seed(cfg) -> int:
+    """The seed of the evaluation's draws: eval.draw_seed, else train.seed (replicates share their experiment's)."""
+    return cfg.eval.draw_seed if cfg.eval.draw_seed is not None else cfg.train.seed
 
 
 def owning_run(lab: Lab, checkpoint: Path) -> Optional[Path]:
@@ -386,7 +391,7 @@ def _samples(model, tokenizer, pairs, cfg: ExperimentConfig, tick=None) -> tuple
     greedy = measures.continuations(model, [p for p, _ in pairs], cfg.eval.max_new_tokens,
                                     progress=tick and (lambda done, _: tick(done, 2 * n)))
     sampled = measures.continuations(model, [p for p, _ in pairs], cfg.eval.max_new_tokens,
-                                     temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, seed=cfg.train.seed,
+                                     temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, seed=eval_seed(cfg),
                                      progress=tick and (lambda done, _: tick(n + done, 2 * n)))
     decode = (lambda ids: tokenizer.decode(ids, skip_special_tokens=True)) if tokenizer else str
     samples = [{"prompt": decode(p), "reference": decode(r), "generated": decode(g), "sampled": decode(s)}
@@ -455,9 +460,9 @@ def _measure(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model, data: dic
     samples, greedy = _samples(model, tokenizer, pairs, cfg, progress.start("samples"))
     probes = load_probes(lab, cfg)
     recall_items: dict[str, Any] = {}
-    recall = measures.recall(model, tokenizer, probes, max_probes, cfg.train.seed, recall_items,
+    recall = measures.recall(model, tokenizer, probes, max_probes, eval_seed(cfg), recall_items,
                              progress.start("recall")) if probes else {}
-    sft = sft_measures(model, tokenizer, lab, cfg, probes, cfg.train.seed, progress.start)
+    sft = sft_measures(model, tokenizer, lab, cfg, probes, eval_seed(cfg), progress.start)
     retrieval_items: dict[str, Any] = {}
     retrieval, retrieval_seconds = _retrieval(lab, cfg, model, tokenizer, probes, max_probes, retrieval_items, progress)
     # Per-item measurements keyed by document index / probe id: a comparison on the same
@@ -544,7 +549,7 @@ def _retrieval(lab: Lab, cfg: ExperimentConfig, model, tokenizer, probes, max_pr
         return None, None
     started = time.perf_counter()
     rows = bank_rows(path, model.config.knowledge_num)
-    result = measures.retrieval(model, tokenizer, probes, rows, max_probes, cfg.train.seed, items,
+    result = measures.retrieval(model, tokenizer, probes, rows, max_probes, eval_seed(cfg), items,
                                 progress.start("retrieval") if progress else None)
     return result, time.perf_counter() - started
 
@@ -556,7 +561,7 @@ def _finish_run(run_dir: Path, result: dict[str, Any]) -> None:
     rows = read_metrics(run_dir / METRICS_FILE)
     if rows:
         lang = (read_json(run_dir / PLAN_FILE) or {}).get("lang", "en")  # the record's language
-        plot_run(rows, run_dir / PLOTS_DIR / "loss.png", run_dir.name, lang=lang)
+        plot_run(rows, run_dir / PLOTS_DIR / "loss.png", run_label(run_dir), lang=lang)  # 1.2.0@43 for a replicate
     update_state(run_dir, evaluated=True, eval_time=result["time"], eval_guardrails=result["guardrails"])
 
 

@@ -7,7 +7,7 @@ training curve (raw and smoothed) with its evaluation points.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from minimind.atomic import atomic_open
 
@@ -41,9 +41,9 @@ def _save(fig, out_png: Path) -> None:
 # The picture's words in the record's language.
 LABELS = {
     "en": {"x": "step", "y": "loss", "raw": "train (raw)", "mean": "train (mean of {n})", "val": "validation",
-           "title": "{v}: training loss"},
+           "title": "{v}: training loss", "seed": "seed {s} (mean of {n})", "seeds": "{v}: training loss, {k} seeds"},
     "zh": {"x": "步数", "y": "损失", "raw": "训练(原始)", "mean": "训练(最近 {n} 步均值)", "val": "验证",
-           "title": "{v}:训练损失"},
+           "title": "{v}:训练损失", "seed": "种子 {s}(最近 {n} 步均值)", "seeds": "{v}:训练损失,{k} 个种子"},
 }
 # Fonts with Chinese glyphs, tried in order; matplotlib's default has none and would draw boxes.
 CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
@@ -106,3 +106,19 @@ def plot_run(rows: list[dict], out_png: Path, version: str, window: int = 20, la
     smoothed = list(zip([s for s, _ in train], smooth([v for _, v in train], window))) if train else []
     return plot_loss_curves({words["raw"]: train, words["mean"].format(n=window): smoothed}, out_png,
                             words["title"].format(v=version), points={words["val"]: evals}, lang=lang)
+
+
+def plot_replicates(runs: dict[Any, list[dict]], out_png: Path, version: str, window: int = 20,
+                    lang: str = "en") -> Path:
+    """One smoothed training-loss curve per replicate ({seed: metrics rows}), with each one's
+    validation points: the spread between the curves is the seed-to-seed noise."""
+    words = LABELS[_drawn_lang(lang)]
+    series, points = {}, {}
+    for seed, rows in runs.items():
+        train = [(r["step"], r["loss_ce"]) for r in rows if isinstance(r.get("loss_ce"), (int, float))]
+        evals = [(r["step"], r["eval/val_loss"]) for r in rows if isinstance(r.get("eval/val_loss"), (int, float))]
+        label = words["seed"].format(s=seed, n=window)
+        series[label] = list(zip([s for s, _ in train], smooth([v for _, v in train], window))) if train else []
+        if evals:
+            points[f"{words['val']} {seed}"] = evals
+    return plot_loss_curves(series, out_png, words["seeds"].format(v=version, k=len(runs)), points=points, lang=lang)
