@@ -323,7 +323,7 @@ def replicate(version: str, seeds: int, yes: bool) -> None:
     Example:
       minimind replicate 1.4.7 --seeds 3
     """
-    from lifecycle.replicates import add
+    from lifecycle.replicate import add
 
     click.echo(add(_lab(), version, seeds, yes))
 

@@ -440,3 +440,20 @@ def _read_yaml(path: Path) -> Optional[dict]:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+
+
+def analyse_when_complete(run_dir: Path, agent: Optional[str] = None) -> tuple[str, str]:
+    """Called by each replicate's pipeline after its evaluation: the last one analyses the experiment.
+    Returns (`analysed` | `failed` | `waiting` | `done before`, what happened in words)."""
+    from lifecycle.replicates import analyse_lock, complete
+    from minimind.rundir import experiment_dir
+
+    exp_dir = experiment_dir(Path(run_dir).resolve())
+    with analyse_lock(exp_dir):
+        ready, waiting = complete(exp_dir)
+        if not ready:
+            return "waiting", f"waiting for the other replicates before the analysis: {waiting}"
+        if read_state(exp_dir).analysed:
+            return "done before", "the experiment was already analysed (by another replicate's pipeline)"
+        ok, message = run_analysis(exp_dir, agent)
+    return ("analysed" if ok else "failed"), message

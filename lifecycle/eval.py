@@ -72,7 +72,7 @@ def _evaluate_replicates(lab: Lab, name: str, version: str, runs: list[Path], nu
                          use_moe: bool, files: Optional[dict[str, Path]], env: dict) -> str:
     """`eval V` of a replicated experiment evaluates every replicate, `eval V@SEED` one; then the
     experiment is analysed once, when every replicate has its eval.json."""
-    from lifecycle.replicates import analyse_when_complete
+    from lifecycle.analyse import analyse_when_complete
     from minimind.rundir import run_label
 
     busy = [run_label(r) for r in runs if current(r)[0] in ("running", "queued")]

@@ -15,6 +15,7 @@ accelerate config so a user's default_config.yaml cannot change the run.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -122,8 +123,6 @@ def ensure_launch_files(lab: Lab, cfg: ExperimentConfig, run_dir: Path) -> None:
 
 def upgrade_legacy_template(lab: Lab) -> list[str]:
     """Replace a lab's pre-pipeline run-script template; returns what it says to the user."""
-    import shutil
-
     from lifecycle.render import PACKAGE_TEMPLATES
 
     lab_copy = lab.templates_dir / RUN_TEMPLATE
@@ -239,3 +238,41 @@ def start_detached(lab: Lab, run_dir: Path, resume: bool = False) -> RunState:
     pid = int(raw)
     started = process_start_time(pid)
     return update_state(run_dir, pid=pid, pgid=pid, proc_start=started)
+
+
+# --- replicates (lifecycle/replicates.py): more run directories of one experiment -------------
+
+def create_replicates(lab: Lab, version: str, total: int) -> list[Path]:
+    """Write the run directories that bring V to `total` replicates (drafted, not launched)."""
+    from lifecycle.replicates import next_seeds, replicate_config, seed_of
+    from minimind.atomic import write_text
+    from minimind.config import dump_config, load_config
+    from minimind.rundir import CONFIG_FILE, REPLICATES_DIR, read_state, replicate_dirs
+
+    exp_dir = lab.require_run(version)
+    cfg = load_config(exp_dir / CONFIG_FILE)
+    have = [s for s in (seed_of(p) for p in replicate_dirs(exp_dir)) if s is not None]
+    main = read_state(exp_dir)
+    made = []
+    for seed in next_seeds(cfg.train.seed, have, total):
+        run_dir = exp_dir / REPLICATES_DIR / str(seed)
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # a half-written one from an interrupted create (it has no config)
+        rcfg = replicate_config(cfg, seed)
+        try:
+            run_dir.mkdir(parents=True)
+            write_text(run_dir / CONFIG_FILE, dump_config(rcfg))
+            write_run_script(lab, rcfg, run_dir, run_dir)
+            write_launch_files(lab, rcfg, run_dir, run_dir)
+            update_state(run_dir, version=version, base=cfg.base, state="drafted", stage=cfg.stage,
+                         init=main.init, snapshot=main.snapshot, git=main.git, agent_backend=main.agent_backend)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        made.append(run_dir)
+    return made
+
+
+def launch_replicates(lab: Lab, run_dirs: list[Path]) -> list[RunState]:
+    """Start each replicate's pipeline, in seed order (the queue's order)."""
+    return [start_detached(lab, run_dir) for run_dir in run_dirs]

@@ -284,7 +284,7 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
         created.append(final)  # absent before (checked under the lock)
         os.rename(staging, final)
         if req.seeds > 1:  # the other replicates: runs/V/seeds/<seed>, removed with `final` on failure
-            from lifecycle.replicates import create as create_replicates
+            from lifecycle.launch import create_replicates
 
             create_replicates(lab, req.version, req.seeds)
         from lifecycle.record import write_record
@@ -335,7 +335,7 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
 
     verify_at_launch(lab, req.version)
     if req.seeds > 1:
-        from lifecycle.replicates import launch as launch_replicates
+        from lifecycle.launch import launch_replicates
         from minimind.rundir import replicate_dirs, run_label
 
         runs = replicate_dirs(lab.run_dir(req.version))

@@ -148,7 +148,8 @@ def _evaluate(run_dir: Path) -> int:
 def _analyse(run_dir: Path) -> int:
     """The agent's step never fails a trained run: a failure is recorded as analysis_failed."""
     from lifecycle.analyse import run_analysis
-    from lifecycle.replicates import analyse_when_complete, replicated
+    from lifecycle.analyse import analyse_when_complete
+    from lifecycle.replicates import replicated
 
     if replicated(run_dir):  # one analysis per experiment: the last replicate to finish does it
         outcome, message = analyse_when_complete(run_dir)

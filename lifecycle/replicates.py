@@ -25,16 +25,15 @@ State (`experiment_state`): running while any replicate runs, e.g. `running (2 o
 from __future__ import annotations
 
 import fcntl
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from minimind.config import ExperimentConfig, dump_config, load_config
+from minimind.config import ExperimentConfig, load_config
 from minimind.errors import MinimindError, UsageError
 from minimind.lab import Lab
-from minimind.rundir import (ANALYSE_LOCK_FILE, CONFIG_FILE, EVAL_FILE, REPLICATES_DIR, SEEDS_FILE, RunState, current,
-                             experiment_dir, read_json, read_state, replicate_dirs, run_label, split_label, update_state)
+from minimind.rundir import (ANALYSE_LOCK_FILE, CONFIG_FILE, EVAL_FILE, REPLICATES_DIR, SEEDS_FILE, current,
+                             experiment_dir, read_json, read_state, replicate_dirs, run_label, split_label)
 
 MAX_SEEDS = 64
 QUEUE_DIR = ".queue"   # under runs/V/seeds/: the one-device queue of the experiment's replicates
@@ -235,81 +234,10 @@ def lab_floors(lab: Lab) -> dict[str, Any]:
 
 # --- creating and launching ------------------------------------------------------------------
 
-def create(lab: Lab, version: str, total: int) -> list[Path]:
-    """Write the run directories that bring V to `total` replicates (drafted, not launched)."""
-    from lifecycle.launch import write_launch_files, write_run_script
-    from minimind.atomic import write_text
-
-    exp_dir = lab.require_run(version)
-    cfg = load_config(exp_dir / CONFIG_FILE)
-    have = [s for s in (seed_of(p) for p in replicate_dirs(exp_dir)) if s is not None]
-    main = read_state(exp_dir)
-    made = []
-    for seed in next_seeds(cfg.train.seed, have, total):
-        run_dir = exp_dir / REPLICATES_DIR / str(seed)
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # a half-written one from an interrupted create (it has no config)
-        rcfg = replicate_config(cfg, seed)
-        try:
-            run_dir.mkdir(parents=True)
-            write_text(run_dir / CONFIG_FILE, dump_config(rcfg))
-            write_run_script(lab, rcfg, run_dir, run_dir)
-            write_launch_files(lab, rcfg, run_dir, run_dir)
-            update_state(run_dir, version=version, base=cfg.base, state="drafted", stage=cfg.stage,
-                         init=main.init, snapshot=main.snapshot, git=main.git, agent_backend=main.agent_backend)
-        except BaseException:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-        made.append(run_dir)
-    return made
-
-
-def launch(lab: Lab, run_dirs: list[Path]) -> list[RunState]:
-    """Start each replicate's pipeline, in seed order (the queue's order)."""
-    from lifecycle.launch import start_detached
-
-    return [start_detached(lab, run_dir) for run_dir in run_dirs]
-
-
-def add(lab: Lab, version: str, total: int, yes: bool = False) -> str:
-    """`minimind replicate V --seeds N`: V (finished) gets replicates up to N in all, launched now;
-    its analysis, record and seeds.json are redone when they end."""
-    exp_dir = lab.require_run(version)
-    state, words, ps = experiment_state(lab, version)
-    if state != "finished":
-        raise MinimindError(f"experiment {version} is {state}" + (f" ({words})" if words else "")
-                            + ": replicate adds runs to a finished experiment")
-    if total <= len(ps):
-        raise UsageError(f"experiment {version} already has {len(ps)} replicate(s) (seeds "
-                         f"{', '.join(str(p['seed']) for p in ps)}); give --seeds above {len(ps)}")
-    from lifecycle import estimate
-    from lifecycle.codechange import verify_at_launch
-    from lifecycle.launch import check_launch
-
-    cfg = load_config(exp_dir / CONFIG_FILE)
-    check_launch(lab, cfg)
-    verify_at_launch(lab, version)  # a code experiment runs only the code the human approved
-    added = total - len(ps)
-    est = estimate.estimate(lab, cfg.to_dict())
-    note = estimate.replicate_gate(est, added, lab.settings().preflight.compute_factor, yes)
-    made = create(lab, version, total)
-    # The analysis is redone once the new replicates are evaluated (the pipeline's last one does it).
-    update_state(exp_dir, analysed=False, analysis_failed=False, analysis_error=None)
-    infos = launch(lab, made)
-    lines = [f"Experiment {version}: {len(made)} replicate(s) added (seeds {', '.join(p.name for p in made)}), "
-             f"{total} in all; the record and verdict are refreshed when they end."]
-    lines += [f"  seed {p.name}: {i.state}" + (f" (Slurm job {i.slurm_job})" if i.slurm_job else f" (pid {i.pid})")
-              for p, i in zip(made, infos)]
-    if note:
-        lines.append(f"note: {note}")
-    lines.append(f"Follow: minimind status {version}")
-    return "\n".join(lines)
-
-
 # --- the analysis, once -------------------------------------------------------------------------
 
 @contextmanager
-def _analyse_lock(exp_dir: Path) -> Iterator[None]:
+def analyse_lock(exp_dir: Path) -> Iterator[None]:
     with open(Path(exp_dir) / ANALYSE_LOCK_FILE, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
@@ -326,22 +254,6 @@ def complete(exp_dir: Path) -> tuple[bool, str]:
         if state.train_outcome not in DONE or not state.evaluated:
             waiting.append(f"{run_label(run_dir)} ({state.train_outcome or state.state})")
     return not waiting, ", ".join(waiting)
-
-
-def analyse_when_complete(run_dir: Path, agent: Optional[str] = None) -> tuple[str, str]:
-    """Called by each replicate's pipeline after its evaluation: the last one analyses the experiment.
-    Returns (`analysed` | `failed` | `waiting` | `done before`, what happened in words)."""
-    from lifecycle.analyse import run_analysis
-
-    exp_dir = experiment_dir(Path(run_dir).resolve())
-    with _analyse_lock(exp_dir):
-        ready, waiting = complete(exp_dir)
-        if not ready:
-            return "waiting", f"waiting for the other replicates before the analysis: {waiting}"
-        if read_state(exp_dir).analysed:
-            return "done before", "the experiment was already analysed (by another replicate's pipeline)"
-        ok, message = run_analysis(exp_dir, agent)
-    return ("analysed" if ok else "failed"), message
 
 
 def one_device_queue(exp_dir: Path) -> Path:
