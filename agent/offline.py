@@ -14,7 +14,7 @@ from agent.base import (Analysis, AnalysisContext, CommitContext, CommitDraft, P
 from minimind.config import parse_value
 from minimind.formats import interval, number
 from minimind.guardrails import EVAL_GUARDRAILS, danger_text, rule_from
-from minimind.verdict import implied_criteria, parse_criteria
+from minimind.verdict import criteria_for
 
 # Every sentence the offline agent writes, per record language: one table, one logic, so a
 # zh record gets no English sentence from this agent. Numbers are formatted by the code.
@@ -323,12 +323,11 @@ def _base_guardrails(base_eval: Optional[dict], guardrails: dict[str, dict], lan
 
 def _detectable(ctx: PlanContext, lang: str) -> Optional[str]:
     """How large a change of the key metric the base's own interval lets us see."""
-    from minimind.verdict import DEFAULT_METRIC, metric_value, value_interval
+    from minimind.verdict import metric_value, value_interval
 
     if not ctx.base_eval:
         return None
-    criteria = parse_criteria(ctx.expect) or implied_criteria(f"{ctx.hypothesis} {ctx.expect or ''}")
-    metric = criteria[0].metric if criteria else DEFAULT_METRIC
+    metric = criteria_for(ctx.hypothesis, ctx.expect)[0][0].metric
     value, ci = metric_value(ctx.base_eval, metric), value_interval(ctx.base_eval, metric)
     floor = (getattr(ctx, "noise_floor", None) or {}).get(metric)  # an analysis's context has none
     if value is not None and floor:
@@ -514,8 +513,7 @@ class OfflineAgent:
         # The metrics the verdict was decided on come first (an SFT run's chat QA), then the
         # language-model losses: a conclusion citing only a loss the change was not about
         # reads as if the verdict had been decided on it.
-        decided = [c.metric for c in (parse_criteria(ctx.expect)
-                                      or implied_criteria(f"{ctx.hypothesis} {ctx.expect or ''}"))]
+        decided = [c.metric for c in criteria_for(ctx.hypothesis, ctx.expect)[0]]
         names = list(dict.fromkeys([*decided, "inference_loss", "val_loss"]))
         moved = [_moved(rows[name]) for name in names if name in rows and rows[name].get("base") is not None]
         parts = [_t(lang, "against", base=ctx.base, items=_join(lang, moved)) if moved and ctx.base else

@@ -607,6 +607,19 @@ def noise_text(rules: list[Optional[str]], floors: Optional[dict[str, noise.Floo
     return ("; " if lang != "zh" else ";").join(parts)
 
 
+def criteria_for(hypothesis: str, expect: Optional[str]) -> tuple[list[Criterion], str]:
+    """(the criteria a verdict is decided on, where they came from): the expected result's
+    (`--expect`), else those the hypothesis implies, else the default metric falling. The
+    verdict, the offline plan's "detectable change" and its conclusion all ask this. Pure."""
+    stated = parse_criteria(expect)
+    if stated:
+        return stated, "expected result"
+    implied = implied_criteria(f"{hypothesis} {expect or ''}")
+    if implied:
+        return implied, "hypothesis"
+    return [Criterion(DEFAULT_METRIC, "<", None)], "default"
+
+
 def decide(hypothesis: str, expect: Optional[str], new: Side, base: Side,
            guardrail_levels: Optional[dict[str, str]] = None, confidence: float = CONFIDENCE,
            min_effect: float = MIN_EFFECT, lang: str = "en", floors: Optional[dict[str, noise.Floor]] = None,
@@ -616,10 +629,7 @@ def decide(hypothesis: str, expect: Optional[str], new: Side, base: Side,
     `new`/`base`: one eval.json each, or one per replicate; `floors`: the lab's measured
     seed-to-seed spread per metric (lifecycle/replicates.py), None or {} when unmeasured."""
     w = _w(lang)
-    criteria = parse_criteria(expect) or implied_criteria(f"{hypothesis} {expect or ''}")
-    source = "expected result" if parse_criteria(expect) else ("hypothesis" if criteria else "default")
-    if not criteria:
-        criteria = [Criterion(DEFAULT_METRIC, "<", None)]
+    criteria, source = criteria_for(hypothesis, expect)
     if not replicates_of(new):
         return "inconclusive", w["not_evaluated"]
     results = [_check(c, new, base, confidence, min_effect, lang, floors) for c in criteria]

@@ -52,3 +52,19 @@ def test_every_reader_sees_the_same_bounded_model_diff(tmp_path):
     text = "\n".join(path.read_text(encoding="utf-8") for package in PACKAGES
                      for path in sorted((ROOT / package).rglob("*.py")))
     assert not re.search(r"(DIFF_LIMIT|MAX_DIFF)\s*=", text)  # no reader keeps its own limit
+
+
+def test_the_criteria_of_a_verdict_have_one_owner():
+    """Which criteria decide a verdict was written three times (the verdict and two places of
+    the offline prose): now verdict.criteria_for, which the others ask."""
+    from minimind.verdict import DEFAULT_METRIC, criteria_for
+
+    stated, source = criteria_for("h", "chat_qa.taught.accuracy > base")
+    assert source == "expected result" and [c.metric for c in stated] == ["chat_qa.taught.accuracy"]
+    implied, source = criteria_for("the memory lowers val loss", None)
+    assert source == "hypothesis" and [c.metric for c in implied] == ["val_loss"]
+    fallback, source = criteria_for("something happens", None)
+    assert source == "default" and [(c.metric, c.op) for c in fallback] == [(DEFAULT_METRIC, "<")]
+    text = "\n".join(path.read_text(encoding="utf-8") for package in PACKAGES
+                     for path in sorted((ROOT / package).rglob("*.py")) if path.name != "verdict.py")
+    assert "or implied_criteria(" not in text  # the rule "stated, else implied, else the default" is written once
