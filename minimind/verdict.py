@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any, Optional, Union
 
 from minimind import noise
+from minimind.formats import number
 
 CONFIDENCE = 0.95   # default interval level (the lab's eval.confidence overrides it)
 ROUNDS = 1000       # bootstrap resamples
@@ -364,7 +365,7 @@ def held_out_control(new: Optional[dict], base: Optional[dict], confidence: floa
     ci = paired_interval(new, base, metric, confidence) if a is not None else None
     suspicious = bool(ci and (ci["low"] > 0 or ci["high"] < 0))
     key = "ctl_nobase" if a is None else "ctl_noci" if ci is None else "ctl_sus" if suspicious else "ctl_ok"
-    text = w[key].format(a="—" if a is None else f"{a:.4g}", b=f"{b:.4g}", ci=interval_text(ci, lang))
+    text = w[key].format(a=number(a), b=number(b), ci=interval_text(ci, lang))
     return {"base": a, "new": b, "ci": ci, "suspicious": suspicious, "text": text}
 
 
@@ -394,7 +395,7 @@ def bank_reading(ev: Optional[dict], confidence: float = CONFIDENCE, lang: str =
         splits[split] = {"n": r["n"], "hit_at_1": r.get("hit_at_1"), "hit_at_c": r["hit_at_c"],
                          "control_hit_at_c": control, "ci": ci, "above_chance": above}
         c = ret.get("num_candidates", "C")
-        shown = "—" if control is None else f"{control:.4g}"
+        shown = number(control)
         if zh:
             word = "高于随机" if above else ("无区间" if ci is None else "与随机无异")
             parts.append(f"{split}: 事实自身条目在 {c} 个候选中被读到 (hit@C) {r['hit_at_c']:.4g},随机其他事实的条目 "
@@ -689,7 +690,7 @@ def result_lines(rows: list[dict], guardrails: dict[str, dict], verdict: str, re
         level = info.get("level")
         if level in GUARDRAIL_MARK:
             value = info.get("value")
-            shown = f"{value:.4g}" if isinstance(value, (int, float)) else "—"
+            shown = number(value)
             if zh:
                 lines.append(f"{GUARDRAIL_MARK[level]} 护栏 {name}: {shown}({LEVEL_ZH[level]})")
             else:
