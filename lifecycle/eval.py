@@ -46,12 +46,7 @@ def evaluate(lab: Lab, version: Optional[str], num_samples: Optional[int], model
         if current(run_dir)[0] == "running":
             raise MinimindError(f"experiment {version} is still running; it evaluates itself when training ends")
         argv = [sys.executable, "-m", "training.evaluate", "--run-dir", str(run_dir)]
-    if num_samples is not None:
-        argv += ["--num-samples", str(num_samples)]
-    if use_moe:
-        argv.append("--use-moe")
-    for name, path in (files or {}).items():
-        argv += [f"--{name}", str(Path(path).resolve())]
+    argv += _options(num_samples, use_moe, files)
     result = subprocess.run(argv, cwd=lab.root, env=env)
     if result.returncode != 0:
         raise MinimindError(f"evaluation failed (exit {result.returncode}); see the messages above")
@@ -68,6 +63,16 @@ def evaluate(lab: Lab, version: Optional[str], num_samples: Optional[int], model
     return "Evaluation written."
 
 
+
+def _options(num_samples: Optional[int], use_moe: bool, files: Optional[dict[str, Path]]) -> list[str]:
+    """The evaluator's options that `eval` passes on, for one run or for each replicate."""
+    argv = ["--num-samples", str(num_samples)] if num_samples is not None else []
+    if use_moe:
+        argv.append("--use-moe")
+    for name, path in (files or {}).items():
+        argv += [f"--{name}", str(Path(path).resolve())]
+    return argv
+
 def _evaluate_replicates(lab: Lab, name: str, version: str, runs: list[Path], num_samples: Optional[int],
                          use_moe: bool, files: Optional[dict[str, Path]], env: dict) -> str:
     """`eval V` of a replicated experiment evaluates every replicate, `eval V@SEED` one; then the
@@ -80,13 +85,8 @@ def _evaluate_replicates(lab: Lab, name: str, version: str, runs: list[Path], nu
         raise MinimindError(f"{', '.join(busy)} still running or queued; a replicate evaluates itself when its "
                             "training ends")
     for run_dir in runs:
-        argv = [sys.executable, "-m", "training.evaluate", "--run-dir", str(run_dir)]
-        if num_samples is not None:
-            argv += ["--num-samples", str(num_samples)]
-        if use_moe:
-            argv.append("--use-moe")
-        for opt, path in (files or {}).items():
-            argv += [f"--{opt}", str(Path(path).resolve())]
+        argv = [sys.executable, "-m", "training.evaluate", "--run-dir", str(run_dir),
+                *_options(num_samples, use_moe, files)]
         if subprocess.run(argv, cwd=lab.root, env=env).returncode != 0:
             raise MinimindError(f"evaluation of {run_label(run_dir)} failed; see the messages above")
     from minimind.rundir import update_state
