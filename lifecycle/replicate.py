@@ -11,7 +11,8 @@ from lifecycle.replicates import experiment_state
 from minimind.config import load_config
 from minimind.errors import MinimindError, UsageError
 from minimind.lab import Lab
-from minimind.rundir import CONFIG_FILE, update_state
+from minimind.atomic import write_json
+from minimind.rundir import CONFIG_FILE, REVIEW_FILE, read_json, update_state
 
 
 def add(lab: Lab, version: str, total: int, yes: bool = False) -> str:
@@ -33,7 +34,13 @@ def add(lab: Lab, version: str, total: int, yes: bool = False) -> str:
     note = estimate.replicate_gate(est, added, lab.settings().preflight.compute_factor, yes)
     made = create_replicates(lab, version, total)
     # The analysis is redone once the new replicates are evaluated (the pipeline's last one does it).
-    update_state(exp_dir, analysed=False, analysis_failed=False, analysis_error=None)
+    # The record the human approved and committed is then another one: its approval and the
+    # committed flag no longer hold (status must not show them), and commit asks for a review.
+    review = read_json(exp_dir / REVIEW_FILE)
+    if review and review.get("approved"):
+        write_json(exp_dir / REVIEW_FILE, {**review, "approved": False,
+                                           "superseded": f"replicates added ({total} in all): review the refreshed record"})
+    update_state(exp_dir, analysed=False, analysis_failed=False, analysis_error=None, reviewed=False, committed=False)
     infos = launch_replicates(lab, made)
     lines = [f"Experiment {version}: {len(made)} replicate(s) added (seeds {', '.join(p.name for p in made)}), "
              f"{total} in all; the record and verdict are refreshed when they end."]

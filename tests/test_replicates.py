@@ -206,6 +206,9 @@ def test_replicate_adds_runs_to_a_finished_base_and_the_next_verdict_uses_them(t
     """Must show 6: `replicate` on a finished single-run experiment; its record is refreshed, and the
     next experiment compares with the mean of its replicates."""
     lab, _ = trained
+    for verb in ("review", "commit"):  # approved and committed as one run first
+        done = invoke(lab, verb, "0.1.3", *(["--approve"] if verb == "review" else []))
+        assert done.exit_code == 0, done.output
     refused = invoke(lab, "replicate", "0.1.3", "--seeds", "1")
     assert refused.exit_code != 0 and "give --seeds above 1" in refused.output
     result = invoke(lab, "replicate", "0.1.3", "--seeds", "3")
@@ -213,6 +216,11 @@ def test_replicate_adds_runs_to_a_finished_base_and_the_next_verdict_uses_them(t
     assert "2 replicate(s) added (seeds 301, 302), 3 in all" in result.output
     info = _wait_experiment(lab, "0.1.3")
     assert info["state"] == "finished" and [r["seed"] for r in info["replicates"]] == [300, 301, 302]
+    # the refreshed record is not the one the human approved and committed: status says so, and
+    # commit asks for a review of it
+    assert not info["reviewed"] and not info["committed"], info
+    refused = invoke(lab, "commit", "0.1.3")
+    assert refused.exit_code == 3 and "not reviewed" in refused.output, refused.output
     row = {r["metric"]: r for r in _analysis(lab, "0.1.3")["comparison"]}["inference_loss"]
     assert row["ci"]["rule"] == "replicates" and (row["ci"]["n_new"], row["ci"]["n_base"]) == (3, 3)
     assert "0.1.3" in _analysis(lab, "0.1.3")["noise"]["floors"]["inference_loss"]["experiments"]
