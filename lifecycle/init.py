@@ -27,6 +27,7 @@ runs/*/seeds/*/swanlog/
 runs/*/seeds/*/exit_code*
 runs/*/seeds/*/state.json
 runs/*/seeds/*/.state.lock
+runs/*/seeds/*/plots/
 runs/*/seeds/.queue/
 runs/*/.analyse.lock
 runs/*/state.json
@@ -49,6 +50,16 @@ __pycache__/
 *.pt
 .venv/
 """
+
+
+def ensure_gitignore(lab: Lab) -> None:
+    """Add to the lab's .gitignore every line of today's that it lacks, keeping its own: a lab
+    made before replicates knew nothing of runs/V/seeds/S/ (their checkpoints, state)."""
+    path = lab.root / ".gitignore"
+    have = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    missing = [line for line in GITIGNORE.splitlines() if line and not line.startswith("#") and line not in have]
+    if missing:
+        write_text(path, "\n".join(have + ["# added by minimind for replicates and newer run files", *missing]) + "\n")
 
 
 def init_lab(target: Path, settings_text: Optional[str] = None) -> Lab:

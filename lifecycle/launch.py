@@ -244,11 +244,13 @@ def start_detached(lab: Lab, run_dir: Path, resume: bool = False) -> RunState:
 
 def create_replicates(lab: Lab, version: str, total: int) -> list[Path]:
     """Write the run directories that bring V to `total` replicates (drafted, not launched)."""
+    from lifecycle.init import ensure_gitignore
     from lifecycle.replicates import next_seeds, replicate_config, seed_of
     from minimind.atomic import write_text
     from minimind.config import dump_config, load_config
     from minimind.rundir import CONFIG_FILE, REPLICATES_DIR, read_state, replicate_dirs
 
+    ensure_gitignore(lab)  # a lab made before replicates: their checkpoints and state stay out of git
     exp_dir = lab.require_run(version)
     cfg = load_config(exp_dir / CONFIG_FILE)
     have = [s for s in (seed_of(p) for p in replicate_dirs(exp_dir)) if s is not None]

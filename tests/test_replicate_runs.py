@@ -104,3 +104,22 @@ def test_stop_of_a_replicated_experiment_stops_every_replicate(tmp_path, bundled
     info = _status(lab, "0.3.0")
     assert info["state"] == "stopped" and [r["state"] for r in info["replicates"]] == ["stopped", "stopped"]
     assert invoke(lab, "stop", "0.3.0").exit_code != 0
+
+
+def test_a_lab_made_before_replicates_keeps_their_checkpoints_and_state_out_of_git(tmp_path, bundled_data):
+    """A lab made by an older version has a .gitignore that knows runs/V/ only: a replicate's
+    checkpoints and state.json under runs/V/seeds/S/ showed as untracked, one `git add -A` away
+    from the lab's history. Making replicates brings the lab's .gitignore up to date (the lab's
+    own lines kept)."""
+    lab = make_lab(tmp_path / "lab", bundled_data, steps=4)
+    old = [line for line in (lab.root / ".gitignore").read_text().splitlines() if "/seeds/" not in line]
+    (lab.root / ".gitignore").write_text("\n".join(old + ["my-notes/"]) + "\n")
+    result = invoke(lab, "new", "0.1.0", "--goal", "g", "--hypothesis", "h", "--seeds", "2", "--no-launch")
+    assert result.exit_code == 0, result.output
+    seed = next((lab.run_dir("0.1.0") / "seeds").iterdir())
+    (seed / "checkpoints").mkdir()
+    (seed / "checkpoints" / "last.pth").write_bytes(b"weights")
+    untracked = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=lab.root,
+                               capture_output=True, text=True, check=True).stdout
+    assert "checkpoints" not in untracked and "seeds/" in untracked and "state.json" not in untracked, untracked
+    assert "my-notes/" in (lab.root / ".gitignore").read_text()
