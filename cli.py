@@ -215,7 +215,7 @@ def undo_code(version: str) -> None:
     Example:
       minimind undo-code 1.4.9
     """
-    from lifecycle.codechange import undo
+    from lifecycle.code.codechange import undo
 
     click.echo(undo(_lab(), version))
 
@@ -429,7 +429,7 @@ def analyse(version: str, agent: str | None) -> None:
     Example:
       minimind analyse 1.4.8 --agent offline
     """
-    from lifecycle.analyse import analyse_experiment
+    from lifecycle.running.analyse import analyse_experiment
 
     click.echo(analyse_experiment(_lab(), version, agent))
 

@@ -99,10 +99,10 @@ class AnalysisContext:
     guardrails: dict[str, dict]           # the lab's rules: name -> {safe, danger, action}
     memory_presets: tuple[str, ...]       # as PlanContext's, of the module that built this run
     lang: str = "en"
-    # What the analyst sees of the experiment beyond the numbers (lifecycle/analyse.py).
+    # What the analyst sees of the experiment beyond the numbers (lifecycle/running/analyse.py).
     plan: dict[str, Any] = field(default_factory=dict)          # the plan's thinking, expected, risks, changes
     model_diff: str = ""                                        # models/model.py hunks, bounded
-    # A code experiment's change (runs/V/code_change.json, lifecycle/record.py code_change_brief):
+    # A code experiment's change (runs/V/code_change.json, lifecycle/document/record.py code_change_brief):
     # its summary, each hunk's line and reasons, the human's rejection notes, the approval.
     code_change: Optional[dict[str, Any]] = None
     curves: dict[str, list] = field(default_factory=dict)       # name -> [[step, value], ...], downsampled
@@ -138,7 +138,7 @@ class Analysis:
     next_steps: list[str]
     backend: str
     # Proposals the model may make (validated in agent/tools.py; when absent or refused the
-    # lifecycle's rules propose: lifecycle/lessons.py, lifecycle/proposal.py).
+    # lifecycle's rules propose: lifecycle/knowledge/lessons.py, lifecycle/knowledge/proposal.py).
     lesson: Optional[dict[str, Any]] = model_optional(
         help="only when code found a cause (AnalysisContext.causes), naming it: {text, evidence: [...]}")
     next_experiment: Optional[dict[str, Any]] = model_optional(

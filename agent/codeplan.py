@@ -3,7 +3,7 @@
 `summary`, `touches` (the functions, classes and methods it will change, e.g.
 `MemoryLayer.forward`, `ModelConfig`), `new_settings` (each new config field's name, type,
 default and meaning) and `changes_default` (the change alters the model at its default
-settings). The code gate (lifecycle/codegate.py) holds the code to this declaration.
+settings). The code gate (lifecycle/code/codegate.py) holds the code to this declaration.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Run scripts rendered by minimind up to 0.1 (commit dc717c6) end with bash logic 
     python -m agent.finish --run-dir runs/V --analyse
 
 A run started by such a script may still be training when the lab upgrades, so these
-calls must keep working; they forward to `lifecycle.pipeline` and `lifecycle.analyse`.
+calls must keep working; they forward to `lifecycle.running.pipeline` and `lifecycle.running.analyse`.
 This is the one module of `agent/` that reaches up into the lifecycle (the import-contract
 test names it), and `minimind resume` replaces such scripts with the current one.
 """
@@ -23,8 +23,8 @@ from minimind.errors import MinimindError
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from lifecycle import pipeline
-    from lifecycle.analyse import run_analysis
+    from lifecycle.running import pipeline
+    from lifecycle.running.analyse import run_analysis
 
     parser = argparse.ArgumentParser(prog="python -m agent.finish")
     parser.add_argument("--run-dir", required=True, type=Path)

@@ -3,7 +3,7 @@
 A loop of tool calls (`tool_choice: auto`): the model views and edits a scratch copy of
 `models/model.py` through Anthropic's text editor tool (agent/editor.py), then calls
 `submit_change` with a reason for each numbered edit. The submission is validated by the
-caller's `validate(text, reasons)` (the code gate, lifecycle/codegate.py: this package never
+caller's `validate(text, reasons)` (the code gate, lifecycle/code/codegate.py: this package never
 runs the candidate). A failure goes back as `submit_change`'s tool result with `is_error`;
 after MAX_REPAIRS repair rounds, or as soon as a round repeats the previous error or the
 previous candidate, the step gives up with AgentError.

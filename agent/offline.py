@@ -293,7 +293,7 @@ def _memory_query_sentence(checks: list[dict[str, Any]], lang: str = "en") -> st
     """What the preflight check verified about the memory query, never more (the 1.4.3 lesson)."""
     result = next((c for c in checks if c.get("id") == "memory_query"), None)
     if result is not None and lang == "zh":
-        result = {**result, **(result.get("zh") or {})}  # the check's own zh detail (lifecycle/checks.py)
+        result = {**result, **(result.get("zh") or {})}  # the check's own zh detail (lifecycle/knowledge/checks.py)
     if result is not None and result.get("status") == "passed":
         return _t(lang, "q_passed")
     if result is not None and result.get("status") == "failed":

@@ -16,7 +16,7 @@ length-limited; single-line fields (titles, bullets) have newlines folded.
 The analysis may also propose the lab's lesson and the next experiment (`lesson`,
 `next_experiment`, optional): their keys, values, `expect`, base version and numbers are
 checked here; a refused one is repaired once, then dropped with a note, and the
-lifecycle's rules propose instead (lifecycle/lessons.py, lifecycle/proposal.py).
+lifecycle's rules propose instead (lifecycle/knowledge/lessons.py, lifecycle/knowledge/proposal.py).
 """
 
 from __future__ import annotations
@@ -542,7 +542,7 @@ def _next_experiment(raw: Any, ctx: AnalysisContext, facts: Any, found: list[str
     """The model's next experiment: goal, hypothesis, sets (schema keys and values the human
     could type as --set), expect (criteria the verdict code reads), why, base (an experiment
     of the lab). Cross-field validation of the config it yields is the lifecycle's
-    (lifecycle/proposal.py), which falls back to its rules when that fails."""
+    (lifecycle/knowledge/proposal.py), which falls back to its rules when that fails."""
     from minimind.verdict import parse_criteria
     from minimind.versions import parse as parse_version
 

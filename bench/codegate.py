@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from lifecycle import codegate
+    from lifecycle.code import codegate
     from models.model import ModelConfig
 
     base = (ROOT / "models" / "model.py").read_text(encoding="utf-8")

@@ -68,7 +68,7 @@ def prepared_lab(root: Path):
 
 def lab_config(lab):
     """The ExperimentConfig `new` would write for a first experiment of this lab."""
-    from lifecycle.new import base_config
+    from lifecycle.knowledge.bases import base_config
     from models.registry import model_schema
     from minimind.config import from_dict
 

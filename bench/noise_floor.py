@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from lifecycle.demo import DEMO_SETTINGS
     from lifecycle.init import init_lab
     from lifecycle.new import NewRequest, create_experiment
-    from lifecycle.replicates import evals
+    from lifecycle.knowledge.replicates import evals
     from minimind.rundir import replicate_dirs
     from minimind.verdict import compare_rows
 

@@ -2,7 +2,7 @@
 
 The model is the living `models/model.py` with the lab's default model settings, or, for
 VERSION, that experiment's snapshot and config. It is built at a tiny size on the CPU
-(lifecycle/checks.py says how) so the whole set takes seconds. A failed check refuses a
+(lifecycle/knowledge/checks.py says how) so the whole set takes seconds. A failed check refuses a
 launch with exit 3 and the lesson's text; `--force` goes ahead and the record keeps the
 failed check and the reason given.
 """
@@ -18,7 +18,7 @@ MARK = {"passed": "✓", "failed": "✗", "could_not_check": "?", "not_applicabl
 
 
 def run_preflight(lab: Lab, module_name: str, model_config: dict[str, Any]) -> list[dict[str, Any]]:
-    from lifecycle.checks import run_all
+    from lifecycle.knowledge.checks import run_all
     from models.registry import load_module
 
     module = load_module(lab.models_dir, module_name)

@@ -1,98 +1,22 @@
 """`minimind commit`: exactly one experiment's files, the drafted message, explicit identity.
 
-The files are decided here, never by the agent: the record, the run script, the config,
-the plan and analysis, eval.json and metrics, the plots, the snapshot, the state as of the
-commit (state.committed.json: what a clone reads, as state.json stays local), and
-models/model.py when it still holds the code that ran. An experiment that lacks a file
-it must have (`required_files`) is refused. The commit is all or nothing: a failure puts
-the notebook and the committed state back, and signals wait until it is done.
+What the commit holds is lifecycle/document/draft.py's. An experiment that lacks a file it
+must have (`required_files`) is refused. The commit is all or nothing: a failure puts the
+notebook and the committed state back, and signals wait until it is done.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from lifecycle.document.draft import experiment_files, missing_files
+from lifecycle.knowledge.notebook import INDEX_FILE
 from minimind.errors import GateRefused, MinimindError
 from minimind.lab import Lab
-from minimind.rundir import (ANALYSIS_FILE, CODE_CHANGE_FILE, COMMIT_MSG_FILE, COMMITTED_STATE_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE,
-                             LESSON_FILE, METRICS_FILE, MISSING, NEXT_FILE, PATCH_FILE, PLAN_FILE, PLOTS_DIR, REVIEW_FILE, RUN_SCRIPT,
-                             SEEDS_FILE, UNREADABLE, RunState, committed_state, current, read_exit_code, read_json, replicate_dirs,
-                             state_note, update_state)
-
-RUN_FILES = (RUN_SCRIPT, CONFIG_FILE, PLAN_FILE, ANALYSIS_FILE, EVAL_FILE, METRICS_FILE, DIFF_FILE, LESSON_FILE, NEXT_FILE,
-             COMMITTED_STATE_FILE, CODE_CHANGE_FILE, PATCH_FILE, SEEDS_FILE)
-REPLICATE_FILES = (RUN_SCRIPT, CONFIG_FILE, EVAL_FILE, METRICS_FILE, COMMITTED_STATE_FILE)
-from lifecycle.history import INDEX_FILE  # noqa: E402
-from lifecycle.lessons import LESSONS_FILE  # noqa: E402
-
-LAB_FILES = (INDEX_FILE, LESSONS_FILE)  # the lab notebook and lessons in experiment/, committed with each experiment
-
-
-def experiment_files(lab: Lab, version: str) -> list[str]:
-    """Lab-relative paths this experiment's commit contains (those that exist)."""
-    run_dir = lab.run_dir(version)
-    rel = [lab.record_path(version).relative_to(lab.root)]
-    rel += [(lab.experiment_dir / name).relative_to(lab.root) for name in LAB_FILES]
-    rel += [(run_dir / name).relative_to(lab.root) for name in RUN_FILES]
-    # The experiment's other replicates: each one's config, numbers and committed state (no checkpoints, no log).
-    for rep in replicate_dirs(run_dir)[1:]:
-        rel += [(rep / name).relative_to(lab.root) for name in REPLICATE_FILES]
-    plots = run_dir / PLOTS_DIR
-    if plots.is_dir():
-        rel += sorted(p.relative_to(lab.root) for p in plots.glob("*.png"))
-    snapshot = lab.snapshot_path(version)
-    rel.append(snapshot.relative_to(lab.root))
-    living = lab.models_dir / "model.py"
-    if snapshot.exists() and living.exists() and snapshot.read_bytes() == living.read_bytes():
-        rel.append(living.relative_to(lab.root))
-    return [str(p) for p in rel if (lab.root / p).exists()]
-
-
-def required_files(lab: Lab, version: str, state: RunState) -> list[Path]:
-    """What the commit of this experiment must contain: the record, run script, config, plan and
-    snapshot always; the metrics once it trained, eval.json once evaluated, analysis.json once analysed."""
-    run_dir = lab.run_dir(version)
-    needed = [lab.record_path(version), run_dir / RUN_SCRIPT, run_dir / CONFIG_FILE, run_dir / PLAN_FILE,
-              lab.snapshot_path(version)]
-    if state.step:
-        needed.append(run_dir / METRICS_FILE)
-    if state.evaluated:
-        needed.append(run_dir / EVAL_FILE)
-    if state.analysed:
-        needed.append(run_dir / ANALYSIS_FILE)
-    return needed
-
-
-def missing_files(lab: Lab, version: str, state: RunState) -> list[str]:
-    """The lab-relative paths of `required_files` that are not there."""
-    return [str(p.relative_to(lab.root)) for p in required_files(lab, version, state) if not p.is_file()]
-
-
-def commit_title(summary: str, version: str, verdict: str, lang: str) -> str:
-    """The title line: the agent's summary (checked prose), then the computed verdict word."""
-    from minimind.verdict import VERDICT_ZH
-
-    summary = " ".join(summary.split()).rstrip(" .。")
-    if version not in summary:
-        summary = (f"实验 {version}: " if lang == "zh" else f"Experiment {version}: ") + summary
-    tail = f"（假设{VERDICT_ZH[verdict]}）" if lang == "zh" else f" (hypothesis {verdict})"
-    return summary[: 120 - len(tail)] + tail
-
-
-def render_commit_message(lab: Lab, draft, ctx) -> str:
-    """The lab's commit format. The title's verdict word and `## Results` come from code
-    (ctx.verdict, ctx.result_lines), never from the draft."""
-    from lifecycle.render import render
-
-    allowed = set(ctx.files)
-    core = {f: lines for f, lines in draft.core_changes.items() if f in allowed}
-    data = {"title": commit_title(draft.title, ctx.version, ctx.verdict, ctx.lang), "improvements": draft.improvements,
-            "core_changes": core, "results": list(ctx.result_lines), "next_steps": draft.next_steps}
-    return render(f"commit_{ctx.lang}.txt.j2", {"d": data}, lab.templates_dir).strip() + "\n"
+from minimind.rundir import (COMMIT_MSG_FILE, COMMITTED_STATE_FILE, MISSING, REVIEW_FILE, UNREADABLE, committed_state, current,
+                             read_exit_code, read_json, replicate_dirs, state_note, update_state)
 
 
 def commit_experiment(lab: Lab, version: str, yes: bool) -> str:
-    from lifecycle import gitops
+    from lifecycle.document import gitops
     from minimind.atomic import write_json
     from minimind.undo import Undo, signals_held
 
@@ -118,7 +42,7 @@ def commit_experiment(lab: Lab, version: str, yes: bool) -> str:
         message = message_path.read_text(encoding="utf-8")
     else:
         message = f"Experiment {version}\n\nNo drafted message: the experiment was not analysed (state: {derived}).\n"
-    from lifecycle.history import write_index
+    from lifecycle.knowledge.notebook import write_index
 
     # The committed notebook lists what the history holds: the experiments committed before and
     # this one; the working tree's lists every experiment again afterwards.

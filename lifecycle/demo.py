@@ -100,8 +100,9 @@ def run_demo(directory: Optional[Path], steps: Optional[int], sft_steps: Optiona
 
     from lifecycle.commit import commit_experiment
     from lifecycle.compare import compare_experiments
-    from lifecycle.estimate import GATE_ADVICE
-    from lifecycle.new import NewRequest, check_sets, create_experiment
+    from lifecycle.knowledge.estimate import GATE_ADVICE
+    from lifecycle.knowledge.bases import check_sets
+    from lifecycle.new import NewRequest, create_experiment
     from lifecycle.review import review_experiment
     from corpus.build import build, print_summary
     from lifecycle.init import init_lab
@@ -123,7 +124,7 @@ def run_demo(directory: Optional[Path], steps: Optional[int], sft_steps: Optiona
     print_summary(build(lab.data_dir, "small", progress=False), console)
     # The human's --set come after the demo's own, so they win (as on `new`). The SFT experiments
     # get them too: model, train and data come from the base anyway, but eval, guardrails and
-    # launch are the lab's policy (lifecycle.new.base_config), and an SFT evaluated on other
+    # launch are the lab's policy (lifecycle.knowledge.bases.base_config), and an SFT evaluated on other
     # chat probes than its base would have no paired interval. --sft-set comes last.
     plan = [(v, [*own, *sets], goal, hyp, expect, None) for v, own, goal, hyp, expect in EXPERIMENTS]
     plan += [(v, [f"max_steps={sft_steps}", *sets, *sft_sets], goal, hyp, expect, base)

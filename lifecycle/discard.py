@@ -65,7 +65,7 @@ def discard_experiment(lab: Lab, version: str) -> str:
                     os.rename(path, target)
                     moved.append((path, target))
                     removed.append(str(path.relative_to(lab.root)))
-            from lifecycle.history import write_index
+            from lifecycle.knowledge.notebook import write_index
 
             if (lab.experiment_dir / "INDEX.md").exists():
                 write_index(lab)  # the notebook no longer lists it

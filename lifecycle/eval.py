@@ -36,7 +36,7 @@ def evaluate(lab: Lab, version: Optional[str], num_samples: Optional[int], model
     else:
         if not version:
             raise UsageError("give a VERSION, or --model-path with --model-type")
-        from lifecycle.replicates import target
+        from lifecycle.knowledge.replicates import target
 
         name = version
         version, runs, _ = target(lab, name)
@@ -51,7 +51,7 @@ def evaluate(lab: Lab, version: Optional[str], num_samples: Optional[int], model
     if result.returncode != 0:
         raise MinimindError(f"evaluation failed (exit {result.returncode}); see the messages above")
     if version and model_path is None:
-        from lifecycle.analyse import run_analysis
+        from lifecycle.running.analyse import run_analysis
 
         # The same guard as the run's own pipeline: a failing analysis (any exception) is
         # recorded as analysis_failed beside the new eval.json, never a changed training state.
@@ -77,7 +77,7 @@ def _evaluate_replicates(lab: Lab, name: str, version: str, runs: list[Path], nu
                          use_moe: bool, files: Optional[dict[str, Path]], env: dict) -> str:
     """`eval V` of a replicated experiment evaluates every replicate, `eval V@SEED` one; then the
     experiment is analysed once, when every replicate has its eval.json."""
-    from lifecycle.analyse import analyse_when_complete
+    from lifecycle.running.analyse import analyse_when_complete
     from minimind.rundir import run_label
 
     busy = [run_label(r) for r in runs if current(r)[0] in ("running", "queued")]

@@ -1,6 +1,6 @@
 """`minimind log VERSION [-f]`: print the run's log, following it while the run is alive.
 
-A Slurm job writes its output file to the same runs/V/train.log (lifecycle/slurm.py).
+A Slurm job writes its output file to the same runs/V/train.log (lifecycle/running/slurm.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from minimind.rundir import TRAIN_LOG, current, run_label
 def show_log(lab: Lab, name: str, follow: bool, lines: int) -> None:
     """`name` V@SEED: that replicate's log. V of a replicated experiment: each replicate's log under
     a header line; with -f, the first replicate still running or waiting (the others follow it)."""
-    from lifecycle.replicates import target
+    from lifecycle.knowledge.replicates import target
 
     version, runs, one = target(lab, name)
     if one or len(runs) == 1:

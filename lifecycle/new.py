@@ -17,17 +17,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agent import backends
+from lifecycle.knowledge.bases import base_config, check_existing, finished_base, parse_sets
 from minimind.atomic import write_json, write_text
-from minimind.config import (AGENT_SECTIONS, agent_schema, HUMAN_SECTIONS, LAB_POLICY_SECTIONS, STAGES, ExperimentConfig, apply_sets,
-                             config_hash, dump_config, from_dict, load_config, parse_assignment, parse_set, resolve_key)
+from minimind.config import (AGENT_SECTIONS, agent_schema, STAGES, ExperimentConfig, apply_sets, config_hash, dump_config, from_dict,
+                             load_config, parse_assignment, resolve_key)
 from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.guardrails import upgrade_eval
 from minimind.lab import Lab
 from minimind.schema import to_dict
-from minimind.settings import SPLIT_SEED, LabSettings
+from minimind.settings import LabSettings
 from minimind.rundir import AGENT_DIR, CONFIG_FILE, DIFF_FILE, EVAL_FILE, PLAN_FILE, ANALYSIS_FILE, update_state
 from minimind.undo import Undo, raising_signals, signals_held
-from minimind.versions import default_base, module_name, parse
+from minimind.versions import module_name, parse
 from models.registry import model_schema, validate_model
 
 @dataclass
@@ -61,31 +62,9 @@ class NewResult:
     messages: list[str]
 
 
-def base_config(lab: Lab, settings: LabSettings, base: Optional[str], model_config_cls) -> dict[str, Any]:
-    """What the new experiment starts from: the base's config, with the lab's policy sections."""
-    lab_defaults = {
-        "model": validate_model(model_config_cls, dict(settings.model)),
-        "train": settings.train, "data": settings.data, "eval": settings.eval,
-        "guardrails": settings.guardrails, "launch": settings.launch, "swanlab": settings.swanlab,
-    }
-    lab_defaults = {k: to_dict(v) for k, v in lab_defaults.items()}
-    if base is None:
-        if lab_defaults["data"].get("split_seed") is None:
-            lab_defaults["data"]["split_seed"] = SPLIT_SEED
-        return lab_defaults
-    inherited = load_config(lab.run_dir(base) / CONFIG_FILE).to_dict()
-    config = {k: inherited[k] for k in (*AGENT_SECTIONS, *HUMAN_SECTIONS)}  # the policy is re-read below
-    if config["data"].get("split_seed") is None:
-        # A base written before split_seed split its documents by train.seed: pin that
-        # seed, so this run is evaluated on the base's documents whatever its own seed.
-        config["data"]["split_seed"] = inherited["train"]["seed"]
-    config.update({k: lab_defaults[k] for k in LAB_POLICY_SECTIONS})
-    return config
-
-
 def model_diff(lab: Lab, base: Optional[str]) -> tuple[str, str]:
     """(unified diff of models/model.py against the base snapshot or git HEAD, what it is against)."""
-    from lifecycle import gitops
+    from lifecycle.document import gitops
 
     living = (lab.models_dir / "model.py").read_text(encoding="utf-8")
     if base is not None and lab.snapshot_path(base).exists():
@@ -100,45 +79,11 @@ def model_diff(lab: Lab, base: Optional[str]) -> tuple[str, str]:
     return "".join(diff), against
 
 
-def _parse_sets(items: list[str], model_fields: dict[str, dict]) -> list[tuple[str, Any]]:
-    return [parse_set(item, model_fields) for item in items]
-
-
-def check_sets(lab: Lab, items: list[str]) -> list[tuple[str, Any]]:
-    """--set items parsed, their keys resolved and their values type-checked against the lab's
-    own settings: for a caller (the demo) that should refuse a typo before it trains anything."""
-    model_cls, model_fields = model_schema(lab)
-    sets = _parse_sets(items, model_fields)
-    for key, _ in sets:
-        resolve_key(key, model_fields)
-    apply_sets(base_config(lab, lab.settings(), None, model_cls), sets, model_fields)
-    return sets
-
-
-def finished_base(lab: Lab, version: str) -> Optional[str]:
-    """The default base of a pretraining experiment: the highest *finished* pretraining experiment
-    below `version`. A draft that never ran, or a run that failed, has nothing to build on; an
-    SFT run is another stage, whose inference loss SFT itself raised (an SFT experiment names
-    its --base)."""
-    from minimind.rundir import current
-
-    def pretrained(v: str) -> bool:
-        derived, state = current(lab.run_dir(v))
-        return derived == "finished" and (state.stage or "pretrain") == "pretrain"
-
-    return default_base(version, [v for v in lab.versions() if pretrained(v)])
-
-
-def _check_existing(lab: Lab, version: str) -> None:
-    if lab.run_dir(version).exists() or lab.record_path(version).exists():
-        raise UsageError(f"experiment {version} already exists")
-
-
 def _from_proposal(lab: Lab, req: NewRequest) -> NewRequest:
     """The request with runs/V/next.json filled in where the human gave nothing; the human's flags win."""
     import dataclasses
 
-    from lifecycle import proposal
+    from lifecycle.knowledge import proposal
 
     parse(req.from_proposal)
     p = proposal.load(lab, req.from_proposal)
@@ -151,12 +96,12 @@ def _from_proposal(lab: Lab, req: NewRequest) -> NewRequest:
 
 def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult:
     if req.reject_code is not None:  # refused before the plan: nothing is asked that cannot be used
-        from lifecycle.codechange import check_rejection
+        from lifecycle.code.codechange import check_rejection
 
         parse(req.version)
         check_rejection(lab, req, req.agent or lab.settings().agent.backend)
-    if req.patch and _code is None:  # a code change: gated and approved first (lifecycle/codechange.py)
-        from lifecycle.codechange import run_with_code_change
+    if req.patch and _code is None:  # a code change: gated and approved first (lifecycle/code/codechange.py)
+        from lifecycle.code.codechange import run_with_code_change
 
         return run_with_code_change(lab, req, create_experiment)
     parse(req.version)
@@ -164,18 +109,18 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
         raise UsageError("--force needs --reason: say why launching over a failed check is right here "
                          "(the record keeps it)")
     settings = lab.settings()
-    _check_existing(lab, req.version)
+    check_existing(lab, req.version)
     if req.from_proposal:
         req = _from_proposal(lab, req)
     if (req.approve_code or req.reject_code is not None) and req.code_change is None:
-        from lifecycle.codechange import read_pending
+        from lifecycle.code.codechange import read_pending
 
         # the plan is asked again: the change the waiting candidate was written for stands if the plan leaves it out
         kept = read_pending(lab, req.version)
         req.code_change = kept[0].get("change") if kept else None
     if req.seeds is None:  # --seeds, else the proposal's, else the lab's
         req.seeds = settings.replicates.seeds
-    from lifecycle.replicates import MAX_SEEDS
+    from lifecycle.knowledge.replicates import MAX_SEEDS
 
     if not 1 <= req.seeds <= MAX_SEEDS:
         raise UsageError(f"--seeds must be between 1 and {MAX_SEEDS}, got {req.seeds}")
@@ -195,7 +140,7 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
         base = finished_base(lab, req.version)
     init = sft_start(lab, base) if req.stage == "sft" else None
     model_cls, model_fields = model_schema(lab)
-    sets = _parse_sets(req.sets, model_fields)
+    sets = parse_sets(req.sets, model_fields)
     for key, _ in sets:  # unknown keys fail now, before the agent is asked anything
         resolve_key(key, model_fields)
     start = {"stage": req.stage, **({"init": init} if init else {}),
@@ -235,9 +180,9 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
                 raise MinimindError(f"another 'minimind new {req.version}' is in progress") from None
             ours = True
         undo.keep(lab.experiment_dir / "INDEX.md", lab.experiment_dir / "LESSONS.md")
-        _check_existing(lab, req.version)  # re-check under the lock
+        check_existing(lab, req.version)  # re-check under the lock
         staging.mkdir()
-        from lifecycle import lessons
+        from lifecycle.knowledge import lessons
 
         seeded = lessons.ensure(lab)  # a lab made before lessons files existed gets the seed
         if seeded is not None:
@@ -245,7 +190,7 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
         cfg, plan_record = _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging,
                                  preflight["checks"])
         if plan_record.get("code_change") and _code is None:  # the agent's code change: implemented, gated, approved
-            from lifecycle.codechange import implement_step
+            from lifecycle.code.codechange import implement_step
 
             _code, cfg, restore_living = implement_step(lab, req, cfg, plan_record, staging / AGENT_DIR, settings.agent)
             plan_record["config_hash"] = config_hash(cfg)
@@ -258,12 +203,12 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
 
             check_init_fits(lab, cfg)
         plan_record.update(preflight=preflight["record"], estimate=preflight["estimate"])
-        from lifecycle.launch import upgrade_legacy_template
+        from lifecycle.running.launch import upgrade_legacy_template
 
         notes = upgrade_legacy_template(lab)
         notes += _stage_files(lab, cfg, plan_record, staging)
         if _code is not None:
-            from lifecycle.codechange import write_files
+            from lifecycle.code.codechange import write_files
 
             write_files(staging, *_code)
         if req.launch:
@@ -271,7 +216,7 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
             # fields are enough to tell whether the model reads a bank
             known = {k: v for k, v in cfg.model.items() if k in model_cls.fields_schema()}
             _require_data(lab, cfg, model_cls.from_dict(known).has_memory)
-            from lifecycle.launch import check_launch
+            from lifecycle.running.launch import check_launch
 
             check_launch(lab, cfg)
         from models.registry import snapshot as take_snapshot
@@ -284,14 +229,14 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
         created.append(final)  # absent before (checked under the lock)
         os.rename(staging, final)
         if req.seeds > 1:  # the other replicates: runs/V/seeds/<seed>, removed with `final` on failure
-            from lifecycle.launch import create_replicates
+            from lifecycle.running.launch import create_replicates
 
             create_replicates(lab, req.version, req.seeds)
-        from lifecycle.record import write_record
+        from lifecycle.document.record import write_record
 
         created.append(lab.record_path(req.version))
         write_record(lab, req.version, lang)
-        from lifecycle.history import write_index
+        from lifecycle.knowledge.notebook import write_index
 
         write_index(lab)
         with signals_held():  # done: a signal from here on finds the experiment whole
@@ -329,13 +274,13 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
     if not req.launch:
         messages.append(f"State: drafted. Launch with: minimind resume {req.version}")
         return NewResult(req.version, "drafted", messages)
-    from lifecycle.codechange import verify_at_launch
-    from lifecycle.launch import launched_message, start_detached
-    from lifecycle.record import write_record
+    from lifecycle.code.codechange import verify_at_launch
+    from lifecycle.running.launch import launched_message, start_detached
+    from lifecycle.document.record import write_record
 
     verify_at_launch(lab, req.version)
     if req.seeds > 1:
-        from lifecycle.launch import launch_replicates
+        from lifecycle.running.launch import launch_replicates
         from minimind.rundir import replicate_dirs, run_label
 
         runs = replicate_dirs(lab.run_dir(req.version))
@@ -355,7 +300,7 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
 
 
 def _seeds(runs: list[Path]) -> list[Optional[int]]:
-    from lifecycle.replicates import seed_of
+    from lifecycle.knowledge.replicates import seed_of
 
     return [seed_of(r) for r in runs]
 
@@ -364,7 +309,8 @@ def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, m
                lang: str = "en", code: Any = None) -> dict[str, Any]:
     """The compute estimate and the checks of a resolved config; refuses what cannot or may not launch.
     What the record keeps is in the record's language (`lang`); what the CLI prints is English."""
-    from lifecycle import check, estimate
+    from lifecycle import check
+    from lifecycle.knowledge import estimate
     from models.registry import load_module
 
     resolved = from_dict({"version": req.version, "base": None, "model_module": "model", **config}, where="resolved config")
@@ -381,7 +327,7 @@ def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, m
     record_note = (estimate.gate(lab, cfg, est, base, settings.preflight.compute_factor, req.yes, req.launch, lang)
                    if compute_note and lang != "en" else compute_note)
     if code is not None:  # a code change: its checks ran in the gate's isolated child, counting its new parameters
-        from lifecycle.codechange import gate_checks
+        from lifecycle.code.codechange import gate_checks
 
         results = gate_checks(code[0])
     else:
@@ -423,7 +369,8 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     """Ask the agent, apply its changes then the human's, validate; returns (config, plan record)."""
     from agent.base import PlanContext, lessons_text
     from agent.prose import notes_line
-    from lifecycle import history, lessons
+    from lifecycle.knowledge import notebook
+    from lifecycle.knowledge import lessons
     from minimind.config import flatten
     from minimind.rundir import read_json
     from models.registry import memory_presets
@@ -439,7 +386,7 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
                        f"conclusion: {analysis.get('conclusion', '')}")
     # The rules this run will have: the lab's, with any the human set for it.
     guardrails = {k: v for k, v in apply_sets(start, sets, model_fields)["guardrails"].items() if isinstance(v, dict)}
-    from lifecycle.replicates import lab_floors
+    from lifecycle.knowledge.replicates import lab_floors
     from minimind.rundir import replicate_dirs
 
     ctx = PlanContext(version=req.version, base=base, goal=req.goal, hypothesis=req.hypothesis, expect=req.expect,
@@ -447,7 +394,7 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
                       base_eval=upgrade_eval(read_json(lab.run_dir(base) / EVAL_FILE)) if base else None,
                       model_diff=diff_text, config_schema=schema, guardrails=guardrails, lessons=lessons_text(guardrails, lessons.lines(lab, lang)),
                       memory_presets=memory_presets(lab.models_dir), lang=lang, checks=list(checks),
-                      notebook=history.trace(lab), code_change=req.code_change,
+                      notebook=notebook.trace(lab), code_change=req.code_change,
                       noise_floor={m: f.to_dict() for m, f in lab_floors(lab).items()},
                       base_replicates=len(replicate_dirs(lab.run_dir(base))) if base else 1)
     from agent.calllog import failed_attempt_logs
@@ -490,7 +437,7 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
         source = (("由人类用 --set 设定" if lang == "zh" else "set by the human (--set)") if key in dict(human)
                   else why.get(key, "由代理提议" if lang == "zh" else "proposed by the agent"))
         changes.append({"key": key, "base": before.get(key), "new": after.get(key), "why": source})
-    from lifecycle import gitops
+    from lifecycle.document import gitops
 
     head = gitops.head_info(lab.root)
     plan_record = {
@@ -526,7 +473,7 @@ def _resolvable(key: str, model_fields: dict) -> bool:
 
 def _stage_files(lab: Lab, cfg: ExperimentConfig, plan_record: dict, staging: Path) -> list[str]:
     """The run's files in the staging folder; returns what the launch files tell the user."""
-    from lifecycle.launch import write_launch_files, write_run_script
+    from lifecycle.running.launch import write_launch_files, write_run_script
 
     diff_text, head = plan_record.pop("_diff"), plan_record.pop("_head")
     write_text(staging / CONFIG_FILE, dump_config(cfg))
@@ -569,7 +516,7 @@ def _refuse_unrunnable(lab: Lab, req: NewRequest, cfg: ExperimentConfig, model_c
     """What cannot run, refused before anything is written: guardrails turned around, GPUs that
     are not there, a data path the human set that does not exist, and, for a launch, any data
     file the run would read (a path every later experiment would otherwise inherit)."""
-    from lifecycle.slots import check_devices
+    from lifecycle.running.slots import check_devices
     from minimind.guardrails import flipped
 
     problems = flipped(cfg.guardrails)

@@ -1,13 +1,13 @@
 """`minimind replicate V --seeds N`: a finished experiment, usually a base, gets more replicates
-(lifecycle/replicates.py), launched now; its analysis, record and seeds.json are redone when
+(lifecycle/knowledge/replicates.py), launched now; its analysis, record and seeds.json are redone when
 they end."""
 
 from __future__ import annotations
 
-from lifecycle import estimate
-from lifecycle.codechange import verify_at_launch
-from lifecycle.launch import check_launch, create_replicates, launch_replicates
-from lifecycle.replicates import experiment_state
+from lifecycle.knowledge import estimate
+from lifecycle.code.codechange import verify_at_launch
+from lifecycle.running.launch import check_launch, create_replicates, launch_replicates
+from lifecycle.knowledge.replicates import experiment_state
 from minimind.config import load_config
 from minimind.errors import MinimindError, UsageError
 from minimind.lab import Lab

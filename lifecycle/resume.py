@@ -24,7 +24,7 @@ ENDING_WAIT_S = 30.0
 def resume_run(lab: Lab, name: str, force: bool = False) -> str:
     """Resume `name`: one replicate (V@SEED), or of an experiment every replicate that is not done
     (a lost replicate is continued alone; the finished ones are left as they are)."""
-    from lifecycle.replicates import DONE, target
+    from lifecycle.knowledge.replicates import DONE, target
 
     version, runs, one = target(lab, name)
     if one or len(runs) == 1:
@@ -42,7 +42,7 @@ def resume_run(lab: Lab, name: str, force: bool = False) -> str:
 
 def _resume_one(lab: Lab, run_dir: Path, version: str, force: bool = False) -> str:
     """Relaunch the run's pipeline; it continues from checkpoints/last.pth when there is one."""
-    from lifecycle.launch import refresh_run_script, start_detached
+    from lifecycle.running.launch import refresh_run_script, start_detached
 
     derived, state = current(run_dir)
     if derived in ("running", "queued"):
@@ -62,7 +62,7 @@ def _resume_one(lab: Lab, run_dir: Path, version: str, force: bool = False) -> s
         if is_alive(state.pid, state.proc_start):
             raise MinimindError(f"experiment {version} is {derived} but its pipeline (pid {state.pid}) is still ending; "
                                 "resume it in a moment")
-    from lifecycle.codechange import verify_at_launch
+    from lifecycle.code.codechange import verify_at_launch
 
     verify_at_launch(lab, experiment_dir(run_dir).name)  # a code experiment runs only the code the human approved
     has_checkpoint = (run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT).exists()
@@ -116,7 +116,7 @@ def check_checkpoint(lab: Lab, run_dir: Path) -> int:
 
 def _refresh_sbatch(lab: Lab, run_dir) -> list[str]:
     """A Slurm run is resubmitted with the lab's current slurm: settings (a raised time limit, say)."""
-    from lifecycle.slurm import write_sbatch
+    from lifecycle.running.slurm import write_sbatch
     from minimind.config import load_config
 
     cfg = load_config(run_dir / CONFIG_FILE)

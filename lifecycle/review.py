@@ -1,101 +1,22 @@
 """`minimind review`: show the record, check it against the lab's quality standard, approve.
 
-The standard (seed guide, 质量标准): a clear goal and testable hypothesis, the AI thinking
-recorded, the git change record, training completed or its stop explained, an inference
-evaluation, and a conclusion with next steps.
+The standard (seed guide, 质量标准) is lifecycle/document/rules.py; this verb shows the
+record, applies the standard and writes the approval, all or nothing.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
 import time
 
+from lifecycle.document.rules import quality_problems
 from minimind.atomic import write_json
 from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.lab import Lab
 from minimind.rundir import (LESSON_FILE, PLAN_FILE, RECORD_LAST_FILE, RECORD_MARK_FILE, RENDERED_RECORD_FILE, REVIEW_FILE,
                              STATE_FILE, current, read_json, update_state)
-
-
-
-def split_sections(text: str) -> dict[str, str]:
-    """{'## heading' text: body} of a Markdown record."""
-    sections: dict[str, str] = {}
-    name = None
-    for line in text.splitlines():
-        if line.startswith("## "):
-            name = line[3:].strip()
-            sections[name] = ""
-        elif name is not None:
-            sections[name] += line + "\n"
-    return sections
-
-
-def _field_text(section: str, labels: str) -> str:
-    """The text under a `- **Label:**` bullet, up to the next bullet or sub-heading."""
-    match = re.search(rf"\*\*(?:{labels}):\*\*(.*?)(?=^- \*\*|^### |\Z)", section, re.S | re.M)
-    return match.group(1).strip() if match else ""
-
-
-def _thinking_text(section: str) -> str:
-    """The agent's own thinking: without the authorship line and the template's parts after it."""
-    lines = [line for line in section.splitlines()
-             if not re.fullmatch(r"\*(Written by .*|由 .* 代理撰写.*)\*", line.strip())]
-    body = []
-    for line in lines:
-        if line.startswith("**"):
-            break
-        body.append(line)
-    return "\n".join(body).strip()
-
-
-def quality_problems(text: str, derived_state: str, stop_reason: str | None, lang: str,
-                     analysis_error: str | None = None, rendered_beside: str | None = None,
-                     version: str = "VERSION") -> list[str]:
-    """What the record lacks, as short lines (empty = meets the standard). Pure.
-
-    `analysis_error`: why the agent's analysis failed after training (state.json);
-    `rendered_beside`: where a render with the results went when the edited record could
-    not be merged. Each turns the generic "missing" lines into the one thing to do."""
-    from lifecycle.record import PENDING, SECTIONS
-
-    headings = SECTIONS.get(lang, SECTIONS["en"])
-    sections = split_sections(text)
-    problems = []
-    missing = [h for h in headings if h not in sections]
-    problems += [f"section '{h}' is missing" for h in missing]
-    get = lambda i: sections.get(headings[i], "")  # noqa: E731
-    basic = get(2)
-    if not _field_text(basic, "Goal|实验目的"):
-        problems.append("the goal is empty")
-    if not _field_text(basic, "Hypothesis|研究假设"):
-        problems.append("the hypothesis is empty")
-    if len(_thinking_text(get(0))) < 40:
-        problems.append("the AI thinking process is not recorded")
-    if "`" not in get(1):
-        problems.append("the git change record is empty")
-    if derived_state in ("running", "drafted", "lost"):
-        problems.append(f"training has not completed (state: {derived_state})")
-    elif derived_state == "failed":
-        problems.append("training failed: the record must explain it before approval")
-    elif derived_state in ("stopped", "guardrail_stopped") and not stop_reason:
-        problems.append(f"the run was {derived_state} without a recorded reason")
-    if rendered_beside:
-        problems.append(f"the record was edited by hand and the results could not be merged into it: they are in "
-                        f"{rendered_beside}; copy them in (or move your edits there) and review again")
-        return problems
-    if PENDING.search(get(6)) or "|" not in get(6):
-        problems.append("the inference evaluation is missing (minimind eval)")
-    conclusion = get(8)
-    if analysis_error and not re.search(r"^- \S", conclusion, re.M):
-        problems.append(f"the analysis failed after training ({analysis_error}); training is {derived_state}. "
-                        f"Redo only the analysis with: minimind analyse {version}")
-    elif PENDING.search(conclusion) or not re.search(r"^- \S", conclusion, re.M):
-        problems.append("the conclusion with next steps is missing")
-    return problems
 
 
 def _interactive() -> bool:
@@ -114,7 +35,7 @@ def _all_or_nothing(review):
 
     @functools.wraps(review)
     def wrapper(lab: Lab, version: str, *args, **kwargs):
-        from lifecycle.lessons import LESSONS_FILE
+        from lifecycle.knowledge.lessons import LESSONS_FILE
         from minimind.rundir import has_state, read_state
         from minimind.undo import all_or_nothing
 
@@ -166,7 +87,7 @@ def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: b
     rendered = str(beside.relative_to(lab.root)) if beside.exists() else None
     problems = quality_problems(text, derived, state.stop_reason, lang,
                                 state.analysis_error if state.analysis_failed else None, rendered, version)
-    from lifecycle.commit import missing_files
+    from lifecycle.document.draft import missing_files
 
     problems += [f"{path} is missing" for path in missing_files(lab, version, state)]
     console.rule(f"Review of {version}")
@@ -177,14 +98,14 @@ def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: b
     else:
         console.print("[bold green]✓ Meets the lab's quality standard[/] (goal, hypothesis, thinking, git record, "
                       "training, evaluation, conclusion with next steps).")
-    from lifecycle import lessons
+    from lifecycle.knowledge import lessons
 
     proposed = lessons.pending(run_dir)
     if proposed:
         console.print(f"[bold]Proposed lesson[/] (from {version}): {proposed['text']}\n  evidence: {proposed['evidence']}\n"
                       "  --approve --accept-lesson adds it to experiment/LESSONS.md; --reject-lesson drops it.",
                       markup=True)
-    from lifecycle.gitops import reviewer as git_reviewer
+    from lifecycle.document.gitops import reviewer as git_reviewer
 
     reviewer = git_reviewer(lab.root)
     if reject_lesson and lessons.reject(run_dir, reviewer):
@@ -209,6 +130,6 @@ def review_experiment(lab: Lab, version: str, approve: bool, edit: bool, show: b
                           f"minimind review {version} --approve --accept-lesson, or drop it with --reject-lesson.")
         console.print(f"Approved. Next: minimind commit {version}")
     if (approve and proposed and accept_lesson) or reject_lesson:
-        from lifecycle.record import write_record
+        from lifecycle.document.record import write_record
 
         write_record(lab, version, lang)  # the record shows the lesson's new status

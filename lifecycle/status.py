@@ -28,14 +28,14 @@ def _eta(seconds: Any) -> str:
 
 def summary(lab: Lab, version: str) -> dict[str, Any]:
     """The experiment's row: for a replicated one, its state over every replicate
-    (`running`, "2 of 3 done") and each replicate's own (lifecycle/replicates.py)."""
+    (`running`, "2 of 3 done") and each replicate's own (lifecycle/knowledge/replicates.py)."""
     run_dir = lab.run_dir(version)
     out = _run_summary(lab, version, run_dir)
     runs = replicate_dirs(run_dir)
     out["state_words"] = None
     out["replicates"] = None
     if len(runs) > 1:
-        from lifecycle.replicates import aggregate, seed_of
+        from lifecycle.knowledge.replicates import aggregate, seed_of
 
         rows = [out] + [_run_summary(lab, version, r) for r in runs[1:]]
         for row, r in zip(rows, runs):

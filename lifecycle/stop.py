@@ -3,7 +3,7 @@
 Only the run's own process group is signalled (the recorded pgid, verified by the
 recorded process start time), never processes found by name. A run queued for GPU slots
 leaves the queue and ends `stopped` without starting; a Slurm job is signalled through
-`scancel` (lifecycle/slurm.py). Before the signal to a running run, runs/V/stop is written: every trainer rank polls it
+`scancel` (lifecycle/running/slurm.py). Before the signal to a running run, runs/V/stop is written: every trainer rank polls it
 each step, so workers that a launcher started in their own sessions, or on other
 machines, stop at the same step too.
 """
@@ -22,7 +22,7 @@ from minimind.rundir import STOP_FILE, current, is_alive, run_label
 
 def stop_run(lab: Lab, name: str, timeout: int = 60) -> str:
     """Stop `name`: an experiment (every replicate that runs or waits) or one replicate, V@SEED."""
-    from lifecycle.replicates import target
+    from lifecycle.knowledge.replicates import target
 
     version, runs, one = target(lab, name)
     if one or len(runs) == 1:
@@ -44,7 +44,7 @@ def _stop_one(lab: Lab, run_dir, version: str, timeout: int) -> str:
     if derived == "running":
         write_text(run_dir / STOP_FILE, f"{time.time()}\n")
     if state.backend == "slurm":
-        from lifecycle.slurm import cancel
+        from lifecycle.running.slurm import cancel
 
         cancel(state, derived)
     elif not state.pgid or not is_alive(state.pid, state.proc_start):

@@ -1,7 +1,7 @@
 """Where a run trains, at which precision, and how much device memory it may plan for.
 
 One rule, pure, applied to the facts of a machine: the trainer applies it on its own device
-(training/runtime.py) and the compute estimate before launch (lifecycle/estimate.py), so the
+(training/runtime.py) and the compute estimate before launch (lifecycle/knowledge/estimate.py), so the
 estimate plans the run the trainer will run. No torch here: the facts are asked of a torch
 module the caller already imported (`facts_of`), or given.
 """

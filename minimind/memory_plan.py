@@ -1,6 +1,6 @@
 """Device memory of a training configuration, and the micro-batch that fits a budget.
 
-Pure arithmetic (no torch), owned here and used twice: `lifecycle/estimate.py` prints the
+Pure arithmetic (no torch), owned here and used twice: `lifecycle/knowledge/estimate.py` prints the
 estimate before launch and refuses what cannot run; the trainer splits a micro-batch that
 would not fit its device into more accumulation steps with the same effective batch
 (micro-batch x accumulation x processes), before any data is read.

@@ -184,7 +184,7 @@ class RunState:
     reviewed: bool = False
     committed: bool = False
     commit: Optional[str] = None
-    # Where the run executes (lifecycle/slots.py, lifecycle/slurm.py).
+    # Where the run executes (lifecycle/running/slots.py, lifecycle/running/slurm.py).
     gpus: Optional[list[int]] = None          # GPU slots held (exported as CUDA_VISIBLE_DEVICES)
     queue_position: Optional[int] = None      # 1 = next to start, while queued for slots
     waiting_for: Optional[str] = None         # what a queued run waits for, in words

@@ -5,7 +5,7 @@ user's jobs and is reused for QUERY_TTL_S within a process; each call has a time
 `sacct` is asked only about jobs squeue did not list, and a cluster without accounting
 storage (sacct: "accounting storage is disabled") is remembered and not asked again.
 A scheduler that does not answer gives None, which `rundir.derive_slurm_state` reads
-together with the heartbeat. Submitting and cancelling are in `lifecycle/slurm.py`.
+together with the heartbeat. Submitting and cancelling are in `lifecycle/running/slurm.py`.
 """
 
 from __future__ import annotations

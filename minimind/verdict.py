@@ -628,7 +628,7 @@ def decide(hypothesis: str, expect: Optional[str], new: Side, base: Side,
     """(verdict, reason): supported / refuted / inconclusive, computed from the numbers and
     their intervals; the reason is written in the record's language and names the noise used.
     `new`/`base`: one eval.json each, or one per replicate; `floors`: the lab's measured
-    seed-to-seed spread per metric (lifecycle/replicates.py), None or {} when unmeasured."""
+    seed-to-seed spread per metric (lifecycle/knowledge/replicates.py), None or {} when unmeasured."""
     w = _w(lang)
     criteria, source = criteria_for(hypothesis, expect)
     if not replicates_of(new):

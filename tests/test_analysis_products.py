@@ -6,7 +6,7 @@ own act (`review --approve --accept-lesson`).
 
 Experiments are real drafts (`minimind new --no-launch`) whose run files are written the
 way a finished run writes them (no training: the numbers are the test's), then analysed by
-the real `lifecycle.analyse`.
+the real `lifecycle.running.analyse`.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def test_a_changed_knowledge_num_after_a_dense_base_is_analysed(lab):
     """The issue's case: a dense base, then a memory run with another knowledge_num, refuted.
     The half-step rule proposed the plain midpoint (not a perfect square) and the analysis
     failed every time; now the proposal is a square between the two, and analyse succeeds."""
-    from lifecycle.analyse import analyse
+    from lifecycle.running.analyse import analyse
 
     finish(draft(lab, "0.1.0", "--goal", "Dense baseline", "--hypothesis", "A dense model learns the facts"))
     analyse(lab.run_dir("0.1.0"))
@@ -103,7 +103,7 @@ def test_a_changed_knowledge_num_after_a_dense_base_is_analysed(lab):
 
 def _resolved(lab, **model) -> dict:
     """The lab's resolved config for a first experiment (what `new` would start from)."""
-    from lifecycle.new import base_config
+    from lifecycle.knowledge.bases import base_config
     from models.registry import model_schema
 
     cfg = base_config(lab, lab.settings(), None, model_schema(lab)[0])
@@ -137,7 +137,7 @@ def test_the_half_step_rule_respects_every_constrained_setting(lab, preset):
     """Refuted with one numeric change, for every numeric model.* and train.* setting: the
     proposal validates as `new` validates it, lies strictly between the two values, keeps the
     setting's type, and a float carries no binary noise."""
-    from lifecycle.proposal import _Validator, _rules, _yaml
+    from lifecycle.knowledge.proposal import _Validator, _rules, _yaml
 
     validator = _Validator(lab)
     run_cfg = _resolved(lab, preset=preset)
@@ -167,7 +167,7 @@ def test_the_half_step_rule_respects_every_constrained_setting(lab, preset):
 
 @pytest.mark.parametrize("a, b, expected", [(64, 256, 169), (4096, 1_048_576, 525_625)])
 def test_knowledge_num_halfway_is_a_perfect_square(lab, a, b, expected):
-    from lifecycle.proposal import _Validator, _rules
+    from lifecycle.knowledge.proposal import _Validator, _rules
 
     validator = _Validator(lab)
     cfg = _resolved(lab, preset="memory", knowledge_num=b)
@@ -176,7 +176,7 @@ def test_knowledge_num_halfway_is_a_perfect_square(lab, a, b, expected):
 
 
 def test_a_float_halfway_is_written_as_a_person_writes_it(lab):
-    from lifecycle.proposal import _Validator, _rules, _yaml
+    from lifecycle.knowledge.proposal import _Validator, _rules, _yaml
 
     validator = _Validator(lab)
     cfg = _resolved(lab, preset="memory", freeze_ratio=0.4)
@@ -205,7 +205,7 @@ RULE_CASES = {
 def test_every_rule_proposes_a_config_that_validates(lab, rule):
     """Each rule at the edge of the ranges it touches: the whole proposal (with its cost
     estimate) is built and its config validates as `new` validates it."""
-    from lifecycle import proposal
+    from lifecycle.knowledge import proposal
 
     verdict, dangers, causes, model, train = RULE_CASES[rule]
     cfg = _resolved(lab, **model)
@@ -228,8 +228,8 @@ def test_a_product_that_does_not_validate_is_dropped_with_its_reason(lab, monkey
     """Whatever a rule proposes, the analysis completes: a next experiment that does not
     validate and a lesson that cannot be made are dropped, their files removed, and the
     record says why."""
-    from lifecycle import analyse as analyse_mod
-    from lifecycle import lessons, proposal
+    from lifecycle.running import analyse as analyse_mod
+    from lifecycle.knowledge import lessons, proposal
 
     run = draft(lab, "0.1.0", "--goal", "Dense baseline", "--hypothesis", "A dense model learns the facts")
     finish(run)
@@ -259,7 +259,7 @@ def _products(run: Path) -> tuple[dict, dict | None, dict | None]:
 def test_an_under_trained_run_is_called_under_trained_not_overfitting(lab):
     """The issue's dense first run: train loss 8.27, repetitive "………" output. It was called
     overfitting and told to roll back an architecture change and check the memory query."""
-    from lifecycle.analyse import analyse
+    from lifecycle.running.analyse import analyse
 
     run = draft(lab, "0.1.0", "--goal", "Dense baseline", "--hypothesis", "A dense model learns the facts")
     finish(run, loss=8.27, inference_loss=8.5, repetition=0.98)
@@ -276,7 +276,7 @@ def test_an_under_trained_run_is_called_under_trained_not_overfitting(lab):
 
 def test_a_danger_the_base_already_had_is_not_blamed_on_the_change(lab):
     """repetition 0.9778 in the base, 0.9767 after the change: both in danger, nothing moved."""
-    from lifecycle.analyse import analyse
+    from lifecycle.running.analyse import analyse
 
     finish(draft(lab, "0.1.0", "--goal", "Dense baseline", "--hypothesis", "A dense model learns the facts"),
            repetition=0.9778)
@@ -295,7 +295,7 @@ def test_a_danger_the_base_already_had_is_not_blamed_on_the_change(lab):
 
 
 def test_a_change_that_moves_a_guardrail_into_danger_is_named(lab):
-    from lifecycle.analyse import analyse
+    from lifecycle.running.analyse import analyse
 
     finish(draft(lab, "0.1.0", "--goal", "Dense baseline", "--hypothesis", "A dense model learns the facts"),
            repetition=0.3)
@@ -314,7 +314,7 @@ def test_a_change_that_moves_a_guardrail_into_danger_is_named(lab):
 def test_a_forced_failed_check_is_named_first(lab):
     """The issue's run: launched with --force over a failed memory_query (x + h_attn), with a
     config change beside it. The lesson blamed the config; it must name the check first."""
-    from lifecycle.analyse import analyse
+    from lifecycle.running.analyse import analyse
     from test_preflight import MEMORY_READS_H, edited
 
     finish(draft(lab, "0.1.0", "--goal", "Dense baseline", "--hypothesis", "A dense model learns the facts"),
@@ -333,7 +333,7 @@ def test_a_forced_failed_check_is_named_first(lab):
 
 
 def test_an_inconclusive_first_run_gets_no_refuted_wording(lab):
-    from lifecycle.analyse import analyse
+    from lifecycle.running.analyse import analyse
 
     run = draft(lab, "0.1.0", "--goal", "Dense baseline", "--hypothesis", "A dense model learns the facts")
     finish(run, repetition=0.95)
@@ -348,7 +348,7 @@ def test_an_inconclusive_first_run_gets_no_refuted_wording(lab):
 
 
 def test_approving_never_accepts_the_lesson_on_the_side(lab):
-    from lifecycle.analyse import analyse
+    from lifecycle.running.analyse import analyse
 
     run = draft(lab, "0.1.0", "--goal", "Dense baseline", "--hypothesis", "A dense model learns the facts")
     finish(run, loss=8.27, inference_loss=8.5)
@@ -372,7 +372,7 @@ def test_at_a_terminal_approving_asks_about_the_lesson(lab, monkeypatch):
 
     import cli
     from lifecycle import review
-    from lifecycle.analyse import analyse
+    from lifecycle.running.analyse import analyse
 
     run = draft(lab, "0.1.0", "--goal", "Dense baseline", "--hypothesis", "A dense model learns the facts")
     finish(run, loss=8.27, inference_loss=8.5)
@@ -390,7 +390,7 @@ def test_at_a_terminal_approving_asks_about_the_lesson(lab, monkeypatch):
 def test_a_zh_record_gets_its_lesson_next_steps_and_proposal_in_chinese(lab):
     import re
 
-    from lifecycle.analyse import analyse
+    from lifecycle.running.analyse import analyse
 
     run = draft(lab, "0.2.0", "--goal", "稠密基线", "--hypothesis", "稠密模型学会事实", "--lang", "zh")
     finish(run, loss=8.27, inference_loss=8.5, repetition=0.98)

@@ -262,7 +262,7 @@ def test_an_unexpected_exception_in_analysis_leaves_the_trained_run_finished(tra
     """Not only MinimindError: any exception after training is analysis_failed, with the traceback
     in runs/V/analysis_error.log, and `minimind analyse V` redoes it."""
     from agent.offline import OfflineAgent
-    from lifecycle import pipeline
+    from lifecycle.running import pipeline
 
     lab, _ = trained
     run = lab.run_dir("0.1.1")

@@ -10,7 +10,7 @@ import pytest
 
 import code_candidates as cc
 from lab_helpers import invoke, make_lab, wait_state
-from lifecycle import codestatic
+from lifecycle.code import codestatic
 
 GOAL = ["--goal", "Gate the memory read", "--hypothesis", "a learnable gate on the memory output helps"]
 SETS = ["--set", "preset=memory", "--set", "memory_gate=true"]
@@ -79,7 +79,7 @@ def test_an_approved_patch_is_installed_snapshotted_recorded_and_undone(lab, tmp
     text = lab.record_path("0.1.0").read_text(encoding="utf-8")
     assert "## 🧩 Code change" in text and text.count("Scale the memory output by a learnable gate.") >= 3
     assert "+                memory = memory * torch.sigmoid(self.memory_gate)" in text
-    from lifecycle.commit import experiment_files
+    from lifecycle.document.draft import experiment_files
 
     files = experiment_files(lab, "0.1.0")
     assert {"runs/0.1.0/model.patch", "runs/0.1.0/code_change.json", "models/model_0_1_0.py", "models/model.py"} <= set(files)

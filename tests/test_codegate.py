@@ -1,4 +1,4 @@
-"""The code gate (lifecycle/codegate.py): static stages in this process, the rest in an
+"""The code gate (lifecycle/code/codegate.py): static stages in this process, the rest in an
 isolated child. Every candidate is a real edit of the living models/model.py."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import code_candidates as cc
-from lifecycle import codegate, codestatic
-from lifecycle.codegate import CodeChange
-from lifecycle.sandbox import Limits
+from lifecycle.code import codegate, codestatic
+from lifecycle.code.codegate import CodeChange
+from lifecycle.code.sandbox import Limits
 from minimind.errors import UsageError
 
 EVERYWHERE = [(1, 10**6, "the experiment's change")]
@@ -219,7 +219,7 @@ def test_runaway_code_is_bounded_killed_and_reported(base_model, tmp_path, code,
     assert any(e in bad["detail"] for e in expect), bad
     assert elapsed < TIGHT.wall_s + 10
     time.sleep(0.2)
-    assert _leftovers("lifecycle.codegate_child") == []
+    assert _leftovers("lifecycle.code.codegate_child") == []
 
 
 def test_a_secret_never_leaves_the_child(base_model, monkeypatch):

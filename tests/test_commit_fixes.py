@@ -24,7 +24,7 @@ def _git(lab, *args) -> str:
 
 
 def test_a_first_run_lists_its_changes_from_the_lab_defaults():
-    from lifecycle.analyse import real_changes
+    from lifecycle.running.analyse import real_changes
 
     plan = {"changes": [{"key": "train.batch_size", "base": 8, "new": 4, "why": "set by the human (--set)"},
                         {"key": "model.dim", "base": 32, "new": 48, "why": "w"}]}
@@ -50,7 +50,7 @@ def test_reviewer_is_gits_user(lab, monkeypatch):
     monkeypatch.delenv("USER", raising=False)
     subprocess.run(["git", "config", "user.name", "Ada Reviewer"], cwd=lab.root, check=True)
     subprocess.run(["git", "config", "user.email", "ada@example.org"], cwd=lab.root, check=True)
-    from lifecycle.gitops import reviewer
+    from lifecycle.document.gitops import reviewer
 
     assert reviewer(lab.root) == "Ada Reviewer <ada@example.org>"
 

@@ -37,7 +37,7 @@ def test_every_section_has_exactly_one_owner():
 
 def test_the_agent_may_change_its_sections_and_sees_every_fixed_one():
     from agent.tools import allowed_config_keys
-    from lifecycle.analyse import fixed_settings
+    from lifecycle.running.analyse import fixed_settings
 
     schema = {f"{section}.x": {} for section in config_sections()}
     assert allowed_config_keys(schema) == [f"{section}.x" for section in config_sections() if section in AGENT_SECTIONS]

@@ -54,7 +54,7 @@ def test_new_records_the_estimate_and_gates_a_compute_jump(lab):
 
 
 def test_the_estimate_counts_the_models_real_parameters():
-    from lifecycle.estimate import bank_bytes, count_params
+    from lifecycle.knowledge.estimate import bank_bytes, count_params
     from models.model import PRESETS, MiniMindLM, ModelConfig
 
     for preset, moe in (("memory", False), ("hybrid", True), ("original", False)):
@@ -74,7 +74,7 @@ def test_an_sft_estimate_counts_the_conversations_tokens(tmp_path, bundled, monk
     import yaml
 
     from corpus.sft import prepare_sft
-    from lifecycle import estimate
+    from lifecycle.knowledge import estimate
     from training.data import split_documents
 
     lab = make_lab(tmp_path / "lab", bundled, sft=True)
@@ -126,7 +126,7 @@ def test_the_estimate_resolves_precision_as_the_trainer_does(lab, monkeypatch):
     plans a card without it in fp32, as the trainer will run it."""
     import yaml
 
-    from lifecycle import estimate
+    from lifecycle.knowledge import estimate
     from minimind.config import from_dict
     from minimind.devices import DeviceFacts
     from minimind.memory_plan import train_memory

@@ -21,7 +21,7 @@ def lab(tmp_path, bundled):
 
 
 def test_pretraining_estimate_counts_real_tokens(lab):
-    from lifecycle import estimate
+    from lifecycle.knowledge import estimate
     from minimind.config import from_dict
     from training.data import input_tokens
     from training.runtime import load_corpus

@@ -12,8 +12,8 @@ from agent import editor
 from agent.base import AgentError
 from agent.claude import ClaudeAgent
 from agent.implement import ROUNDS_FILE, ImplementContext, implement
-from lifecycle import codegate
-from lifecycle.codegate import CodeChange
+from lifecycle.code import codegate
+from lifecycle.code.codegate import CodeChange
 from minimind.settings import AgentSettings
 
 API_KEY = "sk-ant-implement-test-0123456789-SECRET"

@@ -81,7 +81,7 @@ def test_corrupt_or_missing_state_is_never_finished_or_drafted(lab):
 
 
 def test_default_base_is_the_highest_finished(lab, monkeypatch):
-    from lifecycle.new import finished_base
+    from lifecycle.knowledge.bases import finished_base
     from minimind.rundir import update_state, write_exit_code
 
     for version in ("0.1.0", "0.1.1", "0.1.2"):
@@ -100,7 +100,7 @@ def test_default_base_is_the_highest_finished(lab, monkeypatch):
 def test_the_default_base_of_a_pretraining_run_is_a_pretraining_run(lab):
     """A walk through the README: after the SFT 1.5.0 of 1.4.8, `new 1.5.1` (pretraining) took
     the SFT run as its base, and would have compared its inference loss with one SFT had raised."""
-    from lifecycle.new import finished_base
+    from lifecycle.knowledge.bases import finished_base
     from minimind.rundir import update_state, write_exit_code
 
     for version in ("0.1.0", "0.1.1"):
@@ -253,7 +253,7 @@ def test_resume_waits_for_the_stopped_pipeline_to_end(lab, monkeypatch):
 # --- the trained lab: a failed review, required files, commits, a clone ---------------------
 
 def test_review_that_fails_writes_nothing_and_commit_needs_every_file(trained, monkeypatch):
-    import lifecycle.record
+    import lifecycle.document.record
 
     lab = trained
     run_dir = lab.run_dir("0.1.1")
@@ -281,7 +281,7 @@ def test_review_that_fails_writes_nothing_and_commit_needs_every_file(trained, m
 
     (run_dir / "lesson.json").write_text(json.dumps({"experiment": "0.1.1", "text": "a lesson", "evidence": "e",
                                                      "status": "proposed"}))
-    for module, name in ((review_module, "update_state"), (lifecycle.record, "write_record")):
+    for module, name in ((review_module, "update_state"), (lifecycle.document.record, "write_record")):
         before = tree(lab.root)
         with monkeypatch.context() as patch:
             patch.setattr(module, name, broken)

@@ -105,7 +105,7 @@ def test_plan_and_record_state_the_labs_threshold(lab, monkeypatch, lang):
     # what the plan step was given: the lab's rules and lessons stating them
     (ctx,) = given
     assert ctx.guardrails["train_loss"] == LAB_RULE
-    from lifecycle import lessons
+    from lifecycle.knowledge import lessons
 
     # the lessons come from the lab's experiment/LESSONS.md, the thresholds from its settings
     assert ctx.lessons == lessons_text(ctx.guardrails, lessons.lines(lab, lang))
@@ -192,7 +192,7 @@ def test_offline_analysis_of_a_danger_train_loss_states_no_other_threshold(lab):
 def test_analysed_guardrail_stop_record_and_commit_message(lab):
     """The real analysis step on a run a train-loss guardrail stopped: eval levels, analysis,
     commit draft and record all follow the lab's 0.2."""
-    from lifecycle.analyse import analyse
+    from lifecycle.running.analyse import analyse
 
     result = invoke(lab, "new", "0.1.0", "--goal", "Baseline", "--hypothesis", "A dense model lowers inference loss",
                     "--no-launch")

@@ -140,27 +140,45 @@ def test_no_function_imports_again_what_its_module_has():
 
 # Two modules of one package that import each other (at any depth, function-local imports
 # included) are one module in two files: a lazy import hid check <-> new <-> proposal,
-# launch <-> slurm, record <-> review and runtime <-> sft. The one pair kept: codechange is
-# the code half of the `new` verb (new hands a --patch to it; it builds on new's base config).
-KEPT_CYCLES = {frozenset({"lifecycle.codechange", "lifecycle.new"})}
+# launch <-> slurm, record <-> review, runtime <-> sft and new <-> codechange. What two
+# modules both need lives below them (models/registry.py, lifecycle/knowledge/bases.py).
+
+
+def module_graph(root: Path) -> dict[str, set[str]]:
+    """{dotted module: the project modules it imports} for every module of the packages,
+    sub-packages included; `from a.b import c` counts as importing a.b.c when that is a module."""
+    graph: dict[str, set[str]] = {}
+    for package in PROJECT:
+        for path in sorted((root / package).rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            graph[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = _imported(path)
+    return {name: {_module(root, t) for t in targets if _module(root, t)} - {name} for name, targets in graph.items()}
+
+
+def _imported(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found
+
+
+def _module(root: Path, dotted: str):
+    """The project module (or package) a dotted import target names, None outside the project."""
+    parts = dotted.split(".")
+    if parts[0] not in PROJECT:
+        return None
+    if (root.joinpath(*parts[:-1]) / f"{parts[-1]}.py").is_file() or (root.joinpath(*parts) / "__init__.py").is_file():
+        return dotted
+    return None
 
 
 def cycles(root: Path) -> list[set[str]]:
     """Every set of two or more modules of one package that reach each other through imports."""
-    graph: dict[str, set[str]] = {}
-    for package in PROJECT:
-        for path in sorted((root / package).glob("*.py")):
-            name = f"{package}.{path.stem}"
-            graph[name] = set()
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-                elif isinstance(node, ast.Import):
-                    targets = [a.name for a in node.names]
-                else:
-                    continue
-                graph[name] |= {".".join(t.split(".")[:2]) for t in targets
-                                if t.split(".")[0] == package and (root / package / f"{t.split('.')[1] if '.' in t else ''}.py").is_file()}
+    graph = module_graph(root)
+    graph = {name: {m for m in deps if m.split(".")[0] == name.split(".")[0]} for name, deps in graph.items()}
     found, seen = [], set()
     for start in graph:  # the strongly connected sets, by reachability (a few hundred modules)
         if start in seen:
@@ -184,14 +202,65 @@ def _reach(graph: dict[str, set[str]], start: str) -> set[str]:
 
 
 def test_no_two_modules_of_a_package_import_each_other():
-    found = [sorted(c) for c in cycles(ROOT) if frozenset(c) not in KEPT_CYCLES]
-    assert found == [], found
+    assert [sorted(c) for c in cycles(ROOT)] == []
 
 
 def test_the_cycle_check_sees_a_function_local_import(tmp_path):
-    for package, files in {"lifecycle": {"a.py": "def f():\n    from lifecycle.b import g\n",
-                                         "b.py": "from lifecycle import a\n"}}.items():
-        (tmp_path / package).mkdir()
-        for name, text in files.items():
-            (tmp_path / package / name).write_text(text)
-    assert [sorted(c) for c in cycles(tmp_path)] == [["lifecycle.a", "lifecycle.b"]]
+    files = {"lifecycle/a.py": "def f():\n    from lifecycle.room.b import g\n",
+             "lifecycle/room/__init__.py": "", "lifecycle/room/b.py": "from lifecycle import a\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert [sorted(c) for c in cycles(tmp_path)] == [["lifecycle.a", "lifecycle.room.b"]]
+
+
+# The lifecycle's rooms (docs/ARCHITECTURE.md): the verbs are the modules at its top and
+# import any room; a room imports only the rooms below it, and never a verb.
+ROOMS = {
+    "lifecycle.running": {"lifecycle.document", "lifecycle.knowledge"},
+    "lifecycle.code": {"lifecycle.document", "lifecycle.knowledge"},
+    "lifecycle.document": {"lifecycle.knowledge"},
+    "lifecycle.knowledge": set(),
+}
+
+
+def room_of(module: str):
+    """'lifecycle.running' for lifecycle.running.launch; 'verb' for a module at the top of lifecycle."""
+    parts = module.split(".")
+    if parts[0] != "lifecycle" or len(parts) < 2:
+        return None
+    room = ".".join(parts[:2])
+    return room if room in ROOMS else "verb"
+
+
+def room_violations(root: Path) -> list[str]:
+    out = []
+    for name, deps in module_graph(root).items():
+        room = room_of(name)
+        if room in (None, "verb"):
+            continue
+        for dep in sorted(deps):
+            target = room_of(dep)
+            if target is None or target == room or dep == "lifecycle":
+                continue
+            if target == "verb" or target not in ROOMS[room]:
+                out.append(f"{name} imports {dep} ({room} may import {', '.join(sorted(ROOMS[room])) or 'no other room'}, never a verb)")
+    return out
+
+
+def test_rooms_import_downward_and_never_a_verb():
+    assert room_violations(ROOT) == []
+    assert {p.name for p in (ROOT / "lifecycle").iterdir() if p.is_dir() and (p / "__init__.py").exists()} == \
+        {room.split(".")[1] for room in ROOMS}
+
+
+def test_the_room_check_catches_an_upward_import(tmp_path):
+    files = {"lifecycle/status.py": "", "lifecycle/knowledge/__init__.py": "", "lifecycle/document/__init__.py": "",
+             "lifecycle/knowledge/lessons.py": "def f():\n    from lifecycle.document import record\n",
+             "lifecycle/document/record.py": "from lifecycle.status import show\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    found = room_violations(tmp_path)
+    assert any(v.startswith("lifecycle.knowledge.lessons imports lifecycle.document.record") for v in found), found
+    assert any(v.startswith("lifecycle.document.record imports lifecycle.status") for v in found), found

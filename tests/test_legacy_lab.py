@@ -80,7 +80,7 @@ def test_resume_of_a_legacy_stopped_run_upgrades_its_script_and_finishes(legacy)
     result = invoke(legacy, "resume", "0.1.1")
     assert result.exit_code == 0, result.output
     assert "predates the Python pipeline" in result.output
-    assert "lifecycle.pipeline" in (legacy.run_dir("0.1.1") / "run.sh").read_text()
+    assert "lifecycle.running.pipeline" in (legacy.run_dir("0.1.1") / "run.sh").read_text()
     assert wait_state(legacy, "0.1.1") == "finished"
     steps = metrics_steps(legacy, "0.1.1")
     assert steps == sorted(set(steps)) and steps[-1] == 300 and 114 in steps and 116 in steps
@@ -90,7 +90,7 @@ def test_resume_of_a_legacy_stopped_run_upgrades_its_script_and_finishes(legacy)
 
 def test_a_run_started_by_the_old_bash_script_still_finishes(legacy):
     """A run that was training under the old run.sh when the lab upgraded: its end-of-run calls work."""
-    from lifecycle.launch import start_detached
+    from lifecycle.running.launch import start_detached
     from minimind.rundir import clear_exit_code, update_state
 
     run_dir = legacy.run_dir("0.1.1")
@@ -111,7 +111,23 @@ def test_new_experiment_in_a_legacy_lab_upgrades_the_template(legacy):
     assert result.exit_code == 0, result.output
     assert "templates/run.sh.j2.legacy" in result.output
     assert "agent.finish" in (legacy.templates_dir / "run.sh.j2.legacy").read_text()
-    assert "lifecycle.pipeline" in (legacy.run_dir("0.2.0") / "run.sh").read_text()
+    assert "lifecycle.running.pipeline" in (legacy.run_dir("0.2.0") / "run.sh").read_text()
     assert wait_state(legacy, "0.2.0") == "finished"
     # the base config from the old version (with its retired model field) was inherited
     assert (legacy.run_dir("0.2.0") / "eval.json").exists()
+
+
+def test_a_lab_whose_template_names_the_pipeline_by_its_old_path_still_runs(tmp_path, bundled):
+    """Labs made before the lifecycle moved into rooms keep a run-script template that execs
+    `python -m lifecycle.pipeline`; their new experiments still train, evaluate and analyse."""
+    from lab_helpers import make_lab
+
+    lab = make_lab(tmp_path / "lab", bundled, steps=4)
+    template = lab.templates_dir / "run.sh.j2"
+    template.write_text(template.read_text().replace("-m lifecycle.running.pipeline", "-m lifecycle.pipeline"))
+    result = invoke(lab, "new", "0.1.0", "--goal", "g", "--hypothesis", "inference loss is finite")
+    assert result.exit_code == 0, result.output
+    assert "-m lifecycle.pipeline " in (lab.run_dir("0.1.0") / "run.sh").read_text()
+    assert wait_state(lab, "0.1.0", predicate=lambda derived, state: state.analysed or derived in ("failed", "lost")) \
+        != "failed"
+    assert (lab.run_dir("0.1.0") / "analysis.json").exists() and (lab.run_dir("0.1.0") / "exit_code").read_text().strip() == "0"

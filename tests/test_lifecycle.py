@@ -194,8 +194,8 @@ def test_a_zh_experiment_has_no_english_sentences(looped):
     from agent.offline import _T
     from minimind.verdict import _W
 
-    from lifecycle import proposal as proposal_module
-    from lifecycle.checks import CHECKS
+    from lifecycle.knowledge import proposal as proposal_module
+    from lifecycle.knowledge.checks import CHECKS
 
     lab = looped
     record = lab.record_path("0.1.1").read_text()
@@ -210,7 +210,7 @@ def test_a_zh_experiment_has_no_english_sentences(looped):
     assert len(english) > 80
     leaked = sorted(f for f in english if f in record or f in message)
     assert leaked == [], leaked
-    # The preflight table, the compute estimate and the next-experiment proposal (lifecycle/checks.py,
+    # The preflight table, the compute estimate and the next-experiment proposal (lifecycle/knowledge/checks.py,
     # estimate.py, proposal.py) are Chinese too: no run of four English words outside code spans.
     preflight = record.split("**启动前检查**", 1)[1].split("## ", 1)[0]
     nxt = record.split("**建议的下一个实验**", 1)[1]
@@ -349,7 +349,7 @@ def test_status_never_calls_a_reused_pid_running(lab):
 
 def test_record_execution_section_follows_training(lab, monkeypatch):
     """The pipeline (never the trainer) re-renders the record while training runs."""
-    from lifecycle import launch, pipeline
+    from lifecycle.running import launch, pipeline
     from minimind.rundir import process_start_time, update_state
 
     assert invoke(lab, "new", "0.10.0", "--goal", GOAL, "--hypothesis", HYP, "--no-launch").exit_code == 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import helpers_train as h
-from lifecycle.estimate import count_params
+from lifecycle.knowledge.estimate import count_params
 from minimind import memory_plan
 from minimind.memory_plan import (MEMORY_HEADROOM, head_bytes_per_token, layer_bytes_per_token, memory_state_bytes,
                                   plan_micro_batch, train_memory)

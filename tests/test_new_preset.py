@@ -27,7 +27,7 @@ def lab(tmp_path, bundled):
 
 
 def test_new_estimates_and_plans_a_new_preset_with_a_bank(lab):
-    from lifecycle import estimate
+    from lifecycle.knowledge import estimate
 
     result = invoke(lab, "new", "0.1.0", *NEW, "--set", "preset=wide", "--no-launch")
     assert result.exit_code == 0, result.output
@@ -45,7 +45,7 @@ def test_new_estimates_and_plans_a_new_preset_with_a_bank(lab):
 def test_the_offline_analysis_and_the_proposals_know_a_new_preset_with_a_bank(lab):
     from agent.base import AnalysisContext
     from agent.offline import OfflineAgent
-    from lifecycle import proposal
+    from lifecycle.knowledge import proposal
     from models.registry import memory_presets
 
     assert invoke(lab, "new", "0.1.0", *NEW, "--set", "preset=wide", "--no-launch").exit_code == 0

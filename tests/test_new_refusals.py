@@ -53,7 +53,7 @@ def test_a_launch_needs_every_data_path_the_run_reads(lab):
 
 
 def test_new_refuses_gpus_the_machine_does_not_have(lab, monkeypatch):
-    from lifecycle import slots
+    from lifecycle.running import slots
 
     monkeypatch.setattr(slots, "detect_gpus", lambda: [0, 1])
     line = _refused(lab, [*NEW, "--set", "launch.gpus=[0, 5]"], 2, "launch.gpus names GPU 5")

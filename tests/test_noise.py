@@ -114,17 +114,17 @@ def test_a_fixed_target_with_replicates_uses_their_spread():
 
 
 def test_a_proposal_keeps_the_replicates_its_verdict_rests_on():
-    from lifecycle.proposal import proposed_seeds
+    from lifecycle.knowledge.proposal import proposed_seeds
 
     assert proposed_seeds(3, "supported", True) == 3 and proposed_seeds(2, "refuted", False) == 2
     assert proposed_seeds(1, "inconclusive", True) == 3  # one run could not tell it from the measured spread
     assert proposed_seeds(1, "inconclusive", False) == 1 and proposed_seeds(1, "supported", True) == 1
 
 
-# --- the replicates' pure rules (lifecycle/replicates.py, minimind/rundir.py, lifecycle/estimate.py) ---
+# --- the replicates' pure rules (lifecycle/knowledge/replicates.py, minimind/rundir.py, lifecycle/knowledge/estimate.py) ---
 
 def test_replicate_names_seeds_and_the_experiment_state():
-    from lifecycle.replicates import aggregate, next_seeds
+    from lifecycle.knowledge.replicates import aggregate, next_seeds
     from minimind.errors import UsageError
     from minimind.rundir import split_label
 
@@ -144,7 +144,7 @@ def test_replicate_names_seeds_and_the_experiment_state():
 
 
 def test_the_compute_estimate_and_its_gate_count_every_replicate():
-    from lifecycle.estimate import for_replicates, replicate_gate
+    from lifecycle.knowledge.estimate import for_replicates, replicate_gate
     from minimind.errors import GateRefused
 
     est = {"train_flops": 1e12, "wall_s": 60.0}
@@ -176,8 +176,8 @@ def test_the_noise_bench_reads_spread_single_run_intervals_and_seeds_needed():
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_the_record_shows_each_replicate_and_their_spread(lang, tmp_path):
-    from lifecycle.record import replicates_view
-    from lifecycle.render import render
+    from lifecycle.document.record import replicates_view
+    from lifecycle.document.render import render
     from minimind.atomic import write_json
     from tests.test_rules import _record_context
 

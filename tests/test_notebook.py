@@ -76,17 +76,17 @@ def test_history_index_and_reviewer_notes(refuted):
     # A reviewer's notes survive a re-render and reach the notebook.
     record = lab.record_path("0.1.0")
     record.write_text(record.read_text() + "## Reviewer notes\n\nThe 12-step budget is too small to learn the facts.\n")
-    from lifecycle.record import write_record
+    from lifecycle.document.record import write_record
 
     write_record(lab, "0.1.0", "en")
     assert "The 12-step budget is too small" in record.read_text()
     assert not (lab.run_dir("0.1.0") / "record.rendered.md").exists()
-    from lifecycle.history import trace
+    from lifecycle.knowledge.notebook import trace
 
     assert "12-step budget" in trace(lab)
     # commit carries INDEX.md and LESSONS.md (the lesson accepted here unless the lesson test ran
     # first on this module's lab: the test does not depend on the order tests run in)
-    from lifecycle import lessons
+    from lifecycle.knowledge import lessons
 
     lessons.accept(lab, lab.run_dir("0.1.0"), "me")
     assert invoke(lab, "commit", "0.1.0", "--yes").exit_code == 0
@@ -96,7 +96,7 @@ def test_history_index_and_reviewer_notes(refuted):
 
 
 def test_reject_lesson_leaves_the_file_alone(tmp_path, bundled):
-    from lifecycle import lessons
+    from lifecycle.knowledge import lessons
 
     lab = make_lab(tmp_path / "lab", bundled)
     run_dir = lab.run_dir("9.9.9")

@@ -39,7 +39,7 @@ def edited(edits) -> str:
 
 
 def results_for(tmp_path, edits, **config):
-    from lifecycle.checks import run_all
+    from lifecycle.knowledge.checks import run_all
     from models.registry import load_module
 
     folder = tmp_path / "models"
@@ -126,7 +126,7 @@ def test_check_command_and_the_lab_own_checks(lab):
     result = invoke(lab, "check")
     assert result.exit_code == 0 and "✓ memory_query" in result.output, result.output
     (lab.root / "checks.py").write_text(
-        "from lifecycle.checks import Check, Result\n\n"
+        "from lifecycle.knowledge.checks import Check, Result\n\n"
         "def small_bank(probe):\n"
         "    n = probe.full_config['knowledge_num']\n"
         "    return Result.passed(f'{n} entries') if n <= 100 else Result.failed(f'{n} entries is over 100')\n\n"

@@ -21,7 +21,7 @@ def lab(tmp_path, bundled_data):
 def test_training_time_counts_the_first_log_interval():
     """29 steps logged every 10: the first row comes after 10 steps, so first-to-last row
     time (45 s) misses a third of the training (62 s), which `elapsed_s` counts."""
-    from lifecycle.record import metrics_summary
+    from lifecycle.document.record import metrics_summary
 
     rows = [{"step": s, "loss": 5.0, "time": 1000.0 + 2.1 * s, "elapsed_s": 2.1 * s + 1.1} for s in (10, 20, 29)]
     summary = metrics_summary(rows)
@@ -38,7 +38,7 @@ def test_dense_config_table_has_no_memory_settings(lab):
 
 
 def test_memory_presets_agree_with_the_model():
-    from lifecycle.record import has_memory
+    from lifecycle.document.record import has_memory
     from models.model import PRESET_ALIASES, PRESETS
 
     for name, spec in PRESETS.items():
@@ -55,7 +55,7 @@ def _headings(text: str) -> list[str]:
 
 
 def test_the_humans_unclosed_code_fence_swallows_nothing(lab):
-    from lifecycle.record import SECTIONS
+    from lifecycle.document.record import SECTIONS
 
     goal = "Try the fused kernel:\n```python\nx = fused(h)\n\n## 🎯 Conclusion\nsupported"
     # no --expect: the agent's expectation quotes the hypothesis, whose second line opens a fence
@@ -71,7 +71,7 @@ def test_the_humans_unclosed_code_fence_swallows_nothing(lab):
 
 
 def test_closing_an_open_fence():
-    from lifecycle.render import _closed, _human
+    from lifecycle.document.render import _closed, _human
 
     assert _closed("a\n```py\nx") == "a\n```py\nx\n```"
     assert _closed("a\n````\nx\n```\ny") == "a\n````\nx\n```\ny\n````"  # a shorter fence does not close
@@ -88,7 +88,7 @@ def test_zh_record_has_no_english_fragments(lab):
                                                                                            "level": "danger"}}
     for version, loss in (("0.1.0", 6.0), ("0.1.1", 5.5)):
         (lab.run_dir(version) / "eval.json").write_text(json.dumps({"val_loss": loss, "guardrails": guard}))
-    from lifecycle.record import write_record
+    from lifecycle.document.record import write_record
 
     text = write_record(lab, "0.1.1", "zh").read_text()
     assert "`train.batch_size`" in text
@@ -98,7 +98,7 @@ def test_zh_record_has_no_english_fragments(lab):
 
 
 def test_zh_resources():
-    from lifecycle.record import resources_zh
+    from lifecycle.document.record import resources_zh
 
     assert resources_zh("1 process(es) on cpu, mixed precision no, micro-batch 4 x accumulation 1") == \
         "1 个进程,设备 cpu,混合精度 no,微批 4 × 累积 1"

@@ -1,9 +1,9 @@
-"""Every rule of `minimind review`'s quality standard (lifecycle/review.py `quality_problems`),
+"""Every rule of `minimind review`'s quality standard (lifecycle/document/rules.py `quality_problems`),
 each checked on a real record: a drafted experiment of a real lab (`minimind new --no-launch`)
 whose run files are then written the way a finished run writes them (metrics.jsonl, eval.json,
-state.json, exit_code, and analysis.json by the real `lifecycle.analyse.analyse`). Each case
+state.json, exit_code, and analysis.json by the real `lifecycle.running.analyse.analyse`). Each case
 changes the run's files so that exactly one rule is broken, renders the record with
-`lifecycle.record.render_record`, and expects exactly that one problem. The section and git
+`lifecycle.document.record.render_record`, and expects exactly that one problem. The section and git
 record rules cannot be broken through the run's files (the template always writes them), so
 those cases edit the rendered text, as a researcher does with `review --edit`.
 """
@@ -22,8 +22,8 @@ import pytest
 
 from lab_helpers import invoke, make_lab
 
-from lifecycle.record import SECTIONS, render_record
-from lifecycle.review import quality_problems, split_sections
+from lifecycle.document.record import SECTIONS, render_record
+from lifecycle.document.rules import quality_problems, split_sections
 from minimind.atomic import write_json, write_text
 from minimind.config import load_config
 from minimind.rundir import (ANALYSIS_FILE, CONFIG_FILE, EVAL_FILE, EXIT_CODE_FILE, EXIT_FINISHED, EXIT_GUARDRAIL,
@@ -88,7 +88,7 @@ def _finish_like_a_run(run_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, bundled_data):
     """One lab with an English and a Chinese experiment, each with a complete record."""
-    from lifecycle.analyse import analyse
+    from lifecycle.running.analyse import analyse
 
     lab = make_lab(tmp_path_factory.mktemp("review") / "lab", bundled_data, steps=STEPS)
     for lang in LANGS:

@@ -112,7 +112,7 @@ def test_offline_pairs_in_text():
 
 
 def test_shell_quote_filter():
-    from lifecycle.render import shell_quote
+    from lifecycle.document.render import shell_quote
     from minimind.errors import MinimindError
 
     hostile = "$(rm -rf x); `id` | cat\nnext"
@@ -188,9 +188,9 @@ def test_bank_reading_against_the_shuffled_control_and_retrieval_rows():
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_record_templates_render_every_section(lang):
-    from lifecycle.record import SECTIONS
-    from lifecycle.render import render
-    from lifecycle.review import quality_problems
+    from lifecycle.document.record import SECTIONS
+    from lifecycle.document.render import render
+    from lifecycle.document.rules import quality_problems
 
     text = render(f"record_{lang}.md.j2", _record_context(lang))
     positions = [text.index(f"## {h}") for h in SECTIONS[lang]]
@@ -205,8 +205,8 @@ def test_record_templates_render_every_section(lang):
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_record_of_a_code_experiment_shows_its_hunks_stages_and_approval(lang):
-    from lifecycle.render import render
-    from lifecycle.review import quality_problems
+    from lifecycle.document.render import render
+    from lifecycle.document.rules import quality_problems
 
     context = _record_context(lang)
     context["r"]["code_change"] = {
@@ -226,7 +226,7 @@ def test_record_of_a_code_experiment_shows_its_hunks_stages_and_approval(lang):
 
 
 def test_commit_and_run_script_templates(tmp_path):
-    from lifecycle.render import render
+    from lifecycle.document.render import render
 
     d = {"title": "t", "improvements": ["i"], "core_changes": {"a.py": ["c"]}, "results": ["✅ r"], "next_steps": ["n"]}
     assert "## Core changes\n### a.py\n- c" in render("commit_en.txt.j2", {"d": d})
@@ -251,7 +251,7 @@ def test_a_consistent_but_tiny_change_is_run_to_run_noise():
 
 
 def test_a_record_edited_during_training_gets_its_results_merged():
-    from lifecycle.record import merge_record
+    from lifecycle.document.record import merge_record
 
     head = "---\nstate: running\n---\n\n# Experiment 1.0.0\n\n"
     def record(thinking: str, results: str, state: str = "running") -> str:
@@ -275,7 +275,7 @@ def test_a_record_edited_during_training_gets_its_results_merged():
 def test_the_prose_checker_accepts_the_chinese_verdict_words_code_writes(verdict):
     from agent.offline import _t
     from agent.prose import known_values, problems, verdict_sentence
-    from lifecycle.commit import commit_title
+    from lifecycle.document.draft import commit_title
 
     _, reason = decide("降低推理损失", "inference_loss < base", shifted(-1.0), BASE, lang="zh")
     texts = {"line": result_lines([], {}, verdict, reason, lang="zh")[0],
@@ -294,7 +294,7 @@ def test_the_prose_checker_accepts_the_chinese_verdict_words_code_writes(verdict
 def test_changed_symbols_name_the_functions_a_diff_touches():
     import difflib
 
-    from lifecycle.analyse import changed_symbols
+    from lifecycle.running.analyse import changed_symbols
 
     old = "import x\n\nclass Memory:\n    def read(self):\n        return 1\n\n    def write(self):\n        pass\n\n\ndef helper():\n    return 2\n"
     new = old.replace("return 1", "return 3").replace("return 2", "return 4").replace("import x", "import y")

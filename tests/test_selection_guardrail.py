@@ -92,7 +92,7 @@ def test_record_status_and_memory_show_read_an_older_eval_as_candidate_entropy(f
     import shutil
 
     from lifecycle.memory import selection_lines
-    from lifecycle.record import record_context, render_record
+    from lifecycle.document.record import record_context, render_record
     from lifecycle.status import summary
     from minimind.lab import Lab
 
@@ -123,7 +123,7 @@ def test_record_and_compare_show_the_selection_beside_the_candidates(fixed_run, 
 
     from cli import main
     from lifecycle.memory import selection_lines
-    from lifecycle.record import render_record
+    from lifecycle.document.record import render_record
     from minimind.lab import Lab
 
     if not (fixed_run / "eval.json").exists():

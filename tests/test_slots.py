@@ -1,4 +1,4 @@
-"""GPU slots on one machine (lifecycle/slots.py): on CPU, `launch.gpus: [0, 1]` gives two plain
+"""GPU slots on one machine (lifecycle/running/slots.py): on CPU, `launch.gpus: [0, 1]` gives two plain
 numbered slots, so the queue is tested here exactly as it runs on a GPU box."""
 
 from __future__ import annotations

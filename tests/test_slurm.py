@@ -86,7 +86,7 @@ def test_submit_queue_run_finish_stop_resume(slurm_lab):
     first = _new(lab, "4.0.0", 150)
     sbatch = (lab.run_dir("4.0.0") / "run.sbatch").read_text()
     assert "#SBATCH --time=10" in sbatch and "#SBATCH --cpus-per-task=2" in sbatch and "#SBATCH --mem=2G" in sbatch
-    assert 'echo "slurm.setup ran' in sbatch and "-m lifecycle.pipeline" in sbatch
+    assert 'echo "slurm.setup ran' in sbatch and "-m lifecycle.running.pipeline" in sbatch
     wait_state(lab, "4.0.0", predicate=lambda d, s: d == "running" and (s.step or 0) >= 4, timeout=120)
 
     # The second job waits behind the first: Slurm says PENDING, status says queued.

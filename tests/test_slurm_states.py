@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lifecycle.slurm import node_command
+from lifecycle.running.slurm import node_command
 from minimind.rundir import RunState, derive_slurm_state
 
 
@@ -41,7 +41,7 @@ def test_unanswered_scheduler_trusts_only_a_fresh_heartbeat():
 
 
 def test_one_launcher_per_node(monkeypatch):
-    import lifecycle.slurm as slurm
+    import lifecycle.running.slurm as slurm
 
     monkeypatch.setattr(slurm, "_call", lambda argv, what, env=None: "gpu-a01\ngpu-a02")
     argv = ["/py", "-m", "accelerate.commands.launch", "--num_processes", "8", "--num_machines", "2",

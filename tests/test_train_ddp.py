@@ -161,14 +161,14 @@ def test_memory_statistics_and_ema_are_global(tmp_path):
 
 def test_two_node_run_on_localhost_trains_and_finishes(lab):
     """Two accelerate launchers, machine_rank 0 and 1, one process each (gloo), rendezvous
-    on 127.0.0.1: the commands lifecycle.launch generates for a 2-machine config."""
+    on 127.0.0.1: the commands lifecycle.running.launch generates for a 2-machine config."""
     import os
     import socket
     import subprocess
 
     import yaml
 
-    from lifecycle.launch import accelerate_config, run_env, train_command
+    from lifecycle.running.launch import accelerate_config, run_env, train_command
     from minimind.config import load_config
     from minimind.lab import Lab
 

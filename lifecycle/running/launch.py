@@ -1,7 +1,7 @@
 """Launching runs: the training command, the run script, and the detached start.
 
 The run script only sets up the environment and execs the pipeline
-(`lifecycle.pipeline`), which builds the training command from here at run time. One
+(`lifecycle.running.pipeline`), which builds the training command from here at run time. One
 process runs the trainer directly (it builds its own `Accelerator`, DeepSpeed included, so
 `minimind stop`'s SIGTERM reaches the trainer and nothing in between); several go through
 `accelerate launch`, whose launcher forwards signals to its workers and, with
@@ -26,7 +26,7 @@ from minimind.errors import MinimindError
 from minimind.lab import Lab
 from minimind.rundir import (ACCELERATE_CONFIG_FILE, NODE_COMMANDS_FILE, RUN_SCRIPT, STOP_FILE, TRAIN_LOG, RunState,
                              process_start_time, update_state)
-from lifecycle.scripts import launch_precision, run_env, script_context, write_checked_script
+from lifecycle.running.scripts import launch_precision, run_env, script_context, write_checked_script
 
 RUN_TEMPLATE = "run.sh.j2"
 # Run-script templates of minimind <= 0.1 ran the end-of-run steps in bash through this
@@ -123,7 +123,7 @@ def ensure_launch_files(lab: Lab, cfg: ExperimentConfig, run_dir: Path) -> None:
 
 def upgrade_legacy_template(lab: Lab) -> list[str]:
     """Replace a lab's pre-pipeline run-script template; returns what it says to the user."""
-    from lifecycle.render import PACKAGE_TEMPLATES
+    from lifecycle.document.render import PACKAGE_TEMPLATES
 
     lab_copy = lab.templates_dir / RUN_TEMPLATE
     if not lab_copy.is_file() or LEGACY_TEMPLATE_MARK not in lab_copy.read_text(encoding="utf-8"):
@@ -138,7 +138,7 @@ def upgrade_legacy_template(lab: Lab) -> list[str]:
 
 def render_run_script(lab: Lab, cfg: ExperimentConfig, final_run_dir: Path) -> str:
     """The run script text; paths point at the final run directory, not the staging one."""
-    from lifecycle.render import render
+    from lifecycle.document.render import render
 
     return render(RUN_TEMPLATE, script_context(lab, cfg, final_run_dir), lab.templates_dir)
 
@@ -146,7 +146,7 @@ def render_run_script(lab: Lab, cfg: ExperimentConfig, final_run_dir: Path) -> s
 def write_run_script(lab: Lab, cfg: ExperimentConfig, folder: Path, final_run_dir: Path) -> None:
     write_checked_script(folder / RUN_SCRIPT, render_run_script(lab, cfg, final_run_dir))
     if cfg.launch.backend == "slurm":
-        from lifecycle.slurm import write_sbatch
+        from lifecycle.running.slurm import write_sbatch
 
         write_sbatch(lab, cfg, folder, final_run_dir)
 
@@ -162,17 +162,17 @@ def refresh_run_script(lab: Lab, run_dir: Path) -> list[str]:
     notes = upgrade_legacy_template(lab)
     write_run_script(lab, load_config(run_dir / CONFIG_FILE), run_dir, run_dir)
     return notes + [f"note: runs/{run_dir.name}/{RUN_SCRIPT} predates the Python pipeline; re-rendered it "
-                    f"(it now runs python -m lifecycle.pipeline)."]
+                    f"(it now runs python -m lifecycle.running.pipeline)."]
 
 
 def check_launch(lab: Lab, cfg: ExperimentConfig) -> None:
     """Before anything is launched: GPU slots the run could never get, a Slurm job Slurm would refuse."""
     if cfg.launch.backend == "slurm":
-        from lifecycle.slurm import check_request
+        from lifecycle.running.slurm import check_request
 
         check_request(lab, cfg)
     else:
-        from lifecycle.slots import check_request
+        from lifecycle.running.slots import check_request
 
         check_request(cfg)
 
@@ -188,17 +188,17 @@ def start_detached(lab: Lab, run_dir: Path, resume: bool = False) -> RunState:
 
     A double fork makes the run a child of init, so the CLI (or a test process) that
     launched it never leaves a zombie that would look alive. With `launch.backend: slurm`
-    the run is submitted as a Slurm job instead (lifecycle/slurm.py). In a lab with GPU
+    the run is submitted as a Slurm job instead (lifecycle/running/slurm.py). In a lab with GPU
     slots the run starts `queued`; its pipeline takes the slots (or waits) in launch order.
     """
-    from lifecycle import slots
+    from lifecycle.running import slots
     from minimind.config import load_config
     from minimind.rundir import CONFIG_FILE
 
     cfg = load_config(run_dir / CONFIG_FILE)
     (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop request belongs to the run it stopped
     if cfg.launch.backend == "slurm":
-        from lifecycle.slurm import submit
+        from lifecycle.running.slurm import submit
 
         return submit(lab, run_dir, resume)
     script = run_dir / RUN_SCRIPT
@@ -210,7 +210,7 @@ def start_detached(lab: Lab, run_dir: Path, resume: bool = False) -> RunState:
     env[slots.QUEUED_AT_ENV] = str(time.time_ns())  # the run's place in the slot queue: launch order
     # The state is written before the start: the pipeline may take its slots (and say so) at once.
     now = time.time()
-    from lifecycle.replicates import private_queue
+    from lifecycle.running.slots import private_queue
 
     waits = slots.slot_ids(cfg) is not None or private_queue(cfg, run_dir) is not None
     update_state(run_dir, state="queued" if waits else "running", started_at=now, ended_at=None,
@@ -240,12 +240,12 @@ def start_detached(lab: Lab, run_dir: Path, resume: bool = False) -> RunState:
     return update_state(run_dir, pid=pid, pgid=pid, proc_start=started)
 
 
-# --- replicates (lifecycle/replicates.py): more run directories of one experiment -------------
+# --- replicates (lifecycle/knowledge/replicates.py): more run directories of one experiment -------------
 
 def create_replicates(lab: Lab, version: str, total: int) -> list[Path]:
     """Write the run directories that bring V to `total` replicates (drafted, not launched)."""
-    from lifecycle.init import ensure_gitignore
-    from lifecycle.replicates import next_seeds, replicate_config, seed_of
+    from lifecycle.document.gitops import ensure_gitignore
+    from lifecycle.knowledge.replicates import next_seeds, replicate_config, seed_of
     from minimind.atomic import write_text
     from minimind.config import dump_config, load_config
     from minimind.rundir import CONFIG_FILE, REPLICATES_DIR, read_state, replicate_dirs

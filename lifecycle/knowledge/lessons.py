@@ -3,7 +3,7 @@
 The file is seeded from the lab guide's design rules and early-warning table (en and zh),
 by `minimind init` and by `new` in a lab that lacks it. Each lesson is a `## ` section
 with bullet fields; `**Check:**` names the preflight check that enforces it
-(lifecycle/checks.py), if any. The file is the source of the lessons in every plan
+(lifecycle/knowledge/checks.py), if any. The file is the source of the lessons in every plan
 (`agent.base.lessons_text`); guardrail thresholds are never written into it — they come
 from the lab's settings when the lessons are stated.
 

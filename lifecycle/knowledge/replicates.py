@@ -10,7 +10,7 @@ the validation split's seeds pinned to the experiment's, so every replicate is s
 the same documents and probes), state.json, train.log, checkpoints, metrics.jsonl and
 eval.json. An experiment of an older lab is an experiment with one replicate.
 
-Execution: each replicate is its own pipeline (lifecycle/pipeline.py). With GPU slots they
+Execution: each replicate is its own pipeline (lifecycle/running/pipeline.py). With GPU slots they
 take one slot each, side by side, and the rest wait `queued`; on Slurm each is its own job;
 on one device without slots they run one after another (a one-slot queue private to the
 experiment, runs/V/seeds/.queue). A replicate's pipeline trains and evaluates its run;
@@ -146,18 +146,6 @@ def target(lab: Lab, name: str) -> tuple[str, list[Path], bool]:
     if seed is None:
         return version, replicate_dirs(lab.require_run(version)), False
     return version, [find_replicate(lab, version, seed)], True
-
-
-def private_queue(cfg: ExperimentConfig, run_dir: Path) -> Optional[Path]:
-    """The one-slot queue that makes an experiment's replicates train one after another on a
-    machine without GPU slots; None where slots (or Slurm) already decide, or for a lone run."""
-    if cfg.launch.backend != "local" or not replicated(run_dir):
-        return None
-    from lifecycle.slots import slot_ids
-
-    if slot_ids(cfg) is not None:
-        return None
-    return one_device_queue(experiment_dir(Path(run_dir)))
 
 
 def evals(exp_dir: Path) -> list[dict]:

@@ -4,9 +4,9 @@ A candidate is the text of a new `models/model.py`; the base is the file it was 
 Every function here reads text or an AST and never runs the candidate: these stages run in
 minimind's own process. They are an intent filter for honest mistakes and obvious
 misbehaviour (an import of `subprocess`, `eval`, a `while True` at import time), not a
-security boundary; the child process of lifecycle/sandbox.py is the boundary.
+security boundary; the child process of lifecycle/code/sandbox.py is the boundary.
 
-The stages, cheapest first, each `stage(...) -> Stage`; lifecycle/codegate.py runs them in
+The stages, cheapest first, each `stage(...) -> Stage`; lifecycle/code/codegate.py runs them in
 order and stops at the first failure.
 """
 

@@ -126,8 +126,8 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     from agent import backends
     from agent.base import AnalysisContext, CommitContext
     from agent.calllog import failed_attempt_logs
-    from lifecycle.commit import experiment_files, render_commit_message
-    from lifecycle.record import metrics_summary, write_record
+    from lifecycle.document.draft import experiment_files, render_commit_message
+    from lifecycle.document.record import metrics_summary, write_record
     from minimind.verdict import VERDICT_ZH, bank_reading, compare_rows, decide, held_out_control, result_lines
 
     run_dir = Path(run_dir).resolve()
@@ -145,7 +145,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     confidence = cfg.eval.confidence
     # Each side is every evaluated replicate (one run for an unreplicated experiment); the lab's
     # measured seed-to-seed floor stands in for a side's missing replicates (minimind/noise.py).
-    from lifecycle import replicates
+    from lifecycle.knowledge import replicates
 
     seeds = None
     if replicates.replicated(run_dir):
@@ -165,7 +165,8 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     requested = agent or plan.get("agent_requested", settings.agent.backend)
     log_dir = run_dir / AGENT_DIR
     from agent.base import lessons_text
-    from lifecycle import history, lessons
+    from lifecycle.knowledge import notebook
+    from lifecycle.knowledge import lessons
     from models.registry import memory_presets
 
     prior = failed_attempt_logs(lab.runs_dir, version)
@@ -176,7 +177,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     samples = [{k: s.get(k) for k in ("prompt", "reference", "generated", "repetition")}
                for s in (ev.get("samples") or [])[:SAMPLES]]
     plan_view = {k: plan.get(k) for k in ("thinking", "expected", "risks", "changes")}
-    from lifecycle.record import code_change_brief
+    from lifecycle.document.record import code_change_brief
 
     code_change = code_change_brief(run_dir)  # a code experiment: each hunk's reason, beside the diff
     found = run_causes(plan, cfg.to_dict(), ev, base_ev, changes, diff_text)
@@ -191,7 +192,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                           intervals={"confidence": confidence, "held_out_control": control,
                                      "retrieval": ev.get("retrieval"), "bank_reading": reading},
                           fixed_settings=fixed_settings(cfg.to_dict()), model_config=dict(cfg.model),
-                          notebook=history.trace(lab, exclude=version),
+                          notebook=notebook.trace(lab, exclude=version),
                           lessons=lessons_text(rules_of(cfg.guardrails), lessons.lines(lab, lang)),
                           config_schema=_next_schema(lab), versions=lab.versions(), causes=found,
                           stage=cfg.stage)
@@ -232,7 +233,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     if commit_note:
         record["commit_note"] = commit_note
     write_json(run_dir / ANALYSIS_FILE, record)
-    from lifecycle.history import write_index
+    from lifecycle.knowledge.notebook import write_index
 
     write_index(lab)  # the notebook row of this experiment now has its verdict
     write_text(run_dir / COMMIT_MSG_FILE, render_commit_message(lab, draft, commit_ctx))
@@ -244,7 +245,7 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
 def _plot_replicates(run_dir: Path, version: str, window: int, lang: str) -> None:
     """runs/V/plots/loss.png of a replicated experiment: a curve per replicate (it replaces the
     first replicate's own picture, which its evaluation drew)."""
-    from lifecycle.replicates import seed_of
+    from lifecycle.knowledge.replicates import seed_of
     from minimind.rundir import PLOTS_DIR, replicate_dirs
     from training.plots import plot_replicates
 
@@ -280,7 +281,7 @@ def run_analysis(run_dir: Path, agent: Optional[str] = None) -> tuple[bool, str]
     Any exception counts, not only MinimindError: training's result is on disk and nothing
     the analysis does may turn a trained run into a failed one.
     Returns (ok, message): where the record went, or why the analysis failed."""
-    from lifecycle.record import write_record
+    from lifecycle.document.record import write_record
 
     run_dir = Path(run_dir).resolve()
     try:
@@ -340,7 +341,7 @@ def _diff_symbols(lab: Lab, base: Optional[str], version: str, diff_text: str) -
     if old_path is not None and old_path.exists():
         old_source = old_path.read_text(encoding="utf-8")
     else:
-        from lifecycle import gitops
+        from lifecycle.document import gitops
 
         old_source = gitops.file_at_head(lab.root, "models/model.py") or ""
     return changed_symbols(diff_text, old_source, new_source)
@@ -403,7 +404,7 @@ def _remember(lab: Lab, run_dir: Path, version: str, cfg: dict, plan: dict, ev: 
     was dropped)."""
     import sys
 
-    from lifecycle import lessons, proposal
+    from lifecycle.knowledge import lessons, proposal
 
     backend = getattr(analysis, "backend", None)
     notes: list[str] = []
@@ -445,7 +446,7 @@ def _read_yaml(path: Path) -> Optional[dict]:
 def analyse_when_complete(run_dir: Path, agent: Optional[str] = None) -> tuple[str, str]:
     """Called by each replicate's pipeline after its evaluation: the last one analyses the experiment.
     Returns (`analysed` | `failed` | `waiting` | `done before`, what happened in words)."""
-    from lifecycle.replicates import analyse_lock, complete
+    from lifecycle.knowledge.replicates import analyse_lock, complete
     from minimind.rundir import experiment_dir
 
     exp_dir = experiment_dir(Path(run_dir).resolve())

@@ -1,4 +1,4 @@
-"""Git for the lab through GitPython: init, head/dirty at launch, diffs, committing one experiment.
+"""Git for the lab through GitPython: init, its .gitignore, head/dirty at launch, diffs, committing one experiment.
 
 Author and committer are always passed explicitly (GitPython would otherwise commit as
 root@host on a machine with no identity).
@@ -12,7 +12,9 @@ import re
 from pathlib import Path
 from typing import Iterable, Optional
 
+from minimind.atomic import write_text
 from minimind.errors import GateRefused, MinimindError
+from minimind.lab import Lab
 
 DEFAULT_NAME = "minimind"
 DEFAULT_EMAIL = "minimind@localhost"
@@ -171,3 +173,53 @@ def commit_paths(root: Path, rel_paths: list[str], message: str) -> str:
         detail = (exc.stderr or exc.stdout or str(exc)).strip().splitlines()
         raise MinimindError(f"git commit failed: {detail[-1] if detail else exc}") from None
     return repo.head.commit.hexsha
+
+
+# What every lab keeps out of git: written by `init`, and completed in an older lab by
+# `ensure_gitignore` when a run first needs a newer line.
+GITIGNORE = """\
+# minimind: data builds, checkpoints, logs and caches stay out of git
+data/
+runs/*/checkpoints/
+runs/*/train.log
+runs/*/swanlog/
+runs/*/exit_code*
+runs/*/seeds/*/checkpoints/
+runs/*/seeds/*/train.log
+runs/*/seeds/*/swanlog/
+runs/*/seeds/*/exit_code*
+runs/*/seeds/*/state.json
+runs/*/seeds/*/.state.lock
+runs/*/seeds/*/plots/
+runs/*/seeds/.queue/
+runs/*/.analyse.lock
+runs/*/state.json
+runs/*/.state.lock
+runs/*/.record.sha256
+runs/*/.record.last.md
+runs/.failed/
+runs/*/record.rendered.md
+runs/*/commit_message.md
+runs/*/review.json
+runs/*/agent/
+runs/*/ds_config.json
+runs/.*
+!runs/.gitkeep
+runs/compare_*.png
+swanlog/
+__pycache__/
+*.pyc
+*.pth
+*.pt
+.venv/
+"""
+
+
+def ensure_gitignore(lab: Lab) -> None:
+    """Add to the lab's .gitignore every line of today's that it lacks, keeping its own: a lab
+    made before replicates knew nothing of runs/V/seeds/S/ (their checkpoints, state)."""
+    path = lab.root / ".gitignore"
+    have = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    missing = [line for line in GITIGNORE.splitlines() if line and not line.startswith("#") and line not in have]
+    if missing:
+        write_text(path, "\n".join(have + ["# added by minimind for replicates and newer run files", *missing]) + "\n")

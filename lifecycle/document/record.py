@@ -240,7 +240,7 @@ def selection_view(ev: Optional[dict]) -> Optional[dict[str, Any]]:
 
 def _preflight_view(preflight: dict, lang: str) -> dict:
     """plan.json's preflight section with the checks' text in the record's language."""
-    from lifecycle.checks import localized
+    from lifecycle.knowledge.checks import localized
 
     view = {"checks": [], "forced": False, "reason": None, "compute_note": None, "compute_accepted": False, **preflight}
     view["checks"] = localized(list(view["checks"] or []), lang)
@@ -274,7 +274,7 @@ def _sha(text: str) -> str:
 
 def render_record(lab: Lab, version: str, lang: str, run_dir: Optional[Path] = None, target: Optional[Path] = None) -> str:
     """Render the record text (does not write)."""
-    from lifecycle.render import render
+    from lifecycle.document.render import render
 
     return render(f"record_{lang}.md.j2", record_context(lab, version, run_dir), lab.templates_dir)
 

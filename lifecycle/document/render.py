@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from minimind.errors import MinimindError
 
-PACKAGE_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+PACKAGE_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
 
 
 def shell_quote(value: Any) -> str:

@@ -8,7 +8,7 @@ or `not_applicable` (the preset has no such part, e.g. no memory layer in `origi
 
 A lab adds its own checks in `checks.py` at the lab's root, loaded by path:
 
-    from lifecycle.checks import Check, Result
+    from lifecycle.knowledge.checks import Check, Result
 
     def no_dropout(probe):
         cfg = probe.config
@@ -280,7 +280,7 @@ def frozen_entries(probe: Probe) -> Result:
 
 
 def param_count(probe: Probe) -> Result:
-    from lifecycle.estimate import count_params
+    from lifecycle.knowledge.estimate import count_params
     from models.registry import block_specs
 
     model = probe.build()
@@ -349,7 +349,7 @@ def lab_checks(lab_root: Path) -> list[Check]:
         raise MinimindError(f"{path}: could not load the lab's checks: {type(exc).__name__}: {exc}") from None
     checks = getattr(module, "CHECKS", None)
     if not isinstance(checks, (list, tuple)) or not all(isinstance(c, Check) for c in checks):
-        raise MinimindError(f"{path}: must define CHECKS, a list of lifecycle.checks.Check")
+        raise MinimindError(f"{path}: must define CHECKS, a list of lifecycle.knowledge.checks.Check")
     return list(checks)
 
 

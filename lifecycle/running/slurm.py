@@ -46,15 +46,15 @@ def check_request(lab: Lab, cfg: ExperimentConfig) -> None:
 
 
 def render_sbatch(lab: Lab, cfg: ExperimentConfig, final_run_dir: Path) -> str:
-    from lifecycle.scripts import script_context
-    from lifecycle.render import render
+    from lifecycle.running.scripts import script_context
+    from lifecycle.document.render import render
 
     context = {**script_context(lab, cfg, final_run_dir), "slurm": lab.settings().slurm}
     return render(SBATCH_TEMPLATE, context, lab.templates_dir)
 
 
 def write_sbatch(lab: Lab, cfg: ExperimentConfig, folder: Path, final_run_dir: Path) -> None:
-    from lifecycle.scripts import write_checked_script
+    from lifecycle.running.scripts import write_checked_script
 
     write_checked_script(folder / SBATCH_FILE, render_sbatch(lab, cfg, final_run_dir))
 
@@ -77,7 +77,7 @@ def submit(lab: Lab, run_dir: Path, resume: bool = False, after: Optional[str] =
 
     `after`: a job id this one must wait for (a requeue from inside the job that ends).
     """
-    from lifecycle.slots import QUEUED_AT_ENV
+    from lifecycle.running.slots import QUEUED_AT_ENV
 
     script = run_dir / SBATCH_FILE
     env = dict(os.environ)

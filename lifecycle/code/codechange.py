@@ -2,7 +2,7 @@
 
 The change comes from a human's patch (`new --patch change.diff`) or from the agent's
 implement step (lifecycle/implement.py). Either way:
-1. the candidate passes the code gate (lifecycle/codegate.py) without being imported here;
+1. the candidate passes the code gate (lifecycle/code/codegate.py) without being imported here;
 2. the human sees each hunk with its reason, the touched symbols, the new settings, the
    stage results and the isolation used, and approves the exact bytes: interactively, or
    with `--approve-code SHA` (a prefix of the candidate's sha256). `--yes` accepts the
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from lifecycle import codestatic
-from lifecycle.codegate import CodeChange, GateReport, validate
+from lifecycle.code import codestatic
+from lifecycle.code.codegate import CodeChange, GateReport, validate
 from minimind.atomic import write_json, write_text
 from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.lab import Lab
@@ -149,8 +149,8 @@ def new_fields_of(lab: Lab, candidate_text: str) -> list[str]:
 def committed_checks(lab: Lab) -> Optional[str]:
     """The lab's checks.py as committed (git HEAD), else as on disk; None when it has none.
     The agent never writes this file: it edits only a scratch copy of models/model.py."""
-    from lifecycle import gitops
-    from lifecycle.checks import LAB_CHECKS_FILE
+    from lifecycle.document import gitops
+    from lifecycle.knowledge.checks import LAB_CHECKS_FILE
 
     committed = gitops.file_at_head(lab.root, LAB_CHECKS_FILE)
     if committed is not None:
@@ -218,7 +218,7 @@ def approve(candidate: Candidate, approve_code: Optional[str], confirm: Optional
 
 
 def _who() -> str:
-    from lifecycle import gitops
+    from lifecycle.document import gitops
 
     try:
         actor = gitops.actor()
@@ -317,13 +317,13 @@ def undo(lab: Lab, version: str) -> str:
 def run_with_code_change(lab: Lab, req: Any, create: Callable[..., Any]) -> Any:
     """`new` with a human's patch: gate it, have it approved, install it, then create the
     experiment as usual (`create(lab, req, _code=...)`); the living file is restored if that fails."""
-    from lifecycle.new import _check_existing, _parse_sets, base_config, finished_base
+    from lifecycle.knowledge.bases import base_config, check_existing, finished_base, parse_sets
     from models.registry import model_schema, validate_model
     from minimind.config import apply_sets, resolve_key
     from minimind.versions import parse
 
     parse(req.version)
-    _check_existing(lab, req.version)
+    check_existing(lab, req.version)
     if req.from_proposal:
         raise UsageError("--patch and --from-proposal cannot be combined")
     settings = lab.settings()
@@ -337,7 +337,7 @@ def run_with_code_change(lab: Lab, req: Any, create: Callable[..., Any]) -> Any:
     new_fields = new_fields_of(lab, text)
     # the candidate's own settings parse like the living ones (their types are checked in the child)
     fields = {**{name: {} for name in new_fields}, **living_fields}
-    kept, model_sets = split_sets(_parse_sets(req.sets, fields), living_fields, new_fields)
+    kept, model_sets = split_sets(parse_sets(req.sets, fields), living_fields, new_fields)
     for key, _ in kept:
         resolve_key(key, living_fields)
     start = apply_sets(base_config(lab, settings, base, model_cls), kept, living_fields)
@@ -377,7 +377,7 @@ def implement_step(lab: Lab, req: Any, cfg: Any, plan_record: dict[str, Any], lo
     from agent.base import AgentError
     from agent.calllog import failed_attempt_logs
     from agent.implement import ImplementContext, implement
-    from lifecycle import lessons
+    from lifecycle.knowledge import lessons
     from minimind.config import from_dict
 
     change = CodeChange.from_dict(plan_record["code_change"])

@@ -2,7 +2,7 @@
 editor (the agent's edits, a human's `--patch`) passes it before anyone approves it.
 
 Stages, cheapest first, stopping at the first failure:
-  static (lifecycle/codestatic.py, in this process, reading text and AST only)
+  static (lifecycle/code/codestatic.py, in this process, reading text and AST only)
     scope      non-empty, at most MAX_CHANGED_LINES, every hunk with a reason, only models/model.py
     parse      parses and compiles (the error with its line)
     lint       pyflakes errors that are new against the base
@@ -10,7 +10,7 @@ Stages, cheapest first, stopping at the first failure:
     interface  what the registry, the trainer, evaluation and the checks use is still there
     touched    the changed definitions are among the plan's `touches` (and ModelConfig)
     settings   the new ModelConfig fields are the plan's `new_settings`; none removed
-  child (lifecycle/codegate_child.py, in a process of lifecycle/sandbox.py)
+  child (lifecycle/code/codegate_child.py, in a process of lifecycle/code/sandbox.py)
     load, checks, effect, smoke
 
 No candidate code is imported in this process: the candidate's validated config comes back
@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from agent.codeplan import CodeChange  # noqa: F401 - the plan's declaration, re-exported for the gate's callers
-from lifecycle import codestatic
-from lifecycle.sandbox import ChildRun, Limits, known_secrets, redact, run_child
+from lifecycle.code import codestatic
+from lifecycle.code.sandbox import ChildRun, Limits, known_secrets, redact, run_child
 
-TOOL_ROOT = Path(__file__).resolve().parent.parent  # the package whose checks the child runs
+TOOL_ROOT = Path(__file__).resolve().parents[2]  # the package whose checks the child runs
 CHILD_STAGES = ("load", "checks", "effect", "smoke")
 
 
@@ -148,7 +148,7 @@ def run_checks_in_child(base: str, candidate: str, base_model: dict[str, Any], m
                    "base_config": base_model, "model_sets": model_sets, "changes_default": changes_default,
                    "smoke_steps": smoke_steps, "result": "result.json"}
         (work / "request.json").write_text(json.dumps(request, default=str), encoding="utf-8")
-        run = run_child(["-m", "lifecycle.codegate_child", str(work / "request.json")], work, limits,
+        run = run_child(["-m", "lifecycle.code.codegate_child", str(work / "request.json")], work, limits,
                         pythonpath=str(TOOL_ROOT), secrets=secrets)
         try:
             result = json.loads((work / "result.json").read_text(encoding="utf-8"))

@@ -27,9 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+from lifecycle.knowledge.replicates import one_device_queue, replicated
 from minimind.config import ExperimentConfig
 from minimind.errors import UsageError
 from minimind.lab import Lab
+from minimind.rundir import experiment_dir
 
 SLOTS_DIR = ".slots"     # under runs/ unless launch.slot_dir says otherwise
 QUEUE_DIR = "queue"
@@ -196,3 +198,13 @@ def acquire(folder: Path, ids: list[int], n: int, version: str, stopped: Callabl
     finally:
         (queue / mine).unlink(missing_ok=True)
         ticket.close()
+
+
+def private_queue(cfg: ExperimentConfig, run_dir: Path) -> Optional[Path]:
+    """The one-slot queue that makes an experiment's replicates train one after another on a
+    machine without GPU slots; None where slots (or Slurm) already decide, or for a lone run."""
+    if cfg.launch.backend != "local" or not replicated(run_dir):
+        return None
+    if slot_ids(cfg) is not None:
+        return None
+    return one_device_queue(experiment_dir(Path(run_dir)))

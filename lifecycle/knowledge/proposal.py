@@ -11,7 +11,7 @@ presets) gets more candidates; a collapsing train loss a halved learning rate; a
 change, or one that moved a guardrail into danger, is tried at half the step; an
 under-trained run, a supported and an inconclusive one train longer; a refuted run with
 no numeric change to step back from is repeated with another seed. `fallback_reason`
-says why the model's was not used. `seeds` (lifecycle/proposal.py `proposed_seeds`): the
+says why the model's was not used. `seeds` (lifecycle/knowledge/proposal.py `proposed_seeds`): the
 replicates of this experiment when it had several, 3 after an inconclusive single run in a lab
 that measured its noise floor; absent for one.
 
@@ -19,7 +19,7 @@ A numeric value respects its setting as `new` validates it: the half step is the
 value nearest the midpoint, strictly between the two (a perfect square for
 knowledge_num, a width its heads divide), ranges are clamped, and floats carry no binary
 noise (0.3, not 0.30000000000000004). A proposal that still does not validate is
-dropped by the analysis with its reason in the record (lifecycle/analyse.py); it never
+dropped by the analysis with its reason in the record (lifecycle/running/analyse.py); it never
 fails the analysis. Its estimated cost is the compute estimate of the config it would
 produce. Its sentences follow the record's language (en/zh). `minimind new V2
 --from-proposal V` starts from it; the human's flags win.
@@ -252,7 +252,7 @@ def build(lab, version: str, cfg: dict, verdict: str, dangers: list[str], change
     base); it is used when the config it yields validates, else the rules propose and the
     proposal says why (`fallback_reason`). Raises MinimindError when the rules' own proposal
     does not validate: the caller drops it (an optional product never fails the analysis)."""
-    from lifecycle import estimate
+    from lifecycle.knowledge import estimate
     from models.registry import LIVING
 
     validator = _Validator(lab)
@@ -288,7 +288,7 @@ def build(lab, version: str, cfg: dict, verdict: str, dangers: list[str], change
            "sets": [f"{k}={_yaml(v)}" for k, v in sets], "why": why, "proposed_by": by,
            "estimate": {"train_flops": est["train_flops"], "ratio_to_base": ratio,
                         "lines": estimate.summary_lines(est, lang)}}
-    from lifecycle.replicates import lab_floors
+    from lifecycle.knowledge.replicates import lab_floors
     from minimind.rundir import replicate_dirs
 
     seeds = proposed_seeds(len(replicate_dirs(lab.run_dir(version))), verdict, bool(lab_floors(lab)))

@@ -1,7 +1,7 @@
-"""The child side of the code gate: `python -m lifecycle.codegate_child request.json`.
+"""The child side of the code gate: `python -m lifecycle.code.codegate_child request.json`.
 
-Runs in a process started by lifecycle/sandbox.py, the only place where candidate model
-code is imported. The checks come from this package (lifecycle/checks.py) and the lab's
+Runs in a process started by lifecycle/code/sandbox.py, the only place where candidate model
+code is imported. The checks come from this package (lifecycle/knowledge/checks.py) and the lab's
 `checks.py` as committed (copied beside the request by the parent), never from anything
 the candidate wrote. The stages, each stopping the rest when it fails:
   load     import the candidate; its ModelConfig builds the plan's settings
@@ -44,7 +44,7 @@ def _exception(exc: BaseException) -> str:
 
 
 def _tiny(module, config: dict[str, Any]) -> dict[str, Any]:
-    from lifecycle.checks import tiny_config
+    from lifecycle.knowledge.checks import tiny_config
 
     return tiny_config(module, config)
 
@@ -142,8 +142,8 @@ def param_count_of_change(base, req: dict[str, Any]):
     """The parameter-count check for a candidate: the count the config implies (the compute
     estimate's formula) plus the parameters the change adds, each named; anything else is the
     check's own failure."""
-    from lifecycle.checks import Result, param_count
-    from lifecycle.estimate import count_params
+    from lifecycle.knowledge.checks import Result, param_count
+    from lifecycle.knowledge.estimate import count_params
     from models.registry import block_specs
 
     def run(probe) -> Result:
@@ -165,7 +165,7 @@ def param_count_of_change(base, req: dict[str, Any]):
 
 
 def stage_checks(base, cand, req: dict[str, Any], here: Path) -> dict[str, Any]:
-    from lifecycle.checks import run_all
+    from lifecycle.knowledge.checks import run_all
 
     results = run_all(cand, req["plan_config"], here if req.get("lab_checks") else None,
                       replace={"param_count": param_count_of_change(base, req)})
