@@ -11,10 +11,11 @@ from __future__ import annotations
 import difflib
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from agent import backends
 from lifecycle.knowledge.bases import base_config, check_existing, finished_base, parse_sets
@@ -94,6 +95,40 @@ def _from_proposal(lab: Lab, req: NewRequest) -> NewRequest:
                                seeds=req.seeds if req.seeds is not None else p.get("seeds"))
 
 
+@dataclass
+class Inputs:
+    """What validation resolved for one `new`: what the plan and the preflight are asked with."""
+    req: NewRequest
+    settings: LabSettings
+    base: Optional[str]
+    start: dict[str, Any]               # the base's config (and the SFT start), before any change
+    sets: list[tuple[str, Any]]         # the human's --set items, parsed
+    model_cls: Any                      # the living models/model.py ModelConfig
+    model_fields: dict[str, dict]
+    backend: str                        # the agent backend asked for
+    lang: str
+    human_config: dict[str, Any]        # `start` with the human's --set applied, model validated
+
+
+@dataclass
+class Preflight:
+    """The checks and the compute estimate of one resolved config."""
+    checks: list[dict[str, Any]]
+    record: dict[str, Any]              # what plan.json keeps, in the record's language
+    estimate: dict[str, Any]            # plan.json's estimate, with its lines in the record's language
+    lines: list[str]                    # the checks, for the CLI
+    estimate_lines: list[str]           # the estimate and the compute note, for the CLI
+
+
+@dataclass
+class Plan:
+    """The agent's plan applied: the config that runs, plan.json, and the model diff it was made against."""
+    cfg: ExperimentConfig
+    record: dict[str, Any]
+    diff: str
+    head: dict[str, Any]                # git HEAD when planned: commit and dirty
+
+
 def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult:
     if req.reject_code is not None:  # refused before the plan: nothing is asked that cannot be used
         from lifecycle.code.codechange import check_rejection
@@ -104,6 +139,20 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
         from lifecycle.code.codechange import run_with_code_change
 
         return run_with_code_change(lab, req, create_experiment)
+    inputs = _validate(lab, req)
+    # Before the agent is asked anything: can the human's config run at all, and does the code pass the lessons?
+    preflight = _preflight(lab, inputs, inputs.human_config, _code)
+    with StagedRun(lab, inputs.req.version) as staged:
+        plan, preflight, notes, _code = _assemble(lab, inputs, preflight, staged, _code)
+    messages = _report(inputs, plan, preflight, notes)
+    if not inputs.req.launch:
+        messages.append(f"State: drafted. Launch with: minimind resume {req.version}")
+        return NewResult(req.version, "drafted", messages)
+    return _launch(lab, inputs, messages)
+
+
+def _validate(lab: Lab, req: NewRequest) -> Inputs:
+    """Every check that can fail on bad input, before anything is written; the resolved inputs."""
     parse(req.version)
     if req.force and not (req.reason or "").strip():
         raise UsageError("--force needs --reason: say why launching over a failed check is right here "
@@ -145,10 +194,9 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
         resolve_key(key, model_fields)
     start = {"stage": req.stage, **({"init": init} if init else {}),
              **base_config(lab, settings, base, model_cls)}
-    apply_sets(start, sets, model_fields)  # types and ranges of the human's values
+    human_config = apply_sets(start, sets, model_fields)  # types and ranges of the human's values
     requested = backends.check_name(req.agent or settings.agent.backend, "--agent" if req.agent else
                                     f"{lab.settings_path.name}: agent.backend")
-    lang = req.lang or settings.agent.lang
     missing = backends.unavailable(requested)
     if missing:
         raise MinimindError(missing)
@@ -156,128 +204,159 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
     living = lab.models_dir / "model.py"
     if snapshot.exists() and snapshot.read_bytes() != living.read_bytes():
         raise GateRefused(f"{snapshot.relative_to(lab.root)} exists and differs from models/model.py (a snapshot is never edited)")
-    # Before the agent is asked anything: can the human's config run at all, and does the code pass the lessons?
-    human_config = apply_sets(start, sets, model_fields)
     human_config["model"] = validate_model(model_cls, human_config["model"])
-    preflight = _preflight(lab, settings, req, human_config, model_cls, lang, _code)
+    return Inputs(req=req, settings=settings, base=base, start=start, sets=sets, model_cls=model_cls,
+                  model_fields=model_fields, backend=requested, lang=req.lang or settings.agent.lang,
+                  human_config=human_config)
 
-    lock = lab.runs_dir / f".{req.version}.lock"
-    lab.runs_dir.mkdir(parents=True, exist_ok=True)
-    # From the lock to the notebook, SIGTERM and SIGHUP raise (SIGINT already does), so the
-    # `except` below removes what this call wrote: a killed `new` leaves no half experiment.
-    # Each path is listed in `created` before it is written, so a kill mid-write is undone too.
-    signals = raising_signals()
-    created: list[Path] = []
-    undo = Undo()
-    restore_living = None  # puts back models/model.py when an approved code change was installed and new fails
-    staging = lab.runs_dir / f".staging-{req.version}-{os.getpid()}"
-    ours = False  # the lock is this call's (never remove another `new`'s)
-    try:
-        with signals_held():  # a signal between the create and `ours` would leave the lock behind
-            try:
-                os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                raise MinimindError(f"another 'minimind new {req.version}' is in progress") from None
-            ours = True
-        undo.keep(lab.experiment_dir / "INDEX.md", lab.experiment_dir / "LESSONS.md")
-        check_existing(lab, req.version)  # re-check under the lock
-        staging.mkdir()
-        from lifecycle.knowledge import lessons
 
-        seeded = lessons.ensure(lab)  # a lab made before lessons files existed gets the seed
-        if seeded is not None:
-            created.append(seeded)
-        cfg, plan_record = _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging,
-                                 preflight["checks"])
-        if plan_record.get("code_change") and _code is None:  # the agent's code change: implemented, gated, approved
-            from lifecycle.code.codechange import implement_step
+class StagedRun:
+    """The lock, the staging folder and the rollback of one `new`.
 
-            _code, cfg, restore_living = implement_step(lab, req, cfg, plan_record, staging / AGENT_DIR, settings.agent)
-            plan_record["config_hash"] = config_hash(cfg)
-            plan_record["_diff"], plan_record["diff_against"] = model_diff(lab, base)
-            plan_record["model_changed"] = True
-        if cfg.model != human_config["model"]:  # the agent changed the model: its config is what runs
-            preflight = _preflight(lab, settings, req, cfg.to_dict(), model_cls, lang, _code)
-        if cfg.stage == "sft":  # the base's weights must load strictly into what this experiment builds
-            from training.sft import check_init_fits
+    `runs/.V.lock` (O_EXCL) makes two `new` of one version unable to both succeed; the run
+    directory is assembled in a staging folder and renamed into place. From the lock on,
+    SIGTERM and SIGHUP raise (SIGINT already does), so a killed `new` is undone like a failed
+    one: the staging folder, every path `created` lists (each listed before it is written,
+    so a kill mid-write is undone too), the notebook and lessons as they were, and the
+    living model file when an approved code change was installed (`restore_living`)."""
 
-            check_init_fits(lab, cfg)
-        plan_record.update(preflight=preflight["record"], estimate=preflight["estimate"])
-        from lifecycle.running.launch import upgrade_legacy_template
+    def __init__(self, lab: Lab, version: str):
+        self.lab, self.version = lab, version
+        self.lock = lab.runs_dir / f".{version}.lock"
+        self.staging = lab.runs_dir / f".staging-{version}-{os.getpid()}"
+        self.created: list[Path] = []
+        self.restore_living: Optional[Callable[[], None]] = None
+        self._undo = Undo()
+        self._ours = False  # the lock is this call's (never remove another `new`'s)
 
-        notes = upgrade_legacy_template(lab)
-        notes += _stage_files(lab, cfg, plan_record, staging)
-        if _code is not None:
-            from lifecycle.code.codechange import write_files
+    def __enter__(self) -> "StagedRun":
+        self.lab.runs_dir.mkdir(parents=True, exist_ok=True)
+        self._signals = raising_signals()
+        try:
+            with signals_held():  # a signal between the create and `_ours` would leave the lock behind
+                try:
+                    os.close(os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    raise MinimindError(f"another 'minimind new {self.version}' is in progress") from None
+                self._ours = True
+            self._undo.keep(self.lab.experiment_dir / "INDEX.md", self.lab.experiment_dir / "LESSONS.md")
+            check_existing(self.lab, self.version)  # re-check under the lock
+            self.staging.mkdir()
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
 
-            write_files(staging, *_code)
-        if req.launch:
-            # a code change's new settings are the candidate's, not the living class's: the living
-            # fields are enough to tell whether the model reads a bank
-            known = {k: v for k, v in cfg.model.items() if k in model_cls.fields_schema()}
-            _require_data(lab, cfg, model_cls.from_dict(known).has_memory)
-            from lifecycle.running.launch import check_launch
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        with signals_held():  # done, or a second kill waits until the undo is done
+            if exc_type is not None:
+                if self.restore_living is not None:
+                    self.restore_living()
+                _keep_call_log(self.lab, self.version, self.staging)
+                shutil.rmtree(self.staging, ignore_errors=True)
+                for path in reversed(self.created):
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+                self._undo.rollback()
+            if self._ours:
+                self.lock.unlink(missing_ok=True)
+                self._ours = False
+            self._signals.restore()
+        return False
 
-            check_launch(lab, cfg)
-        from models.registry import snapshot as take_snapshot
 
-        if not snapshot.exists():
-            created.append(snapshot)
-        path, sha = take_snapshot(lab.models_dir, req.version)
-        update_state(staging, snapshot={"module": cfg.model_module, "sha256": sha})
-        final = lab.run_dir(req.version)
-        created.append(final)  # absent before (checked under the lock)
-        os.rename(staging, final)
-        if req.seeds > 1:  # the other replicates: runs/V/seeds/<seed>, removed with `final` on failure
-            from lifecycle.running.launch import create_replicates
+def _assemble(lab: Lab, inputs: Inputs, preflight: Preflight, staged: StagedRun, code: Any):
+    """Plan, implement a code change, render and snapshot in the staging folder, then rename it
+    into runs/V with its replicates, record and notebook row; (plan, preflight, notes, code)."""
+    from lifecycle.knowledge import lessons
 
-            create_replicates(lab, req.version, req.seeds)
-        from lifecycle.document.record import write_record
+    req = inputs.req
+    seeded = lessons.ensure(lab)  # a lab made before lessons files existed gets the seed
+    if seeded is not None:
+        staged.created.append(seeded)
+    plan = _plan(lab, inputs, staged.staging, preflight.checks)
+    cfg = plan.cfg
+    if plan.record.get("code_change") and code is None:  # the agent's code change: implemented, gated, approved
+        from lifecycle.code.codechange import implement_step
 
-        created.append(lab.record_path(req.version))
-        write_record(lab, req.version, lang)
-        from lifecycle.knowledge.notebook import write_index
+        code, cfg, staged.restore_living = implement_step(lab, req, cfg, plan.record, staged.staging / AGENT_DIR,
+                                                          inputs.settings.agent)
+        plan.cfg = cfg
+        plan.record["config_hash"] = config_hash(cfg)
+        plan.diff, plan.record["diff_against"] = model_diff(lab, inputs.base)
+        plan.record["model_changed"] = True
+    if cfg.model != inputs.human_config["model"]:  # the agent changed the model: its config is what runs
+        preflight = _preflight(lab, inputs, cfg.to_dict(), code)
+    if cfg.stage == "sft":  # the base's weights must load strictly into what this experiment builds
+        from training.sft import check_init_fits
 
-        write_index(lab)
-        with signals_held():  # done: a signal from here on finds the experiment whole
-            lock.unlink(missing_ok=True)
-            ours = False
-            signals.restore()
-    except BaseException:
-        with signals_held():  # a second kill waits until the undo is done
-            if restore_living is not None:
-                restore_living()
-            _keep_call_log(lab, req.version, staging)
-            shutil.rmtree(staging, ignore_errors=True)
-            for path in reversed(created):
-                if path.is_dir():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
-            undo.rollback()
-            if ours:
-                lock.unlink(missing_ok=True)
-            signals.restore()
-        raise
+        check_init_fits(lab, cfg)
+    plan.record.update(preflight=preflight.record, estimate=preflight.estimate)
+    from lifecycle.running.launch import upgrade_legacy_template
 
-    messages = [f"Created experiment {req.version} (base {base or 'none'}, agent {plan_record['backend']})",
+    notes = upgrade_legacy_template(lab)
+    notes += _stage_files(lab, plan, staged.staging)
+    if code is not None:
+        from lifecycle.code.codechange import write_files
+
+        write_files(staged.staging, *code)
+    if req.launch:
+        # a code change's new settings are the candidate's, not the living class's: the living
+        # fields are enough to tell whether the model reads a bank
+        known = {k: v for k, v in cfg.model.items() if k in inputs.model_cls.fields_schema()}
+        _require_data(lab, cfg, inputs.model_cls.from_dict(known).has_memory)
+        from lifecycle.running.launch import check_launch
+
+        check_launch(lab, cfg)
+    from models.registry import snapshot as take_snapshot
+
+    snapshot = lab.snapshot_path(req.version)
+    if not snapshot.exists():
+        staged.created.append(snapshot)
+    path, sha = take_snapshot(lab.models_dir, req.version)
+    update_state(staged.staging, snapshot={"module": cfg.model_module, "sha256": sha})
+    final = lab.run_dir(req.version)
+    staged.created.append(final)  # absent before (checked under the lock)
+    os.rename(staged.staging, final)
+    if req.seeds > 1:  # the other replicates: runs/V/seeds/<seed>, removed with `final` on failure
+        from lifecycle.running.launch import create_replicates
+
+        create_replicates(lab, req.version, req.seeds)
+    from lifecycle.document.record import write_record
+
+    staged.created.append(lab.record_path(req.version))
+    write_record(lab, req.version, inputs.lang)
+    from lifecycle.knowledge.notebook import write_index
+
+    write_index(lab)
+    return plan, preflight, notes, code
+
+
+def _report(inputs: Inputs, plan: Plan, preflight: Preflight, notes: list[str]) -> list[str]:
+    """What `new` tells the human about the experiment it created."""
+    req, cfg = inputs.req, plan.cfg
+    messages = [f"Created experiment {req.version} (base {inputs.base or 'none'}, agent {plan.record['backend']})",
                 f"  record:   experiment/experiment_{req.version}.md",
                 f"  config:   runs/{req.version}/config.yaml",
                 f"  snapshot: models/{cfg.model_module}.py",
                 *([f"  stage:    sft, from experiment {cfg.init.version}'s {cfg.init.checkpoint} "
                    f"(step {cfg.init.step}, sha256 {cfg.init.sha256[:12]})"] if cfg.init else []),
-                "Preflight checks (tiny model, CPU):", *preflight["lines"],
-                "Compute estimate:", *(f"  {line}" for line in preflight["estimate_lines"])]
-    if plan_record.get("note"):
-        messages.append(f"  note: {plan_record['note']}")
-    messages += notes
-    if not req.launch:
-        messages.append(f"State: drafted. Launch with: minimind resume {req.version}")
-        return NewResult(req.version, "drafted", messages)
-    from lifecycle.code.codechange import verify_at_launch
-    from lifecycle.running.launch import launched_message, start_detached
-    from lifecycle.document.record import write_record
+                "Preflight checks (tiny model, CPU):", *preflight.lines,
+                "Compute estimate:", *(f"  {line}" for line in preflight.estimate_lines)]
+    if plan.record.get("note"):
+        messages.append(f"  note: {plan.record['note']}")
+    return messages + notes
 
+
+def _launch(lab: Lab, inputs: Inputs, messages: list[str]) -> NewResult:
+    """Start the experiment's run (or its replicates, each a run) detached; the result `new` returns."""
+    from lifecycle.code.codechange import verify_at_launch
+    from lifecycle.document.record import write_record
+    from lifecycle.running.launch import launched_message, start_detached
+
+    req = inputs.req
     verify_at_launch(lab, req.version)
     if req.seeds > 1:
         from lifecycle.running.launch import launch_replicates
@@ -285,7 +364,7 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
 
         runs = replicate_dirs(lab.run_dir(req.version))
         infos = launch_replicates(lab, runs)
-        write_record(lab, req.version, lang)
+        write_record(lab, req.version, inputs.lang)
         messages.append(f"Replicates: {len(runs)} (seeds {', '.join(str(s) for s in _seeds(runs))}), "
                         "analysed and committed as one experiment")
         messages += [f"  {run_label(r)}: " + launched_message(i, run_label(r)).split(". Follow")[0]
@@ -294,7 +373,7 @@ def create_experiment(lab: Lab, req: NewRequest, _code: Any = None) -> NewResult
         return NewResult(req.version, "queued" if all(i.state == "queued" for i in infos) else infos[0].state,
                          messages)
     info = start_detached(lab, lab.run_dir(req.version))
-    write_record(lab, req.version, lang)
+    write_record(lab, req.version, inputs.lang)
     messages.append(launched_message(info, req.version))
     return NewResult(req.version, info.state, messages)
 
@@ -305,16 +384,16 @@ def _seeds(runs: list[Path]) -> list[Optional[int]]:
     return [seed_of(r) for r in runs]
 
 
-def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, model_cls,
-               lang: str = "en", code: Any = None) -> dict[str, Any]:
+def _preflight(lab: Lab, inputs: Inputs, config: dict, code: Any = None) -> Preflight:
     """The compute estimate and the checks of a resolved config; refuses what cannot or may not launch.
     What the record keeps is in the record's language (`lang`); what the CLI prints is English."""
     from lifecycle import check
     from lifecycle.knowledge import estimate
     from models.registry import load_module
 
+    req, settings, lang = inputs.req, inputs.settings, inputs.lang
     resolved = from_dict({"version": req.version, "base": None, "model_module": "model", **config}, where="resolved config")
-    _refuse_unrunnable(lab, req, resolved, model_cls)
+    _refuse_unrunnable(lab, req, resolved, inputs.model_cls)
     cfg = resolved.to_dict()
     est = estimate.estimate(lab, cfg)
     estimate.refuse_if_cannot_run(lab, cfg, est)
@@ -322,7 +401,7 @@ def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, m
     problem = estimate.check_positions(load_module(lab.models_dir, "model"), cfg["model"])
     if problem:
         raise GateRefused(f"this config cannot run: {problem}")
-    base = req.base or finished_base(lab, req.version)
+    base = inputs.base
     compute_note = estimate.gate(lab, cfg, est, base, settings.preflight.compute_factor, req.yes, req.launch)
     record_note = (estimate.gate(lab, cfg, est, base, settings.preflight.compute_factor, req.yes, req.launch, lang)
                    if compute_note and lang != "en" else compute_note)
@@ -338,10 +417,10 @@ def _preflight(lab: Lab, settings: LabSettings, req: NewRequest, config: dict, m
     record = {"checks": results, "forced": bool(refused and req.force),
               "reason": req.reason if refused and req.force else None,
               "compute_note": record_note, "compute_accepted": bool(compute_note and req.yes)}
-    return {"checks": results, "record": record, "estimate": {**est, "lines": estimate.summary_lines(est, lang)},
-            "lines": check.lines(results), "estimate_lines": estimate.summary_lines(est)
-            + ([f"note: {compute_note}" + (" (accepted with --yes)" if req.yes else " (drafted, not launched)")]
-               if compute_note else [])}
+    return Preflight(checks=results, record=record, estimate={**est, "lines": estimate.summary_lines(est, lang)},
+                     lines=check.lines(results), estimate_lines=estimate.summary_lines(est)
+                     + ([f"note: {compute_note}" + (" (accepted with --yes)" if req.yes else " (drafted, not launched)")]
+                        if compute_note else []))
 
 
 def _keep_call_log(lab: Lab, version: str, staging: Path) -> None:
@@ -365,8 +444,8 @@ def _keep_call_log(lab: Lab, version: str, staging: Path) -> None:
         pass  # keeping the log must never hide the error that failed the attempt
 
 
-def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, requested, lang, staging, checks=()):
-    """Ask the agent, apply its changes then the human's, validate; returns (config, plan record)."""
+def _plan(lab: Lab, inputs: Inputs, staging: Path, checks: list[dict[str, Any]]) -> Plan:
+    """Ask the agent, apply its changes then the human's, validate."""
     from agent.base import PlanContext, lessons_text
     from agent.prose import notes_line
     from lifecycle.knowledge import notebook
@@ -375,6 +454,8 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
     from minimind.rundir import read_json
     from models.registry import memory_presets
 
+    req, settings, base, start, sets, lang = inputs.req, inputs.settings, inputs.base, inputs.start, inputs.sets, inputs.lang
+    model_cls, model_fields, requested = inputs.model_cls, inputs.model_fields, inputs.backend
     schema = agent_schema(model_fields)
     diff_text, against = model_diff(lab, base)
     base_record = ""
@@ -385,7 +466,7 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
                        f"verdict: {analysis.get('verdict_info', {}).get('verdict', 'not analysed')}\n"
                        f"conclusion: {analysis.get('conclusion', '')}")
     # The rules this run will have: the lab's, with any the human set for it.
-    guardrails = {k: v for k, v in apply_sets(start, sets, model_fields)["guardrails"].items() if isinstance(v, dict)}
+    guardrails = {k: v for k, v in inputs.human_config["guardrails"].items() if isinstance(v, dict)}
     from lifecycle.knowledge.replicates import lab_floors
     from minimind.rundir import replicate_dirs
 
@@ -453,7 +534,7 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
         plan_record.update(code_change=plan.code_change, code_sets=code_sets)
         changes += [{"key": k, "base": None, "new": v, "why": plan.rationale.get(k, "a new setting of the code change")}
                     for k, v in sorted(code_sets.items())]
-    return cfg, {**plan_record, "_diff": diff_text, "_head": head}
+    return Plan(cfg=cfg, record=plan_record, diff=diff_text, head=head)
 
 
 def _dropped_note(line: str, lang: str) -> str:
@@ -471,14 +552,14 @@ def _resolvable(key: str, model_fields: dict) -> bool:
         return False
 
 
-def _stage_files(lab: Lab, cfg: ExperimentConfig, plan_record: dict, staging: Path) -> list[str]:
+def _stage_files(lab: Lab, plan: Plan, staging: Path) -> list[str]:
     """The run's files in the staging folder; returns what the launch files tell the user."""
     from lifecycle.running.launch import write_launch_files, write_run_script
 
-    diff_text, head = plan_record.pop("_diff"), plan_record.pop("_head")
+    cfg, plan_record, head = plan.cfg, plan.record, plan.head
     write_text(staging / CONFIG_FILE, dump_config(cfg))
     write_json(staging / PLAN_FILE, plan_record)
-    write_text(staging / DIFF_FILE, diff_text)
+    write_text(staging / DIFF_FILE, plan.diff)
     write_run_script(lab, cfg, staging, lab.run_dir(cfg.version))
     notes = write_launch_files(lab, cfg, staging, lab.run_dir(cfg.version))
     (staging / AGENT_DIR).mkdir(exist_ok=True)

@@ -11,8 +11,10 @@ A failure of the agent here never fails a trained run: `run_analysis` records
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -119,18 +121,51 @@ def fixed_settings(cfg_dict: dict) -> dict[str, Any]:
     return {k: v for k, v in flat.items() if v is not None}
 
 
+@dataclass
+class Facts:
+    """Everything the analysis decides from, computed by code before the agent is asked anything."""
+    lab: Lab
+    run_dir: Path
+    cfg: Any                         # the run's ExperimentConfig
+    plan: dict[str, Any]
+    ev: dict[str, Any]
+    lang: str
+    rows: list[dict[str, Any]]       # the comparison with the base (minimind.verdict)
+    verdict: str
+    reason: str
+    control: Any                     # the held-out control
+    reading: Any                     # the bank reading
+    floors: dict[str, Any]           # the lab's measured seed-to-seed noise
+    seeds: Optional[dict[str, Any]]  # the replicates' summary, None for a lone run
+    changes: list[tuple[str, Any, Any]]
+    summary: dict[str, Any]          # the training metrics, summarised
+    diff_text: str
+    causes: list[dict]
+    context: Any                     # the agent's AnalysisContext
+    backend: str                     # the agent backend asked for
+    prior: list[Path]                # earlier failed attempts' call logs (their spend counts)
+    ended_at: Optional[float]        # when training ended, as state.json said before the analysis
+
+
 def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
-    """Fill the record's result sections and draft the commit message (PRODUCT.md section 1, step 5).
+    """Fill the record's result sections and draft the commit message (PRODUCT.md section 1, step 5):
+    the facts (code), the agent's prose and commit draft, then the files.
 
     Returns where the record went (the record, or the render beside a human-edited one)."""
-    from agent import backends
-    from agent.base import AnalysisContext, CommitContext
-    from agent.calllog import failed_attempt_logs
-    from lifecycle.document.draft import experiment_files, render_commit_message
-    from lifecycle.document.record import metrics_summary, write_record
-    from minimind.verdict import VERDICT_ZH, bank_reading, compare_rows, decide, held_out_control, result_lines
+    facts = _facts(Path(run_dir).resolve(), agent)
+    record, draft, commit_ctx = _ask_agent(facts)
+    return _write(facts, record, draft, commit_ctx)
 
-    run_dir = Path(run_dir).resolve()
+
+def _facts(run_dir: Path, agent: Optional[str]) -> Facts:
+    """The verdict, the comparison and the agent's context, all from the run directory and the base's."""
+    from agent.base import AnalysisContext, lessons_text
+    from agent.calllog import failed_attempt_logs
+    from lifecycle.document.record import code_change_brief, metrics_summary
+    from lifecycle.knowledge import lessons, notebook, replicates
+    from minimind.verdict import bank_reading, compare_rows, decide, held_out_control
+    from models.registry import memory_presets
+
     lab = Lab.of_run(run_dir)
     settings = lab.settings()
     cfg = load_config(run_dir / CONFIG_FILE)
@@ -143,43 +178,28 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
     base_cfg = _read_yaml(lab.run_dir(cfg.base) / CONFIG_FILE) if cfg.base else None
     state = read_state(run_dir)
     confidence = cfg.eval.confidence
+    lang = plan.get("lang", "en")
     # Each side is every evaluated replicate (one run for an unreplicated experiment); the lab's
     # measured seed-to-seed floor stands in for a side's missing replicates (minimind/noise.py).
-    from lifecycle.knowledge import replicates
-
     seeds = None
     if replicates.replicated(run_dir):
         seeds = replicates.write_summary(run_dir)
-        _plot_replicates(run_dir, version, cfg.guardrails.smoothing_window, plan.get("lang", "en"))
+        _plot_replicates(run_dir, version, cfg.guardrails.smoothing_window, lang)
     new_side = replicates.side(run_dir) or ev
     base_side = replicates.side(lab.run_dir(cfg.base)) if cfg.base else None
     floors = replicates.lab_floors(lab)
     rows = compare_rows(new_side, base_side, confidence, cfg.eval.min_effect, floors)
-    lang = plan.get("lang", "en")
     control = held_out_control(ev, base_ev, confidence, lang)
     reading = bank_reading(ev, confidence, lang)
     levels = {n: g.get("level") for n, g in (ev.get("guardrails") or {}).items()}
     verdict, reason = decide(plan.get("hypothesis", ""), plan.get("expect"), new_side, base_side, levels, confidence,
                              cfg.eval.min_effect, lang, floors, cfg.base)
     changes = real_changes(base_cfg, cfg.to_dict(), plan)
-    requested = agent or plan.get("agent_requested", settings.agent.backend)
-    log_dir = run_dir / AGENT_DIR
-    from agent.base import lessons_text
-    from lifecycle.knowledge import notebook
-    from lifecycle.knowledge import lessons
-    from models.registry import memory_presets
-
-    prior = failed_attempt_logs(lab.runs_dir, version)
     metric_rows = read_metrics(run_dir / METRICS_FILE)
     summary = metrics_summary(metric_rows, cfg.guardrails.smoothing_window)
     diff_text = (run_dir / DIFF_FILE).read_text(encoding="utf-8") if (run_dir / DIFF_FILE).exists() else ""
-    bounded_diff = formats.bounded_diff(diff_text)
     samples = [{k: s.get(k) for k in ("prompt", "reference", "generated", "repetition")}
                for s in (ev.get("samples") or [])[:SAMPLES]]
-    plan_view = {k: plan.get(k) for k in ("thinking", "expected", "risks", "changes")}
-    from lifecycle.document.record import code_change_brief
-
-    code_change = code_change_brief(run_dir)  # a code experiment: each hunk's reason, beside the diff
     found = run_causes(plan, cfg.to_dict(), ev, base_ev, changes, diff_text)
     ctx = AnalysisContext(version=version, base=cfg.base, goal=plan.get("goal", ""), hypothesis=plan.get("hypothesis", ""),
                           expect=plan.get("expect"), state=state.train_outcome or state.state,
@@ -187,8 +207,10 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                           eval=_eval_view(ev), base_eval=_eval_view(base_ev) if base_ev else None, comparison=rows,
                           verdict=verdict, verdict_reason=reason, guardrails=rules_of(cfg.guardrails),
                           memory_presets=memory_presets(lab.models_dir, cfg.model_module), lang=lang,
-                          plan=plan_view, model_diff=bounded_diff, code_change=code_change, curves=curves(metric_rows),
-                          guardrail_history=guardrail_history(metric_rows), samples=samples,
+                          plan={k: plan.get(k) for k in ("thinking", "expected", "risks", "changes")},
+                          model_diff=formats.bounded_diff(diff_text),
+                          code_change=code_change_brief(run_dir),  # a code experiment: each hunk's reason, beside the diff
+                          curves=curves(metric_rows), guardrail_history=guardrail_history(metric_rows), samples=samples,
                           intervals={"confidence": confidence, "held_out_control": control,
                                      "retrieval": ev.get("retrieval"), "bank_reading": reading},
                           fixed_settings=fixed_settings(cfg.to_dict()), model_config=dict(cfg.model),
@@ -196,50 +218,73 @@ def analyse(run_dir: Path, agent: Optional[str] = None) -> Path:
                           lessons=lessons_text(rules_of(cfg.guardrails), lessons.lines(lab, lang)),
                           config_schema=_next_schema(lab), versions=lab.versions(), causes=found,
                           stage=cfg.stage)
-    analysis, note = backends.call(requested, settings.agent, log_dir, "analyse", ctx, prior)
+    return Facts(lab=lab, run_dir=run_dir, cfg=cfg, plan=plan, ev=ev, lang=lang, rows=rows, verdict=verdict,
+                 reason=reason, control=control, reading=reading, floors=floors, seeds=seeds, changes=changes,
+                 summary=summary, diff_text=diff_text, causes=found, context=ctx,
+                 backend=agent or plan.get("agent_requested", settings.agent.backend),
+                 prior=failed_attempt_logs(lab.runs_dir, version), ended_at=state.ended_at)
+
+
+def _ask_agent(facts: Facts):
+    """The agent's two calls: the analysis prose, then the commit draft; (analysis.json's record,
+    the draft, the commit context)."""
+    from agent import backends
+    from agent.base import CommitContext
+    from lifecycle.document.draft import experiment_files
+    from minimind.verdict import VERDICT_ZH, result_lines
+
+    lab, ctx, version, lang = facts.lab, facts.context, facts.cfg.version, facts.lang
+    agent_settings, log_dir = lab.settings().agent, facts.run_dir / AGENT_DIR
+    analysis, note = backends.call(facts.backend, agent_settings, log_dir, "analyse", ctx, facts.prior)
     record = {
         "training_results": analysis.training_results, "inference_evaluation": analysis.inference_evaluation,
         "deep_analysis": analysis.deep_analysis, "conclusion": analysis.conclusion,
         "next_steps": list(analysis.next_steps), "backend": analysis.backend, "note": note,
         "notes": list(analysis.notes),
-        "verdict_info": {"verdict": verdict, "reason": reason, "verdict_zh": VERDICT_ZH[verdict],
-                         "confidence": confidence},
-        "noise": {"floors": {m: f.to_dict() for m, f in floors.items()}, "seeds": seeds},
-        "comparison": rows,
-        "held_out_control": control,
-        "bank_reading": reading,
+        "verdict_info": {"verdict": facts.verdict, "reason": facts.reason, "verdict_zh": VERDICT_ZH[facts.verdict],
+                         "confidence": facts.cfg.eval.confidence},
+        "noise": {"floors": {m: f.to_dict() for m, f in facts.floors.items()}, "seeds": facts.seeds},
+        "comparison": facts.rows,
+        "held_out_control": facts.control,
+        "bank_reading": facts.reading,
     }
     # Fields issue-level extensions add to Analysis (e.g. a structured proposal) are kept as they come.
-    import dataclasses
-
     for fld in dataclasses.fields(analysis):
         record.setdefault(fld.name, getattr(analysis, fld.name))
-    record["notes"] += _remember(lab, run_dir, version, cfg.to_dict(), plan, ev, verdict, reason, changes, analysis,
-                                 lang, found)
-
-    files = experiment_files(lab, version)
-    lines = result_lines(rows, ev.get("guardrails") or {}, verdict, reason, control=control, lang=lang,
-                         reading=reading)
-    commit_ctx = CommitContext(version=version, goal=ctx.goal, hypothesis=ctx.hypothesis, verdict=verdict,
-                               verdict_reason=reason, files=files, config_changes=changes, result_lines=lines,
-                               next_steps=list(analysis.next_steps), model_changed=bool(diff_text.strip()), lang=lang,
-                               model_diff=bounded_diff, plan=plan_view,
-                               changed_symbols=_diff_symbols(lab, cfg.base, version, diff_text), code_change=code_change,
-                               facts={"comparison": rows, "eval": ctx.eval, "base_eval": ctx.base_eval,
-                                      "metrics": summary, "held_out_control": control,
-                                      "bank_reading": reading, "causes": found})
-    draft, commit_note = backends.call(requested, settings.agent, log_dir, "draft_commit", commit_ctx, prior)
+    record["notes"] += _remember(lab, facts.run_dir, version, facts.cfg.to_dict(), facts.plan, facts.ev, facts.verdict,
+                                 facts.reason, facts.changes, analysis, lang, facts.causes)
+    lines = result_lines(facts.rows, facts.ev.get("guardrails") or {}, facts.verdict, facts.reason,
+                         control=facts.control, lang=lang, reading=facts.reading)
+    commit_ctx = CommitContext(version=version, goal=ctx.goal, hypothesis=ctx.hypothesis, verdict=facts.verdict,
+                               verdict_reason=facts.reason, files=experiment_files(lab, version),
+                               config_changes=facts.changes, result_lines=lines,
+                               next_steps=list(analysis.next_steps), model_changed=bool(facts.diff_text.strip()),
+                               lang=lang, model_diff=ctx.model_diff, plan=ctx.plan,
+                               changed_symbols=_diff_symbols(lab, facts.cfg.base, version, facts.diff_text),
+                               code_change=ctx.code_change,
+                               facts={"comparison": facts.rows, "eval": ctx.eval, "base_eval": ctx.base_eval,
+                                      "metrics": facts.summary, "held_out_control": facts.control,
+                                      "bank_reading": facts.reading, "causes": facts.causes})
+    draft, commit_note = backends.call(facts.backend, agent_settings, log_dir, "draft_commit", commit_ctx, facts.prior)
     record["commit_notes"] = list(draft.notes)
     if commit_note:
         record["commit_note"] = commit_note
-    write_json(run_dir / ANALYSIS_FILE, record)
+    return record, draft, commit_ctx
+
+
+def _write(facts: Facts, record: dict[str, Any], draft: Any, commit_ctx: Any) -> Path:
+    """analysis.json, the notebook row, the commit message and the record; the run marked analysed."""
+    from lifecycle.document.draft import render_commit_message
+    from lifecycle.document.record import write_record
     from lifecycle.knowledge.notebook import write_index
 
+    run_dir, lab = facts.run_dir, facts.lab
+    write_json(run_dir / ANALYSIS_FILE, record)
     write_index(lab)  # the notebook row of this experiment now has its verdict
     write_text(run_dir / COMMIT_MSG_FILE, render_commit_message(lab, draft, commit_ctx))
     update_state(run_dir, analysed=True, analysis_failed=False, analysis_error=None, phase="done",
-                 ended_at=state.ended_at or time.time())
-    return write_record(lab, version, lang)
+                 ended_at=facts.ended_at or time.time())
+    return write_record(lab, facts.cfg.version, facts.lang)
 
 
 def _plot_replicates(run_dir: Path, version: str, window: int, lang: str) -> None:
