@@ -209,19 +209,11 @@ class AgentError(Exception):
     """A backend could not produce a valid answer (after retries / one repair round)."""
 
 
-def lessons_text(guardrails: dict[str, dict], lessons: Optional[list[str]] = None) -> str:
-    """The lab's lessons (from experiment/LESSONS.md when given), with the guardrail thresholds of this lab's settings."""
+def lessons_text(guardrails: dict[str, dict], lessons: list[str]) -> str:
+    """The lab's lessons (experiment/LESSONS.md, lifecycle/knowledge/lessons.py), with the guardrail
+    thresholds of this lab's settings: what happened in the lab is its lessons file's, never this module's."""
     from minimind.guardrails import MEANINGS, danger_text, rule_from
 
     signs = ", ".join(f"{MEANINGS.get(name, name)} {danger_text(name, rule_from(spec))}"
                       for name, spec in guardrails.items())
-    thresholds = f"- This lab's guardrail thresholds (minimind.yaml): {signs}.\n"
-    if lessons is not None:
-        return "".join(f"- {line}\n" for line in lessons) + thresholds
-    return (
-        "- The memory query must be the RMS-normed attention output h_attn, never x + h_attn or x:\n"
-        "  experiment 1.4.3 used x + h_attn, memory selection froze onto a few entries, train loss\n"
-        "  reached 0.006 while inference loss was 29.34 (a 4890x gap) and generation was pure repetition.\n"
-        f"- Catastrophic overfitting shows as: {signs}. Guardrails watch all of them.\n"
-        "- Query specificity matters more than fusion complexity.\n"
-    )
+    return "".join(f"- {line}\n" for line in lessons) + f"- This lab's guardrail thresholds (minimind.yaml): {signs}.\n"

@@ -109,7 +109,7 @@ def plan_context(**overrides) -> PlanContext:
         base_record_summary="1.4.8: memory preset, finished, inference loss 3.1",
         base_eval={"val_loss": 3.0, "samples": [{"prompt": "p" * 1000, "generated": "g"}] * 10},
         model_diff="+x = 1\n" * 5000, config_schema=SCHEMA,
-        guardrails={"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}}, lessons=lessons_text({"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}}),
+        guardrails={"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}}, lessons=lessons_text({"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}}, []),
         memory_presets=("memory", "hybrid"),
     )
     values.update(overrides)

@@ -133,13 +133,13 @@ def test_lessons_state_every_threshold_of_the_lab():
     from agent.base import lessons_text
 
     lab_rules = rules.rules_of(rules.GuardrailsConfig(train_loss=rules.rule_from(LAB_RULE)))
-    lessons = lessons_text(lab_rules)
+    lessons = lessons_text(lab_rules, [])
     for phrase in ("smoothed train loss below 0.2", "inference/train loss ratio above 10",
                    "repetition rate (seq-rep-4) above 80%", "memory selection entropy below 2 nats"):
         assert phrase in lessons, lessons
     assert_states_only_the_lab_threshold(lessons, "lessons_text")
     # and they follow the rules they are given, not a fixed text
-    assert "smoothed train loss below 0.1" in lessons_text(rules.rules_of(rules.GuardrailsConfig()))
+    assert "smoothed train loss below 0.1" in lessons_text(rules.rules_of(rules.GuardrailsConfig()), [])
 
 
 def _analysis_context(lab, state: str, stop_reason):

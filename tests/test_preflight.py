@@ -138,3 +138,17 @@ def test_check_command_and_the_lab_own_checks(lab):
     result = invoke(lab, *NEW, "--no-launch")
     assert result.exit_code == 3 and "small_bank" in result.output
     assert tree(lab.root) == before
+
+
+def test_a_checks_evidence_is_the_labs_lessons_file(lab):
+    """What happened when a lesson was learnt lives in experiment/LESSONS.md: the refusal cites
+    the lab's own evidence for the check, as the lab wrote it."""
+    _edit_lab_model(lab, MEMORY_READS_H)
+    lessons = lab.experiment_dir / "LESSONS.md"
+    text = lessons.read_text(encoding="utf-8")
+    evidence = [line for line in text.splitlines() if line.startswith("- **Evidence:**") and "x + h_attn" in line][0]
+    lessons.write_text(text.replace(evidence, "- **Evidence:** experiment 2.0.1 read x and its inference loss was 41.5."))
+    result = invoke(lab, *NEW)
+    assert result.exit_code == 3, result.output
+    assert "experiment 2.0.1 read x and its inference loss was 41.5. (experiment/LESSONS.md)" in result.output
+    assert "1.4.3" not in result.output

@@ -229,9 +229,9 @@ def memory_query(probe: Probe) -> Result:
             verdicts.append((parent, "h_attn"))
         elif torch.allclose(mem, x + attn, atol=1e-5):
             return Result.failed(f"{parent}: the memory layer's input is x + h_attn (the block input plus the attention "
-                                 "output), the architecture that froze memory selection in 1.4.3",
+                                 "output), the architecture the lab's lesson on query specificity forbids",
                                  f"{parent}:记忆层的输入是 x + h_attn(block 输入加注意力输出),"
-                                 "正是 1.4.3 中使记忆选择冻结的架构")
+                                 "正是实验室经验“查询机制特异性原则”所禁止的架构")
         elif torch.allclose(mem, x, atol=1e-6):
             return Result.failed(f"{parent}: the memory layer's input is the block input x, not the attention output",
                                  f"{parent}:记忆层的输入是 block 输入 x,而不是注意力输出")
@@ -324,12 +324,12 @@ CHECKS = [
           "训练路径等于推理路径:完整前向与逐 token 的 KV 缓存解码一致;用自回归方式评估。",
           "实验室指南:定期进行自回归推理评估,训练-推理损失差异"),
     Check("memory_query", "The memory query is the attention output h_attn, never x + h_attn or x.",
-          "experiment 1.4.3: x + h_attn gave train loss 0.006 and inference loss 29.34 (" + GUIDE + ")", memory_query,
+          "the lab's lesson on query specificity (experiment/LESSONS.md; " + GUIDE + ")", memory_query,
           "记忆查询是注意力输出 h_attn,绝不是 x + h_attn 或 x。",
-          "实验 1.4.3:x + h_attn 使训练损失为 0.006、推理损失为 29.34(实验室指南,架构设计防护规则)"),
+          "实验室经验:查询机制特异性原则(experiment/LESSONS.md;实验室指南,架构设计防护规则)"),
     Check("frozen_entries", "Frozen memory entries never change under an EMA update.",
-          "experiment 1.4.7: freeze_ratio=0.2 protects real facts from EMA drift", frozen_entries,
-          "冻结的记忆条目在 EMA 更新中永不改变。", "实验 1.4.7:freeze_ratio=0.2 保护真实知识不受 EMA 漂移影响"),
+          "the lab's lesson on frozen entries (experiment/LESSONS.md)", frozen_entries,
+          "冻结的记忆条目在 EMA 更新中永不改变。", "实验室经验:冻结条目受保护(experiment/LESSONS.md)"),
     Check("param_count", "The parameter count and the bank shape match the config.",
           "minimind: the compute estimate and the record's sizes are computed from the config", param_count,
           "参数量和记忆库形状与配置一致。", "minimind:计算量估计和记录中的规模均由配置算出"),
@@ -353,6 +353,15 @@ def lab_checks(lab_root: Path) -> list[Check]:
     return list(checks)
 
 
+def lesson_evidence(lab_root: Path) -> dict[str, str]:
+    """{check id: the Evidence line of the lab's lesson that this check enforces} from experiment/LESSONS.md."""
+    from lifecycle.knowledge import lessons
+    from minimind.lab import Lab
+
+    found = lessons.load(Lab(Path(lab_root)))
+    return {entry["Check"]: entry["Evidence"] for entry in found if entry.get("Evidence") and entry.get("Check")}
+
+
 def run_all(module, full_config: dict[str, Any], lab_root: Optional[Path] = None,
             replace: Optional[dict[str, Callable[[Probe], Result]]] = None) -> list[dict[str, Any]]:
     """Every check on the module's model at the tiny size: [{id, lesson, source, status, detail}].
@@ -366,6 +375,7 @@ def run_all(module, full_config: dict[str, Any], lab_root: Optional[Path] = None
     if duplicate:
         raise MinimindError(f"check id(s) defined twice: {', '.join(duplicate)}")
     probe = Probe(module, tiny_config(module, full_config), full_config)
+    evidence = lesson_evidence(lab_root) if lab_root else {}
     results = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is fastest and keeps results deterministic
@@ -379,7 +389,9 @@ def run_all(module, full_config: dict[str, Any], lab_root: Optional[Path] = None
             if not isinstance(result, Result):
                 result = Result.could_not(f"the check returned {type(result).__name__}, not a Result",
                                           f"检查返回了 {type(result).__name__},而不是 Result")
-            row = {"id": check.id, "lesson": check.lesson, "source": check.source,
+            # The lab's history (what happened when the lesson was learnt) is its lessons file's, not this module's.
+            source = f"{evidence[check.id]} (experiment/LESSONS.md)" if check.id in evidence else check.source
+            row = {"id": check.id, "lesson": check.lesson, "source": source,
                    "status": result.status, "detail": result.detail}
             zh = {k: v for k, v in (("lesson", check.lesson_zh), ("source", check.source_zh),
                                     ("detail", result.detail_zh)) if v}

@@ -103,12 +103,11 @@ def load(lab) -> list[dict[str, str]]:
     return parse(path.read_text(encoding="utf-8")) if path.exists() else []
 
 
-def lines(lab, lang: str = "en") -> Optional[list[str]]:
-    """The lessons as the agent is told them (None when the lab has no lessons file)."""
-    if not path_of(lab).exists():
-        return None
+def lines(lab, lang: str = "en") -> list[str]:
+    """The lessons as the agent is told them; a lab without a lessons file yet (made before they
+    existed, or analysed before its next `new` seeds one) is told the seed's."""
     out = []
-    for entry in load(lab):
+    for entry in load(lab) if path_of(lab).exists() else parse(SEED):
         text = entry.get("经验") if lang == "zh" and entry.get("经验") else entry.get("Lesson") or entry.get("经验")
         extra = [f"evidence: {entry['Evidence']}"] if entry.get("Evidence") else []
         check = entry.get("Check", "")
