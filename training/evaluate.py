@@ -508,8 +508,7 @@ def _measure(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model, data: dic
         "per_item": per_item,
         **sft,
     }
-    values = {name: result[name] for name in rules.NAMES}
-    guards = rules.evaluate(values, cfg.guardrails)
+    guards = rules.check_final(result, cfg.guardrails)
     if result["memory_candidate_entropy"] is not None:  # shown beside the guardrail, never judged
         guards["memory_entropy"]["candidate_entropy"] = result["memory_candidate_entropy"]
     result["guardrails"] = rules.levels_only(guards)
