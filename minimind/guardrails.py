@@ -1,10 +1,11 @@
 """Guardrail rules (PRODUCT.md section 6) as pure functions: no torch, no files.
 
 The trainer calls `check_train` at every log step and `check_eval` at every periodic
-evaluation; the evaluator and `status` use `evaluate` for all four. The agent only
-explains these results, it never computes or changes them. The guardrails' names are
-the rule fields of `GuardrailsConfig` (the lab's settings), and every threshold anyone
-shows or writes is read from those settings, never restated.
+evaluation; the evaluator calls `check_final` for all of them. Where each one's value comes
+from is `SOURCES`, read by all three. The agent only explains these results, it never
+computes or changes them. The guardrails' names are the rule fields of `GuardrailsConfig`
+(the lab's settings), and every threshold anyone shows or writes is read from those
+settings, never restated.
 
 The memory-entropy guardrail reads the selection diversity of the worst memory layer: the
 entropy of the entries that windows of 64 consecutive positions chose (models/model.py
@@ -31,7 +32,32 @@ SAFE, WATCH, DANGER, UNAVAILABLE = "safe", "watch", "danger", "n/a"
 NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(GuardrailsConfig)
                                if f.default_factory is not dataclasses.MISSING
                                and isinstance(f.default_factory(), GuardrailRule))
-EVAL_GUARDRAILS = ("train_inference_ratio", "repetition_rate")  # need an evaluation to measure
+# Where each guardrail's value comes from. "train:KEY": the trainer's log rows (metrics.jsonl),
+# judged at every log step. "eval:KEY": an evaluation's result, eval.json's KEY (the trainer's
+# periodic eval rows hold it under training/measures.py PERIODIC_KEYS). The trainer judges a
+# guardrail by its train source when it has one, else by its eval source at every periodic
+# evaluation; the final evaluation judges every guardrail by its eval source, n/a without one.
+SOURCES: dict[str, tuple[str, ...]] = {
+    "train_loss": ("train:loss_ce", "eval:train_loss"),
+    "train_inference_ratio": ("eval:train_inference_ratio",),
+    "repetition_rate": ("eval:repetition_rate",),
+    "memory_entropy": ("train:memory/selection_entropy", "eval:memory_entropy"),
+}
+# Train keys judged by their mean over the last smoothing_window rows (the loss is noisy step
+# to step), each with the key rows of older versions hold it under; other keys: the last row's.
+SMOOTHED = {"loss_ce": "loss"}
+
+
+def source(name: str, kind: str) -> Optional[str]:
+    """The key of guardrail `name`'s `kind` ("train" or "eval") source in SOURCES, or None."""
+    for entry in SOURCES[name]:
+        prefix, _, key = entry.partition(":")
+        if prefix == kind:
+            return key
+    return None
+
+
+EVAL_GUARDRAILS = tuple(n for n in NAMES if source(n, "train") is None)  # need an evaluation to measure
 LIGHTS = {SAFE: "🟢", WATCH: "🟡", DANGER: "🔴"}
 # What each guardrail measures, for prose (the numbers come from the settings).
 MEANINGS = {
@@ -113,33 +139,49 @@ def candidate_entropy_of(row: Mapping[str, Any], prefix: str = "memory/") -> Opt
     return None
 
 
+def _train_value(metrics_history: list[Mapping[str, Any]], key: str, cfg: GuardrailsConfig) -> Optional[float]:
+    if key not in SMOOTHED:
+        return _last(metrics_history, key)
+    older = SMOOTHED[key]
+    values = [row.get(key, row.get(older)) for row in metrics_history if "step" in row
+              and (key in row or older in row)]
+    return smoothed_train_loss(values, cfg.smoothing_window)
+
+
 def check_train(metrics_history: list[Mapping[str, Any]], cfg: GuardrailsConfig) -> dict[str, dict[str, Any]]:
-    """Train-loss (smoothed CE) and memory-entropy guardrails from the logged rows so far.
+    """The guardrails with a train source (SOURCES) from the logged rows so far.
 
     Rows are metrics.jsonl objects; train rows carry `loss_ce` (or `loss`), memory
-    models also `memory/selection_entropy` (the guardrail's measure) and
+    models also `memory/selection_entropy` (the memory-entropy guardrail's measure) and
     `memory/candidate_entropy` (shown beside it). Eval rows (no `loss_ce`) are ignored
     for smoothing.
     """
-    losses = [row.get("loss_ce", row.get("loss")) for row in metrics_history if "step" in row
-              and ("loss_ce" in row or "loss" in row)]
-    values = {
-        "train_loss": smoothed_train_loss(losses, cfg.smoothing_window),
-        "memory_entropy": _last(metrics_history, "memory/selection_entropy"),
-    }
+    values = {name: _train_value(metrics_history, key, cfg) for name in NAMES
+              if (key := source(name, "train")) is not None}
     results = evaluate(values, cfg)
     for row in reversed(metrics_history):
         candidate = candidate_entropy_of(row)
-        if candidate is not None:
+        if candidate is not None and "memory_entropy" in results:
             results["memory_entropy"]["candidate_entropy"] = candidate
             break
     return results
 
 
+def eval_values(eval_summary: Mapping[str, Any], names: Optional[Iterable[str]] = None) -> dict[str, Optional[float]]:
+    """{name: value} of the guardrails `names` (all of them by default) by their eval sources
+    (SOURCES) in an evaluation summary (eval.json keys); None without an eval source or its key."""
+    return {name: eval_summary.get(key) if (key := source(name, "eval")) is not None else None
+            for name in (NAMES if names is None else names)}
+
+
 def check_eval(eval_summary: Mapping[str, Any], cfg: GuardrailsConfig) -> dict[str, dict[str, Any]]:
-    """Ratio and repetition guardrails from an evaluation summary (eval.json keys)."""
-    values = {name: eval_summary.get(name) for name in EVAL_GUARDRAILS}
-    return evaluate(values, cfg)
+    """The guardrails only an evaluation measures (EVAL_GUARDRAILS) from an evaluation summary."""
+    return evaluate(eval_values(eval_summary, EVAL_GUARDRAILS), cfg)
+
+
+def check_final(eval_summary: Mapping[str, Any], cfg: GuardrailsConfig) -> dict[str, dict[str, Any]]:
+    """Every guardrail judged from a final evaluation's summary (eval.json keys)."""
+    return evaluate(eval_values(eval_summary), cfg)
 
 
 def describe(name: str, result: Mapping[str, Any]) -> str:

@@ -14,7 +14,8 @@ research idea, the details last:
 4. The baseline parts, as in MiniMind2 and under its parameter names so that a MiniMind2
    `pretrain_512.pth` loads strictly: RMSNorm, rotary embeddings, grouped-query attention
    with a KV cache, SwiGLU feed-forward, mixture of experts.
-5. The kernels, each stated with the exact torch reference it must equal.
+5. The kernels, each stated with the exact torch reference it must equal, and the EMA
+   store: the fixed-shape bookkeeping of the query sums between two EMA updates.
 6. The config validation machinery.
 
 Shapes in comments: B batch, T new tokens, S keys (cache + new), H heads, D head dim,
@@ -228,14 +229,9 @@ class MemoryLayer(nn.Module):
         # selection diversity of the window: sums of per-window entropy and distinct share, and
         # the number of windows (see SELECTION_WINDOW)
         self.selection_sums = torch.zeros(3, dtype=torch.float64)
-        # EMA store: per selected entry, the sum and count of the query inputs that picked it
-        # first; `capacity` slots (free: id knowledge_num, sums 0, count 0) and one last
-        # slot that takes what does not fit (reset by every update of the store).
-        self.capacity = min(EMA_MAX_PENDING, config.knowledge_num)
-        self.free_id = config.knowledge_num
-        self.ema_ids = torch.full((self.capacity + 1,), self.free_id, dtype=torch.long)
-        self.ema_sums = torch.zeros(self.capacity + 1, config.dim)
-        self.ema_counts = torch.zeros(self.capacity + 1, dtype=torch.long)
+        # the query inputs that selected each entry since the last EMA update (EmaStore)
+        self.capacity = min(EMA_MAX_PENDING, config.knowledge_num)  # training/ddp.py reads it
+        self.ema = EmaStore(config.knowledge_num, config.dim, self.capacity)
         self.capture = None  # a list while inspect_memory() records selections
         self._table, self._table_key = None, None
         self.weight_updates = 0  # the model's count of weight updates (MiniMindLM.weights_updated): the cache key
@@ -332,125 +328,39 @@ class MemoryLayer(nn.Module):
         self.entropy_sum.add_(entropy.double().sum())
         self.token_count.add_(entries.shape[0])
         self.usage.index_add_(0, entries.flatten(), torch.ones(entries.numel(), dtype=self.usage.dtype, device=entries.device))
-        self.record_selection(entries[:, 0], real)
-        if self.training:  # the token's best entry is the one it "selected"
-            best = entries[:, 0]
-            self.remember(best, x.detach().float(), torch.ones_like(best))
+        best = entries[:, 0]  # the token's best entry is the one it "selected"
+        windows = selection_window_sums(best, real)
+        if windows is not None:
+            self.selection_sums.add_(windows)
+        if self.training:
+            self.ema.add(best, x.detach().float(), torch.ones_like(best))
 
-    @torch.no_grad()
-    def record_selection(self, chosen, real):
-        """Add the selection diversity of every full window of SELECTION_WINDOW real positions.
-
-        chosen (N,) is each token's best entry, real (B, T) which positions hold tokens. In a
-        window of W positions where position t's entry was chosen c_t times, the entropy of the
-        chosen entries is ln W - mean_t ln c_t and the share of distinct entries sum_t (1/c_t) / W:
-        O(N * W) work, never O(knowledge_num), and nothing read back to the host. Short
-        sequences (T < W: cached decoding, prompts) and windows with padding add nothing.
-        """
-        W = SELECTION_WINDOW
-        B, T = real.shape
-        n = T // W
-        if not n:
-            return
-        chosen = chosen.view(B, T)[:, :n * W].reshape(B * n, W)  # (B*n, W)
-        full = real[:, :n * W].reshape(B * n, W).all(-1)  # (B*n,) windows without padding
-        count = (chosen[:, :, None] == chosen[:, None, :]).sum(-1).double()  # (B*n, W): c_t; float64 so one entry reads 0
-        entropy = math.log(W) - count.log().mean(-1)  # (B*n,) nats
-        distinct = count.reciprocal().sum(-1) / W  # (B*n,) in (0, 1]
-        window = torch.stack([entropy, distinct, torch.ones_like(entropy)])  # (3, B*n)
-        self.selection_sums.add_((window * full).sum(-1))
-
-    _STORE = ("entropy_sum", "token_count", "selection_sums", "ema_ids", "ema_sums", "ema_counts")
+    _WINDOW = ("entropy_sum", "token_count", "selection_sums")
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
-        device = self.query.weight.device  # the store follows the module's device, never its dtype
-        for name in self._STORE:
+        device = self.query.weight.device  # the window and the store follow the module's device, never its dtype
+        for name in self._WINDOW:
             setattr(self, name, getattr(self, name).to(device))
+        self.ema.to(device)
         return self
 
-    @torch.no_grad()
-    def remember(self, ids, sums, counts):
-        """Add (entry ids (n,), query-input sums (n, dim), counts (n,)) to the EMA store, in place.
-
-        Each entry's sum continues in row order, so the store holds exactly the sums a single
-        index_add over all rows since the last update would give. When more than `capacity`
-        entries are pending, the most selected (by count) keep their slots: a memory bound,
-        not a goal. Fixed shapes throughout (no unique(), no nonzero()): under torch.compile
-        one graph serves every micro-batch of a shape, and nothing waits for the host.
-        """
-        K, free = self.capacity, self.free_id
-        held = self.ema_ids[:K]
-        every = torch.cat([held, ids])  # (M,) M = K + n: the store's slots, then the new rows
-        order = every.argsort(stable=True)
-        ordered = every[order]
-        starts = torch.ones_like(ordered, dtype=torch.bool)
-        starts[1:] = ordered[1:] != ordered[:-1]
-        segment_sorted = starts.cumsum(0) - 1  # one segment per distinct id, in id order (free last)
-        segment = torch.empty_like(segment_sorted).scatter_(0, order, segment_sorted)  # (M,) of each row
-        seg_count = torch.zeros_like(every).index_add_(0, segment, torch.cat([self.ema_counts[:K], counts.long()]))
-        seg_id = torch.full_like(every, free).scatter_(0, segment_sorted, ordered)
-        # the K most selected segments stay or enter (among equal counts, topk's order decides)
-        keep = torch.zeros_like(every, dtype=torch.bool).scatter_(0, seg_count.topk(K).indices, True) & (seg_count > 0)
-        M = every.shape[0]
-        held_segment = segment[:K]
-        stays = keep[held_segment] & (held != free)  # (K,) slots whose entry is kept
-        slot_of = torch.full((M + 1,), K, dtype=torch.long, device=every.device)  # K: the overflow slot
-        slot_of.scatter_(0, torch.where(stays, held_segment, M), torch.arange(K, device=every.device))
-        slot_of = slot_of[:M]
-        entering = keep & (slot_of == K)  # kept entries without a slot yet
-        freed = ~stays
-        # the i-th entering entry (in id order) takes the i-th freed slot
-        freed_rank = torch.where(freed, freed.cumsum(0) - 1, K)
-        slot_by_rank = torch.full((K + 1,), K, dtype=torch.long, device=every.device).scatter_(
-            0, freed_rank, torch.arange(K, device=every.device))
-        slot_of = torch.where(entering, slot_by_rank[(entering.cumsum(0) - 1).clamp(0, K)], slot_of)
-        self.ema_sums[:K].masked_fill_(freed[:, None], 0.0)
-        self.ema_counts[:K].masked_fill_(freed, 0)
-        self.ema_ids[:K].masked_fill_(freed, free)
-        self.ema_ids.scatter_(0, torch.where(entering, slot_of, K), seg_id)
-        new_slot = slot_of[segment[K:]]  # (n,)
-        self.ema_sums.index_add_(0, new_slot, sums.to(self.ema_sums.dtype))
-        self.ema_counts.index_add_(0, new_slot, counts.long())
-        self.ema_ids[K] = free
-        self.ema_sums[K].zero_()
-        self.ema_counts[K].zero_()
-
     def take_pending(self):
-        """(entry ids (U,) ascending, query-input sums (U, dim), counts (U,)) since the last EMA
-        update, or None; empties the store. Reads one number from the device (U)."""
-        taken = self._held(int((self.ema_ids[:self.capacity] != self.free_id).sum()))
-        self._clear()
-        return taken
+        """The EMA store's rows since the last update, or None; empties it (EmaStore.take)."""
+        return self.ema.take()
 
-    def _held(self, used: int):
-        if not used:
-            return None
-        rows = self.ema_ids[:self.capacity].argsort()[:used]  # free slots sort last
-        return self.ema_ids[rows], self.ema_sums[rows], self.ema_counts[rows]
-
-    def _clear(self):
-        self.ema_ids.fill_(self.free_id)
-        self.ema_sums.zero_()
-        self.ema_counts.zero_()
-
+    # Compatibility: until minimind f738959 (labs such as tests/fixtures/lab_dc717c6) the
+    # EMA store was this list attribute, and their checkpoints save it as `memory_pending`;
+    # training/checkpoint.py and training/ddp.py read and assign it on every model file.
     @property
     def pending(self) -> list:
-        """The EMA store as the list of (entry ids, sums, counts) this attribute once was:
-        checkpoints save it (`memory_pending`), tools and older code read and assign it."""
-        held = self._held(int((self.ema_ids[:self.capacity] != self.free_id).sum()))
+        """The EMA store as the list of (entry ids, sums, counts) this attribute once was."""
+        held = self.ema.held(int(self.ema.used()))
         return [] if held is None else [held]
 
     @pending.setter
     def pending(self, parts) -> None:
-        """Replace the store by parts of (entry ids, sums, counts), raw rows or merged ones,
-        as older checkpoints and `pending` give them; merged in the order given."""
-        self._clear()
-        parts = [part for part in parts if len(part[0])]
-        if parts:
-            device = self.ema_ids.device
-            ids, sums, counts = (torch.cat([p[i].to(device) for p in parts]) for i in range(3))
-            self.remember(ids.long(), sums.float(), counts.long())
+        self.ema.replace(parts)
 
     def stats(self, reset: bool) -> dict:
         """Window statistics; O(knowledge_num), so only at report time."""
@@ -675,23 +585,17 @@ class MiniMindLM(nn.Module):
         if not self.config.has_memory or step % self.config.ema_update_freq:
             return {}
         layers = [layer for _, layer in self.memory_layers()]
-        held = torch.stack([(layer.ema_ids[:layer.capacity] != layer.free_id).sum() for layer in layers]).tolist()
-        pending = [p for layer, used in zip(layers, held) if (p := layer._held(used)) is not None]
+        held = torch.stack([layer.ema.used() for layer in layers]).tolist()
+        pending = [p for layer, used in zip(layers, held) if (p := layer.ema.held(used)) is not None]
         for layer in layers:
-            layer._clear()
+            layer.ema.clear()
         updated, changed = 0, torch.zeros((), dtype=torch.long, device=self.memory_bank.device)
         if pending:
             ids, sums, _ = (torch.cat(parts) for parts in zip(*pending))  # layers share the bank
             # distinct ids in ascending order and their summed rows, in row order (as unique() would)
-            order = ids.argsort(stable=True)
-            ordered = ids[order]
-            starts = torch.ones_like(ordered, dtype=torch.bool)
-            starts[1:] = ordered[1:] != ordered[:-1]
-            segment_sorted = starts.cumsum(0) - 1
-            segment = torch.empty_like(segment_sorted).scatter_(0, order, segment_sorted)
-            unique = torch.zeros_like(ids).scatter_(0, segment_sorted, ordered)
+            segment, unique, groups = group_equal(ids, fill=0)
             sums = torch.zeros_like(sums).index_add_(0, segment, sums)
-            distinct = torch.arange(len(ids), device=ids.device) < starts.sum()
+            distinct = torch.arange(len(ids), device=ids.device) < groups
             keep = distinct & ~self.memory_frozen[unique]  # frozen entries never change
             rows = (~keep).to(torch.uint8).argsort(stable=True)  # the kept ones first, in id order
             updated = int(keep.sum())
@@ -998,6 +902,139 @@ def exact_fp32_matmul():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+def group_equal(ids, fill: int):
+    """Equal ids grouped without unique() or nonzero(): fixed shapes, nothing read by the host.
+
+    Reference: `unique, segment = ids.unique(return_inverse=True)`. Returns (segment (M,):
+    each row's group, groups numbered in ascending id order; group_ids (M,): the id of
+    group g at place g, `fill` after the last group; groups: their number, a 0-dim tensor).
+    """
+    order = ids.argsort(stable=True)
+    ordered = ids[order]
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    segment_sorted = starts.cumsum(0) - 1  # (M,) in sorted order: the group of each row
+    segment = torch.empty_like(segment_sorted).scatter_(0, order, segment_sorted)
+    return segment, torch.full_like(ids, fill).scatter_(0, segment_sorted, ordered), starts.sum()
+
+
+def selection_window_sums(chosen, real, W: int = SELECTION_WINDOW):
+    """(entropy sum, distinct-share sum, windows) over every full window of W real positions,
+    a (3,) float64 tensor, or None when no sequence is W long (cached decoding, prompts).
+
+    chosen (N,) is each token's best entry, real (B, T) which positions hold tokens. In a
+    window of W positions where position t's entry was chosen c_t times, the entropy of the
+    chosen entries is ln W - mean_t ln c_t and the share of distinct entries sum_t (1/c_t) / W:
+    O(N * W) work, never O(knowledge_num), and nothing read back to the host. Windows with
+    padding add nothing.
+    """
+    B, T = real.shape
+    n = T // W
+    if not n:
+        return None
+    chosen = chosen.view(B, T)[:, :n * W].reshape(B * n, W)  # (B*n, W)
+    full = real[:, :n * W].reshape(B * n, W).all(-1)  # (B*n,) windows without padding
+    count = (chosen[:, :, None] == chosen[:, None, :]).sum(-1).double()  # (B*n, W): c_t; float64 so one entry reads 0
+    entropy = math.log(W) - count.log().mean(-1)  # (B*n,) nats
+    distinct = count.reciprocal().sum(-1) / W  # (B*n,) in (0, 1]
+    window = torch.stack([entropy, distinct, torch.ones_like(entropy)])  # (3, B*n)
+    return (window * full).sum(-1)
+
+
+class EmaStore:
+    """Per selected entry, the sum and count of the query inputs that picked it first, since
+    the last EMA update: what MiniMindLM.after_optimizer_step moves the entries toward.
+
+    Fixed shapes throughout (no unique(), no nonzero()): under torch.compile one graph
+    serves every micro-batch of a shape, and nothing waits for the host. `capacity` slots
+    (free: id `free_id`, sums 0, count 0) and one last slot that takes what does not fit
+    (reset by every update of the store). Plain tensors, not buffers (see MemoryLayer).
+    """
+
+    def __init__(self, entries: int, dim: int, capacity: int):
+        self.capacity, self.free_id = capacity, entries
+        self.ids = torch.full((capacity + 1,), entries, dtype=torch.long)
+        self.sums = torch.zeros(capacity + 1, dim)
+        self.counts = torch.zeros(capacity + 1, dtype=torch.long)
+
+    def to(self, device) -> None:
+        """Moves the store to `device`, keeping its dtypes."""
+        self.ids, self.sums, self.counts = (t.to(device) for t in (self.ids, self.sums, self.counts))
+
+    @torch.no_grad()
+    def add(self, ids, sums, counts):
+        """Add (entry ids (n,), query-input sums (n, dim), counts (n,)), in place.
+
+        Each entry's sum continues in row order, so the store holds exactly the sums a single
+        index_add over all rows since the last update would give. When more than `capacity`
+        entries are pending, the most selected (by count) keep their slots: a memory bound,
+        not a goal.
+        """
+        K, free = self.capacity, self.free_id
+        held = self.ids[:K]
+        every = torch.cat([held, ids])  # (M,) M = K + n: the store's slots, then the new rows
+        segment, seg_id, _ = group_equal(every, fill=free)  # one segment per distinct id (free last)
+        seg_count = torch.zeros_like(every).index_add_(0, segment, torch.cat([self.counts[:K], counts.long()]))
+        # the K most selected segments stay or enter (among equal counts, topk's order decides)
+        keep = torch.zeros_like(every, dtype=torch.bool).scatter_(0, seg_count.topk(K).indices, True) & (seg_count > 0)
+        M = every.shape[0]
+        held_segment = segment[:K]
+        stays = keep[held_segment] & (held != free)  # (K,) slots whose entry is kept
+        slot_of = torch.full((M + 1,), K, dtype=torch.long, device=every.device)  # K: the overflow slot
+        slot_of.scatter_(0, torch.where(stays, held_segment, M), torch.arange(K, device=every.device))
+        slot_of = slot_of[:M]
+        entering = keep & (slot_of == K)  # kept entries without a slot yet
+        freed = ~stays
+        # the i-th entering entry (in id order) takes the i-th freed slot
+        freed_rank = torch.where(freed, freed.cumsum(0) - 1, K)
+        slot_by_rank = torch.full((K + 1,), K, dtype=torch.long, device=every.device).scatter_(
+            0, freed_rank, torch.arange(K, device=every.device))
+        slot_of = torch.where(entering, slot_by_rank[(entering.cumsum(0) - 1).clamp(0, K)], slot_of)
+        self.sums[:K].masked_fill_(freed[:, None], 0.0)
+        self.counts[:K].masked_fill_(freed, 0)
+        self.ids[:K].masked_fill_(freed, free)
+        self.ids.scatter_(0, torch.where(entering, slot_of, K), seg_id)
+        new_slot = slot_of[segment[K:]]  # (n,)
+        self.sums.index_add_(0, new_slot, sums.to(self.sums.dtype))
+        self.counts.index_add_(0, new_slot, counts.long())
+        self.ids[K] = free
+        self.sums[K].zero_()
+        self.counts[K].zero_()
+
+    def used(self):
+        """How many slots hold an entry: a 0-dim tensor, left on the device."""
+        return (self.ids[:self.capacity] != self.free_id).sum()
+
+    def held(self, used: int):
+        """(entry ids (U,) ascending, query-input sums (U, dim), counts (U,)) of the `used` held entries, or None."""
+        if not used:
+            return None
+        rows = self.ids[:self.capacity].argsort()[:used]  # free slots sort last
+        return self.ids[rows], self.sums[rows], self.counts[rows]
+
+    def take(self):
+        """held() of everything since the last EMA update; empties the store. Reads one number
+        from the device (how many entries)."""
+        taken = self.held(int(self.used()))
+        self.clear()
+        return taken
+
+    def clear(self):
+        self.ids.fill_(self.free_id)
+        self.sums.zero_()
+        self.counts.zero_()
+
+    def replace(self, parts) -> None:
+        """Replace the store by parts of (entry ids, sums, counts), raw rows or merged ones,
+        as older checkpoints and MemoryLayer.pending give them; merged in the order given."""
+        self.clear()
+        parts = [part for part in parts if len(part[0])]
+        if parts:
+            device = self.ids.device
+            ids, sums, counts = (torch.cat([p[i].to(device) for p in parts]) for i in range(3))
+            self.add(ids.long(), sums.float(), counts.long())
 
 
 def bag_chunk_elements(device: torch.device) -> int:

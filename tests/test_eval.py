@@ -301,3 +301,27 @@ def test_evaluation_puts_the_model_on_the_trainers_device(evaluated, monkeypatch
                       tmp_path / "e.json", None)
     assert asked and seen["device"] == real(cfg) == torch.device("cpu")  # launch.cpu: the trainer's device too
     assert seen["autocast"] is True
+
+
+def test_a_guardrail_without_an_eval_json_key_reads_unavailable(evaluated, monkeypatch, tmp_path):
+    """A guardrail measured only from the trainer's log rows (here a new rule on grad_norm)
+    has no eval.json key: the evaluation judges it n/a from the sources table instead of
+    failing with a KeyError, and judges the other four as before."""
+    from minimind import guardrails as rules
+    from minimind.config import load_config
+    from minimind.lab import Lab
+    from minimind.settings import GuardrailRule
+    from training import evaluate
+
+    run_dir, ev = evaluated
+    cfg = load_config(run_dir / "config.yaml")
+    monkeypatch.setattr(rules, "NAMES", (*rules.NAMES, "grad_norm"))
+    monkeypatch.setitem(rules.SOURCES, "grad_norm", ("train:grad_norm",))
+    cfg.guardrails.grad_norm = GuardrailRule(safe=1.0, danger=10.0, action="flag")
+    out = evaluate.evaluate(Lab(run_dir.parent.parent), cfg, run_dir / "checkpoints" / "pretrain_32.pth", None, {},
+                            tmp_path / "e.json", None, max_probes=40)
+    assert out["guardrails"]["grad_norm"] == {"value": None, "level": "n/a"}
+    assert list(out["guardrails"]) == [*ev["guardrails"], "grad_norm"]
+    for name in ("repetition_rate", "memory_entropy"):  # the train loss is measured again without a run
+        assert out["guardrails"][name] == ev["guardrails"][name]
+    assert out["guardrails"]["train_loss"]["value"] == out["train_loss"]

@@ -127,3 +127,26 @@ def test_guardrails_module_does_not_import_torch():
 
     code = "import sys, minimind.guardrails; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__('pathlib').Path(__file__).parent.parent))
+
+
+def test_every_guardrail_names_where_its_value_comes_from():
+    assert set(g.SOURCES) == set(g.NAMES)
+    for name, entries in g.SOURCES.items():
+        kinds = [entry.partition(":")[0] for entry in entries]
+        assert kinds and set(kinds) <= {"train", "eval"} and len(kinds) == len(set(kinds)), name
+    assert g.EVAL_GUARDRAILS == ("train_inference_ratio", "repetition_rate")  # no train source: an evaluation measures them
+    assert g.source("train_loss", "train") == "loss_ce" and g.source("repetition_rate", "train") is None
+
+
+def test_a_guardrail_without_an_eval_source_is_unavailable_in_a_final_evaluation(monkeypatch):
+    """A new rule measured only from the log rows has no eval.json key: n/a, not a KeyError."""
+    monkeypatch.setattr(g, "NAMES", (*g.NAMES, "grad_norm"))
+    monkeypatch.setitem(g.SOURCES, "grad_norm", ("train:grad_norm",))
+    cfg = GuardrailsConfig()
+    cfg.grad_norm = GuardrailRule(safe=1.0, danger=10.0, action="flag")
+    ev = {"train_loss": 3.0, "train_inference_ratio": 1.1, "repetition_rate": 0.2, "memory_entropy": 3.5}
+    out = g.check_final(ev, cfg)
+    assert list(out) == [*g.NAMES]
+    assert out["grad_norm"]["level"] == "n/a" and out["grad_norm"]["value"] is None
+    assert {name: out[name]["level"] for name in ev} == {name: "safe" for name in ev}
+    assert g.check_train([{"step": 1, "loss_ce": 3.0, "grad_norm": 20.0}], cfg)["grad_norm"]["level"] == "danger"

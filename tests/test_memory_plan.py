@@ -43,7 +43,7 @@ def test_the_ema_stores_and_usage_counts_are_counted_as_the_model_holds_them():
     assert memory_plan.LOSS_CHUNK_ELEMENTS == CE_CHUNK_ELEMENTS
     model = MiniMindLM(ModelConfig(**MODEL))
     held = sum(t.numel() * t.element_size() for _, layer in model.memory_layers()
-               for t in (layer.ema_ids, layer.ema_sums, layer.ema_counts, layer.usage))
+               for t in (layer.ema.ids, layer.ema.sums, layer.ema.counts, layer.usage))
     assert memory_state_bytes(MODEL, SPEC) == held
     # MiniMind2 size: 32,769 slots x dim fp32 per memory layer, 0.54 GB over 8 layers
     big = ModelConfig(preset="memory").to_dict()

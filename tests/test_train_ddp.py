@@ -107,8 +107,8 @@ def _memory_round(rank: int, world: int, port: int, out_dir: str) -> None:
     model(mine)
     layers = [layer for _, layer in model.memory_layers()]
     store_bytes = sum(t.numel() * t.element_size() for layer in layers
-                      for t in (layer.ema_ids, layer.ema_sums, layer.ema_counts)) // len(layers)
-    held = [int((layer.ema_ids != layer.free_id).sum()) for layer in layers]
+                      for t in (layer.ema.ids, layer.ema.sums, layer.ema.counts)) // len(layers)
+    held = [int(layer.ema.used()) for layer in layers]
     received: list = []
     if world > 1:
         _counting(dist, received)

@@ -383,20 +383,18 @@ def _train_loss(cfg: ExperimentConfig, run_dir: Optional[Path], model, corpus, m
         "measured on training documents (teacher-forced)"
 
 
-def _samples(model, tokenizer, pairs, cfg: ExperimentConfig, tick=None) -> tuple[list[dict], list[list[int]]]:
-    """Greedy and sampled continuations: `tick` counts both, the greedy ones first."""
+def _samples(model, tokenizer, pairs, greedy, cfg: ExperimentConfig, tick=None) -> list[dict]:
+    """Each pair with its greedy continuation (measured by measures.measure, the first of
+    the samples part's two passes) and a sampled one: `tick` counts the second pass."""
     from training import measures
 
     n = len(pairs)
-    greedy = measures.continuations(model, [p for p, _ in pairs], cfg.eval.max_new_tokens,
-                                    progress=tick and (lambda done, _: tick(done, 2 * n)))
     sampled = measures.continuations(model, [p for p, _ in pairs], cfg.eval.max_new_tokens,
                                      temperature=cfg.eval.temperature, top_p=cfg.eval.top_p, seed=eval_seed(cfg),
                                      progress=tick and (lambda done, _: tick(n + done, 2 * n)))
     decode = (lambda ids: tokenizer.decode(ids, skip_special_tokens=True)) if tokenizer else str
-    samples = [{"prompt": decode(p), "reference": decode(r), "generated": decode(g), "sampled": decode(s)}
-               for (p, r), g, s in zip(pairs, greedy, sampled)]
-    return samples, greedy
+    return [{"prompt": decode(p), "reference": decode(r), "generated": decode(g), "sampled": decode(s)}
+            for (p, r), g, s in zip(pairs, greedy, sampled)]
 
 
 def evaluate(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model_type: Optional[str],
@@ -448,16 +446,10 @@ def _measure(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model, data: dic
     corpus = load_corpus(lab, cfg)
     val_docs = corpus.docs(corpus.val_idx)
 
-    stats = getattr(model, "memory_stats", None)
-    if stats:
-        stats(reset=True)
     progress = progress or EvalProgress(None)
-    val_loss, val_ce, val_tokens = measures.val_loss_items(model, val_docs, max_seq_len, cfg.train.batch_size,
-                                                           cfg.eval.max_val_batches, progress.start("validation loss"))
-    memory = (stats(reset=True) if stats else {}) or {}
-    pairs = measures.eval_pairs(val_docs, cfg, max_seq_len)
-    inference_loss, inf_ce, inf_tokens = measures.inference_loss_items(model, pairs, progress.start("inference decoding"))
-    samples, greedy = _samples(model, tokenizer, pairs, cfg, progress.start("samples"))
+    measured = measures.measure(model, val_docs, cfg, progress.start, decode_passes=2)
+    pairs, greedy, memory = measured.pairs, measured.greedy, measured.memory
+    samples = _samples(model, tokenizer, pairs, greedy, cfg, progress.tick)  # the samples part goes on
     probes = load_probes(lab, cfg)
     recall_items: dict[str, Any] = {}
     recall = measures.recall(model, tokenizer, probes, max_probes, eval_seed(cfg), recall_items,
@@ -474,15 +466,15 @@ def _measure(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model, data: dic
     for sample, rep in zip(samples, repetition):
         sample["repetition"] = rep
     per_item = {
-        "val": {"keys": doc_keys[: len(val_ce)], "ce": val_ce, "tokens": val_tokens},
-        "inference": {"keys": sample_keys, "ce": inf_ce, "tokens": inf_tokens},
+        "val": {"keys": doc_keys[: len(measured.val_ce)], "ce": measured.val_ce, "tokens": measured.val_tokens},
+        "inference": {"keys": sample_keys, "ce": measured.inference_ce, "tokens": measured.inference_tokens},
         "repetition": {"keys": [k for k, r in zip(sample_keys, repetition) if r is not None],
                        "values": [r for r in repetition if r is not None]},
         "recall": recall_items,
         **sft.pop("per_item"),  # sft_loss per conversation, chat_qa hits per probe
         "retrieval": retrieval_items,
     }
-    ratio_inference, sft_inference = inference_loss, None
+    ratio_inference, sft_inference = measured.inference_loss, None
     if cfg.stage == "sft":  # train loss is on replies: the ratio compares it with replies through the KV cache
         conversations = load_data(lab, cfg)
         train_loss, source = _train_loss(cfg, run_dir, model, conversations, max_seq_len, progress)
@@ -494,19 +486,19 @@ def _measure(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model, data: dic
         train_loss, source = _train_loss(cfg, run_dir, model, corpus, max_seq_len, progress)
 
     result: dict[str, Any] = {
-        "val_loss": val_loss,
-        "inference_loss": inference_loss,
+        "val_loss": measured.val_loss,
+        "inference_loss": measured.inference_loss,
         "train_loss": train_loss,
         "train_loss_source": source,
-        "train_inference_ratio": ratio_inference / train_loss if ratio_inference is not None and train_loss else None,
+        "train_inference_ratio": measures.train_inference_ratio(ratio_inference, train_loss),
         "sft_inference_loss": sft_inference,
-        "repetition_rate": measures.repetition_rate(greedy, 4),
+        "repetition_rate": measured.repetition_rate,
         "distinct_2": measures.distinct_n(greedy, 2),
-        "memory_entropy": memory.get("selection_entropy"),  # the guardrail's measure: the worst layer's
+        "memory_entropy": measured.memory_entropy,
         "memory_selection_distinct": memory.get("selection_distinct"),
         # positions per window of the selection measure, as the model file defines it (older files: none)
         "memory_selection_window": type(model).__init__.__globals__.get("SELECTION_WINDOW") if memory else None,
-        "memory_candidate_entropy": rules.candidate_entropy_of(memory, ""),
+        "memory_candidate_entropy": measured.memory_candidate_entropy,
         "memory_coverage": memory.get("coverage"),
         "memory": {k: float(v) for k, v in memory.items()},
         "recall": recall,
@@ -516,8 +508,7 @@ def _measure(lab: Lab, cfg: ExperimentConfig, checkpoint: Path, model, data: dic
         "per_item": per_item,
         **sft,
     }
-    values = {name: result[name] for name in rules.NAMES}
-    guards = rules.evaluate(values, cfg.guardrails)
+    guards = rules.check_final(result, cfg.guardrails)
     if result["memory_candidate_entropy"] is not None:  # shown beside the guardrail, never judged
         guards["memory_entropy"]["candidate_entropy"] = result["memory_candidate_entropy"]
     result["guardrails"] = rules.levels_only(guards)

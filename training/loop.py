@@ -35,7 +35,7 @@ from training import checkpoint as ckpt
 from training import runlog
 from training.ddp import ignore_integer_buffers, reduce_memory_window, reduce_pending, sync_bank_rows
 from training.data import Stream, collate, input_tokens, split_digest, total_steps
-from training.measures import masked_ce, periodic_eval
+from training.measures import PERIODIC_KEYS, masked_ce, periodic_eval
 from training.metrics import MetricsWriter, truncate_after
 from training.runtime import (enable_tf32, load_bank_into, load_data, make_accelerator, plan_memory, planned_config,
                               prepare_for_training, run_device, set_deterministic)
@@ -240,8 +240,7 @@ class Trainer:
         evals = [r for r in rows if "eval/val_loss" in r]
         if evals:  # a resumed run knows its eval guardrails' levels too: no "was unset" again
             last = evals[-1]
-            self.guard_results.update(rules.check_eval({name: last.get(f"eval/{name}") for name in rules.EVAL_GUARDRAILS},
-                                                       self.cfg.guardrails))
+            self.guard_results.update(self._eval_guardrails(last))
         self.metrics = MetricsWriter(metrics_path)
         module_path = self.lab.models_dir / f"{self.cfg.model_module}.py"
         runlog.header(self.lab.root, module_path, (self.run_dir / CONFIG_FILE).read_text(encoding="utf-8"),
@@ -374,8 +373,7 @@ class Trainer:
         train_loss = rules.smoothed_train_loss([r["loss_ce"] for r in self.history], self.cfg.guardrails.smoothing_window)
         vals = periodic_eval(self.unwrapped, self.corpus.docs(self.corpus.val_idx), self.configured, train_loss)
         row = {"step": self.step, "time": time.time(), **vals}
-        results = rules.check_eval({"train_inference_ratio": vals["eval/train_inference_ratio"],
-                                    "repetition_rate": vals["eval/repetition_rate"]}, self.cfg.guardrails)
+        results = self._eval_guardrails(vals)
         reason = self._note_guardrails(results, row)
         self.metrics.write(row)
         self.swan.log(row, self.step)
@@ -386,6 +384,10 @@ class Trainer:
         if vals["eval/val_loss"] is not None:
             self._maybe_best("val_loss", vals["eval/val_loss"], masters)
         return reason
+
+    def _eval_guardrails(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The eval guardrails of a periodic eval row, its keys read back as eval.json's."""
+        return rules.check_eval({name: row.get(key) for key, name in PERIODIC_KEYS.items()}, self.cfg.guardrails)
 
     def _maybe_best(self, metric: str, value: Optional[float], masters: Optional[dict[str, Any]] = None) -> None:
         if value is None or not math.isfinite(value):

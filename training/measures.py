@@ -9,7 +9,9 @@ Model measures run in eval mode under no_grad and put the model back in its prev
   recall             answer rank among same-relation distractors by log-likelihood
   retrieval          whether a probe's own bank entry is among the candidates read at the
                      prompt's last token (memory presets), against a shuffled control
-  periodic_eval      the trainer's eval row (no recall, no samples, no sampling)
+  measure            the core measurement periodic and final evaluation share: validation
+                     and inference loss, greedy continuations, the memory statistics
+  periodic_eval      the trainer's eval row: `measure` under its eval/ keys
 Pure statistics over token sequences and scores (numpy only, no model):
   repetition_rate (seq-rep-n), distinct_n, rank_of_answer, bootstrap_ci
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -592,31 +595,84 @@ def eval_pairs(docs, cfg: ExperimentConfig, max_seq_len: int) -> list[tuple[list
     return [(p, r) for p, r in pairs if p and r]
 
 
-def periodic_eval(model, val_docs, cfg: ExperimentConfig, train_loss: Optional[float]) -> dict[str, Any]:
-    """{"eval/val_loss", "eval/inference_loss", "eval/train_inference_ratio",
-    "eval/repetition_rate", "eval/memory_entropy" (the worst layer's selection entropy, the
-    guardrail's measure), "eval/memory_candidate_entropy"} (None where unavailable).
+@dataclass
+class Measured:
+    """One model's core measurement on held-out documents (`measure`): what the trainer's
+    periodic eval and the final evaluation both report, each under its own keys
+    (PERIODIC_KEYS here, the eval.json literal in training/evaluate.py)."""
 
-    Run on rank 0 with the unwrapped model. It uses no random numbers, so running it
-    never changes what the resumed run would compute.
+    val_loss: Optional[float]
+    val_ce: list[float]  # summed CE per validation document (paired comparisons)
+    val_tokens: list[int]
+    pairs: list[tuple[list[int], list[int]]]  # (prompt, reference) of eval_pairs
+    inference_loss: Optional[float]
+    inference_ce: list[float]  # summed CE per pair
+    inference_tokens: list[int]
+    greedy: list[list[int]]  # each prompt's greedy continuation
+    memory: dict[str, float]  # memory_stats() of the validation pass alone; {} without memory layers
+
+    @property
+    def repetition_rate(self) -> Optional[float]:
+        return repetition_rate(self.greedy, 4)
+
+    @property
+    def memory_entropy(self) -> Optional[float]:
+        return self.memory.get("selection_entropy")  # the guardrail's measure: the worst layer's
+
+    @property
+    def memory_candidate_entropy(self) -> Optional[float]:
+        return rules.candidate_entropy_of(self.memory, "")
+
+
+def measure(model, val_docs, cfg: ExperimentConfig, start: Optional[Callable[[str], Progress]] = None,
+            decode_passes: int = 1) -> Measured:
+    """Validation loss, inference loss and greedy continuations of the eval pairs, and the
+    memory statistics of the validation pass alone (the window is reset before it, and after
+    the decoding, whose reads are not training traffic).
+
+    start(part) begins a part of a progress display ("validation loss", "inference
+    decoding", "samples") and returns its tick; the samples tick counts the greedy pass as
+    the first of `decode_passes` passes over the prompts (the final evaluation samples once
+    more). Uses no random numbers, so running it never changes what a resumed run computes.
     """
+    start = start or (lambda part: None)
     max_seq_len = model.config.max_seq_len
     stats = getattr(model, "memory_stats", None)
     if stats:
         stats(reset=True)  # drop training reads so the entropy below is the eval's own
-    val = val_loss(model, val_docs, max_seq_len, cfg.train.batch_size, cfg.eval.max_val_batches)
-    memory = stats(reset=True) if stats else {}
+    val, val_ce, val_tokens = val_loss_items(model, val_docs, max_seq_len, cfg.train.batch_size,
+                                             cfg.eval.max_val_batches, start("validation loss"))
+    memory = (stats(reset=True) if stats else None) or {}
     pairs = eval_pairs(val_docs, cfg, max_seq_len)
-    inference = inference_loss(model, pairs)
-    greedy = continuations(model, [p for p, _ in pairs], cfg.eval.max_new_tokens)
+    inference, inference_ce, inference_tokens = inference_loss_items(model, pairs, start("inference decoding"))
+    tick = start("samples")
+    greedy = continuations(model, [p for p, _ in pairs], cfg.eval.max_new_tokens,
+                           progress=tick and (lambda done, _: tick(done, decode_passes * len(pairs))))
     if stats:
         stats(reset=True)  # the decoding's reads are not training traffic: the next log row counts only training
-    ratio = inference / train_loss if inference is not None and train_loss else None
-    return {
-        "eval/val_loss": val,
-        "eval/inference_loss": inference,
-        "eval/train_inference_ratio": ratio,
-        "eval/repetition_rate": repetition_rate(greedy, 4),
-        "eval/memory_entropy": memory.get("selection_entropy") if memory else None,
-        "eval/memory_candidate_entropy": rules.candidate_entropy_of(memory, "") if memory else None,
-    }
+    return Measured(val, val_ce, val_tokens, pairs, inference, inference_ce, inference_tokens, greedy, memory)
+
+
+def train_inference_ratio(inference: Optional[float], train_loss: Optional[float]) -> Optional[float]:
+    """Inference loss over train loss: far above 1 when the cached path fails (lab 1.4.3)."""
+    return inference / train_loss if inference is not None and train_loss else None
+
+
+# The trainer's metrics key of each measurement (eval.json names them as Measured does).
+PERIODIC_KEYS = {
+    "eval/val_loss": "val_loss",
+    "eval/inference_loss": "inference_loss",
+    "eval/train_inference_ratio": "train_inference_ratio",
+    "eval/repetition_rate": "repetition_rate",
+    "eval/memory_entropy": "memory_entropy",
+    "eval/memory_candidate_entropy": "memory_candidate_entropy",
+}
+
+
+def periodic_eval(model, val_docs, cfg: ExperimentConfig, train_loss: Optional[float]) -> dict[str, Any]:
+    """The PERIODIC_KEYS of `measure` (None where unavailable); train_inference_ratio against
+    the trainer's own train loss. Run on rank 0 with the unwrapped model."""
+    measured = measure(model, val_docs, cfg)
+    ratio = train_inference_ratio(measured.inference_loss, train_loss)
+    return {key: ratio if name == "train_inference_ratio" else getattr(measured, name)
+            for key, name in PERIODIC_KEYS.items()}
