@@ -50,7 +50,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from minimind import noise
+from minimind import noise, phrases
 from minimind.formats import number
 
 CONFIDENCE = 0.95   # default interval level (the lab's eval.confidence overrides it)
@@ -489,70 +489,10 @@ def implied_criteria(text: str) -> list[Criterion]:
     return list(unique.values())
 
 
-# The sentences code writes about a verdict and its controls, per record language: one
-# table, one logic (a zh record has no English sentence from code).
-_W = {
-    "en": {
-        "not_measured": "{m} was not measured",
-        "no_base": "{m} = {v} but there is no base value to compare with",
-        "head_base": "{m} base {a} → {v}",
-        "no_pair": "{head}: no paired interval (per-item data missing on one side, or fewer than {k} shared items); "
-                   "the change cannot be told from noise",
-        "floor": "{head}, {ci}: within noise (a change below the run-to-run floor of {floor})",
-        "head_target": "{m} = {v} against {op} {t}",
-        "no_items": "{head}: {ok} it (no per-item data, no interval)", "meets": "meets", "misses": "misses",
-        "met": "{head}, {ci}: met", "missed": "{head}, {ci}: missed", "noise": "{head}, {ci}: within noise",
-        "not_evaluated": "the run was not evaluated",
-        "source": " (criteria from the {src})",
-        "src": {"expected result": "expected result", "hypothesis": "hypothesis", "default": "default"},
-        "danger": ", but guardrail {names} is in danger",
-        "ci": "{conf} CI [{lo}, {hi}], n={n}", "no_ci": "no interval",
-        "ci_reps": "{conf} CI [{lo}, {hi}] over {a} vs {b} seeds (seed sd {sd})",
-        "ci_reps_one": "{conf} CI [{lo}, {hi}] over {a} seeds (seed sd {sd})",
-        "ci_floor": "{conf} CI [{lo}, {hi}] with the lab's seed sd {sd}, {a} vs {b} run(s)",
-        "ci_floor_one": "{conf} CI [{lo}, {hi}] with the lab's seed sd {sd}, {a} run(s)",
-        "noise_reps": "noise: the seed-to-seed spread of the replicates (a t interval over per-seed means) "
-                      "and the evaluation sample",
-        "noise_floor": "noise: the lab's measured seed-to-seed spread ({floors}) and the evaluation sample",
-        "noise_sample": "noise: the evaluation sample only; run-to-run noise is unmeasured in this lab, so a change "
-                        "under the fixed {floor} floor counts as noise (measure it: minimind replicate {base} --seeds 3)",
-        "ctl_nobase": "held_out P@1 (chance control) {b}; no base to compare with",
-        "ctl_noci": "held_out P@1 (chance control) {a} → {b}, no interval: treated as noise",
-        "ctl_sus": "held_out P@1 (chance control) {a} → {b}, {ci} excludes zero: suspicious, facts seen nowhere should not move",
-        "ctl_ok": "held_out P@1 (chance control) {a} → {b}, {ci}: noise, as expected",
-    },
-    "zh": {
-        "not_measured": "{m} 未测量",
-        "no_base": "{m} = {v},但没有基线数值可比",
-        "head_base": "{m} 基线 {a} → {v}",
-        "no_pair": "{head}:没有配对区间(一方缺少逐项数据,或共同项少于 {k} 个),无法与噪声区分",
-        "floor": "{head},{ci}:在噪声范围内(变化小于 {floor} 的运行间噪声下限)",
-        "head_target": "{m} = {v},标准 {op} {t}",
-        "no_items": "{head}:{ok}(无逐项数据,无区间)", "meets": "达到", "misses": "未达到",
-        "met": "{head},{ci}:达到", "missed": "{head},{ci}:未达到", "noise": "{head},{ci}:在噪声范围内",
-        "not_evaluated": "该运行尚未评估",
-        "source": "(标准来自{src})",
-        "src": {"expected result": "预期结果", "hypothesis": "假设", "default": "默认规则"},
-        "danger": ",但护栏 {names} 处于危险",
-        "ci": "{conf} 置信区间 [{lo}, {hi}],n={n}", "no_ci": "无区间",
-        "ci_reps": "{conf} 置信区间 [{lo}, {hi}],{a} 对 {b} 个种子(种子标准差 {sd})",
-        "ci_reps_one": "{conf} 置信区间 [{lo}, {hi}],{a} 个种子(种子标准差 {sd})",
-        "ci_floor": "{conf} 置信区间 [{lo}, {hi}],含实验室种子标准差 {sd},{a} 对 {b} 次运行",
-        "ci_floor_one": "{conf} 置信区间 [{lo}, {hi}],含实验室种子标准差 {sd},{a} 次运行",
-        "noise_reps": "噪声:各重复运行间的种子差异(按种子均值的 t 区间)与评估样本",
-        "noise_floor": "噪声:实验室实测的种子间差异({floors})与评估样本",
-        "noise_sample": "噪声:仅评估样本;本实验室尚未测量运行间噪声,变化小于固定的 {floor} 下限视为噪声"
-                        "(测量方法:minimind replicate {base} --seeds 3)",
-        "ctl_nobase": "held_out P@1(随机对照){b};没有基线可比",
-        "ctl_noci": "held_out P@1(随机对照){a} → {b},无区间:视为噪声",
-        "ctl_sus": "held_out P@1(随机对照){a} → {b},{ci} 不含零:可疑,从未见过的事实不应变化",
-        "ctl_ok": "held_out P@1(随机对照){a} → {b},{ci}:噪声,符合预期",
-    },
-}
-
-
-def _w(lang: str) -> dict[str, Any]:
-    return _W.get(lang, _W["en"])
+def _w(lang: str) -> dict[str, str]:
+    """The sentences code writes about a verdict and its controls: the phrasebook's `verdict`
+    group in the record's language (a zh record has no English sentence from code)."""
+    return phrases.group("verdict", lang)
 
 
 def _check(c: Criterion, new: Side, base: Side, confidence: float,
@@ -643,7 +583,7 @@ def decide(hypothesis: str, expect: Optional[str], new: Side, base: Side,
         verdict = "supported"
     else:
         verdict = "inconclusive"
-    tail = w["source"].format(src=w["src"][source])
+    tail = w["source"].format(src=w[f"src.{source}"])
     said = noise_text([rule for _, _, rule in results], floors, [c.metric for c in criteria], min_effect,
                       base_version, lang)
     tail += (sep + said) if said else ""
