@@ -14,7 +14,7 @@ from agent.base import (Analysis, AnalysisContext, CommitContext, CommitDraft, P
 from minimind.config import parse_value
 from minimind.formats import interval, number
 from minimind.guardrails import EVAL_GUARDRAILS, danger_text, rule_from
-from minimind.phrases import phrase
+from minimind.phrases import group, phrase
 from minimind.verdict import criteria_for
 
 _MEANING_ZH = {"train_loss": "平滑训练损失", "train_inference_ratio": "推理/训练损失比",
@@ -34,44 +34,15 @@ def _meaning(name: str, lang: str) -> str:
 
 
 def _join(lang: str, items: list[str]) -> str:
-    return ("、" if lang == "zh" else ", ").join(items)
+    return phrase("sep.list", lang).join(items)
 
 
 # `name=value` in free text; values end at whitespace or , ; ) so prose around them is left out.
 _PAIR = re.compile(r"(?<![\w.])([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*){0,2})\s*=\s*([^\s,;)]+)")
 
-# Which guardrail a setting's change puts under watch, and why. `{name}` placeholders are
-# filled with that guardrail's danger side from the lab's own settings.
-_RISKS = {
-    "preset": "a preset change alters the whole block; train/inference ratio shows whether the training path still matches decoding",
-    "knowledge_num": "bank size changes coverage and selection entropy; watch memory entropy (danger {memory_entropy})",
-    "num_candidates": "fewer candidates give fewer entries a gradient and a read per token; watch memory selection entropy and coverage",
-    "freeze_ratio": "frozen entries cannot adapt; too few frozen lets EMA overwrite real facts",
-    "ema_decay": "faster EMA moves entries toward training batches; watch repetition and train/inference ratio",
-    "ema_update_freq": "EMA cadence changes how quickly entries drift from their source text",
-    "learning_rate": "a higher learning rate risks a collapsing train loss (danger {train_loss}) or divergence",
-    "max_steps": "more steps on small data invites memorisation; watch smoothed train loss (danger {train_loss})",
-    "epochs": "more passes over the same documents invite memorisation; watch train/inference ratio (danger {train_inference_ratio})",
-    "dim": "width changes capacity; compare inference loss, not only train loss",
-    "n_layers": "depth changes capacity and the number of memory reads per token",
-    "knowledge_length": "longer entries dilute each entry's mean embedding",
-    "knowledge_dim": "the product-key dimension sets how finely queries can tell entries apart",
-}
-_RISKS_ZH = {
-    "preset": "预设改动会改变整个模块;训练/推理比显示训练路径是否仍与解码一致",
-    "knowledge_num": "记忆库大小会改变覆盖率和选择熵;关注记忆选择熵(危险线:{memory_entropy})",
-    "num_candidates": "候选更少意味着每个 token 读取并更新的条目更少;关注记忆选择熵和覆盖率",
-    "freeze_ratio": "冻结的条目无法适应;冻结太少会让 EMA 覆盖真实事实",
-    "ema_decay": "EMA 更快会让条目向训练批次移动;关注重复率和训练/推理比",
-    "ema_update_freq": "EMA 的节奏决定条目偏离原文的速度",
-    "learning_rate": "更高的学习率可能使训练损失塌缩(危险线:{train_loss})或发散",
-    "max_steps": "在小数据上训练更多步会导致记忆化;关注平滑训练损失(危险线:{train_loss})",
-    "epochs": "对同一批文档多轮训练会导致记忆化;关注训练/推理比(危险线:{train_inference_ratio})",
-    "dim": "宽度改变容量;比较推理损失,而不只是训练损失",
-    "n_layers": "深度改变容量,也改变每个 token 的记忆读取次数",
-    "knowledge_length": "更长的条目会稀释每个条目的平均嵌入",
-    "knowledge_dim": "product-key 的维度决定查询区分条目的精细程度",
-}
+# Which guardrail a setting's change puts under watch, and why, is the phrasebook's
+# `offline_risk` group (by the setting's name); its `{name}` placeholders are filled with that
+# guardrail's danger side from the lab's own settings.
 
 
 def _side(name: str, spec: dict, lang: str) -> tuple[str, str]:
@@ -232,7 +203,7 @@ class OfflineAgent:
             lines.append(_memory_query_sentence(ctx.checks, lang))
         lines.append(_guardrail_sentence(ctx.guardrails, lang))
         dangers = _dangers(ctx.guardrails, lang)
-        table = _RISKS_ZH if lang == "zh" else _RISKS
+        table = group("offline_risk", lang)  # what each setting's change risks, by the setting's name
         risks = [f"`{key}`: {table[key.split('.')[-1]].format(**dangers)}" for key, _ in all_changes
                  if key.split(".")[-1] in table] + close
         if not risks:
@@ -240,7 +211,7 @@ class OfflineAgent:
         expected = (ctx.expect or _t(lang, "expected_hyp", h=ctx.hypothesis)).strip()
         detectable = _detectable(ctx, lang)
         if detectable:
-            expected = f"{expected}{'' if expected.endswith(('.', '。')) else ('。' if lang == 'zh' else '.')} {detectable}"
+            expected = f"{expected}{'' if expected.endswith(('.', '。')) else phrase('sep.stop', lang)} {detectable}"
         return Plan(thinking="\n\n".join(lines), changes=changes, rationale=rationale, expected=expected,
                     risks=risks, backend=self.name)
 
@@ -336,7 +307,7 @@ class OfflineAgent:
         parts.append(_t(lang, f"m_{ctx.verdict}"))
         if dangers:
             parts.append(_t(lang, "resolve", names=", ".join(sorted(dangers))))
-        return ("" if lang == "zh" else " ").join(parts)
+        return phrase("sep.sentence", lang).join(parts)
 
     @staticmethod
     def _next_steps(ctx: AnalysisContext, dangers: dict) -> list[str]:

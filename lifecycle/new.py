@@ -447,6 +447,8 @@ def _plan(lab, settings, req, base, start, sets, model_cls, model_fields, reques
         "dropped": dropped,
         "lang": lang, "thinking": plan.thinking, "expected": plan.expected, "risks": plan.risks, "changes": changes,
         "config_hash": config_hash(cfg), "diff_against": against, "model_changed": bool(diff_text.strip()),
+        # whether the model has a memory bank, from the registry: the record reads it without importing torch
+        "has_memory": cfg.model.get("preset") in ctx.memory_presets,
         "git_commit": head["commit"], "git_dirty": head["dirty"], "created_at": time.time(),
     }
     if plan.code_change:

@@ -343,13 +343,14 @@ def delta_text(row: dict[str, Any], lang: str = "en") -> str:
         return "—"
     pct = f" ({rel:+.1%})" if rel is not None else ""
     if ci:
-        shown = f" {ci['confidence']:.0%} {'置信区间' if lang == 'zh' else 'CI'} [{ci['low']:+.3g}, {ci['high']:+.3g}]"
+        shown = phrases.phrase("verdict_text.delta_ci", lang, conf=f"{ci['confidence']:.0%}", lo=f"{ci['low']:+.3g}",
+                               hi=f"{ci['high']:+.3g}")
         if ci.get("rule") == noise.REPLICATES:
-            shown += f" ({ci['n_new']} vs {ci['n_base']} seeds)" if lang != "zh" else f"({ci['n_new']} 对 {ci['n_base']} 个种子)"
+            shown += phrases.phrase("verdict_text.delta_seeds", lang, a=ci["n_new"], b=ci["n_base"])
         elif ci.get("rule") == noise.FLOOR:
-            shown += " (lab seed spread)" if lang != "zh" else "(实验室种子噪声)"
+            shown += phrases.phrase("verdict_text.delta_floor", lang)
     else:
-        shown = "(无区间)" if lang == "zh" else " (no interval)"
+        shown = phrases.phrase("verdict_text.delta_none", lang)
     return f"{delta:+.4g}{pct}{shown}" + (f" {mark}" if mark else "")
 
 
@@ -380,7 +381,6 @@ def bank_reading(ev: Optional[dict], confidence: float = CONFIDENCE, lang: str =
     if not isinstance(ret, dict):
         return None
     per = (((ev or {}).get("per_item") or {}).get("retrieval")) or {}
-    zh = lang == "zh"
     splits, parts = {}, []
     for split in RETRIEVAL_SPLITS:
         r, block = ret.get(split) or {}, per.get(split) or {}
@@ -395,15 +395,9 @@ def bank_reading(ev: Optional[dict], confidence: float = CONFIDENCE, lang: str =
         splits[split] = {"n": r["n"], "hit_at_1": r.get("hit_at_1"), "hit_at_c": r["hit_at_c"],
                          "control_hit_at_c": control, "ci": ci, "above_chance": above}
         c = ret.get("num_candidates", "C")
-        shown = number(control)
-        if zh:
-            word = "高于随机" if above else ("无区间" if ci is None else "与随机无异")
-            parts.append(f"{split}: 事实自身条目在 {c} 个候选中被读到 (hit@C) {r['hit_at_c']:.4g},随机其他事实的条目 "
-                         f"{shown} ({interval_text(ci, lang)}): {word}")
-        else:
-            word = "above chance" if above else ("no interval" if ci is None else "at chance")
-            parts.append(f"{split}: the fact's own entry is among the {c} candidates read (hit@C) {r['hit_at_c']:.4g} "
-                         f"of the time, a random other fact's {shown} ({interval_text(ci)}): {word}")
+        word = phrases.phrase("verdict_text." + ("bank_above" if above else "bank_noci" if ci is None else "bank_chance"), lang)
+        parts.append(phrases.phrase("verdict_text.bank_part", lang, split=split, c=c, hit=f"{r['hit_at_c']:.4g}",
+                                    control=number(control), ci=interval_text(ci, lang), word=word))
     if not splits:
         return None
     return {"splits": splits, "above_chance": any(s["above_chance"] for s in splits.values()),
@@ -592,10 +586,9 @@ def decide(hypothesis: str, expect: Optional[str], new: Side, base: Side,
     return verdict, reasons + tail
 
 
-VERDICT_ZH = {"supported": "支持", "refuted": "否定", "inconclusive": "无法判定"}
+VERDICT_ZH = phrases.group("verdict_word", "zh")  # the verdict's word in a zh record (analysis.json verdict_zh)
 VERDICT_MARK = {"supported": "✅", "refuted": "❌", "inconclusive": "≈"}
 GUARDRAIL_MARK = {"safe": "✅", "watch": "🟡", "danger": "❌"}
-LEVEL_ZH = {"safe": "安全", "watch": "观察", "danger": "危险"}
 
 RESULT_KEYS = ("val_loss", "inference_loss", "train_inference_ratio", "repetition_rate",
                "recall.mem_only.p_at_1", "recall.both.p_at_1", "retrieval.mem_only.hit_at_c", "sft_loss",
@@ -608,31 +601,26 @@ def result_lines(rows: list[dict], guardrails: dict[str, dict], verdict: str, re
     """The commit message's result lines, computed from the comparison and guardrails:
     ✅ a change outside the interval in the good direction, ❌ in the bad one, ≈ within
     noise, ℹ️ where there is nothing to compare or no interval; guardrails ✅ safe, 🟡 watch, ❌ danger."""
-    zh = lang == "zh"
-    word = VERDICT_ZH[verdict] if zh else verdict
-    lines = [f"{VERDICT_MARK[verdict]} {'假设' if zh else 'hypothesis'} {word}: {reason}"]
+    say = lambda key, **values: phrases.phrase(f"verdict_text.{key}", lang, **values)  # noqa: E731
+    lines = [say("line_verdict", mark=VERDICT_MARK[verdict], word=phrases.phrase(f"verdict_word.{verdict}", lang),
+                 reason=reason)]
     for row in rows:
         if row["metric"] not in keys or row["new"] is None:
             continue
         if row["base"] is None:
-            lines.append(f"ℹ️ {row['metric']} = {row['new']:.4g} ({'无基线可比' if zh else 'no base to compare with'})")
+            lines.append(say("line_no_base", metric=row["metric"], new=f"{row['new']:.4g}"))
         elif row.get("mark") is None:
-            lines.append(f"ℹ️ {row['metric']}: {row['base']:.4g} → {row['new']:.4g} "
-                         f"({'无逐项数据，无法判断是否超出噪声' if zh else 'no interval: not marked'})")
+            lines.append(say("line_no_interval", metric=row["metric"], base=f"{row['base']:.4g}", new=f"{row['new']:.4g}"))
         else:
             lines.append(f"{row['mark']} {row['metric']}: {row['base']:.4g} → {row['new']:.4g} ({interval_text(row['ci'], lang)})")
     if control is not None and control.get("base") is not None:
         mark = "⚠️" if control["suspicious"] else "≈"
         lines.append(f"{mark} {control['text']}")
     if reading is not None:  # the bank's own number: is the asked fact's entry read beyond chance
-        lines.append(f"{'✅' if reading['above_chance'] else '≈'} {'记忆库读取' if zh else 'bank reads'}: {reading['text']}")
+        lines.append(say("line_bank", mark="✅" if reading["above_chance"] else "≈", text=reading["text"]))
     for name, info in sorted(guardrails.items()):
         level = info.get("level")
         if level in GUARDRAIL_MARK:
-            value = info.get("value")
-            shown = number(value)
-            if zh:
-                lines.append(f"{GUARDRAIL_MARK[level]} 护栏 {name}: {shown}({LEVEL_ZH[level]})")
-            else:
-                lines.append(f"{GUARDRAIL_MARK[level]} guardrail {name}: {shown} ({level})")
+            lines.append(say("line_guardrail", mark=GUARDRAIL_MARK[level], name=name, value=number(info.get("value")),
+                             level=phrases.phrase(f"record_level.{level}", lang)))
     return lines

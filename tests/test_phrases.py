@@ -14,15 +14,13 @@ def _fields(text: str) -> set[str]:
 
 
 def test_every_phrase_has_both_languages_and_valid_fields():
-    assert len(phrases.keys()) > 150
+    assert len(phrases.keys()) > 250
     for key in phrases.keys():
         assert sorted(phrases.languages(key)) == sorted(phrases.LANGS), key
         for lang in phrases.LANGS:
             text = phrases.text(key, lang)
             assert isinstance(text, str), (key, lang)
             _fields(text)  # raises on an unbalanced brace
-        # a zh phrase needs no value its English counterpart is not given
-        assert _fields(phrases.text(key, "zh")) <= _fields(phrases.text(key, "en")), key
 
 
 def test_no_zh_phrase_holds_an_english_sentence():

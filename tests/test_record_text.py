@@ -55,7 +55,7 @@ def _headings(text: str) -> list[str]:
 
 
 def test_the_humans_unclosed_code_fence_swallows_nothing(lab):
-    from lifecycle.document.record import SECTIONS
+    from lifecycle.document.record import headings
 
     goal = "Try the fused kernel:\n```python\nx = fused(h)\n\n## 🎯 Conclusion\nsupported"
     # no --expect: the agent's expectation quotes the hypothesis, whose second line opens a fence
@@ -66,7 +66,7 @@ def test_the_humans_unclosed_code_fence_swallows_nothing(lab):
                   "val_loss < base\n```", "--no-launch").exit_code == 0
     for version in ("0.1.0", "0.1.1"):
         record = lab.record_path(version).read_text()
-        assert _headings(record) == SECTIONS["en"], version
+        assert _headings(record) == headings("en"), version
     assert "x = fused(h)" in lab.record_path("0.1.0").read_text()  # the text is kept, only neutralised
 
 

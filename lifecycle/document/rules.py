@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from lifecycle.document.record import PENDING, SECTIONS
+from lifecycle.document.record import PENDING_MARK, SECTION_IDS, heading, is_pending, section_of
 
 
 def split_sections(text: str) -> dict[str, str]:
@@ -51,20 +51,20 @@ def quality_problems(text: str, derived_state: str, stop_reason: str | None, lan
     `analysis_error`: why the agent's analysis failed after training (state.json);
     `rendered_beside`: where a render with the results went when the edited record could
     not be merged. Each turns the generic "missing" lines into the one thing to do."""
-    headings = SECTIONS.get(lang, SECTIONS["en"])
     sections = split_sections(text)
     problems = []
-    missing = [h for h in headings if h not in sections]
+    missing = [heading(i, lang) for i in SECTION_IDS if heading(i, lang) not in sections]
     problems += [f"section '{h}' is missing" for h in missing]
-    get = lambda i: sections.get(headings[i], "")  # noqa: E731
-    basic = get(2)
+    get = lambda section_id: section_of(sections, section_id, lang)  # noqa: E731
+    legacy = PENDING_MARK not in text  # a record rendered before the marker: its placeholder prose tells
+    basic = get("basic")
     if not _field_text(basic, "Goal|实验目的"):
         problems.append("the goal is empty")
     if not _field_text(basic, "Hypothesis|研究假设"):
         problems.append("the hypothesis is empty")
-    if len(_thinking_text(get(0))) < 40:
+    if len(_thinking_text(get("thinking"))) < 40:
         problems.append("the AI thinking process is not recorded")
-    if "`" not in get(1):
+    if "`" not in get("git"):
         problems.append("the git change record is empty")
     if derived_state in ("running", "drafted", "lost"):
         problems.append(f"training has not completed (state: {derived_state})")
@@ -76,12 +76,13 @@ def quality_problems(text: str, derived_state: str, stop_reason: str | None, lan
         problems.append(f"the record was edited by hand and the results could not be merged into it: they are in "
                         f"{rendered_beside}; copy them in (or move your edits there) and review again")
         return problems
-    if PENDING.search(get(6)) or "|" not in get(6):
+    evaluation = get("evaluation")
+    if is_pending(evaluation, legacy) or "|" not in evaluation:
         problems.append("the inference evaluation is missing (minimind eval)")
-    conclusion = get(8)
+    conclusion = get("conclusion")
     if analysis_error and not re.search(r"^- \S", conclusion, re.M):
         problems.append(f"the analysis failed after training ({analysis_error}); training is {derived_state}. "
                         f"Redo only the analysis with: minimind analyse {version}")
-    elif PENDING.search(conclusion) or not re.search(r"^- \S", conclusion, re.M):
+    elif is_pending(conclusion, legacy) or not re.search(r"^- \S", conclusion, re.M):
         problems.append("the conclusion with next steps is missing")
     return problems

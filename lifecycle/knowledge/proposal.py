@@ -227,7 +227,7 @@ def build(lab, version: str, cfg: dict, verdict: str, dangers: list[str], change
     seeds = proposed_seeds(len(replicate_dirs(lab.run_dir(version))), verdict, bool(lab_floors(lab)))
     if seeds > 1:  # `new --from-proposal` trains that many replicates
         out["seeds"] = seeds
-        out["why"] = f"{out['why']}{'；' if lang == 'zh' else '; '}{_t(lang, 'seeds_why', n=seeds)}"
+        out["why"] = f"{out['why']}{phrase('sep.clause', lang)}{_t(lang, 'seeds_why', n=seeds)}"
     if fallback:
         out["fallback_reason"] = fallback
     if suggested and suggested.get("code_change"):
