@@ -75,15 +75,17 @@ _RESOURCES = re.compile(r"^(\d+) process\(es\)(?: on (\w+))?, mixed precision (\
                         r"(?:, micro-batch (\d+) x accumulation (\d+))?( \(split by the memory plan\))?(, DeepSpeed)?$")
 
 
-def resources_zh(text: str) -> str:
-    """state.json `resources` in Chinese; a sentence of another form is shown as written."""
+def resources_in(text: str, lang: str) -> str:
+    """state.json `resources` (the trainer's English words) in the record's language, from the
+    phrasebook's `resources` group; a sentence of another form is shown as written."""
     m = _RESOURCES.match(text)
     if not m:
         return text
     procs, device, precision, batch, accumulation, split, deepspeed = m.groups()
-    return (f"{procs} 个进程" + (f",设备 {device}" if device else "") + f",混合精度 {precision}"
-            + (f",微批 {batch} × 累积 {accumulation}" if batch else "") + ("(按内存计划拆分)" if split else "")
-            + (",DeepSpeed" if deepspeed else ""))
+    say = lambda key, **values: phrase(f"resources.{key}", lang, **values)  # noqa: E731
+    return (say("procs", n=procs) + (say("device", device=device) if device else "") + say("precision", precision=precision)
+            + (say("batch", batch=batch, accumulation=accumulation) if batch else "") + (say("split") if split else "")
+            + (say("deepspeed") if deepspeed else ""))
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -177,8 +179,7 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
     started, ended = state.started_at, state.ended_at
     eta = state.eta_s if derived == "running" else None
     resources = state.resources or f"{cfg.launch.num_processes} process(es), mixed precision {cfg.launch.mixed_precision}"
-    if lang == "zh":
-        resources = resources_zh(resources)
+    resources = resources_in(resources, lang)
     return {"r": {
         "version": version, "base": cfg.base, "state": derived, "config_hash": plan.get("config_hash", ""),
         "stage": cfg.stage, "init": to_dict(cfg.init) if cfg.init else None,
