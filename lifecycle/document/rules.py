@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from minimind import phrases
+
 from lifecycle.document.record import PENDING_MARK, SECTION_IDS, heading, is_pending, section_of
 
 
@@ -31,10 +33,20 @@ def _field_text(section: str, labels: str) -> str:
     return match.group(1).strip() if match else ""
 
 
+def _template_pattern(key: str) -> str:
+    """A regex for phrase `key` as any language wrote it into a record, each {field} any text."""
+    return "|".join(re.sub(r"\\\{\w+\\\}", ".*", re.escape(phrases.text(key, lang))) for lang in phrases.LANGS)
+
+
+def _label(key: str) -> str:
+    """The labels of a record bullet ('- **Goal:**') in every language, as a regex alternation."""
+    return "|".join(re.escape(phrases.text(key, lang).removeprefix("- **").removesuffix(":**")) for lang in phrases.LANGS)
+
+
 def _thinking_text(section: str) -> str:
     """The agent's own thinking: without the authorship line and the template's parts after it."""
-    lines = [line for line in section.splitlines()
-             if not re.fullmatch(r"\*(Written by .*|由 .* 代理撰写.*)\*", line.strip())]
+    authorship = re.compile(_template_pattern("record.written_by"))
+    lines = [line for line in section.splitlines() if not authorship.fullmatch(line.strip())]
     body = []
     for line in lines:
         if line.startswith("**"):
@@ -58,9 +70,9 @@ def quality_problems(text: str, derived_state: str, stop_reason: str | None, lan
     get = lambda section_id: section_of(sections, section_id, lang)  # noqa: E731
     legacy = PENDING_MARK not in text  # a record rendered before the marker: its placeholder prose tells
     basic = get("basic")
-    if not _field_text(basic, "Goal|实验目的"):
+    if not _field_text(basic, _label("record.goal")):
         problems.append("the goal is empty")
-    if not _field_text(basic, "Hypothesis|研究假设"):
+    if not _field_text(basic, _label("record.hypothesis")):
         problems.append("the hypothesis is empty")
     if len(_thinking_text(get("thinking"))) < 40:
         problems.append("the AI thinking process is not recorded")
