@@ -14,202 +14,17 @@ from agent.base import (Analysis, AnalysisContext, CommitContext, CommitDraft, P
 from minimind.config import parse_value
 from minimind.formats import interval, number
 from minimind.guardrails import EVAL_GUARDRAILS, danger_text, rule_from
+from minimind.phrases import group, phrase
 from minimind.verdict import criteria_for
 
-# Every sentence the offline agent writes, per record language: one table, one logic, so a
-# zh record gets no English sentence from this agent. Numbers are formatted by the code.
-_T: dict[str, dict[str, str]] = {
-    "en": {
-        "start": "Starting point: {base} — preset `{preset}`, dim {dim}, {layers} layers, batch {batch}, learning rate {lr}{steps}.",
-        "steps": ", max_steps {n}",
-        "base_exp": "experiment {v}", "base_default": "the lab's default settings",
-        "changes": "Changes for this experiment: {listed}. Everything else is inherited unchanged, so any difference "
-                   "in the results is attributable to these settings and to the model code diff.",
-        "no_change": "No configuration change was named, so this run isolates the effect of the code in "
-                     "`models/model.py` (see the git change record) against the same settings.",
-        "diff": "`models/model.py` differs from {against} by {n} changed line(s) (see the git change record); the "
-                "snapshot keeps this exact code for later evaluation.",
-        "against_base": "the base snapshot models/model_{v}.py", "against_head": "git HEAD",
-        "to_beat": "The base measured val loss {val} and inference loss {inf}; these are the numbers to beat.",
-        "q_passed": "The preflight check verified that the memory layer reads the bank with the attention output h_attn "
-                    "as the query (the 1.4.3 lesson: x + h_attn froze selection, train loss 0.006 vs inference loss 29.34).",
-        "q_failed": "The preflight check memory_query FAILED: {detail}. This is the architecture the 1.4.3 lesson forbids "
-                    "(train loss 0.006 vs inference loss 29.34); expect frozen memory selection.",
-        "q_unknown": "Whether the memory layer's query is the attention output h_attn (the 1.4.3 lesson) was not "
-                     "verified{detail}; check the diff by hand.",
-        "guard": "Guardrails {parts}.", "guard_join": "; they ",
-        "act_stop": "stop the run on", "act_flag": "flag", "act_none": "only report",
-        "when_eval": "at each evaluation", "when_log": "at every log step",
-        "rule": "{meaning} {side} {value} ({when})", "below": "below", "above": "above",
-        "base_guard": "The base's guardrails: {items}.",
-        "base_guard_item": "{meaning} {value} ({level}; danger {side} {danger})",
-        "risk_close": "the base's {meaning} was already {level} at {value} (danger {side} {danger}): this run starts "
-                      "{ratio} of the way from the safe threshold {safe} to danger",
-        "risk_default": "memorisation of the small corpus: the train/inference loss ratio and repetition rate are the checks",
-        "named": "named in the goal/hypothesis; {help}",
-        "expected_hyp": "as the hypothesis states: {h}",
-        "detectable": "Detectable: on the base, {m} = {v} with a {conf} interval [{lo}, {hi}] (n={n}), so a change "
-                      "smaller than about ±{half} cannot be told from noise (run-to-run noise is unmeasured in this "
-                      "lab: minimind replicate BASE --seeds 3).",
-        "detectable_floor": "Detectable: on the base ({n} run(s)), {m} = {v}; the lab's measured seed-to-seed spread of "
-                            "{m} is sd {sd} (over {exps}), so one run of this experiment cannot tell a change smaller "
-                            "than about ±{half} from another seed (3 seeds a side: about ±{half3}).",
-        "training": "Training ran {steps} optimizer steps in {dur}; loss went from {first} to {last} (lowest {low}, "
-                    "smoothed {smooth}) at about {tps} tokens/s.",
-        "stopped": " The run was stopped by a guardrail: {reason}. The checkpoint at the stop was evaluated.",
-        "inference": "Teacher-forced validation loss {val}; inference loss through the KV-cached decode path {inf}, a "
-                     "train/inference ratio of {ratio}. Greedy continuations repeat {rep} of their 4-grams (distinct-2 {d2}).",
-        "recall": " Factual recall: {parts}.", "recall_item": "{split} P@1 {p} (n={n})",
-        "no_base": "There is no evaluated base to compare with, so these numbers are the reference for the next experiment.",
-        "better": "Better than the base beyond noise: {items}.", "worse": "Worse than the base beyond noise: {items}.",
-        "noise": "Within noise (the interval of the difference includes zero): {items}.",
-        "no_items": "The base has no per-item data, so no change can be told from noise.",
-        "control": "Chance control: {text}.",
-        "gap": "Facts only in the memory bank: P@1 {mem} against {held} for held-out facts seen nowhere (the chance "
-               "control), a difference of {gap}.",
-        "bank": "Bank reads, the direct measure of whether the memory is used: {text}.",
-        "degenerate": "Degenerate continuations: {items}.",
-        "degenerate_item": "sample {i} \"{text}\" repeats (seq-rep-4 {rep}, above {limit})",
-        "history": "Guardrail history: {items}.",
-        "history_item": "{name} {frm} → {to} at step {step} ({value})", "unset": "unset",
-        "dangers": "Guardrails in danger: {items}. These are the signs of the 1.4.3 failure mode and outrank any loss improvement.",
-        "no_danger": "No guardrail is in danger.",
-        "against": "Against {base}: {items}.",
-        "reference": "This run sets the reference numbers for the experiments built on it.",
-        "m_supported": "The change did what the hypothesis predicted at this scale; keep it as the new base.",
-        "m_refuted": "The change did not deliver the predicted effect at this scale; the negative result is kept on record.",
-        "m_inconclusive": "The numbers do not decide the hypothesis either way.",
-        "resolve": "Guardrail(s) in danger ({names}) must be resolved before building on it.",
-        "s_forced": "Fix models/model.py so the preflight check {checks} passes, then repeat this experiment: it was "
-                    "launched with --force over that failure, so its results are that code's first.",
-        "s_rollback": "Roll back the latest architecture change ({names} moved into danger against the base).",
-        "s_rollback_query": "Roll back the latest architecture change ({names} moved into danger against the base) and "
-                            "check that the memory query is h_attn.",
-        "s_step_back": "Step back the config change ({keys}): {names} moved into danger against the base.",
-        "s_under": "Train longer (more train.max_steps) before judging any change: the train loss {loss} is still near "
-                   "the uniform loss {uniform} with no sign of overfitting, so the run is under-trained.",
-        "s_seed_refuted": "Repeat with another seed to tell whether the miss is run-to-run noise.",
-        "s_first": "Build on this reference: the next experiment changes one thing against it.",
-        "s_diversity": "Increase query diversity (more candidates or a diversity loss) before training longer.",
-        "s_bank": "Make the query find the asked fact's entry (its hit@C is no better than a random fact's): inspect it "
-                  "with minimind memory show on a probe prompt before changing anything else.",
-        "s_eval": "Check the evaluation: held-out recall moved beyond noise, which a model change should not do.",
-        "s_seed": "Repeat with another seed to confirm the effect is larger than run-to-run noise.",
-        "s_revert": "Revert this change, or test a smaller step of it against the same base.",
-        "s_more": "Evaluate on more samples (eval.num_samples; {m} had n={n}) or train longer, so the difference can "
-                  "exceed its interval.",
-        "s_rebase": "Evaluate the base again with this minimind so both sides have per-item data and intervals.",
-        "s_stop": "Investigate the guardrail stop before building on this checkpoint.",
-        "title": "Experiment {v}: {goal}",
-        "tested": "Tested: {h}", "config": "Config: {changes}", "no_config": "no config change",
-        "c_record": "experiment record: verdict {verdict} ({reason})",
-        "c_script": "launch script: train, evaluate, analyse (unchanged template)",
-        "c_config": "`{k}` {a} → {b}: {why}", "c_config_none": "resolved config, no value differs from the base",
-        "c_human": "set by the human with --set",
-        "c_snapshot": "exact copy of models/model.py as trained, so this run can be evaluated later",
-        "c_model": "{n} changed line(s) in {where}: {why}", "c_model_same": "unchanged against the base (model code as run)",
-        "c_toplevel": "module level", "c_eval": "evaluation: {items}", "c_plan": "the plan: thinking, changes and their reasons",
-        "c_diff": "the models/model.py diff against the base", "c_plot": "training loss plot",
-        "c_patch": "the code change to models/model.py, as git apply takes it",
-        "c_code_change": "the code change ({summary}): its rounds, each edit's reason, the gate's stages, the approval",
-        "c_other": "written by this run",
-        "why_plan": "{why}",
-    },
-    "zh": {
-        "start": "起点:{base}——预设 `{preset}`,dim {dim},{layers} 层,batch {batch},学习率 {lr}{steps}。",
-        "steps": ",max_steps {n}",
-        "base_exp": "实验 {v}", "base_default": "实验室默认设置",
-        "changes": "本实验的改动:{listed}。其余设置全部继承不变,因此结果的差异只能归因于这些设置和模型代码的改动。",
-        "no_change": "没有指定配置改动,因此本次运行在相同设置下单独检验 `models/model.py` 代码(见 Git 变更记录)的效果。",
-        "diff": "`models/model.py` 相对 {against} 有 {n} 行改动(见 Git 变更记录);快照保存了这份代码,供以后评估。",
-        "against_base": "基线快照 models/model_{v}.py", "against_head": "git HEAD",
-        "to_beat": "基线的验证损失为 {val},推理损失为 {inf};这是要超越的数字。",
-        "q_passed": "预检已验证记忆层以注意力输出 h_attn 作为查询读取记忆库(1.4.3 的教训:x + h_attn 使选择冻结,"
-                    "训练损失 0.006,推理损失 29.34)。",
-        "q_failed": "预检 memory_query 未通过:{detail}。这正是 1.4.3 教训所禁止的结构(训练损失 0.006,推理损失 29.34);"
-                    "预计记忆选择会冻结。",
-        "q_unknown": "记忆层的查询是否为注意力输出 h_attn(1.4.3 的教训)未经验证{detail};请人工检查代码改动。",
-        "guard": "护栏:{parts}。", "guard_join": ";",
-        "act_stop": "以下情况停止运行:", "act_flag": "以下情况标记:", "act_none": "以下情况只报告:",
-        "when_eval": "每次评估时", "when_log": "每个日志步",
-        "rule": "{meaning}{side} {value}({when})", "below": "低于", "above": "高于",
-        "base_guard": "基线的护栏:{items}。",
-        "base_guard_item": "{meaning} {value}({level};危险线:{side} {danger})",
-        "risk_close": "基线的{meaning}已处于{level},数值 {value}(危险线:{side} {danger}):本次运行起点已从安全线 {safe} "
-                      "向危险线走了 {ratio}",
-        "risk_default": "小语料上的记忆化:以训练/推理损失比和重复率检查",
-        "named": "在目标或假设中指定",
-        "expected_hyp": "如假设所述:{h}",
-        "detectable": "可检测性:基线上 {m} = {v},{conf} 区间 [{lo}, {hi}](n={n}),小于约 ±{half} 的变化无法与噪声区分"
-                      "(本实验室尚未测量运行间噪声:minimind replicate BASE --seeds 3)。",
-        "detectable_floor": "可检测性:基线({n} 次运行)上 {m} = {v};实验室实测的 {m} 种子间标准差为 {sd}(基于 {exps}),"
-                            "本实验单次运行无法把小于约 ±{half} 的变化与换种子区分(每边 3 个种子:约 ±{half3})。",
-        "training": "训练进行了 {steps} 个优化步,用时 {dur};损失从 {first} 降到 {last}(最低 {low},平滑后 {smooth}),"
-                    "吞吐约 {tps} tokens/s。",
-        "stopped": "运行被护栏停止:{reason}。评估的是停止时的检查点。",
-        "inference": "教师强制验证损失 {val};经 KV 缓存解码路径的推理损失 {inf},训练/推理比 {ratio}。"
-                     "贪心续写的 4-gram 重复占 {rep}(distinct-2 {d2})。",
-        "recall": "事实召回:{parts}。", "recall_item": "{split} P@1 {p}(n={n})",
-        "no_base": "没有已评估的基线可比,这些数字是下一个实验的参照。",
-        "better": "超出噪声地优于基线:{items}。", "worse": "超出噪声地差于基线:{items}。",
-        "noise": "在噪声范围内(差值区间包含零):{items}。",
-        "no_items": "基线没有逐项数据,无法把任何变化与噪声区分。",
-        "control": "随机对照:{text}。",
-        "gap": "只在记忆库中的事实:P@1 {mem},而从未见过的留出事实(随机对照)为 {held},差值 {gap}。",
-        "bank": "记忆库读取(记忆是否被使用的直接度量):{text}。",
-        "degenerate": "退化的续写:{items}。",
-        "degenerate_item": "样本 {i} \"{text}\" 重复(seq-rep-4 {rep},高于 {limit})",
-        "history": "护栏历史:{items}。",
-        "history_item": "{name} {frm} → {to},第 {step} 步({value})", "unset": "未设",
-        "dangers": "处于危险的护栏:{items}。这是 1.4.3 失败模式的征兆,比任何损失改善都重要。",
-        "no_danger": "没有护栏处于危险。",
-        "against": "相对 {base}:{items}。",
-        "reference": "本次运行为在其上构建的实验提供参照数字。",
-        "m_supported": "在这个规模上,改动达到了假设预测的效果;将其作为新的基线。",
-        "m_refuted": "在这个规模上,改动没有带来预测的效果;这一负面结果保留在记录中。",
-        "m_inconclusive": "这些数字在任一方向上都无法判定假设。",
-        "resolve": "处于危险的护栏({names})必须先解决,才能在此基础上继续。",
-        "s_forced": "修正 models/model.py 使预检 {checks} 通过,再重复本实验:它是在该检查未通过时用 --force 启动的,"
-                    "其结果首先归因于这段代码。",
-        "s_rollback": "回退最近的结构改动({names} 相对基线进入危险区)。",
-        "s_rollback_query": "回退最近的结构改动({names} 相对基线进入危险区),并检查记忆查询是否为 h_attn。",
-        "s_step_back": "回退配置改动({keys}):{names} 相对基线进入危险区。",
-        "s_under": "在判断任何改动之前延长训练(增加 train.max_steps):训练损失 {loss} 仍接近均匀分布的损失 {uniform},"
-                   "且没有过拟合迹象,运行训练不足。",
-        "s_seed_refuted": "换一个随机种子重复,判断未达预期是否为运行间噪声。",
-        "s_first": "以此为参照:下一个实验只相对它改动一处。",
-        "s_diversity": "在延长训练之前提高查询多样性(更多候选或多样性损失)。",
-        "s_bank": "让查询找到被问事实的条目(其 hit@C 不比随机事实好):先用 minimind memory show 在探针提示上检查,再做其他改动。",
-        "s_eval": "检查评估流程:留出召回的变化超出了噪声,模型改动不应造成这种变化。",
-        "s_seed": "换一个随机种子重复,确认效果大于运行间噪声。",
-        "s_revert": "回退这个改动,或在同一基线上测试更小的一步。",
-        "s_more": "在更多样本上评估(eval.num_samples;{m} 的 n={n})或训练更久,使差值能超出其区间。",
-        "s_rebase": "用当前版本的 minimind 重新评估基线,使双方都有逐项数据和区间。",
-        "s_stop": "在此检查点上继续之前,先调查护栏停止的原因。",
-        "title": "实验 {v}:{goal}",
-        "tested": "检验:{h}", "config": "配置:{changes}", "no_config": "无配置改动",
-        "c_record": "实验记录:判定 {verdict}({reason})",
-        "c_script": "启动脚本:训练、评估、分析(模板未改)",
-        "c_config": "`{k}` {a} → {b}:{why}", "c_config_none": "解析后的配置,与基线没有不同的值",
-        "c_human": "由人通过 --set 设置",
-        "c_snapshot": "训练时 models/model.py 的精确副本,便于以后评估本次运行",
-        "c_model": "{where} 中 {n} 行改动:{why}", "c_model_same": "相对基线未改(运行时的模型代码)",
-        "c_toplevel": "模块顶层", "c_eval": "评估:{items}", "c_plan": "计划:思考、改动及其理由",
-        "c_diff": "models/model.py 相对基线的改动", "c_plot": "训练损失曲线图",
-        "c_patch": "对 models/model.py 的代码变更(git apply 可用的补丁)",
-        "c_code_change": "代码变更({summary}):各轮次、每处修改的理由、验证阶段与批准记录",
-        "c_other": "本次运行写出",
-        "why_plan": "{why}",
-    },
-}
-_LEVEL = {"en": {"safe": "safe", "watch": "at watch", "danger": "in danger", "n/a": "n/a"},
-          "zh": {"safe": "安全", "watch": "观察", "danger": "危险", "n/a": "不适用"}}
 _MEANING_ZH = {"train_loss": "平滑训练损失", "train_inference_ratio": "推理/训练损失比",
                "repetition_rate": "重复率(seq-rep-4)", "memory_entropy": "记忆选择熵"}
 
 
 def _t(lang: str, key: str, **values: Any) -> str:
-    return _T.get(lang, _T["en"])[key].format(**values)
+    """Every sentence the offline agent writes comes from the phrasebook's `offline` group, so a
+    zh record gets no English sentence from this agent. Numbers are formatted by the code."""
+    return phrase(f"offline.{key}", lang, **values)
 
 
 def _meaning(name: str, lang: str) -> str:
@@ -219,44 +34,15 @@ def _meaning(name: str, lang: str) -> str:
 
 
 def _join(lang: str, items: list[str]) -> str:
-    return ("、" if lang == "zh" else ", ").join(items)
+    return phrase("sep.list", lang).join(items)
 
 
 # `name=value` in free text; values end at whitespace or , ; ) so prose around them is left out.
 _PAIR = re.compile(r"(?<![\w.])([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*){0,2})\s*=\s*([^\s,;)]+)")
 
-# Which guardrail a setting's change puts under watch, and why. `{name}` placeholders are
-# filled with that guardrail's danger side from the lab's own settings.
-_RISKS = {
-    "preset": "a preset change alters the whole block; train/inference ratio shows whether the training path still matches decoding",
-    "knowledge_num": "bank size changes coverage and selection entropy; watch memory entropy (danger {memory_entropy})",
-    "num_candidates": "fewer candidates give fewer entries a gradient and a read per token; watch memory selection entropy and coverage",
-    "freeze_ratio": "frozen entries cannot adapt; too few frozen lets EMA overwrite real facts",
-    "ema_decay": "faster EMA moves entries toward training batches; watch repetition and train/inference ratio",
-    "ema_update_freq": "EMA cadence changes how quickly entries drift from their source text",
-    "learning_rate": "a higher learning rate risks a collapsing train loss (danger {train_loss}) or divergence",
-    "max_steps": "more steps on small data invites memorisation; watch smoothed train loss (danger {train_loss})",
-    "epochs": "more passes over the same documents invite memorisation; watch train/inference ratio (danger {train_inference_ratio})",
-    "dim": "width changes capacity; compare inference loss, not only train loss",
-    "n_layers": "depth changes capacity and the number of memory reads per token",
-    "knowledge_length": "longer entries dilute each entry's mean embedding",
-    "knowledge_dim": "the product-key dimension sets how finely queries can tell entries apart",
-}
-_RISKS_ZH = {
-    "preset": "预设改动会改变整个模块;训练/推理比显示训练路径是否仍与解码一致",
-    "knowledge_num": "记忆库大小会改变覆盖率和选择熵;关注记忆选择熵(危险线:{memory_entropy})",
-    "num_candidates": "候选更少意味着每个 token 读取并更新的条目更少;关注记忆选择熵和覆盖率",
-    "freeze_ratio": "冻结的条目无法适应;冻结太少会让 EMA 覆盖真实事实",
-    "ema_decay": "EMA 更快会让条目向训练批次移动;关注重复率和训练/推理比",
-    "ema_update_freq": "EMA 的节奏决定条目偏离原文的速度",
-    "learning_rate": "更高的学习率可能使训练损失塌缩(危险线:{train_loss})或发散",
-    "max_steps": "在小数据上训练更多步会导致记忆化;关注平滑训练损失(危险线:{train_loss})",
-    "epochs": "对同一批文档多轮训练会导致记忆化;关注训练/推理比(危险线:{train_inference_ratio})",
-    "dim": "宽度改变容量;比较推理损失,而不只是训练损失",
-    "n_layers": "深度改变容量,也改变每个 token 的记忆读取次数",
-    "knowledge_length": "更长的条目会稀释每个条目的平均嵌入",
-    "knowledge_dim": "product-key 的维度决定查询区分条目的精细程度",
-}
+# Which guardrail a setting's change puts under watch, and why, is the phrasebook's
+# `offline_risk` group (by the setting's name); its `{name}` placeholders are filled with that
+# guardrail's danger side from the lab's own settings.
 
 
 def _side(name: str, spec: dict, lang: str) -> tuple[str, str]:
@@ -312,11 +98,11 @@ def _base_guardrails(base_eval: Optional[dict], guardrails: dict[str, dict], lan
             continue
         side, danger = _side(name, spec, lang)
         items.append(_t(lang, "base_guard_item", meaning=_meaning(name, lang), value=number(value),
-                        level=_LEVEL[lang if lang in _LEVEL else "en"][level], side=side, danger=danger))
+                        level=phrase(f"level.{level}", lang), side=side, danger=danger))
         safe, bad = spec.get("safe"), spec.get("danger")
         if level != "safe" and isinstance(safe, (int, float)) and isinstance(bad, (int, float)) and bad != safe:
             ratio = min(max((value - safe) / (bad - safe), 0.0), 1.0)
-            risks.append(_t(lang, "risk_close", meaning=_meaning(name, lang), level=_LEVEL.get(lang, _LEVEL["en"])[level],
+            risks.append(_t(lang, "risk_close", meaning=_meaning(name, lang), level=phrase(f"level.{level}", lang),
                             value=number(value), side=side, danger=danger, safe=f"{safe:g}", ratio=f"{ratio:.0%}"))
     return (_t(lang, "base_guard", items=_join(lang, items)) if items else None), risks
 
@@ -417,7 +203,7 @@ class OfflineAgent:
             lines.append(_memory_query_sentence(ctx.checks, lang))
         lines.append(_guardrail_sentence(ctx.guardrails, lang))
         dangers = _dangers(ctx.guardrails, lang)
-        table = _RISKS_ZH if lang == "zh" else _RISKS
+        table = group("offline_risk", lang)  # what each setting's change risks, by the setting's name
         risks = [f"`{key}`: {table[key.split('.')[-1]].format(**dangers)}" for key, _ in all_changes
                  if key.split(".")[-1] in table] + close
         if not risks:
@@ -425,7 +211,7 @@ class OfflineAgent:
         expected = (ctx.expect or _t(lang, "expected_hyp", h=ctx.hypothesis)).strip()
         detectable = _detectable(ctx, lang)
         if detectable:
-            expected = f"{expected}{'' if expected.endswith(('.', '。')) else ('。' if lang == 'zh' else '.')} {detectable}"
+            expected = f"{expected}{'' if expected.endswith(('.', '。')) else phrase('sep.stop', lang)} {detectable}"
         return Plan(thinking="\n\n".join(lines), changes=changes, rationale=rationale, expected=expected,
                     risks=risks, backend=self.name)
 
@@ -521,7 +307,7 @@ class OfflineAgent:
         parts.append(_t(lang, f"m_{ctx.verdict}"))
         if dangers:
             parts.append(_t(lang, "resolve", names=", ".join(sorted(dangers))))
-        return ("" if lang == "zh" else " ").join(parts)
+        return phrase("sep.sentence", lang).join(parts)
 
     @staticmethod
     def _next_steps(ctx: AnalysisContext, dangers: dict) -> list[str]:

@@ -25,6 +25,8 @@ import math
 import re
 from typing import Any, Iterable, Optional
 
+from minimind import phrases
+
 # --- refusals ------------------------------------------------------------------------------
 
 class Refusal(str):
@@ -244,13 +246,9 @@ def has_number(text: str) -> bool:
 
 def proposal_note(backend: str, fields: list[str], lang: str = "en") -> str:
     """Said when a model's proposal (lesson, next experiment) was refused after one repair."""
-    names = {"lesson": ("lesson", "经验"), "next_experiment": ("next experiment", "下一个实验")}
-    if lang == "zh":
-        shown = "、".join(names.get(f, (f, f))[1] for f in fields)
-        return f"{backend} 代理建议的{shown}经一次修正后仍未通过校验,已不采用;改由 minimind 的规则给出建议。"
-    shown = " and ".join(names.get(f, (f, f))[0] for f in fields)
-    return (f"The {backend} agent's proposed {shown} did not validate after one repair and was not used; "
-            "minimind's rules propose instead.")
+    names = phrases.group("prose", lang)
+    shown = names["field_join"].join(names.get(f"field.{f}", f) for f in fields)
+    return phrases.phrase("prose.proposal_refused", lang, backend=backend, shown=shown)
 
 
 _MARKS = re.compile("[✅❌]")
@@ -329,24 +327,12 @@ def notes_line(notes: list[str]) -> str:
 
 def verdict_sentence(verdict: str, reason: str, lang: str = "en") -> str:
     """The computed verdict as a sentence: what replaces prose that contradicts it."""
-    if lang == "zh":
-        words = {"supported": "支持", "refuted": "否定", "inconclusive": "无法判定"}
-        return f"根据计算结果，假设的判定为：{words[verdict]}（{reason}）。"
-    return f"By the computed numbers the hypothesis is {verdict} ({reason})."
+    return phrases.phrase("prose.verdict_sentence", lang, word=phrases.phrase(f"verdict_word.{verdict}", lang), reason=reason)
 
 
 def replacement_note(backend: str, fields: list[str], lang: str = "en", plan: bool = False) -> str:
-    if plan:
-        if lang == "zh":
-            return (f"{backend} 代理撰写的 {', '.join(fields)} 在训练前声称了判定或引用了数据中没有的数字,经一次修正后"
-                    "仍未改正,已替换为 minimind 根据数据写出的文字。")
-        return (f"The {backend} agent's {', '.join(fields)} claimed a verdict before training or quoted a number not "
-                "in the data after one repair, and was replaced by minimind's text from the data.")
-    if lang == "zh":
-        return (f"{backend} 代理撰写的 {', '.join(fields)} 与计算结果矛盾，经一次修正后仍不一致，"
-                "已替换为根据数据计算出的文字。")
-    return (f"The {backend} agent's {', '.join(fields)} contradicted the computed numbers or verdict after one "
-            "repair and was replaced by the computed text.")
+    return phrases.phrase("prose.replaced_plan" if plan else "prose.replaced", lang, backend=backend,
+                          fields=", ".join(fields))
 
 
 def check_result(result: Any, names: Iterable[str], verdict: Optional[str], data: Any,

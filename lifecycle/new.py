@@ -528,6 +528,8 @@ def _plan(lab: Lab, inputs: Inputs, staging: Path, checks: list[dict[str, Any]])
         "dropped": dropped,
         "lang": lang, "thinking": plan.thinking, "expected": plan.expected, "risks": plan.risks, "changes": changes,
         "config_hash": config_hash(cfg), "diff_against": against, "model_changed": bool(diff_text.strip()),
+        # whether the model has a memory bank, from the registry: the record reads it without importing torch
+        "has_memory": cfg.model.get("preset") in ctx.memory_presets,
         "git_commit": head["commit"], "git_dirty": head["dirty"], "created_at": time.time(),
     }
     if plan.code_change:

@@ -50,7 +50,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional, Union
 
-from minimind import noise
+from minimind import noise, phrases
 from minimind.formats import number
 
 CONFIDENCE = 0.95   # default interval level (the lab's eval.confidence overrides it)
@@ -343,13 +343,14 @@ def delta_text(row: dict[str, Any], lang: str = "en") -> str:
         return "—"
     pct = f" ({rel:+.1%})" if rel is not None else ""
     if ci:
-        shown = f" {ci['confidence']:.0%} {'置信区间' if lang == 'zh' else 'CI'} [{ci['low']:+.3g}, {ci['high']:+.3g}]"
+        shown = phrases.phrase("verdict_text.delta_ci", lang, conf=f"{ci['confidence']:.0%}", lo=f"{ci['low']:+.3g}",
+                               hi=f"{ci['high']:+.3g}")
         if ci.get("rule") == noise.REPLICATES:
-            shown += f" ({ci['n_new']} vs {ci['n_base']} seeds)" if lang != "zh" else f"({ci['n_new']} 对 {ci['n_base']} 个种子)"
+            shown += phrases.phrase("verdict_text.delta_seeds", lang, a=ci["n_new"], b=ci["n_base"])
         elif ci.get("rule") == noise.FLOOR:
-            shown += " (lab seed spread)" if lang != "zh" else "(实验室种子噪声)"
+            shown += phrases.phrase("verdict_text.delta_floor", lang)
     else:
-        shown = "(无区间)" if lang == "zh" else " (no interval)"
+        shown = phrases.phrase("verdict_text.delta_none", lang)
     return f"{delta:+.4g}{pct}{shown}" + (f" {mark}" if mark else "")
 
 
@@ -380,7 +381,6 @@ def bank_reading(ev: Optional[dict], confidence: float = CONFIDENCE, lang: str =
     if not isinstance(ret, dict):
         return None
     per = (((ev or {}).get("per_item") or {}).get("retrieval")) or {}
-    zh = lang == "zh"
     splits, parts = {}, []
     for split in RETRIEVAL_SPLITS:
         r, block = ret.get(split) or {}, per.get(split) or {}
@@ -395,15 +395,9 @@ def bank_reading(ev: Optional[dict], confidence: float = CONFIDENCE, lang: str =
         splits[split] = {"n": r["n"], "hit_at_1": r.get("hit_at_1"), "hit_at_c": r["hit_at_c"],
                          "control_hit_at_c": control, "ci": ci, "above_chance": above}
         c = ret.get("num_candidates", "C")
-        shown = number(control)
-        if zh:
-            word = "高于随机" if above else ("无区间" if ci is None else "与随机无异")
-            parts.append(f"{split}: 事实自身条目在 {c} 个候选中被读到 (hit@C) {r['hit_at_c']:.4g},随机其他事实的条目 "
-                         f"{shown} ({interval_text(ci, lang)}): {word}")
-        else:
-            word = "above chance" if above else ("no interval" if ci is None else "at chance")
-            parts.append(f"{split}: the fact's own entry is among the {c} candidates read (hit@C) {r['hit_at_c']:.4g} "
-                         f"of the time, a random other fact's {shown} ({interval_text(ci)}): {word}")
+        word = phrases.phrase("verdict_text." + ("bank_above" if above else "bank_noci" if ci is None else "bank_chance"), lang)
+        parts.append(phrases.phrase("verdict_text.bank_part", lang, split=split, c=c, hit=f"{r['hit_at_c']:.4g}",
+                                    control=number(control), ci=interval_text(ci, lang), word=word))
     if not splits:
         return None
     return {"splits": splits, "above_chance": any(s["above_chance"] for s in splits.values()),
@@ -489,70 +483,10 @@ def implied_criteria(text: str) -> list[Criterion]:
     return list(unique.values())
 
 
-# The sentences code writes about a verdict and its controls, per record language: one
-# table, one logic (a zh record has no English sentence from code).
-_W = {
-    "en": {
-        "not_measured": "{m} was not measured",
-        "no_base": "{m} = {v} but there is no base value to compare with",
-        "head_base": "{m} base {a} → {v}",
-        "no_pair": "{head}: no paired interval (per-item data missing on one side, or fewer than {k} shared items); "
-                   "the change cannot be told from noise",
-        "floor": "{head}, {ci}: within noise (a change below the run-to-run floor of {floor})",
-        "head_target": "{m} = {v} against {op} {t}",
-        "no_items": "{head}: {ok} it (no per-item data, no interval)", "meets": "meets", "misses": "misses",
-        "met": "{head}, {ci}: met", "missed": "{head}, {ci}: missed", "noise": "{head}, {ci}: within noise",
-        "not_evaluated": "the run was not evaluated",
-        "source": " (criteria from the {src})",
-        "src": {"expected result": "expected result", "hypothesis": "hypothesis", "default": "default"},
-        "danger": ", but guardrail {names} is in danger",
-        "ci": "{conf} CI [{lo}, {hi}], n={n}", "no_ci": "no interval",
-        "ci_reps": "{conf} CI [{lo}, {hi}] over {a} vs {b} seeds (seed sd {sd})",
-        "ci_reps_one": "{conf} CI [{lo}, {hi}] over {a} seeds (seed sd {sd})",
-        "ci_floor": "{conf} CI [{lo}, {hi}] with the lab's seed sd {sd}, {a} vs {b} run(s)",
-        "ci_floor_one": "{conf} CI [{lo}, {hi}] with the lab's seed sd {sd}, {a} run(s)",
-        "noise_reps": "noise: the seed-to-seed spread of the replicates (a t interval over per-seed means) "
-                      "and the evaluation sample",
-        "noise_floor": "noise: the lab's measured seed-to-seed spread ({floors}) and the evaluation sample",
-        "noise_sample": "noise: the evaluation sample only; run-to-run noise is unmeasured in this lab, so a change "
-                        "under the fixed {floor} floor counts as noise (measure it: minimind replicate {base} --seeds 3)",
-        "ctl_nobase": "held_out P@1 (chance control) {b}; no base to compare with",
-        "ctl_noci": "held_out P@1 (chance control) {a} → {b}, no interval: treated as noise",
-        "ctl_sus": "held_out P@1 (chance control) {a} → {b}, {ci} excludes zero: suspicious, facts seen nowhere should not move",
-        "ctl_ok": "held_out P@1 (chance control) {a} → {b}, {ci}: noise, as expected",
-    },
-    "zh": {
-        "not_measured": "{m} 未测量",
-        "no_base": "{m} = {v},但没有基线数值可比",
-        "head_base": "{m} 基线 {a} → {v}",
-        "no_pair": "{head}:没有配对区间(一方缺少逐项数据,或共同项少于 {k} 个),无法与噪声区分",
-        "floor": "{head},{ci}:在噪声范围内(变化小于 {floor} 的运行间噪声下限)",
-        "head_target": "{m} = {v},标准 {op} {t}",
-        "no_items": "{head}:{ok}(无逐项数据,无区间)", "meets": "达到", "misses": "未达到",
-        "met": "{head},{ci}:达到", "missed": "{head},{ci}:未达到", "noise": "{head},{ci}:在噪声范围内",
-        "not_evaluated": "该运行尚未评估",
-        "source": "(标准来自{src})",
-        "src": {"expected result": "预期结果", "hypothesis": "假设", "default": "默认规则"},
-        "danger": ",但护栏 {names} 处于危险",
-        "ci": "{conf} 置信区间 [{lo}, {hi}],n={n}", "no_ci": "无区间",
-        "ci_reps": "{conf} 置信区间 [{lo}, {hi}],{a} 对 {b} 个种子(种子标准差 {sd})",
-        "ci_reps_one": "{conf} 置信区间 [{lo}, {hi}],{a} 个种子(种子标准差 {sd})",
-        "ci_floor": "{conf} 置信区间 [{lo}, {hi}],含实验室种子标准差 {sd},{a} 对 {b} 次运行",
-        "ci_floor_one": "{conf} 置信区间 [{lo}, {hi}],含实验室种子标准差 {sd},{a} 次运行",
-        "noise_reps": "噪声:各重复运行间的种子差异(按种子均值的 t 区间)与评估样本",
-        "noise_floor": "噪声:实验室实测的种子间差异({floors})与评估样本",
-        "noise_sample": "噪声:仅评估样本;本实验室尚未测量运行间噪声,变化小于固定的 {floor} 下限视为噪声"
-                        "(测量方法:minimind replicate {base} --seeds 3)",
-        "ctl_nobase": "held_out P@1(随机对照){b};没有基线可比",
-        "ctl_noci": "held_out P@1(随机对照){a} → {b},无区间:视为噪声",
-        "ctl_sus": "held_out P@1(随机对照){a} → {b},{ci} 不含零:可疑,从未见过的事实不应变化",
-        "ctl_ok": "held_out P@1(随机对照){a} → {b},{ci}:噪声,符合预期",
-    },
-}
-
-
-def _w(lang: str) -> dict[str, Any]:
-    return _W.get(lang, _W["en"])
+def _w(lang: str) -> dict[str, str]:
+    """The sentences code writes about a verdict and its controls: the phrasebook's `verdict`
+    group in the record's language (a zh record has no English sentence from code)."""
+    return phrases.group("verdict", lang)
 
 
 def _check(c: Criterion, new: Side, base: Side, confidence: float,
@@ -643,7 +577,7 @@ def decide(hypothesis: str, expect: Optional[str], new: Side, base: Side,
         verdict = "supported"
     else:
         verdict = "inconclusive"
-    tail = w["source"].format(src=w["src"][source])
+    tail = w["source"].format(src=w[f"src.{source}"])
     said = noise_text([rule for _, _, rule in results], floors, [c.metric for c in criteria], min_effect,
                       base_version, lang)
     tail += (sep + said) if said else ""
@@ -652,10 +586,9 @@ def decide(hypothesis: str, expect: Optional[str], new: Side, base: Side,
     return verdict, reasons + tail
 
 
-VERDICT_ZH = {"supported": "支持", "refuted": "否定", "inconclusive": "无法判定"}
+VERDICT_ZH = phrases.group("verdict_word", "zh")  # the verdict's word in a zh record (analysis.json verdict_zh)
 VERDICT_MARK = {"supported": "✅", "refuted": "❌", "inconclusive": "≈"}
 GUARDRAIL_MARK = {"safe": "✅", "watch": "🟡", "danger": "❌"}
-LEVEL_ZH = {"safe": "安全", "watch": "观察", "danger": "危险"}
 
 RESULT_KEYS = ("val_loss", "inference_loss", "train_inference_ratio", "repetition_rate",
                "recall.mem_only.p_at_1", "recall.both.p_at_1", "retrieval.mem_only.hit_at_c", "sft_loss",
@@ -668,31 +601,26 @@ def result_lines(rows: list[dict], guardrails: dict[str, dict], verdict: str, re
     """The commit message's result lines, computed from the comparison and guardrails:
     ✅ a change outside the interval in the good direction, ❌ in the bad one, ≈ within
     noise, ℹ️ where there is nothing to compare or no interval; guardrails ✅ safe, 🟡 watch, ❌ danger."""
-    zh = lang == "zh"
-    word = VERDICT_ZH[verdict] if zh else verdict
-    lines = [f"{VERDICT_MARK[verdict]} {'假设' if zh else 'hypothesis'} {word}: {reason}"]
+    say = lambda key, **values: phrases.phrase(f"verdict_text.{key}", lang, **values)  # noqa: E731
+    lines = [say("line_verdict", mark=VERDICT_MARK[verdict], word=phrases.phrase(f"verdict_word.{verdict}", lang),
+                 reason=reason)]
     for row in rows:
         if row["metric"] not in keys or row["new"] is None:
             continue
         if row["base"] is None:
-            lines.append(f"ℹ️ {row['metric']} = {row['new']:.4g} ({'无基线可比' if zh else 'no base to compare with'})")
+            lines.append(say("line_no_base", metric=row["metric"], new=f"{row['new']:.4g}"))
         elif row.get("mark") is None:
-            lines.append(f"ℹ️ {row['metric']}: {row['base']:.4g} → {row['new']:.4g} "
-                         f"({'无逐项数据，无法判断是否超出噪声' if zh else 'no interval: not marked'})")
+            lines.append(say("line_no_interval", metric=row["metric"], base=f"{row['base']:.4g}", new=f"{row['new']:.4g}"))
         else:
             lines.append(f"{row['mark']} {row['metric']}: {row['base']:.4g} → {row['new']:.4g} ({interval_text(row['ci'], lang)})")
     if control is not None and control.get("base") is not None:
         mark = "⚠️" if control["suspicious"] else "≈"
         lines.append(f"{mark} {control['text']}")
     if reading is not None:  # the bank's own number: is the asked fact's entry read beyond chance
-        lines.append(f"{'✅' if reading['above_chance'] else '≈'} {'记忆库读取' if zh else 'bank reads'}: {reading['text']}")
+        lines.append(say("line_bank", mark="✅" if reading["above_chance"] else "≈", text=reading["text"]))
     for name, info in sorted(guardrails.items()):
         level = info.get("level")
         if level in GUARDRAIL_MARK:
-            value = info.get("value")
-            shown = number(value)
-            if zh:
-                lines.append(f"{GUARDRAIL_MARK[level]} 护栏 {name}: {shown}({LEVEL_ZH[level]})")
-            else:
-                lines.append(f"{GUARDRAIL_MARK[level]} guardrail {name}: {shown} ({level})")
+            lines.append(say("line_guardrail", mark=GUARDRAIL_MARK[level], name=name, value=number(info.get("value")),
+                             level=phrases.phrase(f"record_level.{level}", lang)))
     return lines

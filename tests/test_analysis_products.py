@@ -137,9 +137,9 @@ def test_the_half_step_rule_respects_every_constrained_setting(lab, preset):
     """Refuted with one numeric change, for every numeric model.* and train.* setting: the
     proposal validates as `new` validates it, lies strictly between the two values, keeps the
     setting's type, and a float carries no binary noise."""
-    from lifecycle.knowledge.proposal import _Validator, _rules, _yaml
+    from lifecycle.knowledge.proposal import Validator, rule_proposal, set_text
 
-    validator = _Validator(lab)
+    validator = Validator(lab)
     run_cfg = _resolved(lab, preset=preset)
     checked = 0
     for key in _numeric_keys(validator):
@@ -150,7 +150,7 @@ def test_the_half_step_rule_respects_every_constrained_setting(lab, preset):
         base_value = _other_value(validator, run_cfg, key, value, validator.schema[key])
         if base_value is None:
             continue
-        sets, *_ = _rules(validator, "0.1.1", run_cfg, "refuted", [], [(key, base_value, value)], [])
+        sets, *_ = rule_proposal(validator, "0.1.1", run_cfg, "refuted", [], [(key, base_value, value)], [])
         validator.config(run_cfg, sets)  # raises if the proposal does not validate
         proposed = dict(sets)
         if key in proposed:
@@ -158,7 +158,7 @@ def test_the_half_step_rule_respects_every_constrained_setting(lab, preset):
             assert min(base_value, value) < half < max(base_value, value), (key, base_value, value, half)
             assert type(half) is type(value), (key, half)
             if isinstance(half, float):
-                assert len(_yaml(half).replace("0.", "").replace("e-", "")) <= 8, (key, half)
+                assert len(set_text(half).replace("0.", "").replace("e-", "")) <= 8, (key, half)
             checked += 1
         else:
             assert list(proposed) == ["train.seed"], (key, sets)  # nothing valid between: another seed
@@ -167,22 +167,22 @@ def test_the_half_step_rule_respects_every_constrained_setting(lab, preset):
 
 @pytest.mark.parametrize("a, b, expected", [(64, 256, 169), (4096, 1_048_576, 525_625)])
 def test_knowledge_num_halfway_is_a_perfect_square(lab, a, b, expected):
-    from lifecycle.knowledge.proposal import _Validator, _rules
+    from lifecycle.knowledge.proposal import Validator, rule_proposal
 
-    validator = _Validator(lab)
+    validator = Validator(lab)
     cfg = _resolved(lab, preset="memory", knowledge_num=b)
-    sets, *_ = _rules(validator, "0.1.1", cfg, "refuted", [], [("model.knowledge_num", a, b)], [])
+    sets, *_ = rule_proposal(validator, "0.1.1", cfg, "refuted", [], [("model.knowledge_num", a, b)], [])
     assert dict(sets)["model.knowledge_num"] == expected
 
 
 def test_a_float_halfway_is_written_as_a_person_writes_it(lab):
-    from lifecycle.knowledge.proposal import _Validator, _rules, _yaml
+    from lifecycle.knowledge.proposal import Validator, rule_proposal, set_text
 
-    validator = _Validator(lab)
+    validator = Validator(lab)
     cfg = _resolved(lab, preset="memory", freeze_ratio=0.4)
     assert (0.2 + 0.4) / 2 == 0.30000000000000004
-    sets, *_ = _rules(validator, "0.1.1", cfg, "refuted", [], [("model.freeze_ratio", 0.2, 0.4)], [])
-    assert [f"{k}={_yaml(v)}" for k, v in sets] == ["model.freeze_ratio=0.3"]
+    sets, *_ = rule_proposal(validator, "0.1.1", cfg, "refuted", [], [("model.freeze_ratio", 0.2, 0.4)], [])
+    assert [f"{k}={set_text(v)}" for k, v in sets] == ["model.freeze_ratio=0.3"]
 
 
 RULE_CASES = {
@@ -210,7 +210,7 @@ def test_every_rule_proposes_a_config_that_validates(lab, rule):
     verdict, dangers, causes, model, train = RULE_CASES[rule]
     cfg = _resolved(lab, **model)
     cfg["train"].update(train)
-    validator = proposal._Validator(lab)
+    validator = proposal.Validator(lab)
     validator.config(cfg, [])  # the starting point itself is valid
     out = proposal.build(lab, "0.1.1", cfg, verdict, dangers, [], causes=causes)
     sets = [tuple(s.split("=", 1)) for s in out["sets"]]
@@ -235,7 +235,7 @@ def test_a_product_that_does_not_validate_is_dropped_with_its_reason(lab, monkey
     finish(run)
     analyse_mod.analyse(run)
     assert (run / NEXT_FILE).exists()
-    monkeypatch.setattr(proposal, "_rules", lambda *a, **k: ([("model.knowledge_num", 1000)], "g", "h", "w"))
+    monkeypatch.setattr(proposal, "rule_proposal", lambda *a, **k: ([("model.knowledge_num", 1000)], "g", "h", "w"))
 
     def broken(*args, **kwargs):
         raise KeyError("guardrails")

@@ -60,7 +60,7 @@ def test_settings_unknown_key_and_bad_value(tmp_path):
 
 def test_init_and_discovery(tmp_path, monkeypatch):
     lab = init_lab(tmp_path / "lab")
-    for sub in ("models/model.py", "minimind.yaml", ".gitignore", "templates/record_en.md.j2", "experiment", "runs"):
+    for sub in ("models/model.py", "minimind.yaml", ".gitignore", "templates/record.md.j2", "experiment", "runs"):
         assert (lab.root / sub).exists(), sub
     import git
 

@@ -73,3 +73,13 @@ def test_the_offline_analysis_and_the_proposals_know_a_new_preset_with_a_bank(la
     assert made["sets"] and all(s.startswith(("model.num_candidates=", "model.diversity_loss_weight="))
                                 for s in made["sets"]), made
     assert made["estimate"]["train_flops"]
+
+
+def test_the_record_shows_the_memory_rows_of_a_new_preset_with_a_bank(lab):
+    """`new` records from the registry whether the model has a bank (plan.json has_memory): the
+    record of a `wide` run shows the memory settings and the memory line, as for `memory`."""
+    assert invoke(lab, "new", "0.1.0", *NEW, "--set", "preset=wide", "--no-launch").exit_code == 0
+    assert json.loads((lab.run_dir("0.1.0") / "plan.json").read_text())["has_memory"] is True
+    record = lab.record_path("0.1.0").read_text()
+    assert "| `model.knowledge_num` |" in record and "| `model.num_candidates` |" in record
+    assert "- **Memory:** " in record

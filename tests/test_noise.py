@@ -188,7 +188,7 @@ def test_the_record_shows_each_replicate_and_their_spread(lang, tmp_path):
         "spread": {"inference_loss": noise.spread([4.1, 4.3]).to_dict(), "val_loss": noise.spread([4.3, 4.2]).to_dict()}})
     ctx = _record_context(lang)
     ctx["r"]["replicates"] = replicates_view(tmp_path)
-    text = render(f"record_{lang}.md.j2", ctx)
+    text = render("record.md.j2", ctx, lang=lang)
     assert "| 42 | 4.1 | 4.3 |" in text and "| 43 | 4.3 | 4.2 |" in text
     assert ("| seed-to-seed sd | 0.1414 | 0.07071 |" if lang == "en" else "| 种子间标准差 | 0.1414 | 0.07071 |") in text
     assert ("**Replicates** (2 runs" if lang == "en" else "**重复运行**(2 次运行") in text

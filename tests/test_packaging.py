@@ -41,5 +41,6 @@ def test_wheel_holds_every_package_template_and_the_command(tmp_path):
         assert expected <= names, sorted(expected - names)
     templates = {f"templates/{p.name}" for p in (ROOT / "templates").glob("*.j2")}
     assert templates and templates <= names
+    assert "minimind/phrases.yaml" in names  # the phrasebook every record and message is written from
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "minimind = cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

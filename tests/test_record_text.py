@@ -55,7 +55,7 @@ def _headings(text: str) -> list[str]:
 
 
 def test_the_humans_unclosed_code_fence_swallows_nothing(lab):
-    from lifecycle.document.record import SECTIONS
+    from lifecycle.document.record import headings
 
     goal = "Try the fused kernel:\n```python\nx = fused(h)\n\n## 🎯 Conclusion\nsupported"
     # no --expect: the agent's expectation quotes the hypothesis, whose second line opens a fence
@@ -66,7 +66,7 @@ def test_the_humans_unclosed_code_fence_swallows_nothing(lab):
                   "val_loss < base\n```", "--no-launch").exit_code == 0
     for version in ("0.1.0", "0.1.1"):
         record = lab.record_path(version).read_text()
-        assert _headings(record) == SECTIONS["en"], version
+        assert _headings(record) == headings("en"), version
     assert "x = fused(h)" in lab.record_path("0.1.0").read_text()  # the text is kept, only neutralised
 
 
@@ -98,15 +98,18 @@ def test_zh_record_has_no_english_fragments(lab):
 
 
 def test_zh_resources():
-    from lifecycle.document.record import resources_zh
+    from lifecycle.document.record import resources_in
 
-    assert resources_zh("1 process(es) on cpu, mixed precision no, micro-batch 4 x accumulation 1") == \
+    assert resources_in("1 process(es) on cpu, mixed precision no, micro-batch 4 x accumulation 1", "zh") == \
         "1 个进程,设备 cpu,混合精度 no,微批 4 × 累积 1"
-    assert resources_zh("8 process(es) on cuda, mixed precision bf16, micro-batch 16 x accumulation 64 "
-                        "(split by the memory plan), DeepSpeed") == \
+    assert resources_in("8 process(es) on cuda, mixed precision bf16, micro-batch 16 x accumulation 64 "
+                        "(split by the memory plan), DeepSpeed", "zh") == \
         "8 个进程,设备 cuda,混合精度 bf16,微批 16 × 累积 64(按内存计划拆分),DeepSpeed"
-    assert resources_zh("1 process(es), mixed precision auto") == "1 个进程,混合精度 auto"
-    assert resources_zh("something else") == "something else"
+    assert resources_in("1 process(es), mixed precision auto", "zh") == "1 个进程,混合精度 auto"
+    assert resources_in("something else", "zh") == "something else"
+    for text in ("8 process(es) on cuda, mixed precision bf16, micro-batch 16 x accumulation 64 (split by the memory "
+                 "plan), DeepSpeed", "1 process(es), mixed precision auto"):
+        assert resources_in(text, "en") == text  # the book's English is the trainer's own words
 
 
 def test_zh_plot_labels(tmp_path, monkeypatch):

@@ -22,7 +22,7 @@ import pytest
 
 from lab_helpers import invoke, make_lab
 
-from lifecycle.document.record import SECTIONS, render_record
+from lifecycle.document.record import SECTION_IDS, heading, render_record
 from lifecycle.document.rules import quality_problems, split_sections
 from minimind.atomic import write_json, write_text
 from minimind.config import load_config
@@ -161,16 +161,16 @@ def remove(name):
     return change
 
 
-def drop_heading(index):
+def drop_heading(section_id):
     def edit(text, lang):
-        return text.replace(f"## {SECTIONS[lang][index]}\n", "")
+        return text.replace(f"## {heading(section_id, lang)}\n", "")
     return edit
 
 
 def empty_git_section(text, lang):
-    heading = f"## {SECTIONS[lang][1]}\n"
-    start = text.index(heading) + len(heading)
-    end = text.index(f"## {SECTIONS[lang][2]}\n")
+    git = f"## {heading('git', lang)}\n"
+    start = text.index(git) + len(git)
+    end = text.index(f"## {heading('basic', lang)}\n")
     return text[:start] + "\n(to be filled in)\n\n" + text[end:]
 
 
@@ -182,10 +182,10 @@ CASES = [
                                   stop_reason="signal SIGTERM"), None, []),
     ("guardrail-stopped-with-reason", state(EXIT_GUARDRAIL, state="guardrail_stopped", train_outcome="guardrail_stopped",
                                             stop_reason="train_loss 0.05 < 0.1 (danger)"), None, []),
-    ("section-config-missing", None, drop_heading(3), ["section '{3}' is missing"]),
-    ("section-execution-missing", None, drop_heading(4), ["section '{4}' is missing"]),
-    ("section-training-missing", None, drop_heading(5), ["section '{5}' is missing"]),
-    ("section-deep-analysis-missing", None, drop_heading(7), ["section '{7}' is missing"]),
+    ("section-config-missing", None, drop_heading("config"), ["section '{config}' is missing"]),
+    ("section-execution-missing", None, drop_heading("execution"), ["section '{execution}' is missing"]),
+    ("section-training-missing", None, drop_heading("training"), ["section '{training}' is missing"]),
+    ("section-deep-analysis-missing", None, drop_heading("analysis"), ["section '{analysis}' is missing"]),
     ("goal-empty", plan_field("goal", ""), None, ["the goal is empty"]),
     ("hypothesis-empty", plan_field("hypothesis", ""), None, ["the hypothesis is empty"]),
     ("thinking-empty", plan_field("thinking", ""), None, ["the AI thinking process is not recorded"]),
@@ -218,7 +218,7 @@ def test_each_rule_of_the_quality_standard(lab, run_copy, lang, name, change, ed
     run_dir = run_copy(lang)
     if change is not None:
         change(run_dir)
-    expected = [e.format(*SECTIONS[lang]) for e in expected]
+    expected = [e.format(**{i: heading(i, lang) for i in SECTION_IDS}) for e in expected]
     assert review(lab, lang, run_dir, edit) == expected
 
 
@@ -231,9 +231,10 @@ def test_the_complete_record_is_the_one_analyse_wrote(lab, lang):
     assert derived == "finished"
     assert quality_problems(text, derived, st.stop_reason, lang) == []
     sections = split_sections(text)
-    assert list(sections) == SECTIONS[lang]
-    assert GOAL[lang] in sections[SECTIONS[lang][2]] and HYP[lang] in sections[SECTIONS[lang][2]]
-    assert re.search(r"^- \S", sections[SECTIONS[lang][8]], re.M)
+    assert list(sections) == [heading(i, lang) for i in SECTION_IDS]
+    basic = sections[heading("basic", lang)]
+    assert GOAL[lang] in basic and HYP[lang] in basic
+    assert re.search(r"^- \S", sections[heading("conclusion", lang)], re.M)
 
 
 @pytest.mark.parametrize("lang", LANGS)

@@ -188,12 +188,12 @@ def test_bank_reading_against_the_shuffled_control_and_retrieval_rows():
 
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_record_templates_render_every_section(lang):
-    from lifecycle.document.record import SECTIONS
+    from lifecycle.document.record import headings
     from lifecycle.document.render import render
     from lifecycle.document.rules import quality_problems
 
-    text = render(f"record_{lang}.md.j2", _record_context(lang))
-    positions = [text.index(f"## {h}") for h in SECTIONS[lang]]
+    text = render("record.md.j2", _record_context(lang), lang=lang)
+    positions = [text.index(f"## {h}") for h in headings(lang)]
     assert positions == sorted(positions)
     assert quality_problems(text, "finished", None, lang) == []
     assert "w\\|x" in text  # table cells escaped
@@ -217,7 +217,7 @@ def test_record_of_a_code_experiment_shows_its_hunks_stages_and_approval(lang):
         "isolation": {"network": "unshare -n"}, "rounds": 2, "new_settings": ["mem_gate"], "touched": ["MemoryLayer.forward"],
         "rejections": [{"round": 2, "kind": "rejection", "note": "open the gate", "by": "ana", "at": "t1",
                         "rejected_sha256": "cd" * 32}]}
-    text = render(f"record_{lang}.md.j2", context)
+    text = render("record.md.j2", context, lang=lang)
     assert "gate the memory read" in text and "+x = 2" in text and "why one" in text
     assert "open the gate" in text and "cdcdcdcdcdcd" in text  # the human's rejection round and its note
     assert "ana" in text and "abababababababab" in text and "mem_gate" in text and "MemoryLayer.forward" in text
@@ -229,8 +229,8 @@ def test_commit_and_run_script_templates(tmp_path):
     from lifecycle.document.render import render
 
     d = {"title": "t", "improvements": ["i"], "core_changes": {"a.py": ["c"]}, "results": ["✅ r"], "next_steps": ["n"]}
-    assert "## Core changes\n### a.py\n- c" in render("commit_en.txt.j2", {"d": d})
-    assert "## 核心变更" in render("commit_zh.txt.j2", {"d": d})
+    assert "## Core changes\n### a.py\n- c" in render("commit.txt.j2", {"d": d}, lang="en")
+    assert "## 核心变更" in render("commit.txt.j2", {"d": d}, lang="zh")
     script = render("run.sh.j2", {"version": "1.4.8", "run_dir": "/tmp/a b/runs/1.4.8", "lab_root": "/tmp/a b",
                                   "python": sys.executable, "env": {"X": "$(id)"}, "train_cmd": [sys.executable, "-m", "x"]})
     path = tmp_path / "run.sh"

@@ -67,12 +67,12 @@ def missing_files(lab: Lab, version: str, state: RunState) -> list[str]:
 
 def commit_title(summary: str, version: str, verdict: str, lang: str) -> str:
     """The title line: the agent's summary (checked prose), then the computed verdict word."""
-    from minimind.verdict import VERDICT_ZH
+    from minimind.phrases import phrase
 
     summary = " ".join(summary.split()).rstrip(" .。")
     if version not in summary:
-        summary = (f"实验 {version}: " if lang == "zh" else f"Experiment {version}: ") + summary
-    tail = f"（假设{VERDICT_ZH[verdict]}）" if lang == "zh" else f" (hypothesis {verdict})"
+        summary = phrase("commit_title.head", lang, version=version) + summary
+    tail = phrase("commit_title.verdict", lang, word=phrase(f"verdict_word.{verdict}", lang))
     return summary[: 120 - len(tail)] + tail
 
 
@@ -85,6 +85,6 @@ def render_commit_message(lab: Lab, draft, ctx) -> str:
     core = {f: lines for f, lines in draft.core_changes.items() if f in allowed}
     data = {"title": commit_title(draft.title, ctx.version, ctx.verdict, ctx.lang), "improvements": draft.improvements,
             "core_changes": core, "results": list(ctx.result_lines), "next_steps": draft.next_steps}
-    return render(f"commit_{ctx.lang}.txt.j2", {"d": data}, lab.templates_dir).strip() + "\n"
+    return render("commit.txt.j2", {"d": data}, lab.templates_dir, lang=ctx.lang).strip() + "\n"
 
 

@@ -15,10 +15,13 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from lifecycle.document.render import PENDING_MARK, render
 from minimind.atomic import write_text
 from minimind.config import flatten, load_config
 from minimind.formats import MODEL_DIFF_CHARS, interval
 from minimind.lab import Lab
+from minimind.phrases import phrase
+from minimind.phrases import has as has_phrase
 from minimind.guardrails import LIGHTS, upgrade_eval
 from minimind.schema import to_dict
 from minimind.rundir import (ANALYSIS_FILE, CODE_CHANGE_FILE, CONFIG_FILE, DIFF_FILE, EVAL_FILE, LESSON_FILE, METRICS_FILE, NEXT_FILE,
@@ -27,13 +30,23 @@ from minimind.rundir import (ANALYSIS_FILE, CODE_CHANGE_FILE, CONFIG_FILE, DIFF_
                              read_metrics)
 
 
-# The lab's record sections, in order (PRODUCT.md section 5); review checks them by these headings.
-SECTIONS = {
-    "en": ["🧠 AI Thinking Process", "📝 Git Change Record", "📋 Basic Information", "⚙️ Configuration Parameters",
-           "🚀 Execution Record", "📊 Training Results", "🔍 Inference Evaluation", "📈 Deep Analysis", "🎯 Conclusion"],
-    "zh": ["🧠 AI思考过程", "📝 Git变更记录", "📋 实验基本信息", "⚙️ 配置参数", "🚀 执行记录", "📊 训练结果",
-           "🔍 推理评估", "📈 深度分析", "🎯 实验结论"],
-}
+# The lab's record sections, in order (PRODUCT.md section 5), by id: the one owner of which
+# sections a record has. Each heading is the phrasebook's `section.<id>` in the record's
+# language; review and the re-render find a section by its id (`section_of`), never by position.
+SECTION_IDS = ("thinking", "git", "basic", "config", "execution", "training", "evaluation", "analysis", "conclusion")
+# The sections code re-renders from the run's files after the plan: a human edit elsewhere
+# is always kept; an edit inside one of these blocks the merge.
+OWNED_IDS = ("execution", "training", "evaluation", "analysis", "conclusion")
+
+
+def heading(section_id: str, lang: str) -> str:
+    """A section's heading text (after '## ') in the record's language."""
+    return phrase(f"section.{section_id}", lang)
+
+
+def headings(lang: str, ids: tuple[str, ...] = SECTION_IDS) -> list[str]:
+    return [heading(i, lang) for i in ids]
+
 KEY_PARAMS = ("model.preset", "model.dim", "model.n_layers", "model.n_heads", "model.n_kv_heads", "model.vocab_size",
               "model.max_seq_len", "model.knowledge_num", "model.knowledge_length", "model.knowledge_dim",
               "model.num_candidates", "model.freeze_ratio", "model.freeze_policy", "model.ema_decay",
@@ -42,13 +55,18 @@ KEY_PARAMS = ("model.preset", "model.dim", "model.n_layers", "model.n_heads", "m
 # Settings only a model with a memory layer reads: a dense run's table leaves them out.
 MEMORY_PARAMS = ("model.knowledge_num", "model.knowledge_length", "model.knowledge_dim", "model.num_candidates",
                  "model.freeze_ratio", "model.freeze_policy", "model.ema_decay", "model.ema_update_freq")
-# Presets with a memory layer (models/model.py PRESETS, with the seed lab's aliases), named here
-# so that rendering a record imports no torch; tests/test_record_text.py checks them against PRESETS.
+# Runs made by minimind <= 0.1.x have no plan.json `has_memory` (`new` records it from the
+# model module's registry, models/registry.py memory_presets): for them, the presets with a
+# memory layer as that version knew them (models/model.py PRESETS, with the seed lab's aliases).
+# tests/test_record_text.py checks them against PRESETS.
 MEMORY_PRESETS = ("memory", "hybrid", "model_memory", "model")
-LEVELS_ZH = {"safe": "安全", "watch": "观察", "danger": "危险", "n/a": "无数据"}
 
 
-def has_memory(model: dict) -> bool:
+def has_memory(model: dict, plan: Optional[dict] = None) -> bool:
+    """Whether the run's model has a memory bank: what `new` recorded in plan.json, else the
+    fallback for older runs."""
+    if plan and isinstance(plan.get("has_memory"), bool):
+        return plan["has_memory"]
     return model.get("preset") in MEMORY_PRESETS
 
 
@@ -57,15 +75,17 @@ _RESOURCES = re.compile(r"^(\d+) process\(es\)(?: on (\w+))?, mixed precision (\
                         r"(?:, micro-batch (\d+) x accumulation (\d+))?( \(split by the memory plan\))?(, DeepSpeed)?$")
 
 
-def resources_zh(text: str) -> str:
-    """state.json `resources` in Chinese; a sentence of another form is shown as written."""
+def resources_in(text: str, lang: str) -> str:
+    """state.json `resources` (the trainer's English words) in the record's language, from the
+    phrasebook's `resources` group; a sentence of another form is shown as written."""
     m = _RESOURCES.match(text)
     if not m:
         return text
     procs, device, precision, batch, accumulation, split, deepspeed = m.groups()
-    return (f"{procs} 个进程" + (f",设备 {device}" if device else "") + f",混合精度 {precision}"
-            + (f",微批 {batch} × 累积 {accumulation}" if batch else "") + ("(按内存计划拆分)" if split else "")
-            + (",DeepSpeed" if deepspeed else ""))
+    say = lambda key, **values: phrase(f"resources.{key}", lang, **values)  # noqa: E731
+    return (say("procs", n=procs) + (say("device", device=device) if device else "") + say("precision", precision=precision)
+            + (say("batch", batch=batch, accumulation=accumulation) if batch else "") + (say("split") if split else "")
+            + (say("deepspeed") if deepspeed else ""))
 
 
 def _duration(seconds: Optional[float]) -> str:
@@ -102,6 +122,12 @@ def metrics_summary(rows: list[dict], window: int = 50) -> dict[str, Any]:
     }
 
 
+def _level(guardrail: dict, lang: str) -> str:
+    """A guardrail's level as the record's table shows it; a level the book does not know as written."""
+    level = guardrail.get("level", "n/a")
+    return phrase(f"record_level.{level}", lang) if has_phrase(f"record_level.{level}") else guardrail.get("level")
+
+
 def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> dict[str, Any]:
     """Everything the record template shows, from the run directory's files."""
     run_dir = run_dir or lab.run_dir(version)
@@ -119,28 +145,24 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
     diff_text = (run_dir / DIFF_FILE).read_text(encoding="utf-8") if (run_dir / DIFF_FILE).exists() else ""
     flat = flatten(cfg.to_dict())
 
-    from minimind.verdict import bank_reading, compare_rows, held_out_control
+    from lifecycle.knowledge.replicates import verdict_inputs
+    from minimind.verdict import bank_reading, compare_rows, delta_text, held_out_control
 
+    lang = lang_of(plan)
     confidence = cfg.eval.confidence
-    comparison = (analysis or {}).get("comparison") or (compare_rows(ev, base_ev, confidence, cfg.eval.min_effect) if ev else [])
-    control = (analysis or {}).get("held_out_control") or (held_out_control(ev, base_ev, confidence, lang_of(plan)) if ev else None)
+    comparison = (analysis or {}).get("comparison")
+    if not comparison and ev:
+        # Before the analysis: the rows analyse will write, from the same inputs (one assembler).
+        new_side, base_side, floors = verdict_inputs(lab, run_dir, cfg, ev)
+        comparison = compare_rows(new_side, base_side, confidence, cfg.eval.min_effect, floors)
+    comparison = comparison or []
+    control = (analysis or {}).get("held_out_control") or (held_out_control(ev, base_ev, confidence, lang) if ev else None)
     has_items = bool(ev and ev.get("per_item")) and bool(base_ev is None or base_ev.get("per_item"))
-    intervals_note = (f"Changes are marked by a paired bootstrap {confidence:.0%} interval of the difference on the "
-                      "same documents and probes: ✅ better and ❌ worse only when the interval excludes zero, "
-                      "≈ within noise." if has_items else
-                      "No per-item data on both sides (one eval.json predates it): changes are listed without an "
-                      "interval and are not marked.") if base_ev else ""
-    if lang_of(plan) == "zh" and intervals_note:
-        intervals_note = (f"变化按同一批文档与探针上差值的配对 bootstrap {confidence:.0%} 置信区间标注:区间不含零时才标 ✅(更好)"
-                          "或 ❌(更差),否则为 ≈(噪声范围内)。" if has_items else
-                          "有一方没有逐项数据(较早的 eval.json):变化只列出,不标注。")
-    zh = lang_of(plan) == "zh"
-    if zh:
-        from minimind.verdict import delta_text
-
-        comparison = [{**row, "delta_text": delta_text(row, "zh")} for row in comparison]
-    guardrails = [{"name": n, "value": g.get("value"),
-                   "level": (LEVELS_ZH.get(g.get("level", "n/a"), g.get("level")) if zh else g.get("level", "n/a")),
+    intervals_note = (phrase("record_intervals.marked", lang, confidence=f"{confidence:.0%}") if has_items else
+                      phrase("record_intervals.unmarked", lang)) if base_ev else ""
+    if lang == "zh":
+        comparison = [{**row, "delta_text": delta_text(row, lang)} for row in comparison]
+    guardrails = [{"name": n, "value": g.get("value"), "level": _level(g, lang),
                    "light": LIGHTS.get(g.get("level"), "⚪")} for n, g in ((ev or {}).get("guardrails") or {}).items()]
     recall = []
     for split, r in ((ev or {}).get("recall") or {}).items():
@@ -153,12 +175,11 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
         chat_qa.append({"group": group, "n": q.get("n"), "accuracy": q.get("accuracy"),
                         "ci": interval(ci)})
     retrieval = _retrieval_rows(ev)
-    reading = (analysis or {}).get("bank_reading") or (bank_reading(ev, confidence, lang_of(plan)) if ev else None)
+    reading = (analysis or {}).get("bank_reading") or (bank_reading(ev, confidence, lang) if ev else None)
     started, ended = state.started_at, state.ended_at
     eta = state.eta_s if derived == "running" else None
     resources = state.resources or f"{cfg.launch.num_processes} process(es), mixed precision {cfg.launch.mixed_precision}"
-    if lang_of(plan) == "zh":
-        resources = resources_zh(resources)
+    resources = resources_in(resources, lang)
     return {"r": {
         "version": version, "base": cfg.base, "state": derived, "config_hash": plan.get("config_hash", ""),
         "stage": cfg.stage, "init": to_dict(cfg.init) if cfg.init else None,
@@ -174,8 +195,8 @@ def record_context(lab: Lab, version: str, run_dir: Optional[Path] = None) -> di
                 "model_changed": bool(diff_text.strip()), "against": plan.get("diff_against", "the base snapshot")},
         "model": cfg.model, "train": cfg.train,
         "config_rows": [(k, flat[k]) for k in KEY_PARAMS
-                        if k in flat and (k not in MEMORY_PARAMS or has_memory(cfg.model))],
-        "has_memory": has_memory(cfg.model),
+                        if k in flat and (k not in MEMORY_PARAMS or has_memory(cfg.model, plan))],
+        "has_memory": has_memory(cfg.model, plan),
         "execution": {"launched": bool(state.pid), "pid": state.pid, "pgid": state.pgid,
                       "started_at": _iso(started), "ended_at": _iso(ended),
                       "duration": _duration(ended - started) if started and ended else None,
@@ -274,9 +295,7 @@ def _sha(text: str) -> str:
 
 def render_record(lab: Lab, version: str, lang: str, run_dir: Optional[Path] = None, target: Optional[Path] = None) -> str:
     """Render the record text (does not write)."""
-    from lifecycle.document.render import render
-
-    return render(f"record_{lang}.md.j2", record_context(lab, version, run_dir), lab.templates_dir)
+    return render("record.md.j2", record_context(lab, version, run_dir), lab.templates_dir, lang=lang)
 
 
 def write_record(lab: Lab, version: str, lang: str) -> Path:
@@ -304,9 +323,6 @@ def write_record(lab: Lab, version: str, lang: str) -> Path:
     return path
 
 
-# The sections code re-renders from the run's files after the plan: a human edit elsewhere
-# is always kept; an edit inside one of these blocks the merge.
-OWNED = {"en": SECTIONS["en"][4:], "zh": SECTIONS["zh"][4:]}
 
 
 def _split(text: str) -> list[tuple[str, str]]:
@@ -321,9 +337,21 @@ def _split(text: str) -> list[tuple[str, str]]:
     return parts
 
 
-# The placeholder text the templates write into a section that has nothing yet: the record
-# owns it, review and the re-render read it.
-PENDING = re.compile(r"^(Pending|待评估|No training metrics yet|尚无训练指标|Not evaluated yet|尚未评估)", re.M)
+# Records rendered by minimind <= 0.1.x (before PENDING_MARK) are told pending by their
+# placeholder prose; only a record without any PENDING_MARK is read this way.
+LEGACY_PENDING = re.compile(r"^(Pending|待评估|No training metrics yet|尚无训练指标|Not evaluated yet|尚未评估)", re.M)
+
+
+def is_pending(body: str, legacy: bool = True) -> bool:
+    """Whether a section's body is still the renderer's placeholder. `legacy`: the record holds
+    no PENDING_MARK anywhere (an older record), so its placeholder prose is read instead."""
+    return PENDING_MARK in body or (legacy and bool(LEGACY_PENDING.search(body)))
+
+
+def section_of(sections: dict[str, str], section_id: str, lang: str) -> str:
+    """A section's body by id from {heading: body} (rules.split_sections, dict(_split(...)));
+    '' when the record lacks it."""
+    return sections.get(heading(section_id, lang), "")
 
 
 def merge_record(edited: str, previous: Optional[str], rendered: str, lang: str) -> Optional[str]:
@@ -332,7 +360,7 @@ def merge_record(edited: str, previous: Optional[str], rendered: str, lang: str)
 
     `previous` is the record as last rendered (None for runs made before it was kept:
     then only owned sections still showing their placeholder are replaced)."""
-    owned = set(OWNED.get(lang, OWNED["en"]))
+    owned = set(headings(lang, OWNED_IDS))
     new_parts = dict(_split(rendered))
     old_parts = dict(_split(previous)) if previous is not None else {}
     out = []
@@ -340,8 +368,8 @@ def merge_record(edited: str, previous: Optional[str], rendered: str, lang: str)
     for name, body in _split(edited):
         if name in owned:
             seen.add(name)
-            untouched = (old_parts.get(name) == body) if previous is not None else bool(
-                PENDING.search(body.split("\n", 1)[-1].strip()) or new_parts.get(name) == body)
+            untouched = (old_parts.get(name) == body) if previous is not None else (
+                is_pending(body.split("\n", 1)[-1].strip(), legacy=PENDING_MARK not in edited) or new_parts.get(name) == body)
             if not untouched:
                 return None
             out.append(new_parts.get(name, body))

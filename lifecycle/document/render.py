@@ -1,21 +1,30 @@
 """Jinja rendering for records, run scripts and commit messages.
 
 Templates come from the lab's `templates/` folder when it has them (researchers may edit
-their copy), else from the package. StrictUndefined turns a missing variable into an
+their copy), else from the package. A record, its parts and the commit message are one
+template each for every language: their words come from the phrasebook (minimind/phrases.py)
+through `t(key, **values)` and `tg(group)`. StrictUndefined turns a missing variable into an
 error instead of an empty string, and the `sh` filter shell-quotes every value that
 reaches the run script.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from minimind import phrases
 from minimind.errors import MinimindError
 
 PACKAGE_TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+# What the renderer writes (the templates' `pending`) into a record section it has no results
+# for yet: an HTML comment, which a Markdown reader does not show. Review and the re-render
+# (lifecycle/document/record.py is_pending) tell a pending section by it, not by its prose.
+PENDING_MARK = "<!-- minimind:pending -->"
 
 
 def shell_quote(value: Any) -> str:
@@ -95,13 +104,53 @@ def environment(lab_templates: Optional[Path] = None):
         lstrip_blocks=True,
         autoescape=False,
     )
+    env.globals["pending"] = PENDING_MARK
     env.filters.update(sh=shell_quote, fmt=_fmt, pct=_pct, cell=_md_cell, human=_human, closed=_closed)
     return env
 
 
-def render(name: str, context: dict[str, Any], lab_templates: Optional[Path] = None) -> str:
+# Labs made by minimind <= 0.1 (before the phrasebook) hold a copy per language of the record,
+# its parts and the commit message. The one template replaced them: such a copy is moved
+# aside as NAME.legacy the first time the one template is rendered, and the package's one is used.
+LEGACY_COPIES = {
+    "record.md.j2": ("record_en.md.j2", "record_zh.md.j2", "record_preflight_en.md.j2", "record_preflight_zh.md.j2",
+                     "record_code_en.md.j2", "record_code_zh.md.j2", "record_next_en.md.j2", "record_next_zh.md.j2"),
+    "commit.txt.j2": ("commit_en.txt.j2", "commit_zh.txt.j2"),
+}
+
+
+def upgrade_legacy_copies(lab_templates: Optional[Path], name: str) -> list[str]:
+    """Move a lab's per-language copies that `name` replaced aside; returns what it says to the user."""
+    if lab_templates is None or (Path(lab_templates) / name).is_file():
+        return []  # no lab folder, or the lab keeps its own copy of the one template: that one is used
+    moved = []
+    for old in LEGACY_COPIES.get(name, ()):
+        path = Path(lab_templates) / old
+        try:
+            os.replace(path, path.with_name(old + ".legacy"))
+        except FileNotFoundError:  # not in this lab, or a concurrent render moved it first
+            continue
+        moved.append(old)
+    if not moved:
+        return []
+    return [f"note: templates/{', '.join(moved)} (one copy per language, minimind <= 0.1) are replaced by the "
+            f"package's one templates/{name}; kept as .legacy beside (carry any edits into a copy of {name})."]
+
+
+def language_context(lang: str) -> dict[str, Any]:
+    """What a template needs to write in `lang`: the language and the phrasebook's lookups."""
+    return {"lang": lang, "t": lambda key, **values: phrases.phrase(key, lang, **values),
+            "tg": lambda group: phrases.group(group, lang)}
+
+
+def render(name: str, context: dict[str, Any], lab_templates: Optional[Path] = None, lang: Optional[str] = None) -> str:
+    """Render template `name`; with `lang`, its phrases are written in that language."""
     import jinja2
 
+    if lang is not None:
+        context = {**context, **language_context(lang)}
+        for note in upgrade_legacy_copies(lab_templates, name):
+            print(note, file=sys.stderr)
     try:
         return environment(lab_templates).get_template(name).render(**context)
     except jinja2.TemplateNotFound:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import re
 
-from lifecycle.document.record import PENDING, SECTIONS
+from minimind import phrases
+
+from lifecycle.document.record import PENDING_MARK, SECTION_IDS, heading, is_pending, section_of
 
 
 def split_sections(text: str) -> dict[str, str]:
@@ -31,10 +33,20 @@ def _field_text(section: str, labels: str) -> str:
     return match.group(1).strip() if match else ""
 
 
+def _template_pattern(key: str) -> str:
+    """A regex for phrase `key` as any language wrote it into a record, each {field} any text."""
+    return "|".join(re.sub(r"\\\{\w+\\\}", ".*", re.escape(phrases.text(key, lang))) for lang in phrases.LANGS)
+
+
+def _label(key: str) -> str:
+    """The labels of a record bullet ('- **Goal:**') in every language, as a regex alternation."""
+    return "|".join(re.escape(phrases.text(key, lang).removeprefix("- **").removesuffix(":**")) for lang in phrases.LANGS)
+
+
 def _thinking_text(section: str) -> str:
     """The agent's own thinking: without the authorship line and the template's parts after it."""
-    lines = [line for line in section.splitlines()
-             if not re.fullmatch(r"\*(Written by .*|由 .* 代理撰写.*)\*", line.strip())]
+    authorship = re.compile(_template_pattern("record.written_by"))
+    lines = [line for line in section.splitlines() if not authorship.fullmatch(line.strip())]
     body = []
     for line in lines:
         if line.startswith("**"):
@@ -51,20 +63,20 @@ def quality_problems(text: str, derived_state: str, stop_reason: str | None, lan
     `analysis_error`: why the agent's analysis failed after training (state.json);
     `rendered_beside`: where a render with the results went when the edited record could
     not be merged. Each turns the generic "missing" lines into the one thing to do."""
-    headings = SECTIONS.get(lang, SECTIONS["en"])
     sections = split_sections(text)
     problems = []
-    missing = [h for h in headings if h not in sections]
+    missing = [heading(i, lang) for i in SECTION_IDS if heading(i, lang) not in sections]
     problems += [f"section '{h}' is missing" for h in missing]
-    get = lambda i: sections.get(headings[i], "")  # noqa: E731
-    basic = get(2)
-    if not _field_text(basic, "Goal|实验目的"):
+    get = lambda section_id: section_of(sections, section_id, lang)  # noqa: E731
+    legacy = PENDING_MARK not in text  # a record rendered before the marker: its placeholder prose tells
+    basic = get("basic")
+    if not _field_text(basic, _label("record.goal")):
         problems.append("the goal is empty")
-    if not _field_text(basic, "Hypothesis|研究假设"):
+    if not _field_text(basic, _label("record.hypothesis")):
         problems.append("the hypothesis is empty")
-    if len(_thinking_text(get(0))) < 40:
+    if len(_thinking_text(get("thinking"))) < 40:
         problems.append("the AI thinking process is not recorded")
-    if "`" not in get(1):
+    if "`" not in get("git"):
         problems.append("the git change record is empty")
     if derived_state in ("running", "drafted", "lost"):
         problems.append(f"training has not completed (state: {derived_state})")
@@ -76,12 +88,13 @@ def quality_problems(text: str, derived_state: str, stop_reason: str | None, lan
         problems.append(f"the record was edited by hand and the results could not be merged into it: they are in "
                         f"{rendered_beside}; copy them in (or move your edits there) and review again")
         return problems
-    if PENDING.search(get(6)) or "|" not in get(6):
+    evaluation = get("evaluation")
+    if is_pending(evaluation, legacy) or "|" not in evaluation:
         problems.append("the inference evaluation is missing (minimind eval)")
-    conclusion = get(8)
+    conclusion = get("conclusion")
     if analysis_error and not re.search(r"^- \S", conclusion, re.M):
         problems.append(f"the analysis failed after training ({analysis_error}); training is {derived_state}. "
                         f"Redo only the analysis with: minimind analyse {version}")
-    elif PENDING.search(conclusion) or not re.search(r"^- \S", conclusion, re.M):
+    elif is_pending(conclusion, legacy) or not re.search(r"^- \S", conclusion, re.M):
         problems.append("the conclusion with next steps is missing")
     return problems

@@ -27,6 +27,7 @@ from typing import Any, Optional
 
 from minimind import devices
 from minimind.errors import GateRefused
+from minimind.phrases import phrase
 from minimind.rundir import CONFIG_FILE, METRICS_FILE, PLAN_FILE, read_json, read_metrics
 
 # The memory formula and its constants have one owner, shared with the trainer's plan.
@@ -205,39 +206,24 @@ def counted_text(how: Any, lang: str = "en") -> str:
     """How the training tokens were counted, in words (older plan.json files hold the words already)."""
     if isinstance(how, str):
         return how
-    zh = lang == "zh"
+    say = lambda key, **values: phrase(f"estimate.{key}", lang, **values)  # noqa: E731
     kind = how.get("kind")
     if kind in ("docs", "sft"):
-        if zh:
-            what = f"{how['docs']:,} 条训练{'对话' if kind == 'sft' else '文档'} × {how['epochs']} 轮"
-            if kind == "sft":
-                what += f",按对话自身的 token 计(其中助手 token {_size(how['target_tokens'])},即损失所在)"
-                if how.get("sampled"):
-                    what += f",由文件前 {how['sampled']:.0%} 推算"
-            if how.get("real"):
-                what += ",按文档自身的 token 计"
-            elif how.get("bound"):
-                what += ",每条序列按 max_seq_len 计:是上限(运行 minimind data prepare 后按真实 token 计)"
-            return what + (f",受 max_steps {how['max_steps']} 限制" if how["capped"] else "")
-        what = f"{how['docs']:,} training {'conversations' if kind == 'sft' else 'documents'} × {how['epochs']} epoch(s)"
+        what = say("counted", docs=f"{how['docs']:,}", what=say("conversations" if kind == "sft" else "documents"),
+                   epochs=how["epochs"])
         if kind == "sft":
-            what += (f", the conversations' own tokens (prompt and assistant; {_size(how['target_tokens'])} "
-                     "assistant tokens carry the loss)")
+            what += say("counted_sft", target=_size(how["target_tokens"]))
             if how.get("sampled"):
-                what += f", estimated from the first {how['sampled']:.0%} of the file"
+                what += say("counted_sampled", share=f"{how['sampled']:.0%}")
         if how.get("real"):
-            what += ", the documents' own tokens"
+            what += say("counted_real")
         elif how.get("bound"):
-            what += (", every sequence counted at max_seq_len: an upper bound (the real count once the data "
-                     "is prepared: minimind data prepare, or the first run)")
-        return what + (f", capped at max_steps {how['max_steps']}" if how["capped"] else "")
-    data = "SFT conversation file" if how.get("stage") == "sft" else "pretraining file"
+            what += say("counted_bound")
+        return what + (say("counted_capped", n=how["max_steps"]) if how["capped"] else "")
+    data = say("sft_file" if how.get("stage") == "sft" else "pretrain_file")
     if kind == "max_steps":
-        return (f"max_steps {how['max_steps']}({'SFT 对话文件' if how.get('stage') == 'sft' else '预训练文件'}不在,无法计数;"
-                "每条序列按 max_seq_len 计:是上限)"
-                if zh else f"max_steps {how['max_steps']} (the {data} is not there to count; every sequence counted at "
-                "max_seq_len: an upper bound)")
-    return "未知:没有可计数的数据文件,也没有 max_steps" if zh else f"unknown: no {data} to count and no max_steps"
+        return say("counted_max_steps", n=how["max_steps"], data=data)
+    return say("counted_unknown", data=data)
 
 
 def machine() -> devices.DeviceFacts:
@@ -349,12 +335,13 @@ def _size(n: Optional[float], unit: str = "") -> str:
 
 
 def _duration(seconds: float, lang: str = "en") -> str:
-    days, hours, minutes, secs = ("天", "小时", "分钟", "秒") if lang == "zh" else (" days", " h", " min", " s")
     if seconds >= 86400:
-        return f"{seconds / 86400:.1f}{days}"
+        return phrase("estimate.days", lang, n=f"{seconds / 86400:.1f}")
     if seconds >= 3600:
-        return f"{seconds / 3600:.1f}{hours}"
-    return f"{seconds / 60:.1f}{minutes}" if seconds >= 60 else f"{seconds:.0f}{secs}"
+        return phrase("estimate.hours", lang, n=f"{seconds / 3600:.1f}")
+    if seconds >= 60:
+        return phrase("estimate.minutes", lang, n=f"{seconds / 60:.1f}")
+    return phrase("estimate.seconds", lang, n=f"{seconds:.0f}")
 
 
 def summary_lines(est: dict[str, Any], lang: str = "en") -> list[str]:
@@ -366,40 +353,21 @@ def summary_lines(est: dict[str, Any], lang: str = "en") -> list[str]:
     split = plan and plan["split"]
     bound = isinstance(est.get("tokens_counted_how"), dict) and est["tokens_counted_how"].get("bound")
     reps = est.get("replicates") or 1
-    if lang == "zh":
-        extra = [f"重复运行:{reps} 个(仅种子不同);上面的训练 FLOPs 与耗时计入全部 {reps} 个,token、步数与内存为单个运行"] \
-            if reps > 1 else []
-        wall = (f"未校准:本实验室在 {est['device']} 上没有同一规模的早期运行测得 tokens/s" if est["wall_s"] is None else
-                ("至多 " if bound else "") + f"{_duration(est['wall_s'], 'zh')}(来自运行 {est['calibration']['run']}:实测 "
-                f"{est['calibration']['tokens_per_s']:.0f} tokens/s,按每 token FLOPs 换算)")
-        return [
-            f"参数:{_size(p['dense'])} 稠密 + {_size(p['memory'])} 记忆 = {_size(p['total'])};"
-            f"记忆库 {_size(est['bank_bytes'], 'B')}",
-            f"每 token FLOPs(前向):{_size(est['flops_per_token'])};训练 token {'至多 ' if bound else ''}"
-            f"{_size(est['train_tokens'])},"
-            f"共 {est['train_steps']:,} 步({how});训练 FLOPs {_size(est['train_flops'])}",
-            f"设备:{est['device']},约需内存 {_size(est['device_memory_bytes'], 'B')}"
-            + (f"(共 {_size(avail, 'B')})" if avail else "")
-            + (f";为放下而拆成微批 {plan['batch_size']} × 累积 {plan['accumulation_steps']}" if split else ""),
-            f"耗时:{wall}",
-        ] + extra
-    wall = ("uncalibrated: no earlier run of this lab on " + est["device"] + " in this size class measured tokens/s"
-            if est["wall_s"] is None else
-            ("at most " if bound else "") + f"{_duration(est['wall_s'])} (from run {est['calibration']['run']}: "
-            f"{est['calibration']['tokens_per_s']:.0f} tokens/s measured, scaled by FLOPs/token)")
+    say = lambda key, **values: phrase(f"estimate.{key}", lang, **values)  # noqa: E731
+    at_most = say("at_most") if bound else ""
+    wall = (say("wall_uncalibrated", device=est["device"]) if est["wall_s"] is None else
+            say("wall_calibrated", at_most=at_most, duration=_duration(est["wall_s"], lang), run=est["calibration"]["run"],
+                tps=f"{est['calibration']['tokens_per_s']:.0f}"))
     return [
-        f"parameters: {_size(p['dense'])} dense + {_size(p['memory'])} memory = {_size(p['total'])}; "
-        f"bank {_size(est['bank_bytes'], 'B')}",
-        f"FLOPs/token (forward): {_size(est['flops_per_token'])}; training tokens {'at most ' if bound else ''}"
-        f"{_size(est['train_tokens'])} "
-        f"in {est['train_steps']:,} steps ({how}); training FLOPs {_size(est['train_flops'])}",
-        f"device: {est['device']}, memory needed about {_size(est['device_memory_bytes'], 'B')}"
-        + (f" of {_size(avail, 'B')}" if avail else "")
-        + (f"; split into micro-batch {plan['batch_size']} x accumulation {plan['accumulation_steps']} to fit"
-           if split else ""),
-        f"wall time: {wall}",
-    ] + ([f"replicates: {reps} (differing only in their seed); the training FLOPs and wall time above count all "
-          f"{reps}, one after another on one device; tokens, steps and memory are per replicate"] if reps > 1 else [])
+        say("params", dense=_size(p["dense"]), memory=_size(p["memory"]), total=_size(p["total"]),
+            bank=_size(est["bank_bytes"], "B")),
+        say("flops", fpt=_size(est["flops_per_token"]), at_most=at_most, tokens=_size(est["train_tokens"]),
+            steps=f"{est['train_steps']:,}", how=how, flops=_size(est["train_flops"])),
+        say("device", device=est["device"], needed=_size(est["device_memory_bytes"], "B"),
+            of=say("device_of", avail=_size(avail, "B")) if avail else "",
+            split=say("device_split", batch=plan["batch_size"], accumulation=plan["accumulation_steps"]) if split else ""),
+        say("wall", wall=wall),
+    ] + ([say("replicates", n=reps)] if reps > 1 else [])
 
 
 def _tokenizer_vocab(lab, cfg: dict) -> Optional[int]:
@@ -478,13 +446,11 @@ def gate(lab, cfg: dict, est: dict[str, Any], base: Optional[str], factor: float
     ratio = est["train_flops"] / base_est["train_flops"]
     if ratio <= factor:
         return None
-    note = (f"training FLOPs {_size(est['train_flops'])} are {ratio:.1f}× the base {base}'s "
-            f"{_size(base_est['train_flops'])} (limit {factor:g}× in minimind.yaml preflight.compute_factor)")
+    values = dict(flops=_size(est["train_flops"]), ratio=f"{ratio:.1f}", base=base, base_flops=_size(base_est["train_flops"]),
+                  factor=f"{factor:g}")
+    note = phrase("estimate.gate", "en", **values)  # the refusal is the CLI's, in English
     if yes or not launch:
-        if lang == "zh":
-            return (f"训练 FLOPs {_size(est['train_flops'])} 是基线 {base} 的 {_size(base_est['train_flops'])} 的 "
-                    f"{ratio:.1f} 倍(上限为 minimind.yaml preflight.compute_factor 的 {factor:g} 倍)")
-        return note
+        return phrase("estimate.gate", lang, **values)
     raise GateRefused(note + "; estimate: " + "; ".join(summary_lines(est)) + ". " + GATE_ADVICE)
 
 

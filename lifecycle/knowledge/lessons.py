@@ -26,7 +26,8 @@ from minimind import causes as causes_rules
 from minimind.atomic import write_json, write_text
 from minimind.formats import number
 from minimind.rundir import LESSON_FILE, read_json
-from minimind.verdict import VERDICT_ZH
+from minimind.phrases import has as has_phrase
+from minimind.phrases import phrase
 
 LESSONS_FILE = "LESSONS.md"
 
@@ -127,38 +128,30 @@ def propose(version: str, plan: dict, ev: dict, verdict: str, reason: str, chang
     if not causes:
         return None
     cause = causes[0]
-    zh = lang == "zh"
-    changed = (("、" if zh else ", ").join(f"{k} {a!r} → {b!r}" for k, a, b in changes[:4])
-               or (f"实验 {version} 的代码改动" if zh else f"the code change of {version}"))
-    levels = {"danger": "危险", "watch": "警戒", "safe": "安全"} if zh else {}
+    say = lambda key, **values: phrase(f"lesson.{key}", lang, **values)  # noqa: E731
+
+    def level(name: Optional[str]) -> Optional[str]:
+        return phrase(f"lesson_level.{name}", lang) if has_phrase(f"lesson_level.{name}") else name
+
+    changed = (phrase("sep.list", lang).join(f"{k} {a!r} → {b!r}" for k, a, b in changes[:4])
+               or say("changed_code", version=version))
     evidence: list[str] = []
     if cause["kind"] == causes_rules.FORCED_CHECK:
-        ids = ", ".join(cause["names"])
-        text = (f"实验 {version} 在预检 {ids} 未通过的情况下用 --force 启动;其结果首先归因于这段代码:"
-                f"不要在 {ids} 未通过时启动。" if zh else
-                f"Experiment {version} was launched with --force over the failed preflight check {ids}; its results "
-                f"are attributed to that code first: do not launch while {ids} fails.")
+        text = say("forced", version=version, ids=", ".join(cause["names"]))
         evidence += [f"{i}: {d}" for i, d in zip(cause["names"], cause["details"]) if d]
     elif cause["kind"] == causes_rules.GUARDRAIL_MOVED:
-        moves = ("、" if zh else ", ").join(
-            f"{m['name']} {levels.get(m['from'], m['from'])} {number(m['base_value'])} → "
-            f"{levels.get('danger', 'danger')} {number(m['value'])}" for m in cause["moves"])
-        text = (f"{changed} 使护栏从基线的安全/警戒进入危险区({moves});在有实验证明相反之前,视该改动为其原因。" if zh else
-                f"{changed} moved guardrail(s) into danger against a base that was not there ({moves}); treat that "
-                "change as their cause until a run shows otherwise.")
+        moves = phrase("sep.list", lang).join(
+            f"{m['name']} {level(m['from'])} {number(m['base_value'])} → {level('danger')} {number(m['value'])}"
+            for m in cause["moves"])
+        text = say("moved", changed=changed, moves=moves)
     else:
-        text = (f"实验 {version} 训练不足:训练损失 {number(cause['train_loss'])} 仍接近均匀分布的损失 "
-                f"{number(cause['uniform_loss'])},且没有过拟合迹象;在更长的训练之前,不要据此判断改动。" if zh else
-                f"Experiment {version} is under-trained: its train loss {number(cause['train_loss'])} is still near the "
-                f"uniform loss {number(cause['uniform_loss'])} with no sign of overfitting; train longer before judging "
-                "a change by it.")
-    evidence.insert(0, f"判定 {VERDICT_ZH.get(verdict, verdict)}:{reason}" if zh else f"verdict {verdict}: {reason}")
+        text = say("under", version=version, loss=number(cause["train_loss"]), uniform=number(cause["uniform_loss"]))
+    word = phrase(f"verdict_word.{verdict}", lang) if has_phrase(f"verdict_word.{verdict}") else verdict
+    evidence.insert(0, say("verdict", word=word, reason=reason))
     dangers = {n: g for n, g in (ev.get("guardrails") or {}).items() if g.get("level") == "danger"}
-    evidence += [f"{n} = {number(g.get('value'))} ({levels.get(g.get('level'), g.get('level'))})"
-                 for n, g in sorted(dangers.items())]
-    evidence.append(f"推理损失 {number(ev.get('inference_loss'))},验证损失 {number(ev.get('val_loss'))}" if zh else
-                    f"inference loss {number(ev.get('inference_loss'))}, val loss {number(ev.get('val_loss'))}")
-    return {"experiment": version, "text": text, "evidence": ("；" if zh else "; ").join(evidence), "status": "proposed",
+    evidence += [f"{n} = {number(g.get('value'))} ({level(g.get('level'))})" for n, g in sorted(dangers.items())]
+    evidence.append(say("losses", inf=number(ev.get("inference_loss")), val=number(ev.get("val_loss"))))
+    return {"experiment": version, "text": text, "evidence": phrase("sep.clause", lang).join(evidence), "status": "proposed",
             "cause": cause["kind"], "proposed_at": time.time(), "proposed_by": "rules"}
 
 

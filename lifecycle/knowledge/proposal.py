@@ -33,80 +33,13 @@ from typing import Any, Optional
 from minimind.atomic import write_json
 from minimind.config import AGENT_SECTIONS
 from minimind.errors import MinimindError, UsageError
+from minimind.phrases import phrase
 from minimind.rundir import NEXT_FILE, read_json
 
 
-# The rules' sentences, en and zh (a zh record is Chinese throughout).
-_T = {
-    "en": {
-        "entropy_goal": "Raise memory selection entropy",
-        "entropy_hyp": "More query diversity lifts memory selection entropy out of danger and lowers inference loss",
-        "entropy_why": "memory_entropy was in danger: the queries select too few entries",
-        "loss_goal": "Slow the collapse of the train loss",
-        "loss_hyp": "A halved learning rate keeps the train loss out of danger and lowers inference loss",
-        "loss_why": "train_loss was in danger: the model memorises faster than it generalises",
-        "half_goal": "Half the step of {keys}",
-        "half_hyp": "Half the change of {keys} keeps part of the intended effect and lowers inference loss",
-        "half_why": "the full change was refuted or drove a guardrail into danger",
-        "forced_goal": "Repeat {version} with models/model.py passing {checks}",
-        "forced_hyp": "With the preflight check {checks} passing, the run avoids the failure the forced launch showed and lowers inference loss",
-        "forced_why": "{version} was launched with --force over the failed preflight check {checks}: its code is the first suspect",
-        "under_goal": "Train longer: {version} is under-trained",
-        "under_hyp": "Longer training brings the train loss well below the uniform loss and lowers inference loss",
-        "under_why": "the train loss is still near the uniform loss with no sign of overfitting: the run is under-trained",
-        "seeds_why": "{n} replicates a side, so the seed-to-seed spread is in the verdict's interval",
-        "seed_goal": "Repeat with another seed",
-        "seed_hyp": "The refuted result repeats with another seed (inference loss does not improve)",
-        "seed_why": "no config change to step back from: a second seed tells noise from effect",
-        "longer_goal": "Train the supported configuration longer",
-        "longer_hyp": "Longer training of the supported configuration lowers inference loss further",
-        "longer_why": "the hypothesis was supported; more training tells whether the gain grows or was early noise",
-        "first_goal": "Train the reference configuration longer",
-        "first_hyp": "Longer training of the reference configuration lowers inference loss",
-        "first_why": "{version} is the lab's first reference (no base to compare with): more training shows how far this configuration goes",
-        "noise_goal": "Train longer so the difference exceeds noise",
-        "noise_hyp": "More training separates the change's effect from noise and lowers inference loss",
-        "noise_why": "the result was inconclusive",
-        "fallback": "The {backend} agent's next experiment was not used ({reason}); minimind's rules proposed this one.",
-        "no_set": "no --set",
-    },
-    "zh": {
-        "entropy_goal": "提高记忆选择熵",
-        "entropy_hyp": "更多样的查询使记忆选择熵脱离危险区,并降低推理损失",
-        "entropy_why": "memory_entropy 处于危险区:查询只选中了太少的条目",
-        "loss_goal": "减缓训练损失的骤降",
-        "loss_hyp": "学习率减半使训练损失不进入危险区,并降低推理损失",
-        "loss_why": "train_loss 处于危险区:模型记忆的速度快于泛化",
-        "half_goal": "把 {keys} 的改动减半",
-        "half_hyp": "{keys} 的改动减半仍保留部分预期效果,并降低推理损失",
-        "half_why": "完整的改动被否定,或使护栏进入危险区",
-        "forced_goal": "在 models/model.py 通过 {checks} 后重复 {version}",
-        "forced_hyp": "预检 {checks} 通过后,运行不再出现强制启动时的失败,并降低推理损失",
-        "forced_why": "{version} 在预检 {checks} 未通过时用 --force 启动:首先怀疑这段代码",
-        "under_goal": "延长训练:{version} 训练不足",
-        "under_hyp": "更长的训练使训练损失明显低于均匀分布的损失,并降低推理损失",
-        "under_why": "训练损失仍接近均匀分布的损失且没有过拟合迹象:运行训练不足",
-        "seeds_why": "每边 {n} 个重复运行,使判定区间包含种子间差异",
-        "seed_goal": "换一个随机种子重复实验",
-        "seed_hyp": "换一个随机种子后被否定的结果依然重现(推理损失没有改善)",
-        "seed_why": "没有可以回退的配置改动:第二个种子能区分噪声与真实效果",
-        "longer_goal": "延长已获支持的配置的训练",
-        "longer_hyp": "延长已获支持的配置的训练,推理损失进一步下降",
-        "longer_why": "假设得到支持;更长的训练能说明收益是在增长还是早期噪声",
-        "first_goal": "延长参照配置的训练",
-        "first_hyp": "延长参照配置的训练,推理损失进一步下降",
-        "first_why": "{version} 是实验室的第一个参照(没有可比的基线):更多训练能说明这一配置能走多远",
-        "noise_goal": "延长训练,使差异超出噪声",
-        "noise_hyp": "更多的训练能把改动的效果与噪声分开,并降低推理损失",
-        "noise_why": "结果无法判定",
-        "fallback": "{backend} 代理建议的下一个实验未被采用({reason});以下由 minimind 的规则给出。",
-        "no_set": "无 --set",
-    },
-}
-
-
 def _t(lang: str, key: str, **values: Any) -> str:
-    return _T.get(lang, _T["en"])[key].format(**values)
+    """The rules' sentences: the phrasebook's `proposal` group (a zh record is Chinese throughout)."""
+    return phrase(f"proposal.{key}", lang, **values)
 
 
 _SIG_DIGITS = 6    # a float proposal never carries more significant digits than this
@@ -148,7 +81,7 @@ def _kind(spec: dict) -> Optional[type]:
     return {"int": int, "float": float}.get(str(spec.get("type", "")).strip())
 
 
-class _Validator:
+class Validator:
     """`new`'s validation of a config, loaded once: types, ranges and the model's own checks."""
 
     def __init__(self, lab):
@@ -198,8 +131,8 @@ class _Validator:
         return tidy(value)
 
 
-def _rules(validator: _Validator, version: str, cfg: dict, verdict: str, dangers: list[str], changes: list,
-           causes: list[dict], lang: str = "en") -> tuple[list[tuple[str, Any]], str, str, str]:
+def rule_proposal(validator: Validator, version: str, cfg: dict, verdict: str, dangers: list[str], changes: list,
+                  causes: list[dict], lang: str = "en") -> tuple[list[tuple[str, Any]], str, str, str]:
     """(sets, goal, hypothesis, why) for the next experiment: the first rule that fits the
     run's preset, its causes (minimind/causes.py) and its verdict."""
     from minimind import causes as rules
@@ -255,7 +188,7 @@ def build(lab, version: str, cfg: dict, verdict: str, dangers: list[str], change
     from lifecycle.knowledge import estimate
     from models.registry import LIVING
 
-    validator = _Validator(lab)
+    validator = Validator(lab)
     fallback = None
     base_cfg = cfg
     if suggested:
@@ -274,7 +207,7 @@ def build(lab, version: str, cfg: dict, verdict: str, dangers: list[str], change
             by = backend or "agent"
     if not suggested:
         base = version
-        sets, goal, hypothesis, why = _rules(validator, version, cfg, verdict, dangers, changes, causes or [], lang)
+        sets, goal, hypothesis, why = rule_proposal(validator, version, cfg, verdict, dangers, changes, causes or [], lang)
         expect, by = "inference_loss < base", "rules"
         try:
             proposed = validator.config(cfg, sets)
@@ -285,7 +218,7 @@ def build(lab, version: str, cfg: dict, verdict: str, dangers: list[str], change
     base_est = estimate.estimate(lab, base_cfg)
     ratio = est["train_flops"] / base_est["train_flops"] if est["train_flops"] and base_est["train_flops"] else None
     out = {"base": base, "goal": goal, "hypothesis": hypothesis, "expect": expect,
-           "sets": [f"{k}={_yaml(v)}" for k, v in sets], "why": why, "proposed_by": by,
+           "sets": [f"{k}={set_text(v)}" for k, v in sets], "why": why, "proposed_by": by,
            "estimate": {"train_flops": est["train_flops"], "ratio_to_base": ratio,
                         "lines": estimate.summary_lines(est, lang)}}
     from lifecycle.knowledge.replicates import lab_floors
@@ -294,7 +227,7 @@ def build(lab, version: str, cfg: dict, verdict: str, dangers: list[str], change
     seeds = proposed_seeds(len(replicate_dirs(lab.run_dir(version))), verdict, bool(lab_floors(lab)))
     if seeds > 1:  # `new --from-proposal` trains that many replicates
         out["seeds"] = seeds
-        out["why"] = f"{out['why']}{'；' if lang == 'zh' else '; '}{_t(lang, 'seeds_why', n=seeds)}"
+        out["why"] = f"{out['why']}{phrase('sep.clause', lang)}{_t(lang, 'seeds_why', n=seeds)}"
     if fallback:
         out["fallback_reason"] = fallback
     if suggested and suggested.get("code_change"):
@@ -320,7 +253,8 @@ def _base_config(lab, version: str) -> dict:
     return load_config(lab.require_run(version) / CONFIG_FILE).to_dict()
 
 
-def _yaml(value: Any) -> str:
+def set_text(value: Any) -> str:
+    """A proposed value as `--set KEY=VALUE` takes it (a float without binary noise)."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):

@@ -168,6 +168,17 @@ def side(exp_dir: Path) -> Any:
     return found[0] if len(found) == 1 else found
 
 
+def verdict_inputs(lab: Lab, exp_dir: Path, cfg: ExperimentConfig, ev: Optional[dict]) -> tuple[Any, Any, dict[str, Any]]:
+    """(new side, base side, the lab's floors): what minimind.verdict compares for an experiment.
+    Each side is every evaluated replicate (`ev`, the run's own eval.json, for an unreplicated
+    experiment); the lab's measured seed-to-seed floor stands in for a side's missing replicates
+    (minimind/noise.py). One assembler: analyse decides on it, and the record shows the same
+    rows before the analysis has written them."""
+    new_side = side(exp_dir) or ev
+    base_side = side(lab.run_dir(cfg.base)) if cfg.base else None
+    return new_side, base_side, lab_floors(lab)
+
+
 # --- the experiment's spread and the lab's floor --------------------------------------------
 
 def summary(exp_dir: Path) -> dict[str, Any]:

@@ -185,9 +185,7 @@ def _facts(run_dir: Path, agent: Optional[str]) -> Facts:
     if replicates.replicated(run_dir):
         seeds = replicates.write_summary(run_dir)
         _plot_replicates(run_dir, version, cfg.guardrails.smoothing_window, lang)
-    new_side = replicates.side(run_dir) or ev
-    base_side = replicates.side(lab.run_dir(cfg.base)) if cfg.base else None
-    floors = replicates.lab_floors(lab)
+    new_side, base_side, floors = replicates.verdict_inputs(lab, run_dir, cfg, ev)
     rows = compare_rows(new_side, base_side, confidence, cfg.eval.min_effect, floors)
     control = held_out_control(ev, base_ev, confidence, lang)
     reading = bank_reading(ev, confidence, lang)

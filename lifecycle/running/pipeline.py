@@ -172,7 +172,6 @@ STEPS_AFTER_TRAINING = (("evaluate", _evaluate), ("analyse", _analyse))
 
 def _take_slots(run_dir: Path, stop: StopRequest):
     """The run's GPU slots, waiting `queued` for them; (None, False) when stopped while queued."""
-    from lifecycle.knowledge import replicates
     from lifecycle.running import slots
 
     cfg = load_config(run_dir / CONFIG_FILE)
