@@ -399,3 +399,14 @@ def test_a_zh_record_gets_its_lesson_next_steps_and_proposal_in_chinese(lab):
     assert "训练不足" in lesson["text"] and "训练不足" in " ".join(analysis["next_steps"]) and "训练不足" in nxt["goal"]
     for text in (lesson["text"], *analysis["next_steps"], nxt["goal"], nxt["hypothesis"], nxt["why"]):
         assert not re.findall(r"[A-Za-z]+(?:[ ,;]+[A-Za-z]+){3,}", re.sub(r"`[^`]*`", "", text)), text
+
+
+def test_changed_symbols_name_the_functions_a_diff_touches():
+    import difflib
+
+    from lifecycle.running.analyse import changed_symbols
+
+    old = "import x\n\nclass Memory:\n    def read(self):\n        return 1\n\n    def write(self):\n        pass\n\n\ndef helper():\n    return 2\n"
+    new = old.replace("return 1", "return 3").replace("return 2", "return 4").replace("import x", "import y")
+    diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), "a", "b", n=1))
+    assert changed_symbols(diff, old, new) == ["Memory.read", "helper"]  # the import is module level

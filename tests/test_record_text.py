@@ -1,13 +1,21 @@
-"""The record says what happened and nothing else: the whole training time, no memory settings
-for a dense run, the human's text kept inside its own paragraph, and a zh record in Chinese."""
+"""The record as a document: it says what happened and nothing else (the whole training time,
+no memory settings for a dense run, the human's text kept inside its own paragraph, a zh record
+in Chinese); every template renders with StrictUndefined (the run script through bash -n); one
+record and one commit template serve every language, and a lab made before them (minimind <= 0.1,
+one copy per language in its templates/) renders with the package's, its old copies kept beside
+as .legacy; pending sections carry the renderer's mark."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
 from lab_helpers import invoke, make_lab
+from minimind.verdict import bank_reading, compare_rows, held_out_control
+from verdict_data import BASE, retrieved, shifted
 
 GOAL = "Baseline on the bundled facts"
 HYP = "A dense model lowers inference loss below uniform"
@@ -131,3 +139,199 @@ def test_zh_plot_labels(tmp_path, monkeypatch):
     monkeypatch.setattr(plots, "_cjk_fonts", lambda: [])  # none: English words rather than boxes
     plots.plot_run(rows, tmp_path / "loss.png", "0.1.1", window=3, lang="zh")
     assert seen["x"] == "step" and seen["legend"][0] == "train (raw)"
+
+
+def test_shell_quote_filter():
+    from lifecycle.document.render import shell_quote
+    from minimind.errors import MinimindError
+
+    hostile = "$(rm -rf x); `id` | cat\nnext"
+    out = subprocess.run(["bash", "-c", f"printf %s {shell_quote(hostile)}"], capture_output=True, text=True).stdout
+    assert out == hostile
+    with pytest.raises(MinimindError):
+        shell_quote("a\x00b")
+
+
+
+def _record_context(lang: str) -> dict:
+    model = {"preset": "memory", "dim": 64, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "vocab_size": 6400,
+             "max_seq_len": 64, "knowledge_num": 256, "knowledge_length": 8, "knowledge_dim": 16, "num_candidates": 8,
+             "freeze_ratio": 0.2, "freeze_policy": "random", "ema_decay": 0.9, "ema_update_freq": 5}
+    from minimind.settings import TrainConfig
+
+    return {"r": {
+        "version": "1.4.8", "base": "1.4.7", "state": "finished", "config_hash": "abc", "code_change": None, "snapshot": {"module": "model_1_4_8", "sha256": "f" * 64},
+        "human": {"goal": "g\nline2", "hypothesis": "h", "expect": None, "base": "1.4.7"},
+        "plan": {"thinking": "The base froze a fifth of the bank; a wider model tests whether capacity was the limit.", "changes": [{"key": "model.dim", "base": 32, "new": 64, "why": "w|x"}], "expected": "e",
+                 "risks": ["r"], "backend": "offline", "note": ""},
+        "git": {"commit": "abc", "dirty": True, "diff": "+x", "diff_truncated": False, "model_changed": True, "against": "HEAD"},
+        "model": model, "train": TrainConfig(), "config_rows": [("model.dim", 64)], "has_memory": True,
+        "execution": {"launched": True, "pid": 1, "pgid": 1, "started_at": "s", "ended_at": "e", "duration": "1s", "step": 10,
+                      "total_steps": 10, "eta": None, "stop_reason": None, "resources": "1 process"},
+        "training": {"available": True, "steps": 10, "first_loss": 5.0, "last_loss": 3.0, "min_loss": 2.9, "smoothed_loss": 3.1,
+                     "tokens_per_s": 1000.0, "duration": "1s"},
+        "evaluation": {"available": True, "rows": compare_rows(shifted(0), BASE), "control": held_out_control(shifted(0), BASE), "intervals_note": "n",
+                       "retrieval": [{"split": "mem_only", "n": 40, "in_bank": 90, "c": 8, "hit_at_1": 0.1, "hit_at_1_ci": "[0.00, 0.20]",
+                                      "hit_at_c": 0.5, "hit_at_c_ci": "[0.35, 0.65]", "mean_rank": 2.5, "control_hit_at_1": 0.0,
+                                      "control_hit_at_c": 0.05, "control_hit_at_c_ci": "[0.00, 0.12]"}],
+                       "bank_reading": bank_reading(retrieved([1.0] * 20 + [0.0] * 20, [0.0] * 38 + [1.0] * 2), lang=lang),
+                       "guardrails": [{"name": "train_loss", "value": 3.0, "level": "safe", "light": "🟢"}],
+                       "recall": [{"split": "mem_only", "n": 5, "p_at_1": 0.2, "mrr": 0.4, "p_ci": "[0.1, 0.3]"}],
+                       "samples": [{"prompt": "p", "reference": "r", "generated": "g"}]},
+        "eval_prompt_tokens": 30,
+        "analysis": {"available": True, "training_results": "tr", "inference_evaluation": "ie", "deep_analysis": "da",
+                     "conclusion": "c", "next_steps": ["n1"], "backend": "offline", "notes": []},
+        "analysis_failed": False, "analysis_error": "",
+        "preflight": {"checks": [{"id": "causality", "status": "passed", "lesson": "l", "detail": "d", "source": "s"}], "forced": False,
+                      "reason": None, "compute_note": None, "compute_accepted": False},
+        "estimate_lines": ["parameters: 1"],
+        "verdict": {"verdict": "supported", "reason": "r", "verdict_zh": "支持"},
+    }}
+
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_record_templates_render_every_section(lang):
+    from lifecycle.document.record import headings
+    from lifecycle.document.render import render
+    from lifecycle.document.rules import quality_problems
+
+    text = render("record.md.j2", _record_context(lang), lang=lang)
+    positions = [text.index(f"## {h}") for h in headings(lang)]
+    assert positions == sorted(positions)
+    assert quality_problems(text, "finished", None, lang) == []
+    assert "w\\|x" in text  # table cells escaped
+    assert "| mem_only | 40 (90) | 0.1 [0.00, 0.20] | 0.5 [0.35, 0.65] |" in text
+    assert ("above chance" if lang == "en" else "高于随机") in text
+    assert quality_problems(text.replace("- n1", ""), "finished", None, lang) == ["the conclusion with next steps is missing"]
+    assert "🧩" not in text  # no code section without a code change
+
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_record_of_a_code_experiment_shows_its_hunks_stages_and_approval(lang):
+    from lifecycle.document.render import render
+    from lifecycle.document.rules import quality_problems
+
+    context = _record_context(lang)
+    context["r"]["code_change"] = {
+        "source": "agent", "change": {"summary": "gate the memory read", "changes_default": False},
+        "approval": {"by": "ana", "how": "--approve-code", "at": "2026-12-05T03:00:00Z", "sha256": "ab" * 32},
+        "hunks": [{"text": "-x = 1\n+x = 2", "reasons": ["why one"]}],
+        "stages": [{"stage": "lint", "status": "passed", "detail": "no new a|b"}],
+        "isolation": {"network": "unshare -n"}, "rounds": 2, "new_settings": ["mem_gate"], "touched": ["MemoryLayer.forward"],
+        "rejections": [{"round": 2, "kind": "rejection", "note": "open the gate", "by": "ana", "at": "t1",
+                        "rejected_sha256": "cd" * 32}]}
+    text = render("record.md.j2", context, lang=lang)
+    assert "gate the memory read" in text and "+x = 2" in text and "why one" in text
+    assert "open the gate" in text and "cdcdcdcdcdcd" in text  # the human's rejection round and its note
+    assert "ana" in text and "abababababababab" in text and "mem_gate" in text and "MemoryLayer.forward" in text
+    assert "no new a\\|b" in text  # table cells escaped
+    assert quality_problems(text, "finished", None, lang) == []
+
+
+
+def test_commit_and_run_script_templates(tmp_path):
+    from lifecycle.document.render import render
+
+    d = {"title": "t", "improvements": ["i"], "core_changes": {"a.py": ["c"]}, "results": ["✅ r"], "next_steps": ["n"]}
+    assert "## Core changes\n### a.py\n- c" in render("commit.txt.j2", {"d": d}, lang="en")
+    assert "## 核心变更" in render("commit.txt.j2", {"d": d}, lang="zh")
+    script = render("run.sh.j2", {"version": "1.4.8", "run_dir": "/tmp/a b/runs/1.4.8", "lab_root": "/tmp/a b",
+                                  "python": sys.executable, "env": {"X": "$(id)"}, "train_cmd": [sys.executable, "-m", "x"]})
+    path = tmp_path / "run.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    assert "set -euo pipefail" in script and "export X='$(id)'" in script
+
+
+
+def test_a_record_edited_during_training_gets_its_results_merged():
+    from lifecycle.document.record import merge_record
+
+    head = "---\nstate: running\n---\n\n# Experiment 1.0.0\n\n"
+    def record(thinking: str, results: str, state: str = "running") -> str:
+        return (head.replace("running", state) + f"## 🧠 AI Thinking Process\n\n{thinking}\n\n## 🚀 Execution Record\n\n{results}\n\n"
+                f"## 📊 Training Results\n\n{results}\n\n## 🔍 Inference Evaluation\n\n{results}\n\n"
+                f"## 📈 Deep Analysis\n\n{results}\n\n## 🎯 Conclusion\n\n{results}\n")
+    previous = record("agent thinking", "Pending: written after evaluation.")
+    edited = previous.replace("agent thinking", "agent thinking\n\nThe human's note: watch entropy.")
+    rendered = record("agent thinking", "| numbers |", state="finished")
+    merged = merge_record(edited, previous, rendered, "en")
+    assert "The human's note: watch entropy." in merged and "Pending" not in merged and "| numbers |" in merged
+    assert "state: finished" in merged
+    # the human edited a section code owns: not merged (the render goes beside the record)
+    assert merge_record(edited.replace("## 🎯 Conclusion\n\nPending", "## 🎯 Conclusion\n\nMy own words. Pending"),
+                        previous, rendered, "en") is None
+    # a run made before the last render was kept: only placeholders are replaced
+    assert "| numbers |" in merge_record(edited, None, rendered, "en")
+
+
+OLD_COPIES = ("record_en.md.j2", "record_zh.md.j2", "commit_en.txt.j2", "commit_zh.txt.j2")
+NEW = ["--goal", "A dense baseline", "--hypothesis", "A dense model learns the facts of the small corpus", "--no-launch"]
+
+
+@pytest.fixture
+def old_lab(tmp_path, bundled):
+    """A lab as minimind <= 0.1 left it: per-language copies in templates/, no one template."""
+    lab = make_lab(tmp_path / "lab", bundled)
+    for name in ("record.md.j2", "commit.txt.j2"):
+        (lab.templates_dir / name).unlink(missing_ok=True)
+    for name in OLD_COPIES:
+        (lab.templates_dir / name).write_text(f"old copy {name}: {{{{ r.version }}}}\n", encoding="utf-8")
+    return lab
+
+
+@pytest.mark.parametrize("lang", ["en", "zh"])
+def test_a_lab_with_per_language_copies_renders_with_the_one_template(old_lab, lang):
+    from lifecycle.document.record import SECTION_IDS, heading, render_record
+    from lifecycle.document.render import render
+
+    result = invoke(old_lab, "new", "0.1.0", *NEW, "--lang", lang)
+    assert result.exit_code == 0, result.output
+    record = old_lab.record_path("0.1.0").read_text()
+    assert "old copy" not in record
+    positions = [record.index(f"## {heading(i, lang)}\n") for i in SECTION_IDS]
+    assert positions == sorted(positions)
+    message = render("commit.txt.j2", {"d": {"title": "t", "improvements": ["i"], "core_changes": {}, "results": [],
+                                               "next_steps": []}}, old_lab.templates_dir, lang=lang)
+    assert message.startswith("t\n\n## ") and "old copy" not in message
+    for name in OLD_COPIES:  # moved aside once, untouched
+        assert not (old_lab.templates_dir / name).exists()
+        assert (old_lab.templates_dir / f"{name}.legacy").read_text().startswith(f"old copy {name}")
+    assert render_record(old_lab, "0.1.0", lang) == record  # the same template every time
+
+
+def test_the_note_names_the_legacy_copies_once(old_lab):
+    from lifecycle.document.render import upgrade_legacy_copies
+
+    notes = upgrade_legacy_copies(old_lab.templates_dir, "record.md.j2")
+    assert len(notes) == 1 and "record_en.md.j2" in notes[0] and ".legacy" in notes[0]
+    assert upgrade_legacy_copies(old_lab.templates_dir, "record.md.j2") == []
+    assert (old_lab.templates_dir / "commit_en.txt.j2").exists()  # only what the one template replaced
+
+
+def test_pending_sections_carry_the_mark_and_the_merge_reads_it(tmp_path, bundled):
+    """A record the human edited, from a run made before record.last was kept: the owned sections
+    still pending are replaced by the new render. Pending is told by the renderer's mark; a
+    record without any mark (minimind <= 0.1.x) by its placeholder prose."""
+    from lifecycle.document.record import merge_record
+    from lifecycle.document.render import PENDING_MARK
+    from lifecycle.document.rules import quality_problems
+
+    lab = make_lab(tmp_path / "lab", bundled)
+    assert invoke(lab, "new", "0.1.0", *NEW).exit_code == 0
+    record = lab.record_path("0.1.0").read_text()
+    assert record.count(PENDING_MARK) == 4  # training, evaluation, analysis, conclusion
+    assert "the inference evaluation is missing (minimind eval)" in quality_problems(record, "finished", None, "en")
+    # the mark alone tells: the placeholder may say anything
+    marked = record.replace("Not evaluated yet", "Nothing here so far")
+    later = marked.replace("Nothing here so far (state: drafted).", "| results |")
+    merged = merge_record(marked, None, later, "en")
+    assert merged is not None and "| results |" in merged
+    assert merge_record(marked.replace(PENDING_MARK + "\n", ""), None, later, "en") is None
+    # a record from before the mark: its placeholder prose tells
+    old = record.replace(PENDING_MARK + "\n", "")
+    merged = merge_record(old, None, record.replace("Not evaluated yet (state: drafted).", "| results |"), "en")
+    assert merged is not None and "| results |" in merged
+    assert "the conclusion with next steps is missing" in quality_problems(old, "finished", None, "en")
