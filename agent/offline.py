@@ -14,12 +14,8 @@ from agent.base import (Analysis, AnalysisContext, CommitContext, CommitDraft, P
 from minimind.config import parse_value
 from minimind.formats import interval, number
 from minimind.guardrails import EVAL_GUARDRAILS, danger_text, rule_from
-from minimind.phrases import group, phrase
+from minimind.phrases import group, has, phrase
 from minimind.verdict import criteria_for
-
-_MEANING_ZH = {"train_loss": "平滑训练损失", "train_inference_ratio": "推理/训练损失比",
-               "repetition_rate": "重复率(seq-rep-4)", "memory_entropy": "记忆选择熵"}
-
 
 def _t(lang: str, key: str, **values: Any) -> str:
     """Every sentence the offline agent writes comes from the phrasebook's `offline` group, so a
@@ -28,9 +24,8 @@ def _t(lang: str, key: str, **values: Any) -> str:
 
 
 def _meaning(name: str, lang: str) -> str:
-    from minimind.guardrails import MEANINGS
-
-    return _MEANING_ZH.get(name, name) if lang == "zh" else MEANINGS.get(name, name)
+    key = f"guardrail_meaning.{name}"
+    return phrase(key, lang) if has(key) else name
 
 
 def _join(lang: str, items: list[str]) -> str:

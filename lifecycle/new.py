@@ -25,6 +25,7 @@ from minimind.config import (AGENT_SECTIONS, agent_schema, STAGES, ExperimentCon
 from minimind.errors import GateRefused, MinimindError, UsageError
 from minimind.guardrails import upgrade_eval
 from minimind.lab import Lab
+from minimind.phrases import phrase
 from minimind.schema import to_dict
 from minimind.settings import LabSettings
 from minimind.rundir import AGENT_DIR, CONFIG_FILE, DIFF_FILE, EVAL_FILE, PLAN_FILE, ANALYSIS_FILE, update_state
@@ -515,8 +516,8 @@ def _plan(lab: Lab, inputs: Inputs, staging: Path, checks: list[dict[str, Any]])
     for key in sorted({k for k, _ in agent_changes} | {k for k, _ in human}):
         if before.get(key) == after.get(key):
             continue  # a value equal to the base's is not a change
-        source = (("由人类用 --set 设定" if lang == "zh" else "set by the human (--set)") if key in dict(human)
-                  else why.get(key, "由代理提议" if lang == "zh" else "proposed by the agent"))
+        source = (phrase("new.set_by_human", lang) if key in dict(human)
+                  else why.get(key, phrase("new.proposed_by_agent", lang)))
         changes.append({"key": key, "base": before.get(key), "new": after.get(key), "why": source})
     from lifecycle.document import gitops
 
@@ -540,10 +541,7 @@ def _plan(lab: Lab, inputs: Inputs, staging: Path, checks: list[dict[str, Any]])
 
 
 def _dropped_note(line: str, lang: str) -> str:
-    key = line.split(":", 1)[0]
-    if lang == "zh":
-        return f"代理提议的 `{key}` 已被人类用 --set 设定,以人类的取值为准,代理的提议被丢弃。"
-    return f"The agent also proposed `{key}`, which the human set with --set: the human's value is kept and the proposal dropped."
+    return phrase("new.dropped", lang, key=line.split(":", 1)[0])
 
 
 def _resolvable(key: str, model_fields: dict) -> bool:

@@ -26,6 +26,7 @@ import dataclasses
 import math
 from typing import Any, Iterable, Mapping, Optional
 
+from minimind import phrases
 from minimind.settings import GuardrailRule, GuardrailsConfig
 
 SAFE, WATCH, DANGER, UNAVAILABLE = "safe", "watch", "danger", "n/a"
@@ -59,13 +60,9 @@ def source(name: str, kind: str) -> Optional[str]:
 
 EVAL_GUARDRAILS = tuple(n for n in NAMES if source(n, "train") is None)  # need an evaluation to measure
 LIGHTS = {SAFE: "🟢", WATCH: "🟡", DANGER: "🔴"}
-# What each guardrail measures, for prose (the numbers come from the settings).
-MEANINGS = {
-    "train_loss": "smoothed train loss",
-    "train_inference_ratio": "inference/train loss ratio",
-    "repetition_rate": "repetition rate (seq-rep-4)",
-    "memory_entropy": "memory selection entropy",
-}
+# What each guardrail measures, for prose (the numbers come from the settings); the words, in
+# every language, are the phrasebook's.
+MEANINGS = phrases.group("guardrail_meaning", "en")
 UNITS = {"repetition_rate": "%", "memory_entropy": " nats"}
 # Guardrails whose measure changed: name -> (the measure a current result names, the key the
 # older measure's value is shown under). A stored result with a value and without this

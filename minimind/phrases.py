@@ -22,7 +22,9 @@ BOOK_FILE = Path(__file__).with_name("phrases.yaml")
 @lru_cache(maxsize=1)
 def _book() -> dict[str, dict[str, str]]:
     """{'group.key': {'en': text, 'zh': text}} from the YAML file's two levels."""
-    data = yaml.safe_load(BOOK_FILE.read_text(encoding="utf-8")) or {}
+    # the C loader where libyaml is there: the book is read by `status` and `--help` too (QUALITY.md start-up)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    data = yaml.load(BOOK_FILE.read_text(encoding="utf-8"), Loader=loader) or {}
     return {f"{group}.{key}": texts for group, entries in data.items() for key, texts in entries.items()}
 
 
