@@ -541,7 +541,7 @@ def _plan(lab: Lab, inputs: Inputs, staging: Path, checks: list[dict[str, Any]])
 
 
 def _dropped_note(line: str, lang: str) -> str:
-    return phrase("new.dropped", lang, key=line.split(":", 1)[0])
+    return phrase("new.dropped", lang, setting=line.split(":", 1)[0])
 
 
 def _resolvable(key: str, model_fields: dict) -> bool:

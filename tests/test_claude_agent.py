@@ -15,6 +15,7 @@ import pytest
 
 from agent import calllog, tools
 from agent.base import AgentError, AnalysisContext, CommitContext, PlanContext, lessons_text
+from lifecycle.knowledge.lessons import seed_lines
 from agent.claude import ClaudeAgent
 from minimind.config import agent_schema
 from minimind.schema import describe
@@ -109,7 +110,7 @@ def plan_context(**overrides) -> PlanContext:
         base_record_summary="1.4.8: memory preset, finished, inference loss 3.1",
         base_eval={"val_loss": 3.0, "samples": [{"prompt": "p" * 1000, "generated": "g"}] * 10},
         model_diff="+x = 1\n" * 5000, config_schema=SCHEMA,
-        guardrails={"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}}, lessons=lessons_text({"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}}, []),
+        guardrails={"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}}, lessons=lessons_text({"train_loss": {"safe": 0.5, "danger": 0.1, "action": "stop"}}, seed_lines()),
         memory_presets=("memory", "hybrid"),
     )
     values.update(overrides)

@@ -9,7 +9,7 @@ import pytest
 
 from minimind import noise
 from minimind.verdict import compare_rows, decide
-from tests.test_rules import NOISY, measured
+from verdict_data import NOISY, measured
 
 
 def _ev(shift: float) -> dict:
@@ -179,14 +179,14 @@ def test_the_record_shows_each_replicate_and_their_spread(lang, tmp_path):
     from lifecycle.document.record import replicates_view
     from lifecycle.document.render import render
     from minimind.atomic import write_json
-    from tests.test_rules import _record_context
+    from verdict_data import record_context
 
     assert replicates_view(tmp_path) is None  # a single run: no table
     write_json(tmp_path / "seeds.json", {
         "seeds": [42, 43], "replicates": [{"seed": 42, "metrics": {"inference_loss": 4.1, "val_loss": 4.3}},
                                           {"seed": 43, "metrics": {"inference_loss": 4.3, "val_loss": 4.2}}],
         "spread": {"inference_loss": noise.spread([4.1, 4.3]).to_dict(), "val_loss": noise.spread([4.3, 4.2]).to_dict()}})
-    ctx = _record_context(lang)
+    ctx = record_context(lang)
     ctx["r"]["replicates"] = replicates_view(tmp_path)
     text = render("record.md.j2", ctx, lang=lang)
     assert "| 42 | 4.1 | 4.3 |" in text and "| 43 | 4.3 | 4.2 |" in text

@@ -20,7 +20,8 @@ def test_every_phrase_has_both_languages_and_valid_fields():
         for lang in phrases.LANGS:
             text = phrases.text(key, lang)
             assert isinstance(text, str), (key, lang)
-            _fields(text)  # raises on an unbalanced brace
+            # raises on an unbalanced brace; `key` and `lang` are phrase()'s own arguments, never a field
+            assert not _fields(text) & {"key", "lang"}, (key, lang, text)
 
 
 def test_no_zh_phrase_holds_an_english_sentence():

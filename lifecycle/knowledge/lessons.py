@@ -107,8 +107,17 @@ def load(lab) -> list[dict[str, str]]:
 def lines(lab, lang: str = "en") -> list[str]:
     """The lessons as the agent is told them; a lab without a lessons file yet (made before they
     existed, or analysed before its next `new` seeds one) is told the seed's."""
+    return told(load(lab), lang) if path_of(lab).exists() else seed_lines(lang)
+
+
+def seed_lines(lang: str = "en") -> list[str]:
+    """The lessons every lab starts with, as the agent is told them."""
+    return told(parse(SEED), lang)
+
+
+def told(entries: list[dict[str, str]], lang: str) -> list[str]:
     out = []
-    for entry in load(lab) if path_of(lab).exists() else parse(SEED):
+    for entry in entries:
         text = entry.get("经验") if lang == "zh" and entry.get("经验") else entry.get("Lesson") or entry.get("经验")
         extra = [f"evidence: {entry['Evidence']}"] if entry.get("Evidence") else []
         check = entry.get("Check", "")
