@@ -12,6 +12,7 @@ import pytest
 from agent.backends import checked_offline
 from agent.base import CommitContext
 from agent.offline import OfflineAgent
+from minimind.phrases import phrase
 from minimind.verdict import decide, result_lines
 from verdict_data import BASE, shifted
 
@@ -52,22 +53,20 @@ def test_offline_pairs_in_text():
     assert pairs_in_text("no pairs here") == []
 
 
-
 @pytest.mark.parametrize("verdict", ["supported", "refuted", "inconclusive"])
 def test_the_prose_checker_accepts_the_chinese_verdict_words_code_writes(verdict):
-    from agent.offline import _t
     from agent.prose import known_values, problems, verdict_sentence
     from lifecycle.document.draft import commit_title
 
     _, reason = decide("降低推理损失", "inference_loss < base", shifted(-1.0), BASE, lang="zh")
     texts = {"line": result_lines([], {}, verdict, reason, lang="zh")[0],
-             "sentence": verdict_sentence(verdict, reason, "zh"), "meaning": _t("zh", f"m_{verdict}"),
+             "sentence": verdict_sentence(verdict, reason, "zh"), "meaning": phrase(f"offline.m_{verdict}", "zh"),
              "title": commit_title("实验 0.1.1:记忆层", "0.1.1", verdict, "zh")}
     assert problems(texts, verdict, known_values({"eval": shifted(-1.0), "base_eval": BASE})) == {}
     assert "criteria" not in reason and "标准来自预期结果" in reason and "置信区间" in reason
     # what the offline agent writes in zh passes the number check: a ratio is not an inference loss,
     # and "95% 置信区间" is the interval's level
-    zh = {"inference": _t("zh", "inference", val="4.2", inf="3.15", ratio="0.95", rep="30.0%", d2="—"),
+    zh = {"inference": phrase("offline.inference", "zh", val="4.2", inf="3.15", ratio="0.95", rep="30.0%", d2="—"),
           "interval": f"val_loss: 4.2 → 3.2 ({'95% 置信区间 [-1.2, -0.8]'})"}
     assert problems(zh, verdict, known_values({"eval": {**shifted(-1.0), "train_inference_ratio": 0.95},
                                                "base_eval": BASE})) == {}
