@@ -41,7 +41,7 @@ def test_three_runs_two_slots_queue_in_order(slot_lab):
     lab = slot_lab
     _new(lab, "1.0.0", 5000, epochs=100)
     _new(lab, "1.0.1", 5000, epochs=100)
-    result = _new(lab, "1.0.2", 12)
+    _new(lab, "1.0.2", 12)
     _running_with_slot(lab, "1.0.0")
     _running_with_slot(lab, "1.0.1")
     assert sorted(read_state(lab.run_dir("1.0.0")).gpus + read_state(lab.run_dir("1.0.1")).gpus) == [0, 1]
